@@ -1,0 +1,90 @@
+//! GC: release every address and host veth whose attachment the runtime no
+//! longer knows (`cni.dev/valid-attachments`).
+
+use std::collections::HashSet;
+
+use futures::TryStreamExt;
+
+use crate::ipam::Store;
+use crate::link::{self, nl_err};
+use crate::names;
+use crate::netns;
+use crate::spec::error::{invalid_config, CniError, ErrorCode};
+use crate::spec::NetConf;
+
+pub async fn run(conf: &NetConf) -> Result<(), CniError> {
+    if !conf.cni_version.supports_status_and_gc() {
+        return Err(CniError::new(
+            ErrorCode::IncompatibleVersion,
+            format!(
+                "GC needs cniVersion 1.1.0 or later, the config says {}",
+                conf.cni_version
+            ),
+        ));
+    }
+    // Without the list, "valid" is unknown: collecting everything would cut
+    // every running pod off.
+    let valid = conf
+        .valid_attachments
+        .as_ref()
+        .ok_or_else(|| invalid_config("GC needs cni.dev/valid-attachments"))?;
+    let valid_ids: HashSet<(&str, &str)> = valid
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect();
+    let valid_veths: HashSet<String> = valid
+        .iter()
+        .map(|a| names::host_veth_name(&a.container_id, &a.ifname))
+        .collect();
+
+    let host = netns::host_netlink()?;
+    let store = Store::open(&conf.ipam_dir())?;
+    for rec in store.records()? {
+        let keep = if rec.ifname.is_empty() {
+            valid.iter().any(|a| a.container_id == rec.container_id)
+        } else {
+            valid_ids.contains(&(rec.container_id.as_str(), rec.ifname.as_str()))
+        };
+        if keep {
+            continue;
+        }
+        if !rec.ifname.is_empty() {
+            let name = names::host_veth_name(&rec.container_id, &rec.ifname);
+            link::delete_link(&host, &name)
+                .await
+                .map_err(|e| nl_err(format_args!("cannot delete {name}"), e))?;
+        }
+        store.remove(rec.ip)?;
+    }
+    drop(store);
+
+    // Host veths of ours on this network's bridge with no valid attachment
+    // (for example their IPAM record was removed by hand).
+    let Some(bridge) = link::get_link(&host, &conf.bridge)
+        .await
+        .map_err(|e| nl_err(format_args!("cannot look up {}", conf.bridge), e))?
+    else {
+        return Ok(());
+    };
+    let mut stale = Vec::new();
+    let mut links = host.link().get().execute();
+    while let Some(l) = links
+        .try_next()
+        .await
+        .map_err(|e| nl_err("cannot list links", e))?
+    {
+        let Some(name) = link::name(&l) else { continue };
+        if names::is_host_veth_name(name)
+            && link::controller(&l) == Some(bridge.header.index)
+            && !valid_veths.contains(name)
+        {
+            stale.push(name.to_string());
+        }
+    }
+    for name in stale {
+        link::delete_link(&host, &name)
+            .await
+            .map_err(|e| nl_err(format_args!("cannot delete {name}"), e))?;
+    }
+    Ok(())
+}
