@@ -16,6 +16,8 @@ use crate::spec::error::{invalid_env, CniError, ErrorCode};
 
 /// statfs magic of nsfs, the filesystem of /proc/*/ns/* and their bind mounts.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// ioctl(NS_GET_NSTYPE): which kind of namespace an nsfs file is.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
 #[derive(Debug)]
 pub struct NetNs {
@@ -35,6 +37,14 @@ impl NetNs {
         if st.filesystem_type().0 as i64 != NSFS_MAGIC {
             return Err(invalid_env(format!(
                 "{} is not a network namespace (not an nsfs file)",
+                path.display()
+            )));
+        }
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd.
+        let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if nstype != libc::CLONE_NEWNET {
+            return Err(invalid_env(format!(
+                "{} is a namespace, but not a network namespace",
                 path.display()
             )));
         }

@@ -1,0 +1,216 @@
+//! Shared fixtures for the privileged plugin tests: throwaway network
+//! namespaces (removed on drop, also when a test panics) and a way to run
+//! the plugin binary exactly as a runtime does.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+pub const PLUGIN: &str = env!("CARGO_BIN_EXE_trellis");
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "privileged test: run as root (hack/test.sh does)");
+}
+
+/// A network namespace with a unique name; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        require_root();
+        let name = format!(
+            "trl-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.name))
+    }
+
+    /// Run a command inside; returns (success, stdout).
+    pub fn exec(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    pub fn links(&self) -> Vec<String> {
+        let (_, out) = self.exec(&["ip", "-o", "link", "show"]);
+        out.lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    pub fn trellis_veths(&self) -> Vec<String> {
+        self.links().into_iter().filter(|l| l.starts_with("trl")).collect()
+    }
+
+    pub fn ping(&self, ip: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "2", ip]).0
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a plugin run printed and how it exited.
+#[derive(Debug)]
+pub struct Outcome {
+    pub ok: bool,
+    pub stdout: String,
+}
+
+impl Outcome {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
+    }
+
+    pub fn error_code(&self) -> u64 {
+        assert!(!self.ok, "expected failure, got success: {}", self.stdout);
+        let v = self.json();
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "error without msg: {v}");
+        v["code"].as_u64().unwrap_or_else(|| panic!("error without code: {v}"))
+    }
+}
+
+/// Run `binary` inside `node` (or the test's own namespace when None) with
+/// the given CNI environment and stdin, as containerd would.
+pub fn run_in(node: Option<&Netns>, binary: &str, env: &[(&str, &str)], stdin: &str) -> Outcome {
+    let mut cmd = match node {
+        Some(n) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &n.name, binary]);
+            c
+        }
+        None => Command::new(binary),
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn plugin");
+    // A plugin may stop reading early (oversized input): that is its answer, not a test failure.
+    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    let out = child.wait_with_output().expect("wait plugin");
+    Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    }
+}
+
+/// A node: its namespace, a subnet.env and an IPAM dir under a temp dir.
+pub struct Node {
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn new(tag: &str, subnet_env: &str) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("subnet.env"), subnet_env).expect("write subnet.env");
+        Node {
+            ns: Netns::new(tag),
+            dir,
+        }
+    }
+
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.dir.path().join("ipam")
+    }
+
+    /// The standard config for this node, with `extra` JSON members spliced in.
+    pub fn conf(&self, version: &str, extra: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"{version}","name":"cbr0","type":"trellis","subnetFile":"{}","dataDir":"{}"{extra}}}"#,
+            self.subnet_file().display(),
+            self.ipam_dir().display()
+        )
+    }
+
+    pub fn cni(&self, cmd: &str, container: &str, netns: Option<&Path>, ifname: &str, conf: &str) -> Outcome {
+        let ns = netns.map(|p| p.display().to_string()).unwrap_or_default();
+        run_in(
+            Some(&self.ns),
+            PLUGIN,
+            &[
+                ("CNI_COMMAND", cmd),
+                ("CNI_CONTAINERID", container),
+                ("CNI_NETNS", &ns),
+                ("CNI_IFNAME", ifname),
+                ("CNI_PATH", "/usr/lib/cni"),
+                ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test"),
+            ],
+            conf,
+        )
+    }
+
+    /// IP records in the store (files named like an address).
+    pub fn ipam_records(&self) -> Vec<String> {
+        let dir = self.ipam_dir().join("cbr0");
+        let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut v: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+pub const SUBNET_ENV: &str =
+    "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+/// The pod's IPv4 address (without prefix) from an ADD result.
+pub fn pod_ip(result: &Value) -> String {
+    result["ips"]
+        .as_array()
+        .and_then(|ips| ips.iter().find(|ip| !ip["address"].as_str().unwrap_or("").contains(':')))
+        .and_then(|ip| ip["address"].as_str())
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no IPv4 address in {result}"))
+        .to_string()
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what it needs, then format,
+# lint, unit tests and the privileged tests (network namespaces, containerd,
+# the VM). Must run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "hack/test.sh needs root: the tests create network namespaces, bridges and firewall rules" >&2
+  exit 1
+fi
+
+hack/install-deps.sh
+
+echo "== fmt"
+cargo fmt --all -- --check
+echo "== clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --workspace --all-targets --locked
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads 4
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+if [ -x hack/validate-deploy.sh ]; then
+  echo "== deploy manifests"
+  hack/validate-deploy.sh
+fi
