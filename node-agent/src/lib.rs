@@ -1,1 +1,14 @@
+//! trellis-agent: the node agent of the trellis pod network.
+//!
+//! The pure core is the architecture's "desired state, then reconcile" loop: Node watch and
+//! config feed a [`view::ClusterView`]; [`backend::plan`] turns it into a
+//! [`dataplane::desired::DesiredState`]; [`dataplane::diff::diff`] compares that with what the
+//! kernel holds and yields the ops.
+
+pub mod annotations;
+pub mod backend;
+pub mod config;
+pub mod dataplane;
+pub mod firewall;
 pub mod install_cni;
+pub mod view;

@@ -1,0 +1,128 @@
+//! IPIP: `flannel.ipip` (local = underlay address, MTU underlay − 20) and per peer
+//! `subnet via <peer public IP> dev flannel.ipip onlink`. IPv4 only, like flannel's.
+//! The kernel's own `tunl0` is never touched: setting `local` makes the kernel deliver
+//! IPIP packets for our address to `flannel.ipip` rather than to the catch-all `tunl0`.
+
+use std::net::IpAddr;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use super::{Backend, PlanContext, PlanError};
+use crate::annotations::Advertisement;
+use crate::config::BackendType;
+use crate::dataplane::desired::{Family, KernelState, Link, LinkKind, Route, IPIP_LINK_NAME};
+use crate::view::{Missing, Peer, SkipReason};
+
+/// The outer IPv4 header.
+pub const OVERHEAD: u32 = 20;
+const IPV4_MIN_MTU: u32 = 68;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipip {
+    mtu: Option<u32>,
+    /// Whether this is the node's configured backend (`mtu` applies to the device).
+    own: bool,
+}
+
+impl Ipip {
+    pub fn new(mtu: Option<u32>, own: bool) -> Self {
+        Ipip { mtu, own }
+    }
+
+    fn device_mtu(&self, ctx: &PlanContext<'_>) -> u32 {
+        match self.mtu {
+            Some(m) if self.own => m,
+            _ => ctx.lease.underlay.mtu.saturating_sub(OVERHEAD),
+        }
+    }
+
+    fn ensure_device(&self, ctx: &PlanContext<'_>, out: &mut KernelState) {
+        let Some(l) = ctx.v4 else { return };
+        if out.links.contains_key(IPIP_LINK_NAME) {
+            return;
+        }
+        out.add_link(Link {
+            name: IPIP_LINK_NAME.to_string(),
+            kind: LinkKind::Ipip { local: l.local },
+            mtu: self.device_mtu(ctx),
+            // An IPIP device has no MAC.
+            mac: None,
+            up: true,
+        });
+        if let Ok(addr) = Ipv4Network::new(l.subnet.network(), 32) {
+            out.add_address(IPIP_LINK_NAME, IpNetwork::V4(addr));
+        }
+    }
+}
+
+impl Backend for Ipip {
+    fn kind(&self) -> BackendType {
+        BackendType::Ipip
+    }
+
+    fn check_own(&self, ctx: &PlanContext<'_>) -> Result<(), PlanError> {
+        let underlay = &ctx.lease.underlay;
+        if ctx.v4.is_some() && self.mtu.is_none() && underlay.mtu < OVERHEAD + IPV4_MIN_MTU {
+            return Err(PlanError::UnderlayMtuTooSmall {
+                iface: underlay.name.clone(),
+                mtu: underlay.mtu,
+                backend: BackendType::Ipip,
+                family: Family::V4,
+                min: OVERHEAD + IPV4_MIN_MTU,
+            });
+        }
+        Ok(())
+    }
+
+    fn add_own(&self, ctx: &PlanContext<'_>, out: &mut KernelState) {
+        self.ensure_device(ctx, out);
+    }
+
+    fn add_peer(
+        &self,
+        ctx: &PlanContext<'_>,
+        peer: &Peer,
+        out: &mut KernelState,
+    ) -> Result<(), SkipReason> {
+        // An IPv6-only cluster cannot reach an IPIP peer at all; in a dual-stack one the
+        // peer's IPv4 is programmed (an IPIP node has no IPv6 pod traffic to offer).
+        if ctx.v4.is_none() {
+            return Err(SkipReason::UnsupportedFamily {
+                backend: BackendType::Ipip,
+                family: Family::V6,
+            });
+        }
+        let missing = |missing| SkipReason::MissingForFamily {
+            family: Family::V4,
+            missing,
+        };
+        let subnet = IpNetwork::V4(peer.subnet_v4.ok_or(missing(Missing::PodCidr))?);
+        let public_ip = IpAddr::V4(peer.public_ip_v4.ok_or(missing(Missing::PublicIp))?);
+        if ctx.direct_routing() && ctx.lease.underlay.on_link(public_ip) {
+            out.add_route(ctx.direct_route(subnet, public_ip));
+            return Ok(());
+        }
+        self.ensure_device(ctx, out);
+        out.add_route(Route {
+            dst: subnet,
+            gateway: public_ip,
+            dev: IPIP_LINK_NAME.to_string(),
+            onlink: true,
+        });
+        Ok(())
+    }
+
+    fn pod_mtu(&self, ctx: &PlanContext<'_>) -> u32 {
+        self.device_mtu(ctx)
+    }
+
+    fn advertise(&self, ctx: &PlanContext<'_>) -> Advertisement {
+        Advertisement {
+            backend_type: BackendType::Ipip,
+            vxlan_v4: None,
+            vxlan_v6: None,
+            public_ip: ctx.v4.map(|l| l.public_ip),
+            public_ipv6: None,
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! VXLAN, flannel's way: `flannel.<VNI>` (and `flannel-v6.<VNI>`), no learning, and for each
+//! peer a permanent ARP entry (peer subnet's `.0` -> peer VTEP MAC), a permanent FDB entry
+//! (peer VTEP MAC -> peer public IP) and an onlink route (peer subnet via `.0`). Nothing is
+//! learned or resolved at runtime, so a restart of the agent does not disturb traffic.
+//!
+//! A peer on another VNI (during a VNI change) gets its own device `flannel.<its VNI>`, as
+//! VXLAN devices with different VNIs can share the UDP port; only the device of our own VNI
+//! carries the stable advertised MAC.
+
+use std::net::IpAddr;
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use super::{Backend, PlanContext, PlanError};
+use crate::annotations::{Advertisement, PeerBackend, VxlanData};
+use crate::config::{BackendType, VxlanConfig};
+use crate::dataplane::desired::{
+    vxlan6_link_name, vxlan_link_name, Family, Fdb, KernelState, Link, LinkKind, Neighbour, Route,
+    DEFAULT_VXLAN_PORT,
+};
+use crate::view::{Missing, Peer, SkipReason};
+
+/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub const OVERHEAD_V4: u32 = 50;
+/// Outer IPv6 (40) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub const OVERHEAD_V6: u32 = 70;
+
+const IPV4_MIN_MTU: u32 = 68;
+const IPV6_MIN_MTU: u32 = 1280;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vxlan {
+    opts: VxlanConfig,
+    /// Whether this is the node's configured backend (its options and VNI are ours).
+    own: bool,
+}
+
+/// How one family of a peer is reached.
+enum Path {
+    /// DirectRouting: plain route on the underlay.
+    Direct(Route),
+    Tunnel {
+        data: VxlanData,
+        subnet: IpNetwork,
+        gateway: IpAddr,
+        public_ip: IpAddr,
+    },
+}
+
+impl Vxlan {
+    pub fn own(opts: VxlanConfig) -> Self {
+        Vxlan { opts, own: true }
+    }
+
+    /// For peers that still (or already) advertise VXLAN while this node runs another
+    /// backend: default options, the port the peer advertises.
+    pub fn foreign() -> Self {
+        Vxlan {
+            opts: VxlanConfig::default(),
+            own: false,
+        }
+    }
+
+    fn device_mtu(&self, ctx: &PlanContext<'_>, family: Family, vni: u32) -> u32 {
+        let overhead = match family {
+            Family::V4 => OVERHEAD_V4,
+            Family::V6 => OVERHEAD_V6,
+        };
+        let computed = ctx.lease.underlay.mtu.saturating_sub(overhead);
+        match self.opts.mtu {
+            Some(m) if self.own && vni == self.opts.vni => m,
+            _ => computed,
+        }
+    }
+
+    /// Add the device of `family` for `vni` (and its address) unless present; returns its name.
+    fn ensure_device(
+        &self,
+        ctx: &PlanContext<'_>,
+        family: Family,
+        vni: u32,
+        port_hint: Option<u16>,
+        out: &mut KernelState,
+    ) -> Option<String> {
+        let (name, local, addr, mac) = match family {
+            Family::V4 => {
+                let l = ctx.v4?;
+                let addr = Ipv4Network::new(l.subnet.network(), 32).ok()?;
+                (
+                    vxlan_link_name(vni),
+                    IpAddr::V4(l.local),
+                    IpNetwork::V4(addr),
+                    ctx.lease.vtep_mac_v4,
+                )
+            }
+            Family::V6 => {
+                let l = ctx.v6?;
+                let addr = Ipv6Network::new(l.subnet.network(), 128).ok()?;
+                (
+                    vxlan6_link_name(vni),
+                    IpAddr::V6(l.local),
+                    IpNetwork::V6(addr),
+                    ctx.lease.vtep_mac_v6,
+                )
+            }
+        };
+        if out.links.contains_key(&name) {
+            return Some(name);
+        }
+        let ours = self.own && vni == self.opts.vni;
+        let port = if self.own {
+            self.opts.port
+        } else {
+            port_hint.unwrap_or(DEFAULT_VXLAN_PORT)
+        };
+        out.add_link(Link {
+            name: name.clone(),
+            kind: LinkKind::Vxlan {
+                vni,
+                port,
+                local,
+                underlay_index: ctx.lease.underlay.index,
+                learning: self.opts.learning,
+                gbp: self.opts.gbp,
+            },
+            mtu: self.device_mtu(ctx, family, vni),
+            mac: ours.then_some(mac),
+            up: true,
+        });
+        // The subnet's network address as /32: a source address on the flannel network for
+        // host-to-pod traffic, without creating a connected route.
+        out.add_address(&name, addr);
+        Some(name)
+    }
+
+    fn path(
+        &self,
+        ctx: &PlanContext<'_>,
+        family: Family,
+        subnet: Option<IpNetwork>,
+        public_ip: Option<IpAddr>,
+        data: Option<VxlanData>,
+    ) -> Result<Path, SkipReason> {
+        let missing = |missing| SkipReason::MissingForFamily { family, missing };
+        let subnet = subnet.ok_or(missing(Missing::PodCidr))?;
+        let public_ip = public_ip.ok_or(missing(Missing::PublicIp))?;
+        if ctx.direct_routing() && ctx.lease.underlay.on_link(public_ip) {
+            return Ok(Path::Direct(ctx.direct_route(subnet, public_ip)));
+        }
+        let data = data.ok_or(missing(Missing::BackendData))?;
+        Ok(Path::Tunnel {
+            data,
+            subnet,
+            gateway: subnet.network(),
+            public_ip,
+        })
+    }
+}
+
+impl Backend for Vxlan {
+    fn kind(&self) -> BackendType {
+        BackendType::Vxlan
+    }
+
+    fn check_own(&self, ctx: &PlanContext<'_>) -> Result<(), PlanError> {
+        let underlay = &ctx.lease.underlay;
+        let need = [
+            (ctx.v4.is_some(), Family::V4, OVERHEAD_V4 + IPV4_MIN_MTU),
+            (ctx.v6.is_some(), Family::V6, OVERHEAD_V6 + IPV6_MIN_MTU),
+        ];
+        for (enabled, family, min) in need {
+            if enabled && self.opts.mtu.is_none() && underlay.mtu < min {
+                return Err(PlanError::UnderlayMtuTooSmall {
+                    iface: underlay.name.clone(),
+                    mtu: underlay.mtu,
+                    backend: BackendType::Vxlan,
+                    family,
+                    min,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn add_own(&self, ctx: &PlanContext<'_>, out: &mut KernelState) {
+        self.ensure_device(ctx, Family::V4, self.opts.vni, None, out);
+        self.ensure_device(ctx, Family::V6, self.opts.vni, None, out);
+    }
+
+    fn add_peer(
+        &self,
+        ctx: &PlanContext<'_>,
+        peer: &Peer,
+        out: &mut KernelState,
+    ) -> Result<(), SkipReason> {
+        let (d4, d6) = match peer.backend {
+            PeerBackend::Vxlan { v4, v6 } => (v4, v6),
+            _ => (None, None),
+        };
+        // Decide every family first, so a peer is programmed whole or not at all.
+        let p4 = ctx
+            .v4
+            .map(|_| {
+                self.path(
+                    ctx,
+                    Family::V4,
+                    peer.subnet_v4.map(IpNetwork::V4),
+                    peer.public_ip_v4.map(IpAddr::V4),
+                    d4,
+                )
+            })
+            .transpose()?;
+        let p6 = ctx
+            .v6
+            .map(|_| {
+                self.path(
+                    ctx,
+                    Family::V6,
+                    peer.subnet_v6.map(IpNetwork::V6),
+                    peer.public_ip_v6.map(IpAddr::V6),
+                    d6,
+                )
+            })
+            .transpose()?;
+        for (family, path) in [(Family::V4, p4), (Family::V6, p6)] {
+            match path {
+                None => {}
+                Some(Path::Direct(route)) => out.add_route(route),
+                Some(Path::Tunnel {
+                    data,
+                    subnet,
+                    gateway,
+                    public_ip,
+                }) => {
+                    let Some(dev) = self.ensure_device(ctx, family, data.vni, data.port, out)
+                    else {
+                        continue;
+                    };
+                    // ARP and FDB before the route, so the kernel never has to resolve.
+                    out.add_neighbour(Neighbour {
+                        link: dev.clone(),
+                        ip: gateway,
+                        mac: data.vtep_mac,
+                    });
+                    out.add_fdb(Fdb {
+                        link: dev.clone(),
+                        mac: data.vtep_mac,
+                        dst: public_ip,
+                    });
+                    out.add_route(Route {
+                        dst: subnet,
+                        gateway,
+                        dev,
+                        onlink: true,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn pod_mtu(&self, ctx: &PlanContext<'_>) -> u32 {
+        let v4 = ctx
+            .v4
+            .map(|_| self.device_mtu(ctx, Family::V4, self.opts.vni));
+        let v6 = ctx
+            .v6
+            .map(|_| self.device_mtu(ctx, Family::V6, self.opts.vni));
+        match (v4, v6) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => ctx.lease.underlay.mtu,
+        }
+    }
+
+    fn advertise(&self, ctx: &PlanContext<'_>) -> Advertisement {
+        let data = |mac| VxlanData {
+            vni: self.opts.vni,
+            vtep_mac: mac,
+            port: Some(self.opts.port),
+        };
+        Advertisement {
+            backend_type: BackendType::Vxlan,
+            vxlan_v4: ctx.v4.map(|_| data(ctx.lease.vtep_mac_v4)),
+            vxlan_v6: ctx.v6.map(|_| data(ctx.lease.vtep_mac_v6)),
+            public_ip: ctx.v4.map(|l| l.public_ip),
+            public_ipv6: ctx.v6.map(|l| l.public_ip),
+        }
+    }
+}

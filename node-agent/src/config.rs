@@ -1,0 +1,1085 @@
+//! flannel's `net-conf.json`, parsed the way flannel reads it, with stricter errors.
+//!
+//! Compatible with flannel:
+//! - keys match case-insensitively (flannel decodes with Go's `encoding/json`, which does);
+//! - `EnableIPv4` defaults to true, `Backend.VNI` to 1, `Backend.Port` to 8472 (0 means the
+//!   kernel default, which is 8472);
+//! - `null` for a key means "not set", as Go leaves the zero value;
+//! - `SubnetLen`, `SubnetMin`, `SubnetMax` and their IPv6 forms are accepted and checked, but
+//!   the subnet comes from the Node's `spec.podCIDRs` in kube subnet manager mode, as in flannel.
+//!
+//! Different from flannel, on purpose:
+//! - unknown keys are reported as warnings instead of being silently dropped;
+//! - an invalid value is an error naming the key (`Backend.VNI: ...`), so a bad ConfigMap is
+//!   rejected whole and the agent keeps running the last good one;
+//! - a missing `Backend` means VXLAN (flannel would pick the long-removed `udp` backend and fail);
+//! - IPIP with `EnableIPv6` is rejected: flannel silently drops IPv6 for IPIP;
+//! - two keys differing only in case (`Network` and `network`) are rejected instead of one
+//!   silently winning.
+//!
+//! [`NetConfig`] is `Eq`: the agent compares the running and the new config to detect a
+//! backend switch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use serde_json::Value;
+
+use crate::dataplane::desired::DEFAULT_VXLAN_PORT;
+
+/// A ConfigMap value is at most 1 MiB; a net-conf.json is a few hundred bytes. Anything past
+/// this is not a config someone meant to write.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
+/// VXLAN network identifiers are 24 bits.
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The smallest MTU IPv6 allows on a link.
+const IPV6_MIN_MTU: u32 = 1280;
+/// The smallest MTU IPv4 allows.
+const IPV4_MIN_MTU: u32 = 68;
+
+/// The backend types trellis implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendType {
+    Vxlan,
+    HostGw,
+    Ipip,
+}
+
+impl BackendType {
+    /// The name used in net-conf.json and in the `backend-type` annotation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendType::Vxlan => "vxlan",
+            BackendType::HostGw => "host-gw",
+            BackendType::Ipip => "ipip",
+        }
+    }
+}
+
+impl fmt::Display for BackendType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name is not one of trellis's backends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported backend type {0:?} (trellis supports vxlan, host-gw, ipip)")]
+pub struct UnknownBackendType(pub String);
+
+impl FromStr for BackendType {
+    type Err = UnknownBackendType;
+
+    /// Exact, lowercase names, as flannel's backend registry matches them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vxlan" => Ok(BackendType::Vxlan),
+            "host-gw" => Ok(BackendType::HostGw),
+            "ipip" => Ok(BackendType::Ipip),
+            other => Err(UnknownBackendType(other.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanConfig {
+    pub vni: u32,
+    pub port: u16,
+    pub gbp: bool,
+    pub learning: bool,
+    pub direct_routing: bool,
+    pub mtu: Option<u32>,
+}
+
+impl Default for VxlanConfig {
+    fn default() -> Self {
+        VxlanConfig {
+            vni: 1,
+            port: DEFAULT_VXLAN_PORT,
+            gbp: false,
+            learning: false,
+            direct_routing: false,
+            mtu: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostGwConfig {
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IpipConfig {
+    pub direct_routing: bool,
+    pub mtu: Option<u32>,
+}
+
+/// The `Backend` object, with only the options that mean something for its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendConfig {
+    Vxlan(VxlanConfig),
+    HostGw(HostGwConfig),
+    Ipip(IpipConfig),
+}
+
+impl BackendConfig {
+    pub fn kind(&self) -> BackendType {
+        match self {
+            BackendConfig::Vxlan(_) => BackendType::Vxlan,
+            BackendConfig::HostGw(_) => BackendType::HostGw,
+            BackendConfig::Ipip(_) => BackendType::Ipip,
+        }
+    }
+
+    /// `Backend.MTU`: overrides the MTU computed from the underlay.
+    pub fn mtu(&self) -> Option<u32> {
+        match self {
+            BackendConfig::Vxlan(c) => c.mtu,
+            BackendConfig::HostGw(c) => c.mtu,
+            BackendConfig::Ipip(c) => c.mtu,
+        }
+    }
+
+    /// `Backend.DirectRouting`: route plainly to peers on the same L2 segment.
+    pub fn direct_routing(&self) -> bool {
+        match self {
+            BackendConfig::Vxlan(c) => c.direct_routing,
+            BackendConfig::HostGw(_) => false,
+            BackendConfig::Ipip(c) => c.direct_routing,
+        }
+    }
+}
+
+/// A parsed, validated net-conf.json.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub enable_ipv4: bool,
+    pub enable_ipv6: bool,
+    /// `Network`, normalised to its network address. `Some` whenever `enable_ipv4`.
+    pub network: Option<Ipv4Network>,
+    /// `IPv6Network`. `Some` whenever `enable_ipv6`.
+    pub ipv6_network: Option<Ipv6Network>,
+    /// `EnableNFTables`: firewall rules through nftables instead of iptables.
+    pub enable_nftables: bool,
+    pub subnet_len: Option<u8>,
+    pub ipv6_subnet_len: Option<u8>,
+    pub subnet_min: Option<Ipv4Addr>,
+    pub subnet_max: Option<Ipv4Addr>,
+    pub ipv6_subnet_min: Option<Ipv6Addr>,
+    pub ipv6_subnet_max: Option<Ipv6Addr>,
+    pub backend: BackendConfig,
+}
+
+impl NetConfig {
+    /// The IPv4 pod network, if IPv4 is enabled.
+    pub fn ipv4(&self) -> Option<Ipv4Network> {
+        self.network.filter(|_| self.enable_ipv4)
+    }
+
+    /// The IPv6 pod network, if IPv6 is enabled.
+    pub fn ipv6(&self) -> Option<Ipv6Network> {
+        self.ipv6_network.filter(|_| self.enable_ipv6)
+    }
+
+    /// Parse and validate net-conf.json text.
+    pub fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
+        parse(text)
+    }
+}
+
+/// A config and the remarks worth logging about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedConfig {
+    pub config: NetConfig,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// Something in the config that trellis ignores; logged, never fatal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigWarning {
+    /// A key neither flannel nor trellis knows (typo?). `key` is the full path, e.g. `Backend.VNl`.
+    UnknownKey { key: String },
+    /// A known option that the chosen backend does not use (e.g. `VNI` with host-gw).
+    IgnoredForBackend { key: String, backend: BackendType },
+    /// Accepted for compatibility but unused: the subnet comes from the Node's podCIDRs.
+    UnusedInKubeMode { key: String },
+    /// No `Backend` object: VXLAN with defaults.
+    DefaultBackend,
+    /// A CIDR with host bits set (`10.244.1.0/16`); its network address is used.
+    HostBitsMasked {
+        key: String,
+        given: String,
+        used: String,
+    },
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigWarning::UnknownKey { key } => {
+                write!(f, "net-conf.json: unknown key {key:?} ignored (typo?)")
+            }
+            ConfigWarning::IgnoredForBackend { key, backend } => write!(
+                f,
+                "net-conf.json: {key} has no effect with backend {backend}, ignored"
+            ),
+            ConfigWarning::UnusedInKubeMode { key } => write!(
+                f,
+                "net-conf.json: {key} is ignored: node subnets come from each Node's spec.podCIDRs \
+                 (kube-controller-manager --allocate-node-cidrs)"
+            ),
+            ConfigWarning::DefaultBackend => write!(
+                f,
+                "net-conf.json: no Backend given, using vxlan with default options"
+            ),
+            ConfigWarning::HostBitsMasked { key, given, used } => write!(
+                f,
+                "net-conf.json: {key} {given} has host bits set, using {used}"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("net-conf.json is {len} bytes, more than the {max} accepted")]
+    TooLarge { len: usize, max: usize },
+    #[error("net-conf.json is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("net-conf.json must be a JSON object, found {0}")]
+    NotAnObject(&'static str),
+    #[error("net-conf.json: {key} is required{why}")]
+    Missing { key: String, why: String },
+    #[error("net-conf.json: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("net-conf.json: keys {first:?} and {second:?} differ only in case; keep one")]
+    AmbiguousKey { first: String, second: String },
+    #[error("net-conf.json: Backend.Type: {0}")]
+    UnsupportedBackend(UnknownBackendType),
+}
+
+impl ConfigError {
+    fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An object's entries, looked up case-insensitively; remembers what was looked up so the
+/// rest can be reported as unknown.
+struct Fields<'a> {
+    path: &'static str,
+    by_lower: BTreeMap<String, (&'a str, &'a Value)>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(
+        path: &'static str,
+        map: &'a serde_json::Map<String, Value>,
+    ) -> Result<Self, ConfigError> {
+        let mut by_lower: BTreeMap<String, (&str, &Value)> = BTreeMap::new();
+        for (k, v) in map {
+            if let Some((first, _)) = by_lower.insert(k.to_ascii_lowercase(), (k.as_str(), v)) {
+                return Err(ConfigError::AmbiguousKey {
+                    first: format!("{path}{first}"),
+                    second: format!("{path}{k}"),
+                });
+            }
+        }
+        Ok(Fields { path, by_lower })
+    }
+
+    /// The value of a key, `None` when absent or `null` (Go leaves the zero value then).
+    fn take(&mut self, name: &str) -> Option<(String, &'a Value)> {
+        let (_, v) = self.by_lower.remove(&name.to_ascii_lowercase())?;
+        if v.is_null() {
+            None
+        } else {
+            Some((format!("{}{name}", self.path), v))
+        }
+    }
+
+    fn unknown(self, warnings: &mut Vec<ConfigWarning>) {
+        for (_, (k, _)) in self.by_lower {
+            warnings.push(ConfigWarning::UnknownKey {
+                key: format!("{}{k}", self.path),
+            });
+        }
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn as_bool(key: &str, v: &Value) -> Result<bool, ConfigError> {
+    v.as_bool().ok_or_else(|| {
+        ConfigError::invalid(
+            key,
+            format!("expected true or false, found {}", json_kind(v)),
+        )
+    })
+}
+
+fn as_uint(key: &str, v: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let n = v.as_u64().ok_or_else(|| {
+        let what = match v {
+            Value::Number(n) => format!("{n}"),
+            other => json_kind(other).to_string(),
+        };
+        ConfigError::invalid(key, format!("expected a whole number, found {what}"))
+    })?;
+    if !(min..=max).contains(&n) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{n} is outside {min}..={max}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn as_str<'v>(key: &str, v: &'v Value) -> Result<&'v str, ConfigError> {
+    v.as_str().ok_or_else(|| {
+        ConfigError::invalid(key, format!("expected a string, found {}", json_kind(v)))
+    })
+}
+
+/// Parse `addr/prefix` the way Go's `net.ParseCIDR` does: decimal prefix only (no netmask
+/// form, no sign), no surrounding whitespace.
+pub fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+    let (addr, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR (expected address/prefix)"))?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CIDR: {addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix.is_empty() || prefix.len() > 3 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a CIDR: bad prefix length {prefix:?}"));
+    }
+    let len: u8 = prefix
+        .parse()
+        .map_err(|_| format!("{s:?} is not a CIDR: bad prefix length {prefix:?}"))?;
+    if len > max {
+        return Err(format!(
+            "{s:?} is not a CIDR: prefix length {len} is longer than {max}"
+        ));
+    }
+    IpNetwork::new(addr, len).map_err(|e| format!("{s:?} is not a CIDR: {e}"))
+}
+
+fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            len: text.len(),
+            max: MAX_CONFIG_BYTES,
+        });
+    }
+    let root: Value =
+        serde_json::from_str(text).map_err(|e| ConfigError::NotJson(e.to_string()))?;
+    let obj = match &root {
+        Value::Object(o) => o,
+        other => return Err(ConfigError::NotAnObject(json_kind(other))),
+    };
+    let mut warnings = Vec::new();
+    let mut f = Fields::new("", obj)?;
+
+    let enable_ipv4 = match f.take("EnableIPv4") {
+        Some((k, v)) => as_bool(&k, v)?,
+        None => true,
+    };
+    let enable_ipv6 = match f.take("EnableIPv6") {
+        Some((k, v)) => as_bool(&k, v)?,
+        None => false,
+    };
+    let enable_nftables = match f.take("EnableNFTables") {
+        Some((k, v)) => as_bool(&k, v)?,
+        None => false,
+    };
+    if !enable_ipv4 && !enable_ipv6 {
+        return Err(ConfigError::invalid(
+            "EnableIPv4",
+            "false together with EnableIPv6 false leaves no address family; enable at least one",
+        ));
+    }
+
+    let network = match f.take("Network") {
+        Some((k, v)) => Some(network_v4(&k, v, &mut warnings)?),
+        None => None,
+    };
+    let ipv6_network = match f.take("IPv6Network") {
+        Some((k, v)) => Some(network_v6(&k, v, &mut warnings)?),
+        None => None,
+    };
+    if enable_ipv4 && network.is_none() {
+        return Err(ConfigError::Missing {
+            key: "Network".into(),
+            why: " when EnableIPv4 is true (the default), e.g. \"10.244.0.0/16\"".into(),
+        });
+    }
+    if enable_ipv6 && ipv6_network.is_none() {
+        return Err(ConfigError::Missing {
+            key: "IPv6Network".into(),
+            why: " when EnableIPv6 is true, e.g. \"fd00:10:244::/56\"".into(),
+        });
+    }
+
+    let subnet_len = match f.take("SubnetLen") {
+        Some((k, v)) => {
+            let min = network.map_or(0, |n| u64::from(n.prefix()));
+            let n = as_uint(&k, v, 0, 30)? as u8;
+            if n != 0 && u64::from(n) < min {
+                return Err(ConfigError::invalid(
+                    &k,
+                    format!("/{n} is shorter than the Network's /{min}"),
+                ));
+            }
+            warnings.push(ConfigWarning::UnusedInKubeMode { key: k });
+            (n != 0).then_some(n)
+        }
+        None => None,
+    };
+    let ipv6_subnet_len = match f.take("IPv6SubnetLen") {
+        Some((k, v)) => {
+            let min = ipv6_network.map_or(0, |n| u64::from(n.prefix()));
+            let n = as_uint(&k, v, 0, 126)? as u8;
+            if n != 0 && u64::from(n) < min {
+                return Err(ConfigError::invalid(
+                    &k,
+                    format!("/{n} is shorter than the IPv6Network's /{min}"),
+                ));
+            }
+            warnings.push(ConfigWarning::UnusedInKubeMode { key: k });
+            (n != 0).then_some(n)
+        }
+        None => None,
+    };
+    let subnet_min = bound_v4(&mut f, "SubnetMin", network, &mut warnings)?;
+    let subnet_max = bound_v4(&mut f, "SubnetMax", network, &mut warnings)?;
+    let ipv6_subnet_min = bound_v6(&mut f, "IPv6SubnetMin", ipv6_network, &mut warnings)?;
+    let ipv6_subnet_max = bound_v6(&mut f, "IPv6SubnetMax", ipv6_network, &mut warnings)?;
+
+    let backend = match f.take("Backend") {
+        Some((_, Value::Object(b))) => backend(b, &mut warnings)?,
+        Some((k, other)) => {
+            return Err(ConfigError::invalid(
+                &k,
+                format!(
+                    "expected an object like {{\"Type\": \"vxlan\"}}, found {}",
+                    json_kind(other)
+                ),
+            ))
+        }
+        None => {
+            warnings.push(ConfigWarning::DefaultBackend);
+            BackendConfig::Vxlan(VxlanConfig::default())
+        }
+    };
+    f.unknown(&mut warnings);
+
+    if enable_ipv6 && backend.kind() == BackendType::Ipip {
+        return Err(ConfigError::invalid(
+            "EnableIPv6",
+            "the ipip backend carries IPv4 only; use vxlan or host-gw for IPv6",
+        ));
+    }
+    if let Some(mtu) = backend.mtu() {
+        if enable_ipv6 && mtu < IPV6_MIN_MTU {
+            return Err(ConfigError::invalid(
+                "Backend.MTU",
+                format!("{mtu} is below {IPV6_MIN_MTU}, the minimum for IPv6 (EnableIPv6 is true)"),
+            ));
+        }
+    }
+
+    Ok(ParsedConfig {
+        config: NetConfig {
+            enable_ipv4,
+            enable_ipv6,
+            network,
+            ipv6_network,
+            enable_nftables,
+            subnet_len,
+            ipv6_subnet_len,
+            subnet_min,
+            subnet_max,
+            ipv6_subnet_min,
+            ipv6_subnet_max,
+            backend,
+        },
+        warnings,
+    })
+}
+
+fn network_v4(
+    key: &str,
+    v: &Value,
+    w: &mut Vec<ConfigWarning>,
+) -> Result<Ipv4Network, ConfigError> {
+    let s = as_str(key, v)?;
+    let net = match parse_cidr(s).map_err(|e| ConfigError::invalid(key, e))? {
+        IpNetwork::V4(n) => n,
+        IpNetwork::V6(_) => {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{s:?} is IPv6; put it in IPv6Network"),
+            ))
+        }
+    };
+    if net.prefix() > 30 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{s:?} is too small to hold node subnets (at most /30)"),
+        ));
+    }
+    let norm = Ipv4Network::new(net.network(), net.prefix())
+        .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+    if norm != net {
+        w.push(ConfigWarning::HostBitsMasked {
+            key: key.to_string(),
+            given: s.to_string(),
+            used: norm.to_string(),
+        });
+    }
+    Ok(norm)
+}
+
+fn network_v6(
+    key: &str,
+    v: &Value,
+    w: &mut Vec<ConfigWarning>,
+) -> Result<Ipv6Network, ConfigError> {
+    let s = as_str(key, v)?;
+    let net = match parse_cidr(s).map_err(|e| ConfigError::invalid(key, e))? {
+        IpNetwork::V6(n) => n,
+        IpNetwork::V4(_) => {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{s:?} is IPv4; put it in Network"),
+            ))
+        }
+    };
+    if net.prefix() > 126 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{s:?} is too small to hold node subnets (at most /126)"),
+        ));
+    }
+    let norm = Ipv6Network::new(net.network(), net.prefix())
+        .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+    if norm != net {
+        w.push(ConfigWarning::HostBitsMasked {
+            key: key.to_string(),
+            given: s.to_string(),
+            used: norm.to_string(),
+        });
+    }
+    Ok(norm)
+}
+
+fn bound_v4(
+    f: &mut Fields<'_>,
+    name: &str,
+    network: Option<Ipv4Network>,
+    w: &mut Vec<ConfigWarning>,
+) -> Result<Option<Ipv4Addr>, ConfigError> {
+    let Some((k, v)) = f.take(name) else {
+        return Ok(None);
+    };
+    let s = as_str(&k, v)?;
+    let ip: Ipv4Addr = s
+        .parse()
+        .map_err(|_| ConfigError::invalid(&k, format!("{s:?} is not an IPv4 address")))?;
+    if let Some(n) = network {
+        if !n.contains(ip) {
+            return Err(ConfigError::invalid(
+                &k,
+                format!("{ip} is outside Network {n}"),
+            ));
+        }
+    }
+    w.push(ConfigWarning::UnusedInKubeMode { key: k });
+    Ok(Some(ip))
+}
+
+fn bound_v6(
+    f: &mut Fields<'_>,
+    name: &str,
+    network: Option<Ipv6Network>,
+    w: &mut Vec<ConfigWarning>,
+) -> Result<Option<Ipv6Addr>, ConfigError> {
+    let Some((k, v)) = f.take(name) else {
+        return Ok(None);
+    };
+    let s = as_str(&k, v)?;
+    let ip: Ipv6Addr = s
+        .parse()
+        .map_err(|_| ConfigError::invalid(&k, format!("{s:?} is not an IPv6 address")))?;
+    if let Some(n) = network {
+        if !n.contains(ip) {
+            return Err(ConfigError::invalid(
+                &k,
+                format!("{ip} is outside IPv6Network {n}"),
+            ));
+        }
+    }
+    w.push(ConfigWarning::UnusedInKubeMode { key: k });
+    Ok(Some(ip))
+}
+
+fn mtu_option(f: &mut Fields<'_>) -> Result<Option<u32>, ConfigError> {
+    match f.take("MTU") {
+        // 0 is Go's zero value: "not set".
+        Some((k, v)) => match as_uint(&k, v, 0, 65535)? {
+            0 => Ok(None),
+            n if n < u64::from(IPV4_MIN_MTU) => Err(ConfigError::invalid(
+                &k,
+                format!("{n} is below {IPV4_MIN_MTU}, the minimum IPv4 MTU"),
+            )),
+            n => Ok(Some(n as u32)),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Options valid for one backend type but given with another.
+fn ignore_for(
+    f: &mut Fields<'_>,
+    names: &[&str],
+    backend: BackendType,
+    w: &mut Vec<ConfigWarning>,
+) {
+    for name in names {
+        if let Some((key, _)) = f.take(name) {
+            w.push(ConfigWarning::IgnoredForBackend { key, backend });
+        }
+    }
+}
+
+fn backend(
+    obj: &serde_json::Map<String, Value>,
+    w: &mut Vec<ConfigWarning>,
+) -> Result<BackendConfig, ConfigError> {
+    let mut f = Fields::new("Backend.", obj)?;
+    let kind = match f.take("Type") {
+        Some((k, v)) => {
+            BackendType::from_str(as_str(&k, v)?).map_err(ConfigError::UnsupportedBackend)?
+        }
+        None => {
+            return Err(ConfigError::Missing {
+                key: "Backend.Type".into(),
+                why: ": one of \"vxlan\", \"host-gw\", \"ipip\"".into(),
+            })
+        }
+    };
+    let config = match kind {
+        BackendType::Vxlan => {
+            let mut c = VxlanConfig::default();
+            if let Some((k, v)) = f.take("VNI") {
+                c.vni = as_uint(&k, v, 1, u64::from(MAX_VNI))? as u32;
+            }
+            if let Some((k, v)) = f.take("Port") {
+                // 0 lets the kernel choose, and the kernel chooses 8472.
+                c.port = match as_uint(&k, v, 0, 65535)? {
+                    0 => DEFAULT_VXLAN_PORT,
+                    p => p as u16,
+                };
+            }
+            if let Some((k, v)) = f.take("GBP") {
+                c.gbp = as_bool(&k, v)?;
+            }
+            if let Some((k, v)) = f.take("Learning") {
+                c.learning = as_bool(&k, v)?;
+            }
+            if let Some((k, v)) = f.take("DirectRouting") {
+                c.direct_routing = as_bool(&k, v)?;
+            }
+            c.mtu = mtu_option(&mut f)?;
+            BackendConfig::Vxlan(c)
+        }
+        BackendType::HostGw => {
+            ignore_for(
+                &mut f,
+                &["VNI", "Port", "GBP", "Learning", "DirectRouting"],
+                kind,
+                w,
+            );
+            BackendConfig::HostGw(HostGwConfig {
+                mtu: mtu_option(&mut f)?,
+            })
+        }
+        BackendType::Ipip => {
+            ignore_for(&mut f, &["VNI", "Port", "GBP", "Learning"], kind, w);
+            let mut c = IpipConfig::default();
+            if let Some((k, v)) = f.take("DirectRouting") {
+                c.direct_routing = as_bool(&k, v)?;
+            }
+            c.mtu = mtu_option(&mut f)?;
+            BackendConfig::Ipip(c)
+        }
+    };
+    f.unknown(w);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> ParsedConfig {
+        match NetConfig::parse(text) {
+            Ok(p) => p,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn flannel_default_manifest_config() {
+        let p = ok(
+            r#"{"Network": "10.244.0.0/16", "EnableNFTables": false, "Backend": {"Type": "vxlan"}}"#,
+        );
+        let c = p.config;
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(c.enable_ipv4 && !c.enable_ipv6 && !c.enable_nftables);
+        assert_eq!(c.ipv4(), Some("10.244.0.0/16".parse().unwrap()));
+        assert_eq!(c.ipv6(), None);
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
+        assert_eq!(
+            VxlanConfig::default(),
+            VxlanConfig {
+                vni: 1,
+                port: 8472,
+                gbp: false,
+                learning: false,
+                direct_routing: false,
+                mtu: None
+            }
+        );
+    }
+
+    #[test]
+    fn every_option_is_read() {
+        let c = ok(r#"{
+            "Network": "10.1.0.0/16", "IPv6Network": "fd00:1::/56", "EnableIPv6": true,
+            "EnableNFTables": true, "SubnetLen": 24, "IPv6SubnetLen": 64,
+            "SubnetMin": "10.1.1.0", "SubnetMax": "10.1.200.0",
+            "IPv6SubnetMin": "fd00:1:0:1::", "IPv6SubnetMax": "fd00:1:0:ff::",
+            "Backend": {"Type": "vxlan", "VNI": 4096, "Port": 4789, "GBP": true,
+                        "Learning": true, "DirectRouting": true, "MTU": 1400}}"#)
+        .config;
+        assert!(c.enable_ipv4 && c.enable_ipv6 && c.enable_nftables);
+        assert_eq!(c.ipv6(), Some("fd00:1::/56".parse().unwrap()));
+        assert_eq!(c.subnet_len, Some(24));
+        assert_eq!(c.ipv6_subnet_len, Some(64));
+        assert_eq!(c.subnet_min, Some("10.1.1.0".parse().unwrap()));
+        assert_eq!(c.subnet_max, Some("10.1.200.0".parse().unwrap()));
+        assert_eq!(c.ipv6_subnet_min, Some("fd00:1:0:1::".parse().unwrap()));
+        assert_eq!(c.ipv6_subnet_max, Some("fd00:1:0:ff::".parse().unwrap()));
+        assert_eq!(
+            c.backend,
+            BackendConfig::Vxlan(VxlanConfig {
+                vni: 4096,
+                port: 4789,
+                gbp: true,
+                learning: true,
+                direct_routing: true,
+                mtu: Some(1400)
+            })
+        );
+        assert!(c.backend.direct_routing());
+        assert_eq!(c.backend.mtu(), Some(1400));
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_like_go() {
+        let a = ok(
+            r#"{"network": "10.244.0.0/16", "BACKEND": {"type": "vxlan", "vni": 7, "directrouting": true}}"#,
+        );
+        let b = ok(
+            r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 7, "DirectRouting": true}}"#,
+        );
+        assert_eq!(a.config, b.config);
+        assert!(a.warnings.is_empty());
+    }
+
+    #[test]
+    fn host_gw_and_ipip() {
+        let c = ok(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#).config;
+        assert_eq!(c.backend, BackendConfig::HostGw(HostGwConfig { mtu: None }));
+        assert!(!c.backend.direct_routing());
+        let c = ok(
+            r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "ipip", "DirectRouting": true}}"#,
+        )
+        .config;
+        assert_eq!(
+            c.backend,
+            BackendConfig::Ipip(IpipConfig {
+                direct_routing: true,
+                mtu: None
+            })
+        );
+        assert_eq!(c.backend.kind(), BackendType::Ipip);
+    }
+
+    #[test]
+    fn ipv6_only() {
+        let c = ok(r#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {"Type": "host-gw"}}"#).config;
+        assert_eq!(c.ipv4(), None);
+        assert_eq!(c.ipv6(), Some("fd00::/48".parse().unwrap()));
+    }
+
+    #[test]
+    fn defaults_and_zero_values() {
+        let p = ok(r#"{"Network": "10.244.0.0/16"}"#);
+        assert_eq!(
+            p.config.backend,
+            BackendConfig::Vxlan(VxlanConfig::default())
+        );
+        assert_eq!(p.warnings, vec![ConfigWarning::DefaultBackend]);
+        // Go's zero values and null mean "not set".
+        let c = ok(r#"{"Network": "10.244.0.0/16", "EnableIPv6": null, "Backend": {"Type": "vxlan", "Port": 0, "MTU": 0, "VNI": null}}"#).config;
+        assert_eq!(c.backend, BackendConfig::Vxlan(VxlanConfig::default()));
+        assert!(!c.enable_ipv6);
+    }
+
+    #[test]
+    fn warnings_for_unknown_ignored_and_masked() {
+        let p = ok(
+            r#"{"Network": "10.244.1.0/16", "Netwrok": "x", "SubnetLen": 24,
+                       "Backend": {"Type": "host-gw", "VNI": 3, "Colour": "blue"}}"#,
+        );
+        assert_eq!(p.config.network, Some("10.244.0.0/16".parse().unwrap()));
+        let w = &p.warnings;
+        assert!(
+            w.contains(&ConfigWarning::UnknownKey {
+                key: "Netwrok".into()
+            }),
+            "{w:?}"
+        );
+        assert!(
+            w.contains(&ConfigWarning::UnknownKey {
+                key: "Backend.Colour".into()
+            }),
+            "{w:?}"
+        );
+        assert!(w.contains(&ConfigWarning::IgnoredForBackend {
+            key: "Backend.VNI".into(),
+            backend: BackendType::HostGw
+        }));
+        assert!(w.contains(&ConfigWarning::UnusedInKubeMode {
+            key: "SubnetLen".into()
+        }));
+        assert!(w.contains(&ConfigWarning::HostBitsMasked {
+            key: "Network".into(),
+            given: "10.244.1.0/16".into(),
+            used: "10.244.0.0/16".into()
+        }));
+        assert_eq!(w.len(), 5, "{w:?}");
+        for warning in w {
+            assert!(warning.to_string().starts_with("net-conf.json: "));
+        }
+    }
+
+    #[test]
+    fn configs_compare_to_detect_a_switch() {
+        let vx = ok(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#).config;
+        let vx_again =
+            ok(r#"{"Backend": {"type": "vxlan", "VNI": 1}, "Network": "10.244.0.0/16"}"#).config;
+        let vx2 =
+            ok(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 2}}"#).config;
+        let hg = ok(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#).config;
+        assert_eq!(vx, vx_again);
+        assert_ne!(vx, vx2);
+        assert_ne!(vx.backend, hg.backend);
+        assert_eq!(vx.network, hg.network);
+    }
+
+    /// Each bad input must be rejected with an error that names the offending key.
+    #[test]
+    fn bad_inputs_are_rejected_naming_the_key() {
+        let net = r#""Network": "10.244.0.0/16""#;
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "not valid JSON"),
+            ("{".into(), "not valid JSON"),
+            ("[]".into(), "must be a JSON object"),
+            ("\"x\"".into(), "must be a JSON object"),
+            ("{}".into(), "Network is required"),
+            (r#"{"Network": 10}"#.into(), "Network: expected a string"),
+            (
+                r#"{"Network": "10.244.0.0"}"#.into(),
+                "Network: \"10.244.0.0\" is not a CIDR",
+            ),
+            (r#"{"Network": "10.244.0.0/33"}"#.into(), "Network:"),
+            (
+                r#"{"Network": "10.244.0.0/255.255.0.0"}"#.into(),
+                "Network:",
+            ),
+            (r#"{"Network": "banana/16"}"#.into(), "Network:"),
+            (r#"{"Network": " 10.244.0.0/16"}"#.into(), "Network:"),
+            (
+                r#"{"Network": "fd00::/48"}"#.into(),
+                "Network: \"fd00::/48\" is IPv6",
+            ),
+            (r#"{"Network": "10.244.0.0/31"}"#.into(), "Network:"),
+            (
+                format!(r#"{{{net}, "EnableIPv6": true}}"#),
+                "IPv6Network is required",
+            ),
+            (
+                format!(r#"{{{net}, "EnableIPv6": true, "IPv6Network": "10.0.0.0/8"}}"#),
+                "IPv6Network:",
+            ),
+            (
+                format!(r#"{{{net}, "EnableIPv4": "yes"}}"#),
+                "EnableIPv4: expected true or false",
+            ),
+            (format!(r#"{{{net}, "EnableIPv4": false}}"#), "EnableIPv4:"),
+            (
+                format!(r#"{{{net}, "EnableNFTables": 1}}"#),
+                "EnableNFTables:",
+            ),
+            (format!(r#"{{{net}, "SubnetLen": 8}}"#), "SubnetLen:"),
+            (format!(r#"{{{net}, "SubnetLen": 31}}"#), "SubnetLen:"),
+            (format!(r#"{{{net}, "SubnetLen": -1}}"#), "SubnetLen:"),
+            (
+                format!(r#"{{{net}, "SubnetMin": "10.0.0.1"}}"#),
+                "SubnetMin:",
+            ),
+            (format!(r#"{{{net}, "SubnetMax": "nope"}}"#), "SubnetMax:"),
+            (
+                format!(r#"{{{net}, "Backend": "vxlan"}}"#),
+                "Backend: expected an object",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{}}}}"#),
+                "Backend.Type is required",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "udp"}}}}"#),
+                "Backend.Type: unsupported backend type \"udp\"",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "wireguard"}}}}"#),
+                "Backend.Type:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "VXLAN"}}}}"#),
+                "Backend.Type:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": 1}}}}"#),
+                "Backend.Type: expected a string",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "VNI": 0}}}}"#),
+                "Backend.VNI: 0 is outside",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "VNI": 16777216}}}}"#),
+                "Backend.VNI:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "VNI": 1.5}}}}"#),
+                "Backend.VNI: expected a whole number, found 1.5",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "VNI": "1"}}}}"#),
+                "Backend.VNI:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "Port": 65536}}}}"#),
+                "Backend.Port:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "Port": -4789}}}}"#),
+                "Backend.Port:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "GBP": "true"}}}}"#),
+                "Backend.GBP:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "Learning": 0}}}}"#),
+                "Backend.Learning:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "ipip", "DirectRouting": "on"}}}}"#),
+                "Backend.DirectRouting:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "MTU": 40}}}}"#),
+                "Backend.MTU:",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "host-gw", "MTU": 70000}}}}"#),
+                "Backend.MTU:",
+            ),
+            (
+                format!(
+                    r#"{{{net}, "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {{"Type": "vxlan", "MTU": 1200}}}}"#
+                ),
+                "Backend.MTU:",
+            ),
+            (
+                format!(
+                    r#"{{{net}, "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {{"Type": "ipip"}}}}"#
+                ),
+                "EnableIPv6:",
+            ),
+            (
+                r#"{"Network": "10.244.0.0/16", "network": "10.245.0.0/16"}"#.into(),
+                "differ only in case",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "vni": 2, "VNI": 3}}}}"#),
+                "differ only in case",
+            ),
+            (
+                format!(r#"{{"Network": "{}/16"}}"#, "1".repeat(MAX_CONFIG_BYTES)),
+                "bytes, more than",
+            ),
+        ];
+        assert!(cases.len() >= 15);
+        for (text, want) in &cases {
+            match NetConfig::parse(text) {
+                Ok(p) => panic!("accepted {text:?}: {:?}", p.config),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(want), "{text:?}: error {msg:?} lacks {want:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cidr_parser_matches_go() {
+        assert_eq!(parse_cidr("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(parse_cidr("fd00::/64").unwrap().to_string(), "fd00::/64");
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0.0/8/8",
+            "/8",
+            "10.0.0.0/0008",
+            "fd00::/129",
+        ] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The desired state of the node as plain data, and the same shape for what the kernel holds.
+//!
+//! `backend::plan` produces a [`DesiredState`]; the netlink executor dumps what trellis owns into
+//! a [`KernelState`] and `dataplane::diff` turns the two into ops. Every collection is keyed by
+//! the identity the kernel uses for the object (a route by destination, a neighbour by device and
+//! IP, an FDB entry by device and MAC), so a diff is a merge of two sorted maps and two states are
+//! equal exactly when the kernel would hold the same things.
+//!
+//! What trellis owns, so what an executor dumps into the "actual" [`KernelState`]:
+//! - links whose name satisfies [`is_owned_link_name`];
+//! - addresses on those links, except IPv6 link-local ones the kernel adds by itself;
+//! - neighbour (ARP/NDP) entries and FDB entries on those links, permanent ones only;
+//! - routes in the main table whose protocol is [`ROUTE_PROTOCOL`], whatever their device
+//!   (host-gw routes live on the underlay interface).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+use ipnetwork::IpNetwork;
+use trellis_cni::subnet_env::SubnetEnv;
+
+use crate::annotations::Advertisement;
+use crate::firewall::rules::RuleSet;
+
+/// The `rtm_protocol` of every route trellis creates, so that the executor can dump exactly
+/// its own routes and never touches routes of the kernel, DHCP, routing daemons or other CNIs.
+///
+/// 116 (0x74, ASCII `t`) is not assigned in iproute2's `rt_protos` (kernel, boot, static, ra,
+/// dhcp, zebra, bird, babel, bgp, ospf, ... use 2-18, 42, 99, 186-192) nor used by the CNIs we
+/// know of (Calico uses 80). `ip route show proto 116` lists trellis's routes; an operator can
+/// name it by adding `116 trellis` to `/etc/iproute2/rt_protos.d/trellis.conf`.
+pub const ROUTE_PROTOCOL: u8 = 116;
+
+/// The VXLAN UDP port the Linux kernel uses when none is given, and flannel's default.
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+
+/// Name of the IPv4 VXLAN device for a VNI (flannel's `flannel.<VNI>`).
+pub fn vxlan_link_name(vni: u32) -> String {
+    format!("flannel.{vni}")
+}
+
+/// Name of the IPv6 VXLAN device for a VNI (flannel's `flannel-v6.<VNI>`).
+pub fn vxlan6_link_name(vni: u32) -> String {
+    format!("flannel-v6.{vni}")
+}
+
+/// Name of the IPIP device. Not `tunl0`: the kernel creates that one itself as the catch-all
+/// tunnel of the namespace, and users may rely on it.
+pub const IPIP_LINK_NAME: &str = "flannel.ipip";
+
+/// Whether a link of this name is trellis's (so it may be deleted when no longer desired).
+/// Only flannel's exact device names qualify, so a user's `flannel-test` or `tunl0` is safe.
+pub fn is_owned_link_name(name: &str) -> bool {
+    let numeric = |s: &str| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_digit());
+    name == IPIP_LINK_NAME
+        || name.strip_prefix("flannel-v6.").is_some_and(numeric)
+        || name.strip_prefix("flannel.").is_some_and(numeric)
+}
+
+/// An IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address (expected six hex octets like aa:bb:cc:dd:ee:ff)")]
+pub struct MacParseError(pub String);
+
+impl Mac {
+    /// A locally administered unicast MAC derived from a seed, e.g. `node name + device name`.
+    /// The VTEP MAC must stay the same across agent restarts (peers hold it in their ARP and
+    /// FDB entries); deriving it makes that true even when the advertised one was lost.
+    pub fn derived(seed: &str) -> Mac {
+        // FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`), good enough spread.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in seed.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let b = h.to_be_bytes();
+        // Set "locally administered", clear "multicast".
+        Mac([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
+    }
+
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = MacParseError;
+
+    /// Accepts `aa:bb:cc:dd:ee:ff` and `aa-bb-cc-dd-ee-ff` (any case), the 6-octet forms Go's
+    /// `net.ParseMAC` accepts that flannel could have written.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || MacParseError(s.to_string());
+        let sep = if s.contains(':') { ':' } else { '-' };
+        let mut out = [0u8; 6];
+        let mut parts = s.split(sep);
+        for slot in out.iter_mut() {
+            let p = parts.next().ok_or_else(err)?;
+            if p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err());
+            }
+            *slot = u8::from_str_radix(p, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(Mac(out))
+    }
+}
+
+/// Attributes of a trellis device that the kernel cannot change in place: when one of them
+/// differs the device is deleted and created again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKind {
+    Vxlan {
+        vni: u32,
+        /// UDP destination (and listening) port.
+        port: u16,
+        /// Tunnel source address: the underlay interface's address of the device's family.
+        local: IpAddr,
+        /// ifindex of the underlay interface (`dev` in `ip link add ... type vxlan`).
+        underlay_index: u32,
+        learning: bool,
+        gbp: bool,
+    },
+    Ipip {
+        /// Tunnel source address. Set so that the device does not compete with `tunl0` for
+        /// packets (the kernel picks the tunnel whose local/remote match most precisely).
+        local: Ipv4Addr,
+    },
+}
+
+/// A device trellis creates. Desired links are always up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub kind: LinkKind,
+    pub mtu: u32,
+    /// `None` in a desired link: any MAC will do (the device is only used to send).
+    /// The executor always fills it in the actual state.
+    pub mac: Option<Mac>,
+    pub up: bool,
+}
+
+/// An address trellis puts on one of its devices (the subnet's network address as /32 or
+/// /128, used as source for host-to-pod traffic).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address {
+    pub link: String,
+    pub addr: IpNetwork,
+}
+
+/// A route in the main table with protocol [`ROUTE_PROTOCOL`]. Identified by its destination:
+/// trellis never holds two routes to the same prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpNetwork,
+    pub gateway: IpAddr,
+    /// Output device: a trellis device, or the underlay interface for host-gw routes.
+    pub dev: String,
+    /// `RTNH_F_ONLINK`: the gateway is reachable on `dev` even without a covering route (the
+    /// VXLAN/IPIP gateways are the peers' addresses, not on any local subnet).
+    pub onlink: bool,
+}
+
+/// A permanent neighbour (ARP/NDP) entry: `ip lladdr mac dev link nud permanent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    pub link: String,
+    pub ip: IpAddr,
+    pub mac: Mac,
+}
+
+/// A permanent FDB entry on a VXLAN device: `bridge fdb add mac dev link dst ip self permanent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fdb {
+    pub link: String,
+    pub mac: Mac,
+    pub dst: IpAddr,
+}
+
+/// What trellis owns in the kernel, keyed by identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub links: BTreeMap<String, Link>,
+    pub addresses: BTreeSet<Address>,
+    pub routes: BTreeMap<IpNetwork, Route>,
+    pub neighbours: BTreeMap<(String, IpAddr), Neighbour>,
+    pub fdb: BTreeMap<(String, Mac), Fdb>,
+}
+
+impl KernelState {
+    pub fn add_link(&mut self, link: Link) {
+        self.links.insert(link.name.clone(), link);
+    }
+
+    pub fn add_address(&mut self, link: &str, addr: IpNetwork) {
+        self.addresses.insert(Address {
+            link: link.to_string(),
+            addr,
+        });
+    }
+
+    pub fn add_route(&mut self, route: Route) {
+        self.routes.insert(route.dst, route);
+    }
+
+    pub fn add_neighbour(&mut self, n: Neighbour) {
+        self.neighbours.insert((n.link.clone(), n.ip), n);
+    }
+
+    pub fn add_fdb(&mut self, f: Fdb) {
+        self.fdb.insert((f.link.clone(), f.mac), f);
+    }
+
+    /// Number of kernel objects, for logs and metrics.
+    pub fn len(&self) -> usize {
+        self.links.len()
+            + self.addresses.len()
+            + self.routes.len()
+            + self.neighbours.len()
+            + self.fdb.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything the agent must make true on this node, computed by `backend::plan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Devices, addresses, routes, neighbours and FDB entries (reconciled by netlink).
+    pub kernel: KernelState,
+    /// Masquerade and forward rules (resynced whole by the iptables or nftables executor).
+    pub firewall: RuleSet,
+    /// Content of `/run/flannel/subnet.env`.
+    pub subnet_env: SubnetEnv,
+    /// The pod MTU: the smallest MTU of the devices the configured backend uses.
+    pub mtu: u32,
+    /// What this node advertises in its Node annotations.
+    pub advertisement: Advertisement,
+}
+
+impl fmt::Display for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            LinkKind::Vxlan {
+                vni,
+                port,
+                local,
+                underlay_index,
+                learning,
+                gbp,
+            } => write!(
+                f,
+                "{} type vxlan id {vni} dstport {port} local {local} dev-index {underlay_index}{}{}",
+                self.name,
+                if *learning { " learning" } else { " nolearning" },
+                if *gbp { " gbp" } else { "" },
+            )?,
+            LinkKind::Ipip { local } => write!(f, "{} type ipip local {local}", self.name)?,
+        }
+        write!(f, " mtu {}", self.mtu)?;
+        if let Some(mac) = self.mac {
+            write!(f, " address {mac}")?;
+        }
+        if !self.up {
+            write!(f, " down")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} dev {}", self.addr, self.link)
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} via {} dev {}", self.dst, self.gateway, self.dev)?;
+        if self.onlink {
+            write!(f, " onlink")?;
+        }
+        write!(f, " proto {ROUTE_PROTOCOL}")
+    }
+}
+
+impl fmt::Display for Neighbour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} lladdr {} dev {} permanent",
+            self.ip, self.mac, self.link
+        )
+    }
+}
+
+impl fmt::Display for Fdb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} dev {} dst {} self permanent",
+            self.mac, self.link, self.dst
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parses_and_prints_canonically() {
+        let m: Mac = "AA:bb:0c:dd:ee:0F".parse().unwrap();
+        assert_eq!(m.0, [0xaa, 0xbb, 0x0c, 0xdd, 0xee, 0x0f]);
+        assert_eq!(m.to_string(), "aa:bb:0c:dd:ee:0f");
+        assert_eq!("aa-bb-0c-dd-ee-0f".parse::<Mac>().unwrap(), m);
+    }
+
+    #[test]
+    fn mac_rejects_malformed_input() {
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aa:bb:cc:dd:ee:gg",
+            "a:bb:cc:dd:ee:ff",
+            "aaa:bb:cc:dd:ee:ff",
+            "aa:bb-cc:dd:ee:ff",
+            "aabb.ccdd.eeff",
+            "aa:bb:cc:dd:ee:+f",
+            " aa:bb:cc:dd:ee:ff",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn derived_mac_is_stable_unicast_and_local() {
+        let a = Mac::derived("node-1/flannel.1");
+        assert_eq!(a, Mac::derived("node-1/flannel.1"));
+        assert_ne!(a, Mac::derived("node-2/flannel.1"));
+        assert!(!a.is_multicast());
+        assert_eq!(a.0[0] & 0x02, 0x02);
+        assert!(!a.is_zero());
+    }
+
+    #[test]
+    fn owned_link_names_are_exactly_flannels() {
+        for ok in ["flannel.1", "flannel.4096", "flannel-v6.1", "flannel.ipip"] {
+            assert!(is_owned_link_name(ok), "{ok}");
+        }
+        for not in [
+            "flannel",
+            "flannel.",
+            "flannel.x",
+            "flannel.1a",
+            "flannel-v6.",
+            "flannel.ipip2",
+            "tunl0",
+            "cni0",
+            "eth0",
+            "flannel-test",
+            "flannel.123456789",
+        ] {
+            assert!(!is_owned_link_name(not), "{not}");
+        }
+        assert_eq!(vxlan_link_name(7), "flannel.7");
+        assert_eq!(vxlan6_link_name(7), "flannel-v6.7");
+    }
+
+    #[test]
+    fn entries_render_like_ip_commands() {
+        let r = Route {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            gateway: "10.244.2.0".parse().unwrap(),
+            dev: "flannel.1".into(),
+            onlink: true,
+        };
+        assert_eq!(
+            r.to_string(),
+            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink proto 116"
+        );
+        let n = Neighbour {
+            link: "flannel.1".into(),
+            ip: "10.244.2.0".parse().unwrap(),
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+        };
+        assert_eq!(
+            n.to_string(),
+            "10.244.2.0 lladdr 02:00:00:00:00:01 dev flannel.1 permanent"
+        );
+    }
+}

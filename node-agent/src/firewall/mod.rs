@@ -1,0 +1,3 @@
+//! Masquerade and forward rules: one model ([`rules`]), rendered for iptables or nftables.
+
+pub mod rules;

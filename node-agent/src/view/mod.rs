@@ -1,0 +1,329 @@
+//! `ClusterView`: this node's lease plus one compact [`Peer`] per remote Node.
+//!
+//! The Node watcher feeds it [`NodeInfo`]s ([`ClusterView::upsert_node`] says whether anything
+//! planning depends on changed, so status heartbeats do not trigger reconciles). Each Node is
+//! parsed once when it changes; the checks that involve the config or other Nodes (podCIDR
+//! inside the Network, overlaps, duplicate public IPs) run in [`ClusterView::resolve`], because
+//! removing one Node can make another valid again.
+//!
+//! Conflicts are settled the same way on every node of the cluster, so all of them program the
+//! same winner: the older Node (by `creationTimestamp`) wins, then the lexicographically first
+//! name; the local node always wins against a peer.
+
+mod peer;
+mod skip;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+
+pub use peer::{parse_pod_cidrs, NodeInfo, Peer};
+pub use skip::{Missing, SkipReason, Skipped};
+
+use crate::annotations::AnnotationKeys;
+use crate::config::NetConfig;
+use crate::dataplane::desired::{Family, Mac};
+
+/// The interface that carries trellis's traffic between nodes (flannel's "external interface").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underlay {
+    pub name: String,
+    pub index: u32,
+    pub mtu: u32,
+    /// The interface's IPv4 address and prefix: the tunnel source, and the prefix defines the
+    /// L2 segment for host-gw and DirectRouting.
+    pub addr_v4: Option<Ipv4Network>,
+    pub addr_v6: Option<Ipv6Network>,
+}
+
+impl Underlay {
+    /// Whether `ip` is directly reachable on the underlay (same subnet, not ourselves): what
+    /// flannel checks with a route lookup before routing without encapsulation.
+    pub fn on_link(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.addr_v4.is_some_and(|a| a.contains(ip) && a.ip() != ip),
+            IpAddr::V6(ip) => self.addr_v6.is_some_and(|a| a.contains(ip) && a.ip() != ip),
+        }
+    }
+}
+
+/// This node's own side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalLease {
+    pub node_name: String,
+    /// This node's `spec.podCIDRs`.
+    pub subnet_v4: Option<Ipv4Network>,
+    pub subnet_v6: Option<Ipv6Network>,
+    /// The addresses peers use to reach us: `public-ip-overwrite` if set, else the underlay's.
+    pub public_ip_v4: Option<Ipv4Addr>,
+    pub public_ip_v6: Option<Ipv6Addr>,
+    pub underlay: Underlay,
+    /// MACs of `flannel.<VNI>` and `flannel-v6.<VNI>`; must be stable across restarts (reuse
+    /// `annotations::advertised_vtep_macs`, else `Mac::derived`).
+    pub vtep_mac_v4: Mac,
+    pub vtep_mac_v6: Mac,
+}
+
+/// The peers to program, and the Nodes that are not programmed with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved<'a> {
+    /// Sorted by name.
+    pub peers: Vec<&'a Peer>,
+    /// Sorted by node name.
+    pub skipped: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    local: LocalLease,
+    keys: AnnotationKeys,
+    nodes: HashMap<Box<str>, Result<Peer, SkipReason>>,
+}
+
+impl ClusterView {
+    pub fn new(local: LocalLease, keys: AnnotationKeys) -> Self {
+        ClusterView {
+            local,
+            keys,
+            nodes: HashMap::new(),
+        }
+    }
+
+    pub fn local(&self) -> &LocalLease {
+        &self.local
+    }
+
+    pub fn keys(&self) -> &AnnotationKeys {
+        &self.keys
+    }
+
+    /// Replace the local lease (e.g. the underlay's address or MTU changed). Returns whether
+    /// it changed.
+    pub fn set_local(&mut self, local: LocalLease) -> bool {
+        if self.local == local {
+            return false;
+        }
+        self.local = local;
+        true
+    }
+
+    /// Add or update a Node. Returns whether the view changed (a replan is needed). The local
+    /// node is ignored here: it is described by the lease.
+    pub fn upsert_node(&mut self, node: &NodeInfo) -> bool {
+        if node.name == self.local.node_name {
+            return false;
+        }
+        let entry = Peer::from_node(node, &self.keys);
+        match self.nodes.get_mut(node.name.as_str()) {
+            Some(old) if *old == entry => false,
+            Some(old) => {
+                *old = entry;
+                true
+            }
+            None => {
+                self.nodes.insert(node.name.as_str().into(), entry);
+                true
+            }
+        }
+    }
+
+    /// Forget a deleted Node. Returns whether it was known.
+    pub fn remove_node(&mut self, name: &str) -> bool {
+        self.nodes.remove(name).is_some()
+    }
+
+    /// Keep only the Nodes for which `keep` is true (after a relist: drop those not listed).
+    /// Returns whether any was dropped.
+    pub fn retain_nodes(&mut self, mut keep: impl FnMut(&str) -> bool) -> bool {
+        let before = self.nodes.len();
+        self.nodes.retain(|name, _| keep(name));
+        before != self.nodes.len()
+    }
+
+    /// Number of remote Nodes known (programmed or not).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A remote Node's entry: the peer, or why it cannot be one on its own.
+    pub fn node(&self, name: &str) -> Option<&Result<Peer, SkipReason>> {
+        self.nodes.get(name)
+    }
+
+    /// Apply the config- and cluster-wide checks. O(n log n) in the number of Nodes.
+    pub fn resolve(&self, config: &NetConfig) -> Resolved<'_> {
+        let mut skipped = Vec::new();
+        let mut candidates = Vec::with_capacity(self.nodes.len());
+        for (name, entry) in &self.nodes {
+            match entry {
+                Ok(p) => candidates.push(p),
+                Err(reason) => skipped.push(Skipped {
+                    node: name.to_string(),
+                    reason: reason.clone(),
+                }),
+            }
+        }
+        candidates.sort_by(|a, b| {
+            (a.created_unix.unwrap_or(i64::MAX), &a.name)
+                .cmp(&(b.created_unix.unwrap_or(i64::MAX), &b.name))
+        });
+
+        let mut taken = Taken::default();
+        let mut peers = Vec::with_capacity(candidates.len());
+        for p in candidates {
+            match self.check(p, config, &taken) {
+                Ok(()) => {
+                    taken.insert(p, config);
+                    peers.push(p);
+                }
+                Err(reason) => skipped.push(Skipped {
+                    node: p.name.to_string(),
+                    reason,
+                }),
+            }
+        }
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        skipped.sort_by(|a, b| a.node.cmp(&b.node));
+        Resolved { peers, skipped }
+    }
+
+    fn check(&self, p: &Peer, config: &NetConfig, taken: &Taken<'_>) -> Result<(), SkipReason> {
+        let local = &self.local;
+        let own_ips = [
+            local.public_ip_v4.map(IpAddr::V4),
+            local.public_ip_v6.map(IpAddr::V6),
+            local.underlay.addr_v4.map(|a| IpAddr::V4(a.ip())),
+            local.underlay.addr_v6.map(|a| IpAddr::V6(a.ip())),
+        ];
+        let missing = |family, missing| SkipReason::MissingForFamily { family, missing };
+        if let Some(network) = config.ipv4() {
+            let subnet = p.subnet_v4.ok_or(missing(Family::V4, Missing::PodCidr))?;
+            let ip = p
+                .public_ip_v4
+                .ok_or(missing(Family::V4, Missing::PublicIp))?;
+            if !network.is_supernet_of(subnet) {
+                return Err(SkipReason::OutsideNetwork {
+                    subnet: subnet.into(),
+                    network: network.into(),
+                });
+            }
+            if let Some(l) = local.subnet_v4.filter(|l| l.overlaps(subnet)) {
+                return Err(SkipReason::OverlapsLocal {
+                    subnet: subnet.into(),
+                    local: l.into(),
+                });
+            }
+            let (start, end) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
+            if let Some(other) = overlapping(&taken.v4, start, end) {
+                return Err(SkipReason::OverlapsPeer {
+                    subnet: subnet.into(),
+                    other: other.to_string(),
+                });
+            }
+            ip_unique(IpAddr::V4(ip), &own_ips, taken)?;
+        }
+        if let Some(network) = config.ipv6() {
+            let subnet = p.subnet_v6.ok_or(missing(Family::V6, Missing::PodCidr))?;
+            let ip = p
+                .public_ip_v6
+                .ok_or(missing(Family::V6, Missing::PublicIp))?;
+            if !network.is_supernet_of(subnet) {
+                return Err(SkipReason::OutsideNetwork {
+                    subnet: subnet.into(),
+                    network: network.into(),
+                });
+            }
+            if let Some(l) = local.subnet_v6.filter(|l| l.overlaps(subnet)) {
+                return Err(SkipReason::OverlapsLocal {
+                    subnet: subnet.into(),
+                    local: l.into(),
+                });
+            }
+            let (start, end) = v6_range(subnet);
+            if let Some(other) = overlapping(&taken.v6, start, end) {
+                return Err(SkipReason::OverlapsPeer {
+                    subnet: subnet.into(),
+                    other: other.to_string(),
+                });
+            }
+            ip_unique(IpAddr::V6(ip), &own_ips, taken)?;
+        }
+        Ok(())
+    }
+}
+
+fn ip_unique(ip: IpAddr, own: &[Option<IpAddr>], taken: &Taken<'_>) -> Result<(), SkipReason> {
+    if own.contains(&Some(ip)) {
+        return Err(SkipReason::PublicIpIsLocal { ip });
+    }
+    if let Some(other) = taken.ips.get(&ip) {
+        return Err(SkipReason::DuplicatePublicIp {
+            ip,
+            other: other.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn v6_range(n: Ipv6Network) -> (u128, u128) {
+    let start = u128::from(n.network());
+    let host_bits = 128 - u32::from(n.prefix());
+    let span = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    (start, start | span)
+}
+
+/// What accepted peers hold, to find conflicts in O(log n).
+#[derive(Default)]
+struct Taken<'a> {
+    /// Accepted subnets as disjoint ranges: start -> (end, node).
+    v4: BTreeMap<u32, (u32, &'a str)>,
+    v6: BTreeMap<u128, (u128, &'a str)>,
+    ips: HashMap<IpAddr, &'a str>,
+}
+
+impl<'a> Taken<'a> {
+    fn insert(&mut self, p: &'a Peer, config: &NetConfig) {
+        if config.ipv4().is_some() {
+            if let Some(s) = p.subnet_v4 {
+                self.v4
+                    .insert(u32::from(s.network()), (u32::from(s.broadcast()), &p.name));
+            }
+            if let Some(ip) = p.public_ip_v4 {
+                self.ips.insert(IpAddr::V4(ip), &p.name);
+            }
+        }
+        if config.ipv6().is_some() {
+            if let Some(s) = p.subnet_v6 {
+                let (start, end) = v6_range(s);
+                self.v6.insert(start, (end, &p.name));
+            }
+            if let Some(ip) = p.public_ip_v6 {
+                self.ips.insert(IpAddr::V6(ip), &p.name);
+            }
+        }
+    }
+}
+
+/// The accepted range overlapping `[start, end]`, if any. Accepted ranges are disjoint, so
+/// only the one starting last at or before `end` can overlap.
+fn overlapping<'a, T: Ord + Copy>(
+    ranges: &BTreeMap<T, (T, &'a str)>,
+    start: T,
+    end: T,
+) -> Option<&'a str> {
+    ranges
+        .range(..=end)
+        .next_back()
+        .filter(|(_, (e, _))| *e >= start)
+        .map(|(_, (_, name))| *name)
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;

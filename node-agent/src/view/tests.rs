@@ -1,0 +1,409 @@
+use super::fixtures::*;
+use super::*;
+use crate::annotations::{AnnotationError, PeerBackend};
+
+fn reason<'a>(r: &'a Resolved<'_>, node: &str) -> Option<&'a SkipReason> {
+    r.skipped.iter().find(|s| s.node == node).map(|s| &s.reason)
+}
+
+fn names(r: &Resolved<'_>) -> Vec<String> {
+    r.peers.iter().map(|p| p.name.to_string()).collect()
+}
+
+#[test]
+fn a_valid_node_becomes_a_compact_peer() {
+    let mut v = view();
+    assert!(v.upsert_node(&PeerSpec::new(2, "vxlan").node()));
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-2"]);
+    assert!(r.skipped.is_empty());
+    let p = r.peers[0];
+    assert_eq!(p.subnet_v4, Some("10.244.2.0/24".parse().unwrap()));
+    assert_eq!(p.public_ip_v4, Some("192.168.1.2".parse().unwrap()));
+    assert!(
+        matches!(p.backend, PeerBackend::Vxlan { v4: Some(d), v6: None } if d.vtep_mac == peer_mac(2))
+    );
+}
+
+#[test]
+fn peers_stay_small() {
+    // Thousands of peers: keep the per-peer footprint in check.
+    assert!(
+        std::mem::size_of::<Peer>() <= 160,
+        "{}",
+        std::mem::size_of::<Peer>()
+    );
+}
+
+#[test]
+fn upsert_reports_only_relevant_changes() {
+    let mut v = view();
+    let mut n = PeerSpec::new(2, "vxlan").node();
+    assert!(v.upsert_node(&n));
+    assert!(!v.upsert_node(&n), "same node again is no change");
+    // An annotation planning does not read (e.g. kubelet's) is no change either.
+    n.annotations
+        .insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
+    assert!(!v.upsert_node(&n));
+    n.annotations.insert(
+        "flannel.alpha.coreos.com/public-ip".into(),
+        "192.168.1.99".into(),
+    );
+    assert!(v.upsert_node(&n));
+    assert_eq!(v.node_count(), 1);
+    assert!(v.remove_node("node-2"));
+    assert!(!v.remove_node("node-2"));
+    assert_eq!(v.node_count(), 0);
+}
+
+#[test]
+fn the_local_node_is_not_a_peer() {
+    let mut v = view();
+    let mut n = PeerSpec::new(2, "vxlan").node();
+    n.name = "local".into();
+    assert!(!v.upsert_node(&n));
+    assert_eq!(v.node_count(), 0);
+}
+
+#[test]
+fn retain_drops_unlisted_nodes() {
+    let mut v = view();
+    for i in 2..6 {
+        v.upsert_node(&PeerSpec::new(i, "vxlan").node());
+    }
+    assert!(v.retain_nodes(|n| n == "node-3" || n == "node-5"));
+    assert!(!v.retain_nodes(|_| true));
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-3", "node-5"]);
+}
+
+#[test]
+fn set_local_reports_change() {
+    let mut v = view();
+    assert!(!v.set_local(lease()));
+    let mut l = lease();
+    l.underlay.mtu = 9000;
+    assert!(v.set_local(l));
+    assert_eq!(v.local().underlay.mtu, 9000);
+}
+
+#[test]
+fn bad_nodes_are_skipped_with_typed_reasons_and_others_survive() {
+    let mut v = view();
+    let good = PeerSpec::new(2, "vxlan").node();
+    v.upsert_node(&good);
+
+    let mut unmanaged = PeerSpec::new(3, "vxlan").node();
+    unmanaged
+        .annotations
+        .remove("flannel.alpha.coreos.com/kube-subnet-manager");
+    v.upsert_node(&unmanaged);
+
+    let mut no_cidr = PeerSpec::new(4, "vxlan").node();
+    no_cidr.pod_cidrs.clear();
+    v.upsert_node(&no_cidr);
+
+    let mut bad_json = PeerSpec::new(5, "vxlan").node();
+    bad_json.annotations.insert(
+        "flannel.alpha.coreos.com/backend-data".into(),
+        "{oops".into(),
+    );
+    v.upsert_node(&bad_json);
+
+    let mut bad_ip = PeerSpec::new(6, "vxlan").node();
+    bad_ip.annotations.insert(
+        "flannel.alpha.coreos.com/public-ip".into(),
+        "not-an-ip".into(),
+    );
+    v.upsert_node(&bad_ip);
+
+    let mut bad_cidr = PeerSpec::new(7, "vxlan").node();
+    bad_cidr.pod_cidrs = vec!["10.244.7.0".into()];
+    v.upsert_node(&bad_cidr);
+
+    let mut unknown_backend = PeerSpec::new(8, "vxlan").node();
+    unknown_backend.annotations.insert(
+        "flannel.alpha.coreos.com/backend-type".into(),
+        "wireguard".into(),
+    );
+    v.upsert_node(&unknown_backend);
+
+    let mut outside = PeerSpec::new(9, "vxlan").node();
+    outside.pod_cidrs = vec!["10.99.9.0/24".into()];
+    v.upsert_node(&outside);
+
+    let mut overlaps_local = PeerSpec::new(10, "vxlan").node();
+    overlaps_local.pod_cidrs = vec!["10.244.1.128/25".into()];
+    v.upsert_node(&overlaps_local);
+
+    let mut our_ip = PeerSpec::new(11, "vxlan").node();
+    our_ip.annotations.insert(
+        "flannel.alpha.coreos.com/public-ip".into(),
+        "192.168.1.1".into(),
+    );
+    v.upsert_node(&our_ip);
+
+    let mut no_ip = PeerSpec::new(12, "vxlan").node();
+    no_ip
+        .annotations
+        .remove("flannel.alpha.coreos.com/public-ip");
+    v.upsert_node(&no_ip);
+
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-2"]);
+    assert_eq!(reason(&r, "node-3"), Some(&SkipReason::NotManaged));
+    assert_eq!(reason(&r, "node-4"), Some(&SkipReason::NoPodCidr));
+    assert!(matches!(
+        reason(&r, "node-5"),
+        Some(SkipReason::BadAnnotation(
+            AnnotationError::BadBackendData { .. }
+        ))
+    ));
+    assert!(matches!(
+        reason(&r, "node-6"),
+        Some(SkipReason::BadAnnotation(AnnotationError::BadIp { .. }))
+    ));
+    assert!(matches!(
+        reason(&r, "node-7"),
+        Some(SkipReason::BadPodCidr(_))
+    ));
+    assert!(matches!(
+        reason(&r, "node-8"),
+        Some(SkipReason::BadAnnotation(
+            AnnotationError::UnsupportedBackend { .. }
+        ))
+    ));
+    assert!(matches!(
+        reason(&r, "node-9"),
+        Some(SkipReason::OutsideNetwork { .. })
+    ));
+    assert!(matches!(
+        reason(&r, "node-10"),
+        Some(SkipReason::OverlapsLocal { .. })
+    ));
+    assert!(matches!(
+        reason(&r, "node-11"),
+        Some(SkipReason::PublicIpIsLocal { .. })
+    ));
+    assert_eq!(
+        reason(&r, "node-12"),
+        Some(&SkipReason::MissingForFamily {
+            family: Family::V4,
+            missing: Missing::PublicIp
+        })
+    );
+    assert_eq!(r.skipped.len(), 10);
+    // Sorted by name, labelled for metrics, readable for logs.
+    let mut sorted = r.skipped.clone();
+    sorted.sort_by(|a, b| a.node.cmp(&b.node));
+    assert_eq!(sorted, r.skipped);
+    for s in &r.skipped {
+        assert!(!s.reason.label().is_empty());
+        assert!(!s.reason.to_string().is_empty());
+    }
+    assert!(SkipReason::NotManaged.is_benign() && SkipReason::NoPodCidr.is_benign());
+    assert!(!reason(&r, "node-9").unwrap().is_benign());
+}
+
+#[test]
+fn overlapping_peers_keep_the_older_then_the_first_name() {
+    let mut v = view();
+    let mut a = PeerSpec::new(2, "vxlan").node();
+    let mut b = PeerSpec::new(3, "vxlan").node();
+    b.pod_cidrs = a.pod_cidrs.clone();
+    // Without timestamps: the first name wins.
+    v.upsert_node(&a);
+    v.upsert_node(&b);
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-2"]);
+    assert_eq!(
+        reason(&r, "node-3"),
+        Some(&SkipReason::OverlapsPeer {
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            other: "node-2".into()
+        })
+    );
+    // The older node wins whatever its name.
+    a.created_unix = Some(2_000);
+    b.created_unix = Some(1_000);
+    v.upsert_node(&a);
+    v.upsert_node(&b);
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-3"]);
+    assert!(
+        matches!(reason(&r, "node-2"), Some(SkipReason::OverlapsPeer { other, .. }) if other == "node-3")
+    );
+    // When the winner leaves, the other one is programmed.
+    v.remove_node("node-3");
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2"]);
+}
+
+#[test]
+fn partial_overlaps_are_found_both_ways() {
+    let mut v = view();
+    let mut wide = PeerSpec::new(2, "vxlan").node();
+    wide.pod_cidrs = vec!["10.244.8.0/22".into()];
+    wide.created_unix = Some(1);
+    let mut inside = PeerSpec::new(3, "vxlan").node();
+    inside.pod_cidrs = vec!["10.244.10.0/24".into()];
+    inside.created_unix = Some(2);
+    let mut before = PeerSpec::new(4, "vxlan").node();
+    before.pod_cidrs = vec!["10.244.7.0/24".into()];
+    before.created_unix = Some(3);
+    let mut after = PeerSpec::new(5, "vxlan").node();
+    after.pod_cidrs = vec!["10.244.12.0/24".into()];
+    after.created_unix = Some(4);
+    let mut spanning = PeerSpec::new(6, "vxlan").node();
+    spanning.pod_cidrs = vec!["10.244.0.0/20".into()];
+    spanning.created_unix = Some(5);
+    for n in [&wide, &inside, &before, &after, &spanning] {
+        v.upsert_node(n);
+    }
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-2", "node-4", "node-5"]);
+    assert!(
+        matches!(reason(&r, "node-3"), Some(SkipReason::OverlapsPeer { other, .. }) if other == "node-2")
+    );
+    // 10.244.0.0/20 overlaps the local 10.244.1.0/24 first.
+    assert!(matches!(
+        reason(&r, "node-6"),
+        Some(SkipReason::OverlapsLocal { .. })
+    ));
+}
+
+#[test]
+fn duplicate_public_ips_keep_one() {
+    let mut v = view();
+    let a = PeerSpec::new(2, "vxlan").node();
+    let mut b = PeerSpec::new(3, "vxlan").node();
+    b.annotations.insert(
+        "flannel.alpha.coreos.com/public-ip".into(),
+        "192.168.1.2".into(),
+    );
+    v.upsert_node(&a);
+    v.upsert_node(&b);
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-2"]);
+    assert!(matches!(
+        reason(&r, "node-3"),
+        Some(SkipReason::DuplicatePublicIp { other, .. }) if other == "node-2"
+    ));
+}
+
+#[test]
+fn a_skipped_peer_does_not_block_others() {
+    // node-3 overlaps node-2 (older) and is skipped; node-4 shares node-3's public IP but
+    // must not be blocked by a peer that was itself skipped.
+    let mut v = view();
+    let mut a = PeerSpec::new(2, "vxlan").node();
+    a.created_unix = Some(1);
+    let mut b = PeerSpec::new(3, "vxlan").node();
+    b.pod_cidrs = a.pod_cidrs.clone();
+    b.created_unix = Some(2);
+    let mut c = PeerSpec::new(4, "vxlan").node();
+    c.annotations.insert(
+        "flannel.alpha.coreos.com/public-ip".into(),
+        "192.168.1.3".into(),
+    );
+    c.created_unix = Some(3);
+    for n in [&a, &b, &c] {
+        v.upsert_node(n);
+    }
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2", "node-4"]);
+}
+
+#[test]
+fn enabled_families_are_required_and_checked() {
+    let dual = dual_config(r#"{"Type": "vxlan"}"#);
+    let mut v = view();
+    v.upsert_node(&PeerSpec::new(2, "vxlan").dual().node());
+    v.upsert_node(&PeerSpec::new(3, "vxlan").node()); // IPv4 only
+    let mut bad6 = PeerSpec::new(4, "vxlan").dual().node();
+    bad6.pod_cidrs[1] = "fd00:99::/64".into();
+    v.upsert_node(&bad6);
+    let mut dup6 = PeerSpec::new(5, "vxlan").dual().node();
+    dup6.annotations.insert(
+        "flannel.alpha.coreos.com/public-ipv6".into(),
+        "fd00:192::2".into(),
+    );
+    v.upsert_node(&dup6);
+    let r = v.resolve(&dual);
+    assert_eq!(names(&r), ["node-2"]);
+    assert_eq!(
+        reason(&r, "node-3"),
+        Some(&SkipReason::MissingForFamily {
+            family: Family::V6,
+            missing: Missing::PodCidr
+        })
+    );
+    assert!(matches!(
+        reason(&r, "node-4"),
+        Some(SkipReason::OutsideNetwork { .. })
+    ));
+    assert!(matches!(
+        reason(&r, "node-5"),
+        Some(SkipReason::DuplicatePublicIp { .. })
+    ));
+    // The same nodes with IPv4 only: the IPv6 side is not looked at.
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-2", "node-3", "node-4", "node-5"]);
+}
+
+#[test]
+fn pod_cidrs_table() {
+    let ok = |c: &[&str]| parse_pod_cidrs(&c.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let (v4, v6) = ok(&["10.244.3.0/24", "fd00::/64"]).unwrap();
+    assert_eq!(v4, Some("10.244.3.0/24".parse().unwrap()));
+    assert_eq!(v6, Some("fd00::/64".parse().unwrap()));
+    let (v4, v6) = ok(&["fd00::/64"]).unwrap();
+    assert!(v4.is_none() && v6.is_some());
+    // Host bits are masked, like Go's ParseCIDR.
+    assert_eq!(
+        ok(&["10.244.3.7/24"]).unwrap().0,
+        Some("10.244.3.0/24".parse().unwrap())
+    );
+    assert_eq!(ok(&[]), Err(SkipReason::NoPodCidr));
+    let long = "1".repeat(100);
+    for bad in [
+        vec!["10.244.3.0/24", "10.244.4.0/24"],
+        vec!["fd00::/64", "fd01::/64"],
+        vec!["10.244.3.0/24", "fd00::/64", "fd01::/64"],
+        vec!["10.244.3.0"],
+        vec!["garbage"],
+        vec!["10.244.3.0/33"],
+        vec![long.as_str()],
+    ] {
+        assert!(
+            matches!(ok(&bad), Err(SkipReason::BadPodCidr(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn on_link_means_same_subnet_not_ourselves() {
+    let u = lease().underlay;
+    assert!(u.on_link("192.168.1.77".parse().unwrap()));
+    assert!(!u.on_link("192.168.1.1".parse().unwrap()));
+    assert!(!u.on_link("192.168.2.77".parse().unwrap()));
+    assert!(u.on_link("fd00:192::5".parse().unwrap()));
+    assert!(!u.on_link("fd00:193::5".parse().unwrap()));
+    let mut bare = u.clone();
+    bare.addr_v6 = None;
+    assert!(!bare.on_link("fd00:192::5".parse().unwrap()));
+}
+
+#[test]
+fn resolves_five_thousand_nodes() {
+    let cfg = config(r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#);
+    let mut v = view();
+    for i in 256..5256 {
+        assert!(v.upsert_node(&PeerSpec::new(i, "vxlan").node()));
+    }
+    let r = v.resolve(&cfg);
+    assert_eq!(r.peers.len(), 5000);
+    assert!(
+        r.skipped.is_empty(),
+        "{:?}",
+        &r.skipped[..r.skipped.len().min(3)]
+    );
+}
