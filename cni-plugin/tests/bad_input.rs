@@ -25,47 +25,162 @@ fn must((ok, out): (bool, String)) {
 }
 
 fn case(name: &'static str, code: u64) -> Case {
-    Case { name, env: &[], conf: STD, setup: None, subnet_env: None, code }
+    Case {
+        name,
+        env: &[],
+        conf: STD,
+        setup: None,
+        subnet_env: None,
+        code,
+    }
 }
 
 fn cases() -> Vec<Case> {
     vec![
-        Case { env: &[("CNI_COMMAND", None)], ..case("no CNI_COMMAND", 4) },
-        Case { env: &[("CNI_COMMAND", Some("EXPLODE"))], ..case("unknown CNI_COMMAND", 4) },
-        Case { env: &[("CNI_CONTAINERID", None)], ..case("no CNI_CONTAINERID", 4) },
-        Case { env: &[("CNI_NETNS", None)], ..case("no CNI_NETNS", 4) },
-        Case { env: &[("CNI_IFNAME", None)], ..case("no CNI_IFNAME", 4) },
-        Case { env: &[("CNI_PATH", None)], ..case("no CNI_PATH", 4) },
-        Case { env: &[("CNI_IFNAME", Some("eth0123456789abc"))], ..case("ifname too long", 4) },
-        Case { env: &[("CNI_IFNAME", Some("eth/0"))], ..case("ifname with slash", 4) },
-        Case { env: &[("CNI_IFNAME", Some(".."))], ..case("ifname ..", 4) },
-        Case { env: &[("CNI_IFNAME", Some("eth 0"))], ..case("ifname with space", 4) },
-        Case { env: &[("CNI_CONTAINERID", Some("../../../etc/passwd"))], ..case("container id escaping dataDir", 4) },
-        Case { env: &[("CNI_CONTAINERID", Some("a/b"))], ..case("container id with slash", 4) },
-        Case { env: &[("CNI_NETNS", Some("/var/run/netns/does-not-exist-trellis"))], ..case("netns missing", 4) },
-        Case { env: &[("CNI_NETNS", Some("/etc/hostname"))], ..case("netns is a plain file", 4) },
-        Case { env: &[("CNI_NETNS", Some("/proc/self/ns/uts"))], ..case("netns is a UTS namespace", 4) },
-        Case { env: &[("CNI_ARGS", Some("K8S_POD_NAME"))], ..case("CNI_ARGS not K=V", 4) },
-        Case { conf: "{not json", ..case("malformed JSON", 6) },
-        Case { conf: "[1,2,3]", ..case("JSON array", 6) },
-        Case { conf: "", ..case("empty stdin", 6) },
-        Case { conf: r#"{"name":"cbr0","type":"trellis"}"#, ..case("no cniVersion", 7) },
-        Case { conf: r#"{"cniVersion":"0.2.0","name":"cbr0","type":"trellis"}"#, ..case("cniVersion too old", 1) },
-        Case { conf: r#"{"cniVersion":"99.0.0","name":"cbr0","type":"trellis"}"#, ..case("cniVersion unknown", 1) },
-        Case { conf: r#"{"cniVersion":1.0,"name":"cbr0","type":"trellis"}"#, ..case("cniVersion a number", 7) },
-        Case { conf: r#"{"cniVersion":"1.0.0","type":"trellis"}"#, ..case("no name", 7) },
-        Case { conf: r#"{"cniVersion":"1.0.0","name":"../../tmp/x","type":"trellis"}"#, ..case("name escaping dataDir", 7) },
-        Case { conf: r#"{"cniVersion":"1.0.0","name":"a/b","type":"trellis"}"#, ..case("name with slash", 7) },
-        Case { conf: r#"{node,"mtu":"big"}"#, ..case("mtu not a number", 7) },
-        Case { conf: r#"{node,"mtu":20}"#, ..case("mtu too small", 7) },
-        Case { conf: r#"{node,"bridge":"a-very-long-bridge-name"}"#, ..case("bridge name too long", 7) },
-        Case { conf: r#"{node,"ipMasq":true}"#, ..case("ipMasq requested", 7) },
-        Case { conf: r#"{node,"ipam":{"ranges":[[{"subnet":"banana"}]]}}"#, ..case("ipam subnet not a CIDR", 7) },
-        Case { conf: r#"{node,"ipam":{"ranges":[[{"subnet":"10.9.0.0/24","gateway":"10.8.0.1"}]]}}"#, ..case("ipam gateway outside subnet", 7) },
-        Case { subnet_env: Some(""), ..case("subnet.env missing", 11) },
-        Case { subnet_env: Some("FLANNEL_SUBNET=banana\nFLANNEL_MTU=1450\n"), ..case("subnet.env bad subnet", 7) },
-        Case { subnet_env: Some("FLANNEL_SUBNET=10.244.1.1/24\n"), ..case("subnet.env without MTU", 7) },
-        Case { subnet_env: Some("this is not an env file\n"), ..case("subnet.env garbage", 7) },
+        Case {
+            env: &[("CNI_COMMAND", None)],
+            ..case("no CNI_COMMAND", 4)
+        },
+        Case {
+            env: &[("CNI_COMMAND", Some("EXPLODE"))],
+            ..case("unknown CNI_COMMAND", 4)
+        },
+        Case {
+            env: &[("CNI_CONTAINERID", None)],
+            ..case("no CNI_CONTAINERID", 4)
+        },
+        Case {
+            env: &[("CNI_NETNS", None)],
+            ..case("no CNI_NETNS", 4)
+        },
+        Case {
+            env: &[("CNI_IFNAME", None)],
+            ..case("no CNI_IFNAME", 4)
+        },
+        Case {
+            env: &[("CNI_PATH", None)],
+            ..case("no CNI_PATH", 4)
+        },
+        Case {
+            env: &[("CNI_IFNAME", Some("eth0123456789abc"))],
+            ..case("ifname too long", 4)
+        },
+        Case {
+            env: &[("CNI_IFNAME", Some("eth/0"))],
+            ..case("ifname with slash", 4)
+        },
+        Case {
+            env: &[("CNI_IFNAME", Some(".."))],
+            ..case("ifname ..", 4)
+        },
+        Case {
+            env: &[("CNI_IFNAME", Some("eth 0"))],
+            ..case("ifname with space", 4)
+        },
+        Case {
+            env: &[("CNI_CONTAINERID", Some("../../../etc/passwd"))],
+            ..case("container id escaping dataDir", 4)
+        },
+        Case {
+            env: &[("CNI_CONTAINERID", Some("a/b"))],
+            ..case("container id with slash", 4)
+        },
+        Case {
+            env: &[("CNI_NETNS", Some("/var/run/netns/does-not-exist-trellis"))],
+            ..case("netns missing", 4)
+        },
+        Case {
+            env: &[("CNI_NETNS", Some("/etc/hostname"))],
+            ..case("netns is a plain file", 4)
+        },
+        Case {
+            env: &[("CNI_NETNS", Some("/proc/self/ns/uts"))],
+            ..case("netns is a UTS namespace", 4)
+        },
+        Case {
+            env: &[("CNI_ARGS", Some("K8S_POD_NAME"))],
+            ..case("CNI_ARGS not K=V", 4)
+        },
+        Case {
+            conf: "{not json",
+            ..case("malformed JSON", 6)
+        },
+        Case {
+            conf: "[1,2,3]",
+            ..case("JSON array", 6)
+        },
+        Case {
+            conf: "",
+            ..case("empty stdin", 6)
+        },
+        Case {
+            conf: r#"{"name":"cbr0","type":"trellis"}"#,
+            ..case("no cniVersion", 7)
+        },
+        Case {
+            conf: r#"{"cniVersion":"0.2.0","name":"cbr0","type":"trellis"}"#,
+            ..case("cniVersion too old", 1)
+        },
+        Case {
+            conf: r#"{"cniVersion":"99.0.0","name":"cbr0","type":"trellis"}"#,
+            ..case("cniVersion unknown", 1)
+        },
+        Case {
+            conf: r#"{"cniVersion":1.0,"name":"cbr0","type":"trellis"}"#,
+            ..case("cniVersion a number", 7)
+        },
+        Case {
+            conf: r#"{"cniVersion":"1.0.0","type":"trellis"}"#,
+            ..case("no name", 7)
+        },
+        Case {
+            conf: r#"{"cniVersion":"1.0.0","name":"../../tmp/x","type":"trellis"}"#,
+            ..case("name escaping dataDir", 7)
+        },
+        Case {
+            conf: r#"{"cniVersion":"1.0.0","name":"a/b","type":"trellis"}"#,
+            ..case("name with slash", 7)
+        },
+        Case {
+            conf: r#"{node,"mtu":"big"}"#,
+            ..case("mtu not a number", 7)
+        },
+        Case {
+            conf: r#"{node,"mtu":20}"#,
+            ..case("mtu too small", 7)
+        },
+        Case {
+            conf: r#"{node,"bridge":"a-very-long-bridge-name"}"#,
+            ..case("bridge name too long", 7)
+        },
+        Case {
+            conf: r#"{node,"ipMasq":true}"#,
+            ..case("ipMasq requested", 7)
+        },
+        Case {
+            conf: r#"{node,"ipam":{"ranges":[[{"subnet":"banana"}]]}}"#,
+            ..case("ipam subnet not a CIDR", 7)
+        },
+        Case {
+            conf: r#"{node,"ipam":{"ranges":[[{"subnet":"10.9.0.0/24","gateway":"10.8.0.1"}]]}}"#,
+            ..case("ipam gateway outside subnet", 7)
+        },
+        Case {
+            subnet_env: Some(""),
+            ..case("subnet.env missing", 11)
+        },
+        Case {
+            subnet_env: Some("FLANNEL_SUBNET=banana\nFLANNEL_MTU=1450\n"),
+            ..case("subnet.env bad subnet", 7)
+        },
+        Case {
+            subnet_env: Some("FLANNEL_SUBNET=10.244.1.1/24\n"),
+            ..case("subnet.env without MTU", 7)
+        },
+        Case {
+            subnet_env: Some("this is not an env file\n"),
+            ..case("subnet.env garbage", 7)
+        },
         Case {
             conf: r#"{node,"ipam":{"ranges":[[{"subnet":"10.9.0.0/24","rangeStart":"10.9.0.5","rangeEnd":"10.9.0.5"}]]}}"#,
             setup: Some(|n, _| {
@@ -76,7 +191,11 @@ fn cases() -> Vec<Case> {
         },
         Case {
             // No dummy driver on every kernel; a veth is just as much "not a bridge".
-            setup: Some(|n, _| must(n.ns.exec(&["ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p"]))),
+            setup: Some(|n, _| {
+                must(n.ns.exec(&[
+                    "ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p",
+                ]))
+            }),
             ..case("cni0 is not a bridge", 102)
         },
         Case {
@@ -87,7 +206,11 @@ fn cases() -> Vec<Case> {
             ..case("cni0 has another gateway", 102)
         },
         Case {
-            setup: Some(|_, pod| must(pod.exec(&["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]))),
+            setup: Some(|_, pod| {
+                must(pod.exec(&[
+                    "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+                ]))
+            }),
             ..case("pod already has eth0", 102)
         },
     ]
@@ -112,7 +235,10 @@ fn every_bad_input_is_a_clean_cni_error() {
             node.subnet_file().display(),
             node.ipam_dir().display()
         );
-        let conf = c.conf.replace("{node}", &format!("{{{members}}}")).replace("{node,", &format!("{{{members},"));
+        let conf = c
+            .conf
+            .replace("{node}", &format!("{{{members}}}"))
+            .replace("{node,", &format!("{{{members},"));
         let netns = pod.path().display().to_string();
         let mut env: Vec<(&str, String)> = vec![
             ("CNI_COMMAND", "ADD".into()),
@@ -132,8 +258,16 @@ fn every_bad_input_is_a_clean_cni_error() {
         let out = run_in(Some(&node.ns), PLUGIN, &env_ref, &conf);
         assert!(!out.ok, "{}: expected an error, got {}", c.name, out.stdout);
         assert_eq!(out.error_code(), c.code, "{}: {}", c.name, out.stdout);
-        assert!(node.ns.trellis_veths().is_empty(), "{}: left a veth", c.name);
-        let left: Vec<String> = node.ipam_records().into_iter().filter(|r| r != "10.9.0.5").collect();
+        assert!(
+            node.ns.trellis_veths().is_empty(),
+            "{}: left a veth",
+            c.name
+        );
+        let left: Vec<String> = node
+            .ipam_records()
+            .into_iter()
+            .filter(|r| r != "10.9.0.5")
+            .collect();
         assert!(left.is_empty(), "{}: left IPAM records {left:?}", c.name);
         assert_eq!(pod.links(), pod_links_before, "{}: changed the pod", c.name);
         assert!(!std::path::Path::new("/etc/passwd\r\neth0").exists());
@@ -144,7 +278,10 @@ fn every_bad_input_is_a_clean_cni_error() {
 fn oversized_stdin_is_a_decode_error_not_a_crash() {
     let node = Node::new("big", SUBNET_ENV);
     let pod = Netns::new("pod");
-    let huge = format!(r#"{{"cniVersion":"1.0.0","name":"cbr0","pad":"{}"}}"#, "x".repeat(17 << 20));
+    let huge = format!(
+        r#"{{"cniVersion":"1.0.0","name":"cbr0","pad":"{}"}}"#,
+        "x".repeat(17 << 20)
+    );
     let out = node.cni("ADD", "big", Some(&pod.path()), "eth0", &huge);
     assert_eq!(out.error_code(), 6, "{}", out.stdout);
 }

@@ -14,7 +14,10 @@ fn with_prev(conf: &str, prev: &Value) -> String {
 #[test]
 fn add_check_del_round_trip_in_every_version() {
     let node = Node::new("life", SUBNET_ENV);
-    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
         let pod = Netns::new("pod");
         let id = format!("ctr{i}");
         let conf = node.conf(version, "");
@@ -25,10 +28,16 @@ fn add_check_del_round_trip_in_every_version() {
         let ip = pod_ip(&res);
         assert!(ip.starts_with("10.244.1."), "{ip}");
         assert_eq!(res["interfaces"][2]["name"], "eth0");
-        assert_eq!(res["interfaces"][2]["sandbox"], pod.path().display().to_string());
+        assert_eq!(
+            res["interfaces"][2]["sandbox"],
+            pod.path().display().to_string()
+        );
         assert_eq!(res["ips"][0]["interface"], 2);
         assert_eq!(res["ips"][0]["gateway"], "10.244.1.1");
-        assert_eq!(res["ips"][0].get("version").is_some(), version.starts_with("0."));
+        assert_eq!(
+            res["ips"][0].get("version").is_some(),
+            version.starts_with("0.")
+        );
         assert_eq!(res["routes"][0]["dst"], "0.0.0.0/0");
 
         // The kernel agrees with the result.
@@ -54,7 +63,13 @@ fn add_check_del_round_trip_in_every_version() {
         assert_eq!(pod_ip(&again.json()), ip);
 
         if *version != "0.3.0" && *version != "0.3.1" {
-            let check = node.cni("CHECK", &id, Some(&pod.path()), "eth0", &with_prev(&conf, &res));
+            let check = node.cni(
+                "CHECK",
+                &id,
+                Some(&pod.path()),
+                "eth0",
+                &with_prev(&conf, &res),
+            );
             assert!(check.ok, "{version} CHECK: {}", check.stdout);
         }
         let del = node.cni("DEL", &id, Some(&pod.path()), "eth0", &conf);
@@ -73,9 +88,19 @@ fn check_reports_each_kind_of_drift() {
     assert!(add.ok, "{}", add.stdout);
     let res = add.json();
     let check = |expect: &str| {
-        let out = node.cni("CHECK", "c1", Some(&pod.path()), "eth0", &with_prev(&conf, &res));
+        let out = node.cni(
+            "CHECK",
+            "c1",
+            Some(&pod.path()),
+            "eth0",
+            &with_prev(&conf, &res),
+        );
         assert_eq!(out.error_code(), 103, "{}", out.stdout);
-        assert!(out.json()["msg"].as_str().unwrap().contains(expect), "{}", out.stdout);
+        assert!(
+            out.json()["msg"].as_str().unwrap().contains(expect),
+            "{}",
+            out.stdout
+        );
     };
     pod.exec(&["ip", "route", "del", "default"]);
     check("route 0.0.0.0/0");
@@ -90,9 +115,20 @@ fn check_reports_each_kind_of_drift() {
     node.ns.exec(&["ip", "link", "set", host_veth, "nomaster"]);
     check("not attached to cni0");
     // CHECK without prevResult is a config error, and CHECK is unknown before 0.4.0.
-    assert_eq!(node.cni("CHECK", "c1", Some(&pod.path()), "eth0", &conf).error_code(), 7);
     assert_eq!(
-        node.cni("CHECK", "c1", Some(&pod.path()), "eth0", &with_prev(&node.conf("0.3.1", ""), &res)).error_code(),
+        node.cni("CHECK", "c1", Some(&pod.path()), "eth0", &conf)
+            .error_code(),
+        7
+    );
+    assert_eq!(
+        node.cni(
+            "CHECK",
+            "c1",
+            Some(&pod.path()),
+            "eth0",
+            &with_prev(&node.conf("0.3.1", ""), &res)
+        )
+        .error_code(),
         1
     );
 }
@@ -140,7 +176,10 @@ fn del_after_host_veth_was_removed_by_hand() {
     let pod = Netns::new("pod");
     let add = node.cni("ADD", "c1", Some(&pod.path()), "eth0", &conf);
     assert!(add.ok);
-    let veth = add.json()["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let veth = add.json()["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     node.ns.exec(&["ip", "link", "del", &veth]);
     assert!(node.cni("DEL", "c1", Some(&pod.path()), "eth0", &conf).ok);
     assert!(node.ipam_records().is_empty());
@@ -156,8 +195,14 @@ fn status_reports_a_missing_subnet_file_with_code_50() {
     std::fs::remove_file(node.subnet_file()).unwrap();
     let out = run_in(None, PLUGIN, &env, &conf);
     assert_eq!(out.error_code(), 50);
-    assert!(out.json()["msg"].as_str().unwrap().contains(&node.subnet_file().display().to_string()));
-    assert_eq!(run_in(None, PLUGIN, &env, &node.conf("1.0.0", "")).error_code(), 1);
+    assert!(out.json()["msg"]
+        .as_str()
+        .unwrap()
+        .contains(&node.subnet_file().display().to_string()));
+    assert_eq!(
+        run_in(None, PLUGIN, &env, &node.conf("1.0.0", "")).error_code(),
+        1
+    );
 }
 
 #[test]
@@ -173,8 +218,16 @@ fn gc_releases_what_the_runtime_no_longer_knows() {
     }
     // A stray veth of ours with no record (its record deleted by hand).
     std::fs::remove_file(node.ipam_dir().join("cbr0").join(&ips[2])).unwrap();
-    let gc_conf = node.conf("1.1.0", r#","cni.dev/valid-attachments":[{"containerID":"c0","ifname":"eth0"}]"#);
-    let out = run_in(Some(&node.ns), PLUGIN, &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")], &gc_conf);
+    let gc_conf = node.conf(
+        "1.1.0",
+        r#","cni.dev/valid-attachments":[{"containerID":"c0","ifname":"eth0"}]"#,
+    );
+    let out = run_in(
+        Some(&node.ns),
+        PLUGIN,
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+        &gc_conf,
+    );
     assert!(out.ok, "{}", out.stdout);
     assert_eq!(node.ipam_records(), vec![ips[0].clone()]);
     assert_eq!(node.ns.trellis_veths().len(), 1, "{:?}", node.ns.links());
@@ -198,13 +251,26 @@ fn dual_stack_gets_both_families() {
     let rb = node.cni("ADD", "b", Some(&b.path()), "eth0", &conf);
     assert!(ra.ok && rb.ok, "{} {}", ra.stdout, rb.stdout);
     let v6 = |r: &Value| -> String {
-        r["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap().to_string())
-            .find(|a| a.contains(':')).expect("an IPv6 address")
+        r["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["address"].as_str().unwrap().to_string())
+            .find(|a| a.contains(':'))
+            .expect("an IPv6 address")
     };
     let b6 = v6(&rb.json());
     assert!(b6.starts_with("fd00:10:244:1::"), "{b6}");
     assert_eq!(ra.json()["routes"][1]["dst"], "::/0");
-    let (ok, out) = a.exec(&["ping", "-6", "-c", "1", "-W", "3", b6.split('/').next().unwrap()]);
+    let (ok, out) = a.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        "1",
+        "-W",
+        "3",
+        b6.split('/').next().unwrap(),
+    ]);
     assert!(ok, "IPv6 ping failed: {out}");
     assert!(node.cni("DEL", "a", Some(&a.path()), "eth0", &conf).ok);
     assert!(node.cni("DEL", "b", Some(&b.path()), "eth0", &conf).ok);
@@ -225,7 +291,10 @@ fn hundred_parallel_adds_never_share_an_address() {
                 s.spawn(move || node.cni("ADD", &format!("par{i}"), Some(&p.path()), "eth0", conf))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let mut ips: Vec<String> = results
         .iter()

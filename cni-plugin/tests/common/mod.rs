@@ -52,7 +52,8 @@ impl Netns {
             .expect("run ip netns exec");
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     }
 
@@ -65,7 +66,10 @@ impl Netns {
     }
 
     pub fn trellis_veths(&self) -> Vec<String> {
-        self.links().into_iter().filter(|l| l.starts_with("trl")).collect()
+        self.links()
+            .into_iter()
+            .filter(|l| l.starts_with("trl"))
+            .collect()
     }
 
     pub fn ping(&self, ip: &str) -> bool {
@@ -75,12 +79,17 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -105,8 +114,13 @@ impl Outcome {
     pub fn error_code(&self) -> u64 {
         assert!(!self.ok, "expected failure, got success: {}", self.stdout);
         let v = self.json();
-        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "error without msg: {v}");
-        v["code"].as_u64().unwrap_or_else(|| panic!("error without code: {v}"))
+        assert!(
+            v["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without msg: {v}"
+        );
+        v["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("error without code: {v}"))
     }
 }
 
@@ -129,7 +143,11 @@ pub fn run_in(node: Option<&Netns>, binary: &str, env: &[(&str, &str)], stdin: &
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn plugin");
     // A plugin may stop reading early (oversized input): that is its answer, not a test failure.
-    let _ = child.stdin.take().expect("stdin").write_all(stdin.as_bytes());
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes());
     let out = child.wait_with_output().expect("wait plugin");
     Outcome {
         ok: out.status.success(),
@@ -170,7 +188,14 @@ impl Node {
         )
     }
 
-    pub fn cni(&self, cmd: &str, container: &str, netns: Option<&Path>, ifname: &str, conf: &str) -> Outcome {
+    pub fn cni(
+        &self,
+        cmd: &str,
+        container: &str,
+        netns: Option<&Path>,
+        ifname: &str,
+        conf: &str,
+    ) -> Outcome {
         let ns = netns.map(|p| p.display().to_string()).unwrap_or_default();
         run_in(
             Some(&self.ns),
@@ -181,7 +206,10 @@ impl Node {
                 ("CNI_NETNS", &ns),
                 ("CNI_IFNAME", ifname),
                 ("CNI_PATH", "/usr/lib/cni"),
-                ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test"),
+                (
+                    "CNI_ARGS",
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test",
+                ),
             ],
             conf,
         )
@@ -190,7 +218,9 @@ impl Node {
     /// IP records in the store (files named like an address).
     pub fn ipam_records(&self) -> Vec<String> {
         let dir = self.ipam_dir().join("cbr0");
-        let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
         let mut v: Vec<String> = rd
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -208,7 +238,10 @@ pub const SUBNET_ENV: &str =
 pub fn pod_ip(result: &Value) -> String {
     result["ips"]
         .as_array()
-        .and_then(|ips| ips.iter().find(|ip| !ip["address"].as_str().unwrap_or("").contains(':')))
+        .and_then(|ips| {
+            ips.iter()
+                .find(|ip| !ip["address"].as_str().unwrap_or("").contains(':'))
+        })
         .and_then(|ip| ip["address"].as_str())
         .and_then(|a| a.split('/').next())
         .unwrap_or_else(|| panic!("no IPv4 address in {result}"))
