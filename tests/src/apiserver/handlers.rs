@@ -1,0 +1,390 @@
+//! Handlers for get, list, create, update, patch and delete.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use hyper::Response;
+use serde_json::{json, Value};
+
+use super::http::{self, Body};
+use super::patch;
+use super::resources::ResourceType;
+use super::selector::{FieldSelector, LabelSelector};
+use super::semantics::{self, Target};
+use super::server::ServerState;
+use super::status::ApiError;
+use super::store::{self, Change, Key, StoredObject};
+use super::table;
+use super::util;
+
+pub use super::watch::watch;
+
+pub fn target(rt: &ResourceType, sub: Option<&str>) -> Result<Target, ApiError> {
+    match sub {
+        None => Ok(Target::Main),
+        Some("status") if rt.has_status => Ok(Target::Status),
+        Some(_) => Err(ApiError::path_not_found()),
+    }
+}
+
+fn key(rt: &ResourceType, ns: Option<&str>, name: &str) -> Key {
+    (rt.id, ns.unwrap_or("").to_string(), name.to_string())
+}
+
+fn reject_dry_run(q: &HashMap<String, String>) -> Result<(), ApiError> {
+    if q.get("dryRun").is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by the trellis API emulator",
+        ));
+    }
+    Ok(())
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+pub struct Selectors {
+    pub label: LabelSelector,
+    pub field: FieldSelector,
+}
+
+impl Selectors {
+    pub fn from_query(rt: &ResourceType, q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let label = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let field = FieldSelector::parse(
+            q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+            rt.field_labels,
+        )
+        .map_err(ApiError::bad_request)?;
+        Ok(Selectors { label, field })
+    }
+
+    pub fn matches(&self, o: &StoredObject) -> bool {
+        self.label.matches(&o.labels) && self.field.matches(&o.fields)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.label.is_empty() && self.field.is_empty()
+    }
+}
+
+fn object_response(code: u16, rt: &ResourceType, o: &StoredObject, table: bool) -> Response<Body> {
+    if table {
+        let row = table::row(rt, &o.value(), util::unix_now());
+        http::json(code, &table::table(rt, vec![row], o.rv, None))
+    } else {
+        http::json_bytes(code, o.json.clone())
+    }
+}
+
+pub fn get(
+    state: &Arc<ServerState>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    table: bool,
+) -> Result<Response<Body>, ApiError> {
+    let o = state
+        .store
+        .get(&key(rt, ns, name))
+        .ok_or_else(|| ApiError::not_found(rt, name))?;
+    Ok(object_response(200, rt, &o, table))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: u64,
+    start: String,
+}
+
+fn encode_continue(rv: u64, last: &StoredObject) -> String {
+    let t = ContinueToken {
+        v: "meta.k8s.io/v1".into(),
+        rv,
+        start: format!("{}/{}", last.namespace, last.name),
+    };
+    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&t).unwrap_or_default())
+}
+
+fn decode_continue(res: u8, s: &str) -> Result<(u64, Key), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid: malformed token");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| bad())?;
+    let t: ContinueToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let (ns, name) = t.start.split_once('/').ok_or_else(bad)?;
+    Ok((t.rv, (res, ns.to_string(), name.to_string())))
+}
+
+pub fn list(
+    state: &Arc<ServerState>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    q: &HashMap<String, String>,
+    table: bool,
+) -> Result<Response<Body>, ApiError> {
+    let sel = Selectors::from_query(rt, q)?;
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => None,
+        Some(Ok(0)) => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return Err(ApiError::bad_request(
+                "limit must be a non-negative integer",
+            ))
+        }
+    };
+    let (rv, objects, after) = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let (rv, after) = decode_continue(rt.id, token)?;
+            let snap = state.store.snapshot_at(rv).ok_or_else(|| {
+                ApiError::expired(
+                    "The provided continue parameter is too old to display a consistent list result. \
+                     You can start a new list without the continue parameter.",
+                )
+            })?;
+            (rv, snap, Some(after))
+        }
+        None => {
+            let (current, snap) = state.store.snapshot();
+            let requested = q.get("resourceVersion").filter(|s| !s.is_empty());
+            if let Some(r) = requested {
+                let r: u64 = r.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version {r:?}"))
+                })?;
+                if r > current {
+                    return Err(ApiError::timeout(format!(
+                        "Too large resource version: {r}, current: {current}"
+                    )));
+                }
+                let exact = q.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
+                if exact && r != current {
+                    return Err(ApiError::expired(format!(
+                        "too old resource version: {r} ({current})"
+                    )));
+                }
+            }
+            (current, snap, None)
+        }
+    };
+    let mut items: Vec<&Arc<StoredObject>> = Vec::new();
+    let mut more = false;
+    let mut remaining = 0usize;
+    // `metadata.name=X` (kubectl delete --wait, single-object informers) needs no scan.
+    let pinned: Option<Arc<StoredObject>> = match sel.field.pinned_name() {
+        Some(name) if after.is_none() && (ns.is_some() || !rt.namespaced) => {
+            objects.get(&key(rt, ns, name)).cloned()
+        }
+        _ => None,
+    };
+    let scan_all =
+        sel.field.pinned_name().is_none() || after.is_some() || (rt.namespaced && ns.is_none());
+    let candidates: Box<dyn Iterator<Item = &Arc<StoredObject>>> = if scan_all {
+        Box::new(store::range(&objects, rt.id, ns, after))
+    } else {
+        Box::new(pinned.iter())
+    };
+    for o in candidates.filter(|o| sel.matches(o)) {
+        if limit.is_some_and(|l| items.len() >= l) {
+            more = true;
+            remaining += 1;
+            if !sel.is_empty() {
+                // The apiserver only counts the rest when no selector forces a full scan.
+                break;
+            }
+        } else {
+            items.push(o);
+        }
+    }
+    let cont = match (more, items.last()) {
+        (true, Some(last)) => {
+            state.store.remember_snapshot(rv, &objects);
+            Some(encode_continue(rv, last))
+        }
+        _ => None,
+    };
+    if table {
+        let now = util::unix_now();
+        let rows = items
+            .iter()
+            .map(|o| table::row(rt, &o.value(), now))
+            .collect();
+        return Ok(http::json(
+            200,
+            &table::table(rt, rows, rv, cont.as_deref()),
+        ));
+    }
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(c) = &cont {
+        meta["continue"] = json!(c);
+        if sel.is_empty() {
+            meta["remainingItemCount"] = json!(remaining);
+        }
+    }
+    // Assembled from the stored bytes: a 5000-node list is a memcpy, not 5000 serializations.
+    let head = format!(
+        "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
+        rt.kind,
+        rt.api_version(),
+        meta
+    );
+    let total: usize = items.iter().map(|o| o.json.len() + 1).sum::<usize>() + head.len() + 2;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(head.as_bytes());
+    for (i, o) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&o.json);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(http::json_bytes(200, Bytes::from(out)))
+}
+
+pub fn create(
+    state: &Arc<ServerState>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    reject_dry_run(q)?;
+    let obj = semantics::prepare_create(rt, ns, parse_body(body)?, util::unix_now())?;
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let stored = state.store.mutate(key(rt, ns, &name), |cur| match cur {
+        Some(_) => Err(ApiError::already_exists(rt, &name)),
+        None => Ok(Change::Put(obj)),
+    })?;
+    tracing::debug!(resource = rt.plural, name, rv = stored.rv, "created");
+    Ok(http::json_bytes(201, stored.json.clone()))
+}
+
+pub fn update(
+    state: &Arc<ServerState>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    target: Target,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    reject_dry_run(q)?;
+    let new = parse_body(body)?;
+    let stored = state.store.mutate(key(rt, ns, name), |cur| {
+        let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
+        Ok(Change::Put(semantics::prepare_update(
+            rt, target, old, new, name,
+        )?))
+    })?;
+    Ok(http::json_bytes(200, stored.json.clone()))
+}
+
+/// The patch formats, by request content type.
+fn apply_patch(content_type: &str, target: &mut Value, body: &[u8]) -> Result<(), ApiError> {
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if mime == "application/apply-patch+yaml" {
+        return Err(ApiError::unsupported_media_type(
+            "application/apply-patch+yaml (server-side apply is not emulated)",
+        ));
+    }
+    let p = parse_body(body)?;
+    match mime {
+        "application/merge-patch+json" => {
+            if !p.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            patch::merge_patch(target, &p);
+            Ok(())
+        }
+        "application/strategic-merge-patch+json" => {
+            if !p.is_object() {
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
+            }
+            patch::strategic_merge_patch(target, &p).map_err(ApiError::bad_request)
+        }
+        "application/json-patch+json" => {
+            patch::json_patch(target, &p).map_err(ApiError::unprocessable)
+        }
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn patch(
+    state: &Arc<ServerState>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    target: Target,
+    q: &HashMap<String, String>,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    reject_dry_run(q)?;
+    let stored = state.store.mutate(key(rt, ns, name), |cur| {
+        let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
+        let mut new = old.clone();
+        apply_patch(content_type, &mut new, body)?;
+        Ok(Change::Put(semantics::prepare_update(
+            rt, target, old, new, name,
+        )?))
+    })?;
+    Ok(http::json_bytes(200, stored.json.clone()))
+}
+
+pub fn delete(
+    state: &Arc<ServerState>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    reject_dry_run(q)?;
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        parse_body(body)?
+    };
+    let pre = &opts["preconditions"];
+    let stored = state.store.mutate(key(rt, ns, name), |cur| {
+        let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
+        if let Some(uid) = pre["uid"].as_str() {
+            if old["metadata"]["uid"].as_str() != Some(uid) {
+                return Err(ApiError::precondition_failed(
+                    rt,
+                    name,
+                    &format!(
+                        "UID in precondition: {uid}, UID in object meta: {}",
+                        old["metadata"]["uid"].as_str().unwrap_or("")
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = pre["resourceVersion"].as_str() {
+            if old["metadata"]["resourceVersion"].as_str() != Some(rv) {
+                return Err(ApiError::precondition_failed(
+                    rt,
+                    name,
+                    &format!(
+                        "ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        old["metadata"]["resourceVersion"].as_str().unwrap_or("")
+                    ),
+                ));
+            }
+        }
+        Ok(Change::Delete)
+    })?;
+    Ok(http::json_bytes(200, stored.json.clone()))
+}

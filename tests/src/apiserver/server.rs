@@ -1,0 +1,454 @@
+//! Request entry point: authentication, fault injection, routing, and the admin endpoints.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use serde_json::{json, Value};
+
+use super::handlers;
+use super::http::{self, Body};
+use super::persist;
+use super::resources::{self, ResourceType};
+use super::status::ApiError;
+use super::store::Store;
+
+/// The apiserver's own request-size limit (3 MiB).
+const MAX_BODY: usize = 3 << 20;
+
+#[derive(Debug, Default, Clone)]
+pub struct FaultState {
+    pub fail_until: Option<Instant>,
+    pub fail_code: u16,
+    pub delay_until: Option<Instant>,
+    pub delay: Duration,
+}
+
+pub struct ServerState {
+    pub store: Store,
+    pub token: String,
+    pub faults: Mutex<FaultState>,
+    /// Bumped to end every open watch (fault injection and shutdown).
+    pub watch_epoch: tokio::sync::watch::Sender<u64>,
+    pub open_watches: AtomicUsize,
+    pub bookmark_interval: Duration,
+    pub server_address: String,
+    pub state_path: PathBuf,
+    /// Generation of the store last written to `state_path`; the lock serializes writers.
+    pub persisted: tokio::sync::Mutex<u64>,
+}
+
+impl ServerState {
+    pub fn faults(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn close_watches(&self) -> usize {
+        let open = self.open_watches.load(Ordering::SeqCst);
+        self.watch_epoch.send_modify(|e| *e += 1);
+        open
+    }
+
+    /// Writes the state file if anything changed since the last write.
+    pub async fn persist(&self) -> std::io::Result<bool> {
+        let mut last = self.persisted.lock().await;
+        let (rv, generation, objects) = self.store.dump();
+        if generation == *last && self.state_path.exists() {
+            return Ok(false);
+        }
+        let path = self.state_path.clone();
+        tokio::task::spawn_blocking(move || {
+            persist::write_atomic(&path, &persist::encode(rv, &objects))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        *last = generation;
+        Ok(true)
+    }
+}
+
+/// A request for an API object or collection, resolved from the URL path.
+pub enum Route {
+    Doc(Value),
+    Collection {
+        rt: &'static ResourceType,
+        ns: Option<String>,
+    },
+    Object {
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        name: String,
+        sub: Option<String>,
+    },
+}
+
+pub fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        ["api"] => return Ok(Route::Doc(resources::core_versions(server_address))),
+        ["api", "v1"] => return Ok(Route::Doc(resources::resource_list("", "v1"))),
+        ["apis"] => return Ok(Route::Doc(resources::group_list())),
+        ["apis", g] => {
+            return resources::group(g)
+                .map(Route::Doc)
+                .ok_or_else(ApiError::path_not_found)
+        }
+        ["apis", g, v] if resources::group_served(g, Some(v)) => {
+            return Ok(Route::Doc(resources::resource_list(g, v)))
+        }
+        ["openapi", "v3"] => return Ok(Route::Doc(resources::openapi_root())),
+        ["openapi", "v3", gv @ ..] => {
+            return resources::openapi_group_version(&gv.join("/"))
+                .map(Route::Doc)
+                .ok_or_else(ApiError::path_not_found)
+        }
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::path_not_found()),
+    };
+    let find = |plural: &str| {
+        resources::lookup(group, version, plural).ok_or_else(ApiError::path_not_found)
+    };
+    let object = |rt, ns: Option<&str>, tail: &[&str]| -> Result<Route, ApiError> {
+        let ns = ns.map(str::to_string);
+        match tail {
+            [] => Ok(Route::Collection { rt, ns }),
+            [name] => Ok(Route::Object {
+                rt,
+                ns,
+                name: name.to_string(),
+                sub: None,
+            }),
+            [name, sub] => Ok(Route::Object {
+                rt,
+                ns,
+                name: name.to_string(),
+                sub: Some(sub.to_string()),
+            }),
+            _ => Err(ApiError::path_not_found()),
+        }
+    };
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] => {
+            let rt = find(plural)?;
+            if !rt.namespaced {
+                return Err(ApiError::path_not_found());
+            }
+            object(rt, Some(ns), tail)
+        }
+        [plural, tail @ ..] => {
+            let rt = find(plural)?;
+            if rt.namespaced && !tail.is_empty() {
+                return Err(ApiError::path_not_found());
+            }
+            object(rt, None, tail)
+        }
+        [] => Err(ApiError::path_not_found()),
+    }
+}
+
+fn authorized(state: &ServerState, req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t.trim() == state.token)
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<(http::HeaderMapLite, Bytes), ApiError> {
+    let ct = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
+        .to_bytes();
+    Ok((http::HeaderMapLite { content_type: ct }, body))
+}
+
+pub async fn handle(
+    state: Arc<ServerState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = http::parse_query(req.uri().query());
+    let resp = dispatch(&state, req, &path, &query).await;
+    let resp = resp.unwrap_or_else(|e| http::error(&e));
+    tracing::debug!(
+        %method,
+        path,
+        query = ?query,
+        status = resp.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    Ok(resp)
+}
+
+async fn dispatch(
+    state: &Arc<ServerState>,
+    req: Request<Incoming>,
+    path: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response<Body>, ApiError> {
+    // Public endpoints, readable without credentials as with the default RBAC rules.
+    let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version");
+    if !public && !authorized(state, &req) {
+        return Err(ApiError::unauthorized());
+    }
+    if let Some(op) = path.strip_prefix("/_emulator/") {
+        return admin(state, req.method(), op, query).await;
+    }
+    inject_faults(state).await?;
+    match path {
+        "/healthz" | "/livez" | "/readyz" => {
+            return Ok(http::json_bytes(200, Bytes::from_static(b"ok")))
+        }
+        "/version" => return Ok(http::json(200, &resources::version_info())),
+        _ => {}
+    }
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let table = accept.contains("as=Table");
+    let method = req.method().clone();
+    match route(path, &state.server_address)? {
+        Route::Doc(doc) if method == Method::GET => Ok(http::json(200, &doc)),
+        Route::Doc(_) => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
+        Route::Collection { rt, ns } => match method {
+            Method::GET if http::flag(query, "watch") => {
+                handlers::watch(state, rt, ns.as_deref(), query, table)
+            }
+            Method::GET => handlers::list(state, rt, ns.as_deref(), query, table),
+            Method::POST if ns.is_some() || !rt.namespaced => {
+                let (_, body) = read_body(req).await?;
+                handlers::create(state, rt, ns.as_deref(), query, &body)
+            }
+            _ => Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            ))),
+        },
+        Route::Object { rt, ns, name, sub } => {
+            let target = handlers::target(rt, sub.as_deref())?;
+            match method {
+                Method::GET => handlers::get(state, rt, ns.as_deref(), &name, table),
+                Method::PUT => {
+                    let (_, body) = read_body(req).await?;
+                    handlers::update(state, rt, ns.as_deref(), &name, target, query, &body)
+                }
+                Method::PATCH => {
+                    let (h, body) = read_body(req).await?;
+                    handlers::patch(state, rt, ns.as_deref(), &name, target, query, &h.content_type, &body)
+                }
+                Method::DELETE if target == super::semantics::Target::Main => {
+                    let (_, body) = read_body(req).await?;
+                    handlers::delete(state, rt, ns.as_deref(), &name, query, &body)
+                }
+                _ => Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({method} {path})"
+                ))),
+            }
+        }
+    }
+}
+
+async fn inject_faults(state: &ServerState) -> Result<(), ApiError> {
+    let (fail, delay) = {
+        let mut f = state.faults();
+        let now = Instant::now();
+        if f.fail_until.is_some_and(|t| t <= now) {
+            f.fail_until = None;
+        }
+        if f.delay_until.is_some_and(|t| t <= now) {
+            f.delay_until = None;
+        }
+        (
+            f.fail_until.map(|_| f.fail_code),
+            f.delay_until.map(|_| f.delay),
+        )
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(code) = fail {
+        let mut e = ApiError::internal("emulated apiserver failure (fault injection)");
+        e.code = code;
+        if code == 503 {
+            e.reason = "ServiceUnavailable";
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn num(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("{name} must be a non-negative integer, got {v:?}"))
+            })
+        })
+        .transpose()
+}
+
+/// How long a fault lasts: `forMs=N`, else `seconds=N`, else 10 s.
+fn span(q: &HashMap<String, String>) -> Result<Duration, ApiError> {
+    Ok(match (num(q, "forMs")?, num(q, "seconds")?) {
+        (Some(ms), _) => Duration::from_millis(ms),
+        (None, Some(s)) => Duration::from_secs(s),
+        (None, None) => Duration::from_secs(10),
+    })
+}
+
+pub fn state_doc(state: &ServerState) -> Value {
+    let f = state.faults().clone();
+    let now = Instant::now();
+    let left = |t: Option<Instant>| {
+        t.map(|t| t.saturating_duration_since(now).as_millis() as u64)
+            .unwrap_or(0)
+    };
+    json!({
+        "resourceVersion": state.store.current_rv().to_string(),
+        "historyStart": state.store.history_start().to_string(),
+        "objects": state.store.len(),
+        "openWatches": state.open_watches.load(Ordering::SeqCst),
+        "failingForMs": left(f.fail_until),
+        "failCode": f.fail_code,
+        "delayingForMs": left(f.delay_until),
+        "delayMs": f.delay.as_millis() as u64,
+    })
+}
+
+/// `/_emulator/*`: fault controls. Never subject to the faults themselves.
+async fn admin(
+    state: &Arc<ServerState>,
+    method: &Method,
+    op: &str,
+    q: &HashMap<String, String>,
+) -> Result<Response<Body>, ApiError> {
+    let post = *method == Method::POST;
+    let out = match op {
+        "state" if *method == Method::GET => state_doc(state),
+        "close-watches" if post => {
+            let n = state.close_watches();
+            tracing::info!(closed = n, "fault: closed every watch");
+            json!({"closed": n})
+        }
+        "fail" if post => {
+            let span = span(q)?;
+            let code = num(q, "code")?.unwrap_or(500);
+            if !(500..600).contains(&code) {
+                return Err(ApiError::bad_request("code must be a 5xx status"));
+            }
+            let mut f = state.faults();
+            f.fail_until = Some(Instant::now() + span);
+            f.fail_code = code as u16;
+            tracing::info!(for_ms = span.as_millis() as u64, code, "fault: failing every request");
+            json!({"failingForMs": span.as_millis() as u64, "code": code})
+        }
+        "delay" if post => {
+            let ms = num(q, "ms")?.unwrap_or(500);
+            let span = span(q)?;
+            let mut f = state.faults();
+            f.delay = Duration::from_millis(ms);
+            f.delay_until = Some(Instant::now() + span);
+            tracing::info!(ms, for_ms = span.as_millis() as u64, "fault: delaying every request");
+            json!({"delayMs": ms, "delayingForMs": span.as_millis() as u64})
+        }
+        "clear" if post => {
+            *state.faults() = FaultState::default();
+            tracing::info!("fault: cleared");
+            json!({"cleared": true})
+        }
+        "compact" if post => {
+            let rv = state.store.compact();
+            tracing::info!(rv, "fault: history compacted");
+            json!({"compactedAt": rv.to_string()})
+        }
+        "persist" if post => {
+            let wrote = state
+                .persist()
+                .await
+                .map_err(|e| ApiError::internal(format!("writing {}: {e}", state.state_path.display())))?;
+            json!({"written": wrote, "path": state.state_path.display().to_string()})
+        }
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "unknown admin operation {method} /_emulator/{op}; known: GET state, POST close-watches|fail|delay|clear|compact|persist"
+            )))
+        }
+    };
+    Ok(http::json(200, &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(r: Route) -> (String, Option<String>, Option<String>, Option<String>) {
+        match r {
+            Route::Doc(_) => ("doc".into(), None, None, None),
+            Route::Collection { rt, ns } => (rt.storage_name(), ns, None, None),
+            Route::Object { rt, ns, name, sub } => (rt.storage_name(), ns, Some(name), sub),
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let r = |p: &str| route(p, "127.0.0.1:1").map(parts);
+        assert_eq!(r("/api/v1/nodes").unwrap().0, "v1/nodes");
+        assert_eq!(
+            r("/api/v1/nodes/n1/status").unwrap(),
+            (
+                "v1/nodes".into(),
+                None,
+                Some("n1".into()),
+                Some("status".into())
+            )
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/kube-system/configmaps/cfg").unwrap(),
+            (
+                "v1/configmaps".into(),
+                Some("kube-system".into()),
+                Some("cfg".into()),
+                None
+            )
+        );
+        assert_eq!(r("/api/v1/configmaps").unwrap().1, None);
+        assert_eq!(
+            r("/apis/events.k8s.io/v1/namespaces/default/events")
+                .unwrap()
+                .0,
+            "events.k8s.io/v1/events"
+        );
+        assert_eq!(r("/apis/events.k8s.io/v1").unwrap().0, "doc");
+        for bad in [
+            "/api/v1/pods",
+            "/api/v1/namespaces/x/nodes",
+            "/api/v1/configmaps/x",
+            "/apis/apps/v1",
+            "/foo",
+        ] {
+            assert_eq!(r(bad).err().map(|e| e.code), Some(404), "{bad}");
+        }
+    }
+}
