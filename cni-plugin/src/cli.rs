@@ -11,6 +11,9 @@ const MAX_STDIN: u64 = 16 << 20;
 
 /// Runs the plugin and returns the process exit code.
 pub fn main() -> i32 {
+    if let Ok(request) = std::env::var(crate::reaper::ENV) {
+        return crate::reaper::run(&request);
+    }
     let (cni_version, outcome) = run();
     let mut stdout = std::io::stdout().lock();
     match outcome {

@@ -8,5 +8,6 @@ pub mod link;
 pub mod names;
 pub mod netns;
 pub mod plan;
+pub mod reaper;
 pub mod spec;
 pub mod subnet_env;

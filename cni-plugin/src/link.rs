@@ -48,6 +48,17 @@ pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, rtn
     }
 }
 
+pub async fn get_link_by_index(
+    h: &Handle,
+    index: u32,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match h.link().get().match_index(index).execute().try_next().await {
+        Ok(m) => Ok(m),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn kind(msg: &LinkMessage) -> Option<&InfoKind> {
     msg.attributes.iter().find_map(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
@@ -284,6 +295,20 @@ pub async fn set_controller(
             LinkUnspec::new_with_index(index)
                 .controller(controller)
                 .up()
+                .build(),
+        )
+        .execute()
+        .await
+}
+
+/// Take a port off its bridge and down in one message: from here on the
+/// pod behind it has no path anywhere.
+pub async fn detach(h: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .nocontroller()
+                .down()
                 .build(),
         )
         .execute()

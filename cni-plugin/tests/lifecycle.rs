@@ -75,7 +75,7 @@ fn add_check_del_round_trip_in_every_version() {
         let del = node.cni("DEL", &id, Some(&pod.path()), "eth0", &conf);
         assert!(del.ok, "{}", del.stdout);
         assert!(!node.ipam_records().contains(&ip));
-        assert!(!node.ns.links().contains(&host_veth));
+        assert!(!node.ns.settled_trellis_veths().contains(&host_veth));
     }
 }
 
@@ -163,7 +163,7 @@ fn del_is_idempotent_and_survives_a_vanished_netns() {
     let second = node.cni("DEL", "c1", None, "eth0", &conf);
     assert!(second.ok, "{}", second.stdout);
     assert!(node.ipam_records().is_empty());
-    assert!(node.ns.trellis_veths().is_empty());
+    assert!(node.ns.settled_trellis_veths().is_empty());
     // DEL of something never added, and with no subnet.env at all.
     std::fs::remove_file(node.subnet_file()).unwrap();
     assert!(node.cni("DEL", "never", None, "eth0", &conf).ok);
@@ -318,11 +318,50 @@ fn hundred_parallel_adds_never_share_an_address() {
         }
     });
     assert!(node.ipam_records().is_empty(), "{:?}", node.ipam_records());
-    assert!(node.ns.trellis_veths().is_empty());
+    assert!(node.ns.settled_trellis_veths().is_empty());
     let mut left: Vec<String> = std::fs::read_dir(node.ipam_dir().join("cbr0"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
     assert_eq!(left, vec!["last_reserved_ip.0", "lock"]);
+}
+
+#[test]
+fn del_isolates_the_pod_at_once_and_the_reaper_removes_the_pair() {
+    let node = Node::new("reap", SUBNET_ENV);
+    let conf = node.conf("1.0.0", "");
+    let a = Netns::new("pa");
+    let b = Netns::new("pb");
+    let ra = node.cni("ADD", "a", Some(&a.path()), "eth0", &conf);
+    assert!(ra.ok && node.cni("ADD", "b", Some(&b.path()), "eth0", &conf).ok);
+    let ip_a = pod_ip(&ra.json());
+    assert!(b.ping(&ip_a));
+    assert!(node.cni("DEL", "a", Some(&a.path()), "eth0", &conf).ok);
+    // Whether or not the reaper already ran, the deleted pod is unreachable.
+    assert!(
+        !b.ping(&ip_a),
+        "a deleted pod must be cut off when DEL returns"
+    );
+    assert!(
+        !a.settled_links_contain("eth0"),
+        "the pair is destroyed in the background"
+    );
+    assert_eq!(node.ns.settled_trellis_veths().len(), 1);
+    // A detached veth the reaper never got to is collected by GC.
+    let rb = node.cni("ADD", "c", Some(&a.path()), "eth0", &conf);
+    assert!(rb.ok, "{}", rb.stdout);
+    let veth_c = rb.json()["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    node.ns
+        .exec(&["ip", "link", "set", &veth_c, "down", "nomaster"]);
+    std::fs::remove_file(node.ipam_dir().join("cbr0").join(pod_ip(&rb.json()))).unwrap();
+    let gc_conf = node.conf(
+        "1.1.0",
+        r#","cni.dev/valid-attachments":[{"containerID":"b","ifname":"eth0"}]"#,
+    );
+    assert!(run_in(Some(&node.ns), PLUGIN, &[("CNI_COMMAND", "GC")], &gc_conf).ok);
+    assert!(!node.ns.links().contains(&veth_c));
 }

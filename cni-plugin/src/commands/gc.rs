@@ -74,10 +74,12 @@ pub async fn run(conf: &NetConf) -> Result<(), CniError> {
         .map_err(|e| nl_err("cannot list links", e))?
     {
         let Some(name) = link::name(&l) else { continue };
-        if names::is_host_veth_name(name)
-            && link::controller(&l) == Some(bridge.header.index)
-            && !valid_veths.contains(name)
-        {
+        // On our bridge, or detached by a DEL whose reaper did not finish.
+        let ours = match link::controller(&l) {
+            Some(c) => c == bridge.header.index,
+            None => !link::is_up(&l),
+        };
+        if names::is_host_veth_name(name) && ours && !valid_veths.contains(name) {
             stale.push(name.to_string());
         }
     }

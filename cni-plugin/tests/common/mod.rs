@@ -72,6 +72,31 @@ impl Netns {
             .collect()
     }
 
+    /// DEL leaves the destruction of the host veth to a background reaper:
+    /// wait (bounded) until no trellis veth is left.
+    pub fn settled_trellis_veths(&self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let left = self.trellis_veths();
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether `name` is still present after waiting (bounded) for it to go.
+    pub fn settled_links_contain(&self, name: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self.links().iter().any(|l| l == name) {
+            if std::time::Instant::now() > deadline {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn ping(&self, ip: &str) -> bool {
         self.exec(&["ping", "-c", "1", "-W", "2", ip]).0
     }
