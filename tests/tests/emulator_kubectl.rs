@@ -1,0 +1,269 @@
+//! Real `kubectl` against the API emulator (issue 3): get, get -w, annotate, patch (merge and
+//! strategic, also on the status subresource), create -f, delete. Results are read back through
+//! the API with kube-rs, not from kubectl's own output.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::api::Api;
+use kube::ResourceExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Out {
+    let out = Command::new(KUBECTL)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {KUBECTL} (it is expected on this machine): {e}"));
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let o = kubectl(kubeconfig, args).await;
+    assert!(o.ok, "kubectl {args:?} failed:\n{}\n{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+const NODE_YAML: &str = r#"apiVersion: v1
+kind: Node
+metadata:
+  name: kn1
+  labels:
+    kubernetes.io/hostname: kn1
+spec:
+  podCIDR: 10.244.7.0/24
+  podCIDRs: ["10.244.7.0/24"]
+status:
+  conditions:
+  - type: Ready
+    status: "True"
+    reason: KubeletReady
+  nodeInfo:
+    kubeletVersion: v1.32.0
+"#;
+
+const CM_YAML: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kube-flannel-cfg
+  namespace: kube-system
+data:
+  net-conf.json: |
+    {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
+"#;
+
+fn conditions(n: &Node) -> Vec<(String, String)> {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.type_, c.status))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drives_the_emulator() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let emu = Emulator::start(EmulatorConfig::new(dir.path()))
+        .await
+        .expect("emulator starts");
+    let kc = emu.kubeconfig_path().to_path_buf();
+    let client = emu.client().await.expect("kube client");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let node_file = dir.path().join("node.yaml");
+    let cm_file = dir.path().join("cm.yaml");
+    std::fs::write(&node_file, NODE_YAML).expect("write node.yaml");
+    std::fs::write(&cm_file, CM_YAML).expect("write cm.yaml");
+    let node_path = node_file.to_str().expect("utf-8 path");
+    let cm_path = cm_file.to_str().expect("utf-8 path");
+
+    // create -f (kubectl validates server-side; it needs discovery and the OpenAPI index).
+    ok(&kc, &["create", "-f", node_path]).await;
+    ok(&kc, &["create", "-f", cm_path]).await;
+    let n = nodes.get("kn1").await.expect("node created by kubectl");
+    assert_eq!(
+        n.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()),
+        Some("10.244.7.0/24")
+    );
+    let cm = cms
+        .get("kube-flannel-cfg")
+        .await
+        .expect("configmap created by kubectl");
+    assert!(cm.data.unwrap_or_default()["net-conf.json"].contains("vxlan"));
+    let again = kubectl(&kc, &["create", "-f", node_path]).await;
+    assert!(
+        !again.ok && again.stderr.contains("already exists"),
+        "{}",
+        again.stderr
+    );
+
+    // get: server-side printed table.
+    let table = ok(&kc, &["get", "nodes"]).await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]);
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (row[0], row[1], row[4]),
+        ("kn1", "Ready", "v1.32.0"),
+        "{table}"
+    );
+    let yaml = ok(&kc, &["get", "node", "kn1", "-o", "yaml"]).await;
+    assert!(yaml.contains("podCIDR: 10.244.7.0/24"), "{yaml}");
+    let cm_table = ok(&kc, &["get", "configmaps", "-A"]).await;
+    assert!(cm_table.contains("kube-flannel-cfg"), "{cm_table}");
+
+    // get -w: initial row, then a row for the change made meanwhile.
+    let mut watch = Command::new(KUBECTL)
+        .args(["get", "nodes", "-w"])
+        .env("KUBECONFIG", &kc)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn kubectl get -w");
+    let mut out = BufReader::new(watch.stdout.take().expect("stdout piped")).lines();
+    let mut read_line = async || {
+        tokio::time::timeout(Duration::from_secs(20), out.next_line())
+            .await
+            .expect("kubectl get -w printed nothing within 20 s")
+            .expect("read kubectl output")
+            .expect("kubectl get -w ended early")
+    };
+    assert!(read_line().await.starts_with("NAME"));
+    assert!(read_line().await.starts_with("kn1"));
+
+    // annotate (a merge patch built by kubectl).
+    ok(
+        &kc,
+        &[
+            "annotate",
+            "node",
+            "kn1",
+            "flannel.alpha.coreos.com/public-ip=192.168.50.1",
+        ],
+    )
+    .await;
+    let watched = read_line().await;
+    assert!(watched.starts_with("kn1"), "{watched}");
+    watch.kill().await.expect("stop kubectl get -w");
+    let n = nodes.get("kn1").await.expect("get");
+    assert_eq!(
+        n.annotations()
+            .get("flannel.alpha.coreos.com/public-ip")
+            .map(String::as_str),
+        Some("192.168.50.1")
+    );
+
+    // patch --type merge on the node: spec changes; status in the patch is ignored.
+    ok(
+        &kc,
+        &[
+            "patch",
+            "node",
+            "kn1",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"unschedulable":true},"status":{"conditions":[]}}"#,
+        ],
+    )
+    .await;
+    let n = nodes.get("kn1").await.expect("get");
+    assert_eq!(n.spec.as_ref().and_then(|s| s.unschedulable), Some(true));
+    assert_eq!(conditions(&n), [("Ready".to_string(), "True".to_string())]);
+
+    // patch --type strategic on metadata.
+    ok(
+        &kc,
+        &[
+            "patch",
+            "node",
+            "kn1",
+            "--type",
+            "strategic",
+            "-p",
+            r#"{"metadata":{"labels":{"trellis.io/pool":"a"}}}"#,
+        ],
+    )
+    .await;
+    let n = nodes.get("kn1").await.expect("get");
+    assert_eq!(
+        n.labels().get("trellis.io/pool").map(String::as_str),
+        Some("a")
+    );
+    assert_eq!(
+        n.labels().get("kubernetes.io/hostname").map(String::as_str),
+        Some("kn1")
+    );
+
+    // patch --subresource status --type strategic: conditions merge by type.
+    ok(&kc, &["patch", "node", "kn1", "--subresource", "status", "--type", "strategic", "-p",
+        r#"{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"TrellisIsUp"}]}}"#]).await;
+    let n = nodes.get("kn1").await.expect("get");
+    assert_eq!(
+        conditions(&n),
+        [
+            ("Ready".to_string(), "True".to_string()),
+            ("NetworkUnavailable".to_string(), "False".to_string())
+        ]
+    );
+
+    // patch --subresource status --type merge: status changes, spec does not.
+    ok(&kc, &["patch", "node", "kn1", "--subresource", "status", "--type", "merge", "-p",
+        r#"{"spec":{"unschedulable":false},"status":{"nodeInfo":{"kubeletVersion":"v1.32.1"}}}"#]).await;
+    let n = nodes.get("kn1").await.expect("get");
+    assert_eq!(n.spec.as_ref().and_then(|s| s.unschedulable), Some(true));
+    assert_eq!(
+        n.status
+            .and_then(|s| s.node_info)
+            .map(|i| i.kubelet_version)
+            .as_deref(),
+        Some("v1.32.1")
+    );
+
+    // delete (kubectl waits for the object to vanish with a field-selected list+watch).
+    ok(&kc, &["delete", "node", "kn1"]).await;
+    ok(&kc, &["delete", "-f", cm_path]).await;
+    assert!(nodes.get_opt("kn1").await.expect("get").is_none());
+    assert!(cms
+        .get_opt("kube-flannel-cfg")
+        .await
+        .expect("get")
+        .is_none());
+    let missing = kubectl(&kc, &["get", "node", "kn1"]).await;
+    assert!(
+        !missing.ok && missing.stderr.contains("not found"),
+        "{}",
+        missing.stderr
+    );
+    emu.shutdown().await.expect("shutdown");
+}
