@@ -1,2 +1,4 @@
 
+pub mod cri;
+pub mod containerd;
 pub mod apiserver;
