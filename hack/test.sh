@@ -19,6 +19,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
 
+# Integration tests that drive the plugin through a runtime use the binary just built.
+export TRELLIS_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/trellis"
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast --test-threads 4

@@ -1,4 +1,4 @@
-
-pub mod cri;
-pub mod containerd;
 pub mod apiserver;
+pub mod containerd;
+pub mod cri;
+pub mod netns_cluster;

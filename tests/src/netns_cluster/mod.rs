@@ -1,0 +1,470 @@
+//! A Kubernetes cluster in network namespaces, for end-to-end tests and the
+//! demo: an underlay bridge joining N node namespaces, an "outside" host
+//! routed through the underlay, the API emulator on the underlay, one
+//! `trellis-agent` per node, and pods made by the `trellis` CNI plugin.
+//!
+//! ```text
+//!   ext (192.168.60.1) ── underlay ns: br0 192.168.50.254/24, api :6443
+//!                                  │        │        │
+//!                        node-1 .11   node-2 .12   node-3 .13   (eth0, default via .254)
+//!                          cni0 10.244.1.1   ...
+//! ```
+//! Everything is torn down on drop, also when a test panics.
+
+mod netns;
+mod procs;
+
+pub use netns::{in_netns, Netns};
+pub use procs::{locate_binary, Proc};
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const UNDERLAY_PREFIX: &str = "192.168.50";
+pub const API_IP: &str = "192.168.50.254";
+pub const EXT_IP: &str = "192.168.60.1";
+pub const CONFIGMAP_NS: &str = "kube-flannel";
+pub const CONFIGMAP_NAME: &str = "trellis-config";
+
+pub fn net_conf(backend: &str) -> String {
+    format!(r#"{{"Network":"10.244.0.0/16","Backend":{backend}}}"#)
+}
+
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: String,
+    pub gateway: String,
+    pub dir: PathBuf,
+    agent: Option<Proc>,
+}
+
+impl Node {
+    pub fn subnet_file(&self) -> PathBuf {
+        self.dir.join("subnet.env")
+    }
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.dir.join("ipam")
+    }
+    pub fn agent_running(&self) -> bool {
+        self.agent.is_some()
+    }
+}
+
+pub struct Pod {
+    pub name: String,
+    pub node: usize,
+    pub ns: Netns,
+    pub ip: String,
+}
+
+impl Pod {
+    pub fn ping(&self, ip: &str) -> bool {
+        self.ns.exec_ok(&["ping", "-c", "1", "-W", "2", ip])
+    }
+}
+
+pub struct Options {
+    pub nodes: usize,
+    /// The Backend member of net-conf.json.
+    pub backend: String,
+    pub tag: String,
+    /// Extra arguments for every agent.
+    pub agent_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            backend: r#"{"Type":"vxlan"}"#.into(),
+            tag: "e2e".into(),
+            agent_args: Vec::new(),
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub underlay: Netns,
+    pub ext: Netns,
+    pub nodes: Vec<Node>,
+    pub kubeconfig: PathBuf,
+    emulator: Option<Proc>,
+    agent_bin: PathBuf,
+    plugin_bin: PathBuf,
+    emulator_bin: PathBuf,
+    agent_args: Vec<String>,
+    pods: usize,
+}
+
+fn sh(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Cluster {
+    /// Build the namespaces, start the emulator, register the Nodes and the
+    /// ConfigMap. Agents are started separately ([`Cluster::start_agents`]).
+    pub fn up(opts: Options) -> Result<Cluster, String> {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("trellis-{}-", opts.tag))
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        Self::up_in(opts, tmp.path().to_path_buf(), Some(tmp))
+    }
+
+    /// Like [`Cluster::up`] but in a fixed directory (the demo keeps it).
+    pub fn up_in(
+        opts: Options,
+        dir: PathBuf,
+        tmp: Option<tempfile::TempDir>,
+    ) -> Result<Cluster, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let underlay = Netns::new(&format!("{}-u", opts.tag))?;
+        let ext = Netns::new(&format!("{}-x", opts.tag))?;
+        let mut cluster = Cluster {
+            dir: dir.clone(),
+            _tmp: tmp,
+            underlay,
+            ext,
+            nodes: Vec::new(),
+            kubeconfig: dir.join("api/kubeconfig"),
+            emulator: None,
+            agent_bin: locate_binary("trellis-agent", "TRELLIS_AGENT_BIN")?,
+            plugin_bin: locate_binary("trellis", "TRELLIS_BIN")?,
+            emulator_bin: locate_binary("kube-emulator", "KUBE_EMULATOR_BIN")?,
+            agent_args: opts.agent_args.clone(),
+            pods: 0,
+        };
+        let u = cluster.underlay.name.clone();
+        let x = cluster.ext.name.clone();
+        // Underlay: a bridge with the API address; routes the outside host.
+        cluster.underlay.ip_batch(&format!(
+            "link add br0 type bridge\nlink set br0 up\naddr add {API_IP}/24 dev br0\n\
+             link add tox type veth peer name eth0 netns {x}\nlink set tox up\naddr add 192.168.60.254/24 dev tox\n"
+        ))?;
+        cluster.underlay.sysctl("net.ipv4.ip_forward", "1")?;
+        cluster.ext.ip_batch(&format!(
+            "link set eth0 up\naddr add {EXT_IP}/24 dev eth0\nroute add {UNDERLAY_PREFIX}.0/24 via 192.168.60.254\n"
+        ))?;
+        for i in 1..=opts.nodes {
+            let ns = Netns::new(&format!("{}-n{i}", opts.tag))?;
+            let ip: Ipv4Addr = format!("{UNDERLAY_PREFIX}.{}", 10 + i)
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            cluster.underlay.ip_batch(&format!(
+                "link add p{i} type veth peer name eth0 netns {}\nlink set p{i} master br0 up\n",
+                ns.name
+            ))?;
+            ns.ip_batch(&format!(
+                "link set eth0 up\naddr add {ip}/24 dev eth0\nroute add default via {API_IP}\n"
+            ))?;
+            let dir = dir.join(format!("node-{i}"));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            cluster.nodes.push(Node {
+                name: format!("node-{i}"),
+                ns,
+                ip,
+                pod_cidr: format!("10.244.{i}.0/24"),
+                gateway: format!("10.244.{i}.1"),
+                dir,
+                agent: None,
+            });
+        }
+        let _ = u;
+        cluster.start_emulator()?;
+        for i in 0..cluster.nodes.len() {
+            cluster.create_node_object(i)?;
+        }
+        cluster
+            .kubectl_stdin(
+                &["apply", "-f", "-"],
+                &json!({
+                    "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONFIGMAP_NS}
+                })
+                .to_string(),
+            )
+            .ok();
+        cluster.kubectl_stdin(
+            &["create", "-f", "-"],
+            &json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": CONFIGMAP_NAME, "namespace": CONFIGMAP_NS},
+                "data": {"net-conf.json": net_conf(&opts.backend)}
+            })
+            .to_string(),
+        )?;
+        Ok(cluster)
+    }
+
+    pub fn start_emulator(&mut self) -> Result<(), String> {
+        let api_dir = self.dir.join("api");
+        let log = self.dir.join("api.log");
+        let p = Proc::spawn_in(
+            &self.underlay,
+            &self.emulator_bin,
+            &[
+                "--listen".into(),
+                format!("{API_IP}:6443"),
+                "--dir".into(),
+                api_dir.display().to_string(),
+                "--bookmark-interval-ms".into(),
+                "2000".into(),
+            ],
+            &log,
+        )?;
+        self.emulator = Some(p);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.kubeconfig.exists() && self.kubectl(&["get", "--raw", "/version"]).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("API emulator did not come up; log: {}", tail(&log)))
+    }
+
+    /// Stop the emulator (SIGTERM: it persists its state) and start it again.
+    pub fn restart_emulator(&mut self) -> Result<(), String> {
+        if let Some(p) = self.emulator.take() {
+            p.terminate(Duration::from_secs(10));
+        }
+        self.start_emulator()
+    }
+
+    fn create_node_object(&self, i: usize) -> Result<(), String> {
+        let n = &self.nodes[i];
+        // What kubelet registers and the controller-manager completes.
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": n.name, "labels": {"kubernetes.io/os": "linux", "kubernetes.io/hostname": n.name}},
+            "spec": {"podCIDR": n.pod_cidr, "podCIDRs": [n.pod_cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": n.ip.to_string()}, {"type": "Hostname", "address": n.name}]}
+        });
+        self.kubectl_stdin(&["create", "-f", "-"], &node.to_string())
+            .map(|_| ())
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.kubectl_stdin(args, "")
+    }
+
+    /// kubectl (a real client) against the emulator, from the underlay namespace.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Result<String, String> {
+        let kc = self.kubeconfig.display().to_string();
+        let mut full = vec!["--kubeconfig", kc.as_str(), "--request-timeout=10s"];
+        full.extend_from_slice(args);
+        self.underlay.exec_with_stdin("kubectl", &full, stdin)
+    }
+
+    pub fn node_json(&self, name: &str) -> Result<Value, String> {
+        let out = self.kubectl(&["get", "node", name, "-o", "json"])?;
+        serde_json::from_str(&out).map_err(|e| e.to_string())
+    }
+
+    pub fn set_backend(&self, backend: &str) -> Result<(), String> {
+        let patch = json!({"data": {"net-conf.json": net_conf(backend)}}).to_string();
+        self.kubectl(&[
+            "-n",
+            CONFIGMAP_NS,
+            "patch",
+            "configmap",
+            CONFIGMAP_NAME,
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ])
+        .map(|_| ())
+    }
+
+    pub fn agent_args(&self, i: usize) -> Vec<String> {
+        let n = &self.nodes[i];
+        let mut a = vec![
+            "run".into(),
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            format!("--node-name={}", n.name),
+            format!("--configmap-namespace={CONFIGMAP_NS}"),
+            format!("--configmap-name={CONFIGMAP_NAME}"),
+            format!("--subnet-file={}", n.subnet_file().display()),
+            "--health-addr=127.0.0.1:9402".into(),
+            "--iface=eth0".into(),
+        ];
+        a.extend(self.agent_args.iter().cloned());
+        a
+    }
+
+    pub fn start_agent(&mut self, i: usize) -> Result<(), String> {
+        let args = self.agent_args(i);
+        let log = self.nodes[i].dir.join("agent.log");
+        let p = Proc::spawn_in(&self.nodes[i].ns, &self.agent_bin, &args, &log)?;
+        self.nodes[i].agent = Some(p);
+        Ok(())
+    }
+
+    pub fn start_agents(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i)?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (or SIGKILL when `kill`) the agent of node `i`.
+    pub fn stop_agent(&mut self, i: usize, kill: bool) {
+        if let Some(p) = self.nodes[i].agent.take() {
+            if kill {
+                p.kill();
+            } else {
+                p.terminate(Duration::from_secs(10));
+            }
+        }
+    }
+
+    pub fn agent_log(&self, i: usize) -> String {
+        tail(&self.nodes[i].dir.join("agent.log"))
+    }
+
+    /// GET a path on node `i`'s agent health port.
+    pub fn agent_http(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        let path = path.to_string();
+        in_netns(&self.nodes[i].ns, move || http_get("127.0.0.1:9402", &path))
+            .ok()
+            .flatten()
+    }
+
+    /// Wait until node `i`'s agent says ready and subnet.env exists.
+    pub fn wait_ready(&self, i: usize, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(self.agent_http(i, "/readyz"), Some((200, _)))
+                && self.nodes[i].subnet_file().exists()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "node-{} not ready after {timeout:?}; agent log:\n{}",
+            i + 1,
+            self.agent_log(i)
+        ))
+    }
+
+    pub fn wait_all_ready(&self, timeout: Duration) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            self.wait_ready(i, timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Create a pod on node `i` through the CNI plugin, as the runtime would.
+    pub fn add_pod(&mut self, i: usize) -> Result<Pod, String> {
+        self.pods += 1;
+        let name = format!("pod{}", self.pods);
+        let ns = Netns::new(&format!(
+            "{}-{name}",
+            self.underlay.name.trim_end_matches("-u")
+        ))?;
+        let out = self.cni(i, "ADD", &name, &ns)?;
+        let v: Value = serde_json::from_str(&out).map_err(|e| format!("ADD result: {e}: {out}"))?;
+        let ip = v["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .ok_or_else(|| format!("ADD returned no address: {out}"))?
+            .to_string();
+        Ok(Pod {
+            name,
+            node: i,
+            ns,
+            ip,
+        })
+    }
+
+    pub fn del_pod(&self, pod: &Pod) -> Result<(), String> {
+        self.cni(pod.node, "DEL", &pod.name, &pod.ns).map(|_| ())
+    }
+
+    fn cni(&self, i: usize, cmd: &str, id: &str, pod_ns: &Netns) -> Result<String, String> {
+        let n = &self.nodes[i];
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "cbr0", "type": "trellis",
+            "subnetFile": n.subnet_file(), "dataDir": n.ipam_dir(),
+        })
+        .to_string();
+        let netns = pod_ns.path().display().to_string();
+        let env = [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", netns.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ];
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &n.ns.name])
+            .arg(&self.plugin_bin)
+            .envs(env);
+        procs::run_with_stdin(c, &conf)
+    }
+
+    /// Remove the Node object (as `kubectl delete node` does).
+    pub fn delete_node_object(&self, name: &str) -> Result<(), String> {
+        self.kubectl(&["delete", "node", name]).map(|_| ())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(p) = n.agent.take() {
+                p.kill();
+            }
+        }
+        if let Some(p) = self.emulator.take() {
+            p.kill();
+        }
+        // Netns guards drop after this, removing every namespace.
+    }
+}
+
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A tiny HTTP/1.0 GET (status, body) without any client library.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn _sh(args: &[&str]) -> Result<String, String> {
+    sh(args)
+}
