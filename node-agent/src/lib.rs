@@ -12,3 +12,4 @@ pub mod dataplane;
 pub mod firewall;
 pub mod install_cni;
 pub mod view;
+pub mod cluster;

@@ -1,0 +1,335 @@
+//! Watches the net-conf.json ConfigMap and publishes each new valid config.
+//!
+//! An invalid config is logged, counted, reported as a Warning Event on our Node and not
+//! published: the agent keeps running the last good one (a typo in the ConfigMap must not take
+//! the pod network down). A deleted ConfigMap also keeps the running config. Consumers see the
+//! latest good config on a `tokio::sync::watch` channel; a config equal to the running one
+//! (a label or annotation edit on the ConfigMap) is not published again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use super::backoff::{Backoff, BackoffPolicy};
+use super::events::NodeEvents;
+use crate::config::{ConfigError, NetConfig, ParsedConfig};
+
+/// The ConfigMap key flannel reads.
+pub const NET_CONF_KEY: &str = "net-conf.json";
+
+/// Which ConfigMap and key hold net-conf.json (flannel's is `kube-flannel/kube-flannel-cfg`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+impl ConfigSource {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ConfigSource {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            key: NET_CONF_KEY.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ConfigMap {}/{} key {}",
+            self.namespace, self.name, self.key
+        )
+    }
+}
+
+/// Why a ConfigMap's content was not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigRejection {
+    #[error("no key {key:?} in data (keys present: {present:?})")]
+    MissingKey { key: String, present: Vec<String> },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// What one version of the ConfigMap means for the running config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A valid config different from the running one: publish it.
+    New(ParsedConfig),
+    /// Same config as running (or same content re-delivered): nothing to do.
+    Unchanged,
+    /// Invalid, seen for the first time: report it.
+    Rejected(ConfigRejection),
+    /// The same invalid content again (e.g. re-listed after a reconnect): already reported.
+    StillRejected,
+}
+
+/// Decides, per ConfigMap version, whether to publish, report or ignore. Pure.
+#[derive(Debug, Default)]
+pub struct ConfigTracker {
+    current: Option<NetConfig>,
+    /// The content last rejected (`None` inside for a missing key), to report it once.
+    rejected: Option<Option<String>>,
+}
+
+impl ConfigTracker {
+    pub fn current(&self) -> Option<&NetConfig> {
+        self.current.as_ref()
+    }
+
+    pub fn apply(&mut self, data: Option<&BTreeMap<String, String>>, key: &str) -> Verdict {
+        let text = data.and_then(|d| d.get(key));
+        let parsed = match text {
+            None => Err(ConfigRejection::MissingKey {
+                key: key.to_string(),
+                present: data
+                    .map(|d| d.keys().take(10).cloned().collect())
+                    .unwrap_or_default(),
+            }),
+            Some(t) => NetConfig::parse(t).map_err(ConfigRejection::from),
+        };
+        match parsed {
+            Ok(p) => {
+                self.rejected = None;
+                if self.current.as_ref() == Some(&p.config) {
+                    return Verdict::Unchanged;
+                }
+                self.current = Some(p.config.clone());
+                Verdict::New(p)
+            }
+            Err(why) => {
+                let content = text.cloned();
+                if self.rejected.as_ref() == Some(&content) {
+                    return Verdict::StillRejected;
+                }
+                self.rejected = Some(content);
+                Verdict::Rejected(why)
+            }
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct ConfigStats {
+    /// Configs published (the first one included).
+    pub applied: AtomicU64,
+    /// Distinct invalid contents rejected.
+    pub rejected: AtomicU64,
+}
+
+pub struct ConfigWatcher {
+    api: Api<ConfigMap>,
+    source: ConfigSource,
+    events: Option<NodeEvents>,
+    backoff: BackoffPolicy,
+    tx: watch::Sender<Option<Arc<NetConfig>>>,
+    stats: Arc<ConfigStats>,
+}
+
+impl ConfigWatcher {
+    /// `events`: where to report rejected configs (our Node), if anywhere.
+    pub fn new(client: Client, source: ConfigSource, events: Option<NodeEvents>) -> Self {
+        ConfigWatcher {
+            api: Api::namespaced(client, &source.namespace),
+            source,
+            events,
+            backoff: BackoffPolicy::default(),
+            tx: watch::Sender::new(None),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn with_backoff(mut self, backoff: BackoffPolicy) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The latest good config; `None` until the first valid one is seen. Wait for the first
+    /// with `rx.wait_for(Option::is_some)`.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<NetConfig>>> {
+        self.tx.subscribe()
+    }
+
+    pub fn stats(&self) -> Arc<ConfigStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until the task is dropped or aborted.
+    pub async fn run(self) {
+        let fields = format!("metadata.name={}", self.source.name);
+        let stream = watcher::watcher(self.api.clone(), watcher::Config::default().fields(&fields));
+        let mut stream = std::pin::pin!(stream);
+        let mut tracker = ConfigTracker::default();
+        let mut backoff = Backoff::new(self.backoff);
+        let mut listed_it = false;
+        let mut outage_start: Option<Instant> = None;
+        while let Some(item) = stream.next().await {
+            let event = match item {
+                Ok(e) => e,
+                Err(e) => {
+                    let gone = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
+                    if gone {
+                        tracing::info!(source = %self.source, "ConfigMap watch expired (410 Gone); relisting");
+                    } else if backoff.failures() == 0 {
+                        tracing::warn!(source = %self.source, error = %e, "ConfigMap watch failed; retrying, the running config stays");
+                    } else {
+                        tracing::debug!(source = %self.source, error = %e, "ConfigMap watch still failing");
+                    }
+                    outage_start.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            if !matches!(event, Event::Init) {
+                if let Some(since) = outage_start.take() {
+                    tracing::info!(
+                        source = %self.source,
+                        after_ms = since.elapsed().as_millis() as u64,
+                        "ConfigMap watch recovered"
+                    );
+                }
+                backoff.reset();
+            }
+            match event {
+                Event::Init => listed_it = false,
+                Event::InitApply(cm) | Event::Apply(cm) => {
+                    listed_it = true;
+                    self.consider(&mut tracker, &cm).await;
+                }
+                Event::InitDone if !listed_it => tracing::warn!(
+                    source = %self.source,
+                    running = tracker.current().is_some(),
+                    "ConfigMap not found; keeping the running config (if any) until it exists"
+                ),
+                Event::InitDone => {}
+                Event::Delete(_) => tracing::warn!(
+                    source = %self.source,
+                    "ConfigMap deleted; keeping the running config"
+                ),
+            }
+        }
+        tracing::error!(source = %self.source, "ConfigMap watch stream ended unexpectedly");
+    }
+
+    async fn consider(&self, tracker: &mut ConfigTracker, cm: &ConfigMap) {
+        let version = cm.metadata.resource_version.as_deref().unwrap_or("?");
+        match tracker.apply(cm.data.as_ref(), &self.source.key) {
+            Verdict::New(parsed) => {
+                for w in &parsed.warnings {
+                    tracing::warn!(source = %self.source, "{w}");
+                }
+                tracing::info!(
+                    source = %self.source,
+                    version,
+                    backend = %parsed.config.backend.kind(),
+                    "net-conf.json loaded"
+                );
+                self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                self.tx.send_replace(Some(Arc::new(parsed.config)));
+            }
+            Verdict::Rejected(why) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    source = %self.source,
+                    version,
+                    running = tracker.current().is_some(),
+                    "net-conf.json rejected, keeping the running config: {why}"
+                );
+                if let Some(events) = &self.events {
+                    events
+                        .invalid_config(&self.source.to_string(), &why.to_string())
+                        .await;
+                }
+            }
+            Verdict::Unchanged | Verdict::StillRejected => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(text: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([(NET_CONF_KEY.to_string(), text.to_string())])
+    }
+
+    const VXLAN: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+    const HOST_GW: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#;
+
+    #[test]
+    fn publishes_new_configs_once() {
+        let mut t = ConfigTracker::default();
+        assert!(matches!(
+            t.apply(Some(&data(VXLAN)), NET_CONF_KEY),
+            Verdict::New(_)
+        ));
+        // Same meaning, different text: not a change.
+        let reformatted = VXLAN.replace(' ', "");
+        assert_eq!(
+            t.apply(Some(&data(&reformatted)), NET_CONF_KEY),
+            Verdict::Unchanged
+        );
+        let Verdict::New(p) = t.apply(Some(&data(HOST_GW)), NET_CONF_KEY) else {
+            panic!("host-gw should be new");
+        };
+        assert_eq!(p.config.backend.kind().as_str(), "host-gw");
+        assert_eq!(t.current(), Some(&p.config));
+    }
+
+    #[test]
+    fn invalid_configs_are_reported_once_and_keep_the_running_one() {
+        let mut t = ConfigTracker::default();
+        t.apply(Some(&data(VXLAN)), NET_CONF_KEY);
+        let running = t.current().cloned();
+        let bad = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard"}}"#;
+        let Verdict::Rejected(why) = t.apply(Some(&data(bad)), NET_CONF_KEY) else {
+            panic!("should be rejected");
+        };
+        assert!(why.to_string().contains("Backend.Type"), "{why}");
+        assert_eq!(
+            t.apply(Some(&data(bad)), NET_CONF_KEY),
+            Verdict::StillRejected
+        );
+        assert_eq!(t.current().cloned(), running);
+        // Another bad content is reported again.
+        assert!(matches!(
+            t.apply(Some(&data("{")), NET_CONF_KEY),
+            Verdict::Rejected(ConfigRejection::Invalid(ConfigError::NotJson(_)))
+        ));
+        // Back to the running config: nothing to publish, but the next mistake is reported.
+        assert_eq!(
+            t.apply(Some(&data(VXLAN)), NET_CONF_KEY),
+            Verdict::Unchanged
+        );
+        assert!(matches!(
+            t.apply(Some(&data(bad)), NET_CONF_KEY),
+            Verdict::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn missing_key_or_data_is_a_rejection_naming_the_key() {
+        let mut t = ConfigTracker::default();
+        let other = BTreeMap::from([("cni-conf.json".to_string(), "{}".to_string())]);
+        let Verdict::Rejected(why) = t.apply(Some(&other), NET_CONF_KEY) else {
+            panic!("should be rejected");
+        };
+        assert!(why.to_string().contains("net-conf.json"), "{why}");
+        assert!(why.to_string().contains("cni-conf.json"), "{why}");
+        assert_eq!(t.apply(None, NET_CONF_KEY), Verdict::StillRejected);
+        assert!(t.current().is_none());
+    }
+}

@@ -1,0 +1,167 @@
+//! Events on our own Node, so `kubectl describe node` shows what trellis did and what it
+//! refused.
+//!
+//! Events are best-effort: publishing never fails the caller, and is bounded in time so an
+//! unreachable API cannot stall a watcher or the reconcile loop. kube's recorder writes
+//! `events.k8s.io/v1` Events (in `default`, as the kubelet does for Nodes) and folds repeats
+//! within a few minutes into a series instead of new objects.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+
+use crate::config::BackendType;
+
+use super::MANAGER;
+
+/// How long one publish may take before it is given up.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reasons, stable for alerting on them.
+pub mod reason {
+    pub const BACKEND_SWITCHED: &str = "BackendSwitched";
+    pub const INVALID_CONFIG: &str = "InvalidNetConfig";
+    pub const NETWORK_READY: &str = "TrellisIsUp";
+}
+
+#[derive(Clone)]
+pub struct NodeEvents {
+    recorder: Recorder,
+    node: ObjectReference,
+    timeout: Duration,
+}
+
+impl NodeEvents {
+    /// Events regarding Node `node_name`. `uid` is the Node's `metadata.uid` when known; the
+    /// kubelet uses the node name there, which is what `kubectl describe` falls back to.
+    pub fn new(client: Client, node_name: &str, uid: Option<&str>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_string(),
+            instance: Some(format!("{MANAGER}-{node_name}")),
+        };
+        NodeEvents {
+            recorder: Recorder::new(client, reporter),
+            node: node_reference(node_name, uid),
+            timeout: PUBLISH_TIMEOUT,
+        }
+    }
+
+    /// Publishes; returns whether the API accepted it. Failures are logged, not returned:
+    /// no caller should behave differently because an Event was lost.
+    pub async fn emit(&self, type_: EventType, reason: &str, action: &str, note: String) -> bool {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(truncate_note(note)),
+            action: action.to_string(),
+            secondary: None,
+        };
+        match tokio::time::timeout(self.timeout, self.recorder.publish(&ev, &self.node)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(reason, error = %e, "could not publish Event");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    reason,
+                    timeout_s = self.timeout.as_secs(),
+                    "publishing Event timed out"
+                );
+                false
+            }
+        }
+    }
+
+    /// "backend switched from vxlan to host-gw in 812 ms".
+    pub async fn backend_switched(
+        &self,
+        from: BackendType,
+        to: BackendType,
+        took: Duration,
+    ) -> bool {
+        self.emit(
+            EventType::Normal,
+            reason::BACKEND_SWITCHED,
+            "SwitchBackend",
+            format!(
+                "backend switched from {from} to {to} in {} ms",
+                took.as_millis()
+            ),
+        )
+        .await
+    }
+
+    /// A net-conf.json was rejected; the running config stays.
+    pub async fn invalid_config(&self, what: &str, why: &str) -> bool {
+        self.emit(
+            EventType::Warning,
+            reason::INVALID_CONFIG,
+            "LoadConfig",
+            format!("{what} rejected, keeping the running configuration: {why}"),
+        )
+        .await
+    }
+
+    /// The node's network is programmed.
+    pub async fn network_ready(&self, backend: BackendType) -> bool {
+        self.emit(
+            EventType::Normal,
+            reason::NETWORK_READY,
+            "Program",
+            format!("trellis programmed this node with backend {backend}"),
+        )
+        .await
+    }
+}
+
+fn node_reference(name: &str, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(name.into()),
+        uid: Some(uid.unwrap_or(name).into()),
+        ..ObjectReference::default()
+    }
+}
+
+/// The API rejects notes over 1 KiB; cut on a character boundary.
+fn truncate_note(mut note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() > MAX {
+        let mut cut = MAX - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fit_the_api_limit() {
+        assert_eq!(truncate_note("short".into()), "short");
+        let long = "é".repeat(1000);
+        let t = truncate_note(long);
+        assert!(t.len() <= 1024 && t.ends_with("..."));
+    }
+
+    #[test]
+    fn reference_names_the_node() {
+        let r = node_reference("n1", None);
+        assert_eq!(r.kind.as_deref(), Some("Node"));
+        assert_eq!(r.uid.as_deref(), Some("n1"));
+        assert!(r.namespace.is_none());
+        assert_eq!(
+            node_reference("n1", Some("u-1")).uid.as_deref(),
+            Some("u-1")
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! Watches every Node into the shared [`ClusterView`].
+//!
+//! Each Node is decoded as a [`SlimNode`], turned into a [`NodeInfo`] and handed to the view at
+//! once; the watcher keeps no objects (no reflector store), so memory is the view's compact
+//! peers plus one list page in flight.
+//!
+//! Consumers learn of changes through [`ViewStatus`] on a `tokio::sync::watch` channel: only a
+//! planning-relevant change bumps `generation` (kubelet heartbeats and condition updates do
+//! not), and a burst of changes is read as one by whoever wakes up next.
+//!
+//! Errors (API down, 5xx, closed watches, 410 Gone) are retried with backoff and never touch the
+//! view: the kernel keeps working state during an outage, and the next list reconciles it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use futures::StreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+use super::backoff::{Backoff, BackoffPolicy};
+use super::node_object::SlimNode;
+use super::relist::RelistFeed;
+use crate::view::{ClusterView, NodeInfo};
+
+/// The view shared between the watcher (writer) and the planner (reader). A std mutex: every
+/// critical section is short and never awaits.
+pub type SharedView = Arc<Mutex<ClusterView>>;
+
+/// Lock the view, surviving a panic in another holder: the view is plain data and every
+/// mutation leaves it consistent, so a poisoned lock carries no broken invariant.
+pub fn lock_view(view: &SharedView) -> MutexGuard<'_, ClusterView> {
+    view.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the planner waits on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewStatus {
+    /// Bumped on every planning-relevant change.
+    pub generation: u64,
+    /// The first full list has completed. Before that the view is partial: planning from it
+    /// would delete the entries of peers not listed yet, so the planner must wait for this.
+    pub synced: bool,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct NodeWatchStats {
+    /// Node events received (list items and watch events).
+    pub events: AtomicU64,
+    /// Completed lists (1 at start, +1 per relist after 410 or a failed resume).
+    pub relists: AtomicU64,
+    /// Failed API calls and watch errors.
+    pub errors: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeWatchOptions {
+    /// Nodes per list page: bounds the memory of a list at the cost of round trips.
+    pub page_size: u32,
+    /// Server-side watch timeout; the watch is then resumed from the last version.
+    pub watch_timeout_secs: u32,
+    pub backoff: BackoffPolicy,
+}
+
+impl Default for NodeWatchOptions {
+    fn default() -> Self {
+        NodeWatchOptions {
+            page_size: 500,
+            watch_timeout_secs: 290,
+            backoff: BackoffPolicy::default(),
+        }
+    }
+}
+
+pub struct NodeWatcher {
+    api: Api<SlimNode>,
+    view: SharedView,
+    local_name: String,
+    options: NodeWatchOptions,
+    status: watch::Sender<ViewStatus>,
+    own: watch::Sender<Option<NodeInfo>>,
+    stats: Arc<NodeWatchStats>,
+}
+
+impl NodeWatcher {
+    pub fn new(client: Client, view: SharedView, options: NodeWatchOptions) -> Self {
+        let local_name = lock_view(&view).local().node_name.clone();
+        NodeWatcher {
+            api: Api::all(client),
+            view,
+            local_name,
+            options,
+            status: watch::Sender::new(ViewStatus::default()),
+            own: watch::Sender::new(None),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Wakes on every planning-relevant change (coalesced) and on the first sync.
+    pub fn status(&self) -> watch::Receiver<ViewStatus> {
+        self.status.subscribe()
+    }
+
+    /// Our own Node as last seen (the view ignores it): lets the agent notice a changed
+    /// `public-ip-overwrite` or a podCIDR assigned late. Changes only when its podCIDRs or
+    /// annotations change.
+    pub fn own_node(&self) -> watch::Receiver<Option<NodeInfo>> {
+        self.own.subscribe()
+    }
+
+    pub fn stats(&self) -> Arc<NodeWatchStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until the task is dropped or aborted.
+    pub async fn run(self) {
+        let config = watcher::Config::default()
+            .page_size(self.options.page_size)
+            .timeout(self.options.watch_timeout_secs);
+        let stream = watcher::watcher(self.api.clone(), config);
+        let mut stream = std::pin::pin!(stream);
+        let mut feed = RelistFeed::new();
+        let mut backoff = Backoff::new(self.options.backoff);
+        let mut outage_start: Option<Instant> = None;
+        while let Some(item) = stream.next().await {
+            let event = match item {
+                Ok(e) => e,
+                Err(e) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    report_error(&e, backoff.failures(), feed.synced());
+                    outage_start.get_or_insert_with(Instant::now);
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            // `Init` comes before any API call: only data proves the API is back.
+            if !matches!(event, Event::Init) {
+                if let Some(since) = outage_start.take() {
+                    tracing::info!(
+                        failures = backoff.failures(),
+                        after_ms = since.elapsed().as_millis() as u64,
+                        "Node watch recovered"
+                    );
+                }
+                backoff.reset();
+            }
+            self.handle(&mut feed, event);
+        }
+        // `watcher` streams never end; reaching this is a kube-rs change worth knowing about.
+        tracing::error!("Node watch stream ended unexpectedly");
+    }
+
+    fn handle(&self, feed: &mut RelistFeed, event: Event<SlimNode>) {
+        let Some(event) = to_node_info(event) else {
+            tracing::warn!("ignoring a Node without a name");
+            return;
+        };
+        if let Event::Apply(n) | Event::InitApply(n) = &event {
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            if n.name == self.local_name {
+                self.own.send_if_modified(|own| {
+                    if own.as_ref() == Some(n) {
+                        return false;
+                    }
+                    *own = Some(n.clone());
+                    true
+                });
+            }
+        }
+        if let Event::Delete(n) = &event {
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+            if n.name == self.local_name {
+                tracing::warn!(node = %n.name, "our own Node was deleted; keeping the dataplane as is");
+            }
+        }
+        let outcome = feed.apply(&mut lock_view(&self.view), event);
+        if outcome.relisted {
+            let n = self.stats.relists.fetch_add(1, Ordering::Relaxed) + 1;
+            let nodes = lock_view(&self.view).node_count();
+            tracing::info!(lists = n, remote_nodes = nodes, "Node list complete");
+        }
+        if outcome.changed || outcome.first_sync {
+            self.status.send_modify(|s| {
+                if outcome.changed {
+                    s.generation += 1;
+                }
+                s.synced = true;
+            });
+        }
+    }
+}
+
+/// Keep only what planning reads, right away: the decoded Node is dropped here.
+fn to_node_info(event: Event<SlimNode>) -> Option<Event<NodeInfo>> {
+    Some(match event {
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+        Event::Apply(n) => Event::Apply(n.into_node_info()?),
+        Event::InitApply(n) => Event::InitApply(n.into_node_info()?),
+        Event::Delete(n) => Event::Delete(n.into_node_info()?),
+    })
+}
+
+fn report_error(e: &watcher::Error, failures_before: u32, synced: bool) {
+    let gone = matches!(e, watcher::Error::WatchError(s) if s.code == 410);
+    if gone {
+        // Expected after an etcd compaction or a long disconnect: the watcher relists.
+        tracing::info!("Node watch expired (410 Gone); relisting, the view is kept meanwhile");
+    } else if failures_before == 0 {
+        tracing::warn!(
+            error = %e,
+            synced,
+            "Node watch failed; retrying with backoff, the view and dataplane are kept as they are"
+        );
+    } else {
+        tracing::debug!(error = %e, failures = failures_before + 1, "Node watch still failing");
+    }
+}

@@ -1,0 +1,227 @@
+//! The net-conf.json ConfigMap watcher and Node Events against the API emulator.
+
+mod cluster_support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cluster_support::*;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use trellis_agent::cluster::{BackoffPolicy, ConfigSource, ConfigWatcher, NodeEvents};
+use trellis_agent::config::BackendType;
+
+const WAIT: Duration = Duration::from_secs(15);
+const NS: &str = "kube-flannel";
+const NAME: &str = "kube-flannel-cfg";
+
+fn net_conf(backend: &str) -> String {
+    format!(r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "{backend}"}}}}"#)
+}
+
+async fn put_config(cms: &Api<ConfigMap>, text: &str) {
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": NAME, "namespace": NS},
+        "data": {"net-conf.json": text, "cni-conf.json": "{}"}
+    }))
+    .unwrap();
+    if cms.get_opt(NAME).await.unwrap().is_some() {
+        let patch = json!({"data": {"net-conf.json": text}});
+        cms.patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    } else {
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+}
+
+async fn node_events(c: &Cluster, reason: &str) -> Vec<Event> {
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(LOCAL)
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Node")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_is_not_emitted_and_the_previous_stays() {
+    let c = cluster().await;
+    create_local_node(&c.nodes, Some("10.244.1.0/24")).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), NS);
+    let events = NodeEvents::new(c.client.clone(), LOCAL, None);
+    let w = ConfigWatcher::new(c.client.clone(), ConfigSource::new(NS, NAME), Some(events))
+        .with_backoff(BackoffPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        });
+    let mut rx = w.subscribe();
+    let stats = w.stats();
+    let task = tokio::spawn(w.run());
+
+    // Not there yet: nothing is emitted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.borrow().is_none());
+
+    put_config(&cms, &net_conf("vxlan")).await;
+    let first = tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
+        .await
+        .expect("first config")
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert_eq!(first.backend.kind(), BackendType::Vxlan);
+    rx.mark_unchanged();
+
+    // An unknown backend: rejected, counted, reported on the Node, not emitted.
+    put_config(&cms, &net_conf("wireguard")).await;
+    eventually(WAIT, "rejection counted", || {
+        stats.rejected.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    eventually_async(WAIT, "warning Event on the Node", || async {
+        node_events(&c, "InvalidNetConfig").await.iter().any(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.note.as_deref().is_some_and(|n| {
+                    n.contains("Backend.Type") && n.contains("keeping the running configuration")
+                })
+        })
+    })
+    .await;
+    // Broken JSON too.
+    put_config(&cms, "{\"Network\": ").await;
+    eventually(WAIT, "second rejection", || {
+        stats.rejected.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    assert!(
+        !rx.has_changed().unwrap(),
+        "nothing emitted for invalid configs"
+    );
+    assert_eq!(rx.borrow().as_deref(), Some(&*first));
+
+    // A relist (410 after compaction) re-delivers the bad content: not reported again.
+    let faults = c.emu.faults().await.unwrap();
+    faults.compact().await.unwrap();
+    faults.close_watches().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), 2);
+
+    // Deleting the ConfigMap keeps the running config.
+    cms.delete(NAME, &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rx.has_changed().unwrap());
+
+    // A valid new config is emitted.
+    put_config(&cms, &net_conf("host-gw")).await;
+    tokio::time::timeout(WAIT, rx.changed())
+        .await
+        .expect("new config")
+        .unwrap();
+    assert_eq!(
+        rx.borrow_and_update().as_ref().unwrap().backend.kind(),
+        BackendType::HostGw
+    );
+    assert_eq!(stats.applied.load(Ordering::Relaxed), 2);
+
+    // Touching the ConfigMap without changing the config emits nothing.
+    let patch = json!({"metadata": {"labels": {"touched": "yes"}}});
+    cms.patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rx.has_changed().unwrap());
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_survives_an_api_outage() {
+    let c = cluster().await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), NS);
+    put_config(&cms, &net_conf("vxlan")).await;
+    let w = ConfigWatcher::new(c.client.clone(), ConfigSource::new(NS, NAME), None).with_backoff(
+        BackoffPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(300),
+        },
+    );
+    let mut rx = w.subscribe();
+    let task = tokio::spawn(w.run());
+    tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap();
+    rx.mark_unchanged();
+    let faults = c.emu.faults().await.unwrap();
+    faults.fail_for(Duration::from_secs(2)).await.unwrap();
+    faults.close_watches().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!rx.has_changed().unwrap());
+    assert!(rx.borrow().is_some(), "config kept during the outage");
+    eventually_async(WAIT, "API back", || async { cms.get(NAME).await.is_ok() }).await;
+    put_config(&cms, &net_conf("host-gw")).await;
+    tokio::time::timeout(WAIT, rx.changed())
+        .await
+        .expect("change after outage")
+        .unwrap();
+    assert_eq!(
+        rx.borrow().as_ref().unwrap().backend.kind(),
+        BackendType::HostGw
+    );
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_on_the_node() {
+    let c = cluster().await;
+    create_local_node(&c.nodes, Some("10.244.1.0/24")).await;
+    let uid = c.nodes.get(LOCAL).await.unwrap().metadata.uid;
+    let events = NodeEvents::new(c.client.clone(), LOCAL, uid.as_deref());
+    assert!(
+        events
+            .backend_switched(
+                BackendType::Vxlan,
+                BackendType::HostGw,
+                Duration::from_millis(812)
+            )
+            .await
+    );
+    let found = node_events(&c, "BackendSwitched").await;
+    assert_eq!(found.len(), 1);
+    let e = &found[0];
+    assert_eq!(e.type_.as_deref(), Some("Normal"));
+    assert_eq!(
+        e.note.as_deref(),
+        Some("backend switched from vxlan to host-gw in 812 ms")
+    );
+    assert_eq!(e.regarding.as_ref().unwrap().uid, uid);
+    assert_eq!(e.reporting_controller.as_deref(), Some("trellis-agent"));
+
+    // The same event again folds into a series instead of a new object.
+    assert!(
+        events
+            .backend_switched(
+                BackendType::Vxlan,
+                BackendType::HostGw,
+                Duration::from_millis(812)
+            )
+            .await
+    );
+    let found = node_events(&c, "BackendSwitched").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].series.as_ref().map(|s| s.count), Some(2));
+
+    // An API that fails only costs the event, never the caller.
+    let faults = c.emu.faults().await.unwrap();
+    faults.fail_for(Duration::from_secs(2)).await.unwrap();
+    assert!(!events.network_ready(BackendType::Vxlan).await);
+}
