@@ -639,3 +639,35 @@ async fn events_recorder_and_core_events() {
     assert_eq!(by_node.items.len(), 1);
     emu.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_list_watcher_gets_initial_events_end_bookmark() {
+    let (_dir, emu, client) = start(Duration::from_secs(60)).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in ["s1", "s2"] {
+        nodes
+            .create(&PostParams::default(), &node(name, &[]))
+            .await
+            .expect("create");
+    }
+    // sendInitialEvents=true: ADDED for the current state, then a bookmark annotated
+    // k8s.io/initial-events-end, which is what ends the watcher's initial phase.
+    let cfg = watcher::Config::default().streaming_lists();
+    let mut w = watcher(nodes.clone(), cfg).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match next(&mut w).await {
+            Ok(watcher::Event::InitApply(n)) => initial.push(n.name_any()),
+            Ok(watcher::Event::InitDone) => break,
+            Ok(_) => {}
+            Err(e) => panic!("streaming list failed: {e}"),
+        }
+    }
+    assert_eq!(initial, ["s1", "s2"]);
+    nodes
+        .create(&PostParams::default(), &node("s3", &[]))
+        .await
+        .expect("create");
+    assert!(!until_applied(&mut w, "s3").await);
+    emu.shutdown().await.expect("shutdown");
+}
