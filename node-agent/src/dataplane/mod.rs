@@ -5,3 +5,4 @@
 
 pub mod desired;
 pub mod diff;
+pub mod netlink;

@@ -1,0 +1,157 @@
+//! The side-effect half of the dataplane: read what trellis owns from the kernel, apply diff
+//! ops, and watch for drift, all over rtnetlink.
+//!
+//! - [`read_actual`]: dump owned links (with their VXLAN/IPIP attributes, MTU, MAC, up),
+//!   their addresses, main-table routes of protocol [`ROUTE_PROTOCOL`], permanent neighbours
+//!   and permanent `self` FDB entries on owned links.
+//! - [`apply`]: execute ops in order, failures reported per op without stopping the others.
+//! - [`DriftMonitor`]: a signal when something trellis owns changes.
+//! - [`Dataplane`]: the facade the agent calls, `reconcile(desired)` = read + diff + apply.
+//!
+//! Every netlink socket belongs to the network namespace of the thread that opened it; open
+//! them on the thread (or under the `ip netns exec`) of the namespace to program.
+//!
+//! [`ROUTE_PROTOCOL`]: crate::dataplane::desired::ROUTE_PROTOCOL
+
+mod apply;
+mod monitor;
+mod parse;
+mod read;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rtnetlink::Handle;
+use tokio::task::JoinHandle;
+
+pub use apply::{apply, ApplyReport, OpError, IN_FLIGHT};
+pub use monitor::{concerns_owned, DriftMonitor, Owned};
+pub use read::read_actual;
+
+use super::desired::KernelState;
+use super::diff::diff;
+
+/// The errno a netlink call failed with, if it was the kernel that said no.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// A netlink failure that stops a whole read (an op's failure is an [`OpError`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot {what}: {detail}")]
+    Kernel {
+        what: &'static str,
+        errno: Option<i32>,
+        detail: String,
+    },
+    #[error(
+        "cannot {what}: {source} (the agent needs CAP_NET_ADMIN in the node's network namespace)"
+    )]
+    Socket {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl NetlinkError {
+    pub fn new(what: &'static str, e: rtnetlink::Error) -> NetlinkError {
+        let errno = errno(&e);
+        let detail = match errno {
+            Some(n) => std::io::Error::from_raw_os_error(n).to_string(),
+            None => e.to_string(),
+        };
+        NetlinkError::Kernel {
+            what,
+            errno,
+            detail,
+        }
+    }
+
+    pub fn socket(what: &'static str, source: std::io::Error) -> NetlinkError {
+        NetlinkError::Socket { what, source }
+    }
+}
+
+/// What one [`Dataplane::reconcile`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Ops the diff produced.
+    pub ops_planned: usize,
+    /// Ops that took effect.
+    pub ops_applied: usize,
+    /// Ops applied, by [`Op::label`], for metrics.
+    pub applied_by_label: BTreeMap<&'static str, usize>,
+    pub errors: Vec<OpError>,
+    /// Objects trellis owned in the kernel before applying (see `KernelState::len`).
+    pub actual_len: usize,
+    /// Whole reconcile: read, diff and apply.
+    pub duration: Duration,
+}
+
+impl ReconcileReport {
+    /// True when the kernel now holds the desired state (as far as the ops tell).
+    pub fn converged(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// The netlink executor the agent holds for its whole life.
+#[derive(Debug)]
+pub struct Dataplane {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl Dataplane {
+    /// Open a netlink socket in the calling thread's network namespace. Must run inside a
+    /// Tokio runtime (the socket's I/O task is spawned on it).
+    pub fn new() -> Result<Dataplane, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| NetlinkError::socket("open netlink socket", e))?;
+        Ok(Dataplane {
+            handle,
+            connection: tokio::spawn(conn),
+        })
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// What trellis owns in the kernel now.
+    pub async fn read_actual(&self) -> Result<KernelState, NetlinkError> {
+        read_actual(&self.handle).await
+    }
+
+    /// Make the kernel hold `desired`: read what trellis owns, diff, apply. A failed read is
+    /// an error (nothing was changed); failed ops are in the report, the others applied.
+    /// Running it again right after a clean run applies nothing.
+    pub async fn reconcile(
+        &mut self,
+        desired: &KernelState,
+    ) -> Result<ReconcileReport, NetlinkError> {
+        let start = Instant::now();
+        let snap = read::read_snapshot(&self.handle).await?;
+        let ops = diff(desired, &snap.state);
+        let index: HashMap<String, u32> = snap.names.into_iter().map(|(i, n)| (n, i)).collect();
+        let report = apply::apply_with_index(&self.handle, &ops, index).await;
+        Ok(ReconcileReport {
+            ops_planned: ops.len(),
+            ops_applied: report.applied,
+            applied_by_label: report.applied_by_label,
+            errors: report.errors,
+            actual_len: snap.state.len(),
+            duration: start.elapsed(),
+        })
+    }
+}

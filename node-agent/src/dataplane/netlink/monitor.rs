@@ -1,0 +1,326 @@
+//! Drift monitor: a netlink socket subscribed to link, address, route and neighbour (ARP, NDP
+//! and FDB) notifications, which signals "something trellis owns changed" so that the agent
+//! reconciles at once instead of at the next periodic resync.
+//!
+//! The signal carries no detail: the reconcile reads the whole owned state anyway, and a
+//! capacity-1 channel coalesces a burst (a deleted device drops thousands of entries) into
+//! one pending signal. The agent's own changes are notified too, so each reconcile that
+//! applied ops is followed by one more that finds nothing to do.
+//!
+//! The socket lives in the network namespace of the thread that calls [`DriftMonitor::start`]
+//! (the process's when run under `ip netns exec`). If the kernel drops notifications because
+//! the socket's buffer overflowed, the monitor signals: what was lost is unknown. If the socket
+//! fails for good, the receiver yields `None`: start a new monitor and reconcile.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{StreamExt, TryStreamExt};
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
+use rtnetlink::{MulticastGroup, RouteMessageBuilder};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::parse;
+use super::NetlinkError;
+use crate::dataplane::desired::is_owned_link_name;
+
+/// Receive buffer for notifications: a deleted device with 5000 peers' entries emits ~15000
+/// messages at once, which the default (~200 KiB) cannot hold.
+const RCVBUF: usize = 8 << 20;
+
+/// Running monitor; dropping it stops the monitor and closes the receiver.
+#[derive(Debug)]
+pub struct DriftMonitor {
+    connection: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+}
+
+impl Drop for DriftMonitor {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        self.connection.abort();
+    }
+}
+
+/// What the monitor must know to recognise trellis's objects in notifications: owned links by
+/// index (entry notifications carry only the index) and the destinations of trellis's routes
+/// (a route replaced by another protocol's is notified with that protocol only).
+#[derive(Debug, Default, Clone)]
+pub struct Owned {
+    links: HashSet<u32>,
+    route_dsts: HashSet<IpNetwork>,
+}
+
+impl Owned {
+    pub fn has_link(&self, index: u32) -> bool {
+        self.links.contains(&index)
+    }
+
+    /// Learn from a link message (dump or notification); true if it concerns an owned link,
+    /// including one renamed away from a trellis name.
+    fn observe_link(&mut self, msg: &LinkMessage, deleted: bool) -> bool {
+        let index = msg.header.index;
+        let owned_name = parse::link_name(msg).is_some_and(is_owned_link_name);
+        let was_owned = if deleted || !owned_name {
+            self.links.remove(&index)
+        } else {
+            !self.links.insert(index)
+        };
+        owned_name || was_owned
+    }
+
+    /// Learn from a route message; true if it concerns a trellis route or its destination.
+    fn observe_route(&mut self, msg: &RouteMessage, deleted: bool) -> bool {
+        let Some(info) = parse::route_info(msg) else {
+            return false;
+        };
+        if parse::is_trellis_route(msg) {
+            if deleted {
+                self.route_dsts.remove(&info.dst);
+            } else {
+                self.route_dsts.insert(info.dst);
+            }
+            return true;
+        }
+        // Another protocol's route to one of our destinations, in the main table: ours may
+        // have been replaced by it. (The destination stays known: if ours is still there,
+        // the reconcile finds nothing to do.)
+        !deleted && parse::is_main_table(msg) && self.route_dsts.contains(&info.dst)
+    }
+}
+
+/// Whether a notification concerns something trellis owns. Updates `owned` from link and
+/// route messages.
+pub fn concerns_owned(msg: &RouteNetlinkMessage, owned: &mut Owned) -> bool {
+    use RouteNetlinkMessage as M;
+    match msg {
+        M::NewLink(l) => owned.observe_link(l, false),
+        M::DelLink(l) => owned.observe_link(l, true),
+        M::NewAddress(a) | M::DelAddress(a) => {
+            owned.has_link(a.header.index)
+                && !parse::address(a).is_some_and(|n| parse::is_ipv6_link_local(n.ip()))
+        }
+        M::NewRoute(r) => owned.observe_route(r, false),
+        M::DelRoute(r) => owned.observe_route(r, true),
+        // FDB: only permanent entries, so that a device with `Learning` on does not signal on
+        // every learned MAC. ARP/NDP: any state, since trellis's entries turned dynamic are
+        // drift too, and no dynamic entry is expected on a trellis device.
+        M::NewNeighbour(n) => {
+            owned.has_link(n.header.ifindex)
+                && (n.header.family != AddressFamily::Bridge || parse::is_permanent(n.header.state))
+        }
+        // A deleted entry is reported in the state it was put in on the way out (FAILED for
+        // `ip neigh del`), so every deletion on an owned link counts.
+        M::DelNeighbour(n) => owned.has_link(n.header.ifindex),
+        _ => false,
+    }
+}
+
+type Messages = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+
+impl DriftMonitor {
+    /// Subscribe, learn the current owned links and routes, and start watching. Must run inside a Tokio
+    /// runtime. Once this returns, every later change is signalled.
+    pub async fn start() -> Result<(DriftMonitor, mpsc::Receiver<()>), NetlinkError> {
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+            MulticastGroup::Neigh,
+        ];
+        let (mut conn, handle, messages) = rtnetlink::new_multicast_connection(&groups)
+            .map_err(|e| NetlinkError::socket("open netlink notification socket", e))?;
+        // Best effort: without it, a big burst overflows sooner, which we signal anyway.
+        let _ = conn.socket_mut().socket_ref().set_rx_buf_sz(RCVBUF);
+        let connection = tokio::spawn(conn);
+
+        // Seed after subscribing, so a link created in between is seen by one or the other.
+        let owned = match seed(&handle).await {
+            Ok(o) => o,
+            Err(e) => {
+                connection.abort();
+                return Err(e);
+            }
+        };
+
+        let (tx, rx) = mpsc::channel(1);
+        // The handle stays alive in the task: dropping every handle would let the connection
+        // shut down.
+        let watcher = tokio::spawn(watch(messages, owned, tx, handle));
+        Ok((
+            DriftMonitor {
+                connection,
+                watcher,
+            },
+            rx,
+        ))
+    }
+}
+
+async fn seed(handle: &rtnetlink::Handle) -> Result<Owned, NetlinkError> {
+    let mut owned = Owned::default();
+    let mut links = handle.link().get().execute();
+    while let Some(l) = links
+        .try_next()
+        .await
+        .map_err(|e| NetlinkError::new("dump links for the drift monitor", e))?
+    {
+        owned.observe_link(&l, false);
+    }
+    for probe in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let family = probe.header.address_family;
+        let mut routes = handle.route().get(probe).execute();
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(|e| NetlinkError::new("dump routes for the drift monitor", e))?
+        {
+            if r.header.address_family == family && parse::is_trellis_route(&r) {
+                owned.observe_route(&r, false);
+            }
+        }
+    }
+    Ok(owned)
+}
+
+async fn watch(
+    mut messages: Messages,
+    mut owned: Owned,
+    tx: mpsc::Sender<()>,
+    handle: rtnetlink::Handle,
+) {
+    while let Some((msg, _)) = messages.next().await {
+        let relevant = match &msg.payload {
+            NetlinkPayload::InnerMessage(m) => concerns_owned(m, &mut owned),
+            NetlinkPayload::Overrun(_) => {
+                // Link and route notifications may be among the lost ones: relearn.
+                if let Ok(fresh) = seed(&handle).await {
+                    owned = fresh;
+                }
+                true
+            }
+            _ => false,
+        };
+        if relevant {
+            match tx.try_send(()) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+                Err(mpsc::error::TrySendError::Closed(())) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
+    use netlink_packet_route::RouteNetlinkMessage as M;
+
+    use super::*;
+    use crate::dataplane::netlink::parse::tests::{link, route};
+
+    fn neigh(family: AddressFamily, index: u32, state: NeighbourState) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family;
+        m.header.ifindex = index;
+        m.header.state = state;
+        m
+    }
+
+    #[test]
+    fn links_are_learned_and_their_entries_recognised() {
+        let mut owned = Owned::default();
+        assert!(!concerns_owned(
+            &M::NewLink(link("eth0", 2, None)),
+            &mut owned
+        ));
+        assert!(concerns_owned(
+            &M::NewLink(link("flannel.1", 7, None)),
+            &mut owned
+        ));
+        let on = |i, s| M::NewNeighbour(neigh(AddressFamily::Inet, i, s));
+        assert!(concerns_owned(
+            &on(7, NeighbourState::Permanent),
+            &mut owned
+        ));
+        assert!(concerns_owned(
+            &on(7, NeighbourState::Reachable),
+            &mut owned
+        ));
+        assert!(!concerns_owned(
+            &on(2, NeighbourState::Permanent),
+            &mut owned
+        ));
+        let fdb = |s| M::NewNeighbour(neigh(AddressFamily::Bridge, 7, s));
+        assert!(concerns_owned(
+            &fdb(NeighbourState::Other(0xc0)),
+            &mut owned
+        ));
+        // Learned MACs (Learning on) do not signal; deletions always do.
+        assert!(!concerns_owned(&fdb(NeighbourState::Reachable), &mut owned));
+        assert!(concerns_owned(
+            &M::DelNeighbour(neigh(AddressFamily::Bridge, 7, NeighbourState::Reachable)),
+            &mut owned
+        ));
+        // Renamed away: signalled once, then forgotten.
+        assert!(concerns_owned(
+            &M::NewLink(link("old", 7, None)),
+            &mut owned
+        ));
+        assert!(!concerns_owned(
+            &on(7, NeighbourState::Permanent),
+            &mut owned
+        ));
+        assert!(concerns_owned(
+            &M::NewLink(link("flannel.2", 8, None)),
+            &mut owned
+        ));
+        assert!(concerns_owned(
+            &M::DelLink(link("flannel.2", 8, None)),
+            &mut owned
+        ));
+        assert!(!owned.has_link(8));
+    }
+
+    #[test]
+    fn our_routes_and_routes_replacing_them_are_recognised() {
+        let mut owned = Owned::default();
+        assert!(!concerns_owned(
+            &M::NewRoute(route("10.244.2.0/24", 4, None)),
+            &mut owned
+        ));
+        assert!(concerns_owned(
+            &M::NewRoute(route("10.244.2.0/24", 116, None)),
+            &mut owned
+        ));
+        // `ip route replace 10.244.2.0/24 ... proto static`: notified as a static route.
+        assert!(concerns_owned(
+            &M::NewRoute(route("10.244.2.0/24", 4, None)),
+            &mut owned
+        ));
+        // Same prefix in another table is someone else's business.
+        assert!(!concerns_owned(
+            &M::NewRoute(route("10.244.2.0/24", 4, Some(100))),
+            &mut owned
+        ));
+        assert!(concerns_owned(
+            &M::DelRoute(route("10.244.2.0/24", 116, None)),
+            &mut owned
+        ));
+        assert!(!concerns_owned(
+            &M::NewRoute(route("10.244.2.0/24", 4, None)),
+            &mut owned
+        ));
+    }
+}

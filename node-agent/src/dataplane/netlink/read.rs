@@ -1,0 +1,178 @@
+//! Dump what trellis owns from the kernel into a [`KernelState`] (module docs of
+//! `dataplane::desired` define "owns").
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use super::parse::{self, NeighInfo};
+use super::NetlinkError;
+use crate::dataplane::desired::{
+    is_owned_link_name, Fdb, KernelState, Link, Mac, Neighbour, Route,
+};
+
+/// The kernel's state plus the names of every link by index, which the executor reuses.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub state: KernelState,
+    /// Every link of the namespace (routes may leave through the underlay).
+    pub names: HashMap<u32, String>,
+}
+
+fn read_err(what: &'static str) -> impl Fn(rtnetlink::Error) -> NetlinkError {
+    move |e| NetlinkError::new(what, e)
+}
+
+/// What trellis owns in the kernel, as the diff compares it.
+pub async fn read_actual(handle: &Handle) -> Result<KernelState, NetlinkError> {
+    Ok(read_snapshot(handle).await?.state)
+}
+
+pub async fn read_snapshot(handle: &Handle) -> Result<Snapshot, NetlinkError> {
+    let mut snap = Snapshot::default();
+    let mut owned: HashMap<u32, String> = HashMap::new();
+
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await.map_err(read_err("dump links"))? {
+        let Some(name) = parse::link_name(&msg) else {
+            continue;
+        };
+        let index = msg.header.index;
+        snap.names.insert(index, name.to_string());
+        if !is_owned_link_name(name) {
+            continue;
+        }
+        owned.insert(index, name.to_string());
+        snap.state.add_link(Link {
+            name: name.to_string(),
+            kind: parse::link_kind(&msg),
+            mtu: parse::link_mtu(&msg),
+            mac: parse::link_mac(&msg),
+            up: parse::link_up(&msg),
+        });
+    }
+
+    let mut addrs = handle.address().get().execute();
+    while let Some(msg) = addrs.try_next().await.map_err(read_err("dump addresses"))? {
+        let Some(link) = owned.get(&msg.header.index) else {
+            continue;
+        };
+        if let Some(addr) = parse::address(&msg) {
+            if !parse::is_ipv6_link_local(addr.ip()) {
+                snap.state.add_address(link, addr);
+            }
+        }
+    }
+
+    read_routes(handle, &mut snap).await?;
+    read_neighbours(handle, &owned, &mut snap.state).await?;
+    read_fdb(handle, &owned, &mut snap.state).await?;
+    Ok(snap)
+}
+
+async fn read_routes(handle: &Handle, snap: &mut Snapshot) -> Result<(), NetlinkError> {
+    let probes = [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ];
+    for probe in probes {
+        let family = probe.header.address_family;
+        let mut routes = handle.route().get(probe).execute();
+        while let Some(msg) = routes.try_next().await.map_err(read_err("dump routes"))? {
+            // Without strict checking the kernel may answer a v4 dump with every family.
+            if msg.header.address_family != family || !parse::is_trellis_route(&msg) {
+                continue;
+            }
+            let Some(info) = parse::route_info(&msg) else {
+                continue;
+            };
+            // A route whose device we cannot name cannot equal a desired one: the diff
+            // replaces it.
+            let dev = info
+                .oif
+                .and_then(|i| snap.names.get(&i).cloned())
+                .unwrap_or_default();
+            snap.state.add_route(Route {
+                dst: info.dst,
+                gateway: info.gateway,
+                dev,
+                onlink: info.onlink,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn read_neighbours(
+    handle: &Handle,
+    owned: &HashMap<u32, String>,
+    state: &mut KernelState,
+) -> Result<(), NetlinkError> {
+    if owned.is_empty() {
+        return Ok(());
+    }
+    // AF_UNSPEC dumps the ARP and the NDP tables in one go.
+    let mut neighs = handle.neighbours().get().execute();
+    while let Some(msg) = neighs
+        .try_next()
+        .await
+        .map_err(read_err("dump neighbours"))?
+    {
+        let Some(NeighInfo {
+            ifindex,
+            ip: Some(ip),
+            mac,
+        }) = parse::permanent_neighbour(&msg)
+        else {
+            continue;
+        };
+        if let Some(link) = owned.get(&ifindex) {
+            state.add_neighbour(Neighbour {
+                link: link.clone(),
+                ip,
+                mac,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn read_fdb(
+    handle: &Handle,
+    owned: &HashMap<u32, String>,
+    state: &mut KernelState,
+) -> Result<(), NetlinkError> {
+    if owned.is_empty() {
+        return Ok(());
+    }
+    let mut seen: BTreeMap<(String, Mac), Vec<Option<IpAddr>>> = BTreeMap::new();
+    let mut fdb = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute();
+    while let Some(msg) = fdb.try_next().await.map_err(read_err("dump fdb"))? {
+        let Some(info) = parse::permanent_fdb(&msg) else {
+            continue;
+        };
+        if let Some(link) = owned.get(&info.ifindex) {
+            seen.entry((link.clone(), info.mac))
+                .or_default()
+                .push(info.ip);
+        }
+    }
+    for ((link, mac), dsts) in seen {
+        // A unicast entry has one remote. Only multicast MACs can hold several (never
+        // desired, so deleted whole); report those with an unspecified destination rather
+        // than pick one.
+        let dst = match dsts.as_slice() {
+            [Some(ip)] => *ip,
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        state.add_fdb(Fdb { link, mac, dst });
+    }
+    Ok(())
+}

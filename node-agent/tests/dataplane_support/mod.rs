@@ -1,0 +1,386 @@
+//! Shared by the dataplane_* tests: throwaway network namespaces, running async code inside
+//! one, reading the kernel back with iproute2, and desired states built by the real planner.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::sched::{setns, CloneFlags};
+use serde_json::Value;
+use trellis_agent::annotations::{AnnotationKeys, DEFAULT_PREFIX};
+use trellis_agent::backend::{plan, PlanOptions};
+use trellis_agent::config::NetConfig;
+use trellis_agent::dataplane::desired::{KernelState, Mac};
+use trellis_agent::view::{ClusterView, LocalLease, NodeInfo, Underlay};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace that exists for the life of the value (deleted on drop, also when the
+/// test panics).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("trl-dp-{tag}-{}-{n}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip netns add");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ns = Netns { name };
+        ns.ip("link set lo up");
+        ns
+    }
+
+    /// `ip -n NS ARGS`, which must succeed; returns stdout.
+    pub fn ip(&self, args: &str) -> String {
+        match self.try_ip(args) {
+            Ok(s) => s,
+            Err(e) => panic!("ip -n {} {args}: {e}", self.name),
+        }
+    }
+
+    pub fn try_ip(&self, args: &str) -> Result<String, String> {
+        self.cmd("ip", &["-n", &self.name], args)
+    }
+
+    /// `bridge -n NS ARGS`.
+    pub fn bridge(&self, args: &str) -> String {
+        match self.cmd("bridge", &["-n", &self.name], args) {
+            Ok(s) => s,
+            Err(e) => panic!("bridge -n {} {args}: {e}", self.name),
+        }
+    }
+
+    /// `ip netns exec NS PROG ARGS`.
+    pub fn exec(&self, prog: &str, args: &str) -> Result<String, String> {
+        self.cmd("ip", &["netns", "exec", &self.name, prog], args)
+    }
+
+    fn cmd(&self, prog: &str, pre: &[&str], args: &str) -> Result<String, String> {
+        let out = Command::new(prog)
+            .args(pre)
+            .args(args.split_whitespace())
+            .output()
+            .map_err(|e| format!("cannot run {prog}: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        }
+    }
+
+    /// `ip -j ...` parsed.
+    pub fn ip_json(&self, args: &str) -> Vec<Value> {
+        let out = self.ip(&format!("-j {args}"));
+        if out.trim().is_empty() {
+            return Vec::new();
+        }
+        match serde_json::from_str::<Value>(&out) {
+            Ok(Value::Array(v)) => v,
+            other => panic!("ip -j {args}: unexpected output {other:?}"),
+        }
+    }
+
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        let links = self.ip_json(&format!("link show dev {dev}"));
+        links
+            .first()
+            .and_then(|l| l["ifindex"].as_u64())
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or_else(|| panic!("no ifindex for {dev}"))
+    }
+
+    /// Run `f` on a fresh thread that has entered this namespace, in a current-thread Tokio
+    /// runtime: every socket it opens (netlink included) belongs to the namespace.
+    pub fn run<F, Fut, T>(&self, f: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        let joined = std::thread::spawn(move || {
+            let file = File::open(&path).expect("open netns file");
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(f())
+        })
+        .join();
+        match joined {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A "node": its namespace with `eth0` (underlay) carrying `addr`/24.
+pub struct Node {
+    pub ns: Netns,
+    pub addr: String,
+    pub subnet: String,
+    pub mac: Mac,
+}
+
+impl Node {
+    /// A node whose `eth0` is one end of a veth pair whose other end stays in the same
+    /// namespace (this kernel has no `dummy`), so nothing real is behind it.
+    pub fn standalone(tag: &str, addr: &str, subnet: &str, mac: Mac) -> Node {
+        let ns = Netns::new(tag);
+        ns.ip("link add eth0 type veth peer name eth0-stub");
+        ns.ip(&format!("addr add {addr}/24 dev eth0"));
+        ns.ip("link set eth0-stub up");
+        ns.ip("link set eth0 up");
+        Node {
+            ns,
+            addr: addr.into(),
+            subnet: subnet.into(),
+            mac,
+        }
+    }
+
+    pub fn lease(&self) -> LocalLease {
+        let index = self.ns.ifindex("eth0");
+        let addr: std::net::Ipv4Addr = self.addr.parse().expect("node address");
+        LocalLease {
+            node_name: self.ns.name.clone(),
+            subnet_v4: Some(self.subnet.parse().expect("subnet")),
+            subnet_v6: None,
+            public_ip_v4: Some(addr),
+            public_ip_v6: None,
+            underlay: Underlay {
+                name: "eth0".into(),
+                index,
+                mtu: 1500,
+                addr_v4: Some(ipnetwork::Ipv4Network::new(addr, 24).expect("prefix")),
+                addr_v6: None,
+            },
+            vtep_mac_v4: self.mac,
+            vtep_mac_v6: Mac::derived("unused-v6"),
+        }
+    }
+}
+
+/// A peer Node as the API would show it.
+#[derive(Debug, Clone)]
+pub struct PeerNode {
+    pub name: String,
+    pub subnet: String,
+    pub public_ip: String,
+    pub mac: Mac,
+    pub vni: u32,
+}
+
+impl PeerNode {
+    pub fn new(i: u8, public_ip: &str) -> PeerNode {
+        PeerNode {
+            name: format!("peer-{i}"),
+            subnet: format!("10.244.{i}.0/24"),
+            public_ip: public_ip.into(),
+            mac: Mac([0x0a, 0x58, 0, 0, 0, i]),
+            vni: 1,
+        }
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        let mut a = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            a.insert(format!("{DEFAULT_PREFIX}{k}"), v);
+        };
+        put("kube-subnet-manager", "true".into());
+        put("backend-type", "vxlan".into());
+        put("public-ip", self.public_ip.clone());
+        put(
+            "backend-data",
+            format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, self.mac),
+        );
+        NodeInfo {
+            name: self.name.clone(),
+            pod_cidrs: vec![self.subnet.clone()],
+            annotations: a,
+            created_unix: None,
+        }
+    }
+
+    /// The peer's gateway (`.0` of its subnet), as ARP entries and routes name it.
+    pub fn gateway(&self) -> String {
+        self.subnet.trim_end_matches("/24").to_string()
+    }
+}
+
+pub fn vxlan_config(vni: u32, port: u16) -> NetConfig {
+    let json = format!(
+        r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "vxlan", "VNI": {vni}, "Port": {port}}}}}"#
+    );
+    match NetConfig::parse(&json) {
+        Ok(p) => p.config,
+        Err(e) => panic!("{json}: {e}"),
+    }
+}
+
+/// The kernel part of what the real planner wants for this node and peers.
+pub fn desired(lease: LocalLease, config: &NetConfig, peers: &[PeerNode]) -> KernelState {
+    let mut view = ClusterView::new(lease, AnnotationKeys::default());
+    for p in peers {
+        view.upsert_node(&p.info());
+    }
+    let plan = plan(&view, config, &PlanOptions::default()).expect("plan");
+    assert!(plan.skipped.is_empty(), "peers skipped: {:?}", plan.skipped);
+    assert_eq!(plan.peers, peers.len());
+    plan.state.kernel
+}
+
+/// `ip route show proto 116` as "dst via gw dev d [onlink]" lines, sorted.
+pub fn trellis_routes(ns: &Netns) -> Vec<String> {
+    let mut out: Vec<String> = ns
+        .ip_json("route show proto 116")
+        .iter()
+        .map(|r| {
+            let flags = r["flags"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            format!(
+                "{} via {} dev {}{}",
+                r["dst"].as_str().unwrap_or("?"),
+                r["gateway"].as_str().unwrap_or("?"),
+                r["dev"].as_str().unwrap_or("?"),
+                if flags.contains(&"onlink") {
+                    " onlink"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `ip neigh show dev D` as "ip lladdr mac state", sorted.
+pub fn neighbours(ns: &Netns, dev: &str) -> Vec<String> {
+    let mut out: Vec<String> = ns
+        .ip_json(&format!("neigh show dev {dev}"))
+        .iter()
+        .map(|n| {
+            let state = n["state"]
+                .as_array()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            format!(
+                "{} lladdr {} {}",
+                n["dst"].as_str().unwrap_or("?"),
+                n["lladdr"].as_str().unwrap_or("?"),
+                state
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `bridge fdb show dev D` as "mac dst ip [permanent]" for entries with a destination, sorted.
+pub fn fdb(ns: &Netns, dev: &str) -> Vec<String> {
+    let out = ns.bridge(&format!("-j fdb show dev {dev}"));
+    let entries: Vec<Value> = match serde_json::from_str(&out) {
+        Ok(Value::Array(v)) => v,
+        _ => Vec::new(),
+    };
+    let mut out: Vec<String> = entries
+        .iter()
+        .filter(|e| e["dst"].is_string())
+        .map(|e| {
+            format!(
+                "{} dst {}{}",
+                e["mac"].as_str().unwrap_or("?"),
+                e["dst"].as_str().unwrap_or("?"),
+                if e["state"].as_str() == Some("permanent") {
+                    " permanent"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// What the kernel must show for these peers on `dev`, in the three formats above.
+pub fn expected_entries(peers: &[PeerNode], dev: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut routes: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{} via {} dev {dev} onlink", p.subnet, p.gateway()))
+        .collect();
+    let mut neigh: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{} lladdr {} PERMANENT", p.gateway(), p.mac))
+        .collect();
+    let mut fdb: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{} dst {} permanent", p.mac, p.public_ip))
+        .collect();
+    routes.sort();
+    neigh.sort();
+    fdb.sort();
+    (routes, neigh, fdb)
+}
+
+/// `ip -n NS ARGS` by namespace name, for code already running inside the namespace's thread.
+pub fn ip_n(ns: &str, args: &str) {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `bridge -n NS ARGS` by namespace name.
+pub fn bridge_n(ns: &str, args: &str) {
+    let out = Command::new("bridge")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .output()
+        .expect("run bridge");
+    assert!(
+        out.status.success(),
+        "bridge -n {ns} {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
