@@ -1,3 +1,5 @@
 //! Masquerade and forward rules: one model ([`rules`]), rendered for iptables or nftables.
 
+pub mod drift;
+pub mod exec;
 pub mod rules;
