@@ -2,4 +2,6 @@
 
 pub mod drift;
 pub mod exec;
+pub mod iptables;
+mod iptables_state;
 pub mod rules;

@@ -1,0 +1,293 @@
+//! The iptables executor: trellis's chains through `iptables-restore --noflush`, one
+//! transaction per table, and `iptables-save` to read back.
+//!
+//! Which iptables (legacy or nft) runs is whatever `iptables` on PATH is: on a node, the
+//! DaemonSet image's wrapper picks the flavour kube-proxy uses. [`Variant`] can force one.
+
+use std::time::Duration;
+
+use super::drift::{Drift, Installed, Section};
+use super::exec::{Exec, FirewallError};
+use super::iptables_state::{self as state, Saved};
+use super::rules::RuleSet;
+use crate::dataplane::desired::Family;
+
+/// How long iptables-restore waits for the xtables lock (kube-proxy may hold it for seconds
+/// on a large cluster). Must stay below the [`Exec`] timeout.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// `--random-fully` arrived in iptables 1.6.2 (the same test flannel's go-iptables makes).
+const RANDOM_FULLY_SINCE: (u32, u32, u32) = (1, 6, 2);
+
+/// Which iptables binaries to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `iptables`, `iptables-save`, `iptables-restore` (and `ip6…`) as found on PATH.
+    Path,
+    /// `iptables-legacy…`.
+    Legacy,
+    /// `iptables-nft…`.
+    Nft,
+}
+
+impl Variant {
+    fn binary(self, family: Family, suffix: &str) -> String {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let flavour = match self {
+            Variant::Path => "",
+            Variant::Legacy => "-legacy",
+            Variant::Nft => "-nft",
+        };
+        format!("{base}{flavour}{suffix}")
+    }
+}
+
+fn tool_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IptablesExecutor {
+    exec: Exec,
+    variant: Variant,
+    random_fully: bool,
+    lock_wait: Duration,
+    version: String,
+}
+
+impl IptablesExecutor {
+    /// An executor for the given binaries; `random_fully` as given (see [`Self::detect`]).
+    pub fn new(exec: Exec, variant: Variant, random_fully: bool) -> IptablesExecutor {
+        IptablesExecutor {
+            exec,
+            variant,
+            random_fully,
+            lock_wait: DEFAULT_LOCK_WAIT,
+            version: variant.binary(Family::V4, ""),
+        }
+    }
+
+    /// Asks `iptables --version` which version and flavour this is, and enables
+    /// `--random-fully` when the version supports it.
+    pub async fn detect(exec: Exec, variant: Variant) -> Result<IptablesExecutor, FirewallError> {
+        let bin = variant.binary(Family::V4, "");
+        let out = exec.run(&bin, &["--version"], None).await?;
+        let version = out.trim().to_string();
+        let Some(v) = parse_version(&version) else {
+            return Err(FirewallError::Output {
+                command: format!("{bin} --version"),
+                reason: format!("no version number in {version:?}"),
+            });
+        };
+        let mut ex = IptablesExecutor::new(exec, variant, v >= RANDOM_FULLY_SINCE);
+        ex.version = version;
+        Ok(ex)
+    }
+
+    pub fn with_lock_wait(mut self, wait: Duration) -> IptablesExecutor {
+        self.lock_wait = wait;
+        self
+    }
+
+    pub fn random_fully(&self) -> bool {
+        self.random_fully
+    }
+
+    /// `iptables --version` output, e.g. `iptables v1.8.9 (nf_tables)`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    pub(crate) fn exec(&self) -> &Exec {
+        &self.exec
+    }
+
+    /// Installs `rules`: trellis's chains hold exactly these rules and each wanted jump
+    /// exists exactly once (others' rules untouched). Idempotent; undoes any edit of ours.
+    pub async fn apply(&self, rules: &RuleSet) -> Result<(), FirewallError> {
+        for family in [Family::V4, Family::V6] {
+            if rules.family(family).is_empty() {
+                self.remove_family(family).await?;
+                continue;
+            }
+            let desired = rules.iptables_restore(family, self.random_fully);
+            let jumps = rules.iptables_jumps(family);
+            // The plan depends on the jump count read just before; a concurrent edit between
+            // read and write fails the transaction (a -D without a match), so read again once.
+            let mut attempt = 0;
+            loop {
+                let kernel = self.read(family).await?;
+                let script = state::apply_script(&desired, &jumps, &kernel);
+                match self.restore(family, &script).await {
+                    Err(e) if attempt == 0 && matches!(e, FirewallError::Failed { .. }) => {
+                        attempt += 1
+                    }
+                    other => break other?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the kernel with `rules`; an empty [`Drift`] means in sync.
+    pub async fn check(&self, rules: &RuleSet) -> Result<Drift, FirewallError> {
+        let mut drift = Drift::default();
+        for family in [Family::V4, Family::V6] {
+            if rules.family(family).is_empty() {
+                if let Some(kernel) = self.read_unwanted(family).await? {
+                    state::check(tool_name(family), None, &kernel, &mut drift);
+                }
+                continue;
+            }
+            let kernel = self.read(family).await?;
+            let text = rules.iptables_restore(family, self.random_fully);
+            let desired = state::parse(&text).map_err(|reason| FirewallError::Output {
+                command: "the rendered iptables-restore input".to_string(),
+                reason,
+            })?;
+            let jumps = rules.iptables_jumps(family);
+            state::check(
+                tool_name(family),
+                Some((&desired, &jumps)),
+                &kernel,
+                &mut drift,
+            );
+        }
+        Ok(drift)
+    }
+
+    /// Removes trellis's chains and every rule jumping to them, in both families.
+    pub async fn cleanup(&self) -> Result<(), FirewallError> {
+        for family in [Family::V4, Family::V6] {
+            self.remove_family(family).await?;
+        }
+        Ok(())
+    }
+
+    /// What is installed, per family, in iptables-save syntax.
+    pub async fn installed(&self) -> Installed {
+        let mut sections = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            let title = format!("{} ({family})", tool_name(family));
+            sections.push(match self.read(family).await {
+                Ok(kernel) => Section {
+                    title,
+                    lines: state::installed_lines(&kernel),
+                    error: None,
+                },
+                Err(e) => Section {
+                    title,
+                    lines: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            });
+        }
+        Installed {
+            backend: self.version.clone(),
+            sections,
+        }
+    }
+
+    async fn remove_family(&self, family: Family) -> Result<(), FirewallError> {
+        let Some(kernel) = self.read_unwanted(family).await? else {
+            return Ok(());
+        };
+        match state::cleanup_script(&kernel) {
+            Some(script) => self.restore(family, &script).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Reads a family that should hold nothing of trellis's. IPv6 may be disabled in the
+    /// kernel (`ipv6.disable=1`), and then ip6tables cannot even list: nothing can be there
+    /// to remove, so that is `None` rather than an error. IPv4 netfilter is always there.
+    async fn read_unwanted(&self, family: Family) -> Result<Option<Saved>, FirewallError> {
+        match (self.read(family).await, family) {
+            (Ok(k), _) => Ok(Some(k)),
+            (Err(_), Family::V6) => Ok(None),
+            (Err(e), Family::V4) => Err(e),
+        }
+    }
+
+    async fn read(&self, family: Family) -> Result<Saved, FirewallError> {
+        let bin = self.variant.binary(family, "-save");
+        let out = self.exec.run(&bin, &[], None).await?;
+        state::parse(&out).map_err(|reason| FirewallError::Output {
+            command: bin,
+            reason,
+        })
+    }
+
+    async fn restore(&self, family: Family, script: &str) -> Result<(), FirewallError> {
+        let bin = self.variant.binary(family, "-restore");
+        let wait = format!("--wait={}", self.lock_wait.as_secs().max(1));
+        self.exec
+            .run(&bin, &["--noflush", &wait], Some(script))
+            .await
+            .map(drop)
+    }
+}
+
+/// `iptables v1.8.9 (nf_tables)` -> (1, 8, 9).
+pub(crate) fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let v = s.split_whitespace().find_map(|w| {
+        w.strip_prefix('v')
+            .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    })?;
+    let mut parts = v.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(
+            parse_version("iptables v1.8.9 (nf_tables)"),
+            Some((1, 8, 9))
+        );
+        assert_eq!(parse_version("iptables v1.6.1"), Some((1, 6, 1)));
+        assert_eq!(
+            parse_version("ip6tables-legacy v1.8.7 (legacy)"),
+            Some((1, 8, 7))
+        );
+        assert_eq!(
+            parse_version("nftables v1.0.6 (Lester Gooch #5)"),
+            Some((1, 0, 6))
+        );
+        assert_eq!(parse_version("iptables"), None);
+        assert!(parse_version("iptables v1.6.1").unwrap() < RANDOM_FULLY_SINCE);
+        assert!(parse_version("iptables v1.6.2").unwrap() >= RANDOM_FULLY_SINCE);
+    }
+
+    #[test]
+    fn binaries_follow_variant_and_family() {
+        assert_eq!(Variant::Path.binary(Family::V4, "-save"), "iptables-save");
+        assert_eq!(
+            Variant::Legacy.binary(Family::V6, "-restore"),
+            "ip6tables-legacy-restore"
+        );
+        assert_eq!(Variant::Nft.binary(Family::V4, ""), "iptables-nft");
+    }
+}
