@@ -4,4 +4,6 @@ pub mod drift;
 pub mod exec;
 pub mod iptables;
 mod iptables_state;
+mod nft_state;
+pub mod nftables;
 pub mod rules;

@@ -1,0 +1,150 @@
+//! The nftables executor: trellis's own table `inet trellis`, rewritten whole in one
+//! transaction by `nft -f -` and read back with `nft -j list table`. Nothing outside that
+//! table is ever touched, so other users of nftables (kube-proxy, firewalld, iptables-nft's
+//! own tables) are unaffected.
+
+use super::drift::{Drift, Installed, Section};
+use super::exec::{Exec, FirewallError};
+use super::iptables::parse_version;
+use super::nft_state::{self as state, TableState};
+use super::rules::{nft_cleanup_script, RuleSet, NFT_TABLE};
+
+/// `masquerade fully-random` is accepted by nft since 0.9.0.
+const FULLY_RANDOM_SINCE: (u32, u32, u32) = (0, 9, 0);
+
+#[derive(Debug, Clone)]
+pub struct NftablesExecutor {
+    exec: Exec,
+    binary: String,
+    random_fully: bool,
+    version: String,
+}
+
+impl NftablesExecutor {
+    pub fn new(exec: Exec, random_fully: bool) -> NftablesExecutor {
+        NftablesExecutor {
+            exec,
+            binary: "nft".to_string(),
+            random_fully,
+            version: "nft".to_string(),
+        }
+    }
+
+    /// Asks `nft --version` for the version and enables `fully-random` when it is supported.
+    pub async fn detect(exec: Exec) -> Result<NftablesExecutor, FirewallError> {
+        let out = exec.run("nft", &["--version"], None).await?;
+        let version = out.trim().to_string();
+        let Some(v) = parse_version(&version) else {
+            return Err(FirewallError::Output {
+                command: "nft --version".to_string(),
+                reason: format!("no version number in {version:?}"),
+            });
+        };
+        let mut ex = NftablesExecutor::new(exec, v >= FULLY_RANDOM_SINCE);
+        ex.version = version;
+        Ok(ex)
+    }
+
+    pub(crate) fn exec(&self) -> &Exec {
+        &self.exec
+    }
+
+    pub fn random_fully(&self) -> bool {
+        self.random_fully
+    }
+
+    /// `nft --version` output, e.g. `nftables v1.0.6 (Lester Gooch #5)`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Replaces the table with exactly `rules` (an empty rule set removes it). Atomic:
+    /// packets see the old table or the new one, never none.
+    pub async fn apply(&self, rules: &RuleSet) -> Result<(), FirewallError> {
+        self.load(&rules.nft_script(self.random_fully)).await
+    }
+
+    pub async fn check(&self, rules: &RuleSet) -> Result<Drift, FirewallError> {
+        let have = self.read().await?;
+        let mut drift = Drift::default();
+        state::check(
+            &state::desired(rules, self.random_fully),
+            have.as_ref(),
+            &mut drift,
+        );
+        Ok(drift)
+    }
+
+    /// Deletes the table if it exists.
+    pub async fn cleanup(&self) -> Result<(), FirewallError> {
+        self.load(&nft_cleanup_script()).await
+    }
+
+    /// The table as nft lists it.
+    pub async fn installed(&self) -> Installed {
+        let title = format!("nft table inet {NFT_TABLE}");
+        let section = match self.list(&["list", "table", "inet", NFT_TABLE]).await {
+            Ok(text) => Section {
+                title,
+                lines: text.lines().map(|l| l.replace('\t', "  ")).collect(),
+                error: None,
+            },
+            Err(e) => match self.table_exists().await {
+                Ok(false) => Section {
+                    title,
+                    lines: Vec::new(),
+                    error: None,
+                },
+                _ => Section {
+                    title,
+                    lines: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            },
+        };
+        Installed {
+            backend: self.version.clone(),
+            sections: vec![section],
+        }
+    }
+
+    /// The table, or `None` when there is none.
+    async fn read(&self) -> Result<Option<TableState>, FirewallError> {
+        let args = ["-j", "list", "table", "inet", NFT_TABLE];
+        match self.list(&args).await {
+            Ok(json) => {
+                state::parse_table(&json)
+                    .map(Some)
+                    .map_err(|reason| FirewallError::Output {
+                        command: format!("{} {}", self.binary, args.join(" ")),
+                        reason,
+                    })
+            }
+            // nft says "No such file or directory" for a missing table; rather than match
+            // its words, ask for the list of tables.
+            Err(e) => match self.table_exists().await? {
+                true => Err(e),
+                false => Ok(None),
+            },
+        }
+    }
+
+    async fn table_exists(&self) -> Result<bool, FirewallError> {
+        let json = self.list(&["-j", "list", "tables", "inet"]).await?;
+        state::table_listed(&json).map_err(|reason| FirewallError::Output {
+            command: format!("{} -j list tables inet", self.binary),
+            reason,
+        })
+    }
+
+    async fn list(&self, args: &[&str]) -> Result<String, FirewallError> {
+        self.exec.run(&self.binary, args, None).await
+    }
+
+    async fn load(&self, script: &str) -> Result<(), FirewallError> {
+        self.exec
+            .run(&self.binary, &["-f", "-"], Some(script))
+            .await
+            .map(drop)
+    }
+}
