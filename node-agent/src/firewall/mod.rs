@@ -2,6 +2,7 @@
 
 pub mod drift;
 pub mod exec;
+pub mod executor;
 pub mod iptables;
 mod iptables_state;
 mod nft_state;
