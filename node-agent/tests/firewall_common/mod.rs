@@ -1,0 +1,255 @@
+//! Fixtures for the privileged firewall tests: throwaway network namespaces (deleted on drop,
+//! also when a test panics), the executors pointed into them, and kernel-state snapshots.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use trellis_agent::firewall::exec::Exec;
+use trellis_agent::firewall::executor::Firewall;
+use trellis_agent::firewall::iptables::{IptablesExecutor, Variant};
+use trellis_agent::firewall::nftables::NftablesExecutor;
+use trellis_agent::firewall::rules::{FamilyNets, RuleSet};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    assert_eq!(uid, "0", "privileged test: run as root (hack/test.sh does)");
+}
+
+/// A network namespace with a unique name; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        require_root();
+        let name = format!(
+            "trl-fw{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.sh(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn exec(&self) -> Exec {
+        Exec::in_netns(&self.name)
+    }
+
+    /// Runs a command inside; panics with its output if it fails.
+    pub fn sh(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Runs a command inside; returns (success, stdout + stderr).
+    pub fn try_sh(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("spawn ip netns exec");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn nets(network: &str, subnet: &str) -> FamilyNets {
+    FamilyNets {
+        network: network.parse().expect("network"),
+        subnet: subnet.parse().expect("subnet"),
+    }
+}
+
+pub fn v4() -> FamilyNets {
+    nets("10.244.0.0/16", "10.244.1.0/24")
+}
+
+pub fn v6() -> FamilyNets {
+    nets("fd00:10:244::/56", "fd00:10:244:1::/64")
+}
+
+/// Dual stack, masquerade and forward rules.
+pub fn full_rules() -> RuleSet {
+    RuleSet::build(Some(v4()), Some(v6()), true, true)
+}
+
+/// The executors under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `iptables` on PATH (iptables-nft on this machine).
+    Iptables,
+    IptablesLegacy,
+    Nftables,
+}
+
+impl Kind {
+    pub fn variant(self) -> Option<Variant> {
+        match self {
+            Kind::Iptables => Some(Variant::Path),
+            Kind::IptablesLegacy => Some(Variant::Legacy),
+            Kind::Nftables => None,
+        }
+    }
+
+    /// The iptables binary of this kind (for hand edits), e.g. `ip6tables-legacy`.
+    pub fn iptables(self, v6: bool) -> String {
+        let base = if v6 { "ip6tables" } else { "iptables" };
+        match self {
+            Kind::IptablesLegacy => format!("{base}-legacy"),
+            _ => base.to_string(),
+        }
+    }
+
+    pub async fn firewall(self, ns: &Netns) -> Firewall {
+        match self.variant() {
+            Some(v) => Firewall::Iptables(
+                IptablesExecutor::detect(ns.exec(), v)
+                    .await
+                    .expect("detect iptables"),
+            ),
+            None => Firewall::Nftables(
+                NftablesExecutor::detect(ns.exec())
+                    .await
+                    .expect("detect nft"),
+            ),
+        }
+    }
+}
+
+/// iptables-save of this kind for both families, without comments and counters: what a
+/// person would compare by eye.
+pub fn iptables_snapshot(ns: &Netns, kind: Kind) -> String {
+    let mut out = String::new();
+    for v6 in [false, true] {
+        let save = format!("{}-save", kind.iptables(v6));
+        for line in ns.sh(&[&save]).lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let line = match line.rfind(" [") {
+                Some(i) if line.starts_with(':') => &line[..i],
+                _ => line,
+            };
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The whole nftables ruleset of the namespace (which includes iptables-nft's tables).
+pub fn nft_snapshot(ns: &Netns) -> String {
+    ns.sh(&["nft", "list", "ruleset"])
+}
+
+/// Everything a firewall test may change: both iptables flavours and nftables.
+pub fn full_snapshot(ns: &Netns) -> String {
+    format!(
+        "{}\n{}\n{}",
+        iptables_snapshot(ns, Kind::Iptables),
+        iptables_snapshot(ns, Kind::IptablesLegacy),
+        nft_snapshot(ns)
+    )
+}
+
+/// Rules of others, in every place trellis writes to: POSTROUTING and FORWARD (both
+/// families, the given iptables flavour), a chain of their own, and an nftables table.
+pub fn add_foreign_rules(ns: &Netns, kind: Kind) {
+    let ipt = kind.iptables(false);
+    let ip6t = kind.iptables(true);
+    ns.sh(&[
+        &ipt,
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "10.99.0.0/16",
+        "-j",
+        "MASQUERADE",
+    ]);
+    ns.sh(&[&ipt, "-t", "filter", "-N", "FOREIGN"]);
+    ns.sh(&[
+        &ipt, "-t", "filter", "-A", "FOREIGN", "-i", "eth9", "-j", "DROP",
+    ]);
+    ns.sh(&[&ipt, "-t", "filter", "-A", "FORWARD", "-j", "FOREIGN"]);
+    ns.sh(&[
+        &ip6t,
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-s",
+        "fd99::/64",
+        "-j",
+        "MASQUERADE",
+    ]);
+    ns.sh(&[
+        &ip6t, "-t", "filter", "-A", "FORWARD", "-o", "eth9", "-j", "ACCEPT",
+    ]);
+    ns.sh(&["nft", "add", "table", "inet", "foreign"]);
+    ns.sh(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "foreign",
+        "post",
+        "{ type nat hook postrouting priority 50; policy accept; }",
+    ]);
+    ns.sh(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "foreign",
+        "post",
+        "ip",
+        "saddr",
+        "10.98.0.0/16",
+        "masquerade",
+    ]);
+}
+
+/// How many times a line occurs in a snapshot.
+pub fn count(snapshot: &str, line: &str) -> usize {
+    snapshot.lines().filter(|l| l.trim() == line).count()
+}

@@ -1,0 +1,514 @@
+//! Privileged: the iptables (nft and legacy flavours) and nftables executors against the real
+//! tools, each test in its own network namespace: idempotent apply, drift found and repaired,
+//! others' rules untouched, cleanup complete, backend switches.
+
+mod firewall_common;
+
+use firewall_common::*;
+use trellis_agent::firewall::drift::DriftKind;
+use trellis_agent::firewall::executor::{switch, Firewall};
+use trellis_agent::firewall::rules::RuleSet;
+
+const MASQ_JUMP: &str = "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG";
+const FWD_JUMP: &str = "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD";
+
+fn snapshot(ns: &Netns, kind: Kind) -> String {
+    match kind {
+        Kind::Nftables => nft_snapshot(ns),
+        _ => iptables_snapshot(ns, kind),
+    }
+}
+
+async fn assert_in_sync(fw: &Firewall, rules: &RuleSet) {
+    let drift = fw.check(rules).await.expect("check");
+    assert!(drift.is_clean(), "{:?} drifted:\n{drift}", fw.backend());
+}
+
+async fn idempotent(kind: Kind) {
+    let ns = Netns::new("idem");
+    let fw = kind.firewall(&ns).await;
+    let rules = full_rules();
+    assert!(
+        !fw.check(&rules).await.unwrap().is_clean(),
+        "nothing installed yet"
+    );
+    fw.apply(&rules).await.expect("first apply");
+    let first = snapshot(&ns, kind);
+    assert_in_sync(&fw, &rules).await;
+    fw.apply(&rules).await.expect("second apply");
+    let second = snapshot(&ns, kind);
+    assert_eq!(first, second, "a second apply changed the ruleset");
+    assert_in_sync(&fw, &rules).await;
+    if kind == Kind::Nftables {
+        assert_eq!(second.matches("table inet trellis").count(), 1);
+        assert!(
+            second.contains("masquerade fully-random comment \"flanneld masq\""),
+            "{second}"
+        );
+    } else {
+        // Each family: one jump of each kind, and the chains hold flannel's rules.
+        assert_eq!(count(&second, MASQ_JUMP), 2, "{second}");
+        assert_eq!(count(&second, FWD_JUMP), 2, "{second}");
+        assert_eq!(
+            count(&second, "-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully"),
+            1,
+            "{second}"
+        );
+        assert_eq!(
+            count(&second, "-A FLANNEL-FWD -d fd00:10:244::/56 -m comment --comment \"flanneld forward\" -j ACCEPT"),
+            1
+        );
+    }
+    let shown = fw.installed().await.to_string();
+    assert!(shown.contains("10.244.1.0/24"), "{shown}");
+    assert!(!shown.contains("cannot read"), "{shown}");
+}
+
+#[tokio::test]
+async fn iptables_apply_twice_is_identical() {
+    idempotent(Kind::Iptables).await;
+}
+
+#[tokio::test]
+async fn iptables_legacy_apply_twice_is_identical() {
+    idempotent(Kind::IptablesLegacy).await;
+}
+
+#[tokio::test]
+async fn nftables_apply_twice_is_identical() {
+    idempotent(Kind::Nftables).await;
+}
+
+/// Makes a hand edit, expects check() to name it, and apply() to restore the exact ruleset.
+async fn edit_and_repair(
+    ns: &Netns,
+    fw: &Firewall,
+    kind: Kind,
+    rules: &RuleSet,
+    edit: &[&str],
+    expect: &str,
+) {
+    let good = snapshot(ns, kind);
+    ns.sh(edit);
+    let drift = fw.check(rules).await.expect("check");
+    assert!(!drift.is_clean(), "{edit:?} was not noticed");
+    let text = drift.to_string();
+    assert!(
+        text.contains(expect),
+        "after {edit:?}, want {expect:?} in:\n{text}"
+    );
+    fw.apply(rules).await.expect("repair");
+    assert_in_sync(fw, rules).await;
+    assert_eq!(
+        snapshot(ns, kind),
+        good,
+        "apply after {edit:?} did not restore the ruleset"
+    );
+}
+
+async fn iptables_drift(kind: Kind) {
+    let ns = Netns::new("drift");
+    let fw = kind.firewall(&ns).await;
+    let rules = full_rules();
+    fw.apply(&rules).await.expect("apply");
+    let ipt = kind.iptables(false);
+    let ip6t = kind.iptables(true);
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &[&ipt, "-t", "nat", "-F", "FLANNEL-POSTRTG"],
+        "iptables nat FLANNEL-POSTRTG: missing: -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000",
+    )
+    .await;
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &[&ip6t, "-t", "filter", "-I", "FLANNEL-FWD", "-j", "DROP"],
+        "ip6tables filter FLANNEL-FWD: unexpected: -A FLANNEL-FWD -j DROP",
+    )
+    .await;
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &[
+            &ipt,
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "flanneld masq",
+            "-j",
+            "FLANNEL-POSTRTG",
+        ],
+        "iptables nat POSTROUTING: missing:",
+    )
+    .await;
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &[
+            &ipt,
+            "-t",
+            "filter",
+            "-A",
+            "FORWARD",
+            "-m",
+            "comment",
+            "--comment",
+            "flanneld forward",
+            "-j",
+            "FLANNEL-FWD",
+        ],
+        "iptables filter FORWARD: 2 copies of",
+    )
+    .await;
+    // A whole chain deleted (its jump and rules first, or the kernel refuses).
+    let delete_chain = format!(
+        "{ip6t} -t nat -D POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG && {ip6t} -t nat -F FLANNEL-POSTRTG && {ip6t} -t nat -X FLANNEL-POSTRTG"
+    );
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &["sh", "-c", &delete_chain],
+        "ip6tables nat FLANNEL-POSTRTG: missing: chain FLANNEL-POSTRTG with 6 rules",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn iptables_drift_is_found_and_repaired() {
+    iptables_drift(Kind::Iptables).await;
+}
+
+#[tokio::test]
+async fn iptables_legacy_drift_is_found_and_repaired() {
+    iptables_drift(Kind::IptablesLegacy).await;
+}
+
+#[tokio::test]
+async fn nftables_drift_is_found_and_repaired() {
+    let ns = Netns::new("nftdrift");
+    let kind = Kind::Nftables;
+    let fw = kind.firewall(&ns).await;
+    let rules = full_rules();
+    fw.apply(&rules).await.expect("apply");
+    edit_and_repair(&ns, &fw, kind, &rules, &["nft", "flush", "chain", "inet", "trellis", "postrouting"], "nft inet trellis postrouting: missing: meta nfproto ipv4 meta mark & 0x4000 == 0x4000 return").await;
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &[
+            "nft", "insert", "rule", "inet", "trellis", "forward", "counter", "drop",
+        ],
+        "nft inet trellis forward: unexpected: (not trellis's)",
+    )
+    .await;
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &["nft", "delete", "table", "inet", "trellis"],
+        "nft inet trellis: missing: chain postrouting with 12 rules",
+    )
+    .await;
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &["nft", "add", "chain", "inet", "trellis", "sneaky"],
+        "nft inet trellis: unexpected: chain sneaky",
+    )
+    .await;
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &[
+            "nft",
+            "add",
+            "set",
+            "inet",
+            "trellis",
+            "blocked",
+            "{ type ipv4_addr; }",
+        ],
+        "nft inet trellis: unexpected: set blocked",
+    )
+    .await;
+    // A rule replaced by an almost identical one: the address differs.
+    let listing = ns.sh(&["nft", "-a", "list", "chain", "inet", "trellis", "forward"]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("ip saddr 10.244.0.0/16 accept"))
+        .and_then(|l| l.rsplit("handle ").next())
+        .expect("rule handle")
+        .trim()
+        .to_string();
+    edit_and_repair(
+        &ns,
+        &fw,
+        kind,
+        &rules,
+        &[
+            "nft",
+            "replace",
+            "rule",
+            "inet",
+            "trellis",
+            "forward",
+            "handle",
+            &handle,
+            "ip",
+            "saddr",
+            "10.245.0.0/16",
+            "accept",
+        ],
+        "unexpected: ip saddr 10.245.0.0/16 accept",
+    )
+    .await;
+}
+
+/// Others' rules survive apply and cleanup; cleanup leaves nothing of trellis's.
+async fn foreign_survive(kind: Kind) {
+    let ns = Netns::new("foreign");
+    add_foreign_rules(&ns, kind);
+    let before = full_snapshot(&ns);
+    let fw = kind.firewall(&ns).await;
+    let rules = full_rules();
+    fw.apply(&rules).await.expect("apply");
+    fw.apply(&rules).await.expect("apply again");
+    let during = full_snapshot(&ns);
+    for foreign in before.lines().filter(|l| {
+        l.contains("10.99.0.0")
+            || l.contains("eth9")
+            || l.contains("10.98.0.0")
+            || l.contains("fd99::")
+    }) {
+        assert!(
+            during.lines().any(|l| l == foreign),
+            "{foreign:?} lost by apply:\n{during}"
+        );
+    }
+    fw.cleanup().await.expect("cleanup");
+    assert_eq!(
+        full_snapshot(&ns),
+        before,
+        "cleanup did not restore the exact ruleset of others"
+    );
+    assert!(fw.check(&RuleSet::default()).await.unwrap().is_clean());
+    fw.cleanup().await.expect("second cleanup is a no-op");
+    assert_eq!(full_snapshot(&ns), before);
+    let shown = fw.installed().await.to_string();
+    assert!(
+        !shown.contains("FLANNEL") && !shown.contains("flanneld"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn iptables_leaves_foreign_rules_alone() {
+    foreign_survive(Kind::Iptables).await;
+}
+
+#[tokio::test]
+async fn iptables_legacy_leaves_foreign_rules_alone() {
+    foreign_survive(Kind::IptablesLegacy).await;
+}
+
+#[tokio::test]
+async fn nftables_leaves_foreign_rules_alone() {
+    foreign_survive(Kind::Nftables).await;
+}
+
+/// Fewer rules: a disabled part loses its jump (iptables) or chain (nft); an empty rule set
+/// means nothing installed, as after cleanup.
+async fn shrink(kind: Kind) {
+    let ns = Netns::new("shrink");
+    let fw = kind.firewall(&ns).await;
+    let empty = full_snapshot(&ns);
+    fw.apply(&full_rules()).await.expect("apply");
+    let fwd_v4_only = RuleSet::build(Some(v4()), None, false, true);
+    let drift = fw.check(&fwd_v4_only).await.unwrap();
+    assert!(
+        drift
+            .items
+            .iter()
+            .any(|i| matches!(i.kind, DriftKind::Unexpected(_))),
+        "{drift}"
+    );
+    fw.apply(&fwd_v4_only).await.expect("apply forward only");
+    assert_in_sync(&fw, &fwd_v4_only).await;
+    let snap = full_snapshot(&ns);
+    assert!(!snap.contains("flanneld masq"), "{snap}");
+    assert!(!snap.contains("fd00:10:244"), "{snap}");
+    assert!(snap.contains("flanneld forward"), "{snap}");
+    fw.apply(&RuleSet::default()).await.expect("apply nothing");
+    assert_in_sync(&fw, &RuleSet::default()).await;
+    let after = full_snapshot(&ns);
+    assert!(
+        !after.contains("FLANNEL") && !after.contains("trellis"),
+        "{after}"
+    );
+    if kind == Kind::Nftables {
+        assert_eq!(after, empty);
+    }
+}
+
+#[tokio::test]
+async fn iptables_follows_a_shrinking_rule_set() {
+    shrink(Kind::Iptables).await;
+}
+
+#[tokio::test]
+async fn nftables_follows_a_shrinking_rule_set() {
+    shrink(Kind::Nftables).await;
+}
+
+#[tokio::test]
+async fn switching_backends_moves_the_rules() {
+    let ns = Netns::new("switch");
+    add_foreign_rules(&ns, Kind::Iptables);
+    let before = full_snapshot(&ns);
+    let ipt = Kind::Iptables.firewall(&ns).await;
+    let nft = Kind::Nftables.firewall(&ns).await;
+    assert!(!ipt.same_rules_as(&nft));
+    assert!(ipt.same_rules_as(&Kind::Iptables.firewall(&ns).await));
+    let rules = full_rules();
+
+    ipt.apply(&rules).await.expect("iptables");
+    switch(&ipt, &nft, &rules).await.expect("iptables -> nft");
+    assert_in_sync(&nft, &rules).await;
+    assert_in_sync(&ipt, &RuleSet::default()).await;
+    let snap = full_snapshot(&ns);
+    assert!(
+        !snap.contains("FLANNEL"),
+        "iptables chains left after the switch:\n{snap}"
+    );
+
+    switch(&nft, &ipt, &rules).await.expect("nft -> iptables");
+    assert_in_sync(&ipt, &rules).await;
+    assert_in_sync(&nft, &RuleSet::default()).await;
+
+    // The order the agent may use as well: old cleanup first, then the new apply.
+    ipt.cleanup().await.expect("cleanup iptables");
+    nft.apply(&rules).await.expect("apply nft");
+    assert_in_sync(&nft, &rules).await;
+    assert_in_sync(&ipt, &RuleSet::default()).await;
+
+    // Switching to the same backend must not clean up what it just applied.
+    switch(&nft, &nft, &rules).await.expect("nft -> nft");
+    assert_in_sync(&nft, &rules).await;
+
+    nft.cleanup().await.expect("cleanup nft");
+    assert_eq!(full_snapshot(&ns), before);
+}
+
+#[tokio::test]
+async fn resync_repairs_only_when_drifted() {
+    let ns = Netns::new("resync");
+    let fw = Kind::Iptables.firewall(&ns).await;
+    let rules = full_rules();
+    let drift = fw.resync(&rules).await.expect("first resync installs");
+    assert!(!drift.is_clean());
+    assert!(fw.resync(&rules).await.expect("resync").is_clean());
+    ns.sh(&["iptables", "-t", "filter", "-F", "FLANNEL-FWD"]);
+    let drift = fw.resync(&rules).await.expect("resync after flush");
+    assert_eq!(drift.items.len(), 2, "{drift}");
+    assert_in_sync(&fw, &rules).await;
+}
+
+/// A lock held by someone else: with a short lock wait, iptables-restore gives up and the
+/// error carries its words; with a process deadline shorter than the lock wait, the child is
+/// killed. The lock file is private to the test (XTABLES_LOCKFILE), not the host's.
+#[tokio::test]
+async fn a_held_xtables_lock_is_a_clear_error() {
+    use std::time::{Duration, Instant};
+    use trellis_agent::firewall::exec::FirewallError;
+    use trellis_agent::firewall::iptables::{IptablesExecutor, Variant};
+
+    let ns = Netns::new("lock");
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("xtables.lock");
+    let lock = lock.to_str().unwrap();
+    let env = format!("XTABLES_LOCKFILE={lock}");
+    let prefix = ["env", env.as_str(), "ip", "netns", "exec", ns.name.as_str()];
+    let mut holder = std::process::Command::new("flock")
+        .args([lock, "sleep", "20"])
+        .spawn()
+        .expect("flock");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _holder = Kill(&mut holder);
+    // flock creates and takes the lock asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::path::Path::new(lock).exists() {
+        assert!(Instant::now() < deadline, "flock did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+
+    let exec = trellis_agent::firewall::exec::Exec::new().with_prefix(prefix);
+    let fw = IptablesExecutor::new(exec.clone(), Variant::Legacy, true)
+        .with_lock_wait(Duration::from_secs(1));
+    let err = fw.apply(&full_rules()).await.expect_err("the lock is held");
+    let msg = err.to_string();
+    assert!(matches!(err, FirewallError::Failed { .. }), "{err:?}");
+    assert!(msg.contains("xtables lock"), "{msg}");
+    assert!(
+        msg.contains("iptables-legacy-restore --noflush --wait=1"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("-A FLANNEL-POSTRTG"),
+        "the input is shown: {msg}"
+    );
+
+    let started = Instant::now();
+    let fw = IptablesExecutor::new(
+        exec.with_timeout(Duration::from_millis(700)),
+        Variant::Legacy,
+        true,
+    )
+    .with_lock_wait(Duration::from_secs(15));
+    let err = fw
+        .apply(&full_rules())
+        .await
+        .expect_err("the deadline passes");
+    assert!(matches!(err, FirewallError::Timeout { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A namespace that does not exist: ip's own complaint comes through.
+    let err = trellis_agent::firewall::nftables::NftablesExecutor::new(
+        trellis_agent::firewall::exec::Exec::in_netns("trellis-no-such-netns"),
+        true,
+    )
+    .apply(&full_rules())
+    .await
+    .expect_err("no such netns");
+    assert!(
+        err.to_string().contains("Cannot open network namespace"),
+        "{err}"
+    );
+}
