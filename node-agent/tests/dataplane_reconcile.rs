@@ -8,7 +8,8 @@ mod dataplane_support;
 use std::net::IpAddr;
 
 use dataplane_support::{
-    desired, expected_entries, fdb, neighbours, trellis_routes, vxlan_config, Node, PeerNode,
+    desired, dual_vxlan_config, expected_entries, expected_entries6, fdb, neighbours,
+    trellis_routes, trellis_routes6, vxlan_config, Node, PeerNode,
 };
 use trellis_agent::dataplane::desired::{Fdb, KernelState, Link, LinkKind, Mac, Neighbour, Route};
 use trellis_agent::dataplane::diff::{diff, Op};
@@ -354,4 +355,45 @@ fn failures_are_reported_per_op_and_the_rest_applied() {
     assert_eq!(actual.neighbours.len(), 1);
     assert_eq!(actual.fdb.len(), 1);
     assert_eq!(actual.routes.len(), 1);
+}
+
+#[test]
+fn dual_stack_programs_both_devices_and_is_idempotent() {
+    let node = node("dual").with_v6("fd00:192::1", "fd00:10:244:1::/64");
+    let ns = &node.ns;
+    let all: Vec<PeerNode> = peers()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.with_v6(
+                &format!("fd00:192::{}", i + 2),
+                &format!("fd00:10:244:{}::/64", i + 2),
+            )
+        })
+        .collect();
+    let want = desired(node.lease(), &dual_vxlan_config(), &all);
+    let (first, second) = ns.run(move || async move {
+        let mut dp = Dataplane::new().expect("dataplane");
+        (
+            reconcile(&mut dp, &want).await,
+            reconcile(&mut dp, &want).await,
+        )
+    });
+    // 2 links + 2 addresses + 2 x 3 x (neighbour, fdb, route).
+    assert_eq!(first.ops_applied, 22, "{first:?}");
+    assert_eq!(second.ops_planned, 0, "{second:?}");
+    let link = &ns.ip_json("-d link show dev flannel-v6.1")[0];
+    assert_eq!(link["linkinfo"]["info_data"]["local6"], "fd00:192::1");
+    assert_eq!(link["mtu"], 1430);
+    assert!(ns
+        .ip("-6 addr show dev flannel-v6.1")
+        .contains("inet6 fd00:10:244:1::/128"));
+    let (routes, neigh, fdb_want) = expected_entries(&all, "flannel.1");
+    assert_eq!(trellis_routes(ns), routes);
+    assert_eq!(neighbours(ns, "flannel.1"), neigh);
+    assert_eq!(fdb(ns, "flannel.1"), fdb_want);
+    let (routes, neigh, fdb_want) = expected_entries6(&all, "flannel-v6.1");
+    assert_eq!(trellis_routes6(ns), routes);
+    assert_eq!(neighbours(ns, "flannel-v6.1"), neigh);
+    assert_eq!(fdb(ns, "flannel-v6.1"), fdb_want);
 }

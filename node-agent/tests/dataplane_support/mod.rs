@@ -140,12 +140,14 @@ impl Drop for Netns {
     }
 }
 
-/// A "node": its namespace with `eth0` (underlay) carrying `addr`/24.
+/// A "node": its namespace with `eth0` (underlay) carrying `addr`/24 (and `addr6`/64).
 pub struct Node {
     pub ns: Netns,
     pub addr: String,
     pub subnet: String,
     pub mac: Mac,
+    /// IPv6 underlay address and pod subnet, for dual-stack nodes.
+    pub v6: Option<(String, String)>,
 }
 
 impl Node {
@@ -162,27 +164,64 @@ impl Node {
             addr: addr.into(),
             subnet: subnet.into(),
             mac,
+            v6: None,
         }
+    }
+
+    /// Make the node dual-stack: `addr6`/64 on eth0 and an IPv6 pod subnet.
+    pub fn with_v6(mut self, addr6: &str, subnet6: &str) -> Node {
+        self.ns.ip(&format!("addr add {addr6}/64 dev eth0 nodad"));
+        self.v6 = Some((addr6.into(), subnet6.into()));
+        self
+    }
+
+    /// Two nodes whose `eth0`s are the two ends of one veth pair: a real underlay.
+    pub fn pair(a: (&str, &str, Mac), b: (&str, &str, Mac)) -> (Node, Node) {
+        let na = Netns::new("a");
+        let nb = Netns::new("b");
+        na.ip(&format!(
+            "link add eth0 type veth peer name eth0 netns {}",
+            nb.name
+        ));
+        let mut nodes = Vec::new();
+        for (ns, (addr, subnet, mac)) in [(na, a), (nb, b)] {
+            ns.ip(&format!("addr add {addr}/24 dev eth0"));
+            ns.ip("link set eth0 up");
+            nodes.push(Node {
+                ns,
+                addr: addr.into(),
+                subnet: subnet.into(),
+                mac,
+                v6: None,
+            });
+        }
+        let b = nodes.pop().expect("node b");
+        let a = nodes.pop().expect("node a");
+        (a, b)
     }
 
     pub fn lease(&self) -> LocalLease {
         let index = self.ns.ifindex("eth0");
         let addr: std::net::Ipv4Addr = self.addr.parse().expect("node address");
+        let v6 = self.v6.as_ref().map(|(a, s)| {
+            let a: std::net::Ipv6Addr = a.parse().expect("node address v6");
+            (a, s.parse().expect("subnet v6"))
+        });
         LocalLease {
             node_name: self.ns.name.clone(),
             subnet_v4: Some(self.subnet.parse().expect("subnet")),
-            subnet_v6: None,
+            subnet_v6: v6.map(|(_, s)| s),
             public_ip_v4: Some(addr),
-            public_ip_v6: None,
+            public_ip_v6: v6.map(|(a, _)| a),
             underlay: Underlay {
                 name: "eth0".into(),
                 index,
                 mtu: 1500,
                 addr_v4: Some(ipnetwork::Ipv4Network::new(addr, 24).expect("prefix")),
-                addr_v6: None,
+                addr_v6: v6.map(|(a, _)| ipnetwork::Ipv6Network::new(a, 64).expect("prefix")),
             },
             vtep_mac_v4: self.mac,
-            vtep_mac_v6: Mac::derived("unused-v6"),
+            vtep_mac_v6: v6_mac(self.mac),
         }
     }
 }
@@ -195,6 +234,13 @@ pub struct PeerNode {
     pub public_ip: String,
     pub mac: Mac,
     pub vni: u32,
+    /// IPv6 public IP and pod subnet, for dual-stack peers (VTEP MAC: [`v6_mac`]).
+    pub v6: Option<(String, String)>,
+}
+
+/// The MAC of a node's IPv6 VXLAN device, derived from its IPv4 one.
+pub fn v6_mac(m: Mac) -> Mac {
+    Mac([m.0[0], 0x66, m.0[2], m.0[3], m.0[4], m.0[5]])
 }
 
 impl PeerNode {
@@ -205,7 +251,25 @@ impl PeerNode {
             public_ip: public_ip.into(),
             mac: Mac([0x0a, 0x58, 0, 0, 0, i]),
             vni: 1,
+            v6: None,
         }
+    }
+
+    /// The peer as seen by the other side of a [`Node::pair`].
+    pub fn of(node: &Node) -> PeerNode {
+        PeerNode {
+            name: node.ns.name.clone(),
+            subnet: node.subnet.clone(),
+            public_ip: node.addr.clone(),
+            mac: node.mac,
+            vni: 1,
+            v6: node.v6.clone(),
+        }
+    }
+
+    pub fn with_v6(mut self, public_ip6: &str, subnet6: &str) -> PeerNode {
+        self.v6 = Some((public_ip6.into(), subnet6.into()));
+        self
     }
 
     pub fn info(&self) -> NodeInfo {
@@ -220,9 +284,18 @@ impl PeerNode {
             "backend-data",
             format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, self.mac),
         );
+        let mut pod_cidrs = vec![self.subnet.clone()];
+        if let Some((ip6, subnet6)) = &self.v6 {
+            put("public-ipv6", ip6.clone());
+            put(
+                "backend-v6-data",
+                format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, v6_mac(self.mac)),
+            );
+            pod_cidrs.push(subnet6.clone());
+        }
         NodeInfo {
             name: self.name.clone(),
-            pod_cidrs: vec![self.subnet.clone()],
+            pod_cidrs,
             annotations: a,
             created_unix: None,
         }
@@ -231,6 +304,14 @@ impl PeerNode {
     /// The peer's gateway (`.0` of its subnet), as ARP entries and routes name it.
     pub fn gateway(&self) -> String {
         self.subnet.trim_end_matches("/24").to_string()
+    }
+}
+
+pub fn dual_vxlan_config() -> NetConfig {
+    let json = r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}"#;
+    match NetConfig::parse(json) {
+        Ok(p) => p.config,
+        Err(e) => panic!("{json}: {e}"),
     }
 }
 
@@ -258,8 +339,17 @@ pub fn desired(lease: LocalLease, config: &NetConfig, peers: &[PeerNode]) -> Ker
 
 /// `ip route show proto 116` as "dst via gw dev d [onlink]" lines, sorted.
 pub fn trellis_routes(ns: &Netns) -> Vec<String> {
+    routes_of(ns, "-4")
+}
+
+/// Same for IPv6.
+pub fn trellis_routes6(ns: &Netns) -> Vec<String> {
+    routes_of(ns, "-6")
+}
+
+fn routes_of(ns: &Netns, family: &str) -> Vec<String> {
     let mut out: Vec<String> = ns
-        .ip_json("route show proto 116")
+        .ip_json(&format!("{family} route show proto 116"))
         .iter()
         .map(|r| {
             let flags = r["flags"]
@@ -383,4 +473,24 @@ pub fn bridge_n(ns: &str, args: &str) {
         "bridge -n {ns} {args}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// [`expected_entries`] for the peers' IPv6 side on `dev`.
+pub fn expected_entries6(peers: &[PeerNode], dev: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut routes = Vec::new();
+    let mut neigh = Vec::new();
+    let mut fdb = Vec::new();
+    for p in peers {
+        let Some((ip6, subnet6)) = &p.v6 else {
+            continue;
+        };
+        let gw = subnet6.split('/').next().unwrap_or_default();
+        routes.push(format!("{subnet6} via {gw} dev {dev} onlink"));
+        neigh.push(format!("{gw} lladdr {} PERMANENT", v6_mac(p.mac)));
+        fdb.push(format!("{} dst {ip6} permanent", v6_mac(p.mac)));
+    }
+    routes.sort();
+    neigh.sort();
+    fdb.sort();
+    (routes, neigh, fdb)
 }

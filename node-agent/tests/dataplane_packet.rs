@@ -1,0 +1,100 @@
+//! Real packets through what the executor programs: two "nodes" (namespaces) joined by a veth
+//! underlay, each with `flannel.1` programmed for the other by its own `Dataplane`, and a pod
+//! subnet address on a bridge in each. Pings cross the VXLAN tunnel, IPv4 and IPv6, at the
+//! full pod MTU; removing the peer from desired state cuts the path.
+
+mod dataplane_support;
+
+use dataplane_support::{desired, dual_vxlan_config, v6_mac, Node, PeerNode};
+use trellis_agent::dataplane::desired::{KernelState, Mac};
+use trellis_agent::dataplane::netlink::Dataplane;
+
+fn program(node: &Node, want: KernelState) {
+    let r = node.ns.run(move || async move {
+        let mut dp = Dataplane::new().expect("dataplane");
+        dp.reconcile(&want).await.expect("reconcile")
+    });
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+}
+
+/// A bridge standing in for `cni0`, carrying the first address of the node's pod subnets.
+fn pod_gateway(node: &Node, v4: &str, v6: &str) {
+    node.ns.ip("link add cni0 type bridge");
+    node.ns.ip(&format!("addr add {v4} dev cni0"));
+    node.ns.ip(&format!("addr add {v6} dev cni0 nodad"));
+    node.ns.ip("link set cni0 up");
+}
+
+fn tx_packets(node: &Node, dev: &str) -> u64 {
+    node.ns.ip_json(&format!("-s link show dev {dev}"))[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn ping(node: &Node, args: &str) -> Result<String, String> {
+    node.ns.exec("ping", &format!("-n -q -W 1 {args}"))
+}
+
+/// A ping that must fail: fails fast instead of waiting out a reply.
+fn ping_fails(node: &Node, args: &str) -> bool {
+    node.ns
+        .exec("ping", &format!("-n -q -c 1 -W 0.2 {args}"))
+        .is_err()
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_through_vxlan() {
+    let (a, b) = Node::pair(
+        (
+            "192.168.77.1",
+            "10.244.1.0/24",
+            Mac([0x02, 0xaa, 0, 0, 0, 1]),
+        ),
+        (
+            "192.168.77.2",
+            "10.244.2.0/24",
+            Mac([0x02, 0xaa, 0, 0, 0, 2]),
+        ),
+    );
+    a.ns.ip("addr add fd00:77::1/64 dev eth0 nodad");
+    b.ns.ip("addr add fd00:77::2/64 dev eth0 nodad");
+    let a = Node {
+        v6: Some(("fd00:77::1".into(), "fd00:10:244:1::/64".into())),
+        ..a
+    };
+    let b = Node {
+        v6: Some(("fd00:77::2".into(), "fd00:10:244:2::/64".into())),
+        ..b
+    };
+    pod_gateway(&a, "10.244.1.1/24", "fd00:10:244:1::1/64");
+    pod_gateway(&b, "10.244.2.1/24", "fd00:10:244:2::1/64");
+    assert_eq!(v6_mac(a.mac), Mac([0x02, 0x66, 0, 0, 0, 1]));
+
+    let config = dual_vxlan_config();
+    let want_a = desired(a.lease(), &config, &[PeerNode::of(&b)]);
+    let want_b = desired(b.lease(), &config, &[PeerNode::of(&a)]);
+    program(&a, want_a);
+    program(&b, want_b);
+
+    let before = tx_packets(&a, "flannel.1");
+    ping(&a, "-c 3 -i 0.2 -I 10.244.1.1 10.244.2.1").expect("pod to pod, IPv4");
+    // Host to remote pod: source is flannel.1's own address (the subnet's .0).
+    ping(&a, "-c 1 10.244.2.1").expect("node to remote pod, IPv4");
+    ping(&b, "-c 1 -I 10.244.2.1 10.244.1.1").expect("the other way, IPv4");
+    assert!(
+        tx_packets(&a, "flannel.1") >= before + 4,
+        "the pings did not go through flannel.1"
+    );
+    // Full pod MTU (1450 - 20 - 8) passes unfragmented; one byte more cannot leave.
+    ping(&a, "-c 1 -M do -s 1422 -I 10.244.1.1 10.244.2.1").expect("MTU-sized ping");
+    assert!(ping_fails(&a, "-M do -s 1423 -I 10.244.1.1 10.244.2.1"));
+
+    ping(&a, "-6 -c 2 -i 0.2 -I fd00:10:244:1::1 fd00:10:244:2::1").expect("pod to pod, IPv6");
+    assert!(tx_packets(&a, "flannel-v6.1") >= 2);
+
+    // B departs from A's view: A's entries for it go, and so does the path.
+    let alone = desired(a.lease(), &config, &[]);
+    program(&a, alone);
+    assert!(a.ns.ip("route show proto 116").trim().is_empty());
+    assert!(ping_fails(&a, "-I 10.244.1.1 10.244.2.1"));
+}
