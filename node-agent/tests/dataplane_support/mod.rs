@@ -255,6 +255,21 @@ impl PeerNode {
         }
     }
 
+    /// Peer number `i` of many (up to 65535): subnet 10.<i/256>.<i%256>.0/24 (needs Network
+    /// 10.0.0.0/8), public IP 172.16.<i/256>.<i%256>.
+    pub fn numbered(i: u32) -> PeerNode {
+        let (hi, lo) = (i / 256, i % 256);
+        let b = i.to_be_bytes();
+        PeerNode {
+            name: format!("peer-{i}"),
+            subnet: format!("10.{hi}.{lo}.0/24"),
+            public_ip: format!("172.16.{hi}.{lo}"),
+            mac: Mac([0x0a, 0x58, 0, b[1], b[2], b[3]]),
+            vni: 1,
+            v6: None,
+        }
+    }
+
     /// The peer as seen by the other side of a [`Node::pair`].
     pub fn of(node: &Node) -> PeerNode {
         PeerNode {
@@ -309,6 +324,15 @@ impl PeerNode {
 
 pub fn dual_vxlan_config() -> NetConfig {
     let json = r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}"#;
+    match NetConfig::parse(json) {
+        Ok(p) => p.config,
+        Err(e) => panic!("{json}: {e}"),
+    }
+}
+
+/// VXLAN on the pod network 10.0.0.0/8, room for [`PeerNode::numbered`] peers.
+pub fn wide_vxlan_config() -> NetConfig {
+    let json = r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#;
     match NetConfig::parse(json) {
         Ok(p) => p.config,
         Err(e) => panic!("{json}: {e}"),

@@ -25,7 +25,7 @@ use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 
 pub use apply::{apply, ApplyReport, OpError, IN_FLIGHT};
-pub use monitor::{concerns_owned, DriftMonitor, Owned};
+pub use monitor::{concerns_owned, DriftMonitor, MonitorStats, Owned};
 pub use read::read_actual;
 
 use super::desired::KernelState;

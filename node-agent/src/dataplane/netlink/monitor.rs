@@ -14,6 +14,10 @@
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt, TryStreamExt};
@@ -31,15 +35,32 @@ use super::parse;
 use super::NetlinkError;
 use crate::dataplane::desired::is_owned_link_name;
 
-/// Receive buffer for notifications: a deleted device with 5000 peers' entries emits ~15000
-/// messages at once, which the default (~200 KiB) cannot hold.
-const RCVBUF: usize = 8 << 20;
+/// Receive buffer for notifications: a deleted device with 5000 peers' entries emits ~10000
+/// messages at once (about 1 KiB each counted against the buffer), which the default
+/// (~200 KiB) cannot hold.
+const RCVBUF: usize = 16 << 20;
 
 /// Running monitor; dropping it stops the monitor and closes the receiver.
 #[derive(Debug)]
 pub struct DriftMonitor {
     connection: JoinHandle<()>,
     watcher: JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    relevant: AtomicU64,
+    overruns: AtomicU64,
+}
+
+/// Counts since start, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonitorStats {
+    /// Notifications that concerned trellis's objects (each burst is one signal).
+    pub relevant: u64,
+    /// Times the kernel dropped notifications because the socket buffer was full.
+    pub overruns: u64,
 }
 
 impl Drop for DriftMonitor {
@@ -139,8 +160,8 @@ impl DriftMonitor {
         ];
         let (mut conn, handle, messages) = rtnetlink::new_multicast_connection(&groups)
             .map_err(|e| NetlinkError::socket("open netlink notification socket", e))?;
-        // Best effort: without it, a big burst overflows sooner, which we signal anyway.
-        let _ = conn.socket_mut().socket_ref().set_rx_buf_sz(RCVBUF);
+        // Best effort: without it, a big burst overflows sooner, which is signalled anyway.
+        grow_receive_buffer(conn.socket_mut().socket_ref().as_raw_fd());
         let connection = tokio::spawn(conn);
 
         // Seed after subscribing, so a link created in between is seen by one or the other.
@@ -153,16 +174,25 @@ impl DriftMonitor {
         };
 
         let (tx, rx) = mpsc::channel(1);
+        let counters = Arc::new(Counters::default());
         // The handle stays alive in the task: dropping every handle would let the connection
         // shut down.
-        let watcher = tokio::spawn(watch(messages, owned, tx, handle));
+        let watcher = tokio::spawn(watch(messages, owned, tx, handle, counters.clone()));
         Ok((
             DriftMonitor {
                 connection,
                 watcher,
+                counters,
             },
             rx,
         ))
+    }
+
+    pub fn stats(&self) -> MonitorStats {
+        MonitorStats {
+            relevant: self.counters.relevant.load(Ordering::Relaxed),
+            overruns: self.counters.overruns.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -195,29 +225,74 @@ async fn seed(handle: &rtnetlink::Handle) -> Result<Owned, NetlinkError> {
     Ok(owned)
 }
 
+/// How long the notification stream must be quiet after an overrun before the owned links and
+/// routes are relearned: one dump after a burst, not one per lost batch.
+const RESEED_AFTER: Duration = Duration::from_millis(100);
+
 async fn watch(
     mut messages: Messages,
     mut owned: Owned,
     tx: mpsc::Sender<()>,
     handle: rtnetlink::Handle,
+    counters: Arc<Counters>,
 ) {
-    while let Some((msg, _)) = messages.next().await {
+    let mut reseed = false;
+    loop {
+        let next = if reseed {
+            match tokio::time::timeout(RESEED_AFTER, messages.next()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    // Link and route notifications may have been among the lost ones.
+                    if let Ok(fresh) = seed(&handle).await {
+                        owned = fresh;
+                        reseed = false;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            messages.next().await
+        };
+        let Some((msg, _)) = next else {
+            return;
+        };
         let relevant = match &msg.payload {
             NetlinkPayload::InnerMessage(m) => concerns_owned(m, &mut owned),
             NetlinkPayload::Overrun(_) => {
-                // Link and route notifications may be among the lost ones: relearn.
-                if let Ok(fresh) = seed(&handle).await {
-                    owned = fresh;
-                }
+                counters.overruns.fetch_add(1, Ordering::Relaxed);
+                reseed = true;
                 true
             }
             _ => false,
         };
         if relevant {
+            counters.relevant.fetch_add(1, Ordering::Relaxed);
             match tx.try_send(()) {
                 Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
                 Err(mpsc::error::TrySendError::Closed(())) => return,
             }
+        }
+    }
+}
+
+/// Grow the socket's receive buffer past `net.core.rmem_max` (`SO_RCVBUFFORCE`, needs
+/// CAP_NET_ADMIN, which the agent has), else as far as allowed.
+fn grow_receive_buffer(fd: std::os::fd::RawFd) {
+    let size = libc::c_int::try_from(RCVBUF).unwrap_or(libc::c_int::MAX);
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int; `fd` is the
+        // connection's open socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
         }
     }
 }
