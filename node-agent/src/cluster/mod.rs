@@ -26,7 +26,9 @@ pub use config_watch::{
 };
 pub use events::NodeEvents;
 pub use node_object::SlimNode;
-pub use node_watch::{NodeWatchOptions, NodeWatchStats, NodeWatcher, SharedView, ViewStatus};
+pub use node_watch::{
+    lock_view, NodeWatchOptions, NodeWatchStats, NodeWatcher, SharedView, ViewStatus,
+};
 pub use own_node::{OwnNode, OwnNodeError, OwnNodeState, WaitOptions};
 pub use relist::{FeedOutcome, RelistFeed};
 

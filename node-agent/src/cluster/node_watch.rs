@@ -68,7 +68,9 @@ pub struct NodeWatchOptions {
 impl Default for NodeWatchOptions {
     fn default() -> Self {
         NodeWatchOptions {
-            page_size: 500,
+            // Measured with 5000 Nodes of ~10 KB (tests/cluster_scale.rs): 500 per page peaks
+            // at ~52 MiB RSS, 100 at ~28 MiB, for the same list time; 50 gains nothing more.
+            page_size: 100,
             watch_timeout_secs: 290,
             backoff: BackoffPolicy::default(),
         }
