@@ -5,7 +5,7 @@
 
 mod dataplane_support;
 
-use dataplane_support::{desired, dual_vxlan_config, v6_mac, Node, PeerNode};
+use dataplane_support::{backend_config, desired, dual_vxlan_config, v6_mac, Node, PeerNode};
 use trellis_agent::dataplane::desired::{KernelState, Mac};
 use trellis_agent::dataplane::netlink::Dataplane;
 
@@ -97,4 +97,85 @@ fn pods_on_two_nodes_reach_each_other_through_vxlan() {
     program(&a, alone);
     assert!(a.ns.ip("route show proto 116").trim().is_empty());
     assert!(ping_fails(&a, "-I 10.244.1.1 10.244.2.1"));
+}
+
+fn desired_for(node: &Node, own: &str, peer: &Node, peer_backend: &'static str) -> KernelState {
+    desired(
+        node.lease(),
+        &backend_config(own),
+        &[PeerNode::of(peer).with_backend(peer_backend)],
+    )
+}
+
+/// The live backend switch of issue 4, node by node, under a 10 ms ping: VXLAN on both, then
+/// node A on host-gw (A keeps reaching B through VXLAN, B reaches A by host-gw, as each
+/// advertises), then both on host-gw. No packet may be lost; `flannel.1` goes once no peer
+/// needs it.
+#[test]
+fn vxlan_to_host_gw_switch_loses_no_packet() {
+    let (a, b) = Node::pair(
+        (
+            "192.168.78.1",
+            "10.244.1.0/24",
+            Mac([0x02, 0xaa, 0, 0, 0, 1]),
+        ),
+        (
+            "192.168.78.2",
+            "10.244.2.0/24",
+            Mac([0x02, 0xaa, 0, 0, 0, 2]),
+        ),
+    );
+    pod_gateway(&a, "10.244.1.1/24", "fd00:10:244:1::1/64");
+    pod_gateway(&b, "10.244.2.1/24", "fd00:10:244:2::1/64");
+    program(&a, desired_for(&a, "vxlan", &b, "vxlan"));
+    program(&b, desired_for(&b, "vxlan", &a, "vxlan"));
+    ping(&a, "-c 1 -I 10.244.1.1 10.244.2.1").expect("vxlan path");
+
+    // 150 pings 10 ms apart cover the switch below (checked: ping still running after it).
+    let mut pinger = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &a.ns.name, "ping", "-n", "-q", "-c", "150", "-i", "0.01",
+        ])
+        .args(["-W", "1", "-I", "10.244.1.1", "10.244.2.1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ping");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+
+    // A switches: it advertises host-gw; B still advertises VXLAN.
+    program(&a, desired_for(&a, "host-gw", &b, "vxlan"));
+    program(&b, desired_for(&b, "vxlan", &a, "host-gw"));
+    assert!(
+        a.ns.try_ip("link show flannel.1").is_ok(),
+        "A still needs flannel.1 for B"
+    );
+    assert!(b
+        .ns
+        .ip("route show proto 116")
+        .contains("10.244.1.0/24 via 192.168.78.1 dev eth0"));
+    // B switches too.
+    program(&a, desired_for(&a, "host-gw", &b, "host-gw"));
+    program(&b, desired_for(&b, "host-gw", &a, "host-gw"));
+    assert!(
+        matches!(pinger.try_wait(), Ok(None)),
+        "the switch outlasted the ping: it was not all under traffic"
+    );
+
+    let out = pinger.wait_with_output().expect("ping output");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        summary.contains("150 packets transmitted, 150 received"),
+        "packets lost during the switch: {summary}"
+    );
+    for n in [&a, &b] {
+        assert!(
+            n.ns.try_ip("link show flannel.1").is_err(),
+            "flannel.1 left behind"
+        );
+    }
+    assert!(a
+        .ns
+        .ip("route show proto 116")
+        .contains("10.244.2.0/24 via 192.168.78.2 dev eth0"));
+    ping(&a, "-c 1 -I 10.244.1.1 10.244.2.1").expect("host-gw path");
 }

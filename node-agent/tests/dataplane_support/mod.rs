@@ -236,6 +236,8 @@ pub struct PeerNode {
     pub vni: u32,
     /// IPv6 public IP and pod subnet, for dual-stack peers (VTEP MAC: [`v6_mac`]).
     pub v6: Option<(String, String)>,
+    /// The backend the peer advertises: `vxlan`, `host-gw` or `ipip`.
+    pub backend: &'static str,
 }
 
 /// The MAC of a node's IPv6 VXLAN device, derived from its IPv4 one.
@@ -252,6 +254,7 @@ impl PeerNode {
             mac: Mac([0x0a, 0x58, 0, 0, 0, i]),
             vni: 1,
             v6: None,
+            backend: "vxlan",
         }
     }
 
@@ -267,6 +270,7 @@ impl PeerNode {
             mac: Mac([0x0a, 0x58, 0, b[1], b[2], b[3]]),
             vni: 1,
             v6: None,
+            backend: "vxlan",
         }
     }
 
@@ -279,7 +283,13 @@ impl PeerNode {
             mac: node.mac,
             vni: 1,
             v6: node.v6.clone(),
+            backend: "vxlan",
         }
+    }
+
+    pub fn with_backend(mut self, backend: &'static str) -> PeerNode {
+        self.backend = backend;
+        self
     }
 
     pub fn with_v6(mut self, public_ip6: &str, subnet6: &str) -> PeerNode {
@@ -293,18 +303,27 @@ impl PeerNode {
             a.insert(format!("{DEFAULT_PREFIX}{k}"), v);
         };
         put("kube-subnet-manager", "true".into());
-        put("backend-type", "vxlan".into());
+        put("backend-type", self.backend.into());
         put("public-ip", self.public_ip.clone());
+        let vxlan = self.backend == "vxlan";
         put(
             "backend-data",
-            format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, self.mac),
+            if vxlan {
+                format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, self.mac)
+            } else {
+                "null".into()
+            },
         );
         let mut pod_cidrs = vec![self.subnet.clone()];
         if let Some((ip6, subnet6)) = &self.v6 {
             put("public-ipv6", ip6.clone());
             put(
                 "backend-v6-data",
-                format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, v6_mac(self.mac)),
+                if vxlan {
+                    format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, v6_mac(self.mac))
+                } else {
+                    "null".into()
+                },
             );
             pod_cidrs.push(subnet6.clone());
         }
@@ -319,6 +338,15 @@ impl PeerNode {
     /// The peer's gateway (`.0` of its subnet), as ARP entries and routes name it.
     pub fn gateway(&self) -> String {
         self.subnet.trim_end_matches("/24").to_string()
+    }
+}
+
+/// IPv4-only pod network 10.244.0.0/16 with this backend (`vxlan`, `host-gw`, `ipip`).
+pub fn backend_config(backend: &str) -> NetConfig {
+    let json = format!(r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "{backend}"}}}}"#);
+    match NetConfig::parse(&json) {
+        Ok(p) => p.config,
+        Err(e) => panic!("{json}: {e}"),
     }
 }
 

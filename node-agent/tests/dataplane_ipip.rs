@@ -1,0 +1,120 @@
+//! IPIP through the netlink executor. This host's kernel has no `ipip` module, so these tests
+//! are ignored here and run in the test VM (hack/vm), whose kernel has it:
+//!
+//! ```sh
+//! cargo test -p trellis-agent --test dataplane_ipip --no-run   # prints the binary's path
+//! hack/vm/run.sh "$CARGO_TARGET_DIR"/debug/deps/dataplane_ipip-HASH --ignored --test-threads 1
+//! ```
+
+mod dataplane_support;
+
+use std::time::Duration;
+
+use dataplane_support::{backend_config, desired, Node, PeerNode};
+use tokio::time::timeout;
+use trellis_agent::dataplane::desired::{KernelState, Mac};
+use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor, ReconcileReport};
+
+fn program(node: &Node, want: KernelState) -> ReconcileReport {
+    let r = node.ns.run(move || async move {
+        let mut dp = Dataplane::new().expect("dataplane");
+        let r = dp.reconcile(&want).await.expect("reconcile");
+        let again = dp.reconcile(&want).await.expect("reconcile again");
+        assert_eq!(again.ops_planned, 0, "not idempotent: {again:?}");
+        r
+    });
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    r
+}
+
+fn desired_for(node: &Node, own: &str, peer: &Node, peer_backend: &'static str) -> KernelState {
+    desired(
+        node.lease(),
+        &backend_config(own),
+        &[PeerNode::of(peer).with_backend(peer_backend)],
+    )
+}
+
+fn pod_gateway(node: &Node, v4: &str) {
+    node.ns.ip("link add cni0 type bridge");
+    node.ns.ip(&format!("addr add {v4} dev cni0"));
+    node.ns.ip("link set cni0 up");
+}
+
+fn ping(node: &Node, src: &str, dst: &str) {
+    if let Err(e) = node
+        .ns
+        .exec("ping", &format!("-n -q -c 2 -i 0.2 -W 2 -I {src} {dst}"))
+    {
+        panic!("ping {src} -> {dst} from {}: {e}", node.ns.name);
+    }
+}
+
+fn tx_packets(node: &Node, dev: &str) -> u64 {
+    node.ns.ip_json(&format!("-s link show dev {dev}"))[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs the ipip kernel module: run in hack/vm (see module docs)"]
+fn ipip_device_routes_packets_switch_and_repair() {
+    let (a, b) = Node::pair(
+        (
+            "192.168.79.1",
+            "10.244.1.0/24",
+            Mac([0x02, 0xaa, 0, 0, 0, 1]),
+        ),
+        (
+            "192.168.79.2",
+            "10.244.2.0/24",
+            Mac([0x02, 0xaa, 0, 0, 0, 2]),
+        ),
+    );
+    pod_gateway(&a, "10.244.1.1/24");
+    pod_gateway(&b, "10.244.2.1/24");
+
+    // VXLAN first, then A switches to IPIP, then B.
+    program(&a, desired_for(&a, "vxlan", &b, "vxlan"));
+    program(&b, desired_for(&b, "vxlan", &a, "vxlan"));
+    ping(&a, "10.244.1.1", "10.244.2.1");
+
+    program(&a, desired_for(&a, "ipip", &b, "vxlan"));
+    program(&b, desired_for(&b, "vxlan", &a, "ipip"));
+    ping(&a, "10.244.1.1", "10.244.2.1");
+    ping(&b, "10.244.2.1", "10.244.1.1");
+
+    program(&a, desired_for(&a, "ipip", &b, "ipip"));
+    program(&b, desired_for(&b, "ipip", &a, "ipip"));
+    for (n, local) in [(&a, "192.168.79.1"), (&b, "192.168.79.2")] {
+        assert!(
+            n.ns.try_ip("link show flannel.1").is_err(),
+            "flannel.1 left"
+        );
+        let link = &n.ns.ip_json("-d link show dev flannel.ipip")[0];
+        assert_eq!(link["linkinfo"]["info_kind"], "ipip");
+        assert_eq!(link["linkinfo"]["info_data"]["local"], local);
+        assert_eq!(link["mtu"], 1480);
+    }
+    assert!(a
+        .ns
+        .ip("route show proto 116")
+        .contains("10.244.2.0/24 via 192.168.79.2 dev flannel.ipip onlink"));
+    let before = tx_packets(&a, "flannel.ipip");
+    ping(&a, "10.244.1.1", "10.244.2.1");
+    assert!(tx_packets(&a, "flannel.ipip") >= before + 2);
+
+    // Drift: the device deleted by hand is signalled and rebuilt.
+    let want = desired_for(&a, "ipip", &b, "ipip");
+    let ns = a.ns.name.clone();
+    let r = a.ns.run(move || async move {
+        let mut dp = Dataplane::new().expect("dataplane");
+        let (_monitor, mut rx) = DriftMonitor::start().await.expect("monitor");
+        dataplane_support::ip_n(&ns, "link del flannel.ipip");
+        let got = timeout(Duration::from_secs(2), rx.recv()).await;
+        assert!(matches!(got, Ok(Some(()))), "deletion not signalled");
+        dp.reconcile(&want).await.expect("repair")
+    });
+    assert!(r.errors.is_empty() && r.ops_applied >= 3, "{r:?}");
+    ping(&a, "10.244.1.1", "10.244.2.1");
+}
