@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::backoff::{Backoff, BackoffPolicy};
 use super::events::NodeEvents;
+use super::watch_error::{classify, WatchFailure};
 use crate::config::{ConfigError, NetConfig, ParsedConfig};
 
 /// The ConfigMap key flannel reads.
@@ -169,58 +170,68 @@ impl ConfigWatcher {
     /// Runs until the task is dropped or aborted.
     pub async fn run(self) {
         let fields = format!("metadata.name={}", self.source.name);
-        let stream = watcher::watcher(self.api.clone(), watcher::Config::default().fields(&fields));
-        let mut stream = std::pin::pin!(stream);
+        let config = watcher::Config::default().fields(&fields);
         let mut tracker = ConfigTracker::default();
         let mut backoff = Backoff::new(self.backoff);
         let mut listed_it = false;
         let mut outage_start: Option<Instant> = None;
-        while let Some(item) = stream.next().await {
-            let event = match item {
-                Ok(e) => e,
-                Err(e) => {
-                    let gone = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
-                    if gone {
-                        tracing::info!(source = %self.source, "ConfigMap watch expired (410 Gone); relisting");
-                    } else if backoff.failures() == 0 {
-                        tracing::warn!(source = %self.source, error = %e, "ConfigMap watch failed; retrying, the running config stays");
-                    } else {
-                        tracing::debug!(source = %self.source, error = %e, "ConfigMap watch still failing");
+        loop {
+            let stream = watcher::watcher(self.api.clone(), config.clone());
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                let event = match item {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let failure = classify(&e);
+                        match failure {
+                            WatchFailure::Expired | WatchFailure::ExpiredAtStart => {
+                                tracing::info!(source = %self.source, "ConfigMap watch expired (410 Gone); relisting")
+                            }
+                            WatchFailure::Other if backoff.failures() == 0 => tracing::warn!(
+                                source = %self.source, error = %e,
+                                "ConfigMap watch failed; retrying, the running config stays"
+                            ),
+                            WatchFailure::Other => tracing::debug!(
+                                source = %self.source, error = %e, "ConfigMap watch still failing"
+                            ),
+                        }
+                        outage_start.get_or_insert_with(Instant::now);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        if failure == WatchFailure::ExpiredAtStart {
+                            break;
+                        }
+                        continue;
                     }
-                    outage_start.get_or_insert_with(Instant::now);
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
+                };
+                if !matches!(event, Event::Init) {
+                    if let Some(since) = outage_start.take() {
+                        tracing::info!(
+                            source = %self.source,
+                            after_ms = since.elapsed().as_millis() as u64,
+                            "ConfigMap watch recovered"
+                        );
+                    }
+                    backoff.reset();
                 }
-            };
-            if !matches!(event, Event::Init) {
-                if let Some(since) = outage_start.take() {
-                    tracing::info!(
+                match event {
+                    Event::Init => listed_it = false,
+                    Event::InitApply(cm) | Event::Apply(cm) => {
+                        listed_it = true;
+                        self.consider(&mut tracker, &cm).await;
+                    }
+                    Event::InitDone if !listed_it => tracing::warn!(
                         source = %self.source,
-                        after_ms = since.elapsed().as_millis() as u64,
-                        "ConfigMap watch recovered"
-                    );
+                        running = tracker.current().is_some(),
+                        "ConfigMap not found; keeping the running config (if any) until it exists"
+                    ),
+                    Event::InitDone => {}
+                    Event::Delete(_) => tracing::warn!(
+                        source = %self.source,
+                        "ConfigMap deleted; keeping the running config"
+                    ),
                 }
-                backoff.reset();
-            }
-            match event {
-                Event::Init => listed_it = false,
-                Event::InitApply(cm) | Event::Apply(cm) => {
-                    listed_it = true;
-                    self.consider(&mut tracker, &cm).await;
-                }
-                Event::InitDone if !listed_it => tracing::warn!(
-                    source = %self.source,
-                    running = tracker.current().is_some(),
-                    "ConfigMap not found; keeping the running config (if any) until it exists"
-                ),
-                Event::InitDone => {}
-                Event::Delete(_) => tracing::warn!(
-                    source = %self.source,
-                    "ConfigMap deleted; keeping the running config"
-                ),
             }
         }
-        tracing::error!(source = %self.source, "ConfigMap watch stream ended unexpectedly");
     }
 
     async fn consider(&self, tracker: &mut ConfigTracker, cm: &ConfigMap) {

@@ -18,6 +18,7 @@ pub mod node_object;
 pub mod node_watch;
 pub mod own_node;
 mod relist;
+mod watch_error;
 
 pub use backoff::BackoffPolicy;
 pub use client::{connect, ClientError, ClientSource};

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use super::backoff::{Backoff, BackoffPolicy};
 use super::node_object::SlimNode;
 use super::relist::RelistFeed;
+use super::watch_error::{classify, WatchFailure};
 use crate::view::{ClusterView, NodeInfo};
 
 /// The view shared between the watcher (writer) and the planner (reader). A std mutex: every
@@ -122,37 +123,42 @@ impl NodeWatcher {
         let config = watcher::Config::default()
             .page_size(self.options.page_size)
             .timeout(self.options.watch_timeout_secs);
-        let stream = watcher::watcher(self.api.clone(), config);
-        let mut stream = std::pin::pin!(stream);
         let mut feed = RelistFeed::new();
         let mut backoff = Backoff::new(self.options.backoff);
         let mut outage_start: Option<Instant> = None;
-        while let Some(item) = stream.next().await {
-            let event = match item {
-                Ok(e) => e,
-                Err(e) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    report_error(&e, backoff.failures(), feed.synced());
-                    outage_start.get_or_insert_with(Instant::now);
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
+        // A new stream starts with a list; the feed keeps the view until that list completes.
+        loop {
+            let stream = watcher::watcher(self.api.clone(), config.clone());
+            let mut stream = std::pin::pin!(stream);
+            while let Some(item) = stream.next().await {
+                let event = match item {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        let failure = classify(&e);
+                        report_error(&e, failure, backoff.failures(), feed.synced());
+                        outage_start.get_or_insert_with(Instant::now);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        if failure == WatchFailure::ExpiredAtStart {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                // `Init` comes before any API call: only data proves the API is back.
+                if !matches!(event, Event::Init) {
+                    if let Some(since) = outage_start.take() {
+                        tracing::info!(
+                            failures = backoff.failures(),
+                            after_ms = since.elapsed().as_millis() as u64,
+                            "Node watch recovered"
+                        );
+                    }
+                    backoff.reset();
                 }
-            };
-            // `Init` comes before any API call: only data proves the API is back.
-            if !matches!(event, Event::Init) {
-                if let Some(since) = outage_start.take() {
-                    tracing::info!(
-                        failures = backoff.failures(),
-                        after_ms = since.elapsed().as_millis() as u64,
-                        "Node watch recovered"
-                    );
-                }
-                backoff.reset();
+                self.handle(&mut feed, event);
             }
-            self.handle(&mut feed, event);
         }
-        // `watcher` streams never end; reaching this is a kube-rs change worth knowing about.
-        tracing::error!("Node watch stream ended unexpectedly");
     }
 
     fn handle(&self, feed: &mut RelistFeed, event: Event<SlimNode>) {
@@ -206,18 +212,22 @@ fn to_node_info(event: Event<SlimNode>) -> Option<Event<NodeInfo>> {
     })
 }
 
-fn report_error(e: &watcher::Error, failures_before: u32, synced: bool) {
-    let gone = matches!(e, watcher::Error::WatchError(s) if s.code == 410);
-    if gone {
-        // Expected after an etcd compaction or a long disconnect: the watcher relists.
-        tracing::info!("Node watch expired (410 Gone); relisting, the view is kept meanwhile");
-    } else if failures_before == 0 {
-        tracing::warn!(
+fn report_error(e: &watcher::Error, failure: WatchFailure, failures_before: u32, synced: bool) {
+    match failure {
+        // Expected after an etcd compaction or a long disconnect.
+        WatchFailure::Expired => tracing::info!(
+            "Node watch expired (410 Gone); relisting, the view is kept meanwhile"
+        ),
+        WatchFailure::ExpiredAtStart => tracing::info!(
+            "Node watch refused as expired (410); restarting with a fresh list, the view is kept meanwhile"
+        ),
+        WatchFailure::Other if failures_before == 0 => tracing::warn!(
             error = %e,
             synced,
             "Node watch failed; retrying with backoff, the view and dataplane are kept as they are"
-        );
-    } else {
-        tracing::debug!(error = %e, failures = failures_before + 1, "Node watch still failing");
+        ),
+        WatchFailure::Other => {
+            tracing::debug!(error = %e, failures = failures_before + 1, "Node watch still failing")
+        }
     }
 }
