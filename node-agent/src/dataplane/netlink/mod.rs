@@ -136,6 +136,9 @@ impl Dataplane {
     /// Make the kernel hold `desired`: read what trellis owns, diff, apply. A failed read is
     /// an error (nothing was changed); failed ops are in the report, the others applied.
     /// Running it again right after a clean run applies nothing.
+    ///
+    /// `desired` is the whole truth: an empty state removes every trellis device and route,
+    /// so call this only with a plan (never before the first one exists).
     pub async fn reconcile(
         &mut self,
         desired: &KernelState,
