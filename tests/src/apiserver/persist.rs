@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use std::fmt;
 
 use super::resources;
 use super::store::StoredObject;
@@ -38,38 +40,89 @@ pub fn encode(rv: u64, objects: &[Arc<StoredObject>]) -> Vec<u8> {
     out
 }
 
-pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<StoredObject>), String> {
-    let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let rv = doc
-        .get("resourceVersion")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<u64>().ok())
-        .ok_or("missing resourceVersion")?;
-    let mut objects = Vec::new();
-    for (i, entry) in doc
-        .get("objects")
-        .and_then(Value::as_array)
-        .ok_or("missing objects")?
-        .iter()
-        .enumerate()
-    {
-        let name = entry
-            .get("resource")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("object {i}: missing resource"))?;
-        let rt = resources::lookup_storage_name(name)
-            .ok_or_else(|| format!("object {i}: unknown resource {name:?}"))?;
-        let obj = entry
-            .get("object")
-            .ok_or_else(|| format!("object {i}: missing object"))?;
-        let stored = StoredObject::from_value(rt, obj).map_err(|e| format!("object {i}: {e}"))?;
-        if stored.rv > rv {
-            return Err(format!(
-                "object {i} has resourceVersion {} beyond the counter {rv}",
-                stored.rv
-            ));
+#[derive(serde::Deserialize)]
+struct Entry {
+    resource: String,
+    object: Value,
+}
+
+/// Streams the `objects` array, converting each entry as it is read: a 50 MB state file never
+/// exists as one JSON tree in memory (which would cost several times its size).
+struct ObjectsSeed;
+
+impl<'de> DeserializeSeed<'de> for ObjectsSeed {
+    type Value = Vec<StoredObject>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectsSeed {
+    type Value = Vec<StoredObject>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of {resource, object} entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(e) = seq.next_element::<Entry>()? {
+            let i = out.len();
+            let rt = resources::lookup_storage_name(&e.resource).ok_or_else(|| {
+                de::Error::custom(format!("object {i}: unknown resource {:?}", e.resource))
+            })?;
+            let stored = StoredObject::from_value(rt, &e.object)
+                .map_err(|m| de::Error::custom(format!("object {i}: {m}")))?;
+            out.push(stored);
         }
-        objects.push(stored);
+        Ok(out)
+    }
+}
+
+struct StateVisitor;
+
+impl<'de> Visitor<'de> for StateVisitor {
+    type Value = (u64, Vec<StoredObject>);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an emulator state object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut rv, mut objects) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "resourceVersion" => {
+                    let s: String = map.next_value()?;
+                    rv = Some(s.parse::<u64>().map_err(|_| {
+                        de::Error::custom(format!("resourceVersion {s:?} is not a number"))
+                    })?);
+                }
+                "objects" => objects = Some(map.next_value_seed(ObjectsSeed)?),
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((
+            rv.ok_or_else(|| de::Error::missing_field("resourceVersion"))?,
+            objects.ok_or_else(|| de::Error::missing_field("objects"))?,
+        ))
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<(u64, Vec<StoredObject>), String> {
+    let mut d = serde_json::Deserializer::from_slice(bytes);
+    let (rv, objects) = d.deserialize_map(StateVisitor).map_err(|e| e.to_string())?;
+    d.end().map_err(|e| e.to_string())?;
+    if let Some(o) = objects.iter().find(|o| o.rv > rv) {
+        return Err(format!(
+            "{} {:?} has resourceVersion {} beyond the counter {rv}",
+            o.resource().kind,
+            o.name,
+            o.rv
+        ));
     }
     Ok((rv, objects))
 }
@@ -106,9 +159,19 @@ mod tests {
         assert_eq!(objs.len(), 2);
         assert_eq!(objs[1].namespace, "kube-system");
         assert_eq!(objs[1].value()["data"]["k"], "v");
-        assert!(decode(
-            b"{\"resourceVersion\":\"1\",\"objects\":[{\"resource\":\"v1/pods\",\"object\":{}}]}"
+        let err = decode(
+            b"{\"resourceVersion\":\"1\",\"objects\":[{\"resource\":\"v1/pods\",\"object\":{}}]}",
         )
-        .is_err());
+        .unwrap_err();
+        assert!(err.contains("unknown resource"), "{err}");
+        let ahead = StoredObject::from_value(
+            &NODES,
+            &json!({"metadata": {"name": "x", "resourceVersion": "3"}}),
+        )
+        .unwrap();
+        let err = decode(&encode(2, &[Arc::new(ahead)])).unwrap_err();
+        assert!(err.contains("beyond the counter"), "{err}");
+        assert!(decode(b"{\"objects\":[]}").is_err());
+        assert!(decode(b"{\"resourceVersion\":\"1\",\"objects\":[]} trailing").is_err());
     }
 }
