@@ -5,11 +5,17 @@
 //! [`dataplane::desired::DesiredState`]; [`dataplane::diff::diff`] compares that with what the
 //! kernel holds and yields the ops.
 
+pub mod agent;
 pub mod annotations;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod firewall;
+pub mod health;
 pub mod install_cni;
+pub mod metrics;
+pub mod preflight;
+pub mod status;
+pub mod underlay;
 pub mod view;
-pub mod cluster;

@@ -1,0 +1,593 @@
+//! `trellis-agent run`: wire the watchers, the planner and the executors
+//! into one loop. Every trigger (a Node or ConfigMap change, kernel drift,
+//! the periodic resync) leads to the same pass: plan from the current view
+//! and config, reconcile the kernel, resync the firewall, write subnet.env,
+//! advertise. Bursts coalesce into one pass.
+//!
+//! Nothing is torn down on exit: the kernel keeps forwarding while the
+//! agent restarts, and the next start reconciles from whatever it finds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::annotations::AnnotationKeys;
+use crate::backend::{self, PlanOptions};
+use crate::cluster::{
+    self, ClientSource, ConfigSource, ConfigWatcher, NodeEvents, NodeWatchOptions, NodeWatcher,
+    OwnNode, WaitOptions,
+};
+use crate::config::{BackendType, NetConfig};
+use crate::dataplane::desired::Mac;
+use crate::dataplane::netlink::{Dataplane, DriftMonitor};
+use crate::firewall::exec::Exec;
+use crate::firewall::executor::{self as fw, Backend as FwBackend, Firewall};
+use crate::health::{self, HealthState};
+use crate::metrics::Metrics;
+use crate::underlay::{self, IfaceOptions};
+use crate::view::{ClusterView, LocalLease};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// This node's name (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// kubeconfig to use; in-cluster config when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the ConfigMap holding net-conf.json.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-flannel")]
+    pub configmap_namespace: String,
+    #[arg(long, default_value = "trellis-config")]
+    pub configmap_name: String,
+    /// Read net-conf.json from this file instead of the ConfigMap (no live switch).
+    #[arg(long)]
+    pub net_conf_file: Option<PathBuf>,
+    /// Interface (name or address) that reaches the other nodes; repeatable.
+    #[arg(long)]
+    pub iface: Vec<String>,
+    /// Regular expression for the interface name or address; repeatable.
+    #[arg(long)]
+    pub iface_regex: Vec<String>,
+    /// Use the interface that routes to this address.
+    #[arg(long)]
+    pub iface_can_reach: Option<std::net::IpAddr>,
+    #[arg(long, default_value = trellis_cni::subnet_env::DEFAULT_PATH)]
+    pub subnet_file: PathBuf,
+    /// Prefix of the Node annotations (flannel's, so trellis can replace flannel in place).
+    #[arg(long, default_value = "flannel.alpha.coreos.com")]
+    pub annotation_prefix: String,
+    #[arg(long, default_value = "127.0.0.1:9402")]
+    pub health_addr: SocketAddr,
+    /// Masquerade pod traffic leaving the pod network.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ip_masq: bool,
+    /// Accept forwarding to and from the pod network (FORWARD policy DROP hosts).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub iptables_forward_rules: bool,
+    /// Full resync period, seconds (drift is repaired sooner, via netlink events).
+    #[arg(long, default_value_t = 10)]
+    pub resync_seconds: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Client(#[from] cluster::ClientError),
+    #[error("{0}")]
+    OwnNode(#[from] cluster::OwnNodeError),
+    #[error("{0}")]
+    Underlay(#[from] underlay::UnderlayError),
+    #[error("{0}")]
+    Netlink(#[from] crate::dataplane::netlink::NetlinkError),
+    #[error("net-conf.json {path}: {why}")]
+    ConfigFile { path: PathBuf, why: String },
+    #[error("cannot serve health on {addr}: {source}")]
+    Health {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub fn main(args: RunArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("{}", AgentError::Runtime(e));
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the loop keeps between passes.
+struct LoopState {
+    applied_backend: Option<BackendType>,
+    switch_started: Option<(BackendType, BackendType, Instant)>,
+    network_available: bool,
+    last_config: Option<Arc<NetConfig>>,
+    /// The firewall backend being replaced: removed once the new one holds the rules.
+    old_firewall: Option<Firewall>,
+}
+
+async fn run(args: RunArgs) -> Result<(), AgentError> {
+    info!(node = %args.node_name, "trellis-agent starting");
+    let metrics = Arc::new(Metrics::default());
+    let (debug_tx, debug_rx) = watch::channel(String::from("{}"));
+    let (beat_tx, beat_rx) = watch::channel(Instant::now());
+    let listener = tokio::net::TcpListener::bind(args.health_addr)
+        .await
+        .map_err(|source| AgentError::Health {
+            addr: args.health_addr,
+            source,
+        })?;
+    tokio::spawn(health::serve(
+        listener,
+        Arc::new(HealthState {
+            metrics: metrics.clone(),
+            debug: debug_rx,
+            heartbeat: beat_rx,
+            stall_after: Duration::from_secs(args.resync_seconds * 6 + 60),
+        }),
+    ));
+
+    let client = cluster::connect(&ClientSource::from_env(args.kubeconfig.as_deref())?).await?;
+    let keys =
+        AnnotationKeys::new(&args.annotation_prefix).map_err(|e| AgentError::ConfigFile {
+            path: PathBuf::from("--annotation-prefix"),
+            why: e.to_string(),
+        })?;
+    let own = OwnNode::new(client.clone(), &args.node_name, keys.clone());
+    let own_state = own.wait_ready(&WaitOptions::default()).await?;
+    let events = NodeEvents::new(client.clone(), &args.node_name, own_state.uid.as_deref());
+
+    // Config: a file (static) or the ConfigMap (live).
+    let mut config_rx = match &args.net_conf_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| AgentError::ConfigFile {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+            let parsed = NetConfig::parse(&text).map_err(|e| AgentError::ConfigFile {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+            for w in &parsed.warnings {
+                warn!("net-conf.json: {w}");
+            }
+            let (tx, rx) = watch::channel(Some(Arc::new(parsed.config)));
+            std::mem::forget(tx);
+            rx
+        }
+        None => {
+            let w = ConfigWatcher::new(
+                client.clone(),
+                ConfigSource::new(&args.configmap_namespace, &args.configmap_name),
+                Some(events.clone()),
+            );
+            let rx = w.subscribe();
+            tokio::spawn(w.run());
+            rx
+        }
+    };
+    if config_rx.borrow().is_none() {
+        info!(
+            "waiting for a valid net-conf.json in ConfigMap {}/{}",
+            args.configmap_namespace, args.configmap_name
+        );
+    }
+    let _ = config_rx.wait_for(Option::is_some).await;
+
+    let mut dataplane = Dataplane::new()?;
+    let opts = IfaceOptions {
+        iface: args.iface.clone(),
+        iface_regex: args.iface_regex.clone(),
+        iface_can_reach: args.iface_can_reach,
+    };
+    let underlay = underlay::discover(dataplane.handle(), &opts).await?;
+    info!(iface = %underlay.name, addr = ?underlay.addr_v4, mtu = underlay.mtu, "external interface");
+    let lease = LocalLease {
+        node_name: args.node_name.clone(),
+        subnet_v4: own_state.subnet_v4,
+        subnet_v6: own_state.subnet_v6,
+        public_ip_v4: own_state
+            .public_ip_overwrite_v4
+            .or(underlay.addr_v4.map(|a| a.ip())),
+        public_ip_v6: own_state
+            .public_ip_overwrite_v6
+            .or(underlay.addr_v6.map(|a| a.ip())),
+        vtep_mac_v4: own_state
+            .vtep_mac_v4
+            .unwrap_or_else(|| Mac::derived(&format!("{}/vtep4", args.node_name))),
+        vtep_mac_v6: own_state
+            .vtep_mac_v6
+            .unwrap_or_else(|| Mac::derived(&format!("{}/vtep6", args.node_name))),
+        underlay,
+    };
+    let view = Arc::new(Mutex::new(ClusterView::new(lease, keys.clone())));
+    let watcher = NodeWatcher::new(client.clone(), view.clone(), NodeWatchOptions::default());
+    let mut view_status = watcher.status();
+    tokio::spawn(watcher.run());
+    let (_monitor, mut drift_rx) = DriftMonitor::start().await?;
+    let mut firewall: Option<Firewall> = None;
+
+    let plan_opts = PlanOptions {
+        ip_masq: args.ip_masq,
+        forward_rules: args.iptables_forward_rules,
+    };
+    let mut st = LoopState {
+        applied_backend: None,
+        switch_started: None,
+        network_available: false,
+        last_config: None,
+        old_firewall: None,
+    };
+    let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::Runtime)?;
+    loop {
+        // Wait for the first complete Node list: planning from a partial
+        // view would delete the entries of peers not listed yet.
+        if !view_status.borrow().synced {
+            tokio::select! {
+                _ = view_status.changed() => continue,
+                _ = sigterm.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        let config = config_rx.borrow().clone();
+        if let Some(config) = config {
+            firewall = ensure_firewall(firewall, &config, &mut st.old_firewall).await;
+            pass(
+                &args,
+                &view,
+                &config,
+                &plan_opts,
+                &mut dataplane,
+                &mut firewall,
+                &own,
+                &events,
+                &metrics,
+                &mut st,
+                &debug_tx,
+            )
+            .await;
+            st.last_config = Some(config);
+        }
+        let _ = beat_tx.send(Instant::now());
+        tokio::select! {
+            _ = view_status.changed() => {}
+            _ = config_rx.changed() => {}
+            Some(()) = drift_rx.recv() => {
+                metrics.drift_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info!("kernel state owned by trellis changed outside trellis: repairing");
+            }
+            _ = resync.tick() => {}
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        // Coalesce a burst (thousands of Node events at start, a flurry of
+        // netlink notifications) into one pass.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while drift_rx.try_recv().is_ok() {}
+    }
+    info!("stopping; kernel state left in place for the next start");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pass(
+    args: &RunArgs,
+    view: &Arc<Mutex<ClusterView>>,
+    config: &Arc<NetConfig>,
+    plan_opts: &PlanOptions,
+    dataplane: &mut Dataplane,
+    firewall: &mut Option<Firewall>,
+    own: &OwnNode,
+    events: &NodeEvents,
+    metrics: &Metrics,
+    st: &mut LoopState,
+    debug_tx: &watch::Sender<String>,
+) {
+    let started = Instant::now();
+    let plan = {
+        let v = match view.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        metrics
+            .nodes_seen
+            .store(v.node_count() as u64, std::sync::atomic::Ordering::Relaxed);
+        backend::plan(&v, config, plan_opts)
+    };
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            error!("cannot program this node: {e}");
+            metrics.record_reconcile(started.elapsed(), false);
+            return;
+        }
+    };
+    for s in &plan.skipped {
+        if !s.reason.is_benign() {
+            warn!(node = %s.node, reason = %s.reason, "peer skipped");
+        }
+    }
+    metrics.set_skipped(
+        plan.skipped
+            .iter()
+            .filter(|s| !s.reason.is_benign())
+            .map(|s| s.reason.label()),
+    );
+    metrics
+        .peers
+        .store(plan.peers as u64, std::sync::atomic::Ordering::Relaxed);
+
+    let backend_now = config.backend.kind();
+    if let Some(prev) = st.applied_backend {
+        if prev != backend_now && st.switch_started.is_none() {
+            info!(
+                from = prev.as_str(),
+                to = backend_now.as_str(),
+                "switching backend"
+            );
+            st.switch_started = Some((prev, backend_now, started));
+        }
+    }
+
+    let mut ok = true;
+    match dataplane.reconcile(&plan.state.kernel).await {
+        Ok(report) => {
+            for (label, n) in &report.applied_by_label {
+                for _ in 0..*n {
+                    metrics.record_op(label);
+                }
+            }
+            if report.ops_applied > 0 {
+                info!(ops = report.ops_applied, peers = plan.peers, took = ?report.duration, "kernel reconciled");
+            }
+            for e in &report.errors {
+                warn!("{e}");
+            }
+            ok &= report.converged();
+        }
+        Err(e) => {
+            warn!("cannot read kernel state: {e}");
+            ok = false;
+        }
+    }
+    let mut firewall_drift = String::new();
+    if let (Some(prev), Some(next)) = (st.old_firewall.as_ref(), firewall.as_ref()) {
+        match fw::switch(prev, next, &plan.state.firewall).await {
+            Ok(()) => st.old_firewall = None,
+            Err(e) => warn!("firewall switch (will retry): {e}"),
+        }
+    }
+    match firewall.as_ref() {
+        Some(fw) => match fw.resync(&plan.state.firewall).await {
+            Ok(d) if !d.is_clean() => {
+                info!("firewall rules resynced:\n{d}");
+                firewall_drift = d.to_string();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!("firewall: {e}");
+                ok = false;
+            }
+        },
+        None => ok = false,
+    }
+    match trellis_cni::subnet_env::write_atomic(&args.subnet_file, &plan.state.subnet_env) {
+        Ok(true) => {
+            info!(path = %args.subnet_file.display(), mtu = plan.state.mtu, "subnet.env written")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            warn!("{e}");
+            ok = false;
+        }
+    }
+    let ads = plan.state.advertisement.to_annotations(own_keys(view));
+    match own.advertise(&ads).await {
+        Ok(true) => info!(
+            backend = backend_now.as_str(),
+            "node annotations advertised"
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            warn!("cannot advertise node annotations (will retry): {e}");
+            ok = false;
+        }
+    }
+    if ok && !st.network_available {
+        match own.set_network_available().await {
+            Ok(_) => {
+                st.network_available = true;
+                events.network_ready(backend_now).await;
+                info!(
+                    backend = backend_now.as_str(),
+                    peers = plan.peers,
+                    "node programmed; NetworkUnavailable=False"
+                );
+            }
+            Err(e) => warn!("cannot set NetworkUnavailable=False (will retry): {e}"),
+        }
+    }
+    if ok {
+        metrics.set_ready(true);
+        if let Some((from, to, t0)) = st.switch_started.take() {
+            let took = t0.elapsed();
+            metrics
+                .backend_switches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(from = from.as_str(), to = to.as_str(), took = ?took, "backend switched");
+            events.backend_switched(from, to, took).await;
+        }
+        st.applied_backend = Some(backend_now);
+    }
+    metrics.set_backend(backend_now.as_str());
+    metrics.record_reconcile(started.elapsed(), ok);
+    // Gather what needs awaiting before taking the view lock: a std Mutex
+    // must not be held across an await.
+    let firewall_backend = match firewall.as_ref().map(Firewall::backend) {
+        Some(FwBackend::Iptables) => "iptables",
+        Some(FwBackend::Nftables) => "nftables",
+        None => "unavailable",
+    };
+    let firewall_installed = match firewall.as_ref() {
+        Some(fw) => fw.installed().await.to_string(),
+        None => String::new(),
+    };
+    let ctx = {
+        let v = match view.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        let l = v.local();
+        SnapshotContext {
+            node: l.node_name.clone(),
+            backend: backend_now.as_str().to_string(),
+            lease: format!(
+                "{} public {}",
+                l.subnet_v4
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                l.public_ip_v4
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into())
+            ),
+            underlay: format!(
+                "{} (index {}, mtu {})",
+                l.underlay.name, l.underlay.index, l.underlay.mtu
+            ),
+            firewall_backend: firewall_backend.to_string(),
+            firewall: firewall_installed,
+            firewall_drift,
+        }
+    };
+    let _ = debug_tx.send(debug_snapshot(&plan, ok, &ctx));
+}
+
+/// The firewall executor for `config`, switching backends without a gap
+/// when `EnableNFTables` changed, and retrying detection when the tools were
+/// missing last time.
+async fn ensure_firewall(
+    current: Option<Firewall>,
+    config: &NetConfig,
+    old: &mut Option<Firewall>,
+) -> Option<Firewall> {
+    let want = FwBackend::from_enable_nftables(config.enable_nftables);
+    if current.as_ref().is_some_and(|f| f.backend() == want) {
+        return current;
+    }
+    let next = match Firewall::detect(want, Exec::new()).await {
+        Ok(f) => f,
+        Err(e) => {
+            error!("firewall backend unavailable: {e}");
+            return current;
+        }
+    };
+    if let Some(prev) = current {
+        // The pass right after installs the rules in `next`, then removes `prev`'s.
+        info!(from = ?prev.backend(), to = ?want, "switching firewall backend");
+        *old = Some(prev);
+    } else {
+        // Leftovers of the other backend from before a restart with a changed config.
+        if let Ok(other) = Firewall::detect(want.other(), Exec::new()).await {
+            if !other.same_rules_as(&next) {
+                let _ = other.cleanup().await;
+            }
+        }
+    }
+    Some(next)
+}
+
+struct SnapshotContext {
+    node: String,
+    backend: String,
+    lease: String,
+    underlay: String,
+    firewall_backend: String,
+    firewall: String,
+    firewall_drift: String,
+}
+
+fn own_keys(view: &Arc<Mutex<ClusterView>>) -> &'static AnnotationKeys {
+    // Keys never change for the life of the process; leak one copy.
+    static KEYS: std::sync::OnceLock<AnnotationKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| match view.lock() {
+        Ok(v) => v.keys().clone(),
+        Err(p) => p.into_inner().keys().clone(),
+    })
+}
+
+fn debug_snapshot(plan: &backend::Plan, ok: bool, ctx: &SnapshotContext) -> String {
+    serde_json::json!({
+        "node": ctx.node,
+        "backend": ctx.backend,
+        "lease": ctx.lease,
+        "underlay": ctx.underlay,
+        "firewall_backend": ctx.firewall_backend,
+        "firewall": ctx.firewall,
+        "firewall_drift": ctx.firewall_drift,
+        "converged": ok,
+        "peers": plan.peers,
+        "skipped": plan.skipped.iter().map(|s| serde_json::json!({"node": s.node, "reason": s.reason.to_string()})).collect::<Vec<_>>(),
+        "mtu": plan.state.mtu,
+        "subnet_env": plan.state.subnet_env.render(),
+        "kernel": crate::status::describe(&plan.state.kernel),
+    })
+    .to_string()
+}
+
+/// The node's addresses, for preflight's overlap check.
+pub fn node_addresses() -> Vec<ipnetwork::IpNetwork> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    else {
+        return Vec::new();
+    };
+    rt.block_on(async {
+        let Ok((conn, h, _)) = rtnetlink::new_connection() else {
+            return Vec::new();
+        };
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        let mut s = h.address().get().execute();
+        while let Ok(Some(m)) = futures::TryStreamExt::try_next(&mut s).await {
+            for a in &m.attributes {
+                if let netlink_packet_route::address::AddressAttribute::Address(ip) = a {
+                    if let Ok(n) = ipnetwork::IpNetwork::new(*ip, m.header.prefix_len) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        out
+    })
+}

@@ -1,0 +1,205 @@
+//! The agent's Prometheus metrics: plain atomics and a small text renderer
+//! (no registry crate: the set is fixed and small).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub peers: AtomicU64,
+    pub nodes_seen: AtomicU64,
+    pub reconciles: AtomicU64,
+    pub reconcile_errors: AtomicU64,
+    reconcile_micros_sum: AtomicU64,
+    reconcile_micros_last: AtomicU64,
+    pub last_success_unix: AtomicU64,
+    pub backend_switches: AtomicU64,
+    pub config_errors: AtomicU64,
+    pub drift_events: AtomicU64,
+    pub ready: AtomicU64,
+    ops: Mutex<BTreeMap<String, u64>>,
+    skipped: Mutex<BTreeMap<String, u64>>,
+    backend: Mutex<String>,
+}
+
+impl Metrics {
+    pub fn record_reconcile(&self, took: Duration, ok: bool) {
+        self.reconciles.fetch_add(1, Ordering::Relaxed);
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.reconcile_micros_sum.fetch_add(us, Ordering::Relaxed);
+        self.reconcile_micros_last.store(us, Ordering::Relaxed);
+        if ok {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_success_unix
+                .store(now.as_secs(), Ordering::Relaxed);
+        } else {
+            self.reconcile_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_op(&self, label: &str) {
+        if let Ok(mut m) = self.ops.lock() {
+            *m.entry(label.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Replace the skipped-peer gauge with the latest plan's reasons.
+    pub fn set_skipped<'a>(&self, reasons: impl Iterator<Item = &'a str>) {
+        if let Ok(mut m) = self.skipped.lock() {
+            for v in m.values_mut() {
+                *v = 0;
+            }
+            for r in reasons {
+                *m.entry(r.to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    pub fn set_backend(&self, name: &str) {
+        if let Ok(mut b) = self.backend.lock() {
+            *b = name.to_string();
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(u64::from(ready), Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) == 1
+    }
+
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut o = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, f64)>| {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            for (labels, v) in lines {
+                let _ = writeln!(o, "{name}{labels} {v}");
+            }
+        };
+        metric(
+            "trellis_peers",
+            "gauge",
+            "Remote nodes programmed into the kernel.",
+            vec![(String::new(), g(&self.peers) as f64)],
+        );
+        metric(
+            "trellis_nodes_seen",
+            "gauge",
+            "Nodes in the agent's cluster view.",
+            vec![(String::new(), g(&self.nodes_seen) as f64)],
+        );
+        let skipped = self.skipped.lock().map(|m| m.clone()).unwrap_or_default();
+        metric(
+            "trellis_peers_skipped",
+            "gauge",
+            "Nodes not programmed, by reason (malformed annotations, overlapping podCIDR, ...).",
+            skipped
+                .into_iter()
+                .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n as f64))
+                .collect(),
+        );
+        metric(
+            "trellis_reconcile_total",
+            "counter",
+            "Reconcile passes.",
+            vec![(String::new(), g(&self.reconciles) as f64)],
+        );
+        metric(
+            "trellis_reconcile_errors_total",
+            "counter",
+            "Reconcile passes that did not fully succeed.",
+            vec![(String::new(), g(&self.reconcile_errors) as f64)],
+        );
+        metric(
+            "trellis_reconcile_duration_seconds_sum",
+            "counter",
+            "Total time spent reconciling.",
+            vec![(String::new(), g(&self.reconcile_micros_sum) as f64 / 1e6)],
+        );
+        metric(
+            "trellis_reconcile_last_duration_seconds",
+            "gauge",
+            "Duration of the last reconcile.",
+            vec![(String::new(), g(&self.reconcile_micros_last) as f64 / 1e6)],
+        );
+        let ops = self.ops.lock().map(|m| m.clone()).unwrap_or_default();
+        metric(
+            "trellis_ops_applied_total",
+            "counter",
+            "Kernel operations applied, by kind.",
+            ops.into_iter()
+                .map(|(k, n)| (format!("{{op=\"{k}\"}}"), n as f64))
+                .collect(),
+        );
+        metric(
+            "trellis_last_successful_sync_timestamp_seconds",
+            "gauge",
+            "Unix time of the last reconcile that left the kernel as desired.",
+            vec![(String::new(), g(&self.last_success_unix) as f64)],
+        );
+        metric(
+            "trellis_backend_switches_total",
+            "counter",
+            "Live backend switches.",
+            vec![(String::new(), g(&self.backend_switches) as f64)],
+        );
+        metric(
+            "trellis_config_errors_total",
+            "counter",
+            "Invalid net-conf.json seen (the last good one stays).",
+            vec![(String::new(), g(&self.config_errors) as f64)],
+        );
+        metric(
+            "trellis_drift_events_total",
+            "counter",
+            "Kernel changes to trellis-owned state not made by trellis.",
+            vec![(String::new(), g(&self.drift_events) as f64)],
+        );
+        metric(
+            "trellis_ready",
+            "gauge",
+            "1 once the node is programmed and subnet.env written.",
+            vec![(String::new(), g(&self.ready) as f64)],
+        );
+        let backend = self.backend.lock().map(|b| b.clone()).unwrap_or_default();
+        metric(
+            "trellis_backend_info",
+            "gauge",
+            "The backend this node runs.",
+            vec![(format!("{{backend=\"{backend}\"}}"), 1.0)],
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.peers.store(3, Ordering::Relaxed);
+        m.record_reconcile(Duration::from_millis(5), true);
+        m.record_reconcile(Duration::from_millis(5), false);
+        m.record_op("add_route");
+        m.set_skipped(["overlap", "overlap", "bad_annotation"].into_iter());
+        m.set_backend("vxlan");
+        let t = m.render();
+        assert!(t.contains("trellis_peers 3"));
+        assert!(t.contains("trellis_reconcile_total 2"));
+        assert!(t.contains("trellis_reconcile_errors_total 1"));
+        assert!(t.contains("trellis_ops_applied_total{op=\"add_route\"} 1"));
+        assert!(t.contains("trellis_peers_skipped{reason=\"overlap\"} 2"));
+        assert!(t.contains("trellis_backend_info{backend=\"vxlan\"} 1"));
+        assert!(t.contains("# TYPE trellis_reconcile_total counter"));
+    }
+}

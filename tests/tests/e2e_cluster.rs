@@ -1,0 +1,348 @@
+//! End to end, for real: three node namespaces on an underlay, the API
+//! emulator, one trellis-agent per node, pods made by the trellis plugin.
+//! Needs root and the workspace binaries (hack/test.sh builds them).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use trellis_e2e::netns_cluster::{Cluster, Options, Pod, EXT_IP};
+
+const READY: Duration = Duration::from_secs(60);
+
+fn cluster(tag: &str, backend: &str) -> Cluster {
+    assert_eq!(
+        nix::unistd::geteuid().as_raw(),
+        0,
+        "end-to-end tests need root"
+    );
+    let mut c = Cluster::up(Options {
+        nodes: 3,
+        backend: backend.into(),
+        tag: tag.into(),
+        agent_args: vec![],
+    })
+    .expect("cluster up");
+    c.start_agents().expect("agents");
+    c.wait_all_ready(READY).expect("agents ready");
+    // Ready means programmed with the peers known so far; wait until every
+    // node has advertised and every other node has programmed it.
+    for n in 0..c.nodes.len() {
+        let others: Vec<String> = (1..=c.nodes.len())
+            .filter(|&i| i != n + 1)
+            .map(|i| format!("10.244.{i}.0/24"))
+            .collect();
+        assert!(
+            eventually(READY, || {
+                let r = routes(&c, n);
+                others.iter().all(|o| r.contains(o.as_str()))
+            }),
+            "node-{} never routed all peers: {}\n{}",
+            n + 1,
+            routes(&c, n),
+            c.agent_log(n)
+        );
+    }
+    c
+}
+
+/// Poll `f` until true or the deadline; returns whether it became true.
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TCP exchange from `from` to `ip:port` served by `server`: returns what
+/// the server saw as the client address.
+fn tcp_peer_seen(
+    server: &trellis_e2e::netns_cluster::Netns,
+    from: &trellis_e2e::netns_cluster::Netns,
+    ip: &str,
+    port: u16,
+) -> Option<String> {
+    let script = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(1)\nprint('ready',flush=True)\ns.settimeout(10)\nc,a=s.accept()\nc.sendall((a[0]+'\\n').encode())\nprint(a[0],flush=True)\nc.close()\n"
+    );
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &server.name, "python3", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut out = std::io::BufReader::new(srv.stdout.take()?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).ok()?;
+    let client = format!(
+        "import socket\ns=socket.create_connection(('{ip}',{port}),timeout=5)\nprint(s.recv(64).decode().strip())\n"
+    );
+    let got = from
+        .exec(&["python3", "-c", &client])
+        .ok()
+        .map(|s| s.trim().to_string());
+    let _ = srv.kill();
+    let _ = srv.wait();
+    got
+}
+
+fn full_mesh_ping(pods: &[Pod]) {
+    for a in pods {
+        for b in pods {
+            if a.name != b.name {
+                assert!(
+                    a.ping(&b.ip),
+                    "{} (node {}) cannot ping {} {} (node {})",
+                    a.name,
+                    a.node + 1,
+                    b.name,
+                    b.ip,
+                    b.node + 1
+                );
+            }
+        }
+    }
+}
+
+fn routes(c: &Cluster, node: usize) -> String {
+    c.nodes[node]
+        .ns
+        .exec(&["ip", "route", "show", "proto", "116"])
+        .unwrap_or_default()
+}
+
+/// A 20 ms ping loop between two pods; returns (sent, received).
+fn ping_loop(from: &Pod, to: &str, secs: u32) -> Child {
+    let count = (secs * 50).to_string();
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &from.ns.name,
+            "ping",
+            "-i",
+            "0.02",
+            "-c",
+            &count,
+            "-W",
+            "1",
+            to,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ping loop")
+}
+
+fn ping_loss(child: Child) -> (u64, u64) {
+    let out = child.wait_with_output().expect("ping output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("");
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (
+        nums.first().copied().unwrap_or(0),
+        nums.get(1).copied().unwrap_or(0),
+    )
+}
+
+#[test]
+fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
+    let mut c = cluster("vx", r#"{"Type":"vxlan"}"#);
+    // The contract with the plugin and with the other nodes.
+    let env = std::fs::read_to_string(c.nodes[0].subnet_file()).unwrap();
+    assert!(
+        env.contains("FLANNEL_SUBNET=10.244.1.1/24") && env.contains("FLANNEL_MTU=1450"),
+        "{env}"
+    );
+    let node = c.node_json("node-1").unwrap();
+    let ann = &node["metadata"]["annotations"];
+    assert_eq!(ann["flannel.alpha.coreos.com/backend-type"], "vxlan");
+    assert_eq!(ann["flannel.alpha.coreos.com/public-ip"], "192.168.50.11");
+    assert_eq!(ann["flannel.alpha.coreos.com/kube-subnet-manager"], "true");
+    assert!(ann["flannel.alpha.coreos.com/backend-data"]
+        .as_str()
+        .unwrap()
+        .contains("VtepMAC"));
+    let cond = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "NetworkUnavailable")
+        .cloned()
+        .expect("NetworkUnavailable condition");
+    assert_eq!(cond["status"], "False");
+
+    let pods: Vec<Pod> = (0..3)
+        .flat_map(|n| [n, n])
+        .map(|n| c.add_pod(n).expect("pod"))
+        .collect();
+    full_mesh_ping(&pods);
+    // TCP across nodes keeps the pod's own address (no masquerade inside the pod network).
+    let seen = tcp_peer_seen(&pods[2].ns, &pods[0].ns, &pods[2].ip, 8080);
+    assert_eq!(seen.as_deref(), Some(pods[0].ip.as_str()));
+    // Leaving the pod network: masqueraded to the node's address.
+    let seen = tcp_peer_seen(&c.ext, &pods[0].ns, EXT_IP, 8081);
+    assert_eq!(
+        seen.as_deref(),
+        Some("192.168.50.11"),
+        "pod traffic to the outside must leave as the node"
+    );
+
+    // Drift: hand-deleted route, neighbour and FDB entry come back within a second.
+    let n1 = &c.nodes[0].ns;
+    n1.exec(&["ip", "route", "del", "10.244.2.0/24"]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || routes(&c, 0)
+            .contains("10.244.2.0/24")),
+        "route not repaired"
+    );
+    n1.exec(&["ip", "neigh", "del", "10.244.3.0", "dev", "flannel.1"])
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || n1
+            .exec(&["ip", "neigh", "show", "dev", "flannel.1"])
+            .unwrap_or_default()
+            .contains("10.244.3.0 ")),
+        "neighbour not repaired"
+    );
+    let fdb = n1
+        .exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+        .unwrap();
+    let mac = fdb
+        .lines()
+        .find(|l| l.contains("dst 192.168.50.12"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    n1.exec(&[
+        "bridge",
+        "fdb",
+        "del",
+        &mac,
+        "dev",
+        "flannel.1",
+        "dst",
+        "192.168.50.12",
+    ])
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || n1
+            .exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+            .unwrap_or_default()
+            .contains("dst 192.168.50.12")),
+        "fdb entry not repaired"
+    );
+    assert!(pods[0].ping(&pods[4].ip));
+
+    // An agent restart under a 20 ms ping loop loses nothing.
+    let pinger = ping_loop(&pods[0], &pods[4].ip, 6);
+    std::thread::sleep(Duration::from_millis(500));
+    c.stop_agent(0, false);
+    c.start_agent(0).unwrap();
+    c.wait_ready(0, READY).unwrap();
+    let (sent, got) = ping_loss(pinger);
+    assert!(
+        sent >= 200 && got == sent,
+        "agent restart lost packets: {got}/{sent}"
+    );
+
+    // An emulator restart and a forced relist (410) flap no route.
+    let before = routes(&c, 0);
+    let watcher = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.nodes[0].ns.name,
+            "ip",
+            "monitor",
+            "route",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.restart_emulator().unwrap();
+    c.kubectl(&["get", "--raw", "/version"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = Command::new("kill").arg(watcher.id().to_string()).status();
+    let mon = watcher.wait_with_output().unwrap();
+    let mon = String::from_utf8_lossy(&mon.stdout);
+    assert!(
+        !mon.lines()
+            .any(|l| l.starts_with("Deleted") && l.contains("10.244.")),
+        "routes flapped: {mon}"
+    );
+    assert_eq!(routes(&c, 0), before);
+
+    // A deleted Node disappears from the others' kernels.
+    c.delete_node_object("node-3").unwrap();
+    for n in [0, 1] {
+        assert!(
+            eventually(Duration::from_secs(5), || !routes(&c, n)
+                .contains("10.244.3.0/24")),
+            "node-3's route stays on node-{}",
+            n + 1
+        );
+        let neigh = c.nodes[n]
+            .ns
+            .exec(&["ip", "neigh", "show", "dev", "flannel.1"])
+            .unwrap_or_default();
+        assert!(
+            !neigh.contains("10.244.3.0 "),
+            "node-3's neighbour stays: {neigh}"
+        );
+    }
+    assert!(
+        pods[0].ping(&pods[2].ip),
+        "the remaining peers keep working"
+    );
+}
+
+#[test]
+fn host_gw_cluster_pods_talk_across_nodes() {
+    let mut c = cluster("hg", r#"{"Type":"host-gw"}"#);
+    let env = std::fs::read_to_string(c.nodes[1].subnet_file()).unwrap();
+    assert!(env.contains("FLANNEL_MTU=1500"), "{env}");
+    let r = routes(&c, 0);
+    assert!(
+        r.contains("10.244.2.0/24 via 192.168.50.12 dev eth0"),
+        "{r}"
+    );
+    let pods: Vec<Pod> = (0..3).map(|n| c.add_pod(n).expect("pod")).collect();
+    full_mesh_ping(&pods);
+    let seen = tcp_peer_seen(&pods[1].ns, &pods[0].ns, &pods[1].ip, 8080);
+    assert_eq!(seen.as_deref(), Some(pods[0].ip.as_str()));
+    assert!(
+        c.nodes[0]
+            .ns
+            .exec(&["ip", "link", "show", "flannel.1"])
+            .is_err(),
+        "host-gw makes no VXLAN device"
+    );
+}
+
+#[test]
+fn a_node_deleted_while_its_peer_agent_was_down_is_removed_at_start() {
+    let mut c = cluster("st", r#"{"Type":"vxlan"}"#);
+    assert!(routes(&c, 0).contains("10.244.3.0/24"));
+    c.stop_agent(0, true);
+    c.delete_node_object("node-3").unwrap();
+    c.start_agent(0).unwrap();
+    c.wait_ready(0, READY).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !routes(&c, 0)
+            .contains("10.244.3.0/24")),
+        "stale peer survived a restart: {}",
+        routes(&c, 0)
+    );
+    assert!(routes(&c, 0).contains("10.244.2.0/24"));
+}
