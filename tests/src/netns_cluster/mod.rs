@@ -69,6 +69,23 @@ impl Pod {
     }
 }
 
+impl Cluster {
+    /// Whether every node routes every other node's podCIDR (all advertised and programmed).
+    pub fn fully_routed(&self) -> bool {
+        (0..self.nodes.len()).all(|n| {
+            let r = self.nodes[n]
+                .ns
+                .exec(&["ip", "route", "show", "proto", "116"])
+                .unwrap_or_default();
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != n)
+                .all(|(_, o)| r.contains(&o.pod_cidr))
+        })
+    }
+}
+
 pub struct Options {
     pub nodes: usize,
     /// The Backend member of net-conf.json.
@@ -425,6 +442,63 @@ impl Cluster {
     /// Remove the Node object (as `kubectl delete node` does).
     pub fn delete_node_object(&self, name: &str) -> Result<(), String> {
         self.kubectl(&["delete", "node", name]).map(|_| ())
+    }
+}
+
+/// What a detached cluster left running, for [`Cluster::detach`] and `down`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Detached {
+    pub netns: Vec<String>,
+    pub pids: Vec<u32>,
+}
+
+impl Cluster {
+    /// Keep everything running after this process exits (the demo): returns
+    /// what [`teardown`] needs to remove it later.
+    pub fn detach(mut self, pods: &[Pod]) -> Detached {
+        let mut d = Detached::default();
+        for n in &mut self.nodes {
+            if let Some(p) = n.agent.take() {
+                d.pids.push(p.detach());
+            }
+            n.ns.keep();
+            d.netns.push(n.ns.name.clone());
+        }
+        if let Some(p) = self.emulator.take() {
+            d.pids.push(p.detach());
+        }
+        for ns in [&self.underlay, &self.ext] {
+            ns.keep();
+            d.netns.push(ns.name.clone());
+        }
+        for p in pods {
+            p.ns.keep();
+            d.netns.push(p.ns.name.clone());
+        }
+        if let Some(t) = self._tmp.take() {
+            let _ = t.keep();
+        }
+        d
+    }
+}
+
+/// Stop what [`Cluster::detach`] left running and remove its namespaces.
+pub fn teardown(d: &Detached) {
+    for pid in &d.pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for pid in &d.pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for ns in &d.netns {
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
     }
 }
 

@@ -3,12 +3,14 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub struct Netns {
     pub name: String,
+    /// Set by [`Netns::keep`]: the namespace outlives this value (the demo).
+    kept: AtomicBool,
 }
 
 impl Netns {
@@ -28,7 +30,10 @@ impl Netns {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let ns = Netns { name };
+        let ns = Netns {
+            name,
+            kept: AtomicBool::new(false),
+        };
         ns.ip_batch("link set lo up\n")?;
         Ok(ns)
     }
@@ -100,8 +105,18 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Leave the namespace in place when this value is dropped.
+    pub fn keep(&self) {
+        self.kept.store(true, Ordering::SeqCst);
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.kept.load(Ordering::SeqCst) {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

@@ -41,6 +41,13 @@ impl Proc {
         self.child.id()
     }
 
+    /// Let the process run on after this value is gone; returns its pid.
+    pub fn detach(self) -> u32 {
+        let pid = self.child.id();
+        std::mem::forget(self);
+        pid
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
