@@ -526,28 +526,35 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
     })
 }
 
-fn network_v4(
+/// A pod network CIDR of one family: host bits masked (with a warning), at
+/// least four addresses so node subnets fit.
+fn network_of(
     key: &str,
     v: &Value,
     w: &mut Vec<ConfigWarning>,
-) -> Result<Ipv4Network, ConfigError> {
+    v4: bool,
+) -> Result<IpNetwork, ConfigError> {
     let s = as_str(key, v)?;
-    let net = match parse_cidr(s).map_err(|e| ConfigError::invalid(key, e))? {
-        IpNetwork::V4(n) => n,
-        IpNetwork::V6(_) => {
-            return Err(ConfigError::invalid(
-                key,
-                format!("{s:?} is IPv6; put it in IPv6Network"),
-            ))
-        }
-    };
-    if net.prefix() > 30 {
+    let net = parse_cidr(s).map_err(|e| ConfigError::invalid(key, e))?;
+    if net.is_ipv4() != v4 {
+        let (is, other) = if v4 {
+            ("IPv6", "IPv6Network")
+        } else {
+            ("IPv4", "Network")
+        };
         return Err(ConfigError::invalid(
             key,
-            format!("{s:?} is too small to hold node subnets (at most /30)"),
+            format!("{s:?} is {is}; put it in {other}"),
         ));
     }
-    let norm = Ipv4Network::new(net.network(), net.prefix())
+    let max = if v4 { 30 } else { 126 };
+    if net.prefix() > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{s:?} is too small to hold node subnets (at most /{max})"),
+        ));
+    }
+    let norm = IpNetwork::new(net.network(), net.prefix())
         .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
     if norm != net {
         w.push(ConfigWarning::HostBitsMasked {
@@ -559,37 +566,26 @@ fn network_v4(
     Ok(norm)
 }
 
+fn network_v4(
+    key: &str,
+    v: &Value,
+    w: &mut Vec<ConfigWarning>,
+) -> Result<Ipv4Network, ConfigError> {
+    match network_of(key, v, w, true)? {
+        IpNetwork::V4(n) => Ok(n),
+        IpNetwork::V6(_) => Err(ConfigError::invalid(key, "not IPv4")),
+    }
+}
+
 fn network_v6(
     key: &str,
     v: &Value,
     w: &mut Vec<ConfigWarning>,
 ) -> Result<Ipv6Network, ConfigError> {
-    let s = as_str(key, v)?;
-    let net = match parse_cidr(s).map_err(|e| ConfigError::invalid(key, e))? {
-        IpNetwork::V6(n) => n,
-        IpNetwork::V4(_) => {
-            return Err(ConfigError::invalid(
-                key,
-                format!("{s:?} is IPv4; put it in Network"),
-            ))
-        }
-    };
-    if net.prefix() > 126 {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{s:?} is too small to hold node subnets (at most /126)"),
-        ));
+    match network_of(key, v, w, false)? {
+        IpNetwork::V6(n) => Ok(n),
+        IpNetwork::V4(_) => Err(ConfigError::invalid(key, "not IPv6")),
     }
-    let norm = Ipv6Network::new(net.network(), net.prefix())
-        .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
-    if norm != net {
-        w.push(ConfigWarning::HostBitsMasked {
-            key: key.to_string(),
-            given: s.to_string(),
-            used: norm.to_string(),
-        });
-    }
-    Ok(norm)
 }
 
 fn bound_v4(
