@@ -232,14 +232,19 @@ async fn faults_never_clear_the_view_and_it_converges_after() {
     })
     .await;
 
-    // 3. The API answers 500 for 3 s and watches are cut: the view stays as it was.
+    // 3. The API answers 500 and watches are cut: the view stays as it was. The
+    //    outage lasts until the watcher has felt it (its retry may be up to one
+    //    backoff period away, longer on a loaded machine), then it is lifted.
     let errors = r.stats.errors.load(Ordering::Relaxed);
     let before = view_names(&view, all.clone());
-    faults.fail_for(Duration::from_secs(3)).await.unwrap();
+    faults.fail_for(Duration::from_secs(60)).await.unwrap();
     // Admin calls are exempt from faults: cut the open watches so the outage is felt.
     faults.close_watches().await.unwrap();
     let t0 = std::time::Instant::now();
-    while t0.elapsed() < Duration::from_millis(2500) {
+    while t0.elapsed() < Duration::from_secs(2)
+        || (r.stats.errors.load(Ordering::Relaxed) == errors
+            && t0.elapsed() < Duration::from_secs(30))
+    {
         assert_eq!(
             view_names(&view, all.clone()),
             before,
@@ -251,6 +256,7 @@ async fn faults_never_clear_the_view_and_it_converges_after() {
         r.stats.errors.load(Ordering::Relaxed) > errors,
         "the outage was not noticed"
     );
+    faults.clear().await.unwrap();
     // After the outage, changes flow again.
     eventually_async(WAIT, "API back", || async {
         c.nodes.get("node-3").await.is_ok()
