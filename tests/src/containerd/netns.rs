@@ -15,10 +15,12 @@ pub enum NetnsError {
     Failed { args: String, stderr: String },
 }
 
-/// A uniquely named netns, deleted on drop.
+/// A uniquely named netns, deleted on drop unless adopted (see
+/// [`NodeNetns::adopt`]).
 #[derive(Debug)]
 pub struct NodeNetns {
     name: String,
+    owned: bool,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -34,8 +36,25 @@ impl NodeNetns {
         );
         ip(["netns", "add", name.as_str()])?;
         // From here on, Drop removes it even if the next step fails.
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ip(["-n", ns.name.as_str(), "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// An existing named netns someone else owns (e.g. a node of the
+    /// namespace cluster harness, with its underlay and agent already in
+    /// it): containerd runs there, and the netns outlives this handle.
+    pub fn adopt(name: &str) -> Result<Self, NetnsError> {
+        let ns = Self {
+            name: name.to_string(),
+            owned: false,
+        };
+        if !ns.path().exists() {
+            return Err(NetnsError::Failed {
+                args: format!("netns {name}"),
+                stderr: format!("{} does not exist", ns.path().display()),
+            });
+        }
         Ok(ns)
     }
 
@@ -63,6 +82,9 @@ impl NodeNetns {
 
 impl Drop for NodeNetns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(e) = ip(["netns", "del", self.name.as_str()]) {
             eprintln!("cleanup: {e}");
         }

@@ -335,6 +335,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// Start node `i`'s agent with `args` instead of [`Cluster::agent_args`]
+    /// (e.g. those with another `--subnet-file`); stopped like the others.
+    pub fn start_agent_with_args(&mut self, i: usize, args: &[String]) -> Result<(), String> {
+        let log = self.nodes[i].dir.join("agent.log");
+        let p = Proc::spawn_in(&self.nodes[i].ns, &self.agent_bin, args, &log)?;
+        self.nodes[i].agent = Some(p);
+        Ok(())
+    }
+
+    /// The `trellis-agent` binary the agents run (also has `install-cni`).
+    pub fn agent_bin(&self) -> &Path {
+        &self.agent_bin
+    }
+
+    /// The `trellis` CNI plugin binary.
+    pub fn plugin_bin(&self) -> &Path {
+        &self.plugin_bin
+    }
+
     pub fn start_agents(&mut self) -> Result<(), String> {
         for i in 0..self.nodes.len() {
             self.start_agent(i)?;
