@@ -1,0 +1,139 @@
+//! `bench-agent`: the throughput half of `hack/bench-agent.sh`. Builds a two-node cluster in
+//! namespaces with the netns harness (real agents, real plugin), then measures TCP throughput
+//! with iperf3 pod-to-pod across the nodes and node-to-node on the same underlay, interleaved
+//! so machine noise hits both alike. Prints one `BENCH {json}` line per sample.
+//!
+//!   bench-agent throughput BACKEND SECONDS REPS      (BACKEND: vxlan | host-gw)
+
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use trellis_e2e::netns_cluster::{Cluster, Netns, Options};
+
+const PORT: &str = "5201";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match args.as_slice() {
+        [cmd, backend, secs, reps] if cmd == "throughput" => secs
+            .parse::<u32>()
+            .ok()
+            .zip(reps.parse::<u32>().ok())
+            .map(|(s, r)| (backend.clone(), s, r)),
+        _ => None,
+    };
+    let Some((backend, secs, reps)) = parsed else {
+        eprintln!("usage: bench-agent throughput vxlan|host-gw SECONDS REPS");
+        return ExitCode::from(2);
+    };
+    match throughput(&backend, secs, reps) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn throughput(backend: &str, secs: u32, reps: u32) -> Result<(), String> {
+    let tag = if backend == "vxlan" { "bvx" } else { "bhg" };
+    let mut c = Cluster::up(Options {
+        nodes: 2,
+        backend: json!({ "Type": backend }).to_string(),
+        tag: tag.into(),
+        agent_args: vec![],
+    })?;
+    c.start_agents()?;
+    c.wait_all_ready(Duration::from_secs(60))?;
+    // Ready means programmed with the peers known so far: wait for each node's route to the other.
+    for (me, other) in [(0, 1), (1, 0)] {
+        let want = c.nodes[other].pod_cidr.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.nodes[me]
+            .ns
+            .exec(&["ip", "route", "show", "proto", "116"])
+            .unwrap_or_default()
+            .contains(&want)
+        {
+            if Instant::now() > deadline {
+                return Err(format!("node-{} never routed {want}", me + 1));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let a = c.add_pod(0)?;
+    let b = c.add_pod(1)?;
+    let node_b_ip = c.nodes[1].ip.to_string();
+    for rep in 0..reps {
+        // Alternate which path goes first so slow drifts of the machine do not favour one.
+        let order: [&str; 2] = if rep % 2 == 0 {
+            ["node", "pod"]
+        } else {
+            ["pod", "node"]
+        };
+        for path in order {
+            let (server, client, ip) = if path == "node" {
+                (&c.nodes[1].ns, &c.nodes[0].ns, node_b_ip.as_str())
+            } else {
+                (&b.ns, &a.ns, b.ip.as_str())
+            };
+            let bps = iperf(server, client, ip, secs)?;
+            println!(
+                "BENCH {}",
+                json!({"backend": backend, "path": path, "rep": rep, "bits_per_second": bps})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One iperf3 run from `client` to a server started in `server`; the receiver's bits/s.
+fn iperf(server: &Netns, client: &Netns, ip: &str, secs: u32) -> Result<f64, String> {
+    let srv = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            PORT,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 server: {e}"))?;
+    let guard = Reap(srv);
+    let t = secs.to_string();
+    let mut last = String::new();
+    // The server needs a moment to listen; retry the client instead of sleeping blindly.
+    for _ in 0..50 {
+        // With -J, iperf3 3.12 exits 0 even when the connection is refused: the JSON says so.
+        match client.exec(&["iperf3", "-c", ip, "-p", PORT, "-t", &t, "-J"]) {
+            Ok(out) => {
+                let v: Value =
+                    serde_json::from_str(&out).map_err(|e| format!("iperf3 JSON: {e}"))?;
+                if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                    drop(guard);
+                    return Ok(bps);
+                }
+                last = v["error"].as_str().unwrap_or(&out).to_string();
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("iperf3 to {ip} failed: {last}"))
+}
+
+/// Kills and reaps the one-shot server whatever happens to the client.
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
