@@ -34,6 +34,16 @@ fn now_unix() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// In the VM every exec costs 0.1-0.5 s of a 2-vCPU emulated machine the agents need
+/// too: poll gently there (polling at 20 ms doubled the VM run's length).
+fn poll_pause() -> Duration {
+    if slow(Duration::from_secs(1)) > Duration::from_secs(1) {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_millis(20)
+    }
+}
+
 /// Poll `f` until true or the deadline; returns whether it became true.
 fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -44,14 +54,7 @@ fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         if Instant::now() > deadline {
             return false;
         }
-        // In the VM every exec costs 0.1-0.5 s of a 2-vCPU emulated machine the agents
-        // need too: poll gently there.
-        let pause = if slow(Duration::from_secs(1)) > Duration::from_secs(1) {
-            Duration::from_millis(300)
-        } else {
-            Duration::from_millis(20)
-        };
-        std::thread::sleep(pause);
+        std::thread::sleep(poll_pause());
     }
 }
 
@@ -701,10 +704,11 @@ fn report(figures: &[SwitchFigure]) {
     for f in figures {
         let _ = writeln!(
             out,
-            "FIGURE switch {} -> {}: all nodes switched in {} ms (ConfigMap write to kernel+annotations+subnet.env, 20 ms poll); longest ping gap {} ms ({} lost at 20 ms); longest TCP pause {} ms",
+            "FIGURE switch {} -> {}: all nodes switched in {} ms (ConfigMap write to kernel+annotations+subnet.env, polled every {} ms); longest ping gap {} ms ({} lost at 20 ms); longest TCP pause {} ms",
             f.from.name(),
             f.to.name(),
             f.all_switched.as_millis(),
+            poll_pause().as_millis(),
             f.ping_gap.as_millis(),
             f.ping_lost,
             f.tcp_stall.as_millis()
