@@ -658,9 +658,7 @@ fn switch(
             metric(c, n, "trellis_backend_switches_total")
         );
     }
-    // kube's Recorder folds repeats of (reason, action) on one object within 6 minutes
-    // into a series on the first Event (count + 1, first note kept), so switches are
-    // counted as occurrences; the first one's note names the pair.
+    // Every switch is its own Event (not folded into a series), naming the pair.
     let note = format!("from {} to {}", from.name(), to.name());
     let mut evs = Vec::new();
     let counted = eventually(slow(Duration::from_secs(10)), || {
@@ -676,18 +674,11 @@ fn switch(
             "{}: {count} BackendSwitched Event occurrences, want {nth}",
             n.name
         );
-        if nth == 1 {
-            assert!(
-                notes.iter().any(|x| x.contains(&note)),
-                "{}: no BackendSwitched Event '{note}': {notes:?}",
-                n.name
-            );
-        } else if !notes.iter().any(|x| x.contains(&note)) {
-            println!(
-                "NOTE {}: switch '{note}' folded into an earlier Event: {notes:?}",
-                n.name
-            );
-        }
+        assert!(
+            notes.iter().any(|x| x.contains(&note)),
+            "{}: no BackendSwitched Event '{note}': {notes:?}",
+            n.name
+        );
     }
     SwitchFigure {
         from,

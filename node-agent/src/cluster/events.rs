@@ -29,6 +29,8 @@ pub mod reason {
 #[derive(Clone)]
 pub struct NodeEvents {
     recorder: Recorder,
+    client: Client,
+    node_name: String,
     node: ObjectReference,
     timeout: Duration,
 }
@@ -42,7 +44,9 @@ impl NodeEvents {
             instance: Some(format!("{MANAGER}-{node_name}")),
         };
         NodeEvents {
-            recorder: Recorder::new(client, reporter),
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            node_name: node_name.to_string(),
             node: node_reference(node_name, uid),
             timeout: PUBLISH_TIMEOUT,
         }
@@ -75,23 +79,60 @@ impl NodeEvents {
         }
     }
 
-    /// "backend switched from vxlan to host-gw in 812 ms".
+    /// "backend switched from vxlan to host-gw in 812 ms". Written as its own
+    /// Event every time, not through the recorder: the recorder folds repeats
+    /// of a reason into one series and would keep only the first switch's note.
     pub async fn backend_switched(
         &self,
         from: BackendType,
         to: BackendType,
         took: Duration,
     ) -> bool {
-        self.emit(
-            EventType::Normal,
-            reason::BACKEND_SWITCHED,
-            "SwitchBackend",
-            format!(
+        use k8s_openapi::api::events::v1::Event as ApiEvent;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        let now = std::time::SystemTime::now();
+        let nanos = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let ev = ApiEvent {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{nanos:x}", self.node_name)),
+                namespace: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            action: Some("SwitchBackend".into()),
+            reason: Some(reason::BACKEND_SWITCHED.into()),
+            note: Some(truncate_note(format!(
                 "backend switched from {from} to {to} in {} ms",
                 took.as_millis()
-            ),
+            ))),
+            type_: Some("Normal".into()),
+            regarding: Some(self.node.clone()),
+            event_time: k8s_openapi::jiff::Timestamp::try_from(now)
+                .ok()
+                .map(MicroTime),
+            reporting_controller: Some(MANAGER.into()),
+            reporting_instance: Some(format!("{MANAGER}-{}", self.node_name)),
+            ..ApiEvent::default()
+        };
+        let api: kube::Api<ApiEvent> = kube::Api::namespaced(self.client.clone(), "default");
+        match tokio::time::timeout(
+            self.timeout,
+            api.create(&kube::api::PostParams::default(), &ev),
         )
         .await
+        {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not publish BackendSwitched Event");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("publishing BackendSwitched Event timed out");
+                false
+            }
+        }
     }
 
     /// A net-conf.json was rejected; the running config stays.
