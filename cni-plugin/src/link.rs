@@ -193,12 +193,8 @@ pub async fn ensure_bridge(
     }
     Ok(BridgeInfo {
         index,
-        mac: mac_of(&link),
+        mac: self::mac(&link),
     })
-}
-
-fn mac_of(link: &LinkMessage) -> Vec<u8> {
-    mac(link)
 }
 
 fn is_link_local(ip: IpAddr) -> bool {

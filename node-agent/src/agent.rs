@@ -314,7 +314,7 @@ async fn pass(
     debug_tx: &watch::Sender<String>,
 ) {
     let started = Instant::now();
-    let plan = {
+    let (plan, keys) = {
         let v = match view.lock() {
             Ok(v) => v,
             Err(p) => p.into_inner(),
@@ -322,7 +322,7 @@ async fn pass(
         metrics
             .nodes_seen
             .store(v.node_count() as u64, std::sync::atomic::Ordering::Relaxed);
-        backend::plan(&v, config, plan_opts)
+        (backend::plan(&v, config, plan_opts), v.keys().clone())
     };
     let plan = match plan {
         Ok(p) => p,
@@ -363,9 +363,7 @@ async fn pass(
     match dataplane.reconcile(&plan.state.kernel).await {
         Ok(report) => {
             for (label, n) in &report.applied_by_label {
-                for _ in 0..*n {
-                    metrics.record_op(label);
-                }
+                metrics.record_ops(label, *n as u64);
             }
             if report.ops_applied > 0 {
                 info!(ops = report.ops_applied, peers = plan.peers, took = ?report.duration, "kernel reconciled");
@@ -411,7 +409,7 @@ async fn pass(
             ok = false;
         }
     }
-    let ads = plan.state.advertisement.to_annotations(own_keys(view));
+    let ads = plan.state.advertisement.to_annotations(&keys);
     match own.advertise(&ads).await {
         Ok(true) => info!(
             backend = backend_now.as_str(),
@@ -536,15 +534,6 @@ struct SnapshotContext {
     firewall_drift: String,
 }
 
-fn own_keys(view: &Arc<Mutex<ClusterView>>) -> &'static AnnotationKeys {
-    // Keys never change for the life of the process; leak one copy.
-    static KEYS: std::sync::OnceLock<AnnotationKeys> = std::sync::OnceLock::new();
-    KEYS.get_or_init(|| match view.lock() {
-        Ok(v) => v.keys().clone(),
-        Err(p) => p.into_inner().keys().clone(),
-    })
-}
-
 fn debug_snapshot(plan: &backend::Plan, ok: bool, ctx: &SnapshotContext) -> String {
     serde_json::json!({
         "node": ctx.node,
@@ -562,32 +551,4 @@ fn debug_snapshot(plan: &backend::Plan, ok: bool, ctx: &SnapshotContext) -> Stri
         "kernel": crate::status::describe(&plan.state.kernel),
     })
     .to_string()
-}
-
-/// The node's addresses, for preflight's overlap check.
-pub fn node_addresses() -> Vec<ipnetwork::IpNetwork> {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    else {
-        return Vec::new();
-    };
-    rt.block_on(async {
-        let Ok((conn, h, _)) = rtnetlink::new_connection() else {
-            return Vec::new();
-        };
-        tokio::spawn(conn);
-        let mut out = Vec::new();
-        let mut s = h.address().get().execute();
-        while let Ok(Some(m)) = futures::TryStreamExt::try_next(&mut s).await {
-            for a in &m.attributes {
-                if let netlink_packet_route::address::AddressAttribute::Address(ip) = a {
-                    if let Ok(n) = ipnetwork::IpNetwork::new(*ip, m.header.prefix_len) {
-                        out.push(n);
-                    }
-                }
-            }
-        }
-        out
-    })
 }

@@ -130,7 +130,7 @@ fn run_preflight(
         None => Some(8472),
         _ => None,
     };
-    facts.node_addrs = trellis_agent::agent::node_addresses();
+    facts.node_addrs = preflight::node_addresses();
     let findings = preflight::evaluate(&facts);
     for f in &findings {
         let tag = match f.level {

@@ -42,9 +42,9 @@ impl Metrics {
         }
     }
 
-    pub fn record_op(&self, label: &str) {
+    pub fn record_ops(&self, label: &str, n: u64) {
         if let Ok(mut m) = self.ops.lock() {
-            *m.entry(label.to_string()).or_default() += 1;
+            *m.entry(label.to_string()).or_default() += n;
         }
     }
 
@@ -190,7 +190,7 @@ mod tests {
         m.peers.store(3, Ordering::Relaxed);
         m.record_reconcile(Duration::from_millis(5), true);
         m.record_reconcile(Duration::from_millis(5), false);
-        m.record_op("add_route");
+        m.record_ops("add_route", 1);
         m.set_skipped(["overlap", "overlap", "bad_annotation"].into_iter());
         m.set_backend("vxlan");
         let t = m.render();

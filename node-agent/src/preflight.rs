@@ -177,6 +177,26 @@ pub fn gather_sysctls(facts: &mut Facts) {
         });
 }
 
+/// The node's addresses, for the overlap check (empty when netlink cannot be read).
+pub fn node_addresses() -> Vec<IpNetwork> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    else {
+        return Vec::new();
+    };
+    rt.block_on(async {
+        let Ok((conn, h, _)) = rtnetlink::new_connection() else {
+            return Vec::new();
+        };
+        tokio::spawn(conn);
+        crate::underlay::read_links(&h)
+            .await
+            .map(|links| links.into_iter().flat_map(|l| l.addrs).collect())
+            .unwrap_or_default()
+    })
+}
+
 pub fn list_dir(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|rd| {

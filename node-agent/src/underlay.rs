@@ -133,6 +133,14 @@ pub async fn discover(
     h: &rtnetlink::Handle,
     opts: &IfaceOptions,
 ) -> Result<Underlay, UnderlayError> {
+    let links = read_links(h).await?;
+    let target = opts.iface_can_reach.unwrap_or(IpAddr::from([0u8; 4]));
+    let oif = route_oif(h, target).await;
+    select(&links, opts, |_| oif)
+}
+
+/// Every interface of this namespace with its addresses.
+pub async fn read_links(h: &rtnetlink::Handle) -> Result<Vec<LinkFacts>, UnderlayError> {
     let nl = |e: rtnetlink::Error| UnderlayError::Netlink(e.to_string());
     let mut links = Vec::new();
     let mut stream = h.link().get().execute();
@@ -166,9 +174,7 @@ pub async fn discover(
             }
         }
     }
-    let target = opts.iface_can_reach.unwrap_or(IpAddr::from([0u8; 4]));
-    let oif = route_oif(h, target).await;
-    select(&links, opts, |_| oif)
+    Ok(links)
 }
 
 /// `ip route get` for one address: the output interface index.

@@ -41,7 +41,7 @@ fn allocate(env: &Env, conf: &NetConf, plan: &NetworkPlan) -> Result<Vec<IpNetwo
     let store = Store::open(&conf.ipam_dir())?;
     let existing = store.find(&env.container_id, &env.ifname)?;
     let mut taken = store.taken()?;
-    let mut out = Vec::new();
+    let mut out: Vec<IpNetwork> = Vec::new();
     for (i, fam) in plan.families.iter().enumerate() {
         let reuse = existing.iter().copied().find(|ip| fam.set.contains(*ip));
         let ip = match reuse {
@@ -49,7 +49,7 @@ fn allocate(env: &Env, conf: &NetConf, plan: &NetworkPlan) -> Result<Vec<IpNetwo
             None => loop {
                 let Some(ip) = fam.set.next_free(store.last_reserved(i), &taken) else {
                     for ip in &out {
-                        let _ = store.remove(IpNetwork::ip(ip));
+                        let _ = store.remove(ip.ip());
                     }
                     let ranges: Vec<String> = fam
                         .set

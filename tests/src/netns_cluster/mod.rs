@@ -121,20 +121,6 @@ pub struct Cluster {
     pods: usize,
 }
 
-fn sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 impl Cluster {
     /// Build the namespaces, start the emulator, register the Nodes and the
     /// ConfigMap. Agents are started separately ([`Cluster::start_agents`]).
@@ -169,7 +155,6 @@ impl Cluster {
             agent_args: opts.agent_args.clone(),
             pods: 0,
         };
-        let u = cluster.underlay.name.clone();
         let x = cluster.ext.name.clone();
         // Underlay: a bridge with the API address; routes the outside host.
         cluster.underlay.ip_batch(&format!(
@@ -204,7 +189,6 @@ impl Cluster {
                 agent: None,
             });
         }
-        let _ = u;
         cluster.start_emulator()?;
         for i in 0..cluster.nodes.len() {
             cluster.create_node_object(i)?;
@@ -556,8 +540,4 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((code, body))
-}
-
-pub fn _sh(args: &[&str]) -> Result<String, String> {
-    sh(args)
 }
