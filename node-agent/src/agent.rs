@@ -4,6 +4,13 @@
 //! and config, reconcile the kernel, resync the firewall, write subnet.env,
 //! advertise. Bursts coalesce into one pass.
 //!
+//! Passes come in two weights. A *full* pass (the first, every resync, kernel
+//! drift, after a failure) reads everything trellis owns from the kernel and
+//! checks the firewall. A pass for a Node or ConfigMap change diffs against
+//! the state the last clean pass left (kept true by the drift monitor) and
+//! touches the firewall only if its rules changed: one more Node costs its
+//! three kernel entries, not a re-read of 15000.
+//!
 //! Nothing is torn down on exit: the kernel keeps forwarding while the
 //! agent restarts, and the next start reconciles from whatever it finds.
 
@@ -27,6 +34,7 @@ use crate::dataplane::desired::Mac;
 use crate::dataplane::netlink::{Dataplane, DriftMonitor};
 use crate::firewall::exec::Exec;
 use crate::firewall::executor::{self as fw, Backend as FwBackend, Firewall};
+use crate::firewall::rules::RuleSet;
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
 use crate::underlay::{self, IfaceOptions};
@@ -132,6 +140,13 @@ struct LoopState {
     last_config: Option<Arc<NetConfig>>,
     /// The firewall backend being replaced: removed once the new one holds the rules.
     old_firewall: Option<Firewall>,
+    /// Rules the firewall was last found or made to hold, `None` until then and after a
+    /// failure; a light pass skips the firewall while the plan's rules equal these.
+    firewall_synced: Option<RuleSet>,
+    /// The firewall's installed rules as last read, for /debug/state.
+    firewall_installed: String,
+    /// The next pass must be a full one (see module docs).
+    full: bool,
 }
 
 async fn run(args: RunArgs) -> Result<(), AgentError> {
@@ -232,7 +247,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     let watcher = NodeWatcher::new(client.clone(), view.clone(), NodeWatchOptions::default());
     let mut view_status = watcher.status();
     tokio::spawn(watcher.run());
-    let (_monitor, mut drift_rx) = DriftMonitor::start().await?;
+    let (_monitor, mut drift_rx) = DriftMonitor::start_expecting(dataplane.expected()).await?;
     let mut firewall: Option<Firewall> = None;
 
     let plan_opts = PlanOptions {
@@ -245,6 +260,9 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         network_available: false,
         last_config: None,
         old_firewall: None,
+        firewall_synced: None,
+        firewall_installed: String::new(),
+        full: true,
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -278,22 +296,32 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
             .await;
             st.last_config = Some(config);
         }
-        let _ = beat_tx.send(Instant::now());
+        let last_pass = Instant::now();
+        let _ = beat_tx.send(last_pass);
         tokio::select! {
             _ = view_status.changed() => {}
             _ = config_rx.changed() => {}
             Some(()) = drift_rx.recv() => {
                 metrics.drift_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!("kernel state owned by trellis changed outside trellis: repairing");
+                st.full = true;
             }
-            _ = resync.tick() => {}
+            _ = resync.tick() => st.full = true,
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        // Coalesce a burst (thousands of Node events at start, a flurry of
-        // netlink notifications) into one pass.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        while drift_rx.try_recv().is_ok() {}
+        // Coalesce a burst (a flurry of Node events or netlink notifications)
+        // into one pass. A lone change after a quiet spell goes almost at once:
+        // the wait would be all of its latency.
+        let settle = if last_pass.elapsed() < Duration::from_millis(100) {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(2)
+        };
+        tokio::time::sleep(settle).await;
+        while drift_rx.try_recv().is_ok() {
+            st.full = true;
+        }
     }
     info!("stopping; kernel state left in place for the next start");
     Ok(())
@@ -360,13 +388,19 @@ async fn pass(
     }
 
     let mut ok = true;
-    match dataplane.reconcile(&plan.state.kernel).await {
+    let full = std::mem::take(&mut st.full);
+    let reconciled = if full {
+        dataplane.reconcile(&plan.state.kernel).await
+    } else {
+        dataplane.reconcile_known(&plan.state.kernel).await
+    };
+    match reconciled {
         Ok(report) => {
             for (label, n) in &report.applied_by_label {
                 metrics.record_ops(label, *n as u64);
             }
             if report.ops_applied > 0 {
-                info!(ops = report.ops_applied, peers = plan.peers, took = ?report.duration, "kernel reconciled");
+                info!(ops = report.ops_applied, peers = plan.peers, read_kernel = report.read_kernel, took = ?report.duration, "kernel reconciled");
             }
             for e in &report.errors {
                 warn!("{e}");
@@ -380,23 +414,32 @@ async fn pass(
     }
     let mut firewall_drift = String::new();
     if let (Some(prev), Some(next)) = (st.old_firewall.as_ref(), firewall.as_ref()) {
+        st.firewall_synced = None;
         match fw::switch(prev, next, &plan.state.firewall).await {
             Ok(()) => st.old_firewall = None,
             Err(e) => warn!("firewall switch (will retry): {e}"),
         }
     }
+    let firewall_current = !full && st.firewall_synced.as_ref() == Some(&plan.state.firewall);
     match firewall.as_ref() {
-        Some(fw) => match fw.resync(&plan.state.firewall).await {
-            Ok(d) if !d.is_clean() => {
-                info!("firewall rules resynced:\n{d}");
-                firewall_drift = d.to_string();
+        Some(_) if firewall_current => {}
+        Some(fw) => {
+            st.firewall_synced = None;
+            match fw.resync(&plan.state.firewall).await {
+                Ok(d) => {
+                    if !d.is_clean() {
+                        info!("firewall rules resynced:\n{d}");
+                        firewall_drift = d.to_string();
+                    }
+                    st.firewall_synced = Some(plan.state.firewall.clone());
+                }
+                Err(e) => {
+                    warn!("firewall: {e}");
+                    ok = false;
+                }
             }
-            Ok(_) => {}
-            Err(e) => {
-                warn!("firewall: {e}");
-                ok = false;
-            }
-        },
+            st.firewall_installed = fw.installed().await.to_string();
+        }
         None => ok = false,
     }
     match trellis_cni::subnet_env::write_atomic(&args.subnet_file, &plan.state.subnet_env) {
@@ -447,6 +490,10 @@ async fn pass(
         }
         st.applied_backend = Some(backend_now);
     }
+    if !ok {
+        // Whatever failed is retried by a full pass, not assumed done.
+        st.full = true;
+    }
     metrics.set_backend(backend_now.as_str());
     metrics.record_reconcile(started.elapsed(), ok);
     // Gather what needs awaiting before taking the view lock: a std Mutex
@@ -455,10 +502,6 @@ async fn pass(
         Some(FwBackend::Iptables) => "iptables",
         Some(FwBackend::Nftables) => "nftables",
         None => "unavailable",
-    };
-    let firewall_installed = match firewall.as_ref() {
-        Some(fw) => fw.installed().await.to_string(),
-        None => String::new(),
     };
     let ctx = {
         let v = match view.lock() {
@@ -483,7 +526,7 @@ async fn pass(
                 l.underlay.name, l.underlay.index, l.underlay.mtu
             ),
             firewall_backend: firewall_backend.to_string(),
-            firewall: firewall_installed,
+            firewall: st.firewall_installed.clone(),
             firewall_drift,
         }
     };

@@ -150,3 +150,74 @@ fn monitor_receiver_closes_when_the_monitor_is_dropped() {
         );
     });
 }
+
+/// With the executor's expectation shared, its own changes (a first build, one more peer, a
+/// departed peer) are not signalled, drift still is, and a light pass applies only the diff.
+#[test]
+fn own_changes_are_not_drift_when_the_monitor_knows_what_to_expect() {
+    let node = Node::standalone(
+        "expect",
+        "192.168.1.1",
+        "10.244.1.0/24",
+        Mac([0x02, 0xaa, 0, 0, 0, 0x01]),
+    );
+    let peers = vec![
+        PeerNode::new(2, "192.168.1.2"),
+        PeerNode::new(3, "192.168.1.3"),
+    ];
+    let config = vxlan_config(1, 8472);
+    let want = desired(node.lease(), &config, &peers);
+    let want_more = desired(
+        node.lease(),
+        &config,
+        &[peers.clone(), vec![PeerNode::new(4, "192.168.1.4")]].concat(),
+    );
+    let want_fewer = desired(node.lease(), &config, &peers[..1]);
+    let ns = node.ns.name.clone();
+    let p = peers[0].clone();
+
+    let stats = node.ns.run(move || async move {
+        let mut dp = Dataplane::new().expect("dataplane");
+        let (monitor, mut rx) = DriftMonitor::start_expecting(dp.expected())
+            .await
+            .expect("monitor");
+        let first = dp.reconcile(&want).await.expect("reconcile");
+        assert!(first.errors.is_empty() && first.read_kernel, "{first:?}");
+        assert_eq!(drain(&mut rx, Duration::from_millis(300)).await, 0);
+
+        let more = dp.reconcile_known(&want_more).await.expect("one more");
+        assert!(!more.read_kernel, "a light pass must not read the kernel");
+        assert_eq!((more.ops_planned, more.ops_applied), (3, 3), "{more:?}");
+        let fewer = dp.reconcile_known(&want_fewer).await.expect("two fewer");
+        assert_eq!(fewer.ops_applied, 6, "{fewer:?}");
+        assert_eq!(drain(&mut rx, Duration::from_millis(300)).await, 0);
+        let actual = dp.read_actual().await.expect("read");
+        assert!(diff(&want_fewer, &actual).is_empty());
+
+        // Real drift is still signalled.
+        let t0 = Instant::now();
+        ip_n(&ns, &format!("route del {}", p.subnet));
+        let got = timeout(Duration::from_secs(1), rx.recv()).await;
+        assert!(matches!(got, Ok(Some(()))), "drift not signalled");
+        eprintln!("drift signalled after {:?}", t0.elapsed());
+        let repair = dp.reconcile(&want_fewer).await.expect("repair");
+        assert_eq!(repair.ops_applied, 1, "{repair:?}");
+
+        // A failed op withdraws the expectation: the next light pass reads the kernel.
+        let mut broken = want_fewer.clone();
+        if let Some(r) = broken.routes.values_mut().next() {
+            r.dev = "no-such-dev".into();
+        }
+        let failed = dp.reconcile_known(&broken).await.expect("broken");
+        assert!(!failed.errors.is_empty());
+        assert!(dp.expected().get().is_none());
+        let after = dp
+            .reconcile_known(&want_fewer)
+            .await
+            .expect("after failure");
+        assert!(after.read_kernel && after.errors.is_empty(), "{after:?}");
+        monitor.stats()
+    });
+    eprintln!("monitor: {stats:?}");
+    assert!(stats.expected > 0, "own changes were seen and recognised");
+}

@@ -143,7 +143,7 @@ fn is_kernel_address(a: &Address) -> bool {
 }
 
 /// Whether a link needs `SetLink`: kind equal, mutable attributes differ.
-fn needs_set(d: &Link, a: &Link) -> bool {
+pub(crate) fn needs_set(d: &Link, a: &Link) -> bool {
     d.mtu != a.mtu || d.up != a.up || (d.mac.is_some() && d.mac != a.mac)
 }
 

@@ -190,17 +190,18 @@ impl Links {
 
 /// Execute `ops` in order (see module docs).
 pub async fn apply(handle: &Handle, ops: &[Op]) -> ApplyReport {
-    apply_with_index(handle, ops, HashMap::new()).await
+    apply_with_index(handle, ops, &mut HashMap::new()).await
 }
 
-/// [`apply`] with link indexes already known from a dump.
+/// [`apply`] with link indexes already known (from a dump or an earlier run); `index` is
+/// updated with what this run learned or changed, so the next run can reuse it.
 pub async fn apply_with_index(
     handle: &Handle,
     ops: &[Op],
-    index: HashMap<String, u32>,
+    index: &mut HashMap<String, u32>,
 ) -> ApplyReport {
     let mut links = Links {
-        index,
+        index: std::mem::take(index),
         failed: HashSet::new(),
     };
     let mut report = ApplyReport::default();
@@ -221,6 +222,7 @@ pub async fn apply_with_index(
             run_batch(handle, &mut links, batch, &mut report).await;
         }
     }
+    *index = links.index;
     report
 }
 

@@ -6,7 +6,8 @@
 //!   and permanent `self` FDB entries on owned links.
 //! - [`apply`]: execute ops in order, failures reported per op without stopping the others.
 //! - [`DriftMonitor`]: a signal when something trellis owns changes.
-//! - [`Dataplane`]: the facade the agent calls, `reconcile(desired)` = read + diff + apply.
+//! - [`Dataplane`]: the facade the agent calls, `reconcile(desired)` = read + diff + apply;
+//!   `reconcile_known(desired)` diffs against what the last clean pass left instead of reading.
 //!
 //! Every netlink socket belongs to the network namespace of the thread that opened it; open
 //! them on the thread (or under the `ip netns exec`) of the namespace to program.
@@ -14,17 +15,20 @@
 //! [`ROUTE_PROTOCOL`]: crate::dataplane::desired::ROUTE_PROTOCOL
 
 mod apply;
+mod expect;
 mod monitor;
 mod parse;
 mod read;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
 
 pub use apply::{apply, ApplyReport, OpError, IN_FLIGHT};
+pub use expect::{agrees, Expected};
 pub use monitor::{concerns_owned, DriftMonitor, MonitorStats, Owned};
 pub use read::read_actual;
 
@@ -88,6 +92,8 @@ pub struct ReconcileReport {
     pub errors: Vec<OpError>,
     /// Objects trellis owned in the kernel before applying (see `KernelState::len`).
     pub actual_len: usize,
+    /// Whether the kernel was read (else the diff ran against the last clean pass's result).
+    pub read_kernel: bool,
     /// Whole reconcile: read, diff and apply.
     pub duration: Duration,
 }
@@ -104,6 +110,12 @@ impl ReconcileReport {
 pub struct Dataplane {
     handle: Handle,
     connection: JoinHandle<()>,
+    /// What the kernel holds as far as this executor knows: the desired state of the last
+    /// pass that applied without error. Published to the drift monitor, which signals any
+    /// change that disagrees with it, so between signals it stays true.
+    known: Expected,
+    /// Link name -> ifindex, kept between passes for [`Dataplane::reconcile_known`].
+    index: HashMap<String, u32>,
 }
 
 impl Drop for Dataplane {
@@ -121,7 +133,15 @@ impl Dataplane {
         Ok(Dataplane {
             handle,
             connection: tokio::spawn(conn),
+            known: Expected::default(),
+            index: HashMap::new(),
         })
+    }
+
+    /// The state this executor drives the kernel to; give it to
+    /// [`DriftMonitor::start_expecting`] so that the executor's own changes are not drift.
+    pub fn expected(&self) -> Expected {
+        self.known.clone()
     }
 
     pub fn handle(&self) -> &Handle {
@@ -145,16 +165,50 @@ impl Dataplane {
     ) -> Result<ReconcileReport, NetlinkError> {
         let start = Instant::now();
         let snap = read::read_snapshot(&self.handle).await?;
-        let ops = diff(desired, &snap.state);
-        let index: HashMap<String, u32> = snap.names.into_iter().map(|(i, n)| (n, i)).collect();
-        let report = apply::apply_with_index(&self.handle, &ops, index).await;
-        Ok(ReconcileReport {
+        self.index = snap.names.into_iter().map(|(i, n)| (n, i)).collect();
+        Ok(self.apply_diff(desired, &snap.state, true, start).await)
+    }
+
+    /// [`Dataplane::reconcile`] without reading the kernel when the last pass left it as it
+    /// wanted: diff against that state instead. Only sound while a [`DriftMonitor`] started
+    /// with [`Dataplane::expected`] runs, and the caller does a full [`Dataplane::reconcile`]
+    /// on each of its signals (and periodically, for what the kernel changes silently).
+    pub async fn reconcile_known(
+        &mut self,
+        desired: &KernelState,
+    ) -> Result<ReconcileReport, NetlinkError> {
+        let Some(known) = self.known.get() else {
+            return self.reconcile(desired).await;
+        };
+        let start = Instant::now();
+        Ok(self.apply_diff(desired, &known, false, start).await)
+    }
+
+    async fn apply_diff(
+        &mut self,
+        desired: &KernelState,
+        actual: &KernelState,
+        read_kernel: bool,
+        start: Instant,
+    ) -> ReconcileReport {
+        let ops = diff(desired, actual);
+        if self.known.get().as_deref() != Some(desired) {
+            // Published before applying: the notifications of these ops agree with it.
+            self.known.set(Some(Arc::new(desired.clone())));
+        }
+        let report = apply::apply_with_index(&self.handle, &ops, &mut self.index).await;
+        if !report.errors.is_empty() {
+            // Some of it did not happen: what the kernel holds is unknown until read again.
+            self.known.set(None);
+        }
+        ReconcileReport {
             ops_planned: ops.len(),
             ops_applied: report.applied,
             applied_by_label: report.applied_by_label,
             errors: report.errors,
-            actual_len: snap.state.len(),
+            actual_len: actual.len(),
+            read_kernel,
             duration: start.elapsed(),
-        })
+        }
     }
 }

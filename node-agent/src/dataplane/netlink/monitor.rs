@@ -4,15 +4,16 @@
 //!
 //! The signal carries no detail: the reconcile reads the whole owned state anyway, and a
 //! capacity-1 channel coalesces a burst (a deleted device drops thousands of entries) into
-//! one pending signal. The agent's own changes are notified too, so each reconcile that
-//! applied ops is followed by one more that finds nothing to do.
+//! one pending signal. The agent's own changes are notified too; given the state the executor
+//! is driving the kernel to ([`Expected`]), the monitor drops notifications that agree with it
+//! (see `expect`), so a pass that changed something is not followed by a full re-read.
 //!
 //! The socket lives in the network namespace of the thread that calls [`DriftMonitor::start`]
 //! (the process's when run under `ip netns exec`). If the kernel drops notifications because
 //! the socket's buffer overflowed, the monitor signals: what was lost is unknown. If the socket
 //! fails for good, the receiver yields `None`: start a new monitor and reconcile.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,7 @@ use rtnetlink::{MulticastGroup, RouteMessageBuilder};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::expect::{self, Expected};
 use super::parse;
 use super::NetlinkError;
 use crate::dataplane::desired::is_owned_link_name;
@@ -52,6 +54,7 @@ pub struct DriftMonitor {
 struct Counters {
     relevant: AtomicU64,
     overruns: AtomicU64,
+    expected: AtomicU64,
 }
 
 /// Counts since start, for metrics.
@@ -61,6 +64,9 @@ pub struct MonitorStats {
     pub relevant: u64,
     /// Times the kernel dropped notifications because the socket buffer was full.
     pub overruns: u64,
+    /// Notifications about trellis's objects that agreed with the expected state (the
+    /// agent's own changes, mostly): not signalled.
+    pub expected: u64,
 }
 
 impl Drop for DriftMonitor {
@@ -76,6 +82,8 @@ impl Drop for DriftMonitor {
 #[derive(Debug, Default, Clone)]
 pub struct Owned {
     links: HashSet<u32>,
+    /// Every link's name by index: notifications name devices by index only.
+    names: HashMap<u32, String>,
     route_dsts: HashSet<IpNetwork>,
 }
 
@@ -84,11 +92,21 @@ impl Owned {
         self.links.contains(&index)
     }
 
+    pub fn name(&self, index: u32) -> Option<&str> {
+        self.names.get(&index).map(String::as_str)
+    }
+
     /// Learn from a link message (dump or notification); true if it concerns an owned link,
     /// including one renamed away from a trellis name.
     fn observe_link(&mut self, msg: &LinkMessage, deleted: bool) -> bool {
         let index = msg.header.index;
-        let owned_name = parse::link_name(msg).is_some_and(is_owned_link_name);
+        let name = parse::link_name(msg);
+        if deleted {
+            self.names.remove(&index);
+        } else if let Some(n) = name.filter(|n| self.name(index) != Some(n)) {
+            self.names.insert(index, n.to_string());
+        }
+        let owned_name = name.is_some_and(is_owned_link_name);
         let was_owned = if deleted || !owned_name {
             self.links.remove(&index)
         } else {
@@ -150,6 +168,14 @@ impl DriftMonitor {
     /// Subscribe, learn the current owned links and routes, and start watching. Must run inside a Tokio
     /// runtime. Once this returns, every later change is signalled.
     pub async fn start() -> Result<(DriftMonitor, mpsc::Receiver<()>), NetlinkError> {
+        DriftMonitor::start_expecting(Expected::default()).await
+    }
+
+    /// [`DriftMonitor::start`], not signalling changes that agree with `expected` (which the
+    /// executor keeps up to date: `Dataplane::expected`).
+    pub async fn start_expecting(
+        expected: Expected,
+    ) -> Result<(DriftMonitor, mpsc::Receiver<()>), NetlinkError> {
         let groups = [
             MulticastGroup::Link,
             MulticastGroup::Ipv4Ifaddr,
@@ -177,7 +203,14 @@ impl DriftMonitor {
         let counters = Arc::new(Counters::default());
         // The handle stays alive in the task: dropping every handle would let the connection
         // shut down.
-        let watcher = tokio::spawn(watch(messages, owned, tx, handle, counters.clone()));
+        let watcher = tokio::spawn(watch(
+            messages,
+            owned,
+            expected,
+            tx,
+            handle,
+            counters.clone(),
+        ));
         Ok((
             DriftMonitor {
                 connection,
@@ -192,6 +225,7 @@ impl DriftMonitor {
         MonitorStats {
             relevant: self.counters.relevant.load(Ordering::Relaxed),
             overruns: self.counters.overruns.load(Ordering::Relaxed),
+            expected: self.counters.expected.load(Ordering::Relaxed),
         }
     }
 }
@@ -232,6 +266,7 @@ const RESEED_AFTER: Duration = Duration::from_millis(100);
 async fn watch(
     mut messages: Messages,
     mut owned: Owned,
+    expected: Expected,
     tx: mpsc::Sender<()>,
     handle: rtnetlink::Handle,
     counters: Arc<Counters>,
@@ -257,7 +292,16 @@ async fn watch(
             return;
         };
         let relevant = match &msg.payload {
-            NetlinkPayload::InnerMessage(m) => concerns_owned(m, &mut owned),
+            NetlinkPayload::InnerMessage(m) => {
+                concerns_owned(m, &mut owned)
+                    && !expected.get().is_some_and(|e| {
+                        let agrees = expect::agrees(m, &owned, &e);
+                        if agrees {
+                            counters.expected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        agrees
+                    })
+            }
             NetlinkPayload::Overrun(_) => {
                 counters.overruns.fetch_add(1, Ordering::Relaxed);
                 reseed = true;

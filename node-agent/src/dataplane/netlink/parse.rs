@@ -217,7 +217,7 @@ pub struct NeighInfo {
 
 /// `NDA_DST`. The parser only knows its type for AF_INET/AF_INET6 messages; in an AF_BRIDGE
 /// (FDB) message it is raw bytes whose length tells the family.
-fn neigh_ip(msg: &NeighbourMessage) -> Option<IpAddr> {
+pub fn neigh_ip(msg: &NeighbourMessage) -> Option<IpAddr> {
     msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
@@ -232,7 +232,7 @@ fn neigh_ip(msg: &NeighbourMessage) -> Option<IpAddr> {
     })
 }
 
-fn neigh_mac(msg: &NeighbourMessage) -> Option<Mac> {
+pub fn neigh_mac(msg: &NeighbourMessage) -> Option<Mac> {
     msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::LinkLayerAddress(b) => mac_from(b),
         _ => None,

@@ -78,7 +78,7 @@ fn ipip_has_no_mac() {
     assert_eq!(link_mac(&m), None);
 }
 
-fn neigh(
+pub(crate) fn neigh(
     family: AddressFamily,
     state: NeighbourState,
     attrs: Vec<NeighbourAttribute>,
@@ -91,7 +91,7 @@ fn neigh(
     m
 }
 
-fn lladdr(b: [u8; 6]) -> NeighbourAttribute {
+pub(crate) fn lladdr(b: [u8; 6]) -> NeighbourAttribute {
     NeighbourAttribute::LinkLayerAddress(b.to_vec())
 }
 
