@@ -21,23 +21,25 @@ use crate::spec::{Env, NetConf};
 pub async fn run(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let host = netns::host_netlink()?;
     let host_name = names::host_veth_name(&env.container_id, &env.ifname);
-    let found = link::get_link(&host, &host_name)
+    let mut found = link::get_link(&host, &host_name)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {host_name}"), e))?;
-    match &found {
-        Some(l) => {
-            link::detach(&host, l.header.index)
-                .await
-                .map_err(|e| nl_err(format_args!("cannot detach {host_name}"), e))?;
+    if let Some(l) = &found {
+        match link::detach(&host, l.header.index).await {
+            Ok(()) => {}
+            // The reaper of an earlier DEL of this attachment (containerd
+            // sends a second DEL on sandbox removal) removed it meanwhile.
+            Err(e) if link::errno(&e) == Some(libc::ENODEV) => found = None,
+            Err(e) => return Err(nl_err(format_args!("cannot detach {host_name}"), e)),
         }
-        None => {
-            // The host end may have been removed by hand while the pod end
-            // survived; removing the pod end removes the pair.
-            if let Some(path) = &env.netns {
-                if let Ok(ns) = NetNs::open(path) {
-                    if let Ok(pod) = ns.netlink() {
-                        let _ = link::delete_link(&pod, &env.ifname).await;
-                    }
+    }
+    if found.is_none() {
+        // The host end may have been removed by hand while the pod end
+        // survived; removing the pod end removes the pair.
+        if let Some(path) = &env.netns {
+            if let Ok(ns) = NetNs::open(path) {
+                if let Ok(pod) = ns.netlink() {
+                    let _ = link::delete_link(&pod, &env.ifname).await;
                 }
             }
         }
