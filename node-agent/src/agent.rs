@@ -32,6 +32,7 @@ use crate::cluster::{
 use crate::config::{BackendType, NetConfig};
 use crate::dataplane::desired::Mac;
 use crate::dataplane::netlink::{Dataplane, DriftMonitor};
+use crate::debug_state::{DebugState, PassContext};
 use crate::firewall::exec::Exec;
 use crate::firewall::executor::{self as fw, Backend as FwBackend, Firewall};
 use crate::firewall::rules::RuleSet;
@@ -152,7 +153,7 @@ struct LoopState {
 async fn run(args: RunArgs) -> Result<(), AgentError> {
     info!(node = %args.node_name, "trellis-agent starting");
     let metrics = Arc::new(Metrics::default());
-    let (debug_tx, debug_rx) = watch::channel(String::from("{}"));
+    let (debug_tx, debug_rx) = watch::channel(Arc::new(DebugState::default()));
     let (beat_tx, beat_rx) = watch::channel(Instant::now());
     let listener = tokio::net::TcpListener::bind(args.health_addr)
         .await
@@ -270,7 +271,13 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     loop {
         // Wait for the first complete Node list: planning from a partial
         // view would delete the entries of peers not listed yet.
-        if !view_status.borrow().synced {
+        let status = *view_status.borrow();
+        if !status.synced {
+            if status.listed > 0 {
+                if let Some(config) = config_rx.borrow().clone() {
+                    prefill(&view, &config, &plan_opts, &mut dataplane).await;
+                }
+            }
             tokio::select! {
                 _ = view_status.changed() => continue,
                 _ = sigterm.recv() => break,
@@ -327,6 +334,36 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Program the peers listed so far while the first Node list is still arriving, adding only
+/// (see `Dataplane::reconcile_additions`). Failures are left to the first full pass.
+async fn prefill(
+    view: &Arc<Mutex<ClusterView>>,
+    config: &NetConfig,
+    plan_opts: &PlanOptions,
+    dataplane: &mut Dataplane,
+) {
+    let plan = {
+        let v = match view.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        backend::plan(&v, config, plan_opts)
+    };
+    let Ok(plan) = plan else {
+        return;
+    };
+    match dataplane.reconcile_additions(&plan.state.kernel).await {
+        Ok(r) => tracing::debug!(
+            peers = plan.peers,
+            ops = r.ops_applied,
+            errors = r.errors.len(),
+            took = ?r.duration,
+            "programmed the peers listed so far"
+        ),
+        Err(e) => tracing::debug!("cannot program the peers listed so far: {e}"),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn pass(
     args: &RunArgs,
@@ -339,7 +376,7 @@ async fn pass(
     events: &NodeEvents,
     metrics: &Metrics,
     st: &mut LoopState,
-    debug_tx: &watch::Sender<String>,
+    debug_tx: &watch::Sender<Arc<DebugState>>,
 ) {
     let started = Instant::now();
     let (plan, keys) = {
@@ -389,11 +426,24 @@ async fn pass(
 
     let mut ok = true;
     let full = std::mem::take(&mut st.full);
-    let reconciled = if full {
-        dataplane.reconcile(&plan.state.kernel).await
-    } else {
-        dataplane.reconcile_known(&plan.state.kernel).await
+    let kernel = async {
+        if full {
+            dataplane.reconcile(&plan.state.kernel).await
+        } else {
+            dataplane.reconcile_known(&plan.state.kernel).await
+        }
     };
+    // The rules do not depend on the kernel entries: check them meanwhile.
+    let rules = sync_firewall(
+        firewall.as_ref(),
+        &mut st.old_firewall,
+        &mut st.firewall_synced,
+        &mut st.firewall_installed,
+        &plan.state.firewall,
+        full,
+    );
+    let (reconciled, (firewall_ok, firewall_drift)) = tokio::join!(kernel, rules);
+    ok &= firewall_ok;
     match reconciled {
         Ok(report) => {
             for (label, n) in &report.applied_by_label {
@@ -411,36 +461,6 @@ async fn pass(
             warn!("cannot read kernel state: {e}");
             ok = false;
         }
-    }
-    let mut firewall_drift = String::new();
-    if let (Some(prev), Some(next)) = (st.old_firewall.as_ref(), firewall.as_ref()) {
-        st.firewall_synced = None;
-        match fw::switch(prev, next, &plan.state.firewall).await {
-            Ok(()) => st.old_firewall = None,
-            Err(e) => warn!("firewall switch (will retry): {e}"),
-        }
-    }
-    let firewall_current = !full && st.firewall_synced.as_ref() == Some(&plan.state.firewall);
-    match firewall.as_ref() {
-        Some(_) if firewall_current => {}
-        Some(fw) => {
-            st.firewall_synced = None;
-            match fw.resync(&plan.state.firewall).await {
-                Ok(d) => {
-                    if !d.is_clean() {
-                        info!("firewall rules resynced:\n{d}");
-                        firewall_drift = d.to_string();
-                    }
-                    st.firewall_synced = Some(plan.state.firewall.clone());
-                }
-                Err(e) => {
-                    warn!("firewall: {e}");
-                    ok = false;
-                }
-            }
-            st.firewall_installed = fw.installed().await.to_string();
-        }
-        None => ok = false,
     }
     match trellis_cni::subnet_env::write_atomic(&args.subnet_file, &plan.state.subnet_env) {
         Ok(true) => {
@@ -464,6 +484,10 @@ async fn pass(
             ok = false;
         }
     }
+    if ok {
+        // Ready means programmed; the Node condition and the Event below only report it.
+        metrics.set_ready(true);
+    }
     if ok && !st.network_available {
         match own.set_network_available().await {
             Ok(_) => {
@@ -479,7 +503,6 @@ async fn pass(
         }
     }
     if ok {
-        metrics.set_ready(true);
         if let Some((from, to, t0)) = st.switch_started.take() {
             let took = t0.elapsed();
             metrics
@@ -509,7 +532,7 @@ async fn pass(
             Err(p) => p.into_inner(),
         };
         let l = v.local();
-        SnapshotContext {
+        PassContext {
             node: l.node_name.clone(),
             backend: backend_now.as_str().to_string(),
             lease: format!(
@@ -528,9 +551,53 @@ async fn pass(
             firewall_backend: firewall_backend.to_string(),
             firewall: st.firewall_installed.clone(),
             firewall_drift,
+            converged: ok,
         }
     };
-    let _ = debug_tx.send(debug_snapshot(&plan, ok, &ctx));
+    let _ = debug_tx.send(Arc::new(DebugState::new(plan, ctx)));
+}
+
+/// Bring the firewall to `rules`: finish a backend switch, then check (and repair) the rules
+/// on a full pass or when they changed. Returns whether it holds them and the drift repaired.
+async fn sync_firewall(
+    firewall: Option<&Firewall>,
+    old: &mut Option<Firewall>,
+    synced: &mut Option<RuleSet>,
+    installed: &mut String,
+    rules: &RuleSet,
+    full: bool,
+) -> (bool, String) {
+    let Some(current) = firewall else {
+        return (false, String::new());
+    };
+    if let Some(prev) = old.as_ref() {
+        *synced = None;
+        match fw::switch(prev, current, rules).await {
+            Ok(()) => *old = None,
+            Err(e) => warn!("firewall switch (will retry): {e}"),
+        }
+    }
+    if !full && synced.as_ref() == Some(rules) {
+        return (true, String::new());
+    }
+    *synced = None;
+    let result = match current.resync(rules).await {
+        Ok(d) => {
+            *synced = Some(rules.clone());
+            let mut drift = String::new();
+            if !d.is_clean() {
+                info!("firewall rules resynced:\n{d}");
+                drift = d.to_string();
+            }
+            (true, drift)
+        }
+        Err(e) => {
+            warn!("firewall: {e}");
+            (false, String::new())
+        }
+    };
+    *installed = current.installed().await.to_string();
+    result
 }
 
 /// The firewall executor for `config`, switching backends without a gap
@@ -565,33 +632,4 @@ async fn ensure_firewall(
         }
     }
     Some(next)
-}
-
-struct SnapshotContext {
-    node: String,
-    backend: String,
-    lease: String,
-    underlay: String,
-    firewall_backend: String,
-    firewall: String,
-    firewall_drift: String,
-}
-
-fn debug_snapshot(plan: &backend::Plan, ok: bool, ctx: &SnapshotContext) -> String {
-    serde_json::json!({
-        "node": ctx.node,
-        "backend": ctx.backend,
-        "lease": ctx.lease,
-        "underlay": ctx.underlay,
-        "firewall_backend": ctx.firewall_backend,
-        "firewall": ctx.firewall,
-        "firewall_drift": ctx.firewall_drift,
-        "converged": ok,
-        "peers": plan.peers,
-        "skipped": plan.skipped.iter().map(|s| serde_json::json!({"node": s.node, "reason": s.reason.to_string()})).collect::<Vec<_>>(),
-        "mtu": plan.state.mtu,
-        "subnet_env": plan.state.subnet_env.render(),
-        "kernel": crate::status::describe(&plan.state.kernel),
-    })
-    .to_string()
 }

@@ -9,13 +9,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::debug_state::DebugState;
 use crate::metrics::Metrics;
 
 /// What the endpoints answer from; updated by the agent loop.
 pub struct HealthState {
     pub metrics: Arc<Metrics>,
     /// JSON snapshot for `status` (last desired state, last report).
-    pub debug: watch::Receiver<String>,
+    pub debug: watch::Receiver<Arc<DebugState>>,
     /// Bumped by the loop on every pass; `/healthz` fails if it stalls.
     pub heartbeat: watch::Receiver<std::time::Instant>,
     pub stall_after: Duration,
@@ -77,7 +78,7 @@ fn answer(path: &str, s: &HealthState) -> (&'static str, &'static str, String) {
             }
         }
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", s.metrics.render()),
-        "/debug/state" => ("200 OK", "application/json", s.debug.borrow().clone()),
+        "/debug/state" => ("200 OK", "application/json", s.debug.borrow().render()),
         _ => ("404 Not Found", TEXT, "not found\n".into()),
     }
 }

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;
+pub mod debug_state;
 pub mod firewall;
 pub mod health;
 pub mod install_cni;

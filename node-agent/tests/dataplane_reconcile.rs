@@ -397,3 +397,36 @@ fn dual_stack_programs_both_devices_and_is_idempotent() {
     assert_eq!(neighbours(ns, "flannel-v6.1"), neigh);
     assert_eq!(fdb(ns, "flannel-v6.1"), fdb_want);
 }
+
+/// A restart while the first Node list arrives: entries of peers not listed yet survive the
+/// additions-only passes, and the first light pass after them reads the kernel and removes
+/// exactly the stale peer.
+#[test]
+fn additions_only_passes_keep_unlisted_peers_until_the_full_pass() {
+    let node = node("prefill");
+    let ns = &node.ns;
+    let all = peers();
+    let config = vxlan_config(1, 8472);
+    // Before the restart: peers 2 and 4 programmed (4 has left the cluster since).
+    let before = desired(node.lease(), &config, &[all[0].clone(), all[2].clone()]);
+    // Listed so far: peer 3 only; then the complete list: peers 2 and 3.
+    let listed = desired(node.lease(), &config, &all[1..2]);
+    let complete = desired(node.lease(), &config, &all[..2]);
+    let (prefill, prefill_again, full, routes_between) = ns.run(move || async move {
+        let mut dp = Dataplane::new().expect("dataplane");
+        reconcile(&mut dp, &before).await;
+        let mut dp = Dataplane::new().expect("restarted dataplane");
+        let prefill = dp.reconcile_additions(&listed).await.expect("prefill");
+        let again = dp.reconcile_additions(&listed).await.expect("prefill again");
+        let between = dp.read_actual().await.expect("read").routes.len();
+        let full = dp.reconcile_known(&complete).await.expect("first full pass");
+        (prefill, again, full, between)
+    });
+    assert!(prefill.read_kernel && prefill.errors.is_empty(), "{prefill:?}");
+    assert_eq!(prefill.ops_applied, 3, "only peer 3's entries: {prefill:?}");
+    assert_eq!(prefill_again.ops_planned, 0, "{prefill_again:?}");
+    assert_eq!(routes_between, 3, "nothing deleted while the list is incomplete");
+    assert!(full.read_kernel, "the pass after additions reads the kernel: {full:?}");
+    assert_eq!(full.ops_applied, 3, "peer 4's three entries removed: {full:?}");
+    assert_eq!(trellis_routes(ns).len(), 2);
+}

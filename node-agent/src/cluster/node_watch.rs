@@ -44,7 +44,13 @@ pub struct ViewStatus {
     /// The first full list has completed. Before that the view is partial: planning from it
     /// would delete the entries of peers not listed yet, so the planner must wait for this.
     pub synced: bool,
+    /// Nodes received so far by the first list, bumped every [`LIST_PROGRESS_STEP`] while it
+    /// is in flight: the planner may program what is listed, adding only.
+    pub listed: u64,
 }
+
+/// How many listed Nodes make a progress report during the first list.
+pub const LIST_PROGRESS_STEP: u64 = 250;
 
 /// Counters for metrics.
 #[derive(Debug, Default)]
@@ -184,7 +190,14 @@ impl NodeWatcher {
                 tracing::warn!(node = %n.name, "our own Node was deleted; keeping the dataplane as is");
             }
         }
+        let listed_item = matches!(event, Event::InitApply(_));
         let outcome = feed.apply(&mut lock_view(&self.view), event);
+        if listed_item && !feed.synced() {
+            let n = self.stats.events.load(Ordering::Relaxed);
+            if n.is_multiple_of(LIST_PROGRESS_STEP) {
+                self.status.send_modify(|s| s.listed = n);
+            }
+        }
         if outcome.relisted {
             let n = self.stats.relists.fetch_add(1, Ordering::Relaxed) + 1;
             let nodes = lock_view(&self.view).node_count();

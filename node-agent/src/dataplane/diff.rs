@@ -47,6 +47,18 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the op removes something from the kernel.
+    pub fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            Op::DeleteLink(_)
+                | Op::DeleteAddress(_)
+                | Op::DeleteNeighbour(_)
+                | Op::DeleteFdb(_)
+                | Op::DeleteRoute(_)
+        )
+    }
+
     /// A stable label for metrics (`op="..."`).
     pub fn label(&self) -> &'static str {
         match self {

@@ -146,17 +146,6 @@ fn needed_link(op: &Op) -> Option<&str> {
     }
 }
 
-fn is_delete(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::DeleteLink(_)
-            | Op::DeleteAddress(_)
-            | Op::DeleteNeighbour(_)
-            | Op::DeleteFdb(_)
-            | Op::DeleteRoute(_)
-    )
-}
-
 /// Link name -> ifindex, learned from the dump and looked up on demand.
 struct Links {
     index: HashMap<String, u32>,
@@ -271,7 +260,7 @@ async fn run_batch(handle: &Handle, links: &mut Links, batch: &[Op], report: &mu
                     None => 0,
                     Some((_, Some(Ok(Some(i))))) => *i,
                     // The link is gone: so is everything that lived on it.
-                    Some(_) if is_delete(op) => return Ok(()),
+                    Some(_) if op.is_delete() => return Ok(()),
                     Some((name, Some(Ok(None)))) | Some((name, None)) => {
                         return Err(Failure {
                             errno: Some(libc::ENODEV),

@@ -105,6 +105,12 @@ impl ReconcileReport {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deletes {
+    Apply,
+    Skip,
+}
+
 /// The netlink executor the agent holds for its whole life.
 #[derive(Debug)]
 pub struct Dataplane {
@@ -116,6 +122,9 @@ pub struct Dataplane {
     known: Expected,
     /// Link name -> ifindex, kept between passes for [`Dataplane::reconcile_known`].
     index: HashMap<String, u32>,
+    /// The kernel may hold more than `known` (additions only were applied): the next light
+    /// pass must read it.
+    unread_extras: bool,
 }
 
 impl Drop for Dataplane {
@@ -135,6 +144,7 @@ impl Dataplane {
             connection: tokio::spawn(conn),
             known: Expected::default(),
             index: HashMap::new(),
+            unread_extras: false,
         })
     }
 
@@ -166,7 +176,10 @@ impl Dataplane {
         let start = Instant::now();
         let snap = read::read_snapshot(&self.handle).await?;
         self.index = snap.names.into_iter().map(|(i, n)| (n, i)).collect();
-        Ok(self.apply_diff(desired, &snap.state, true, start).await)
+        self.unread_extras = false;
+        Ok(self
+            .apply_diff(desired, &snap.state, true, start, Deletes::Apply)
+            .await)
     }
 
     /// [`Dataplane::reconcile`] without reading the kernel when the last pass left it as it
@@ -177,11 +190,37 @@ impl Dataplane {
         &mut self,
         desired: &KernelState,
     ) -> Result<ReconcileReport, NetlinkError> {
-        let Some(known) = self.known.get() else {
-            return self.reconcile(desired).await;
+        let known = match self.known.get() {
+            Some(k) if !self.unread_extras => k,
+            _ => return self.reconcile(desired).await,
         };
         let start = Instant::now();
-        Ok(self.apply_diff(desired, &known, false, start).await)
+        Ok(self
+            .apply_diff(desired, &known, false, start, Deletes::Apply)
+            .await)
+    }
+
+    /// Apply what `desired` adds or changes and delete nothing: for a view known to be
+    /// incomplete (the first Node list still arriving), where deleting what it lacks would
+    /// delete the entries of peers not listed yet. Programming those already listed while the
+    /// rest arrives overlaps the API list with the kernel work at start.
+    pub async fn reconcile_additions(
+        &mut self,
+        desired: &KernelState,
+    ) -> Result<ReconcileReport, NetlinkError> {
+        let start = Instant::now();
+        let (actual, read_kernel) = match self.known.get() {
+            Some(k) => (k, false),
+            None => {
+                let snap = read::read_snapshot(&self.handle).await?;
+                self.index = snap.names.into_iter().map(|(i, n)| (n, i)).collect();
+                (Arc::new(snap.state), true)
+            }
+        };
+        self.unread_extras = true;
+        Ok(self
+            .apply_diff(desired, &actual, read_kernel, start, Deletes::Skip)
+            .await)
     }
 
     async fn apply_diff(
@@ -190,8 +229,12 @@ impl Dataplane {
         actual: &KernelState,
         read_kernel: bool,
         start: Instant,
+        deletes: Deletes,
     ) -> ReconcileReport {
-        let ops = diff(desired, actual);
+        let mut ops = diff(desired, actual);
+        if deletes == Deletes::Skip {
+            ops.retain(|op| !op.is_delete());
+        }
         if self.known.get().as_deref() != Some(desired) {
             // Published before applying: the notifications of these ops agree with it.
             self.known.set(Some(Arc::new(desired.clone())));
