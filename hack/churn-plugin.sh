@@ -10,5 +10,12 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "run as root: the campaign creates network namespaces" >&2; exit 1; }
 seconds="${1:-600}"
 hack/install-deps.sh
-cargo build --release --locked -p trellis-cni --bin trellis
-exec python3 hack/churn-plugin.py "${CARGO_TARGET_DIR:-target}/release/trellis" "$seconds" "${CHURN_RESULT:-/tmp/trellis-churn.json}"
+# GNU time measures each plugin run's own max RSS (see churn-plugin.py).
+[ -x /usr/bin/time ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time; }
+# TRELLIS_PLUGIN=path skips the release build (hack/test.sh passes its debug build).
+plugin="${TRELLIS_PLUGIN:-}"
+if [ -z "$plugin" ]; then
+  cargo build --release --locked -p trellis-cni --bin trellis
+  plugin="${CARGO_TARGET_DIR:-target}/release/trellis"
+fi
+exec python3 hack/churn-plugin.py "$plugin" "$seconds" "${CHURN_RESULT:-/tmp/trellis-churn.json}"

@@ -11,5 +11,10 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "run as root: the campaign creates network namespaces" >&2; exit 1; }
 runs="${1:-300}"
 hack/install-deps.sh
-cargo build --release --locked -p trellis-cni --bin trellis
-exec python3 hack/crash-plugin.py "${CARGO_TARGET_DIR:-target}/release/trellis" "$runs" "${CRASH_RESULT:-/tmp/trellis-crash.json}"
+# TRELLIS_PLUGIN=path skips the release build (hack/test.sh passes its debug build).
+plugin="${TRELLIS_PLUGIN:-}"
+if [ -z "$plugin" ]; then
+  cargo build --release --locked -p trellis-cni --bin trellis
+  plugin="${CARGO_TARGET_DIR:-target}/release/trellis"
+fi
+exec python3 hack/crash-plugin.py "$plugin" "$runs" "${CRASH_RESULT:-/tmp/trellis-crash.json}"

@@ -192,3 +192,56 @@ fn sigkill_during_add_leaks_nothing_and_the_retry_works() {
         "kills should land inside the ADD, got {stages:?} (ADD {add_time:?})"
     );
 }
+
+fn ifindex(ns: &Netns, name: &str) -> Option<u32> {
+    let (ok, out) = ns.exec(&["ip", "-o", "link", "show", "dev", name]);
+    if !ok {
+        return None;
+    }
+    out.split(':').next().and_then(|i| i.trim().parse().ok())
+}
+
+/// The state a DEL leaves for its reaper (host end down and off the bridge),
+/// then an immediate ADD of the same attachment, as after a killed ADD. The
+/// ADD must not adopt that pair: the reaper may delete it at any moment (the
+/// crash campaign caught exactly that: "vanished after creation").
+#[test]
+fn add_replaces_a_pair_left_for_the_reaper_and_the_reaper_spares_the_new_one() {
+    let node = Node::new("reap", SUBNET_ENV);
+    let pod = Netns::new("pod");
+    let conf = node.conf("1.0.0", "");
+    let add = node.cni("ADD", "r1", Some(&pod.path()), "eth0", &conf);
+    assert!(add.ok, "{}", add.stdout);
+    let veth = add.json()["interfaces"][1]["name"]
+        .as_str()
+        .expect("host veth in result")
+        .to_string();
+    let old = ifindex(&node.ns, &veth).expect("host veth exists");
+    for args in [["nomaster", ""], ["down", ""]] {
+        let (ok, out) = node.ns.exec(&["ip", "link", "set", &veth, args[0]]);
+        assert!(ok, "{out}");
+    }
+
+    let again = node.cni("ADD", "r1", Some(&pod.path()), "eth0", &conf);
+    assert!(again.ok, "{}", again.stdout);
+    let new = ifindex(&node.ns, &veth).expect("host veth after retry");
+    assert_ne!(
+        new, old,
+        "ADD adopted the pair its DEL handed to the reaper"
+    );
+    let (_, d) = node.ns.exec(&["ip", "-d", "link", "show", &veth]);
+    assert!(d.contains("master cni0") && d.contains("state UP"), "{d}");
+
+    // The late reaper of the old pair leaves the new one alone.
+    let reap = run_in(
+        Some(&node.ns),
+        PLUGIN,
+        &[("TRELLIS_REAP_LINK", &format!("{old}:{veth}"))],
+        "",
+    );
+    assert!(reap.ok);
+    assert_eq!(ifindex(&node.ns, &veth), Some(new));
+    assert!(pod.ping(GATEWAY), "pod lost its network");
+    assert!(node.cni("DEL", "r1", Some(&pod.path()), "eth0", &conf).ok);
+    assert_eq!(node.ns.settled_trellis_veths(), Vec::<String>::new());
+}

@@ -222,7 +222,7 @@ fn gateway_for(plan: &NetworkPlan, ip: IpAddr) -> Option<IpAddr> {
 
 /// The host veth name is taken. If it is this attachment's pair from an
 /// earlier ADD (the pod end is in this netns), keep it; if it is a leftover
-/// of a crashed attempt, replace it.
+/// of a crashed attempt or of a DEL, replace it.
 async fn reuse_or_recreate(
     host: &rtnetlink::Handle,
     pod: &rtnetlink::Handle,
@@ -244,7 +244,7 @@ async fn reuse_or_recreate(
             if matches!(
                 link::kind(&p),
                 Some(netlink_packet_route::link::InfoKind::Veth)
-            ) =>
+            ) && !detached_by_del(&h) =>
         {
             if link::controller(&h) != Some(bridge_index) {
                 link::set_controller(host, h.header.index, bridge_index)
@@ -280,6 +280,15 @@ async fn reuse_or_recreate(
             .await
             .map_err(|e| nl_err(format_args!("cannot create veth {}", spec.host_name), e)),
     }
+}
+
+/// A pair that a DEL of this attachment took down and off the bridge is
+/// its reaper's to destroy, and the reaper may be about to: re-attaching it
+/// would race that delete (found by hack/crash-plugin.sh: DEL after a killed
+/// ADD, then an immediate retry). ADD replaces such a pair instead; the
+/// reaper deletes by ifindex, so it cannot hit the new one.
+fn detached_by_del(host_end: &netlink_packet_route::link::LinkMessage) -> bool {
+    !link::is_up(host_end) && link::controller(host_end).is_none()
 }
 
 /// Best-effort rollback of a failed ADD: same as DEL, errors ignored.

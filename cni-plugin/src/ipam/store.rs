@@ -205,7 +205,7 @@ impl Store {
     /// writer holds the lock we hold now, so no live process is about to fill
     /// it: it is removed here, or the address would leak for good.
     pub fn records(&self) -> Result<Vec<Record>, CniError> {
-        let listing = openat(
+        let mut listing = openat(
             &self.fd,
             ".",
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -214,7 +214,6 @@ impl Store {
         .and_then(Dir::from_fd)
         .map_err(|e| io_error(format_args!("cannot list {}", self.dir.display()), e.into()))?;
         let mut names = Vec::new();
-        let mut listing = listing;
         for entry in listing.iter() {
             let entry = entry.map_err(|e| {
                 io_error(format_args!("cannot list {}", self.dir.display()), e.into())
