@@ -21,6 +21,7 @@ mod http;
 mod identity;
 mod patch;
 mod persist;
+pub mod rbac;
 mod resources;
 mod selector;
 mod semantics;
@@ -94,6 +95,13 @@ pub struct EmulatorConfig {
     pub bookmark_interval: Duration,
     /// How often changed state is written to `state.json` (and always at shutdown).
     pub persist_interval: Duration,
+    /// Extra bearer tokens and the user each authenticates as (e.g.
+    /// `system:serviceaccount:trellis-system:trellis`); the emulator's own token is an admin.
+    pub users: Vec<(String, String)>,
+    /// Enforce RBAC for the extra users with the roles and bindings of these manifests.
+    pub rbac: Option<rbac::Policy>,
+    /// Record every resource request per user (`GET /_emulator/audit`).
+    pub audit: bool,
 }
 
 impl EmulatorConfig {
@@ -106,6 +114,9 @@ impl EmulatorConfig {
             limits: StoreLimits::default(),
             bookmark_interval: Duration::from_secs(60),
             persist_interval: Duration::from_millis(500),
+            users: Vec::new(),
+            rbac: None,
+            audit: false,
         }
     }
 }
@@ -224,6 +235,9 @@ impl Emulator {
                 .unwrap_or_default(),
             state_path,
             persisted: tokio::sync::Mutex::new(u64::MAX),
+            users: config.users.iter().cloned().collect(),
+            rbac: config.rbac.clone(),
+            audit: config.audit.then(Default::default),
         });
         state.persist().await.map_err(|e| EmulatorError::Io {
             path: state.state_path.clone(),

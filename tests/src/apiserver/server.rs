@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::handlers;
 use super::http::{self, Body};
 use super::persist;
+use super::rbac::{self, User};
 use super::resources::{self, ResourceType};
 use super::status::ApiError;
 use super::store::Store;
@@ -43,6 +44,10 @@ pub struct ServerState {
     pub state_path: PathBuf,
     /// Generation of the store last written to `state_path`; the lock serializes writers.
     pub persisted: tokio::sync::Mutex<u64>,
+    /// Extra tokens -> user names (authorized by `rbac` when set).
+    pub users: HashMap<String, String>,
+    pub rbac: Option<rbac::Policy>,
+    pub audit: Option<rbac::Audit>,
 }
 
 impl ServerState {
@@ -154,12 +159,65 @@ pub fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
     }
 }
 
-fn authorized(state: &ServerState, req: &Request<Incoming>) -> bool {
-    req.headers()
+/// Who the bearer token authenticates, if anyone.
+fn authenticate(state: &ServerState, req: &Request<Incoming>) -> Option<User> {
+    let token = req
+        .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t.trim() == state.token)
+        .and_then(|v| v.strip_prefix("Bearer "))?
+        .trim();
+    if token == state.token {
+        return Some(User {
+            name: "kubernetes-admin".into(),
+            admin: true,
+        });
+    }
+    state.users.get(token).map(|name| User {
+        name: name.clone(),
+        admin: false,
+    })
+}
+
+/// Audit and, when a policy is loaded, authorize a resource request.
+fn authorize(
+    state: &ServerState,
+    user: &User,
+    method: &Method,
+    route: &Route,
+    query: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    let (rt, ns, name, sub, collection) = match route {
+        Route::Doc(_) => return Ok(()),
+        Route::Collection { rt, ns } => (rt, ns, None, None, true),
+        Route::Object { rt, ns, name, sub } => (rt, ns, Some(name), sub.as_deref(), false),
+    };
+    let watch = http::flag(query, "watch");
+    let name = match name {
+        Some(n) => n.clone(),
+        None if method == Method::GET => {
+            rbac::selected_name(query.get("fieldSelector").map(String::as_str))
+        }
+        None => String::new(),
+    };
+    let attrs = rbac::Attributes {
+        verb: rbac::verb(method, collection, watch).to_string(),
+        group: rt.group.to_string(),
+        resource: rt.plural.to_string(),
+        subresource: sub.unwrap_or_default().to_string(),
+        namespace: ns.clone().unwrap_or_default(),
+        name,
+    };
+    let allowed = state.rbac.as_ref().is_none_or(|p| p.allows(user, &attrs));
+    if let Some(a) = &state.audit {
+        a.record(&user.name, &attrs, allowed);
+    }
+    if allowed {
+        Ok(())
+    } else {
+        tracing::info!(user = %user.name, ?attrs, "forbidden");
+        Err(rbac::forbidden(user, &attrs))
+    }
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<(http::HeaderMapLite, Bytes), ApiError> {
@@ -206,10 +264,14 @@ async fn dispatch(
 ) -> Result<Response<Body>, ApiError> {
     // Public endpoints, readable without credentials as with the default RBAC rules.
     let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version");
-    if !public && !authorized(state, &req) {
+    let user = authenticate(state, &req);
+    if !public && user.is_none() {
         return Err(ApiError::unauthorized());
     }
     if let Some(op) = path.strip_prefix("/_emulator/") {
+        if !user.as_ref().is_some_and(|u| u.admin) {
+            return Err(ApiError::forbidden_admin());
+        }
         return admin(state, req.method(), op, query).await;
     }
     inject_faults(state).await?;
@@ -228,7 +290,11 @@ async fn dispatch(
         .to_string();
     let table = accept.contains("as=Table");
     let method = req.method().clone();
-    match route(path, &state.server_address)? {
+    let route = route(path, &state.server_address)?;
+    if let Some(user) = &user {
+        authorize(state, user, &method, &route, query)?;
+    }
+    match route {
         Route::Doc(doc) if method == Method::GET => Ok(http::json(200, &doc)),
         Route::Doc(_) => Err(ApiError::method_not_allowed(
             "the server does not allow this method on the requested resource",
@@ -347,6 +413,16 @@ async fn admin(
     let post = *method == Method::POST;
     let out = match op {
         "state" if *method == Method::GET => state_doc(state),
+        "audit" if *method == Method::GET => match &state.audit {
+            Some(a) => json!({"records": a.records()}),
+            None => return Err(ApiError::bad_request("the audit is off (start with --audit)")),
+        },
+        "audit" if *method == Method::DELETE => {
+            if let Some(a) = &state.audit {
+                a.clear();
+            }
+            json!({"cleared": true})
+        }
         "close-watches" if post => {
             let n = state.close_watches();
             tracing::info!(closed = n, "fault: closed every watch");
@@ -392,7 +468,7 @@ async fn admin(
         }
         _ => {
             return Err(ApiError::method_not_allowed(format!(
-                "unknown admin operation {method} /_emulator/{op}; known: GET state, POST close-watches|fail|delay|clear|compact|persist"
+                "unknown admin operation {method} /_emulator/{op}; known: GET state|audit, DELETE audit, POST close-watches|fail|delay|clear|compact|persist"
             )))
         }
     };

@@ -129,6 +129,15 @@ impl ApiError {
         Self::new(401, "Unauthorized", "Unauthorized")
     }
 
+    /// A non-admin user on the emulator's own `/_emulator/` controls.
+    pub fn forbidden_admin() -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            "the emulator's controls (/_emulator/) need the admin token",
+        )
+    }
+
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }

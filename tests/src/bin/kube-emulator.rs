@@ -15,6 +15,9 @@ const USAGE: &str = "usage: kube-emulator --dir DIR [--listen IP:PORT]... [--ser
   --server-url URL   server written into DIR/kubeconfig (default https://<first listen address>)
   --san IP|NAME      extra subject alternative name for the serving certificate (repeatable)
   --bookmark-interval-ms N   period of watch bookmarks (default 60000)
+  --user TOKEN=NAME  an extra bearer token authenticating as user NAME (repeatable); DIR/token is an admin
+  --rbac FILE        enforce RBAC for the extra users with the (Cluster)Role(Binding)s in FILE (repeatable)
+  --audit            record every resource request per user: GET /_emulator/audit
 
 Logs go to stderr (RUST_LOG=debug logs every request). Fault controls: POST /_emulator/{close-watches,
 fail?forMs=N&code=500,delay?ms=M&forMs=N,clear,compact,persist}, GET /_emulator/state (bearer token required).";
@@ -25,6 +28,9 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     let mut server_url = None;
     let mut sans = Vec::new();
     let mut bookmark_ms: Option<u64> = None;
+    let mut users = Vec::new();
+    let mut rbac: Option<trellis_e2e::apiserver::rbac::Policy> = None;
+    let mut audit = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -57,6 +63,21 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
                         .map_err(|_| format!("--bookmark-interval-ms {v}: not a number"))?,
                 );
             }
+            "--user" => {
+                let v = value()?;
+                let (token, name) = v
+                    .split_once('=')
+                    .filter(|(t, n)| !t.is_empty() && !n.is_empty())
+                    .ok_or_else(|| format!("--user {v:?}: expected TOKEN=NAME"))?;
+                users.push((token.to_string(), name.to_string()));
+            }
+            "--rbac" => {
+                let path = PathBuf::from(value()?);
+                rbac.get_or_insert_with(Default::default)
+                    .add_file(&path)
+                    .map_err(|e| format!("--rbac: {e}"))?;
+            }
+            "--audit" => audit = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -70,6 +91,9 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     }
     cfg.server_url = server_url;
     cfg.extra_sans = sans;
+    cfg.users = users;
+    cfg.rbac = rbac;
+    cfg.audit = audit;
     if let Some(ms) = bookmark_ms {
         cfg.bookmark_interval = std::time::Duration::from_millis(ms.max(10));
     }

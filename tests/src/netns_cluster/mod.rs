@@ -541,3 +541,51 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((code, body))
 }
+
+impl Cluster {
+    /// Restart the emulator (its state persists) with `extra` arguments, e.g. `--rbac FILE
+    /// --user TOKEN=NAME --audit` for the security tests.
+    pub fn restart_emulator_with(&mut self, extra: &[String]) -> Result<(), String> {
+        if let Some(p) = self.emulator.take() {
+            p.terminate(Duration::from_secs(10));
+        }
+        let api_dir = self.dir.join("api");
+        let mut args = vec![
+            "--listen".into(),
+            format!("{API_IP}:6443"),
+            "--dir".into(),
+            api_dir.display().to_string(),
+        ];
+        args.extend_from_slice(extra);
+        let log = self.dir.join("api.log");
+        self.emulator = Some(Proc::spawn_in(
+            &self.underlay,
+            &self.emulator_bin,
+            &args,
+            &log,
+        )?);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.kubectl(&["get", "--raw", "/version"]).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("API emulator did not come up; log: {}", tail(&log)))
+    }
+
+    /// A kubeconfig like the admin's but authenticating with `token` (a `--user` of the
+    /// emulator), written next to it.
+    pub fn kubeconfig_with_token(&self, token: &str, file: &str) -> Result<PathBuf, String> {
+        let admin = std::fs::read_to_string(self.dir.join("api/token"))
+            .map_err(|e| format!("emulator token: {e}"))?;
+        let text = std::fs::read_to_string(&self.kubeconfig).map_err(|e| e.to_string())?;
+        let admin = admin.trim();
+        if admin.is_empty() || !text.contains(admin) {
+            return Err("the admin token is not in the kubeconfig".into());
+        }
+        let path = self.dir.join("api").join(file);
+        std::fs::write(&path, text.replace(admin, token)).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+}
