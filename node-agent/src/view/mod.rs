@@ -7,8 +7,11 @@
 //! removing one Node can make another valid again.
 //!
 //! Conflicts are settled the same way on every node of the cluster, so all of them program the
-//! same winner: the older Node (by `creationTimestamp`) wins, then the lexicographically first
-//! name; the local node always wins against a peer.
+//! same winner: the older claim wins, then the lexicographically first name; the local node
+//! always wins against a peer. A claim (podCIDRs and public IPs) is as old as its Node's
+//! `creationTimestamp`, unless this agent saw the Node change it: then it dates from that
+//! change. Without that, a long-registered Node that starts advertising a younger node's
+//! subnet or address would take it over, since the age of the Node alone would let it win.
 
 mod peer;
 mod skip;
@@ -79,6 +82,8 @@ pub struct ClusterView {
     local: LocalLease,
     keys: AnnotationKeys,
     nodes: HashMap<Box<str>, Result<Peer, SkipReason>>,
+    /// Nodes seen changing their claims while this agent ran: when (Unix seconds).
+    claimed_at: HashMap<Box<str>, i64>,
 }
 
 impl ClusterView {
@@ -87,6 +92,7 @@ impl ClusterView {
             local,
             keys,
             nodes: HashMap::new(),
+            claimed_at: HashMap::new(),
         }
     }
 
@@ -111,6 +117,16 @@ impl ClusterView {
     /// Add or update a Node. Returns whether the view changed (a replan is needed). The local
     /// node is ignored here: it is described by the lease.
     pub fn upsert_node(&mut self, node: &NodeInfo) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.upsert_node_at(node, now)
+    }
+
+    /// [`ClusterView::upsert_node`] at a given time (Unix seconds), which dates a claim the
+    /// Node changes.
+    pub fn upsert_node_at(&mut self, node: &NodeInfo, now_unix: i64) -> bool {
         if node.name == self.local.node_name {
             return false;
         }
@@ -118,6 +134,11 @@ impl ClusterView {
         match self.nodes.get_mut(node.name.as_str()) {
             Some(old) if *old == entry => false,
             Some(old) => {
+                let claims = claims(&entry);
+                if claims.is_some() && claims != self::claims(old) {
+                    let since = now_unix.max(node.created_unix.unwrap_or(i64::MIN));
+                    self.claimed_at.insert(node.name.as_str().into(), since);
+                }
                 *old = entry;
                 true
             }
@@ -130,6 +151,7 @@ impl ClusterView {
 
     /// Forget a deleted Node. Returns whether it was known.
     pub fn remove_node(&mut self, name: &str) -> bool {
+        self.claimed_at.remove(name);
         self.nodes.remove(name).is_some()
     }
 
@@ -138,6 +160,8 @@ impl ClusterView {
     pub fn retain_nodes(&mut self, mut keep: impl FnMut(&str) -> bool) -> bool {
         let before = self.nodes.len();
         self.nodes.retain(|name, _| keep(name));
+        let nodes = &self.nodes;
+        self.claimed_at.retain(|name, _| nodes.contains_key(name));
         before != self.nodes.len()
     }
 
@@ -164,10 +188,14 @@ impl ClusterView {
                 }),
             }
         }
-        candidates.sort_by(|a, b| {
-            (a.created_unix.unwrap_or(i64::MAX), &a.name)
-                .cmp(&(b.created_unix.unwrap_or(i64::MAX), &b.name))
-        });
+        let since = |p: &Peer| {
+            self.claimed_at
+                .get(&p.name)
+                .copied()
+                .or(p.created_unix)
+                .unwrap_or(i64::MAX)
+        };
+        candidates.sort_by(|a, b| (since(a), &a.name).cmp(&(since(b), &b.name)));
 
         let mut taken = Taken::default();
         let mut peers = Vec::with_capacity(candidates.len());
@@ -251,6 +279,21 @@ impl ClusterView {
         }
         Ok(())
     }
+}
+
+/// What a Node claims for itself and can take from others: its subnets and public IPs.
+type Claims = (
+    Option<Ipv4Network>,
+    Option<Ipv6Network>,
+    Option<Ipv4Addr>,
+    Option<Ipv6Addr>,
+);
+
+fn claims(entry: &Result<Peer, SkipReason>) -> Option<Claims> {
+    entry
+        .as_ref()
+        .ok()
+        .map(|p| (p.subnet_v4, p.subnet_v6, p.public_ip_v4, p.public_ip_v6))
 }
 
 fn ip_unique(ip: IpAddr, own: &[Option<IpAddr>], taken: &Taken<'_>) -> Result<(), SkipReason> {

@@ -407,3 +407,65 @@ fn resolves_five_thousand_nodes() {
         &r.skipped[..r.skipped.len().min(3)]
     );
 }
+
+#[test]
+fn an_older_node_that_changes_its_claims_does_not_displace_a_holder() {
+    let mut v = view();
+    let mut old = PeerSpec::new(2, "vxlan").node();
+    old.created_unix = Some(1_000);
+    let mut holder = PeerSpec::new(3, "vxlan").node();
+    holder.created_unix = Some(5_000);
+    assert!(v.upsert_node_at(&old, 6_000));
+    assert!(v.upsert_node_at(&holder, 6_000));
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2", "node-3"]);
+
+    // At 7000 the old node starts advertising the holder's public IP: its claim dates from
+    // then, so the holder (created at 5000) keeps it.
+    old.annotations.insert(
+        "flannel.alpha.coreos.com/public-ip".into(),
+        holder.annotations["flannel.alpha.coreos.com/public-ip"].clone(),
+    );
+    assert!(v.upsert_node_at(&old, 7_000));
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-3"]);
+    assert!(matches!(
+        reason(&r, "node-2"),
+        Some(SkipReason::DuplicatePublicIp { other, .. }) if other == "node-3"
+    ));
+    // Then the holder's subnet too.
+    old.pod_cidrs = holder.pod_cidrs.clone();
+    assert!(v.upsert_node_at(&old, 8_000));
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-3"]);
+    assert!(matches!(
+        reason(&r, "node-2"),
+        Some(SkipReason::OverlapsPeer { other, .. }) if other == "node-3"
+    ));
+    // A status heartbeat (no claim change) does not re-date anything.
+    old.annotations
+        .insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
+    assert!(!v.upsert_node_at(&old, 9_000));
+
+    // A view that never saw the change (an agent started afterwards) can only go by age.
+    let mut fresh = view();
+    fresh.upsert_node_at(&old, 9_000);
+    fresh.upsert_node_at(&holder, 9_000);
+    assert_eq!(names(&fresh.resolve(&vxlan_config())), ["node-2"]);
+
+    // Once the holder leaves, the claim is free and the old node is programmed.
+    assert!(v.remove_node("node-3"));
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2"]);
+}
+
+#[test]
+fn a_node_claiming_a_free_subnet_is_programmed_at_once() {
+    let mut v = view();
+    let mut n = PeerSpec::new(2, "vxlan").node();
+    n.created_unix = Some(1_000);
+    v.upsert_node_at(&n, 1_000);
+    n.pod_cidrs = vec!["10.244.9.0/24".into()];
+    assert!(v.upsert_node_at(&n, 2_000));
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-2"]);
+    assert_eq!(r.peers[0].subnet_v4, Some("10.244.9.0/24".parse().unwrap()));
+}

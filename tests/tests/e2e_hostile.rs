@@ -1,0 +1,662 @@
+//! Hostile peers, end to end: honest pods on three nodes talk (a 50 ms ping ring and a TCP
+//! connect loop) while Nodes that lie are added through the API one at a time. Each must be
+//! ignored and reported (a `peer skipped` warning naming it, `trellis_peers_skipped{reason}`
+//! on /metrics), get no kernel entry, and leave the honest traffic and kernel entries alone:
+//! no ping lost, no TCP connect failed, no honest route/neighbour/FDB entry ever deleted
+//! (`ip monitor` / `bridge monitor` run throughout).
+//!
+//! Two Nodes registered before the honest ones play long-registered nodes that turn hostile
+//! (they start unmanaged, later claim an honest node's public IP or podCIDR), which the age
+//! tie-break alone would let win.
+//!
+//! Needs root and the workspace binaries (hack/test.sh builds them).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use trellis_e2e::netns_cluster::{Cluster, Netns, Options, Pod};
+
+const READY: Duration = Duration::from_secs(60);
+const SETTLE: Duration = Duration::from_secs(15);
+/// The traffic loops run at least this long (a 50 ms ping: 240 packets per pair).
+const LOOPS_MIN: Duration = Duration::from_secs(12);
+const P: &str = "flannel.alpha.coreos.com/";
+/// The honest nodes (indices into `Cluster::nodes`): node-1, node-2, node-3.
+const HONEST: [usize; 3] = [0, 1, 2];
+
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What trellis owns in a node's kernel: routes, neighbours and FDB entries.
+fn kernel(c: &Cluster, i: usize) -> String {
+    let ns = &c.nodes[i].ns;
+    let mut out = String::new();
+    for args in [
+        &["ip", "route", "show", "proto", "116"][..],
+        &["ip", "neigh", "show", "dev", "flannel.1"][..],
+        &["bridge", "fdb", "show", "dev", "flannel.1"][..],
+        &["ip", "-br", "link", "show", "type", "vxlan"][..],
+    ] {
+        out.push_str(&ns.exec(args).unwrap_or_default());
+    }
+    out
+}
+
+fn metrics(c: &Cluster, i: usize) -> String {
+    c.agent_http(i, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+/// The `trellis_peers_skipped` gauge by reason.
+fn skipped(c: &Cluster, i: usize) -> BTreeMap<String, u64> {
+    metrics(c, i)
+        .lines()
+        .filter_map(|l| l.strip_prefix("trellis_peers_skipped{reason=\""))
+        .filter_map(|l| {
+            let (reason, rest) = l.split_once("\"}")?;
+            Some((reason.to_string(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn full_log(c: &Cluster, i: usize) -> String {
+    std::fs::read_to_string(c.nodes[i].dir.join("agent.log")).unwrap_or_default()
+}
+
+/// A Node as an attacker with Node-write credentials would register it.
+fn node_json(name: &str, cidrs: &[&str], ann: &[(String, String)]) -> String {
+    let mut a = serde_json::Map::new();
+    let spec = match cidrs.first() {
+        Some(first) => json!({"podCIDRs": cidrs, "podCIDR": first}),
+        None => json!({}),
+    };
+    for (k, v) in ann {
+        a.insert(k.clone(), json!(v));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "annotations": a},
+        "spec": spec,
+    })
+    .to_string()
+}
+
+/// The annotations of a well-formed VXLAN node.
+fn vxlan_ann(ip: &str, mac: &str) -> Vec<(String, String)> {
+    vec![
+        (format!("{P}kube-subnet-manager"), "true".into()),
+        (format!("{P}backend-type"), "vxlan".into()),
+        (
+            format!("{P}backend-data"),
+            format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
+        ),
+        (format!("{P}public-ip"), ip.into()),
+    ]
+}
+
+fn with(mut ann: Vec<(String, String)>, key: &str, value: String) -> Vec<(String, String)> {
+    let key = format!("{P}{key}");
+    ann.retain(|(k, _)| *k != key);
+    ann.push((key, value));
+    ann
+}
+
+struct Loops {
+    pings: Vec<(String, Child)>,
+    tcp_server: Child,
+    tcp_client: Child,
+    monitors: Vec<(usize, Child)>,
+    stop_file: std::path::PathBuf,
+}
+
+fn spawn_in(ns: &Netns, args: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn")
+}
+
+fn start_loops(c: &Cluster, pods: &[Pod]) -> Loops {
+    let mut pings = Vec::new();
+    for k in 0..pods.len() {
+        let (a, b) = (&pods[k], &pods[(k + 1) % pods.len()]);
+        pings.push((
+            format!("{} -> {}", a.name, b.name),
+            spawn_in(&a.ns, &["ping", "-i", "0.05", "-W", "1", &b.ip]),
+        ));
+    }
+    let server = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',7070))\ns.listen(64)\nprint('ready',flush=True)\nwhile True:\n    c,_=s.accept()\n    c.sendall(c.recv(16))\n    c.close()\n";
+    let mut tcp_server = spawn_in(&pods[1].ns, &["python3", "-c", server]);
+    let mut ready = String::new();
+    if let Some(out) = tcp_server.stdout.take() {
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut ready);
+    }
+    assert_eq!(ready.trim(), "ready", "the TCP server did not start");
+    let stop_file = c.dir.join("stop-tcp");
+    // One short connection every 50 ms; each failure is printed with its time and error.
+    let client = format!(
+        "import socket,time,os\nok=fail=0\nwhile not os.path.exists('{}'):\n    try:\n        s=socket.create_connection(('{}',7070),timeout=2)\n        s.sendall(b'x')\n        if s.recv(16)!=b'x': raise OSError('short answer')\n        ok+=1\n        s.close()\n    except OSError as e:\n        fail+=1\n        print('fail',time.time(),repr(e),flush=True)\n    time.sleep(0.05)\nprint(ok,fail,flush=True)\n",
+        stop_file.display(),
+        pods[1].ip
+    );
+    let tcp_client = spawn_in(&pods[0].ns, &["python3", "-c", &client]);
+    let mut monitors = Vec::new();
+    for &i in &HONEST {
+        monitors.push((
+            i,
+            spawn_in(&c.nodes[i].ns, &["ip", "monitor", "route", "neigh"]),
+        ));
+        monitors.push((i, spawn_in(&c.nodes[i].ns, &["bridge", "monitor", "fdb"])));
+    }
+    Loops {
+        pings,
+        tcp_server,
+        tcp_client,
+        monitors,
+        stop_file,
+    }
+}
+
+fn interrupt(child: &Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+}
+
+/// Stop the loops; returns the ping (sent, received) per pair, TCP (ok, failed) and the
+/// monitors' output per node.
+type LoopResults = (Vec<(String, u64, u64)>, (u64, u64), Vec<(usize, String)>);
+
+fn stop_loops(l: Loops) -> LoopResults {
+    let mut pings = Vec::new();
+    for (name, child) in l.pings {
+        interrupt(&child);
+        let out = child.wait_with_output().expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let nums: Vec<u64> = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or("")
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        pings.push((
+            name,
+            nums.first().copied().unwrap_or(0),
+            nums.get(1).copied().unwrap_or(0),
+        ));
+    }
+    let _ = std::fs::write(&l.stop_file, "");
+    let out = l.tcp_client.wait_with_output().expect("tcp client");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    for l in text.lines().filter(|l| l.starts_with("fail")) {
+        println!("tcp {l}");
+    }
+    let last = text.lines().last().unwrap_or_default();
+    let mut it = last.split_whitespace().filter_map(|s| s.parse().ok());
+    let tcp = (it.next().unwrap_or(0), it.next().unwrap_or(u64::MAX));
+    let mut server = l.tcp_server;
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut mons = Vec::new();
+    for (i, child) in l.monitors {
+        interrupt(&child);
+        let out = child.wait_with_output().expect("monitor");
+        mons.push((i, String::from_utf8_lossy(&out.stdout).to_string()));
+    }
+    (pings, tcp, mons)
+}
+
+/// One hostile step: run `act` (create or change Node `name`), then each honest node must
+/// report it with `reasons[k]` (the gauge for that reason goes up, and a `peer skipped`
+/// warning names it) and keep exactly the kernel entries it had `before`.
+fn hostile_step(
+    c: &Cluster,
+    name: &str,
+    reasons: &[&str; 3],
+    before: &[String],
+    act: impl FnOnce(),
+) {
+    let counts: Vec<BTreeMap<String, u64>> = HONEST.iter().map(|&i| skipped(c, i)).collect();
+    let logged: Vec<usize> = HONEST.iter().map(|&i| full_log(c, i).len()).collect();
+    act();
+    for (k, &i) in HONEST.iter().enumerate() {
+        let reason = reasons[k];
+        let was = counts[k].get(reason).copied().unwrap_or(0);
+        assert!(
+            eventually(SETTLE, || {
+                skipped(c, i).get(reason).copied().unwrap_or(0) > was
+                    && full_log(c, i)
+                        .get(logged[k]..)
+                        .unwrap_or_default()
+                        .lines()
+                        .any(|l| l.contains("peer skipped") && l.contains(name))
+            }),
+            "node-{} did not report {name} as {reason}: {:?}\n{}",
+            i + 1,
+            skipped(c, i),
+            c.agent_log(i)
+        );
+        assert_eq!(
+            kernel(c, i),
+            before[k],
+            "node-{}'s kernel entries changed after {name}",
+            i + 1
+        );
+    }
+}
+
+/// A Node that lies about nothing: every honest node programs its subnet, and removes every
+/// entry of it when the Node is deleted.
+fn accepted_then_deleted(c: &Cluster, name: &str, subnet: &str, before: &[String]) {
+    for &i in &HONEST {
+        assert!(
+            eventually(SETTLE, || kernel(c, i).contains(subnet)),
+            "node-{} did not program {name}:\n{}",
+            i + 1,
+            c.agent_log(i)
+        );
+    }
+    c.delete_node_object(name).expect("delete Node");
+    for (k, &i) in HONEST.iter().enumerate() {
+        assert!(
+            eventually(SETTLE, || kernel(c, i) == before[k]),
+            "node-{} kept {name}'s entries:\n{}",
+            i + 1,
+            kernel(c, i)
+        );
+    }
+}
+
+fn create(c: &Cluster, body: &str) {
+    c.kubectl_stdin(&["create", "-f", "-"], body)
+        .expect("create Node");
+}
+
+fn merge_patch(c: &Cluster, name: &str, patch: Value) {
+    c.kubectl(&[
+        "patch",
+        "node",
+        name,
+        "--type",
+        "merge",
+        "-p",
+        &patch.to_string(),
+    ])
+    .expect("patch Node");
+}
+
+#[test]
+fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
+    assert_eq!(
+        nix::unistd::geteuid().as_raw(),
+        0,
+        "end-to-end tests need root"
+    );
+    let mut c = Cluster::up(Options {
+        nodes: 3,
+        backend: r#"{"Type":"vxlan"}"#.into(),
+        tag: "hos".into(),
+        agent_args: vec![],
+    })
+    .expect("cluster up");
+    // Two Nodes registered long before the honest ones (creationTimestamp has one-second
+    // resolution), not yet run by trellis: they turn hostile at the end.
+    for &i in &HONEST {
+        c.delete_node_object(&c.nodes[i].name.clone())
+            .expect("re-register");
+    }
+    create(&c, &node_json("old-ip", &["10.244.150.0/24"], &[]));
+    create(&c, &node_json("old-cidr", &[], &[]));
+    std::thread::sleep(Duration::from_millis(1100));
+    for &i in &HONEST {
+        let n = &c.nodes[i];
+        create(
+            &c,
+            &json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": n.name},
+                "spec": {"podCIDR": n.pod_cidr, "podCIDRs": [n.pod_cidr]},
+                "status": {"addresses": [{"type": "InternalIP", "address": n.ip.to_string()}]}
+            })
+            .to_string(),
+        );
+    }
+    for &i in &HONEST {
+        c.start_agent(i).expect("agent");
+    }
+    for &i in &HONEST {
+        c.wait_ready(i, READY).expect("ready");
+    }
+    for &i in &HONEST {
+        let others: Vec<String> = HONEST
+            .iter()
+            .filter(|&&o| o != i)
+            .map(|&o| c.nodes[o].pod_cidr.clone())
+            .collect();
+        assert!(
+            eventually(READY, || {
+                let k = kernel(&c, i);
+                others.iter().all(|o| k.contains(o.as_str()))
+            }),
+            "node-{} never routed its peers:\n{}",
+            i + 1,
+            c.agent_log(i)
+        );
+    }
+    let pods: Vec<Pod> = HONEST.iter().map(|&i| c.add_pod(i).expect("pod")).collect();
+    for (k, a) in pods.iter().enumerate() {
+        let b = &pods[(k + 1) % pods.len()];
+        assert!(
+            eventually(Duration::from_secs(10), || a.ping(&b.ip)),
+            "{} cannot reach {}",
+            a.name,
+            b.name
+        );
+    }
+    let before: Vec<String> = HONEST.iter().map(|&i| kernel(&c, i)).collect();
+    let loops = start_loops(&c, &pods);
+    let loops_started = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mac = |n: u8| format!("0e:00:00:00:01:{n:02x}");
+    let ip = |i: usize| c.nodes[i].ip.to_string();
+
+    // 1. Another node's podCIDR (node-2's; the hostile Node is younger: it loses).
+    hostile_step(
+        &c,
+        "h-cidr",
+        &["overlaps_peer", "overlaps_local", "overlaps_peer"],
+        &before,
+        || {
+            create(
+                &c,
+                &node_json(
+                    "h-cidr",
+                    &["10.244.2.0/24"],
+                    &vxlan_ann("192.168.50.201", &mac(1)),
+                ),
+            )
+        },
+    );
+
+    // 2. Another node's public IP (node-2's: its own address from node-2's point of view).
+    hostile_step(
+        &c,
+        "h-ip",
+        &[
+            "duplicate_public_ip",
+            "public_ip_is_local",
+            "duplicate_public_ip",
+        ],
+        &before,
+        || {
+            create(
+                &c,
+                &node_json("h-ip", &["10.244.202.0/24"], &vxlan_ann(&ip(1), &mac(2))),
+            )
+        },
+    );
+
+    // 3. A podCIDR outside the Network.
+    hostile_step(&c, "h-outside", &["outside_network"; 3], &before, || {
+        create(
+            &c,
+            &node_json(
+                "h-outside",
+                &["10.99.0.0/24"],
+                &vxlan_ann("192.168.50.203", &mac(3)),
+            ),
+        )
+    });
+
+    // 4. An annotation over the size limit: parsed by nobody, quoted by nobody.
+    let huge = format!(
+        r#"{{"VNI":1,"VtepMAC":"{}","x":"{}"}}"#,
+        mac(4),
+        "A".repeat(8000)
+    );
+    hostile_step(&c, "h-huge", &["bad_annotation"; 3], &before, || {
+        create(
+            &c,
+            &node_json(
+                "h-huge",
+                &["10.244.204.0/24"],
+                &with(vxlan_ann("192.168.50.204", &mac(4)), "backend-data", huge),
+            ),
+        )
+    });
+    for &i in &HONEST {
+        let log = full_log(&c, i);
+        assert!(
+            !log.contains(&"A".repeat(100)),
+            "node-{} logged the huge value",
+            i + 1
+        );
+    }
+
+    // 5. Malformed JSON, a multicast VtepMAC, an unparsable public IP, a VNI out of range.
+    let bad = [
+        (
+            "h-json",
+            r#"{"VNI":1,"VtepMAC":"#.to_string(),
+            "backend-data",
+        ),
+        (
+            "h-mac",
+            r#"{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}"#.to_string(),
+            "backend-data",
+        ),
+        ("h-badip", "192.168.50.300".to_string(), "public-ip"),
+        (
+            "h-bigvni",
+            format!(r#"{{"VNI":16777216,"VtepMAC":"{}"}}"#, mac(9)),
+            "backend-data",
+        ),
+    ];
+    for (k, (name, value, key)) in bad.into_iter().enumerate() {
+        let cidr = format!("10.244.{}.0/24", 205 + k);
+        let ann = with(
+            vxlan_ann(&format!("192.168.50.{}", 205 + k), &mac(5 + k as u8)),
+            key,
+            value,
+        );
+        hostile_step(&c, name, &["bad_annotation"; 3], &before, || {
+            create(&c, &node_json(name, &[&cidr], &ann))
+        });
+    }
+
+    // 6. Huge but within limits: 200 KiB of junk annotations and a 4000-byte backend-data
+    // with unknown keys. Nothing in it lies, so it is a valid peer (flannel ignores unknown
+    // keys too): programmed, and removed again with its Node.
+    let mut ann = with(
+        vxlan_ann("192.168.50.210", &mac(10)),
+        "backend-data",
+        format!(
+            r#"{{"VNI":1,"VtepMAC":"{}","junk":"{}"}}"#,
+            mac(10),
+            "j".repeat(3900)
+        ),
+    );
+    ann.extend((0..50).map(|k| (format!("junk.example.com/k{k}"), "z".repeat(4000))));
+    create(&c, &node_json("h-junk", &["10.244.210.0/24"], &ann));
+    accepted_then_deleted(&c, "h-junk", "10.244.210.0/24", &before);
+
+    // 7. Another VNI: a peer in the middle of a VNI change is programmed through a device
+    // of its own (flannel.<VNI>), so this is accepted too; the device goes with the Node.
+    let ann = with(
+        vxlan_ann("192.168.50.209", &mac(13)),
+        "backend-data",
+        format!(r#"{{"VNI":77,"VtepMAC":"{}"}}"#, mac(13)),
+    );
+    create(&c, &node_json("h-vni", &["10.244.209.0/24"], &ann));
+    for &i in &HONEST {
+        assert!(
+            eventually(SETTLE, || kernel(&c, i).contains("flannel.77")),
+            "node-{}: no flannel.77 for the VNI 77 peer:\n{}",
+            i + 1,
+            kernel(&c, i)
+        );
+    }
+    accepted_then_deleted(&c, "h-vni", "10.244.209.0/24", &before);
+
+    // 8. A Node that joins honestly (programmed), then changes its public IP to node-3's:
+    // younger, so it loses, and its own entries go.
+    create(
+        &c,
+        &node_json(
+            "h-turn",
+            &["10.244.211.0/24"],
+            &vxlan_ann("192.168.50.211", &mac(11)),
+        ),
+    );
+    for &i in &HONEST {
+        assert!(
+            eventually(SETTLE, || kernel(&c, i).contains("10.244.211.0/24")),
+            "node-{} did not program h-turn",
+            i + 1
+        );
+    }
+    hostile_step(
+        &c,
+        "h-turn",
+        &[
+            "duplicate_public_ip",
+            "duplicate_public_ip",
+            "public_ip_is_local",
+        ],
+        &before,
+        || {
+            merge_patch(
+                &c,
+                "h-turn",
+                json!({"metadata": {"annotations": {format!("{P}public-ip"): ip(2)}}}),
+            )
+        },
+    );
+    // A Node without a podCIDR may be given one once ("" -> CIDR is the only change the API
+    // allows): it takes node-3's.
+    create(
+        &c,
+        &node_json("h-late", &[], &vxlan_ann("192.168.50.213", &mac(14))),
+    );
+    hostile_step(
+        &c,
+        "h-late",
+        &["overlaps_peer", "overlaps_peer", "overlaps_local"],
+        &before,
+        || {
+            merge_patch(
+                &c,
+                "h-late",
+                json!({"spec": {"podCIDR": "10.244.3.0/24", "podCIDRs": ["10.244.3.0/24"]}}),
+            )
+        },
+    );
+
+    // 9. The Nodes registered before every honest node turn hostile: old-ip starts
+    // advertising node-1's public IP, old-cidr gets node-2's podCIDR. By age alone they would
+    // win; a claim made while an honest node holds the address or subnet must not.
+    let managed = |ip: &str, m: u8| {
+        let mut a = serde_json::Map::new();
+        for (k, v) in vxlan_ann(ip, &mac(m)) {
+            a.insert(k, json!(v));
+        }
+        Value::Object(a)
+    };
+    hostile_step(
+        &c,
+        "old-ip",
+        &[
+            "public_ip_is_local",
+            "duplicate_public_ip",
+            "duplicate_public_ip",
+        ],
+        &before,
+        || {
+            merge_patch(
+                &c,
+                "old-ip",
+                json!({"metadata": {"annotations": managed(&ip(0), 15)}}),
+            )
+        },
+    );
+    hostile_step(
+        &c,
+        "old-cidr",
+        &["overlaps_peer", "overlaps_local", "overlaps_peer"],
+        &before,
+        || {
+            merge_patch(
+                &c,
+                "old-cidr",
+                json!({"metadata": {"annotations": managed("192.168.50.216", 16)},
+                       "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}}),
+            )
+        },
+    );
+
+    // Let the loops run on with every hostile Node in place, then check the honest traffic.
+    // (and at least LOOPS_MIN in all, so that the sample means something on a fast machine)
+    std::thread::sleep(
+        Duration::from_secs(2).max(LOOPS_MIN.saturating_sub(loops_started.elapsed())),
+    );
+    for (k, &i) in HONEST.iter().enumerate() {
+        assert_eq!(kernel(&c, i), before[k], "node-{} changed", i + 1);
+    }
+    let (pings, tcp, mons) = stop_loops(loops);
+    for (pair, sent, got) in &pings {
+        println!("ping {pair}: {got}/{sent}");
+        assert!(
+            *sent >= 200 && got == sent,
+            "ping {pair} lost packets: {got}/{sent}"
+        );
+    }
+    println!("tcp connects: {} ok, {} failed", tcp.0, tcp.1);
+    assert!(tcp.0 >= 100 && tcp.1 == 0, "TCP loop failed: {tcp:?}");
+    let honest_marks: Vec<String> = HONEST
+        .iter()
+        .flat_map(|&i| {
+            let n = &c.nodes[i];
+            [
+                n.pod_cidr.trim_end_matches("/24").to_string() + " ",
+                n.pod_cidr.clone(),
+                format!("dst {} ", n.ip),
+            ]
+        })
+        .collect();
+    for (i, out) in &mons {
+        let deleted: Vec<&str> = out
+            .lines()
+            // h-vni's device had a local route of its own: gone with it, and not honest.
+            .filter(|l| l.starts_with("Deleted") && !l.contains("flannel.77"))
+            .filter(|l| honest_marks.iter().any(|m| l.contains(m.as_str())))
+            .collect();
+        assert!(
+            deleted.is_empty(),
+            "node-{} removed honest entries: {deleted:#?}",
+            i + 1
+        );
+    }
+    for &i in &HONEST {
+        println!("node-{} skipped: {:?}", i + 1, skipped(&c, i));
+    }
+}
