@@ -657,6 +657,14 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
         );
     }
     for &i in &HONEST {
-        println!("node-{} skipped: {:?}", i + 1, skipped(&c, i));
+        let warnings = full_log(&c, i)
+            .lines()
+            .filter(|l| l.contains("peer skipped"))
+            .count();
+        println!(
+            "node-{} skipped: {:?}; 'peer skipped' warnings logged: {warnings}",
+            i + 1,
+            skipped(&c, i)
+        );
     }
 }
