@@ -29,6 +29,11 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+# Short runs of the reliability campaigns (docs/RELIABILITY.md has the long ones).
+echo "== plugin crash injection and churn (short)"
+TRELLIS_PLUGIN="$TRELLIS_BIN" hack/crash-plugin.sh 100
+CHURN_PODS=100 TRELLIS_PLUGIN="$TRELLIS_BIN" hack/churn-plugin.sh 30
+
 if [ -x hack/validate-deploy.sh ]; then
   echo "== deploy manifests"
   hack/validate-deploy.sh
