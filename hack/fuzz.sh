@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Fuzz trellis's parsers of outside input (tests/fuzz, cargo-fuzz + libFuzzer).
+#
+#   hack/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#
+# Runs each target (default: all) for SECONDS_PER_TARGET (default 20), one at a time, starting
+# from the committed seeds in tests/fuzz/corpus/<target>/ plus whatever earlier runs grew in
+# $CARGO_TARGET_DIR/fuzz-corpus/<target>/. Fails on any crash, panic, timeout or OOM; the
+# failing input is left in tests/fuzz/artifacts/<target>/. Prints executions, exec/s,
+# coverage and corpus size per target.
+#
+# Works on a stable toolchain: RUSTC_BOOTSTRAP=1 lets stable rustc accept the -Z flags
+# cargo-fuzz passes, and no sanitizer is used (the targets are safe Rust: ASan would only
+# slow them down; panics, overflow checks and debug assertions are what catch bugs here).
+# Installs cargo-fuzz when missing (about 3 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+secs="${1:-20}"
+shift || true
+all_targets=(cni_config cni_env subnet_env net_conf node_annotations)
+if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
+case "$secs" in
+  '' | *[!0-9]*)
+    echo "usage: hack/fuzz.sh [SECONDS_PER_TARGET] [TARGET...] (targets: ${all_targets[*]})" >&2
+    exit 2
+    ;;
+esac
+
+fuzz_dir=tests/fuzz
+target_dir="${CARGO_TARGET_DIR:-$PWD/$fuzz_dir/target}"
+work="$target_dir/fuzz-corpus"
+logs="$target_dir/fuzz-logs"
+mkdir -p "$work" "$logs"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "== installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
+
+export RUSTC_BOOTSTRAP=1
+# Per input: 10 s is ~10^4 times what a parse of a few KiB takes; 1 GiB is far above any
+# legitimate use and keeps a leak from taking the shared machine down.
+build_flags=(--fuzz-dir "$fuzz_dir" --sanitizer none --codegen-units 16 --target-dir "$target_dir")
+fuzz_limits=(-rss_limit_mb=1024 -malloc_limit_mb=512 -timeout=10 -max_len=8192 -print_final_stats=1)
+
+echo "== build fuzz targets"
+start=$(date +%s)
+cargo fuzz build "${build_flags[@]}"
+echo "built in $(($(date +%s) - start)) s"
+bin_dir="$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release"
+
+failed=()
+summary=()
+for t in "${targets[@]}"; do
+  if [ ! -f "$fuzz_dir/fuzz_targets/$t.rs" ]; then
+    echo "unknown target $t (targets: ${all_targets[*]})" >&2
+    exit 2
+  fi
+  mkdir -p "$work/$t" "$fuzz_dir/artifacts/$t"
+  log="$logs/$t.log"
+  echo "== fuzz $t for ${secs} s (log: $log)"
+  rc=0
+  # The binary built above, not `cargo fuzz run`: that rebuilds whenever another change lands
+  # in the tree. New inputs go to the first (scratch) corpus dir; the seeds are only read.
+  "$bin_dir/$t" "$work/$t" "$fuzz_dir/corpus/$t" \
+    "${fuzz_limits[@]}" -max_total_time="$secs" -dict="$fuzz_dir/dict/$t.dict" \
+    -artifact_prefix="$fuzz_dir/artifacts/$t/" >"$log" 2>&1 || rc=$?
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  last=$(grep -E '^#[0-9]+.*cov: ' "$log" | tail -1 || true)
+  cov=$(sed -n 's/.*cov: \([0-9]*\).*/\1/p' <<<"$last")
+  ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
+  corp=$(sed -n 's/.* corp: \([0-9]*\).*/\1/p' <<<"$last")
+  line=$(printf '%-17s execs %-10s exec/s %-7s cov %-5s ft %-6s corpus %-5s' \
+    "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}")
+  if [ "$rc" -ne 0 ]; then
+    line="$line FAILED (exit $rc)"
+    failed+=("$t")
+    grep -E 'panicked at|ERROR: libFuzzer|SUMMARY|Test unit written to' "$log" | head -20 >&2 || true
+  else
+    line="$line ok"
+  fi
+  echo "$line"
+  summary+=("$line")
+done
+
+echo "== fuzz summary (${secs} s per target)"
+printf '%s\n' "${summary[@]}"
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "fuzzing found failures in: ${failed[*]} (inputs in $fuzz_dir/artifacts/; reproduce with" \
+    "$bin_dir/<target> <input>)" >&2
+  exit 1
+fi
