@@ -500,23 +500,48 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
     create(&c, &node_json("h-junk", &["10.244.210.0/24"], &ann));
     accepted_then_deleted(&c, "h-junk", "10.244.210.0/24", &before);
 
-    // 7. Another VNI: a peer in the middle of a VNI change is programmed through a device
-    // of its own (flannel.<VNI>), so this is accepted too; the device goes with the Node.
-    let ann = with(
-        vxlan_ann("192.168.50.209", &mac(13)),
-        "backend-data",
-        format!(r#"{{"VNI":77,"VtepMAC":"{}"}}"#, mac(13)),
-    );
-    create(&c, &node_json("h-vni", &["10.244.209.0/24"], &ann));
+    // 7. Other VNIs: a peer in the middle of a VNI change is programmed through a device of
+    // its own (flannel.<VNI>), so VNIs 77 and 78 are accepted; a third foreign VNI would be
+    // one device too many on every node and is refused. The devices go with their Nodes.
+    let vni_node = |name: &str, vni: u32, k: u8| {
+        let ann = with(
+            vxlan_ann(&format!("192.168.50.{}", 200 + u32::from(k)), &mac(k)),
+            "backend-data",
+            format!(r#"{{"VNI":{vni},"VtepMAC":"{}"}}"#, mac(k)),
+        );
+        let cidr = format!("10.244.{}.0/24", 200 + u32::from(k));
+        create(&c, &node_json(name, &[&cidr], &ann));
+    };
+    vni_node("h-vni", 77, 17);
+    vni_node("h-vni2", 78, 18);
     for &i in &HONEST {
         assert!(
-            eventually(SETTLE, || kernel(&c, i).contains("flannel.77")),
-            "node-{}: no flannel.77 for the VNI 77 peer:\n{}",
+            eventually(SETTLE, || {
+                let k = kernel(&c, i);
+                k.contains("flannel.77")
+                    && k.contains("flannel.78")
+                    && k.contains("10.244.218.0/24")
+            }),
+            "node-{}: VNI 77 and 78 peers not programmed:\n{}",
             i + 1,
             kernel(&c, i)
         );
     }
-    accepted_then_deleted(&c, "h-vni", "10.244.209.0/24", &before);
+    let with_vnis: Vec<String> = HONEST.iter().map(|&i| kernel(&c, i)).collect();
+    hostile_step(&c, "h-vni3", &["too_many_vnis"; 3], &with_vnis, || {
+        vni_node("h-vni3", 79, 19)
+    });
+    for name in ["h-vni", "h-vni2", "h-vni3"] {
+        c.delete_node_object(name).expect("delete Node");
+    }
+    for (k, &i) in HONEST.iter().enumerate() {
+        assert!(
+            eventually(SETTLE, || kernel(&c, i) == before[k]),
+            "node-{} kept the VNI peers' entries:\n{}",
+            i + 1,
+            kernel(&c, i)
+        );
+    }
 
     // 8. A Node that joins honestly (programmed), then changes its public IP to node-3's:
     // younger, so it loses, and its own entries go.
@@ -646,8 +671,8 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
     for (i, out) in &mons {
         let deleted: Vec<&str> = out
             .lines()
-            // h-vni's device had a local route of its own: gone with it, and not honest.
-            .filter(|l| l.starts_with("Deleted") && !l.contains("flannel.77"))
+            // The VNI peers' devices had local routes of their own: gone with them.
+            .filter(|l| l.starts_with("Deleted") && !l.contains("dev flannel.7"))
             .filter(|l| honest_marks.iter().any(|m| l.contains(m.as_str())))
             .collect();
         assert!(

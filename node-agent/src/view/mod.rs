@@ -24,9 +24,14 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 pub use peer::{parse_pod_cidrs, NodeInfo, Peer};
 pub use skip::{Missing, SkipReason, Skipped};
 
-use crate::annotations::AnnotationKeys;
-use crate::config::NetConfig;
+use crate::annotations::{AnnotationKeys, PeerBackend};
+use crate::config::{BackendConfig, NetConfig};
 use crate::dataplane::desired::{Family, Mac};
+
+/// How many VXLAN VNIs other than our own are served at once. A VNI change in flight needs
+/// one (peers still on the old VNI, or already on the new one); each costs a VXLAN device on
+/// every node, so a Node cannot make the cluster create devices without bound.
+pub const MAX_FOREIGN_VNIS: usize = 2;
 
 /// The interface that carries trellis's traffic between nodes (flannel's "external interface").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +256,14 @@ impl ClusterView {
             }
             ip_unique(IpAddr::V4(ip), &own_ips, taken)?;
         }
+        for vni in foreign_vnis(p, config) {
+            if !taken.foreign_vnis.contains(&vni) && taken.foreign_vnis.len() >= MAX_FOREIGN_VNIS {
+                return Err(SkipReason::TooManyVnis {
+                    vni,
+                    max: MAX_FOREIGN_VNIS,
+                });
+            }
+        }
         if let Some(network) = config.ipv6() {
             let subnet = p.subnet_v6.ok_or(missing(Family::V6, Missing::PodCidr))?;
             let ip = p
@@ -296,6 +309,19 @@ fn claims(entry: &Result<Peer, SkipReason>) -> Option<Claims> {
         .map(|p| (p.subnet_v4, p.subnet_v6, p.public_ip_v4, p.public_ip_v6))
 }
 
+/// The VXLAN VNIs a peer advertises that differ from our configured one.
+fn foreign_vnis(p: &Peer, config: &NetConfig) -> impl Iterator<Item = u32> {
+    let own = match &config.backend {
+        BackendConfig::Vxlan(v) => Some(v.vni),
+        _ => None,
+    };
+    let vnis = match p.backend {
+        PeerBackend::Vxlan { v4, v6 } => [v4.map(|d| d.vni), v6.map(|d| d.vni)],
+        _ => [None, None],
+    };
+    vnis.into_iter().flatten().filter(move |v| Some(*v) != own)
+}
+
 fn ip_unique(ip: IpAddr, own: &[Option<IpAddr>], taken: &Taken<'_>) -> Result<(), SkipReason> {
     if own.contains(&Some(ip)) {
         return Err(SkipReason::PublicIpIsLocal { ip });
@@ -323,6 +349,8 @@ fn v6_range(n: Ipv6Network) -> (u128, u128) {
 /// What accepted peers hold, to find conflicts in O(log n).
 #[derive(Default)]
 struct Taken<'a> {
+    /// VXLAN VNIs of accepted peers other than our own (at most MAX_FOREIGN_VNIS).
+    foreign_vnis: Vec<u32>,
     /// Accepted subnets as disjoint ranges: start -> (end, node).
     v4: BTreeMap<u32, (u32, &'a str)>,
     v6: BTreeMap<u128, (u128, &'a str)>,
@@ -331,6 +359,11 @@ struct Taken<'a> {
 
 impl<'a> Taken<'a> {
     fn insert(&mut self, p: &'a Peer, config: &NetConfig) {
+        for vni in foreign_vnis(p, config) {
+            if !self.foreign_vnis.contains(&vni) {
+                self.foreign_vnis.push(vni);
+            }
+        }
         if config.ipv4().is_some() {
             if let Some(s) = p.subnet_v4 {
                 self.v4

@@ -63,6 +63,12 @@ pub enum SkipReason {
         backend: BackendType,
         public_ip: IpAddr,
     },
+    /// A VXLAN peer on a VNI other than ours, when older claims already use every foreign
+    /// VNI allowed: each one costs every node a device of its own.
+    TooManyVnis {
+        vni: u32,
+        max: usize,
+    },
 }
 
 impl SkipReason {
@@ -81,6 +87,7 @@ impl SkipReason {
             SkipReason::PublicIpIsLocal { .. } => "public_ip_is_local",
             SkipReason::DuplicatePublicIp { .. } => "duplicate_public_ip",
             SkipReason::NotOnLink { .. } => "not_on_link",
+            SkipReason::TooManyVnis { .. } => "too_many_vnis",
         }
     }
 
@@ -123,6 +130,10 @@ impl fmt::Display for SkipReason {
             SkipReason::DuplicatePublicIp { ip, other } => {
                 write!(f, "advertises public IP {ip}, already advertised by node {other}, which is kept")
             }
+            SkipReason::TooManyVnis { vni, max } => write!(
+                f,
+                "VXLAN VNI {vni} would be one more than the {max} foreign VNIs served at once (each needs a device of its own)"
+            ),
             SkipReason::NotOnLink { backend, public_ip } => write!(
                 f,
                 "{backend} needs the peer on this node's L2 segment but {public_ip} is not on the underlay's subnet"

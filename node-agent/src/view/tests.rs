@@ -469,3 +469,31 @@ fn a_node_claiming_a_free_subnet_is_programmed_at_once() {
     assert_eq!(names(&r), ["node-2"]);
     assert_eq!(r.peers[0].subnet_v4, Some("10.244.9.0/24".parse().unwrap()));
 }
+
+#[test]
+fn foreign_vnis_are_bounded_and_the_older_claims_keep_theirs() {
+    let mut v = view();
+    // node-2 on our VNI, node-3..=6 each on a VNI of its own, older first.
+    for (i, vni) in [(2u32, 1u32), (3, 7), (4, 8), (5, 9), (6, 7)] {
+        let mut n = PeerSpec::new(i, "vxlan").vni(vni).node();
+        n.created_unix = Some(i64::from(i));
+        v.upsert_node(&n);
+    }
+    let r = v.resolve(&vxlan_config());
+    // VNIs 7 and 8 take the two foreign slots; node-6 shares VNI 7 and costs nothing more.
+    assert_eq!(names(&r), ["node-2", "node-3", "node-4", "node-6"]);
+    assert_eq!(
+        reason(&r, "node-5"),
+        Some(&SkipReason::TooManyVnis {
+            vni: 9,
+            max: MAX_FOREIGN_VNIS
+        })
+    );
+    assert_eq!(reason(&r, "node-5").unwrap().label(), "too_many_vnis");
+    // A slot freed is taken by the next claim.
+    v.remove_node("node-4");
+    assert_eq!(
+        names(&v.resolve(&vxlan_config())),
+        ["node-2", "node-3", "node-5", "node-6"]
+    );
+}
