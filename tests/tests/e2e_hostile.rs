@@ -116,10 +116,27 @@ fn with(mut ann: Vec<(String, String)>, key: &str, value: String) -> Vec<(String
 
 struct Loops {
     pings: Vec<(String, Child)>,
-    tcp_server: Child,
-    tcp_client: Child,
+    tcp_server: Option<Child>,
+    tcp_client: Option<Child>,
     monitors: Vec<(usize, Child)>,
     stop_file: std::path::PathBuf,
+}
+
+/// A failed assertion must not leave endless pings and monitors behind.
+impl Drop for Loops {
+    fn drop(&mut self) {
+        let pings = self.pings.drain(..).map(|(_, c)| c);
+        let mons = self.monitors.drain(..).map(|(_, c)| c);
+        let tcp = self
+            .tcp_server
+            .take()
+            .into_iter()
+            .chain(self.tcp_client.take());
+        for mut c in pings.chain(mons).chain(tcp) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn spawn_in(ns: &Netns, args: &[&str]) -> Child {
@@ -167,8 +184,8 @@ fn start_loops(c: &Cluster, pods: &[Pod]) -> Loops {
     }
     Loops {
         pings,
-        tcp_server,
-        tcp_client,
+        tcp_server: Some(tcp_server),
+        tcp_client: Some(tcp_client),
         monitors,
         stop_file,
     }
@@ -185,9 +202,9 @@ fn interrupt(child: &Child) {
 /// monitors' output per node.
 type LoopResults = (Vec<(String, u64, u64)>, (u64, u64), Vec<(usize, String)>);
 
-fn stop_loops(l: Loops) -> LoopResults {
+fn stop_loops(mut l: Loops) -> LoopResults {
     let mut pings = Vec::new();
-    for (name, child) in l.pings {
+    for (name, child) in std::mem::take(&mut l.pings) {
         interrupt(&child);
         let out = child.wait_with_output().expect("ping");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -205,7 +222,12 @@ fn stop_loops(l: Loops) -> LoopResults {
         ));
     }
     let _ = std::fs::write(&l.stop_file, "");
-    let out = l.tcp_client.wait_with_output().expect("tcp client");
+    let out = l
+        .tcp_client
+        .take()
+        .expect("tcp client")
+        .wait_with_output()
+        .expect("tcp client");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     for l in text.lines().filter(|l| l.starts_with("fail")) {
         println!("tcp {l}");
@@ -213,11 +235,12 @@ fn stop_loops(l: Loops) -> LoopResults {
     let last = text.lines().last().unwrap_or_default();
     let mut it = last.split_whitespace().filter_map(|s| s.parse().ok());
     let tcp = (it.next().unwrap_or(0), it.next().unwrap_or(u64::MAX));
-    let mut server = l.tcp_server;
-    let _ = server.kill();
-    let _ = server.wait();
+    if let Some(mut server) = l.tcp_server.take() {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
     let mut mons = Vec::new();
-    for (i, child) in l.monitors {
+    for (i, child) in std::mem::take(&mut l.monitors) {
         interrupt(&child);
         let out = child.wait_with_output().expect("monitor");
         mons.push((i, String::from_utf8_lossy(&out.stdout).to_string()));
