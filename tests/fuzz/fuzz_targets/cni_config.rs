@@ -136,12 +136,29 @@ fn check_netconf(input: &[u8]) {
 
     let canonical = serde_json::to_vec(&render(&c)).expect("a JSON value serialises");
     match NetConf::parse(&canonical) {
-        Ok(again) => assert_eq!(
-            format!("{again:?}"),
-            format!("{c:?}"),
-            "round trip through {}",
-            String::from_utf8_lossy(&canonical)
-        ),
+        Ok(again) => {
+            assert_eq!(again.dns.is_some(), c.dns.is_some());
+            assert_eq!(again.prev_result.is_some(), c.prev_result.is_some());
+            // dns and prevResult are opaque JSON passed through; serde_json (without its
+            // float_roundtrip feature) may move a float by one ulp on a re-parse, which is
+            // not a trellis bug, so only the fields trellis interprets are compared.
+            let typed = |n: &NetConf| {
+                format!(
+                    "{:?}",
+                    NetConf {
+                        dns: None,
+                        prev_result: None,
+                        ..n.clone()
+                    }
+                )
+            };
+            assert_eq!(
+                typed(&again),
+                typed(&c),
+                "round trip through {}",
+                String::from_utf8_lossy(&canonical)
+            );
+        }
         Err(e) => panic!(
             "accepted {c:?} but not its rendering {}: {e}",
             String::from_utf8_lossy(&canonical)
