@@ -352,7 +352,8 @@ async fn prefill(
     let Ok(plan) = plan else {
         return;
     };
-    match dataplane.reconcile_additions(&plan.state.kernel).await {
+    let kernel = Arc::new(plan.state.kernel);
+    match dataplane.reconcile_additions(kernel).await {
         Ok(r) => tracing::debug!(
             peers = plan.peers,
             ops = r.ops_applied,
@@ -389,7 +390,8 @@ async fn pass(
             .store(v.node_count() as u64, std::sync::atomic::Ordering::Relaxed);
         (backend::plan(&v, config, plan_opts), v.keys().clone())
     };
-    let plan = match plan {
+    let planned = started.elapsed();
+    let mut plan = match plan {
         Ok(p) => p,
         Err(e) => {
             error!("cannot program this node: {e}");
@@ -426,11 +428,13 @@ async fn pass(
 
     let mut ok = true;
     let full = std::mem::take(&mut st.full);
+    // Shared with the executor, which keeps it as what the kernel holds: no copy.
+    let desired_kernel = Arc::new(std::mem::take(&mut plan.state.kernel));
     let kernel = async {
         if full {
-            dataplane.reconcile(&plan.state.kernel).await
+            dataplane.reconcile_shared(desired_kernel.clone()).await
         } else {
-            dataplane.reconcile_known(&plan.state.kernel).await
+            dataplane.reconcile_known(desired_kernel.clone()).await
         }
     };
     // The rules do not depend on the kernel entries: check them meanwhile.
@@ -450,7 +454,7 @@ async fn pass(
                 metrics.record_ops(label, *n as u64);
             }
             if report.ops_applied > 0 {
-                info!(ops = report.ops_applied, peers = plan.peers, read_kernel = report.read_kernel, took = ?report.duration, "kernel reconciled");
+                info!(ops = report.ops_applied, peers = plan.peers, read_kernel = report.read_kernel, planned = ?planned, took = ?report.duration, "kernel reconciled");
             }
             for e in &report.errors {
                 warn!("{e}");
@@ -554,7 +558,7 @@ async fn pass(
             converged: ok,
         }
     };
-    let _ = debug_tx.send(Arc::new(DebugState::new(plan, ctx)));
+    let _ = debug_tx.send(Arc::new(DebugState::new(plan, desired_kernel, ctx)));
 }
 
 /// Bring the firewall to `rules`: finish a backend switch, then check (and repair) the rules

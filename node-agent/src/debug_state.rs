@@ -3,7 +3,10 @@
 //! Rendering lists every kernel entry (15000 lines at 5000 peers), so the loop only hands over
 //! the pass's plan and context, and the document is built when someone asks for it.
 
+use std::sync::Arc;
+
 use crate::backend::Plan;
+use crate::dataplane::desired::KernelState;
 
 /// What the last pass knew, beside the plan.
 #[derive(Debug, Clone, Default)]
@@ -20,15 +23,16 @@ pub struct PassContext {
 
 /// The last pass, as `/debug/state` reports it; `None` before the first one.
 #[derive(Debug, Default)]
-pub struct DebugState(Option<(Plan, PassContext)>);
+pub struct DebugState(Option<(Plan, Arc<KernelState>, PassContext)>);
 
 impl DebugState {
-    pub fn new(plan: Plan, ctx: PassContext) -> DebugState {
-        DebugState(Some((plan, ctx)))
+    /// `kernel` is the plan's kernel state, which the pass handed to the executor.
+    pub fn new(plan: Plan, kernel: Arc<KernelState>, ctx: PassContext) -> DebugState {
+        DebugState(Some((plan, kernel, ctx)))
     }
 
     pub fn render(&self) -> String {
-        let Some((plan, ctx)) = &self.0 else {
+        let Some((plan, kernel, ctx)) = &self.0 else {
             return "{}".to_string();
         };
         serde_json::json!({
@@ -44,7 +48,7 @@ impl DebugState {
             "skipped": plan.skipped.iter().map(|s| serde_json::json!({"node": s.node, "reason": s.reason.to_string()})).collect::<Vec<_>>(),
             "mtu": plan.state.mtu,
             "subnet_env": plan.state.subnet_env.render(),
-            "kernel": crate::status::describe(&plan.state.kernel),
+            "kernel": crate::status::describe(kernel),
         })
         .to_string()
     }

@@ -4,6 +4,7 @@
 
 mod dataplane_support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane_support::{bridge_n, desired, ip_n, vxlan_config, Node, PeerNode};
@@ -185,10 +186,16 @@ fn own_changes_are_not_drift_when_the_monitor_knows_what_to_expect() {
         assert!(first.errors.is_empty() && first.read_kernel, "{first:?}");
         assert_eq!(drain(&mut rx, Duration::from_millis(300)).await, 0);
 
-        let more = dp.reconcile_known(&want_more).await.expect("one more");
+        let more = dp
+            .reconcile_known(Arc::new(want_more.clone()))
+            .await
+            .expect("one more");
         assert!(!more.read_kernel, "a light pass must not read the kernel");
         assert_eq!((more.ops_planned, more.ops_applied), (3, 3), "{more:?}");
-        let fewer = dp.reconcile_known(&want_fewer).await.expect("two fewer");
+        let fewer = dp
+            .reconcile_known(Arc::new(want_fewer.clone()))
+            .await
+            .expect("two fewer");
         assert_eq!(fewer.ops_applied, 6, "{fewer:?}");
         assert_eq!(drain(&mut rx, Duration::from_millis(300)).await, 0);
         let actual = dp.read_actual().await.expect("read");
@@ -208,11 +215,11 @@ fn own_changes_are_not_drift_when_the_monitor_knows_what_to_expect() {
         if let Some(r) = broken.routes.values_mut().next() {
             r.dev = "no-such-dev".into();
         }
-        let failed = dp.reconcile_known(&broken).await.expect("broken");
+        let failed = dp.reconcile_known(Arc::new(broken)).await.expect("broken");
         assert!(!failed.errors.is_empty());
         assert!(dp.expected().get().is_none());
         let after = dp
-            .reconcile_known(&want_fewer)
+            .reconcile_known(Arc::new(want_fewer.clone()))
             .await
             .expect("after failure");
         assert!(after.read_kernel && after.errors.is_empty(), "{after:?}");

@@ -6,6 +6,7 @@
 mod dataplane_support;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dataplane_support::{
     desired, dual_vxlan_config, expected_entries, expected_entries6, fdb, neighbours,
@@ -416,17 +417,38 @@ fn additions_only_passes_keep_unlisted_peers_until_the_full_pass() {
         let mut dp = Dataplane::new().expect("dataplane");
         reconcile(&mut dp, &before).await;
         let mut dp = Dataplane::new().expect("restarted dataplane");
-        let prefill = dp.reconcile_additions(&listed).await.expect("prefill");
-        let again = dp.reconcile_additions(&listed).await.expect("prefill again");
+        let prefill = dp
+            .reconcile_additions(Arc::new(listed.clone()))
+            .await
+            .expect("prefill");
+        let again = dp
+            .reconcile_additions(Arc::new(listed.clone()))
+            .await
+            .expect("prefill again");
         let between = dp.read_actual().await.expect("read").routes.len();
-        let full = dp.reconcile_known(&complete).await.expect("first full pass");
+        let full = dp
+            .reconcile_known(Arc::new(complete))
+            .await
+            .expect("first full pass");
         (prefill, again, full, between)
     });
-    assert!(prefill.read_kernel && prefill.errors.is_empty(), "{prefill:?}");
+    assert!(
+        prefill.read_kernel && prefill.errors.is_empty(),
+        "{prefill:?}"
+    );
     assert_eq!(prefill.ops_applied, 3, "only peer 3's entries: {prefill:?}");
     assert_eq!(prefill_again.ops_planned, 0, "{prefill_again:?}");
-    assert_eq!(routes_between, 3, "nothing deleted while the list is incomplete");
-    assert!(full.read_kernel, "the pass after additions reads the kernel: {full:?}");
-    assert_eq!(full.ops_applied, 3, "peer 4's three entries removed: {full:?}");
+    assert_eq!(
+        routes_between, 3,
+        "nothing deleted while the list is incomplete"
+    );
+    assert!(
+        full.read_kernel,
+        "the pass after additions reads the kernel: {full:?}"
+    );
+    assert_eq!(
+        full.ops_applied, 3,
+        "peer 4's three entries removed: {full:?}"
+    );
     assert_eq!(trellis_routes(ns).len(), 2);
 }
