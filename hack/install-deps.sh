@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   iproute2 iptables nftables iputils-ping kmod procps
   containerd runc containernetworking-plugins protobuf-compiler
-  shellcheck iperf3 python3-venv gcc libc6-dev time
+  shellcheck iperf3 python3-venv gcc g++ libc6-dev time
 )
 
 missing=()

@@ -14,8 +14,13 @@ hack/install-deps.sh
 
 echo "== fmt"
 cargo fmt --all -- --check
+cargo fmt --manifest-path tests/fuzz/Cargo.toml -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz crate is its own workspace (cargo-fuzz's layout); sharing the target dir reuses the
+# dependencies just checked.
+cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets --locked \
+  --target-dir "${CARGO_TARGET_DIR:-$PWD/target}" -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
 
@@ -33,6 +38,8 @@ fi
 echo "== plugin crash injection and churn (short)"
 TRELLIS_PLUGIN="$TRELLIS_BIN" hack/crash-plugin.sh 100
 CHURN_PODS=100 TRELLIS_PLUGIN="$TRELLIS_BIN" hack/churn-plugin.sh 30
+echo "== fuzz (short: 10 s per target)"
+hack/fuzz.sh 10
 
 if [ -x hack/validate-deploy.sh ]; then
   echo "== deploy manifests"
