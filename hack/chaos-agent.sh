@@ -41,6 +41,7 @@ cargo nextest --version >/dev/null 2>&1 || { echo "cargo-nextest is needed" >&2;
 cargo build --locked -p trellis-agent -p trellis-cni -p trellis-e2e --bins
 
 start=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 set +e
 TRELLIS_CHAOS_ROUNDS=$rounds TRELLIS_CHAOS_BURST=$burst \
   cargo nextest run --locked -p trellis-e2e --test e2e_faults --run-ignored only \
@@ -50,7 +51,8 @@ set -e
 secs=$(( $(date +%s) - start ))
 
 grep '^FIGURE' "$out/campaign.log" >"$out/figures.txt" || true
-echo "== chaos-agent: $rounds rounds, bursts of $burst peers, ${secs}s, exit $rc"
+echo "== chaos-agent: $rounds rounds, bursts of $burst peers, ${secs}s, exit $rc," \
+  "load $load_start at start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($(nproc) cores)"
 echo "== faults (per fault: convergence after it ended, ping loss, live entries removed)"
 grep '^FIGURE fault ' "$out/figures.txt" | sed 's/^FIGURE fault //' || true
 echo "== kills"
