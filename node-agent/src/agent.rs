@@ -39,7 +39,7 @@ use crate::firewall::rules::RuleSet;
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
 use crate::underlay::{self, IfaceOptions};
-use crate::view::{ClusterView, LocalLease};
+use crate::view::{ClusterView, LocalLease, SkipLog};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -148,6 +148,7 @@ struct LoopState {
     firewall_installed: String,
     /// The next pass must be a full one (see module docs).
     full: bool,
+    skip_log: SkipLog,
 }
 
 async fn run(args: RunArgs) -> Result<(), AgentError> {
@@ -247,6 +248,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     let view = Arc::new(Mutex::new(ClusterView::new(lease, keys.clone())));
     let watcher = NodeWatcher::new(client.clone(), view.clone(), NodeWatchOptions::default());
     let mut view_status = watcher.status();
+    metrics.attach_node_watch(watcher.stats());
     tokio::spawn(watcher.run());
     let (_monitor, mut drift_rx) = DriftMonitor::start_expecting(dataplane.expected()).await?;
     let mut firewall: Option<Firewall> = None;
@@ -264,6 +266,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         firewall_synced: None,
         firewall_installed: String::new(),
         full: true,
+        skip_log: SkipLog::default(),
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -399,10 +402,12 @@ async fn pass(
             return;
         }
     };
-    for s in &plan.skipped {
-        if !s.reason.is_benign() {
-            warn!(node = %s.node, reason = %s.reason, "peer skipped");
-        }
+    let (fresh, cleared) = st.skip_log.update(&plan.skipped);
+    for s in fresh {
+        warn!(node = %s.node, reason = %s.reason, "peer skipped");
+    }
+    for node in cleared {
+        info!(%node, "peer no longer skipped (fixed or deleted)");
     }
     metrics.set_skipped(
         plan.skipped

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::debug_state::DebugState;
@@ -29,18 +29,18 @@ pub async fn serve(listener: TcpListener, state: Arc<HealthState>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
+            let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut sock)).await {
+                Ok(Some(head)) => head,
                 _ => return,
             };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req
-                .lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .unwrap_or("/");
-            let (status, ctype, body) = answer(path, &state);
+            let (status, ctype, body) = match request_path(&String::from_utf8_lossy(&head)) {
+                Some(path) => answer(path, &state),
+                None => (
+                    "400 Bad Request",
+                    TEXT,
+                    "expected an HTTP/1.x request line\n".into(),
+                ),
+            };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -51,8 +51,46 @@ pub async fn serve(listener: TcpListener, state: Arc<HealthState>) {
     }
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Probes and scrapers send a few hundred bytes of headers; more is not a client of ours.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Reads up to the blank line that ends the request head: a client may send its request in
+/// several segments, and the first alone may hold half a path.
+async fn read_head(sock: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return (!head.is_empty()).then_some(head);
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head_complete(&head) {
+            return Some(head);
+        }
+        if head.len() > MAX_HEAD {
+            return None;
+        }
+    }
+}
+
+fn head_complete(head: &[u8]) -> bool {
+    head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
+}
+
+/// The path of a request line (`GET /metrics?x=1 HTTP/1.1` -> `/metrics`), without the query.
+fn request_path(head: &str) -> Option<&str> {
+    let mut parts = head.lines().next()?.split_whitespace();
+    let (_method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    Some(target.split('?').next().unwrap_or(target))
+}
+
 fn answer(path: &str, s: &HealthState) -> (&'static str, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
     match path {
         "/healthz" => {
             let age = s.heartbeat.borrow().elapsed();
@@ -80,5 +118,30 @@ fn answer(path: &str, s: &HealthState) -> (&'static str, &'static str, String) {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", s.metrics.render()),
         "/debug/state" => ("200 OK", "application/json", s.debug.borrow().render()),
         _ => ("404 Not Found", TEXT, "not found\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_path_strips_the_query_and_needs_a_full_request_line() {
+        assert_eq!(
+            request_path("GET /metrics?name=x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some("/metrics")
+        );
+        assert_eq!(request_path("GET /readyz HTTP/1.0\n\n"), Some("/readyz"));
+        assert_eq!(request_path("GET /readyz"), None);
+        assert_eq!(request_path("hello world again"), None);
+        assert_eq!(request_path(""), None);
+    }
+
+    #[test]
+    fn the_head_ends_at_the_first_blank_line() {
+        assert!(!head_complete(b"GET /rea"));
+        assert!(!head_complete(b"GET /readyz HTTP/1.1\r\nHost: x\r\n"));
+        assert!(head_complete(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(head_complete(b"GET /readyz HTTP/1.1\n\n"));
     }
 }

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cluster::NodeWatchStats;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -23,6 +25,8 @@ pub struct Metrics {
     ops: Mutex<BTreeMap<String, u64>>,
     skipped: Mutex<BTreeMap<String, u64>>,
     backend: Mutex<String>,
+    /// The Node watcher's own counters, read at render time.
+    node_watch: OnceLock<Arc<NodeWatchStats>>,
 }
 
 impl Metrics {
@@ -64,6 +68,12 @@ impl Metrics {
         if let Ok(mut b) = self.backend.lock() {
             *b = name.to_string();
         }
+    }
+
+    /// Exports the Node watcher's counters, so an operator sees API trouble (errors,
+    /// relists after 410) while the kernel keeps running on the last good view.
+    pub fn attach_node_watch(&self, stats: Arc<NodeWatchStats>) {
+        let _ = self.node_watch.set(stats);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -169,6 +179,26 @@ impl Metrics {
             "1 once the node is programmed and subnet.env written.",
             vec![(String::new(), g(&self.ready) as f64)],
         );
+        if let Some(w) = self.node_watch.get() {
+            metric(
+                "trellis_node_watch_events_total",
+                "counter",
+                "Node list items and watch events received from the API.",
+                vec![(String::new(), g(&w.events) as f64)],
+            );
+            metric(
+                "trellis_node_watch_relists_total",
+                "counter",
+                "Complete Node lists (the first, then one per 410 Gone or failed resume).",
+                vec![(String::new(), g(&w.relists) as f64)],
+            );
+            metric(
+                "trellis_node_watch_errors_total",
+                "counter",
+                "Failed Node list/watch calls and watch stream errors (retried with backoff).",
+                vec![(String::new(), g(&w.errors) as f64)],
+            );
+        }
         let backend = self.backend.lock().map(|b| b.clone()).unwrap_or_default();
         metric(
             "trellis_backend_info",
@@ -195,11 +225,25 @@ mod tests {
         m.set_backend("vxlan");
         let t = m.render();
         assert!(t.contains("trellis_peers 3"));
+        assert!(!t.contains("trellis_node_watch"), "no watcher attached yet");
         assert!(t.contains("trellis_reconcile_total 2"));
         assert!(t.contains("trellis_reconcile_errors_total 1"));
         assert!(t.contains("trellis_ops_applied_total{op=\"add_route\"} 1"));
         assert!(t.contains("trellis_peers_skipped{reason=\"overlap\"} 2"));
         assert!(t.contains("trellis_backend_info{backend=\"vxlan\"} 1"));
         assert!(t.contains("# TYPE trellis_reconcile_total counter"));
+    }
+
+    #[test]
+    fn renders_the_node_watchers_counters_once_attached() {
+        let m = Metrics::default();
+        let w = Arc::new(NodeWatchStats::default());
+        m.attach_node_watch(w.clone());
+        w.errors.fetch_add(3, Ordering::Relaxed);
+        w.relists.fetch_add(2, Ordering::Relaxed);
+        let t = m.render();
+        assert!(t.contains("trellis_node_watch_errors_total 3"), "{t}");
+        assert!(t.contains("trellis_node_watch_relists_total 2"), "{t}");
+        assert!(t.contains("trellis_node_watch_events_total 0"), "{t}");
     }
 }

@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 pub use peer::{parse_pod_cidrs, NodeInfo, Peer};
-pub use skip::{Missing, SkipReason, Skipped};
+pub use skip::{Missing, SkipLog, SkipReason, Skipped};
 
 use crate::annotations::{AnnotationKeys, PeerBackend};
 use crate::config::{BackendConfig, NetConfig};

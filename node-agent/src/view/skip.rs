@@ -1,5 +1,6 @@
 //! Why a Node is not programmed as a peer.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -147,4 +148,79 @@ impl fmt::Display for SkipReason {
 pub struct Skipped {
     pub node: String,
     pub reason: SkipReason,
+}
+
+/// Which skips are news. A peer skipped for the same reason as in the last pass was reported
+/// then; saying it again on every pass would bury everything else in the log of a large
+/// cluster (the metric keeps the standing count).
+#[derive(Debug, Default)]
+pub struct SkipLog {
+    last: BTreeSet<(String, String)>,
+}
+
+impl SkipLog {
+    /// Remembers this pass's skips (benign ones ignored) and returns those that are new or
+    /// have a new reason, and the nodes no longer skipped at all.
+    pub fn update<'a>(&mut self, now: &'a [Skipped]) -> (Vec<&'a Skipped>, Vec<String>) {
+        let mut next = BTreeSet::new();
+        let mut fresh = Vec::new();
+        for s in now.iter().filter(|s| !s.reason.is_benign()) {
+            let key = (s.node.clone(), s.reason.to_string());
+            if !self.last.contains(&key) {
+                fresh.push(s);
+            }
+            next.insert(key);
+        }
+        let still: BTreeSet<&str> = next.iter().map(|(n, _)| n.as_str()).collect();
+        let mut cleared: Vec<String> = self
+            .last
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| !still.contains(n.as_str()))
+            .collect();
+        cleared.dedup();
+        self.last = next;
+        (fresh, cleared)
+    }
+}
+
+#[cfg(test)]
+mod skip_log_tests {
+    use super::*;
+
+    fn skipped(node: &str, reason: SkipReason) -> Skipped {
+        Skipped {
+            node: node.into(),
+            reason,
+        }
+    }
+
+    #[test]
+    fn reports_a_skip_once_again_when_its_reason_changes_and_when_it_clears() {
+        let ip: IpAddr = "10.0.0.9".parse().expect("ip");
+        let dup = |other: &str| SkipReason::DuplicatePublicIp {
+            ip,
+            other: other.into(),
+        };
+        let mut log = SkipLog::default();
+        let first = [skipped("a", dup("b")), skipped("c", SkipReason::NotManaged)];
+        let (fresh, cleared) = log.update(&first);
+        assert_eq!(fresh, vec![&first[0]], "benign skips are not news");
+        assert!(cleared.is_empty());
+
+        let (fresh, cleared) = log.update(&first);
+        assert!(
+            fresh.is_empty() && cleared.is_empty(),
+            "same skip, same reason"
+        );
+
+        let changed = [skipped("a", dup("d"))];
+        let (fresh, cleared) = log.update(&changed);
+        assert_eq!(fresh, vec![&changed[0]], "a new reason is news");
+        assert!(cleared.is_empty(), "still skipped");
+
+        let (fresh, cleared) = log.update(&[]);
+        assert!(fresh.is_empty());
+        assert_eq!(cleared, vec!["a".to_string()]);
+    }
 }
