@@ -16,9 +16,11 @@ fi
 
 target=${CARGO_TARGET_DIR:-$PWD/target}
 echo "== build (host)"
-cargo build -p trellis-agent -p trellis-cni -p trellis-e2e --bins
+# The same selection as hack/test.sh's build and test runs (--workspace): with -p, cargo
+# unifies features differently and rebuilds half the dependency tree.
+cargo build --workspace --all-targets --locked
 # The test binary's path is only known from cargo's JSON messages.
-test_bin=$(cargo test -p trellis-e2e --test e2e_switch --no-run --message-format=json |
+test_bin=$(cargo test --workspace --locked --test e2e_switch --no-run --message-format=json |
   python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -38,8 +38,8 @@ fi
 echo "== plugin crash injection and churn (short)"
 TRELLIS_PLUGIN="$TRELLIS_BIN" hack/crash-plugin.sh 100
 CHURN_PODS=100 TRELLIS_PLUGIN="$TRELLIS_BIN" hack/churn-plugin.sh 30
-echo "== fuzz (short: 10 s per target)"
-hack/fuzz.sh 10
+echo "== fuzz (short: 10 s per target, unoptimised build)"
+FUZZ_PROFILE=dev hack/fuzz.sh 10
 
 if [ -x hack/validate-deploy.sh ]; then
   echo "== deploy manifests"
