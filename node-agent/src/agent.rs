@@ -149,6 +149,10 @@ struct LoopState {
     /// The next pass must be a full one (see module docs).
     full: bool,
     skip_log: SkipLog,
+    /// Whether the firewall was checked while the first Node list arrived (`None`: not
+    /// tried). `Some(true)` lets the first full pass skip that check: the rules do not
+    /// depend on peers, and the check is off the path to ready.
+    firewall_early: Option<bool>,
 }
 
 async fn run(args: RunArgs) -> Result<(), AgentError> {
@@ -267,6 +271,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         firewall_installed: String::new(),
         full: true,
         skip_log: SkipLog::default(),
+        firewall_early: None,
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -276,8 +281,13 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         // view would delete the entries of peers not listed yet.
         let status = *view_status.borrow();
         if !status.synced {
-            if status.listed > 0 {
-                if let Some(config) = config_rx.borrow().clone() {
+            let config = config_rx.borrow().clone();
+            if let Some(config) = config {
+                if st.firewall_early.is_none() {
+                    firewall = ensure_firewall(firewall, &config, &mut st.old_firewall).await;
+                    early_firewall(&view, &config, &plan_opts, firewall.as_ref(), &mut st).await;
+                }
+                if status.listed > 0 {
                     prefill(&view, &config, &plan_opts, &mut dataplane).await;
                 }
             }
@@ -368,6 +378,40 @@ async fn prefill(
     }
 }
 
+/// Check the firewall once while the first Node list arrives: its rules need only the local
+/// lease and the config.
+async fn early_firewall(
+    view: &Arc<Mutex<ClusterView>>,
+    config: &NetConfig,
+    plan_opts: &PlanOptions,
+    firewall: Option<&Firewall>,
+    st: &mut LoopState,
+) {
+    let plan = {
+        let v = match view.lock() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        backend::plan(&v, config, plan_opts)
+    };
+    let checked = match plan {
+        Ok(plan) => {
+            sync_firewall(
+                firewall,
+                &mut st.old_firewall,
+                &mut st.firewall_synced,
+                &mut st.firewall_installed,
+                &plan.state.firewall,
+                true,
+            )
+            .await
+            .0
+        }
+        Err(_) => false,
+    };
+    st.firewall_early = Some(checked);
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn pass(
     args: &RunArgs,
@@ -442,6 +486,12 @@ async fn pass(
             dataplane.reconcile_known(desired_kernel.clone()).await
         }
     };
+    // Checked during the first list already: this pass needs the check only if the rules
+    // changed since (sync_firewall compares them).
+    let firewall_full = full && st.firewall_early != Some(true);
+    if st.firewall_early == Some(true) {
+        st.firewall_early = Some(false);
+    }
     // The rules do not depend on the kernel entries: check them meanwhile.
     let rules = sync_firewall(
         firewall.as_ref(),
@@ -449,7 +499,7 @@ async fn pass(
         &mut st.firewall_synced,
         &mut st.firewall_installed,
         &plan.state.firewall,
-        full,
+        firewall_full,
     );
     let (reconciled, (firewall_ok, firewall_drift)) = tokio::join!(kernel, rules);
     ok &= firewall_ok;
