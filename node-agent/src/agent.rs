@@ -331,14 +331,14 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
             _ = tokio::signal::ctrl_c() => break,
         }
         // Coalesce a burst (a flurry of Node events or netlink notifications)
-        // into one pass. A lone change after a quiet spell goes almost at once:
-        // the wait would be all of its latency.
-        let settle = if last_pass.elapsed() < Duration::from_millis(100) {
-            Duration::from_millis(20)
+        // into one pass. A lone change after a quiet spell goes at once, after
+        // letting the watcher take in whatever arrived with it: any wait would
+        // be all of its latency.
+        if last_pass.elapsed() < Duration::from_millis(100) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         } else {
-            Duration::from_millis(2)
-        };
-        tokio::time::sleep(settle).await;
+            tokio::task::yield_now().await;
+        }
         while drift_rx.try_recv().is_ok() {
             st.full = true;
         }
