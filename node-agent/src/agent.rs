@@ -153,6 +153,8 @@ struct LoopState {
     /// tried). `Some(true)` lets the first full pass skip that check: the rules do not
     /// depend on peers, and the check is off the path to ready.
     firewall_early: Option<bool>,
+    /// That check, running beside the list and the prefill passes.
+    firewall_early_task: Option<tokio::task::JoinHandle<EarlyFirewall>>,
 }
 
 async fn run(args: RunArgs) -> Result<(), AgentError> {
@@ -272,6 +274,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         full: true,
         skip_log: SkipLog::default(),
         firewall_early: None,
+        firewall_early_task: None,
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -283,9 +286,17 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         if !status.synced {
             let config = config_rx.borrow().clone();
             if let Some(config) = config {
-                if st.firewall_early.is_none() {
-                    firewall = ensure_firewall(firewall, &config, &mut st.old_firewall).await;
-                    early_firewall(&view, &config, &plan_opts, firewall.as_ref(), &mut st).await;
+                if st.firewall_early.is_none() && st.firewall_early_task.is_none() {
+                    match firewall_rules(&view, &config, &plan_opts) {
+                        Some(rules) => {
+                            st.firewall_early_task = Some(tokio::spawn(early_firewall(
+                                firewall.clone(),
+                                config.clone(),
+                                rules,
+                            )))
+                        }
+                        None => st.firewall_early = Some(false),
+                    }
                 }
                 if status.listed > 0 {
                     prefill(&view, &config, &plan_opts, &mut dataplane).await;
@@ -295,6 +306,18 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                 _ = view_status.changed() => continue,
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        if let Some(task) = st.firewall_early_task.take() {
+            st.firewall_early = Some(false);
+            match task.await {
+                Ok(early) => {
+                    firewall = early.firewall;
+                    st.firewall_synced = early.synced;
+                    st.firewall_installed = early.installed;
+                    st.firewall_early = Some(early.checked);
+                }
+                Err(e) => warn!("firewall check at start failed to run: {e}"),
             }
         }
         let config = config_rx.borrow().clone();
@@ -378,38 +401,55 @@ async fn prefill(
     }
 }
 
-/// Check the firewall once while the first Node list arrives: its rules need only the local
-/// lease and the config.
-async fn early_firewall(
+/// The firewall as the check made during the first Node list left it.
+struct EarlyFirewall {
+    firewall: Option<Firewall>,
+    synced: Option<RuleSet>,
+    installed: String,
+    checked: bool,
+}
+
+/// The firewall rules for the view as it is: they need only the local lease and the config.
+fn firewall_rules(
     view: &Arc<Mutex<ClusterView>>,
     config: &NetConfig,
     plan_opts: &PlanOptions,
-    firewall: Option<&Firewall>,
-    st: &mut LoopState,
-) {
-    let plan = {
-        let v = match view.lock() {
-            Ok(v) => v,
-            Err(p) => p.into_inner(),
-        };
-        backend::plan(&v, config, plan_opts)
+) -> Option<RuleSet> {
+    let v = match view.lock() {
+        Ok(v) => v,
+        Err(p) => p.into_inner(),
     };
-    let checked = match plan {
-        Ok(plan) => {
-            sync_firewall(
-                firewall,
-                &mut st.old_firewall,
-                &mut st.firewall_synced,
-                &mut st.firewall_installed,
-                &plan.state.firewall,
-                true,
-            )
-            .await
-            .0
-        }
-        Err(_) => false,
-    };
-    st.firewall_early = Some(checked);
+    backend::plan(&v, config, plan_opts)
+        .ok()
+        .map(|p| p.state.firewall)
+}
+
+/// Detect the firewall and check its rules once, in a task of its own while the first Node
+/// list arrives, so neither the list's prefill passes nor readiness wait for iptables.
+async fn early_firewall(
+    current: Option<Firewall>,
+    config: Arc<NetConfig>,
+    rules: RuleSet,
+) -> EarlyFirewall {
+    let mut old = None;
+    let firewall = ensure_firewall(current, &config, &mut old).await;
+    let mut synced = None;
+    let mut installed = String::new();
+    let (checked, _) = sync_firewall(
+        firewall.as_ref(),
+        &mut old,
+        &mut synced,
+        &mut installed,
+        &rules,
+        true,
+    )
+    .await;
+    EarlyFirewall {
+        firewall,
+        synced,
+        installed,
+        checked,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
