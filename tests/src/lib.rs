@@ -2,3 +2,4 @@ pub mod apiserver;
 pub mod containerd;
 pub mod cri;
 pub mod netns_cluster;
+pub mod poll;

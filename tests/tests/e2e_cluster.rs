@@ -3,9 +3,10 @@
 //! Needs root and the workspace binaries (hack/test.sh builds them).
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trellis_e2e::netns_cluster::{Cluster, Options, Pod, EXT_IP};
+use trellis_e2e::poll::eventually;
 
 const READY: Duration = Duration::from_secs(60);
 
@@ -43,20 +44,6 @@ fn cluster(tag: &str, backend: &str) -> Cluster {
         );
     }
     c
-}
-
-/// Poll `f` until true or the deadline; returns whether it became true.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A TCP exchange from `from` to `ip:port` served by `server`: returns what

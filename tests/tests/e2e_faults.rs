@@ -32,6 +32,7 @@ use kube::api::{DeleteParams, PostParams};
 use serde_json::{json, Value};
 use trellis_e2e::apiserver::Faults;
 use trellis_e2e::netns_cluster::{in_netns, Cluster, Options, Pod, UNDERLAY_PREFIX};
+use trellis_e2e::poll::eventually;
 
 const READY: Duration = Duration::from_secs(60);
 /// The bound asserted on convergence after a fault; the measured figure is printed.
@@ -43,19 +44,6 @@ fn now_unix() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // ---------------------------------------------------------------------------------------

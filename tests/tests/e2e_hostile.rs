@@ -26,17 +26,8 @@ const P: &str = "flannel.alpha.coreos.com/";
 /// The honest nodes (indices into `Cluster::nodes`): node-1, node-2, node-3.
 const HONEST: [usize; 3] = [0, 1, 2];
 
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn eventually(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    trellis_e2e::poll::poll_until(timeout, Duration::from_millis(100), f)
 }
 
 /// What trellis owns in a node's kernel: routes, neighbours and FDB entries.

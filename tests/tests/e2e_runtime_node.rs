@@ -25,6 +25,7 @@ use serde_json::Value;
 use trellis_e2e::containerd::{self, cni, image, Containerd, ContainerdOptions, NodeNetns};
 use trellis_e2e::cri::{CriClient, PodRef, SandboxState, SandboxStatus};
 use trellis_e2e::netns_cluster::{Cluster, Options};
+use trellis_e2e::poll::eventually;
 
 const READY: Duration = Duration::from_secs(60);
 const CRI_PODS: usize = 2;
@@ -347,19 +348,6 @@ fn routes(c: &Cluster, node: usize) -> String {
         .ns
         .exec(&["ip", "route", "show", "proto", "116"])
         .unwrap_or_default()
-}
-
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Runs the sandboxes, checks addresses and reachability, then stops and

@@ -44,18 +44,8 @@ fn poll_pause() -> Duration {
     }
 }
 
-/// Poll `f` until true or the deadline; returns whether it became true.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(poll_pause());
-    }
+fn eventually(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    trellis_e2e::poll::poll_until(timeout, poll_pause(), f)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use trellis_e2e::netns_cluster::{net_conf, Cluster, Options};
@@ -31,17 +31,8 @@ fn docs(name: &str) -> Vec<Value> {
     docs.into_iter().filter(|v| !v.is_null()).collect()
 }
 
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn eventually(timeout: Duration, f: impl FnMut() -> bool) -> bool {
+    trellis_e2e::poll::poll_until(timeout, Duration::from_millis(100), f)
 }
 
 /// A random token, so the test proves nothing by guessing the emulator's.
