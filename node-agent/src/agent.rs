@@ -149,12 +149,19 @@ struct LoopState {
     /// The next pass must be a full one (see module docs).
     full: bool,
     skip_log: SkipLog,
-    /// Whether the firewall was checked while the first Node list arrived (`None`: not
-    /// tried). `Some(true)` lets the first full pass skip that check: the rules do not
-    /// depend on peers, and the check is off the path to ready.
-    firewall_early: Option<bool>,
-    /// That check, running beside the list and the prefill passes.
-    firewall_early_task: Option<tokio::task::JoinHandle<EarlyFirewall>>,
+    /// The firewall check made while the first Node list arrives.
+    firewall_early: EarlyCheck,
+}
+
+/// The firewall rules do not depend on peers, so they are checked while the first Node list
+/// arrives, off the path to ready; a successful check spares the first full pass its own.
+enum EarlyCheck {
+    NotStarted,
+    Running(tokio::task::JoinHandle<EarlyFirewall>),
+    /// Checked: the next full pass may skip the firewall if its rules are the same.
+    Fresh,
+    /// Failed, or already used by a pass.
+    Spent,
 }
 
 async fn run(args: RunArgs) -> Result<(), AgentError> {
@@ -273,8 +280,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         firewall_installed: String::new(),
         full: true,
         skip_log: SkipLog::default(),
-        firewall_early: None,
-        firewall_early_task: None,
+        firewall_early: EarlyCheck::NotStarted,
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -286,17 +292,15 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         if !status.synced {
             let config = config_rx.borrow().clone();
             if let Some(config) = config {
-                if st.firewall_early.is_none() && st.firewall_early_task.is_none() {
-                    match firewall_rules(&view, &config, &plan_opts) {
-                        Some(rules) => {
-                            st.firewall_early_task = Some(tokio::spawn(early_firewall(
-                                firewall.clone(),
-                                config.clone(),
-                                rules,
-                            )))
-                        }
-                        None => st.firewall_early = Some(false),
-                    }
+                if matches!(st.firewall_early, EarlyCheck::NotStarted) {
+                    st.firewall_early = match firewall_rules(&view, &config, &plan_opts) {
+                        Some(rules) => EarlyCheck::Running(tokio::spawn(early_firewall(
+                            firewall.clone(),
+                            config.clone(),
+                            rules,
+                        ))),
+                        None => EarlyCheck::Spent,
+                    };
                 }
                 if status.listed > 0 {
                     prefill(&view, &config, &plan_opts, &mut dataplane).await;
@@ -308,14 +312,17 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
-        if let Some(task) = st.firewall_early_task.take() {
-            st.firewall_early = Some(false);
+        if let EarlyCheck::Running(task) =
+            std::mem::replace(&mut st.firewall_early, EarlyCheck::Spent)
+        {
             match task.await {
                 Ok(early) => {
                     firewall = early.firewall;
                     st.firewall_synced = early.synced;
                     st.firewall_installed = early.installed;
-                    st.firewall_early = Some(early.checked);
+                    if early.checked {
+                        st.firewall_early = EarlyCheck::Fresh;
+                    }
                 }
                 Err(e) => warn!("firewall check at start failed to run: {e}"),
             }
@@ -528,10 +535,8 @@ async fn pass(
     };
     // Checked during the first list already: this pass needs the check only if the rules
     // changed since (sync_firewall compares them).
-    let firewall_full = full && st.firewall_early != Some(true);
-    if st.firewall_early == Some(true) {
-        st.firewall_early = Some(false);
-    }
+    let early = std::mem::replace(&mut st.firewall_early, EarlyCheck::Spent);
+    let firewall_full = full && !matches!(early, EarlyCheck::Fresh);
     // The rules do not depend on the kernel entries: check them meanwhile.
     let rules = sync_firewall(
         firewall.as_ref(),
