@@ -19,6 +19,9 @@
 # for the short smoke run in hack/test.sh. Campaigns use the default, release. The dev build
 # calls cargo directly with the instrumentation flags cargo-fuzz 0.13 passes, so the smoke run
 # on a fresh machine does not spend 3 minutes installing cargo-fuzz.
+#
+# FUZZ_TARGET_DIR puts the build (and the grown corpus) elsewhere than $CARGO_TARGET_DIR or
+# tests/fuzz/target: hack/test.sh builds in a scratch dir and removes it afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +37,7 @@ case "$secs" in
 esac
 
 fuzz_dir=tests/fuzz
-target_dir="${CARGO_TARGET_DIR:-$PWD/$fuzz_dir/target}"
+target_dir="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/$fuzz_dir/target}}"
 work="$target_dir/fuzz-corpus"
 logs="$target_dir/fuzz-logs"
 mkdir -p "$work" "$logs"
