@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// Full resync period, seconds (drift is repaired sooner, via netlink events).
     #[arg(long, default_value_t = 10)]
     pub resync_seconds: u64,
+    /// Get the Node list in pages instead of as one watch stream (sendInitialEvents). The
+    /// agent falls back to pages by itself where the apiserver does not stream lists.
+    #[arg(long, env = "TRELLIS_PAGED_NODE_LIST", value_parser = clap::builder::BoolishValueParser::new())]
+    pub paged_node_list: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,10 +161,10 @@ struct LoopState {
 /// arrives, off the path to ready; a successful check spares the first full pass its own.
 enum EarlyCheck {
     NotStarted,
+    /// Joined by the first full pass, which skips its own check if this one succeeded and
+    /// the rules are the same.
     Running(tokio::task::JoinHandle<EarlyFirewall>),
-    /// Checked: the next full pass may skip the firewall if its rules are the same.
-    Fresh,
-    /// Failed, or already used by a pass.
+    /// Not possible (no rules yet), or already joined.
     Spent,
 }
 
@@ -259,7 +263,11 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         underlay,
     };
     let view = Arc::new(Mutex::new(ClusterView::new(lease, keys.clone())));
-    let watcher = NodeWatcher::new(client.clone(), view.clone(), NodeWatchOptions::default());
+    let watch_options = NodeWatchOptions {
+        streaming_list: !args.paged_node_list,
+        ..NodeWatchOptions::default()
+    };
+    let watcher = NodeWatcher::new(client.clone(), view.clone(), watch_options);
     let mut view_status = watcher.status();
     metrics.attach_node_watch(watcher.stats());
     tokio::spawn(watcher.run());
@@ -312,24 +320,8 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
-        if let EarlyCheck::Running(task) =
-            std::mem::replace(&mut st.firewall_early, EarlyCheck::Spent)
-        {
-            match task.await {
-                Ok(early) => {
-                    firewall = early.firewall;
-                    st.firewall_synced = early.synced;
-                    st.firewall_installed = early.installed;
-                    if early.checked {
-                        st.firewall_early = EarlyCheck::Fresh;
-                    }
-                }
-                Err(e) => warn!("firewall check at start failed to run: {e}"),
-            }
-        }
         let config = config_rx.borrow().clone();
         if let Some(config) = config {
-            firewall = ensure_firewall(firewall, &config, &mut st.old_firewall).await;
             pass(
                 &args,
                 &view,
@@ -533,19 +525,40 @@ async fn pass(
             dataplane.reconcile_known(desired_kernel.clone()).await
         }
     };
-    // Checked during the first list already: this pass needs the check only if the rules
-    // changed since (sync_firewall compares them).
+    // The rules do not depend on the kernel entries: check them meanwhile. At start the
+    // check made during the first list may still be running; the kernel does not wait for it.
     let early = std::mem::replace(&mut st.firewall_early, EarlyCheck::Spent);
-    let firewall_full = full && !matches!(early, EarlyCheck::Fresh);
-    // The rules do not depend on the kernel entries: check them meanwhile.
-    let rules = sync_firewall(
-        firewall.as_ref(),
+    let (old_firewall, synced, installed) = (
         &mut st.old_firewall,
         &mut st.firewall_synced,
         &mut st.firewall_installed,
-        &plan.state.firewall,
-        firewall_full,
     );
+    let rules = async {
+        let mut checked_early = false;
+        if let EarlyCheck::Running(task) = early {
+            match task.await {
+                Ok(e) => {
+                    *firewall = e.firewall;
+                    *synced = e.synced;
+                    *installed = e.installed;
+                    checked_early = e.checked;
+                }
+                Err(e) => warn!("firewall check at start failed to run: {e}"),
+            }
+        }
+        *firewall = ensure_firewall(firewall.take(), config, old_firewall).await;
+        // Checked during the first list already: this pass needs the check only if the
+        // rules changed since (sync_firewall compares them).
+        sync_firewall(
+            firewall.as_ref(),
+            old_firewall,
+            synced,
+            installed,
+            &plan.state.firewall,
+            full && !checked_early,
+        )
+        .await
+    };
     let (reconciled, (firewall_ok, firewall_drift)) = tokio::join!(kernel, rules);
     ok &= firewall_ok;
     match reconciled {

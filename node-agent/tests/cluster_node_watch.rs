@@ -12,8 +12,10 @@ use trellis_agent::config::NetConfig;
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// Paged lists, two Nodes a page: every list here takes several pages.
 fn fast_options() -> NodeWatchOptions {
     NodeWatchOptions {
+        streaming_list: false,
         page_size: 2,
         watch_timeout_secs: 290,
         backoff: BackoffPolicy {
@@ -183,8 +185,86 @@ async fn a_node_deleted_while_down_disappears_on_restart() {
     r.task.abort();
 }
 
+/// The same with each list streamed (`sendInitialEvents`).
+fn streaming_options() -> NodeWatchOptions {
+    NodeWatchOptions {
+        streaming_list: true,
+        ..fast_options()
+    }
+}
+
+/// (verb, count) of the Node requests the emulator recorded.
+async fn node_requests(c: &Cluster) -> Vec<(String, u64)> {
+    let faults = c.emu.faults().await.unwrap();
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for r in faults.audit().await.unwrap() {
+        if r.resource == "nodes" && r.subresource.is_empty() {
+            match out.iter_mut().find(|(v, _)| *v == r.verb) {
+                Some((_, n)) => *n += r.count,
+                None => out.push((r.verb, r.count)),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_list_and_pages_where_the_apiserver_does_not_stream() {
+    for watch_list in [true, false] {
+        let c = cluster_with(|cfg| {
+            cfg.audit = true;
+            cfg.watch_list = watch_list;
+        })
+        .await;
+        for i in 2..=6 {
+            create_node(&c.nodes, i, true).await;
+        }
+        let view = local_view();
+        let mut r = start_with(&c, &view, streaming_options());
+        synced(&mut r).await;
+        assert_eq!(
+            programmed(&view),
+            ["node-2", "node-3", "node-4", "node-5", "node-6"]
+        );
+        assert_eq!(
+            r.stats.errors.load(Ordering::Relaxed),
+            0,
+            "a refusal is no error"
+        );
+        // Changes after the first list flow on either way.
+        create_node(&c.nodes, 7, true).await;
+        eventually(WAIT, "node-7", || programmed(&view).len() == 6).await;
+        let requests = node_requests(&c).await;
+        if watch_list {
+            // One streamed list, no page.
+            assert!(
+                !requests.iter().any(|(v, _)| v == "list"),
+                "listed although the API streams: {requests:?}"
+            );
+        } else {
+            // Refused once (422), then 5 Nodes in pages of 2.
+            assert!(
+                requests.contains(&("list".to_string(), 3)),
+                "no paged list after the refusal: {requests:?}"
+            );
+        }
+        assert!(requests.iter().any(|(v, _)| v == "watch"), "{requests:?}");
+        r.task.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_never_clear_the_view_and_it_converges_after() {
+    faults_scenario(fast_options()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_never_clear_a_streamed_view_and_it_converges_after() {
+    faults_scenario(streaming_options()).await;
+}
+
+async fn faults_scenario(base: NodeWatchOptions) {
     let c = cluster().await;
     let faults = c.emu.faults().await.unwrap();
     for i in 2..=4 {
@@ -197,7 +277,7 @@ async fn faults_never_clear_the_view_and_it_converges_after() {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(1),
         },
-        ..fast_options()
+        ..base
     };
     let mut r = start_with(&c, &view, opts);
     synced(&mut r).await;
@@ -205,6 +285,11 @@ async fn faults_never_clear_the_view_and_it_converges_after() {
 
     // 1. Every watch closed: the watcher resumes from its version, no relist needed.
     let relists = r.stats.relists.load(Ordering::Relaxed);
+    // After a paged list the watch opens a moment after the sync.
+    eventually_async(WAIT, "the watch open", || async {
+        faults.state().await.is_ok_and(|s| s.open_watches >= 1)
+    })
+    .await;
     assert!(faults.close_watches().await.unwrap() >= 1);
     create_node(&c.nodes, 5, true).await;
     eventually(WAIT, "node-5 after resume", || {

@@ -670,4 +670,25 @@ async fn streaming_list_watcher_gets_initial_events_end_bookmark() {
         .expect("create");
     assert!(!until_applied(&mut w, "s3").await);
     emu.shutdown().await.expect("shutdown");
+
+    // The WatchList feature gate off (Kubernetes 1.33's default): 422 Invalid for the
+    // streaming list, plain watches and lists served as ever.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = EmulatorConfig::new(dir.path());
+    cfg.watch_list = false;
+    let emu = Emulator::start(cfg).await.expect("emulator starts");
+    let nodes: Api<Node> = Api::all(emu.client().await.expect("client"));
+    let cfg = watcher::Config::default().streaming_lists();
+    let mut w = watcher(nodes.clone(), cfg).boxed();
+    match next(&mut w).await {
+        Err(watcher::Error::WatchStartFailed(kube::Error::Api(s))) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+            assert!(s.message.contains("WatchList"), "{}", s.message);
+        }
+        other => panic!("streaming list not refused: {other:?}"),
+    }
+    let mut w = watcher(nodes.clone(), watcher::Config::default()).boxed();
+    assert!(matches!(next(&mut w).await, Ok(watcher::Event::Init)));
+    assert!(matches!(next(&mut w).await, Ok(watcher::Event::InitDone)));
+    emu.shutdown().await.expect("shutdown");
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::backoff::{Backoff, BackoffPolicy};
 use super::node_object::SlimNode;
 use super::relist::RelistFeed;
-use super::watch_error::{classify, WatchFailure};
+use super::watch_error::{classify, refuses_streaming, WatchFailure};
 use crate::view::{ClusterView, NodeInfo};
 
 /// The view shared between the watcher (writer) and the planner (reader). A std mutex: every
@@ -52,6 +52,12 @@ pub struct ViewStatus {
 /// How many listed Nodes make a progress report during the first list.
 pub const LIST_PROGRESS_STEP: u64 = 250;
 
+/// How long a streamed list may go without an event before the apiserver is taken not to
+/// stream lists at all: one that predates sendInitialEvents ignores it and serves a plain
+/// watch, whose initial events never end. A real apiserver streams from its watch cache without
+/// pauses; the limit is generous so that a loaded one is not mistaken for an old one.
+const STREAMED_LIST_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct NodeWatchStats {
@@ -65,7 +71,12 @@ pub struct NodeWatchStats {
 
 #[derive(Debug, Clone)]
 pub struct NodeWatchOptions {
-    /// Nodes per list page: bounds the memory of a list at the cost of round trips.
+    /// Get each full list as a watch stream (`sendInitialEvents`, the WatchList feature of
+    /// Kubernetes 1.32+): Nodes are decoded while the apiserver still sends the rest, where
+    /// paged lists wait for each page before asking for the next. Falls back to paged lists
+    /// for good when the apiserver refuses or does not end the stream.
+    pub streaming_list: bool,
+    /// Nodes per list page when paging: bounds the memory of a list at the cost of round trips.
     pub page_size: u32,
     /// Server-side watch timeout; the watch is then resumed from the last version.
     pub watch_timeout_secs: u32,
@@ -75,6 +86,7 @@ pub struct NodeWatchOptions {
 impl Default for NodeWatchOptions {
     fn default() -> Self {
         NodeWatchOptions {
+            streaming_list: true,
             // Measured with 5000 Nodes of ~10 KB (tests/cluster_scale.rs): 500 per page peaks
             // at ~52 MiB RSS, 100 at ~28 MiB, for the same list time; 50 gains nothing more.
             page_size: 100,
@@ -124,24 +136,60 @@ impl NodeWatcher {
         self.stats.clone()
     }
 
+    fn watcher_config(&self, streaming: bool) -> watcher::Config {
+        let config = watcher::Config::default().timeout(self.options.watch_timeout_secs);
+        if streaming {
+            config.streaming_lists()
+        } else {
+            config.page_size(self.options.page_size)
+        }
+    }
+
     /// Runs until the task is dropped or aborted.
     pub async fn run(self) {
-        let config = watcher::Config::default()
-            .page_size(self.options.page_size)
-            .timeout(self.options.watch_timeout_secs);
+        let mut streaming = self.options.streaming_list;
         let mut feed = RelistFeed::new();
         let mut backoff = Backoff::new(self.options.backoff);
         let mut outage_start: Option<Instant> = None;
         // A new stream starts with a list; the feed keeps the view until that list completes.
         loop {
-            let stream = watcher::watcher(self.api.clone(), config.clone());
+            let stream = watcher::watcher(self.api.clone(), self.watcher_config(streaming));
             let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
+            // A streamed list in flight: between `Init` (the watch is open) and `InitDone`.
+            let mut streaming_initial = false;
+            loop {
+                let next = if streaming_initial {
+                    match tokio::time::timeout(STREAMED_LIST_IDLE_LIMIT, stream.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            tracing::warn!(
+                                idle_secs = STREAMED_LIST_IDLE_LIMIT.as_secs(),
+                                "the API server sent no end of the streamed Node list (an apiserver \
+                                 older than Kubernetes 1.27 ignores sendInitialEvents); \
+                                 using paged lists from now on"
+                            );
+                            streaming = false;
+                            break;
+                        }
+                    }
+                } else {
+                    stream.next().await
+                };
+                let Some(item) = next else { break };
                 let event = match item {
                     Ok(e) => e,
                     Err(e) => {
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        if streaming && refuses_streaming(&e) {
+                            tracing::info!(
+                                error = %e,
+                                "the API server does not stream lists (WatchList feature gate \
+                                 off, the default in Kubernetes 1.33); using paged lists"
+                            );
+                            streaming = false;
+                            break;
+                        }
                         let failure = classify(&e);
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
                         report_error(&e, failure, backoff.failures(), feed.synced());
                         outage_start.get_or_insert_with(Instant::now);
                         tokio::time::sleep(backoff.next_delay()).await;
@@ -151,6 +199,11 @@ impl NodeWatcher {
                         continue;
                     }
                 };
+                match event {
+                    Event::Init => streaming_initial = streaming,
+                    Event::InitDone => streaming_initial = false,
+                    _ => {}
+                }
                 // `Init` comes before any API call: only data proves the API is back.
                 if !matches!(event, Event::Init) {
                     if let Some(since) = outage_start.take() {

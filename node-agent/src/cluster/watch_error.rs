@@ -25,6 +25,14 @@ pub(crate) fn classify(e: &watcher::Error) -> WatchFailure {
     }
 }
 
+/// Whether the watch request itself was refused as a bad request (400 or 422): what an
+/// apiserver with the WatchList feature gate off (Kubernetes 1.33's default) answers a streaming
+/// list (`sendInitialEvents`). For a watcher that streams its lists this means "page instead";
+/// for any other it is an ordinary failure.
+pub(crate) fn refuses_streaming(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if matches!(s.code, 400 | 422))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +68,16 @@ mod tests {
             classify(&watcher::Error::NoResourceVersion),
             WatchFailure::Other
         );
+    }
+
+    #[test]
+    fn a_bad_request_at_start_refuses_streaming() {
+        let start = |code| watcher::Error::WatchStartFailed(kube::Error::Api(status(code)));
+        assert!(refuses_streaming(&start(422)));
+        assert!(refuses_streaming(&start(400)));
+        assert!(!refuses_streaming(&start(500)));
+        assert!(!refuses_streaming(&start(410)));
+        // A 422 event inside a running watch is no refusal of the request.
+        assert!(!refuses_streaming(&watcher::Error::WatchError(status(422))));
     }
 }

@@ -26,11 +26,17 @@ pub struct Cluster {
 }
 
 pub async fn cluster() -> Cluster {
+    cluster_with(|_| {}).await
+}
+
+/// [`cluster`] with the emulator configured further (a feature gate off, the audit on).
+pub async fn cluster_with(configure: impl FnOnce(&mut EmulatorConfig)) -> Cluster {
     trellis_e2e::apiserver::install_crypto_provider();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = EmulatorConfig::new(dir.path());
     // Frequent bookmarks exercise the watcher's resume path.
     cfg.bookmark_interval = Duration::from_millis(500);
+    configure(&mut cfg);
     let emu = Emulator::start(cfg).await.expect("emulator starts");
     let client = emu.client().await.expect("client");
     Cluster {

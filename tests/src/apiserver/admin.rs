@@ -116,6 +116,15 @@ impl Faults {
         self.call("POST", "persist").await.map(|_| ())
     }
 
+    /// Every distinct request recorded since the start (emulator started with the audit on).
+    pub async fn audit(&self) -> Result<Vec<super::rbac::AuditRecord>, EmulatorError> {
+        let v = self.call("GET", "audit").await?;
+        serde_json::from_value(v["records"].clone()).map_err(|e| EmulatorError::Admin {
+            op: "audit".into(),
+            reason: e.to_string(),
+        })
+    }
+
     pub async fn state(&self) -> Result<EmulatorState, EmulatorError> {
         let v = self.call("GET", "state").await?;
         serde_json::from_value(v).map_err(|e| EmulatorError::Admin {

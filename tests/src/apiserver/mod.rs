@@ -102,6 +102,9 @@ pub struct EmulatorConfig {
     pub rbac: Option<rbac::Policy>,
     /// Record every resource request per user (`GET /_emulator/audit`).
     pub audit: bool,
+    /// Serve streaming lists (`sendInitialEvents`), as kube-apiserver with its WatchList
+    /// feature gate on (1.32, 1.34+). Off, such a watch gets 422 as from 1.33's default.
+    pub watch_list: bool,
 }
 
 impl EmulatorConfig {
@@ -117,6 +120,7 @@ impl EmulatorConfig {
             users: Vec::new(),
             rbac: None,
             audit: false,
+            watch_list: true,
         }
     }
 }
@@ -238,6 +242,7 @@ impl Emulator {
             users: config.users.iter().cloned().collect(),
             rbac: config.rbac.clone(),
             audit: config.audit.then(Default::default),
+            watch_list: config.watch_list,
         });
         state.persist().await.map_err(|e| EmulatorError::Io {
             path: state.state_path.clone(),

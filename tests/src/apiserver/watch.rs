@@ -110,6 +110,11 @@ pub fn watch(
     let bookmarks = http::flag(q, "allowWatchBookmarks");
     let send_initial = http::flag(q, "sendInitialEvents");
     let rv_match = q.get("resourceVersionMatch").map(String::as_str);
+    if send_initial && !state.watch_list {
+        return Err(ApiError::unprocessable(
+            "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+        ));
+    }
     if send_initial && rv_match != Some("NotOlderThan") {
         return Err(ApiError::unprocessable(
             "sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan",

@@ -15,9 +15,11 @@ const USAGE: &str = "usage: kube-emulator --dir DIR [--listen IP:PORT]... [--ser
   --server-url URL   server written into DIR/kubeconfig (default https://<first listen address>)
   --san IP|NAME      extra subject alternative name for the serving certificate (repeatable)
   --bookmark-interval-ms N   period of watch bookmarks (default 60000)
+  --persist-interval-ms N    how often changed state is written to DIR/state.json (default 500)
   --user TOKEN=NAME  an extra bearer token authenticating as user NAME (repeatable); DIR/token is an admin
   --rbac FILE        enforce RBAC for the extra users with the (Cluster)Role(Binding)s in FILE (repeatable)
   --audit            record every resource request per user: GET /_emulator/audit
+  --no-watch-list    refuse streaming lists (sendInitialEvents) with 422, as Kubernetes 1.33 does by default
 
 Logs go to stderr (RUST_LOG=debug logs every request). Fault controls: POST /_emulator/{close-watches,
 fail?forMs=N&code=500,delay?ms=M&forMs=N,clear,compact,persist}, GET /_emulator/state (bearer token required).";
@@ -28,9 +30,11 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     let mut server_url = None;
     let mut sans = Vec::new();
     let mut bookmark_ms: Option<u64> = None;
+    let mut persist_ms: Option<u64> = None;
     let mut users = Vec::new();
     let mut rbac: Option<trellis_e2e::apiserver::rbac::Policy> = None;
     let mut audit = false;
+    let mut watch_list = true;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -63,6 +67,13 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
                         .map_err(|_| format!("--bookmark-interval-ms {v}: not a number"))?,
                 );
             }
+            "--persist-interval-ms" => {
+                let v = value()?;
+                persist_ms = Some(
+                    v.parse()
+                        .map_err(|_| format!("--persist-interval-ms {v}: not a number"))?,
+                );
+            }
             "--user" => {
                 let v = value()?;
                 let (token, name) = v
@@ -78,6 +89,7 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
                     .map_err(|e| format!("--rbac: {e}"))?;
             }
             "--audit" => audit = true,
+            "--no-watch-list" => watch_list = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -94,6 +106,10 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     cfg.users = users;
     cfg.rbac = rbac;
     cfg.audit = audit;
+    cfg.watch_list = watch_list;
+    if let Some(ms) = persist_ms {
+        cfg.persist_interval = std::time::Duration::from_millis(ms.max(10));
+    }
     if let Some(ms) = bookmark_ms {
         cfg.bookmark_interval = std::time::Duration::from_millis(ms.max(10));
     }

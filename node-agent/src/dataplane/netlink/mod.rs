@@ -15,6 +15,7 @@
 //! [`ROUTE_PROTOCOL`]: crate::dataplane::desired::ROUTE_PROTOCOL
 
 mod apply;
+mod bulk;
 mod expect;
 mod monitor;
 mod parse;
@@ -32,6 +33,7 @@ pub use expect::{agrees, Expected};
 pub use monitor::{concerns_owned, DriftMonitor, MonitorStats, Owned};
 pub use read::read_actual;
 
+use self::bulk::BulkSocket;
 use super::desired::KernelState;
 use super::diff::diff;
 
@@ -116,6 +118,8 @@ enum Deletes {
 pub struct Dataplane {
     handle: Handle,
     connection: JoinHandle<()>,
+    /// Entry ops go here, many per syscall; `handle` serves links, addresses and dumps.
+    bulk: BulkSocket,
     /// What the kernel holds as far as this executor knows: the desired state of the last
     /// pass that applied without error. Published to the drift monitor, which signals any
     /// change that disagrees with it, so between signals it stays true.
@@ -139,9 +143,12 @@ impl Dataplane {
     pub fn new() -> Result<Dataplane, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection()
             .map_err(|e| NetlinkError::socket("open netlink socket", e))?;
+        let bulk =
+            BulkSocket::open().map_err(|e| NetlinkError::socket("open netlink socket", e))?;
         Ok(Dataplane {
             handle,
             connection: tokio::spawn(conn),
+            bulk,
             known: Expected::default(),
             index: HashMap::new(),
             unread_extras: false,
@@ -246,7 +253,8 @@ impl Dataplane {
         }
         // Published before applying: the notifications of these ops agree with it.
         self.known.set(Some(desired));
-        let report = apply::apply_with_index(&self.handle, &ops, &mut self.index).await;
+        let report =
+            apply::apply_with_index(&self.handle, &mut self.bulk, &ops, &mut self.index).await;
         if !report.errors.is_empty() {
             // Some of it did not happen: what the kernel holds is unknown until read again.
             self.known.set(None);
