@@ -155,6 +155,8 @@ struct LoopState {
     skip_log: SkipLog,
     /// The firewall check made while the first Node list arrives.
     firewall_early: EarlyCheck,
+    /// The devices were programmed before the first Node arrived.
+    prefilled_devices: bool,
 }
 
 /// The firewall rules do not depend on peers, so they are checked while the first Node list
@@ -289,6 +291,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         full: true,
         skip_log: SkipLog::default(),
         firewall_early: EarlyCheck::NotStarted,
+        prefilled_devices: false,
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -310,7 +313,10 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                         None => EarlyCheck::Spent,
                     };
                 }
-                if status.listed > 0 {
+                // Also before any Node is listed: the devices and their addresses need no
+                // peer, and making them is the slowest part of the first prefill.
+                if status.listed > 0 || !st.prefilled_devices {
+                    st.prefilled_devices = true;
                     prefill(&view, &config, &plan_opts, &mut dataplane).await;
                 }
             }
@@ -559,7 +565,11 @@ async fn pass(
         )
         .await
     };
-    let (reconciled, (firewall_ok, firewall_drift)) = tokio::join!(kernel, rules);
+    // Peers read the annotations, not our kernel: publish them meanwhile too.
+    let ads = plan.state.advertisement.to_annotations(&keys);
+    let advertise = own.advertise(&ads);
+    let (reconciled, (firewall_ok, firewall_drift), advertised) =
+        tokio::join!(kernel, rules, advertise);
     ok &= firewall_ok;
     match reconciled {
         Ok(report) => {
@@ -589,8 +599,7 @@ async fn pass(
             ok = false;
         }
     }
-    let ads = plan.state.advertisement.to_annotations(&keys);
-    match own.advertise(&ads).await {
+    match advertised {
         Ok(true) => info!(
             backend = backend_now.as_str(),
             "node annotations advertised"

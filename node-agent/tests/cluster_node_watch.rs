@@ -9,6 +9,7 @@ use cluster_support::*;
 use trellis_agent::annotations::DEFAULT_PREFIX;
 use trellis_agent::cluster::{BackoffPolicy, NodeWatchOptions, NodeWatcher, SharedView};
 use trellis_agent::config::NetConfig;
+use trellis_e2e::apiserver::WatchList;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -16,6 +17,7 @@ const WAIT: Duration = Duration::from_secs(15);
 fn fast_options() -> NodeWatchOptions {
     NodeWatchOptions {
         streaming_list: false,
+        streamed_list_idle_limit: Duration::from_secs(30),
         page_size: 2,
         watch_timeout_secs: 290,
         backoff: BackoffPolicy {
@@ -211,7 +213,7 @@ async fn node_requests(c: &Cluster) -> Vec<(String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_the_list_and_pages_where_the_apiserver_does_not_stream() {
-    for watch_list in [true, false] {
+    for watch_list in [WatchList::Served, WatchList::Refused, WatchList::Ignored] {
         let c = cluster_with(|cfg| {
             cfg.audit = true;
             cfg.watch_list = watch_list;
@@ -221,7 +223,11 @@ async fn streams_the_list_and_pages_where_the_apiserver_does_not_stream() {
             create_node(&c.nodes, i, true).await;
         }
         let view = local_view();
-        let mut r = start_with(&c, &view, streaming_options());
+        let opts = NodeWatchOptions {
+            streamed_list_idle_limit: Duration::from_millis(700),
+            ..streaming_options()
+        };
+        let mut r = start_with(&c, &view, opts);
         synced(&mut r).await;
         assert_eq!(
             programmed(&view),
@@ -236,17 +242,17 @@ async fn streams_the_list_and_pages_where_the_apiserver_does_not_stream() {
         create_node(&c.nodes, 7, true).await;
         eventually(WAIT, "node-7", || programmed(&view).len() == 6).await;
         let requests = node_requests(&c).await;
-        if watch_list {
+        if watch_list == WatchList::Served {
             // One streamed list, no page.
             assert!(
                 !requests.iter().any(|(v, _)| v == "list"),
                 "listed although the API streams: {requests:?}"
             );
         } else {
-            // Refused once (422), then 5 Nodes in pages of 2.
+            // Refused (422) or never ended, then 5 Nodes in pages of 2.
             assert!(
                 requests.contains(&("list".to_string(), 3)),
-                "no paged list after the refusal: {requests:?}"
+                "no paged list after {watch_list:?}: {requests:?}"
             );
         }
         assert!(requests.iter().any(|(v, _)| v == "watch"), "{requests:?}");

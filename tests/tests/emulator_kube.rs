@@ -675,7 +675,7 @@ async fn streaming_list_watcher_gets_initial_events_end_bookmark() {
     // streaming list, plain watches and lists served as ever.
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = EmulatorConfig::new(dir.path());
-    cfg.watch_list = false;
+    cfg.watch_list = trellis_e2e::apiserver::WatchList::Refused;
     let emu = Emulator::start(cfg).await.expect("emulator starts");
     let nodes: Api<Node> = Api::all(emu.client().await.expect("client"));
     let cfg = watcher::Config::default().streaming_lists();

@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -52,12 +52,6 @@ pub struct ViewStatus {
 /// How many listed Nodes make a progress report during the first list.
 pub const LIST_PROGRESS_STEP: u64 = 250;
 
-/// How long a streamed list may go without an event before the apiserver is taken not to
-/// stream lists at all: one that predates sendInitialEvents ignores it and serves a plain
-/// watch, whose initial events never end. A real apiserver streams from its watch cache without
-/// pauses; the limit is generous so that a loaded one is not mistaken for an old one.
-const STREAMED_LIST_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct NodeWatchStats {
@@ -76,6 +70,12 @@ pub struct NodeWatchOptions {
     /// paged lists wait for each page before asking for the next. Falls back to paged lists
     /// for good when the apiserver refuses or does not end the stream.
     pub streaming_list: bool,
+    /// How long a streamed list may go without an event before the apiserver is taken not to
+    /// stream lists at all: a server or proxy that does not know sendInitialEvents ignores it
+    /// and serves a plain watch, whose initial events never end. kube-apiserver streams from
+    /// its watch cache without pauses; the default is generous so that a loaded one is not
+    /// mistaken for such a server.
+    pub streamed_list_idle_limit: Duration,
     /// Nodes per list page when paging: bounds the memory of a list at the cost of round trips.
     pub page_size: u32,
     /// Server-side watch timeout; the watch is then resumed from the last version.
@@ -87,6 +87,7 @@ impl Default for NodeWatchOptions {
     fn default() -> Self {
         NodeWatchOptions {
             streaming_list: true,
+            streamed_list_idle_limit: Duration::from_secs(30),
             // Measured with 5000 Nodes of ~10 KB (tests/cluster_scale.rs): 500 per page peaks
             // at ~52 MiB RSS, 100 at ~28 MiB, for the same list time; 50 gains nothing more.
             page_size: 100,
@@ -159,14 +160,14 @@ impl NodeWatcher {
             let mut streaming_initial = false;
             loop {
                 let next = if streaming_initial {
-                    match tokio::time::timeout(STREAMED_LIST_IDLE_LIMIT, stream.next()).await {
+                    let limit = self.options.streamed_list_idle_limit;
+                    match tokio::time::timeout(limit, stream.next()).await {
                         Ok(next) => next,
                         Err(_) => {
                             tracing::warn!(
-                                idle_secs = STREAMED_LIST_IDLE_LIMIT.as_secs(),
-                                "the API server sent no end of the streamed Node list (an apiserver \
-                                 older than Kubernetes 1.27 ignores sendInitialEvents); \
-                                 using paged lists from now on"
+                                idle_ms = limit.as_millis() as u64,
+                                "the API server sent no end of the streamed Node list (it \
+                                 ignores sendInitialEvents); using paged lists from now on"
                             );
                             streaming = false;
                             break;

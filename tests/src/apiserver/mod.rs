@@ -102,9 +102,34 @@ pub struct EmulatorConfig {
     pub rbac: Option<rbac::Policy>,
     /// Record every resource request per user (`GET /_emulator/audit`).
     pub audit: bool,
-    /// Serve streaming lists (`sendInitialEvents`), as kube-apiserver with its WatchList
-    /// feature gate on (1.32, 1.34+). Off, such a watch gets 422 as from 1.33's default.
-    pub watch_list: bool,
+    /// How a streaming list (`sendInitialEvents` on a watch) is answered.
+    pub watch_list: WatchList,
+}
+
+/// How the emulator answers a streaming list (`sendInitialEvents` on a watch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchList {
+    /// Served and ended by the `k8s.io/initial-events-end` bookmark, as kube-apiserver with its
+    /// WatchList feature gate on (1.32, 1.34 and later).
+    Served,
+    /// 422 Invalid, as kube-apiserver 1.33, whose WatchList gate is off by default.
+    Refused,
+    /// The parameters ignored: a plain watch whose initial events never end, as from a server
+    /// or proxy that does not know them.
+    Ignored,
+}
+
+impl std::str::FromStr for WatchList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "served" => Ok(WatchList::Served),
+            "refused" => Ok(WatchList::Refused),
+            "ignored" => Ok(WatchList::Ignored),
+            other => Err(format!("{other:?}: expected served, refused or ignored")),
+        }
+    }
 }
 
 impl EmulatorConfig {
@@ -120,7 +145,7 @@ impl EmulatorConfig {
             users: Vec::new(),
             rbac: None,
             audit: false,
-            watch_list: true,
+            watch_list: WatchList::Served,
         }
     }
 }

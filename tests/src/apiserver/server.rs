@@ -48,8 +48,7 @@ pub struct ServerState {
     pub users: HashMap<String, String>,
     pub rbac: Option<rbac::Policy>,
     pub audit: Option<rbac::Audit>,
-    /// The WatchList feature gate: streaming lists served (see `EmulatorConfig::watch_list`).
-    pub watch_list: bool,
+    pub watch_list: super::WatchList,
 }
 
 impl ServerState {

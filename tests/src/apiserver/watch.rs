@@ -20,6 +20,7 @@ use super::status::ApiError;
 use super::store::{self, EventType, ResumeError, StoredObject, Subscription, WatchEvent};
 use super::table;
 use super::util;
+use super::WatchList;
 
 /// Without `timeoutSeconds` the apiserver ends a watch after its minimum request timeout (30 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -108,12 +109,17 @@ pub fn watch(
 ) -> Result<Response<Body>, ApiError> {
     let sel = Selectors::from_query(rt, q)?;
     let bookmarks = http::flag(q, "allowWatchBookmarks");
-    let send_initial = http::flag(q, "sendInitialEvents");
-    let rv_match = q.get("resourceVersionMatch").map(String::as_str);
-    if send_initial && !state.watch_list {
-        return Err(ApiError::unprocessable(
-            "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
-        ));
+    let mut send_initial = http::flag(q, "sendInitialEvents");
+    let mut rv_match = q.get("resourceVersionMatch").map(String::as_str);
+    match state.watch_list {
+        WatchList::Served => {}
+        WatchList::Refused if send_initial => {
+            return Err(ApiError::unprocessable(
+                "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+            ));
+        }
+        WatchList::Refused => {}
+        WatchList::Ignored => (send_initial, rv_match) = (false, None),
     }
     if send_initial && rv_match != Some("NotOlderThan") {
         return Err(ApiError::unprocessable(

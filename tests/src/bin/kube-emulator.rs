@@ -19,7 +19,8 @@ const USAGE: &str = "usage: kube-emulator --dir DIR [--listen IP:PORT]... [--ser
   --user TOKEN=NAME  an extra bearer token authenticating as user NAME (repeatable); DIR/token is an admin
   --rbac FILE        enforce RBAC for the extra users with the (Cluster)Role(Binding)s in FILE (repeatable)
   --audit            record every resource request per user: GET /_emulator/audit
-  --no-watch-list    refuse streaming lists (sendInitialEvents) with 422, as Kubernetes 1.33 does by default
+  --watch-list MODE   streaming lists (sendInitialEvents): served (default), refused (422, as Kubernetes 1.33
+                     by default) or ignored (a plain watch that never ends its initial events)
 
 Logs go to stderr (RUST_LOG=debug logs every request). Fault controls: POST /_emulator/{close-watches,
 fail?forMs=N&code=500,delay?ms=M&forMs=N,clear,compact,persist}, GET /_emulator/state (bearer token required).";
@@ -34,7 +35,7 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     let mut users = Vec::new();
     let mut rbac: Option<trellis_e2e::apiserver::rbac::Policy> = None;
     let mut audit = false;
-    let mut watch_list = true;
+    let mut watch_list = trellis_e2e::apiserver::WatchList::Served;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -89,7 +90,9 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
                     .map_err(|e| format!("--rbac: {e}"))?;
             }
             "--audit" => audit = true,
-            "--no-watch-list" => watch_list = false,
+            "--watch-list" => {
+                watch_list = value()?.parse().map_err(|e| format!("--watch-list {e}"))?
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
