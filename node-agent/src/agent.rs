@@ -157,6 +157,12 @@ struct LoopState {
     firewall_early: EarlyCheck,
     /// The devices were programmed before the first Node arrived.
     prefilled_devices: bool,
+    /// The next full pass may diff against what the executor knows instead of reading the
+    /// kernel: set for the pass right after the first list, when the prefill passes have read
+    /// the kernel and nothing has drifted since.
+    kernel_known: bool,
+    /// No pass has run yet.
+    first_pass: bool,
 }
 
 /// The firewall rules do not depend on peers, so they are checked while the first Node list
@@ -292,6 +298,8 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         skip_log: SkipLog::default(),
         firewall_early: EarlyCheck::NotStarted,
         prefilled_devices: false,
+        kernel_known: false,
+        first_pass: true,
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -325,6 +333,11 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
             }
+        }
+        if std::mem::take(&mut st.first_pass) && st.prefilled_devices {
+            // The first pass after the list: the prefill passes read the kernel, and the drift
+            // monitor has watched it since.
+            st.kernel_known = drift_rx.is_empty();
         }
         let config = config_rx.borrow().clone();
         if let Some(config) = config {
@@ -522,10 +535,11 @@ async fn pass(
 
     let mut ok = true;
     let full = std::mem::take(&mut st.full);
+    let kernel_known = std::mem::take(&mut st.kernel_known);
     // Shared with the executor, which keeps it as what the kernel holds: no copy.
     let desired_kernel = Arc::new(std::mem::take(&mut plan.state.kernel));
     let kernel = async {
-        if full {
+        if full && !kernel_known {
             dataplane.reconcile_shared(desired_kernel.clone()).await
         } else {
             dataplane.reconcile_known(desired_kernel.clone()).await

@@ -225,6 +225,29 @@ pub struct KernelState {
 }
 
 impl KernelState {
+    /// `top`, plus whatever of `self` it has no entry for (by name, address, destination,
+    /// neighbour IP or MAC): what the kernel holds after `top` was applied over `self` without
+    /// deleting anything.
+    pub fn overlaid_with(&self, top: &KernelState) -> KernelState {
+        fn keep<K: Ord + Clone, V: Clone>(
+            top: &BTreeMap<K, V>,
+            base: &BTreeMap<K, V>,
+        ) -> BTreeMap<K, V> {
+            let mut out = top.clone();
+            for (k, v) in base {
+                out.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            out
+        }
+        KernelState {
+            links: keep(&top.links, &self.links),
+            addresses: top.addresses.union(&self.addresses).cloned().collect(),
+            routes: keep(&top.routes, &self.routes),
+            neighbours: keep(&top.neighbours, &self.neighbours),
+            fdb: keep(&top.fdb, &self.fdb),
+        }
+    }
+
     pub fn add_link(&mut self, link: Link) {
         self.links.insert(link.name.clone(), link);
     }
@@ -346,6 +369,37 @@ impl fmt::Display for Fdb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlay_keeps_what_the_top_lacks_and_takes_the_top_where_both_have_it() {
+        let route = |dst: &str, gw: &str| Route {
+            dst: dst.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+            dev: "flannel.1".into(),
+            onlink: true,
+        };
+        let mut base = KernelState::default();
+        base.add_route(route("10.244.4.0/24", "10.244.4.0"));
+        base.add_route(route("10.244.3.0/24", "10.244.9.0"));
+        base.add_address("flannel.1", "10.244.1.0/32".parse().unwrap());
+        let mut top = KernelState::default();
+        top.add_route(route("10.244.3.0/24", "10.244.3.0"));
+        top.add_address("flannel.1", "10.244.1.0/32".parse().unwrap());
+        let o = base.overlaid_with(&top);
+        assert_eq!(o.routes.len(), 2);
+        assert_eq!(
+            o.routes[&"10.244.3.0/24".parse().unwrap()]
+                .gateway
+                .to_string(),
+            "10.244.3.0",
+            "the top wins"
+        );
+        assert!(
+            o.routes.contains_key(&"10.244.4.0/24".parse().unwrap()),
+            "kept"
+        );
+        assert_eq!(o.addresses.len(), 1);
+    }
 
     #[test]
     fn mac_parses_and_prints_canonically() {

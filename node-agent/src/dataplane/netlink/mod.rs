@@ -126,9 +126,6 @@ pub struct Dataplane {
     known: Expected,
     /// Link name -> ifindex, kept between passes for [`Dataplane::reconcile_known`].
     index: HashMap<String, u32>,
-    /// The kernel may hold more than `known` (additions only were applied): the next light
-    /// pass must read it.
-    unread_extras: bool,
 }
 
 impl Drop for Dataplane {
@@ -151,7 +148,6 @@ impl Dataplane {
             bulk,
             known: Expected::default(),
             index: HashMap::new(),
-            unread_extras: false,
         })
     }
 
@@ -192,7 +188,6 @@ impl Dataplane {
         let start = Instant::now();
         let snap = read::read_snapshot(&self.handle).await?;
         self.index = snap.names.into_iter().map(|(i, n)| (n, i)).collect();
-        self.unread_extras = false;
         Ok(self
             .apply_diff(desired, &snap.state, true, start, Deletes::Apply)
             .await)
@@ -206,9 +201,8 @@ impl Dataplane {
         &mut self,
         desired: Arc<KernelState>,
     ) -> Result<ReconcileReport, NetlinkError> {
-        let known = match self.known.get() {
-            Some(k) if !self.unread_extras => k,
-            _ => return self.reconcile_shared(desired).await,
+        let Some(known) = self.known.get() else {
+            return self.reconcile_shared(desired).await;
         };
         let start = Instant::now();
         Ok(self
@@ -219,7 +213,9 @@ impl Dataplane {
     /// Apply what `desired` adds or changes and delete nothing: for a view known to be
     /// incomplete (the first Node list still arriving), where deleting what it lacks would
     /// delete the entries of peers not listed yet. Programming those already listed while the
-    /// rest arrives overlaps the API list with the kernel work at start.
+    /// rest arrives overlaps the API list with the kernel work at start. What the executor then
+    /// knows is the kernel as read plus what was added, so the pass after the list may be a
+    /// [`Dataplane::reconcile_known`] that deletes the stale entries without a second read.
     pub async fn reconcile_additions(
         &mut self,
         desired: Arc<KernelState>,
@@ -233,7 +229,6 @@ impl Dataplane {
                 (Arc::new(snap.state), true)
             }
         };
-        self.unread_extras = true;
         Ok(self
             .apply_diff(desired, &actual, read_kernel, start, Deletes::Skip)
             .await)
@@ -248,11 +243,17 @@ impl Dataplane {
         deletes: Deletes,
     ) -> ReconcileReport {
         let mut ops = diff(&desired, actual);
-        if deletes == Deletes::Skip {
-            ops.retain(|op| !op.is_delete());
-        }
+        let expect = match deletes {
+            Deletes::Apply => desired,
+            Deletes::Skip => {
+                ops.retain(|op| !op.is_delete());
+                // What the kernel had stays beside what is added: a later light pass deletes
+                // what is stale without reading the kernel again.
+                Arc::new(actual.overlaid_with(&desired))
+            }
+        };
         // Published before applying: the notifications of these ops agree with it.
-        self.known.set(Some(desired));
+        self.known.set(Some(expect));
         let report =
             apply::apply_with_index(&self.handle, &mut self.bulk, &ops, &mut self.index).await;
         if !report.errors.is_empty() {
