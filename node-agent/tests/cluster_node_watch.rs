@@ -260,6 +260,49 @@ async fn streams_the_list_and_pages_where_the_apiserver_does_not_stream() {
     }
 }
 
+/// The planner holds the view while it plans; the list goes on meanwhile and the Nodes it
+/// brought are in the view once the planner lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_planner_does_not_stall_the_list() {
+    for opts in [fast_options(), streaming_options()] {
+        let c = cluster().await;
+        for i in 2..=6 {
+            create_node(&c.nodes, i, true).await;
+        }
+        let view = local_view();
+        let w = NodeWatcher::new(c.client.clone(), view.clone(), opts);
+        let mut r = Running {
+            status: w.status(),
+            own: w.own_node(),
+            stats: w.stats(),
+            task: tokio::spawn(async {}),
+        };
+        let mut r = {
+            let planner = view.lock().unwrap();
+            r.task = tokio::spawn(w.run());
+            // Blocking this worker is the point: the watcher runs on the other one.
+            let t0 = std::time::Instant::now();
+            while r.stats.events.load(Ordering::Relaxed) < 5 && t0.elapsed() < WAIT {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(
+                r.stats.events.load(Ordering::Relaxed),
+                5,
+                "the list stalled behind the planner"
+            );
+            assert_eq!(planner.node_count(), 0, "applied under the planner's lock");
+            assert!(!r.status.borrow().synced);
+            r
+        };
+        synced(&mut r).await;
+        assert_eq!(
+            programmed(&view),
+            ["node-2", "node-3", "node-4", "node-5", "node-6"]
+        );
+        r.task.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_never_clear_the_view_and_it_converges_after() {
     faults_scenario(fast_options()).await;

@@ -12,7 +12,7 @@
 //! view: the kernel keeps working state during an outage, and the next list reconciles it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use super::backoff::{Backoff, BackoffPolicy};
 use super::node_object::SlimNode;
-use super::relist::RelistFeed;
+use super::relist::{FeedOutcome, RelistFeed};
 use super::watch_error::{classify, refuses_streaming, WatchFailure};
 use crate::view::{ClusterView, NodeInfo};
 
@@ -150,6 +150,8 @@ impl NodeWatcher {
     pub async fn run(self) {
         let mut streaming = self.options.streaming_list;
         let mut feed = RelistFeed::new();
+        // Listed Nodes not yet in the view (see `handle`).
+        let mut deferred = Vec::new();
         let mut backoff = Backoff::new(self.options.backoff);
         let mut outage_start: Option<Instant> = None;
         // A new stream starts with a list; the feed keeps the view until that list completes.
@@ -216,12 +218,17 @@ impl NodeWatcher {
                     }
                     backoff.reset();
                 }
-                self.handle(&mut feed, event);
+                self.handle(&mut feed, &mut deferred, event);
             }
         }
     }
 
-    fn handle(&self, feed: &mut RelistFeed, event: Event<SlimNode>) {
+    fn handle(
+        &self,
+        feed: &mut RelistFeed,
+        deferred: &mut Vec<Event<NodeInfo>>,
+        event: Event<SlimNode>,
+    ) {
         let Some(event) = to_node_info(event) else {
             tracing::warn!("ignoring a Node without a name");
             return;
@@ -245,7 +252,30 @@ impl NodeWatcher {
             }
         }
         let listed_item = matches!(event, Event::InitApply(_));
-        let outcome = feed.apply(&mut lock_view(&self.view), event);
+        let outcome = if listed_item || matches!(event, Event::Init) {
+            // The planner holds the view while it plans (milliseconds at thousands of peers,
+            // several times during the first list): the start of a list and its Nodes wait
+            // here, in order, rather than stall the list, and the next event that finds the
+            // view free takes them all in. Their own outcome is always empty.
+            deferred.push(event);
+            let view = match self.view.try_lock() {
+                Ok(v) => Some(v),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut v) = view {
+                for e in deferred.drain(..) {
+                    feed.apply(&mut v, e);
+                }
+            }
+            FeedOutcome::default()
+        } else {
+            let mut v = lock_view(&self.view);
+            for e in deferred.drain(..) {
+                feed.apply(&mut v, e);
+            }
+            feed.apply(&mut v, event)
+        };
         if listed_item && !feed.synced() {
             let n = self.stats.events.load(Ordering::Relaxed);
             if n.is_multiple_of(LIST_PROGRESS_STEP) {
