@@ -304,6 +304,20 @@ fn failures_are_reported_per_op_and_the_rest_applied() {
             dev: "nosuch0".into(),
             onlink: true,
         }),
+        // Refused by the kernel in the middle of a bulk send (a gateway not on-link with no
+        // route to it): only this op fails, the one after it still applies.
+        Op::AddRoute(Route {
+            dst: "10.244.4.0/24".parse().expect("net"),
+            gateway: "10.244.4.0".parse().expect("ip"),
+            dev: "flannel.1".into(),
+            onlink: false,
+        }),
+        Op::AddRoute(Route {
+            dst: "10.244.5.0/24".parse().expect("net"),
+            gateway: gw,
+            dev: "flannel.1".into(),
+            onlink: true,
+        }),
         // Deleting what is not there is success.
         Op::DeleteRoute(Route {
             dst: "10.244.9.0/24".parse().expect("net"),
@@ -336,8 +350,8 @@ fn failures_are_reported_per_op_and_the_rest_applied() {
         (report, read_actual(&handle).await.expect("read"))
     });
     let failed: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
-    assert_eq!(report.errors.len(), 3, "{failed:#?}");
-    assert_eq!(report.applied, n - 3);
+    assert_eq!(report.errors.len(), 4, "{failed:#?}");
+    assert_eq!(report.applied, n - 4);
     assert!(matches!(&report.errors[0].op, Op::AddLink(l) if l.name == "flannel.7"));
     assert_eq!(report.errors[0].errno, Some(libc::ENODEV), "{failed:#?}");
     assert!(
@@ -352,10 +366,19 @@ fn failures_are_reported_per_op_and_the_rest_applied() {
         failed[2].starts_with("add route 10.244.3.0/24"),
         "{failed:#?}"
     );
+    assert!(
+        matches!(&report.errors[3].op, Op::AddRoute(r) if r.dst.to_string() == "10.244.4.0/24"),
+        "{failed:#?}"
+    );
+    assert_eq!(
+        report.errors[3].errno,
+        Some(libc::ENETUNREACH),
+        "{failed:#?}"
+    );
     assert_eq!(actual.links.len(), 1);
     assert_eq!(actual.neighbours.len(), 1);
     assert_eq!(actual.fdb.len(), 1);
-    assert_eq!(actual.routes.len(), 1);
+    assert_eq!(actual.routes.len(), 2, "10.244.2.0/24 and 10.244.5.0/24");
 }
 
 #[test]

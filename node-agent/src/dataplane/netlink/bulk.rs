@@ -97,6 +97,7 @@ impl BulkSocket {
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
                 Err(e) => return Err(e),
             };
+            let n = n.min(self.answers.len());
             for_each_answer(&self.answers[..n], |seq, code| {
                 let i = seq.wrapping_sub(base) as usize;
                 if let Some(slot) = answers.get_mut(i) {
