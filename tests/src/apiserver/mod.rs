@@ -1,7 +1,7 @@
 //! A Kubernetes API emulator speaking the real wire protocol over HTTPS, for tests and demos
 //! where no kube-apiserver can run. It serves core/v1 Nodes (with `status`), ConfigMaps and
 //! Events, and events.k8s.io/v1 Events: get, list (pagination, selectors), watch (bookmarks,
-//! timeouts, 410 on expired versions), create, update, delete, and merge / strategic merge / JSON
+//! timeouts, 410 on expired versions, streaming lists), create, update, delete, and merge / strategic merge / JSON
 //! patches; plus fault controls under `/_emulator/` and state that survives restarts.
 //!
 //! In-process use:

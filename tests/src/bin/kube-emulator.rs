@@ -19,7 +19,7 @@ const USAGE: &str = "usage: kube-emulator --dir DIR [--listen IP:PORT]... [--ser
   --user TOKEN=NAME  an extra bearer token authenticating as user NAME (repeatable); DIR/token is an admin
   --rbac FILE        enforce RBAC for the extra users with the (Cluster)Role(Binding)s in FILE (repeatable)
   --audit            record every resource request per user: GET /_emulator/audit
-  --watch-list MODE   streaming lists (sendInitialEvents): served (default), refused (422, as Kubernetes 1.33
+  --watch-list MODE  streaming lists (sendInitialEvents): served (default), refused (422, as Kubernetes 1.33
                      by default) or ignored (a plain watch that never ends its initial events)
 
 Logs go to stderr (RUST_LOG=debug logs every request). Fault controls: POST /_emulator/{close-watches,
