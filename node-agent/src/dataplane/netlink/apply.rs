@@ -76,14 +76,19 @@ struct Failure {
 impl Failure {
     fn kernel(e: rtnetlink::Error) -> Failure {
         match errno(&e) {
-            Some(n) => Failure {
-                errno: Some(n),
-                message: std::io::Error::from_raw_os_error(n).to_string(),
-            },
+            Some(n) => Failure::errno(n),
             None => Failure {
                 errno: None,
                 message: e.to_string(),
             },
+        }
+    }
+
+    /// The kernel refused with `n`.
+    fn errno(n: i32) -> Failure {
+        Failure {
+            errno: Some(n),
+            message: std::io::Error::from_raw_os_error(n).to_string(),
         }
     }
 
@@ -336,17 +341,17 @@ async fn run_bulk(
             Err(done) => results[i] = Some(done),
         }
     }
-    for (chunk, chunk_slots) in requests.chunks(bulk::CHUNK).zip(slots.chunks(bulk::CHUNK)) {
+    for (chunk, chunk_slots) in requests
+        .chunks_mut(bulk::CHUNK)
+        .zip(slots.chunks(bulk::CHUNK))
+    {
         match bulk.exchange(chunk) {
             Ok(answers) => {
                 for (&(i, benign), answer) in chunk_slots.iter().zip(answers) {
                     results[i] = Some(match answer {
                         Answer::Ack => Ok(()),
                         Answer::Errno(n) if benign.contains(&n) => Ok(()),
-                        Answer::Errno(n) => Err(Failure {
-                            errno: Some(n),
-                            message: std::io::Error::from_raw_os_error(n).to_string(),
-                        }),
+                        Answer::Errno(n) => Err(Failure::errno(n)),
                         Answer::Missing => Err(Failure::other(
                             "the kernel's answer was lost (netlink receive buffer full)".into(),
                         )),
@@ -521,7 +526,7 @@ fn entry_request(index: u32, op: &Op) -> Result<(Request, &'static [i32]), Failu
         ),
         _ => return Err(Failure::other(format!("{} in an entry batch", op.label()))),
     };
-    Ok((Request { message, flags }, benign))
+    Ok((Request::new(message, flags), benign))
 }
 
 async fn add_address(handle: &Handle, index: u32, a: &Address) -> OpResult {

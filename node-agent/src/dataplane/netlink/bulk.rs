@@ -20,11 +20,17 @@ pub const CHUNK: usize = 128;
 const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = 2;
 
-/// One request: the message and its `NLM_F_*` flags beyond `NLM_F_REQUEST | NLM_F_ACK`.
+/// One request, built once: [`BulkSocket::exchange`] only numbers and serializes it.
 #[derive(Debug, Clone)]
-pub struct Request {
-    pub message: RouteNetlinkMessage,
-    pub flags: u16,
+pub struct Request(NetlinkMessage<RouteNetlinkMessage>);
+
+impl Request {
+    /// `message` with `flags` (`NLM_F_*`) beyond `NLM_F_REQUEST | NLM_F_ACK`.
+    pub fn new(message: RouteNetlinkMessage, flags: u16) -> Request {
+        let mut msg = NetlinkMessage::from(message);
+        msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        Request(msg)
+    }
 }
 
 /// What the kernel answered one request.
@@ -65,13 +71,11 @@ impl BulkSocket {
 
     /// Send `requests` (at most [`CHUNK`]) in one syscall and collect every answer, in order.
     /// An `Err` means the send itself failed: none of them reached the kernel.
-    pub fn exchange(&mut self, requests: &[Request]) -> io::Result<Vec<Answer>> {
+    pub fn exchange(&mut self, requests: &mut [Request]) -> io::Result<Vec<Answer>> {
         let base = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(requests.len() as u32);
         self.out.clear();
-        for (i, r) in requests.iter().enumerate() {
-            let mut msg = NetlinkMessage::from(r.message.clone());
-            msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | r.flags;
+        for (i, Request(msg)) in requests.iter_mut().enumerate() {
             msg.header.sequence_number = base.wrapping_add(i as u32);
             msg.finalize();
             let start = self.out.len();
