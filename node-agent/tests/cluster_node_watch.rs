@@ -270,29 +270,32 @@ async fn a_busy_planner_does_not_stall_the_list() {
             create_node(&c.nodes, i, true).await;
         }
         let view = local_view();
+        // `new` locks the view itself: before the planner takes it.
         let w = NodeWatcher::new(c.client.clone(), view.clone(), opts);
-        let mut r = Running {
-            status: w.status(),
-            own: w.own_node(),
-            stats: w.stats(),
-            task: tokio::spawn(async {}),
-        };
-        let mut r = {
+        let (status, own, stats) = (w.status(), w.own_node(), w.stats());
+        // This thread holds the view as a planner does mid-plan; the watcher runs on the
+        // runtime's workers.
+        let task = {
             let planner = view.lock().unwrap();
-            r.task = tokio::spawn(w.run());
-            // Blocking this worker is the point: the watcher runs on the other one.
+            let task = tokio::spawn(w.run());
             let t0 = std::time::Instant::now();
-            while r.stats.events.load(Ordering::Relaxed) < 5 && t0.elapsed() < WAIT {
+            while stats.events.load(Ordering::Relaxed) < 5 && t0.elapsed() < WAIT {
                 std::thread::sleep(Duration::from_millis(10));
             }
             assert_eq!(
-                r.stats.events.load(Ordering::Relaxed),
+                stats.events.load(Ordering::Relaxed),
                 5,
                 "the list stalled behind the planner"
             );
             assert_eq!(planner.node_count(), 0, "applied under the planner's lock");
-            assert!(!r.status.borrow().synced);
-            r
+            assert!(!status.borrow().synced);
+            task
+        };
+        let mut r = Running {
+            task,
+            status,
+            own,
+            stats,
         };
         synced(&mut r).await;
         assert_eq!(
