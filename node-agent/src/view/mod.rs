@@ -3,16 +3,18 @@
 //! The Node watcher feeds it [`NodeInfo`]s ([`ClusterView::upsert_node`] says whether anything
 //! planning depends on changed, so status heartbeats do not trigger reconciles). Each Node is
 //! parsed once when it changes; the checks that involve the config or other Nodes (podCIDR
-//! inside the Network, overlaps, duplicate public IPs) run in [`ClusterView::resolve`], because
-//! removing one Node can make another valid again.
+//! inside the Network, overlaps, duplicate public IPs and VTEP MACs, endpoints that cannot
+//! be reached) run in [`ClusterView::resolve`], because removing one Node can make another
+//! valid again.
 //!
 //! Conflicts are settled the same way on every node of the cluster, so all of them program the
 //! same winner: the older claim wins, then the lexicographically first name; the local node
-//! always wins against a peer. A claim (podCIDRs and public IPs) is as old as its Node's
+//! always wins against a peer. A claim (podCIDRs, public IPs, VTEP MACs) is as old as its Node's
 //! `creationTimestamp`, unless this agent saw the Node change it: then it dates from that
 //! change. Without that, a long-registered Node that starts advertising a younger node's
 //! subnet or address would take it over, since the age of the Node alone would let it win.
 
+mod endpoint;
 mod peer;
 mod skip;
 
@@ -24,7 +26,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 pub use peer::{parse_pod_cidrs, NodeInfo, Peer};
 pub use skip::{Missing, SkipLog, SkipReason, Skipped};
 
-use crate::annotations::{AnnotationKeys, PeerBackend};
+use crate::annotations::{AnnotationKeys, PeerBackend, VxlanData};
 use crate::config::{BackendConfig, NetConfig};
 use crate::dataplane::desired::{Family, Mac};
 
@@ -243,6 +245,7 @@ impl ClusterView {
             let ip = p
                 .public_ip_v4
                 .ok_or(missing(Family::V4, Missing::PublicIp))?;
+            usable(IpAddr::V4(ip), &local.underlay)?;
             if !network.is_supernet_of(subnet) {
                 return Err(SkipReason::OutsideNetwork {
                     subnet: subnet.into(),
@@ -277,6 +280,7 @@ impl ClusterView {
             let ip = p
                 .public_ip_v6
                 .ok_or(missing(Family::V6, Missing::PublicIp))?;
+            usable(IpAddr::V6(ip), &local.underlay)?;
             if !network.is_supernet_of(subnet) {
                 return Err(SkipReason::OutsideNetwork {
                     subnet: subnet.into(),
@@ -298,23 +302,71 @@ impl ClusterView {
             }
             ip_unique(IpAddr::V6(ip), &own_ips, taken)?;
         }
+        for (family, data) in vtep_claims(p, config) {
+            let own = match family {
+                Family::V4 => local.vtep_mac_v4,
+                Family::V6 => local.vtep_mac_v6,
+            };
+            if data.vtep_mac == own {
+                return Err(SkipReason::VtepMacIsLocal { mac: own });
+            }
+            if let Some(other) = taken.macs.get(&(family, data.vni, data.vtep_mac)) {
+                return Err(SkipReason::DuplicateVtepMac {
+                    mac: data.vtep_mac,
+                    vni: data.vni,
+                    other: other.to_string(),
+                });
+            }
+        }
         Ok(())
     }
 }
 
-/// What a Node claims for itself and can take from others: its subnets and public IPs.
+fn usable(ip: IpAddr, underlay: &Underlay) -> Result<(), SkipReason> {
+    match endpoint::unusable(ip, underlay) {
+        Some(why) => Err(SkipReason::UnusablePublicIp { ip, why }),
+        None => Ok(()),
+    }
+}
+
+/// The VXLAN identities a peer claims for the families the config enables: each programs an
+/// FDB entry keyed by its MAC on that family's device for its VNI.
+fn vtep_claims(p: &Peer, config: &NetConfig) -> impl Iterator<Item = (Family, VxlanData)> {
+    let (v4, v6) = match p.backend {
+        PeerBackend::Vxlan { v4, v6 } => (v4, v6),
+        _ => (None, None),
+    };
+    let v4 = v4.filter(|_| config.ipv4().is_some());
+    let v6 = v6.filter(|_| config.ipv6().is_some());
+    [(Family::V4, v4), (Family::V6, v6)]
+        .into_iter()
+        .filter_map(|(f, d)| d.map(|d| (f, d)))
+}
+
+/// What a Node claims for itself and can take from others: its subnets, public IPs and
+/// VTEP MACs (with their VNIs).
 type Claims = (
     Option<Ipv4Network>,
     Option<Ipv6Network>,
     Option<Ipv4Addr>,
     Option<Ipv6Addr>,
+    [Option<(u32, Mac)>; 2],
 );
 
 fn claims(entry: &Result<Peer, SkipReason>) -> Option<Claims> {
-    entry
-        .as_ref()
-        .ok()
-        .map(|p| (p.subnet_v4, p.subnet_v6, p.public_ip_v4, p.public_ip_v6))
+    entry.as_ref().ok().map(|p| {
+        let macs = match p.backend {
+            PeerBackend::Vxlan { v4, v6 } => [v4, v6].map(|d| d.map(|d| (d.vni, d.vtep_mac))),
+            _ => [None, None],
+        };
+        (
+            p.subnet_v4,
+            p.subnet_v6,
+            p.public_ip_v4,
+            p.public_ip_v6,
+            macs,
+        )
+    })
 }
 
 /// The VXLAN VNIs a peer advertises that differ from our configured one.
@@ -363,10 +415,15 @@ struct Taken<'a> {
     v4: BTreeMap<u32, (u32, &'a str)>,
     v6: BTreeMap<u128, (u128, &'a str)>,
     ips: HashMap<IpAddr, &'a str>,
+    /// VTEP MACs of accepted VXLAN peers, per device (family and VNI).
+    macs: HashMap<(Family, u32, Mac), &'a str>,
 }
 
 impl<'a> Taken<'a> {
     fn insert(&mut self, p: &'a Peer, config: &NetConfig) {
+        for (family, data) in vtep_claims(p, config) {
+            self.macs.insert((family, data.vni, data.vtep_mac), &p.name);
+        }
         for vni in foreign_vnis(p, config) {
             if !self.foreign_vnis.contains(&vni) {
                 self.foreign_vnis.push(vni);

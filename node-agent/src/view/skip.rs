@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 
 use crate::annotations::AnnotationError;
 use crate::config::BackendType;
-use crate::dataplane::desired::Family;
+use crate::dataplane::desired::{Family, Mac};
 
 /// What a peer lacks for an address family the config enables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +59,22 @@ pub enum SkipReason {
         ip: IpAddr,
         other: String,
     },
+    /// Advertises an address that can be neither a next hop nor a tunnel endpoint.
+    UnusablePublicIp {
+        ip: IpAddr,
+        why: &'static str,
+    },
+    /// Advertises this node's own VTEP MAC.
+    VtepMacIsLocal {
+        mac: Mac,
+    },
+    /// Advertises the same VTEP MAC on the same VNI as a peer that wins the tie-break: every
+    /// node's FDB entry for that MAC would send the other's traffic to this one.
+    DuplicateVtepMac {
+        mac: Mac,
+        vni: u32,
+        other: String,
+    },
     /// Needs plain routing (host-gw, or DirectRouting) but is not on our L2 segment.
     NotOnLink {
         backend: BackendType,
@@ -87,6 +103,9 @@ impl SkipReason {
             SkipReason::OverlapsPeer { .. } => "overlaps_peer",
             SkipReason::PublicIpIsLocal { .. } => "public_ip_is_local",
             SkipReason::DuplicatePublicIp { .. } => "duplicate_public_ip",
+            SkipReason::UnusablePublicIp { .. } => "unusable_public_ip",
+            SkipReason::VtepMacIsLocal { .. } => "vtep_mac_is_local",
+            SkipReason::DuplicateVtepMac { .. } => "duplicate_vtep_mac",
             SkipReason::NotOnLink { .. } => "not_on_link",
             SkipReason::TooManyVnis { .. } => "too_many_vnis",
         }
@@ -131,6 +150,16 @@ impl fmt::Display for SkipReason {
             SkipReason::DuplicatePublicIp { ip, other } => {
                 write!(f, "advertises public IP {ip}, already advertised by node {other}, which is kept")
             }
+            SkipReason::UnusablePublicIp { ip, why } => {
+                write!(f, "advertises public IP {ip}, which is {why}")
+            }
+            SkipReason::VtepMacIsLocal { mac } => {
+                write!(f, "advertises VTEP MAC {mac}, which is this node's")
+            }
+            SkipReason::DuplicateVtepMac { mac, vni, other } => write!(
+                f,
+                "advertises VTEP MAC {mac} on VNI {vni}, already advertised by node {other}, which is kept"
+            ),
             SkipReason::TooManyVnis { vni, max } => write!(
                 f,
                 "VXLAN VNI {vni} would be one more than the {max} foreign VNIs served at once (each needs a device of its own)"

@@ -497,3 +497,128 @@ fn foreign_vnis_are_bounded_and_the_older_claims_keep_theirs() {
         ["node-2", "node-3", "node-5", "node-6"]
     );
 }
+
+fn set(n: &mut NodeInfo, key: &str, value: &str) {
+    n.annotations
+        .insert(format!("flannel.alpha.coreos.com/{key}"), value.into());
+}
+
+#[test]
+fn a_copied_vtep_mac_is_kept_by_the_first_claim_whatever_the_names() {
+    // The thief copies node-2's MAC with a subnet and public IP of its own. Whether its name
+    // sorts after the victim's or before, the older claim keeps the MAC.
+    for (thief_name, created) in [("zz-thief", Some(2)), ("aa-thief", Some(2)), ("zz", None)] {
+        let mut v = view();
+        let mut victim = PeerSpec::new(2, "vxlan").node();
+        victim.created_unix = Some(1);
+        let mut thief = PeerSpec::new(9, "vxlan").node();
+        thief.name = thief_name.into();
+        thief.created_unix = created;
+        set(
+            &mut thief,
+            "backend-data",
+            &format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, peer_mac(2)),
+        );
+        v.upsert_node(&victim);
+        v.upsert_node(&thief);
+        let r = v.resolve(&vxlan_config());
+        assert_eq!(names(&r), ["node-2"], "{thief_name}");
+        assert!(matches!(
+            reason(&r, thief_name),
+            Some(SkipReason::DuplicateVtepMac { other, vni: 1, .. }) if other == "node-2"
+        ));
+    }
+}
+
+#[test]
+fn a_vtep_mac_on_another_vni_or_family_is_no_conflict() {
+    let mut v = view();
+    v.upsert_node(&PeerSpec::new(2, "vxlan").node());
+    let mut other_vni = PeerSpec::new(3, "vxlan").vni(2).node();
+    set(
+        &mut other_vni,
+        "backend-data",
+        &format!(r#"{{"VNI":2,"VtepMAC":"{}"}}"#, peer_mac(2)),
+    );
+    v.upsert_node(&other_vni);
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2", "node-3"]);
+}
+
+#[test]
+fn our_own_vtep_mac_is_refused() {
+    let mut v = view();
+    let mut n = PeerSpec::new(2, "vxlan").dual().node();
+    set(
+        &mut n,
+        "backend-v6-data",
+        &format!(r#"{{"VNI":1,"VtepMAC":"{LOCAL_MAC6}"}}"#),
+    );
+    v.upsert_node(&n);
+    let r = v.resolve(&dual_config(r#"{"Type": "vxlan"}"#));
+    assert!(r.peers.is_empty());
+    assert!(matches!(
+        reason(&r, "node-2"),
+        Some(SkipReason::VtepMacIsLocal { mac }) if *mac == LOCAL_MAC6
+    ));
+    // IPv6 off: its v6 data is not programmed, so it claims nothing.
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2"]);
+}
+
+#[test]
+fn a_node_that_starts_copying_a_mac_does_not_take_it_from_a_younger_holder() {
+    let mut v = view();
+    let mut old = PeerSpec::new(2, "vxlan").node();
+    old.created_unix = Some(1_000);
+    let mut holder = PeerSpec::new(3, "vxlan").node();
+    holder.created_unix = Some(5_000);
+    v.upsert_node_at(&old, 6_000);
+    v.upsert_node_at(&holder, 6_000);
+    set(
+        &mut old,
+        "backend-data",
+        &format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, peer_mac(3)),
+    );
+    assert!(v.upsert_node_at(&old, 7_000));
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-3"]);
+    assert!(matches!(
+        reason(&r, "node-2"),
+        Some(SkipReason::DuplicateVtepMac { other, .. }) if other == "node-3"
+    ));
+}
+
+#[test]
+fn public_ips_that_cannot_be_endpoints_are_refused_for_every_backend() {
+    for backend in ["vxlan", "host-gw"] {
+        let config = config(&format!(
+            r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "{backend}"}}}}"#
+        ));
+        let mut v = view();
+        let bad = [
+            (3, "192.168.1.255"),
+            (4, "0.0.0.0"),
+            (5, "127.0.0.1"),
+            (6, "224.0.0.5"),
+            (7, "255.255.255.255"),
+            (8, "192.168.1.0"),
+        ];
+        for (i, ip) in bad {
+            let mut n = PeerSpec::new(i, backend).node();
+            set(&mut n, "public-ip", ip);
+            v.upsert_node(&n);
+        }
+        v.upsert_node(&PeerSpec::new(2, backend).node());
+        let r = v.resolve(&config);
+        assert_eq!(names(&r), ["node-2"], "{backend}");
+        for (i, ip) in bad {
+            assert!(
+                matches!(
+                    reason(&r, &format!("node-{i}")),
+                    Some(SkipReason::UnusablePublicIp { ip: got, .. }) if got.to_string() == ip
+                ),
+                "{backend} {ip}: {:?}",
+                reason(&r, &format!("node-{i}"))
+            );
+        }
+    }
+}
