@@ -26,8 +26,8 @@ use tracing::{error, info, warn};
 use crate::annotations::AnnotationKeys;
 use crate::backend::{self, PlanOptions};
 use crate::cluster::{
-    self, ClientSource, ConfigSource, ConfigWatcher, NodeEvents, NodeWatchOptions, NodeWatcher,
-    OwnNode, WaitOptions,
+    self, Backoff, BackoffPolicy, ClientSource, ConfigSource, ConfigWatcher, NodeEvents,
+    NodeWatchOptions, NodeWatcher, OwnNode, WaitOptions,
 };
 use crate::config::{BackendType, NetConfig};
 use crate::dataplane::desired::Mac;
@@ -38,6 +38,7 @@ use crate::firewall::executor::{self as fw, Backend as FwBackend, Firewall};
 use crate::firewall::rules::RuleSet;
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
+use crate::readiness::{self, PeerFailures};
 use crate::underlay::{self, IfaceOptions};
 use crate::view::{ClusterView, LocalLease, SkipLog};
 
@@ -163,6 +164,12 @@ struct LoopState {
     kernel_known: bool,
     /// No pass has run yet.
     first_pass: bool,
+    /// Our annotations were written once: later API failures are the watch's to report.
+    advertised_once: bool,
+    /// Peer entries the kernel refused, retried by a full pass after a backoff.
+    peer_failures: PeerFailures,
+    peer_backoff: Backoff,
+    peer_retry_at: Option<tokio::time::Instant>,
 }
 
 /// The firewall rules do not depend on peers, so they are checked while the first Node list
@@ -300,6 +307,13 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         prefilled_devices: false,
         kernel_known: false,
         first_pass: true,
+        advertised_once: false,
+        peer_failures: PeerFailures::default(),
+        peer_backoff: Backoff::new(BackoffPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(args.resync_seconds.max(1)),
+        }),
+        peer_retry_at: None,
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -368,6 +382,10 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                 st.full = true;
             }
             _ = resync.tick() => st.full = true,
+            _ = sleep_until(st.peer_retry_at), if st.peer_retry_at.is_some() => {
+                st.peer_retry_at = None;
+                st.full = true;
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -386,6 +404,12 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     }
     info!("stopping; kernel state left in place for the next start");
     Ok(())
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 /// Program the peers listed so far while the first Node list is still arriving, adding only
@@ -500,6 +524,7 @@ async fn pass(
         Ok(p) => p,
         Err(e) => {
             error!("cannot program this node: {e}");
+            metrics.set_programmed(Err(format!("cannot program this node: {e}")));
             metrics.record_reconcile(started.elapsed(), false);
             return;
         }
@@ -585,6 +610,11 @@ async fn pass(
     let (reconciled, (firewall_ok, firewall_drift), advertised) =
         tokio::join!(kernel, rules, advertise);
     ok &= firewall_ok;
+    // This node's own side: what readiness means. Peer entries are reported apart.
+    let mut own_side: Result<(), String> = Ok(());
+    if !firewall_ok {
+        own_side = Err("the firewall rules are not in place (see the log)".into());
+    }
     match reconciled {
         Ok(report) => {
             for (label, n) in &report.applied_by_label {
@@ -593,13 +623,18 @@ async fn pass(
             if report.ops_applied > 0 {
                 info!(ops = report.ops_applied, peers = plan.peers, read_kernel = report.read_kernel, planned = ?planned, took = ?report.duration, "kernel reconciled");
             }
-            for e in &report.errors {
+            for e in report.own_errors() {
                 warn!("{e}");
             }
+            if let Some(e) = report.own_errors().next() {
+                own_side = Err(format!("this node's devices are not programmed: {e}"));
+            }
+            note_peer_failures(st, metrics, &report);
             ok &= report.converged();
         }
         Err(e) => {
             warn!("cannot read kernel state: {e}");
+            own_side = Err(format!("cannot read kernel state: {e}"));
             ok = false;
         }
     }
@@ -610,25 +645,32 @@ async fn pass(
         Ok(false) => {}
         Err(e) => {
             warn!("{e}");
+            own_side = Err(e.to_string());
             ok = false;
         }
     }
     match advertised {
-        Ok(true) => info!(
-            backend = backend_now.as_str(),
-            "node annotations advertised"
-        ),
-        Ok(false) => {}
+        Ok(changed) => {
+            st.advertised_once = true;
+            if changed {
+                info!(
+                    backend = backend_now.as_str(),
+                    "node annotations advertised"
+                );
+            }
+        }
         Err(e) => {
             warn!("cannot advertise node annotations (will retry): {e}");
+            if !st.advertised_once {
+                own_side = own_side.and(Err(format!("annotations not advertised yet: {e}")));
+            }
             ok = false;
         }
     }
-    if ok {
-        // Ready means programmed; the Node condition and the Event below only report it.
-        metrics.set_ready(true);
-    }
-    if ok && !st.network_available {
+    let programmed = own_side.is_ok();
+    // Not sticky: a node whose own side breaks and is not repaired reports it.
+    metrics.set_programmed(own_side);
+    if programmed && !st.network_available {
         match own.set_network_available().await {
             Ok(_) => {
                 st.network_available = true;
@@ -642,7 +684,7 @@ async fn pass(
             Err(e) => warn!("cannot set NetworkUnavailable=False (will retry): {e}"),
         }
     }
-    if ok {
+    if programmed {
         if let Some((from, to, t0)) = st.switch_started.take() {
             let took = t0.elapsed();
             metrics
@@ -692,9 +734,44 @@ async fn pass(
             firewall: st.firewall_installed.clone(),
             firewall_drift,
             converged: ok,
+            peer_errors: st
+                .peer_failures
+                .current()
+                .map(|(entry, error)| (entry.clone(), error.clone()))
+                .collect(),
         }
     };
     let _ = debug_tx.send(Arc::new(DebugState::new(plan, desired_kernel, ctx)));
+}
+
+/// Report the peer entries the kernel refused (each once when it starts, changes or ends),
+/// count them, and schedule their retry: a full pass after a backoff, reset once none fails.
+fn note_peer_failures(
+    st: &mut LoopState,
+    metrics: &Metrics,
+    report: &crate::dataplane::netlink::ReconcileReport,
+) {
+    let (fresh, cleared) = st.peer_failures.update(report.peer_errors());
+    for e in fresh {
+        warn!(
+            "peer entry refused by the kernel (other peers unaffected; retrying with backoff): {e}"
+        );
+    }
+    for entry in cleared {
+        info!(%entry, "peer entry no longer failing");
+    }
+    metrics.record_peer_errors(
+        report
+            .peer_errors()
+            .map(|e| readiness::errno_label(e.errno)),
+        st.peer_failures.len(),
+    );
+    if st.peer_failures.is_empty() {
+        st.peer_backoff.reset();
+        st.peer_retry_at = None;
+    } else {
+        st.peer_retry_at = Some(tokio::time::Instant::now() + st.peer_backoff.next_delay());
+    }
 }
 
 /// Bring the firewall to `rules`: finish a backend switch, then check (and repair) the rules

@@ -19,6 +19,8 @@ pub struct PassContext {
     pub firewall: String,
     pub firewall_drift: String,
     pub converged: bool,
+    /// Peer entries the kernel refused in the last pass: (entry, error).
+    pub peer_errors: Vec<(String, String)>,
 }
 
 /// The last pass, as `/debug/state` reports it; `None` before the first one.
@@ -44,6 +46,7 @@ impl DebugState {
             "firewall": ctx.firewall,
             "firewall_drift": ctx.firewall_drift,
             "converged": ctx.converged,
+            "peer_errors": ctx.peer_errors.iter().map(|(entry, error)| serde_json::json!({"entry": entry, "error": error})).collect::<Vec<_>>(),
             "peers": plan.peers,
             "skipped": plan.skipped.iter().map(|s| serde_json::json!({"node": s.node, "reason": s.reason.to_string()})).collect::<Vec<_>>(),
             "mtu": plan.state.mtu,

@@ -104,17 +104,14 @@ fn answer(path: &str, s: &HealthState) -> (&'static str, &'static str, String) {
                 )
             }
         }
-        "/readyz" => {
-            if s.metrics.is_ready() {
-                ("200 OK", TEXT, "ready\n".into())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    TEXT,
-                    "not ready: node not programmed yet\n".into(),
-                )
-            }
-        }
+        "/readyz" => match s.metrics.readiness() {
+            Ok(()) => ("200 OK", TEXT, "ready\n".into()),
+            Err(why) => (
+                "503 Service Unavailable",
+                TEXT,
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", s.metrics.render()),
         "/debug/state" => ("200 OK", "application/json", s.debug.borrow().render()),
         _ => ("404 Not Found", TEXT, "not found\n".into()),

@@ -17,6 +17,7 @@ pub mod health;
 pub mod install_cni;
 pub mod metrics;
 pub mod preflight;
+pub mod readiness;
 pub mod status;
 pub mod underlay;
 pub mod view;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cluster::NodeWatchStats;
+use crate::readiness;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -21,7 +22,13 @@ pub struct Metrics {
     pub backend_switches: AtomicU64,
     pub config_errors: AtomicU64,
     pub drift_events: AtomicU64,
-    pub ready: AtomicU64,
+    /// 1 when the last pass programmed this node's own side (see `readiness`).
+    ready: AtomicU64,
+    /// Why not, when `ready` is 0 after a pass said so.
+    not_ready_reason: Mutex<String>,
+    /// Peer entries the kernel refused, by `readiness::errno_label`, and how many fail now.
+    peer_errors: Mutex<BTreeMap<&'static str, u64>>,
+    pub peer_entries_failing: AtomicU64,
     ops: Mutex<BTreeMap<String, u64>>,
     skipped: Mutex<BTreeMap<String, u64>>,
     backend: Mutex<String>,
@@ -76,12 +83,64 @@ impl Metrics {
         let _ = self.node_watch.set(stats);
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(u64::from(ready), Ordering::Relaxed);
+    /// What the last pass found of this node's own side: `Err(why)` when not programmed.
+    pub fn set_programmed(&self, programmed: Result<(), String>) {
+        let why = programmed.err();
+        if let Ok(mut r) = self.not_ready_reason.lock() {
+            *r = why.clone().unwrap_or_default();
+        }
+        self.ready
+            .store(u64::from(why.is_none()), Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers ready (see `crate::readiness`), and if not, why.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.ready.load(Ordering::Relaxed) != 1 {
+            let why = self
+                .not_ready_reason
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
+            return Err(if why.is_empty() {
+                "node not programmed yet".into()
+            } else {
+                why
+            });
+        }
+        if let Some(w) = self.node_watch.get() {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            let down = readiness::watch_down_for(
+                w.outage_since_ms.load(Ordering::Relaxed),
+                w.last_error_ms.load(Ordering::Relaxed),
+                now,
+            );
+            if let Some(d) = down.filter(|d| *d > readiness::WATCH_DOWN_LIMIT) {
+                return Err(format!(
+                    "the Node watch has failed for {}s (limit {}s): peers are not followed",
+                    d.as_secs(),
+                    readiness::WATCH_DOWN_LIMIT.as_secs()
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) == 1
+        self.readiness().is_ok()
+    }
+
+    /// Counts this pass's refused peer entries, and how many fail now.
+    pub fn record_peer_errors(&self, labels: impl Iterator<Item = &'static str>, failing: usize) {
+        if let Ok(mut m) = self.peer_errors.lock() {
+            for l in labels {
+                *m.entry(l).or_default() += 1;
+            }
+        }
+        self.peer_entries_failing
+            .store(failing as u64, Ordering::Relaxed);
     }
 
     pub fn render(&self) -> String {
@@ -176,8 +235,28 @@ impl Metrics {
         metric(
             "trellis_ready",
             "gauge",
-            "1 once the node is programmed and subnet.env written.",
-            vec![(String::new(), g(&self.ready) as f64)],
+            "1 when /readyz answers ready: own devices, addresses, subnet.env and firewall programmed, Node watch live.",
+            vec![(String::new(), if self.is_ready() { 1.0 } else { 0.0 })],
+        );
+        let peer_errors = self
+            .peer_errors
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        metric(
+            "trellis_peer_errors_total",
+            "counter",
+            "Peer entries (routes, neighbours, FDB) the kernel refused, by errno; retried with backoff.",
+            peer_errors
+                .into_iter()
+                .map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n as f64))
+                .collect(),
+        );
+        metric(
+            "trellis_peer_entries_failing",
+            "gauge",
+            "Peer entries that failed in the last pass.",
+            vec![(String::new(), g(&self.peer_entries_failing) as f64)],
         );
         if let Some(w) = self.node_watch.get() {
             metric(

@@ -98,6 +98,15 @@ pub fn main(addr: SocketAddr) -> ExitCode {
             );
         }
     }
+    if let Some(failing) = snapshot["peer_errors"].as_array() {
+        for e in failing {
+            println!(
+                "  REFUSED {}: {}",
+                e["entry"].as_str().unwrap_or("?"),
+                e["error"].as_str().unwrap_or("?")
+            );
+        }
+    }
     println!("\nsubnet.env\n{}", s("subnet_env").trim_end());
     let desired: Vec<String> = snapshot["kernel"]
         .as_array()

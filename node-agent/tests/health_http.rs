@@ -58,7 +58,7 @@ async fn a_request_split_across_segments_is_answered_as_a_whole() {
     let before = exchange(addr, &split).await;
     assert!(before.starts_with("HTTP/1.1 503"), "{before}");
     assert!(before.contains("not ready"), "{before}");
-    metrics.set_ready(true);
+    metrics.set_programmed(Ok(()));
     let after = exchange(addr, &split).await;
     assert!(after.starts_with("HTTP/1.1 200"), "{after}");
     assert!(after.ends_with("ready\n"), "{after}");
@@ -81,4 +81,52 @@ async fn what_is_not_an_http_request_gets_400_and_unknown_paths_404() {
     assert!(junk.starts_with("HTTP/1.1 400"), "{junk}");
     let missing = exchange(addr, &["GET /nope HTTP/1.1\r\n\r\n"]).await;
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
+
+#[tokio::test]
+async fn readiness_is_not_sticky_and_says_why() {
+    let (addr, metrics) = start().await;
+    let get = ["GET /readyz HTTP/1.1\r\nHost: node\r\n\r\n"];
+    metrics.set_programmed(Ok(()));
+    assert!(exchange(addr, &get).await.starts_with("HTTP/1.1 200"));
+    metrics.set_programmed(Err("cannot write subnet.env: read-only file system".into()));
+    let broken = exchange(addr, &get).await;
+    assert!(broken.starts_with("HTTP/1.1 503"), "{broken}");
+    assert!(broken.contains("read-only file system"), "{broken}");
+    let scraped = exchange(addr, &["GET /metrics HTTP/1.1\r\n\r\n"]).await;
+    assert!(scraped.contains("trellis_ready 0"), "{scraped}");
+    metrics.set_programmed(Ok(()));
+    assert!(exchange(addr, &get).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_node_watch_failing_past_the_limit_makes_the_node_not_ready() {
+    use std::sync::atomic::Ordering;
+    let (addr, metrics) = start().await;
+    let watch = Arc::new(trellis_agent::cluster::NodeWatchStats::default());
+    metrics.attach_node_watch(watch.clone());
+    metrics.set_programmed(Ok(()));
+    let get = ["GET /readyz HTTP/1.1\r\nHost: node\r\n\r\n"];
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let limit = trellis_agent::readiness::WATCH_DOWN_LIMIT.as_millis() as u64;
+    // Failing for less than the limit: still ready.
+    watch
+        .outage_since_ms
+        .store(now_ms - limit / 2, Ordering::Relaxed);
+    watch.last_error_ms.store(now_ms, Ordering::Relaxed);
+    assert!(exchange(addr, &get).await.starts_with("HTTP/1.1 200"));
+    // Past the limit with errors still coming: not ready, and why.
+    watch
+        .outage_since_ms
+        .store(now_ms - limit - 5_000, Ordering::Relaxed);
+    let down = exchange(addr, &get).await;
+    assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+    assert!(down.contains("Node watch has failed"), "{down}");
+    // Data again: the watcher clears both.
+    watch.outage_since_ms.store(0, Ordering::Relaxed);
+    watch.last_error_ms.store(0, Ordering::Relaxed);
+    assert!(exchange(addr, &get).await.starts_with("HTTP/1.1 200"));
 }

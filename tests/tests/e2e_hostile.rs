@@ -25,6 +25,9 @@ const LOOPS_MIN: Duration = Duration::from_secs(12);
 const P: &str = "flannel.alpha.coreos.com/";
 /// The honest nodes (indices into `Cluster::nodes`): node-1, node-2, node-3.
 const HONEST: [usize; 3] = [0, 1, 2];
+/// Public IPs no peer can be reached at: the underlay's broadcast address, unspecified,
+/// loopback, multicast.
+const UNUSABLE_IPS: [&str; 4] = ["192.168.50.255", "0.0.0.0", "127.0.0.1", "224.0.0.1"];
 
 fn eventually(timeout: Duration, f: impl FnMut() -> bool) -> bool {
     trellis_e2e::poll::poll_until(timeout, Duration::from_millis(100), f)
@@ -318,8 +321,13 @@ fn merge_patch(c: &Cluster, name: &str, patch: Value) {
     .expect("patch Node");
 }
 
-#[test]
-fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
+/// Three honest nodes on `backend`, each routing the others, one pod each pinging the next.
+/// `register_first` creates Nodes that must be older than the honest ones.
+fn honest_cluster(
+    backend: &str,
+    tag: &str,
+    register_first: impl FnOnce(&Cluster),
+) -> (Cluster, Vec<Pod>) {
     assert_eq!(
         nix::unistd::geteuid().as_raw(),
         0,
@@ -327,20 +335,16 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
     );
     let mut c = Cluster::up(Options {
         nodes: 3,
-        backend: r#"{"Type":"vxlan"}"#.into(),
-        tag: "hos".into(),
+        backend: backend.into(),
+        tag: tag.into(),
         agent_args: vec![],
     })
     .expect("cluster up");
-    // Two Nodes registered long before the honest ones (creationTimestamp has one-second
-    // resolution), not yet run by trellis: they turn hostile at the end.
     for &i in &HONEST {
         c.delete_node_object(&c.nodes[i].name.clone())
             .expect("re-register");
     }
-    create(&c, &node_json("old-ip", &["10.244.150.0/24"], &[]));
-    create(&c, &node_json("old-cidr", &[], &[]));
-    std::thread::sleep(Duration::from_millis(1100));
+    register_first(&c);
     for &i in &HONEST {
         let n = &c.nodes[i];
         create(
@@ -386,13 +390,66 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
             b.name
         );
     }
+    (c, pods)
+}
+
+/// Kill every honest agent and start it again with the hostile Nodes in place: each must get
+/// ready again (one bad Node must not stall a rollout) and keep the honest entries.
+fn restart_honest_agents(c: &mut Cluster, honest_entries: &[Vec<String>]) {
+    for &i in &HONEST {
+        c.stop_agent(i, true);
+        c.start_agent(i).expect("agent");
+    }
+    for (k, &i) in HONEST.iter().enumerate() {
+        c.wait_ready(i, READY)
+            .unwrap_or_else(|e| panic!("after a restart among hostile Nodes: {e}"));
+        let now = kernel(c, i);
+        let lost: Vec<&String> = honest_entries[k]
+            .iter()
+            .filter(|l| !now.contains(l.as_str()))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "node-{} lost {lost:?} across the restart:\n{now}\n{}",
+            i + 1,
+            c.agent_log(i)
+        );
+    }
+}
+
+/// The kernel entries of `kernel()` as lines.
+fn lines(k: &str) -> Vec<String> {
+    k.lines().map(str::to_string).collect()
+}
+
+/// The VTEP MAC node `i` advertises.
+fn vtep_mac(c: &Cluster, i: usize) -> String {
+    let node = c.node_json(&c.nodes[i].name).expect("node");
+    let data = node["metadata"]["annotations"][format!("{P}backend-data")]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let v: Value = serde_json::from_str(&data).expect("backend-data");
+    v["VtepMAC"].as_str().expect("VtepMAC").to_string()
+}
+
+#[test]
+fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
+    // Two Nodes registered long before the honest ones (creationTimestamp has one-second
+    // resolution), not yet run by trellis: they turn hostile at the end.
+    let (mut c, pods) = honest_cluster(r#"{"Type":"vxlan"}"#, "hos", |c| {
+        create(c, &node_json("old-ip", &["10.244.150.0/24"], &[]));
+        create(c, &node_json("old-cidr", &[], &[]));
+        std::thread::sleep(Duration::from_millis(1100));
+    });
     let before: Vec<String> = HONEST.iter().map(|&i| kernel(&c, i)).collect();
     let loops = start_loops(&c, &pods);
     let loops_started = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
 
     let mac = |n: u8| format!("0e:00:00:00:01:{n:02x}");
-    let ip = |i: usize| c.nodes[i].ip.to_string();
+    let ips: Vec<String> = c.nodes.iter().map(|n| n.ip.to_string()).collect();
+    let ip = |i: usize| ips[i].clone();
 
     // 1. Another node's podCIDR (node-2's; the hostile Node is younger: it loses).
     hostile_step(
@@ -551,9 +608,10 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
     for (k, &i) in HONEST.iter().enumerate() {
         assert!(
             eventually(SETTLE, || kernel(&c, i) == before[k]),
-            "node-{} kept the VNI peers' entries:\n{}",
+            "node-{} kept the VNI peers' entries:\n{}\nbefore:\n{}",
             i + 1,
-            kernel(&c, i)
+            kernel(&c, i),
+            before[k]
         );
     }
 
@@ -611,7 +669,48 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
         },
     );
 
-    // 9. The Nodes registered before every honest node turn hostile: old-ip starts
+    // 9a. A copy of node-2's VTEP MAC from a Node with a subnet and address of its own, whose
+    // name sorts after node-2's: every node's FDB entry for that MAC would point at it.
+    let victim_mac = vtep_mac(&c, 1);
+    hostile_step(
+        &c,
+        "zz-thief",
+        &[
+            "duplicate_vtep_mac",
+            "vtep_mac_is_local",
+            "duplicate_vtep_mac",
+        ],
+        &before,
+        || {
+            create(
+                &c,
+                &node_json(
+                    "zz-thief",
+                    &["10.244.220.0/24"],
+                    &vxlan_ann("192.168.50.220", &victim_mac),
+                ),
+            )
+        },
+    );
+
+    // 9b. Public IPs that can be no tunnel endpoint: the underlay's broadcast address,
+    // unspecified, loopback, multicast.
+    for (k, bad_ip) in UNUSABLE_IPS.iter().enumerate() {
+        let name = format!("h-endpoint-{k}");
+        let cidr = format!("10.244.{}.0/24", 221 + k);
+        let ann = vxlan_ann(bad_ip, &mac(21 + k as u8));
+        hostile_step(&c, &name, &["unusable_public_ip"; 3], &before, || {
+            create(&c, &node_json(&name, &[&cidr], &ann))
+        });
+    }
+
+    // 9c. Every honest agent restarted with all of them in place. (Before step 9d: a restarted
+    // agent has not seen the old Nodes change their claims, so it can only go by age; see
+    // docs/RELIABILITY.md.)
+    let honest_entries: Vec<Vec<String>> = before.iter().map(|k| lines(k)).collect();
+    restart_honest_agents(&mut c, &honest_entries);
+
+    // 9d. The Nodes registered before every honest node turn hostile: old-ip starts
     // advertising node-1's public IP, old-cidr gets node-2's podCIDR. By age alone they would
     // win; a claim made while an honest node holds the address or subnet must not.
     let managed = |ip: &str, m: u8| {
@@ -655,11 +754,18 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
 
     // Let the loops run on with every hostile Node in place, then check the honest traffic.
     // (and at least LOOPS_MIN in all, so that the sample means something on a fast machine)
+    finish(&c, loops, loops_started, &before);
+}
+
+/// Let the loops run on (at least LOOPS_MIN in all, so that the sample means something on a
+/// fast machine), then check that every honest node's kernel is as `before` and that no ping
+/// was lost, no TCP connect failed and no honest entry was ever deleted.
+fn finish(c: &Cluster, loops: Loops, loops_started: Instant, before: &[String]) {
     std::thread::sleep(
         Duration::from_secs(2).max(LOOPS_MIN.saturating_sub(loops_started.elapsed())),
     );
     for (k, &i) in HONEST.iter().enumerate() {
-        assert_eq!(kernel(&c, i), before[k], "node-{} changed", i + 1);
+        assert_eq!(kernel(c, i), before[k], "node-{} changed", i + 1);
     }
     let (pings, tcp, mons) = stop_loops(loops);
     for (pair, sent, got) in &pings {
@@ -696,14 +802,177 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
         );
     }
     for &i in &HONEST {
-        let warnings = full_log(&c, i)
+        let warnings = full_log(c, i)
             .lines()
             .filter(|l| l.contains("peer skipped"))
             .count();
         println!(
             "node-{} skipped: {:?}; 'peer skipped' warnings logged: {warnings}",
             i + 1,
-            skipped(&c, i)
+            skipped(c, i)
         );
     }
+}
+
+fn hostgw_ann(ip: &str) -> Vec<(String, String)> {
+    vec![
+        (format!("{P}kube-subnet-manager"), "true".into()),
+        (format!("{P}backend-type"), "host-gw".into()),
+        (format!("{P}backend-data"), "null".into()),
+        (format!("{P}public-ip"), ip.into()),
+    ]
+}
+
+/// The `trellis_peer_entries_failing` gauge.
+fn failing_entries(c: &Cluster, i: usize) -> Option<u64> {
+    metrics(c, i)
+        .lines()
+        .find_map(|l| l.strip_prefix("trellis_peer_entries_failing "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn host_gw_peers_the_kernel_refuses_are_isolated_and_honest_agents_stay_ready() {
+    let (mut c, pods) = honest_cluster(r#"{"Type":"host-gw"}"#, "hgw", |_| {});
+    let before: Vec<String> = HONEST.iter().map(|&i| kernel(&c, i)).collect();
+    let loops = start_loops(&c, &pods);
+    let loops_started = Instant::now();
+    let ip = |i: usize| c.nodes[i].ip.to_string();
+
+    // Impossible next hops (a route via the underlay's broadcast address is refused by the
+    // kernel), a stolen podCIDR and public IP, a podCIDR outside the Network.
+    for (k, bad_ip) in UNUSABLE_IPS.iter().enumerate() {
+        let name = format!("g-endpoint-{k}");
+        let cidr = format!("10.244.{}.0/24", 221 + k);
+        hostile_step(&c, &name, &["unusable_public_ip"; 3], &before, || {
+            create(&c, &node_json(&name, &[&cidr], &hostgw_ann(bad_ip)))
+        });
+    }
+    hostile_step(
+        &c,
+        "g-cidr",
+        &["overlaps_peer", "overlaps_local", "overlaps_peer"],
+        &before,
+        || {
+            create(
+                &c,
+                &node_json("g-cidr", &["10.244.2.0/24"], &hostgw_ann("192.168.50.231")),
+            )
+        },
+    );
+    hostile_step(
+        &c,
+        "g-ip",
+        &[
+            "duplicate_public_ip",
+            "duplicate_public_ip",
+            "public_ip_is_local",
+        ],
+        &before,
+        || {
+            create(
+                &c,
+                &node_json("g-ip", &["10.244.232.0/24"], &hostgw_ann(&ip(2))),
+            )
+        },
+    );
+    hostile_step(&c, "g-outside", &["outside_network"; 3], &before, || {
+        create(
+            &c,
+            &node_json(
+                "g-outside",
+                &["10.99.0.0/24"],
+                &hostgw_ann("192.168.50.233"),
+            ),
+        )
+    });
+
+    // A peer only node-1's kernel refuses: there 192.168.50.240 is a broadcast address (a
+    // local-table route the agent cannot foresee), so its route fails with EINVAL. The other
+    // nodes program it; node-1 counts it, shows it, retries it, and stays ready.
+    c.nodes[0]
+        .ns
+        .exec(&[
+            "ip",
+            "route",
+            "add",
+            "broadcast",
+            "192.168.50.240",
+            "dev",
+            "eth0",
+            "table",
+            "local",
+        ])
+        .expect("local broadcast route");
+    create(
+        &c,
+        &node_json(
+            "g-refused",
+            &["10.244.240.0/24"],
+            &hostgw_ann("192.168.50.240"),
+        ),
+    );
+    for i in [1, 2] {
+        assert!(
+            eventually(SETTLE, || kernel(&c, i).contains("10.244.240.0/24")),
+            "node-{} did not program g-refused:\n{}",
+            i + 1,
+            c.agent_log(i)
+        );
+    }
+    let refused_seen = |c: &Cluster| {
+        failing_entries(c, 0) == Some(1)
+            && metrics(c, 0).contains("trellis_peer_errors_total{reason=\"einval\"}")
+            && c.agent_http(0, "/debug/state")
+                .is_some_and(|(_, b)| b.contains("peer_errors") && b.contains("10.244.240.0/24"))
+    };
+    assert!(
+        eventually(SETTLE, || refused_seen(&c)),
+        "node-1 did not report the refused route:\n{}\n{}",
+        metrics(&c, 0),
+        c.agent_log(0)
+    );
+    assert!(matches!(c.agent_http(0, "/readyz"), Some((200, _))));
+
+    // Every honest agent restarted among them: all ready again, node-1 still reporting.
+    let honest_entries: Vec<Vec<String>> = before.iter().map(|k| lines(k)).collect();
+    restart_honest_agents(&mut c, &honest_entries);
+    assert!(
+        eventually(SETTLE, || refused_seen(&c)),
+        "node-1 did not report the refused route after its restart:\n{}",
+        c.agent_log(0)
+    );
+    assert!(full_log(&c, 0).contains("peer entry refused by the kernel"));
+
+    // Once the cause is gone, the next retry (at most a resync period away) programs it.
+    c.nodes[0]
+        .ns
+        .exec(&[
+            "ip",
+            "route",
+            "del",
+            "broadcast",
+            "192.168.50.240",
+            "dev",
+            "eth0",
+            "table",
+            "local",
+        ])
+        .expect("remove the local broadcast route");
+    assert!(
+        eventually(SETTLE, || kernel(&c, 0).contains("10.244.240.0/24")
+            && failing_entries(&c, 0) == Some(0)),
+        "node-1 did not retry the refused route:\n{}",
+        c.agent_log(0)
+    );
+    c.delete_node_object("g-refused").expect("delete Node");
+    for (k, &i) in HONEST.iter().enumerate() {
+        assert!(
+            eventually(SETTLE, || kernel(&c, i) == before[k]),
+            "node-{} kept g-refused's route:\n{}",
+            i + 1,
+            kernel(&c, i)
+        );
+    }
+    finish(&c, loops, loops_started, &before);
 }

@@ -21,6 +21,7 @@ mod relist;
 mod watch_error;
 
 pub use backoff::BackoffPolicy;
+pub(crate) use backoff::Backoff;
 pub use client::{connect, ClientError, ClientSource};
 pub use config_watch::{
     ConfigRejection, ConfigSource, ConfigStats, ConfigTracker, ConfigWatcher, Verdict, NET_CONF_KEY,

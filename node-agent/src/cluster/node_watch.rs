@@ -61,6 +61,17 @@ pub struct NodeWatchStats {
     pub relists: AtomicU64,
     /// Failed API calls and watch errors.
     pub errors: AtomicU64,
+    /// When the current run of failures began and when the last one came (ms since the Unix
+    /// epoch; 0 while the watch delivers), for readiness.
+    pub outage_since_ms: AtomicU64,
+    pub last_error_ms: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +204,14 @@ impl NodeWatcher {
                         }
                         let failure = classify(&e);
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        let now = unix_ms();
+                        self.stats.last_error_ms.store(now, Ordering::Relaxed);
+                        let _ = self.stats.outage_since_ms.compare_exchange(
+                            0,
+                            now,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        );
                         report_error(&e, failure, backoff.failures(), feed.synced());
                         outage_start.get_or_insert_with(Instant::now);
                         tokio::time::sleep(backoff.next_delay()).await;
@@ -209,6 +228,8 @@ impl NodeWatcher {
                 }
                 // `Init` comes before any API call: only data proves the API is back.
                 if !matches!(event, Event::Init) {
+                    self.stats.outage_since_ms.store(0, Ordering::Relaxed);
+                    self.stats.last_error_ms.store(0, Ordering::Relaxed);
                     if let Some(since) = outage_start.take() {
                         tracing::info!(
                             failures = backoff.failures(),

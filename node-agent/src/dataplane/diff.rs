@@ -78,6 +78,20 @@ impl Op {
             Op::DeleteRoute(_) => "delete_route",
         }
     }
+
+    /// Whether the op programs one peer's entry (a route, neighbour or FDB entry) rather than
+    /// this node's own devices and addresses: a peer's entry the kernel refuses is that peer's
+    /// problem, not this node's.
+    pub fn is_peer_entry(&self) -> bool {
+        !matches!(
+            self,
+            Op::AddLink(_)
+                | Op::SetLink(_)
+                | Op::DeleteLink(_)
+                | Op::AddAddress(_)
+                | Op::DeleteAddress(_)
+        )
+    }
 }
 
 impl fmt::Display for Op {

@@ -105,6 +105,16 @@ impl ReconcileReport {
     pub fn converged(&self) -> bool {
         self.errors.is_empty()
     }
+
+    /// Failed ops on this node's own devices and addresses.
+    pub fn own_errors(&self) -> impl Iterator<Item = &OpError> {
+        self.errors.iter().filter(|e| !e.op.is_peer_entry())
+    }
+
+    /// Failed ops on peers' entries (routes, neighbours, FDB).
+    pub fn peer_errors(&self) -> impl Iterator<Item = &OpError> {
+        self.errors.iter().filter(|e| e.op.is_peer_entry())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
