@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::advertiser::Advertiser;
 use crate::annotations::AnnotationKeys;
 use crate::backend::{self, PlanOptions};
 use crate::cluster::{
@@ -142,7 +143,6 @@ pub fn main(args: RunArgs) -> ExitCode {
 struct LoopState {
     applied_backend: Option<BackendType>,
     switch_started: Option<(BackendType, BackendType, Instant)>,
-    network_available: bool,
     last_config: Option<Arc<NetConfig>>,
     /// The firewall backend being replaced: removed once the new one holds the rules.
     old_firewall: Option<Firewall>,
@@ -164,8 +164,6 @@ struct LoopState {
     kernel_known: bool,
     /// No pass has run yet.
     first_pass: bool,
-    /// Our annotations were written once: later API failures are the watch's to report.
-    advertised_once: bool,
     /// Peer entries the kernel refused, retried by a full pass after a backoff.
     peer_failures: PeerFailures,
     peer_backoff: Backoff,
@@ -213,6 +211,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     let own = OwnNode::new(client.clone(), &args.node_name, keys.clone());
     let own_state = own.wait_ready(&WaitOptions::default()).await?;
     let events = NodeEvents::new(client.clone(), &args.node_name, own_state.uid.as_deref());
+    let mut advertiser = Advertiser::start(own, events.clone());
 
     // Config: a file (static) or the ConfigMap (live).
     let mut config_rx = match &args.net_conf_file {
@@ -296,7 +295,6 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     let mut st = LoopState {
         applied_backend: None,
         switch_started: None,
-        network_available: false,
         last_config: None,
         old_firewall: None,
         firewall_synced: None,
@@ -307,7 +305,6 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         prefilled_devices: false,
         kernel_known: false,
         first_pass: true,
-        advertised_once: false,
         peer_failures: PeerFailures::default(),
         peer_backoff: Backoff::new(BackoffPolicy {
             initial: Duration::from_secs(1),
@@ -362,7 +359,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                 &plan_opts,
                 &mut dataplane,
                 &mut firewall,
-                &own,
+                &advertiser,
                 &events,
                 &metrics,
                 &mut st,
@@ -376,6 +373,8 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         tokio::select! {
             _ = view_status.changed() => {}
             _ = config_rx.changed() => {}
+            // Readiness waits for the first advertisement.
+            _ = advertiser.changed() => {}
             Some(()) = drift_rx.recv() => {
                 metrics.drift_events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 info!("kernel state owned by trellis changed outside trellis: repairing");
@@ -502,7 +501,7 @@ async fn pass(
     plan_opts: &PlanOptions,
     dataplane: &mut Dataplane,
     firewall: &mut Option<Firewall>,
-    own: &OwnNode,
+    advertiser: &Advertiser,
     events: &NodeEvents,
     metrics: &Metrics,
     st: &mut LoopState,
@@ -604,11 +603,10 @@ async fn pass(
         )
         .await
     };
-    // Peers read the annotations, not our kernel: publish them meanwhile too.
-    let ads = plan.state.advertisement.to_annotations(&keys);
-    let advertise = own.advertise(&ads);
-    let (reconciled, (firewall_ok, firewall_drift), advertised) =
-        tokio::join!(kernel, rules, advertise);
+    // Peers read the annotations, not our kernel: published by a task of its own, so that
+    // kernel repair never waits on the API server. A full pass also checks the Node again.
+    advertiser.advertise(plan.state.advertisement.to_annotations(&keys), full);
+    let (reconciled, (firewall_ok, firewall_drift)) = tokio::join!(kernel, rules);
     ok &= firewall_ok;
     // This node's own side: what readiness means. Peer entries are reported apart.
     let mut own_side: Result<(), String> = Ok(());
@@ -649,40 +647,14 @@ async fn pass(
             ok = false;
         }
     }
-    match advertised {
-        Ok(changed) => {
-            st.advertised_once = true;
-            if changed {
-                info!(
-                    backend = backend_now.as_str(),
-                    "node annotations advertised"
-                );
-            }
-        }
-        Err(e) => {
-            warn!("cannot advertise node annotations (will retry): {e}");
-            if !st.advertised_once {
-                own_side = own_side.and(Err(format!("annotations not advertised yet: {e}")));
-            }
-            ok = false;
-        }
+    if !advertiser.published().annotations_once {
+        own_side = own_side.and(Err("annotations not advertised yet".into()));
     }
     let programmed = own_side.is_ok();
     // Not sticky: a node whose own side breaks and is not repaired reports it.
     metrics.set_programmed(own_side);
-    if programmed && !st.network_available {
-        match own.set_network_available().await {
-            Ok(_) => {
-                st.network_available = true;
-                events.network_ready(backend_now).await;
-                info!(
-                    backend = backend_now.as_str(),
-                    peers = plan.peers,
-                    "node programmed; NetworkUnavailable=False"
-                );
-            }
-            Err(e) => warn!("cannot set NetworkUnavailable=False (will retry): {e}"),
-        }
+    if programmed {
+        advertiser.network_available(backend_now);
     }
     if programmed {
         if let Some((from, to, t0)) = st.switch_started.take() {
@@ -691,7 +663,9 @@ async fn pass(
                 .backend_switches
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(from = from.as_str(), to = to.as_str(), took = ?took, "backend switched");
-            events.backend_switched(from, to, took).await;
+            // Off the loop: the Event waits on the API server, kernel repair must not.
+            let events = events.clone();
+            tokio::spawn(async move { events.backend_switched(from, to, took).await });
         }
         st.applied_backend = Some(backend_now);
     }

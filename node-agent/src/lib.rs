@@ -5,6 +5,7 @@
 //! [`dataplane::desired::DesiredState`]; [`dataplane::diff::diff`] compares that with what the
 //! kernel holds and yields the ops.
 
+pub mod advertiser;
 pub mod agent;
 pub mod annotations;
 pub mod backend;

@@ -96,7 +96,15 @@ impl Faults {
         .map(|_| ())
     }
 
-    /// Cancels failures and delays.
+    /// Reads every new API request for `span` and never answers it (the connection stays
+    /// open): a hung apiserver. Open watches are left as they are.
+    pub async fn hang_for(&self, span: Duration) -> Result<(), EmulatorError> {
+        self.call("POST", &format!("hang?forMs={}", span.as_millis()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Cancels failures, delays and hangs (requests already hung stay so).
     pub async fn clear(&self) -> Result<(), EmulatorError> {
         self.call("POST", "clear").await.map(|_| ())
     }

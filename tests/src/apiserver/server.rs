@@ -30,6 +30,9 @@ pub struct FaultState {
     pub fail_code: u16,
     pub delay_until: Option<Instant>,
     pub delay: Duration,
+    /// Requests arriving before then are read and never answered (a hung apiserver: the
+    /// connection is accepted, the answer never comes).
+    pub hang_until: Option<Instant>,
 }
 
 pub struct ServerState {
@@ -338,6 +341,16 @@ async fn dispatch(
 }
 
 async fn inject_faults(state: &ServerState) -> Result<(), ApiError> {
+    let hang = {
+        let mut f = state.faults();
+        if f.hang_until.is_some_and(|t| t <= Instant::now()) {
+            f.hang_until = None;
+        }
+        f.hang_until.is_some()
+    };
+    if hang {
+        std::future::pending::<()>().await;
+    }
     let (fail, delay) = {
         let mut f = state.faults();
         let now = Instant::now();
@@ -398,6 +411,7 @@ pub fn state_doc(state: &ServerState) -> Value {
         "objects": state.store.len(),
         "openWatches": state.open_watches.load(Ordering::SeqCst),
         "failingForMs": left(f.fail_until),
+        "hangingForMs": left(f.hang_until),
         "failCode": f.fail_code,
         "delayingForMs": left(f.delay_until),
         "delayMs": f.delay.as_millis() as u64,
@@ -450,6 +464,12 @@ async fn admin(
             tracing::info!(ms, for_ms = span.as_millis() as u64, "fault: delaying every request");
             json!({"delayMs": ms, "delayingForMs": span.as_millis() as u64})
         }
+        "hang" if post => {
+            let span = span(q)?;
+            state.faults().hang_until = Some(Instant::now() + span);
+            tracing::info!(for_ms = span.as_millis() as u64, "fault: hanging every new request");
+            json!({"hangingForMs": span.as_millis() as u64})
+        }
         "clear" if post => {
             *state.faults() = FaultState::default();
             tracing::info!("fault: cleared");
@@ -469,7 +489,7 @@ async fn admin(
         }
         _ => {
             return Err(ApiError::method_not_allowed(format!(
-                "unknown admin operation {method} /_emulator/{op}; known: GET state|audit, DELETE audit, POST close-watches|fail|delay|clear|compact|persist"
+                "unknown admin operation {method} /_emulator/{op}; known: GET state|audit, DELETE audit, POST close-watches|fail|delay|hang|clear|compact|persist"
             )))
         }
     };
