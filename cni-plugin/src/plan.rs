@@ -9,7 +9,7 @@ use crate::ipam::{Range, RangeSet};
 use crate::spec::config::NetConf;
 use crate::spec::error::{invalid_config, CniError};
 use crate::spec::result::Route;
-use crate::subnet_env::{self, SubnetEnv};
+use crate::subnet_env::SubnetEnv;
 
 /// Used when neither the config nor subnet.env give an MTU.
 pub const FALLBACK_MTU: u32 = 1500;
@@ -36,9 +36,9 @@ impl NetworkPlan {
         let (families, routes) = match &conf.ipam {
             Some(ipam) if !ipam.ranges.is_empty() => {
                 let families = ipam
-                    .ranges
-                    .iter()
-                    .map(family_from_ranges)
+                    .range_sets()?
+                    .into_iter()
+                    .map(family_of)
                     .collect::<Result<Vec<_>, _>>()?;
                 let routes = if ipam.routes.is_empty() {
                     default_routes(conf, &families, None, None)
@@ -62,10 +62,12 @@ impl NetworkPlan {
                 })?;
                 let mut families = Vec::new();
                 if let Some(s) = env.subnet {
-                    families.push(family_from_env(IpNetwork::V4(s)));
+                    let key = format!("FLANNEL_SUBNET in {}", conf.subnet_file.display());
+                    families.push(family_from_env(IpNetwork::V4(s), &key)?);
                 }
                 if let Some(s) = env.ipv6_subnet {
-                    families.push(family_from_env(IpNetwork::V6(s)));
+                    let key = format!("FLANNEL_IPV6_SUBNET in {}", conf.subnet_file.display());
+                    families.push(family_from_env(IpNetwork::V6(s), &key)?);
                 }
                 let mut routes = default_routes(conf, &families, env.network, env.ipv6_network);
                 if let Some(ipam) = &conf.ipam {
@@ -91,49 +93,31 @@ impl NetworkPlan {
     }
 }
 
-/// subnet.env writes the gateway as `10.244.1.1/24`.
-fn family_from_env(gw: IpNetwork) -> Family {
-    let subnet = IpNetwork::new(gw.network(), gw.prefix()).unwrap_or(gw);
-    let gateway_ip = if gw.ip() == gw.network() {
-        subnet_env::first_host(subnet).unwrap_or(gw.ip())
-    } else {
-        gw.ip()
-    };
-    Family {
-        set: RangeSet {
-            ranges: vec![Range::whole(subnet, Some(gateway_ip))],
-        },
-        gateway: IpNetwork::new(gateway_ip, gw.prefix()).unwrap_or(gw),
-    }
+/// subnet.env writes the gateway as `10.244.1.1/24`; a bare network (`10.244.1.0/24`) means
+/// the first host, as flannel does. The whole subnet is the range; one with no address for a
+/// pod (a /31 or /32 podCIDR) is a config error naming `key`.
+fn family_from_env(gw: IpNetwork, key: &str) -> Result<Family, CniError> {
+    let gateway = (gw.ip() != gw.network()).then_some(gw.ip());
+    let set = Range::new(gw, None, None, gateway)
+        .map_err(|e| e.to_string())
+        .and_then(|r| RangeSet::new(vec![r]).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            invalid_config(format!("{key}: {e}")).with_details(
+                "trellis-agent writes this file from the Node's podCIDR: give nodes larger pod CIDRs (kube-controller-manager --node-cidr-mask-size)",
+            )
+        })?;
+    family_of(set)
 }
 
-fn family_from_ranges(confs: &Vec<crate::spec::config::RangeConf>) -> Result<Family, CniError> {
-    let mut ranges = Vec::new();
-    for rc in confs {
-        let subnet = IpNetwork::new(rc.subnet.network(), rc.subnet.prefix())
-            .map_err(|e| invalid_config(format!("ipam subnet {}: {e}", rc.subnet)))?;
-        let gateway = rc.gateway.or_else(|| subnet_env::first_host(subnet));
-        let mut r = Range::whole(subnet, gateway);
-        if let Some(s) = rc.range_start {
-            r.start = s;
-        }
-        if let Some(e) = rc.range_end {
-            r.end = e;
-        }
-        ranges.push(r);
-    }
-    let first = ranges
+/// The bridge carries the first range's gateway with that range's prefix.
+fn family_of(set: RangeSet) -> Result<Family, CniError> {
+    let first = set
+        .ranges()
         .first()
         .ok_or_else(|| invalid_config("ipam range set is empty"))?;
-    let gw_ip = first
-        .gateway
-        .ok_or_else(|| invalid_config(format!("ipam subnet {} has no gateway", first.subnet)))?;
-    let gateway = IpNetwork::new(gw_ip, first.subnet.prefix())
-        .map_err(|e| invalid_config(format!("gateway {gw_ip}: {e}")))?;
-    Ok(Family {
-        set: RangeSet { ranges },
-        gateway,
-    })
+    let gateway = IpNetwork::new(first.gateway(), first.subnet().prefix())
+        .map_err(|e| invalid_config(format!("gateway {}: {e}", first.gateway())))?;
+    Ok(Family { set, gateway })
 }
 
 fn gateway_for(families: &[Family], v4: bool) -> Option<IpAddr> {
@@ -201,7 +185,7 @@ mod tests {
         assert_eq!(p.families.len(), 1);
         assert_eq!(p.families[0].gateway.to_string(), "10.244.1.1/24");
         assert_eq!(
-            p.families[0].set.ranges[0].subnet.to_string(),
+            p.families[0].set.ranges()[0].subnet().to_string(),
             "10.244.1.0/24"
         );
         assert_eq!(
@@ -244,10 +228,164 @@ mod tests {
         assert_eq!(p.mtu, FALLBACK_MTU);
         assert_eq!(p.families[0].gateway.to_string(), "192.168.5.1/24");
         assert_eq!(
-            p.families[0].set.ranges[0].start.to_string(),
+            p.families[0].set.ranges()[0].start().to_string(),
             "192.168.5.10"
         );
         assert_eq!(p.routes[0].gw.unwrap().to_string(), "192.168.5.1");
+    }
+
+    /// What ADD would get from a config and subnet.env: each family's first free address,
+    /// or the error.
+    fn first_addresses(extra: &str, env_text: Option<&str>) -> Result<Vec<IpAddr>, CniError> {
+        let c = NetConf::parse(
+            format!(r#"{{"cniVersion":"1.0.0","name":"cbr0","type":"trellis"{extra}}}"#).as_bytes(),
+        )?;
+        let p = NetworkPlan::resolve(&c, env_text.map(env).as_ref())?;
+        Ok(p.families
+            .iter()
+            .filter_map(|f| f.set.next_free(None, &std::collections::HashSet::new()))
+            .collect())
+    }
+
+    enum Want {
+        Addresses(&'static [&'static str]),
+        /// Code 7, the msg naming this key.
+        Invalid(&'static str),
+    }
+
+    #[test]
+    fn every_range_source_yields_an_address_or_code_7_naming_its_key() {
+        use Want::*;
+        const ENV_KEY: &str = "FLANNEL_SUBNET in /run/flannel/subnet.env";
+        const ENV6_KEY: &str = "FLANNEL_IPV6_SUBNET in /run/flannel/subnet.env";
+        let env_cases: &[(&str, Want)] = &[
+            ("FLANNEL_SUBNET=10.99.5.1/24", Addresses(&["10.99.5.2"])),
+            ("FLANNEL_SUBNET=10.99.5.1/30", Addresses(&["10.99.5.2"])),
+            ("FLANNEL_SUBNET=10.99.5.2/30", Addresses(&["10.99.5.1"])),
+            ("FLANNEL_SUBNET=10.99.5.0/30", Addresses(&["10.99.5.2"])),
+            (
+                "FLANNEL_SUBNET=255.255.255.253/30",
+                Addresses(&["255.255.255.254"]),
+            ),
+            ("FLANNEL_SUBNET=10.99.5.0/31", Invalid(ENV_KEY)),
+            ("FLANNEL_SUBNET=10.99.5.1/32", Invalid(ENV_KEY)),
+            ("FLANNEL_SUBNET=255.255.255.255/32", Invalid(ENV_KEY)),
+            ("FLANNEL_SUBNET=0.0.0.0/32", Invalid(ENV_KEY)),
+            ("FLANNEL_IPV6_SUBNET=fd00::1/126", Addresses(&["fd00::2"])),
+            (
+                "FLANNEL_IPV6_SUBNET=ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffd/126",
+                Addresses(&["ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe"]),
+            ),
+            ("FLANNEL_IPV6_SUBNET=fd00::/127", Invalid(ENV6_KEY)),
+            ("FLANNEL_IPV6_SUBNET=fd00::1/128", Invalid(ENV6_KEY)),
+            (
+                "FLANNEL_IPV6_SUBNET=ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+                Invalid(ENV6_KEY),
+            ),
+            (
+                "FLANNEL_SUBNET=10.99.5.1/24\nFLANNEL_IPV6_SUBNET=fd00::1/128",
+                Invalid(ENV6_KEY),
+            ),
+        ];
+        for (subnets, want) in env_cases {
+            let text = format!("{subnets}\nFLANNEL_MTU=1450\n");
+            check_outcome(subnets, first_addresses("", Some(&text)), want);
+        }
+        let r = |ranges: &str| format!(r#","ipam":{{"ranges":{ranges}}}"#);
+        let conf_cases: &[(&str, Want)] = &[
+            (
+                r#"[[{"subnet":"10.99.0.0/30"}]]"#,
+                Addresses(&["10.99.0.2"]),
+            ),
+            (r#"[[{"subnet":"0.0.0.0/0"}]]"#, Addresses(&["0.0.0.2"])),
+            (r#"[[{"subnet":"::/0"}]]"#, Addresses(&["::2"])),
+            (r#"[[{"subnet":"fd00::/126"}]]"#, Addresses(&["fd00::2"])),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.5","rangeEnd":"10.99.0.5"}]]"#,
+                Addresses(&["10.99.0.5"]),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.254","rangeEnd":"10.99.0.255"}]]"#,
+                Addresses(&["10.99.0.254"]),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.1","rangeEnd":"10.99.0.2","gateway":"10.99.0.2"}]]"#,
+                Addresses(&["10.99.0.1"]),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00::/64","rangeStart":"fd00::ffff","rangeEnd":"fd00::ffff"}]]"#,
+                Addresses(&["10.99.0.2", "fd00::ffff"]),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.200","rangeEnd":"10.99.0.100"}]]"#,
+                Invalid("ipam.ranges[0][0].rangeStart"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00::/64","rangeStart":"fd00::9","rangeEnd":"fd00::8"}]]"#,
+                Invalid("ipam.ranges[1][0].rangeStart"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.1","rangeEnd":"10.99.0.1"}]]"#,
+                Invalid("ipam.ranges[0][0]"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.0","rangeEnd":"10.99.0.1"}]]"#,
+                Invalid("ipam.ranges[0][0]"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.255","rangeEnd":"10.99.0.255"}]]"#,
+                Invalid("ipam.ranges[0][0]"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.10","rangeEnd":"10.99.0.20"},{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.15","rangeEnd":"10.99.0.30"}]]"#,
+                Invalid("ipam.ranges[0][1]"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeStart":"10.99.1.1"}]]"#,
+                Invalid("ipam.ranges[0][0].rangeStart"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","rangeEnd":"fd00::1"}]]"#,
+                Invalid("ipam.ranges[0][0].rangeEnd"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/24","gateway":"10.98.0.1"}]]"#,
+                Invalid("ipam.ranges[0][0].gateway"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.0/31"}]]"#,
+                Invalid("ipam.ranges[0][0].subnet"),
+            ),
+            (
+                r#"[[{"subnet":"10.99.0.1/32"}]]"#,
+                Invalid("ipam.ranges[0][0].subnet"),
+            ),
+            (
+                r#"[[{"subnet":"fd00::/127"}]]"#,
+                Invalid("ipam.ranges[0][0].subnet"),
+            ),
+            (
+                r#"[[{"subnet":"fd00::/128"}]]"#,
+                Invalid("ipam.ranges[0][0].subnet"),
+            ),
+        ];
+        for (ranges, want) in conf_cases {
+            check_outcome(ranges, first_addresses(&r(ranges), None), want);
+        }
+    }
+
+    fn check_outcome(input: &str, got: Result<Vec<IpAddr>, CniError>, want: &Want) {
+        match (got, want) {
+            (Ok(ips), Want::Addresses(w)) => {
+                let ips: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+                assert_eq!(ips, *w, "{input}");
+            }
+            (Err(e), Want::Invalid(key)) => {
+                assert_eq!(e.code, 7, "{input}: {e}");
+                assert!(e.msg.contains(key), "{input}: {:?} lacks {key:?}", e.msg);
+            }
+            (got, _) => panic!("{input}: got {got:?}"),
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub async fn run(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
 /// Reserve one address per family, reusing the attachment's existing ones
 /// so a repeated ADD returns the same address.
 fn allocate(env: &Env, conf: &NetConf, plan: &NetworkPlan) -> Result<Vec<IpNetwork>, CniError> {
-    let store = Store::open(&conf.ipam_dir())?;
+    let store = Store::open(&conf.ipam_dir(), conf.ipam_lock_wait)?;
     let existing = store.find(&env.container_id, &env.ifname)?;
     let mut taken = store.taken()?;
     let mut out: Vec<IpNetwork> = Vec::new();
@@ -51,12 +51,8 @@ fn allocate(env: &Env, conf: &NetConf, plan: &NetworkPlan) -> Result<Vec<IpNetwo
                     for ip in &out {
                         let _ = store.remove(ip.ip());
                     }
-                    let ranges: Vec<String> = fam
-                        .set
-                        .ranges
-                        .iter()
-                        .map(|r| format!("{}-{}", r.start, r.end))
-                        .collect();
+                    let ranges: Vec<String> =
+                        fam.set.ranges().iter().map(ToString::to_string).collect();
                     return Err(CniError::new(
                         ErrorCode::RangeExhausted,
                         format!("no free address in {}", ranges.join(", ")),
@@ -76,7 +72,7 @@ fn allocate(env: &Env, conf: &NetConf, plan: &NetworkPlan) -> Result<Vec<IpNetwo
         let prefix = fam
             .set
             .range_of(ip)
-            .map(|r| r.subnet.prefix())
+            .map(|r| r.subnet().prefix())
             .unwrap_or(fam.gateway.prefix());
         let net = IpNetwork::new(ip, prefix).map_err(|e| {
             CniError::new(
@@ -300,7 +296,7 @@ async fn undo(env: &Env, conf: &NetConf) {
         )
         .await;
     }
-    if let Ok(store) = Store::open(&conf.ipam_dir()) {
+    if let Ok(store) = Store::open(&conf.ipam_dir(), conf.ipam_lock_wait) {
         let _ = store.release(&env.container_id, &env.ifname);
     }
 }

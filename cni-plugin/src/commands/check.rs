@@ -134,7 +134,7 @@ pub async fn run(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     }
 
     // IPAM.
-    let store = Store::open(&conf.ipam_dir())?;
+    let store = Store::open(&conf.ipam_dir(), conf.ipam_lock_wait)?;
     let held: HashSet<_> = store
         .find(&env.container_id, &env.ifname)?
         .into_iter()

@@ -45,7 +45,7 @@ pub async fn run(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         }
     }
     // The pod is already isolated, so its address can be reused at once.
-    let store = Store::open(&conf.ipam_dir())?;
+    let store = Store::open(&conf.ipam_dir(), conf.ipam_lock_wait)?;
     store.release(&env.container_id, &env.ifname)?;
     drop(store);
     if let Some(l) = found {

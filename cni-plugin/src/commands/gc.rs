@@ -38,7 +38,7 @@ pub async fn run(conf: &NetConf) -> Result<(), CniError> {
         .collect();
 
     let host = netns::host_netlink()?;
-    let store = Store::open(&conf.ipam_dir())?;
+    let store = Store::open(&conf.ipam_dir(), conf.ipam_lock_wait)?;
     for rec in store.records()? {
         let keep = if rec.ifname.is_empty() {
             valid.iter().any(|a| a.container_id == rec.container_id)

@@ -4,5 +4,5 @@
 pub mod allocator;
 pub mod store;
 
-pub use allocator::{Range, RangeSet};
+pub use allocator::{Range, RangeError, RangeSet, SetError};
 pub use store::{Record, Store};

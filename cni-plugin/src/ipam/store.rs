@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -27,6 +28,15 @@ use nix::sys::stat::{fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::spec::error::{io_error, CniError, ErrorCode};
+
+/// How long a plugin run waits for the store lock unless the config says otherwise
+/// (`ipamLockTimeoutMs`): far above the milliseconds a run holds it, even with dozens of
+/// runs queued on a loaded node, and far below kubelet's 2-minute runtime request timeout,
+/// so a stuck holder turns into a retryable error instead of a hung pod sandbox.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest sleep between two attempts at a held lock.
+const MAX_LOCK_POLL: Duration = Duration::from_millis(16);
 
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const LINE_BREAK: &str = "\r\n";
@@ -77,7 +87,8 @@ fn refuse(path: &Path, why: &str) -> CniError {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store, CniError> {
+    /// Open and lock the store, waiting at most `lock_wait` for another run to release it.
+    pub fn open(dir: &Path, lock_wait: Duration) -> Result<Store, CniError> {
         let (parent, name) = match (dir.parent(), dir.file_name()) {
             (Some(p), Some(n)) => (
                 if p.as_os_str().is_empty() {
@@ -172,20 +183,7 @@ impl Store {
         let lock_path = dir.join("lock");
         let lock = open_file(&fd, &lock_path, "lock", OFlag::O_WRONLY | OFlag::O_CREAT)?;
         require_plain_file(&lock, &lock_path, false)?;
-        loop {
-            // SAFETY: flock on a file descriptor we own; no memory is involved.
-            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                break;
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(io_error(
-                    format_args!("cannot lock {}", lock_path.display()),
-                    err,
-                ));
-            }
-        }
+        lock_within(&lock, &lock_path, lock_wait)?;
         Ok(Store {
             dir: dir.to_path_buf(),
             fd,
@@ -367,6 +365,55 @@ impl Store {
     }
 }
 
+/// Take the lock, polling while another process holds it, until `wait` has passed. A
+/// blocking flock would wait forever behind a holder that never lets go (issue 10: an ADD
+/// spinning with the lock held stalled every ADD, DEL and GC of the network), and kubelet's
+/// runtime must get an answer it can retry instead. Holders keep the lock for milliseconds,
+/// so short sleeps that double up to [`MAX_LOCK_POLL`] cost a waiter little.
+fn lock_within(lock: &File, path: &Path, wait: Duration) -> Result<(), CniError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if try_lock(lock)
+            .map_err(|e| io_error(format_args!("cannot lock {}", path.display()), e))?
+        {
+            return Ok(());
+        }
+        let left = wait.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(CniError::new(
+                ErrorCode::TryAgainLater,
+                format!(
+                    "gave up after {wait:?} waiting for the IPAM lock {}",
+                    path.display()
+                ),
+            )
+            .with_details(
+                "another plugin run on this node (trellis or host-local: ADD, DEL or GC) holds it; if none is running, find the holder with `fuser -v` on the lock file. The wait is the config's ipamLockTimeoutMs",
+            ));
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(MAX_LOCK_POLL);
+    }
+}
+
+/// One non-blocking attempt: Ok(false) while someone else holds the lock.
+fn try_lock(lock: &File) -> std::io::Result<bool> {
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
 fn file_type(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
 }
@@ -421,6 +468,8 @@ fn parse_record(text: &str) -> (String, String) {
 mod tests {
     use super::*;
 
+    const WAIT: Duration = DEFAULT_LOCK_WAIT;
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -428,7 +477,7 @@ mod tests {
     #[test]
     fn reserve_writes_host_local_format() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(&d.path().join("cbr0")).unwrap();
+        let s = Store::open(&d.path().join("cbr0"), WAIT).unwrap();
         assert!(s.reserve(ip("10.0.0.2"), "abc", "eth0", 0).unwrap());
         assert!(!s.reserve(ip("10.0.0.2"), "other", "eth0", 0).unwrap());
         let body = std::fs::read_to_string(d.path().join("cbr0/10.0.0.2")).unwrap();
@@ -444,7 +493,7 @@ mod tests {
     #[test]
     fn find_and_release_by_attachment_including_legacy_records() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
+        let s = Store::open(d.path(), WAIT).unwrap();
         s.reserve(ip("10.0.0.2"), "abc", "eth0", 0).unwrap();
         s.reserve(ip("10.0.0.3"), "abc", "net1", 0).unwrap();
         std::fs::write(d.path().join("10.0.0.4"), "abc").unwrap(); // pre-ifname host-local
@@ -462,7 +511,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("victim");
         std::fs::write(&target, "keep").unwrap();
-        let s = Store::open(d.path()).unwrap();
+        let s = Store::open(d.path(), WAIT).unwrap();
         std::os::unix::fs::symlink(&target, d.path().join("10.0.0.9")).unwrap();
         assert!(!s.reserve(ip("10.0.0.9"), "abc", "eth0", 0).unwrap());
         std::os::unix::fs::symlink(&target, d.path().join("last_reserved_ip.0")).unwrap();
@@ -479,7 +528,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join("cbr0")).unwrap();
-        let err = Store::open(&d.path().join("cbr0")).err().expect("refused");
+        let err = Store::open(&d.path().join("cbr0"), WAIT)
+            .err()
+            .expect("refused");
         assert_eq!(err.code, 5);
         assert!(err.msg.contains("symbolic link"), "{}", err.msg);
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
@@ -492,7 +543,7 @@ mod tests {
         let target = outside.path().join("victim");
         std::fs::write(&target, "keep").unwrap();
         std::os::unix::fs::symlink(&target, d.path().join("lock")).unwrap();
-        let err = Store::open(d.path()).err().expect("refused");
+        let err = Store::open(d.path(), WAIT).err().expect("refused");
         assert!(
             err.msg.contains("lock") && err.msg.contains("symbolic link"),
             "{}",
@@ -504,7 +555,7 @@ mod tests {
     #[test]
     fn hard_linked_last_reserved_is_refused_before_truncation() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
+        let s = Store::open(d.path(), WAIT).unwrap();
         let target = d.path().join("elsewhere");
         std::fs::write(&target, "precious").unwrap();
         std::fs::hard_link(&target, d.path().join("last_reserved_ip.0")).unwrap();
@@ -521,7 +572,7 @@ mod tests {
         let net = d.path().join("cbr0");
         std::fs::create_dir(&net).unwrap();
         std::fs::set_permissions(&net, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = Store::open(&net).err().expect("refused");
+        let err = Store::open(&net, WAIT).err().expect("refused");
         assert!(err.msg.contains("777"), "{}", err.msg);
     }
 
@@ -530,7 +581,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let net = d.path().join("data/cbr0");
-        let s = Store::open(&net).unwrap();
+        let s = Store::open(&net, WAIT).unwrap();
         s.reserve(ip("10.0.0.2"), "abc", "eth0", 0).unwrap();
         for (p, want) in [
             (d.path().join("data"), 0o755),
@@ -549,7 +600,7 @@ mod tests {
     #[test]
     fn empty_record_left_by_a_killed_plugin_is_swept() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
+        let s = Store::open(d.path(), WAIT).unwrap();
         std::fs::write(d.path().join("10.0.0.7"), "").unwrap();
         s.reserve(ip("10.0.0.2"), "abc", "eth0", 0).unwrap();
         assert_eq!(s.taken().unwrap(), [ip("10.0.0.2")].into());
@@ -559,8 +610,36 @@ mod tests {
     #[test]
     fn non_ip_files_are_ignored() {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
+        let s = Store::open(d.path(), WAIT).unwrap();
         std::fs::write(d.path().join("README"), "x").unwrap();
         assert!(s.records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_held_lock_is_answered_with_code_11_naming_the_lock_file() {
+        let d = tempfile::tempdir().unwrap();
+        let holder = Store::open(d.path(), WAIT).unwrap();
+        let lock = d.path().join("lock").display().to_string();
+        // Zero: one attempt; 30 ms: the polling path.
+        for wait in [Duration::ZERO, Duration::from_millis(30)] {
+            let err = Store::open(d.path(), wait).err().expect("the lock is held");
+            assert_eq!(err.code, 11, "{err}");
+            assert!(err.msg.contains(&lock), "{}", err.msg);
+        }
+        drop(holder);
+        assert!(Store::open(d.path(), Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn a_waiting_open_gets_the_lock_once_the_holder_lets_go() {
+        let d = tempfile::tempdir().unwrap();
+        let holder = Store::open(d.path(), WAIT).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(holder);
+        });
+        let waiter = Store::open(d.path(), Duration::from_secs(60));
+        release.join().unwrap();
+        assert!(waiter.is_ok(), "{:?}", waiter.err());
     }
 }

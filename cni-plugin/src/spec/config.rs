@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -11,9 +12,13 @@ use serde_json::Value;
 use super::env::{is_safe_name, validate_ifname};
 use super::error::{invalid_config, CniError, ErrorCode};
 use super::version::CniVersion;
+use crate::ipam::allocator::Field;
+use crate::ipam::store::DEFAULT_LOCK_WAIT;
+use crate::ipam::{Range, RangeSet};
 
 pub const DEFAULT_BRIDGE: &str = "cni0";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+pub const MAX_LOCK_WAIT_MS: u64 = 120_000;
 
 #[derive(Debug, Clone)]
 pub struct NetConf {
@@ -25,6 +30,8 @@ pub struct NetConf {
     pub is_default_gateway: bool,
     pub subnet_file: PathBuf,
     pub data_dir: PathBuf,
+    /// How long a run waits for the IPAM store lock before answering code 11.
+    pub ipam_lock_wait: Duration,
     pub ipam: Option<IpamConf>,
     pub dns: Option<Value>,
     pub prev_result: Option<Value>,
@@ -78,6 +85,8 @@ struct RawConf {
     subnet_file: Option<PathBuf>,
     #[serde(rename = "dataDir")]
     data_dir: Option<PathBuf>,
+    #[serde(rename = "ipamLockTimeoutMs")]
+    ipam_lock_timeout_ms: Option<u64>,
     ipam: Option<IpamConf>,
     dns: Option<Value>,
     #[serde(rename = "prevResult")]
@@ -127,6 +136,7 @@ impl NetConf {
         if let Some(ipam) = &raw.ipam {
             validate_ipam(ipam)?;
         }
+        let ipam_lock_wait = lock_wait(raw.ipam_lock_timeout_ms)?;
         Ok(NetConf {
             cni_version: version,
             name,
@@ -140,6 +150,7 @@ impl NetConf {
             data_dir: raw
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            ipam_lock_wait,
             ipam: raw
                 .ipam
                 .filter(|i| !i.ranges.is_empty() || !i.routes.is_empty()),
@@ -156,41 +167,56 @@ impl NetConf {
     }
 }
 
-fn validate_ipam(ipam: &IpamConf) -> Result<(), CniError> {
-    for (i, set) in ipam.ranges.iter().enumerate() {
-        let Some(first) = set.first() else {
-            return Err(invalid_config(format!("ipam.ranges[{i}] is empty")));
-        };
-        for r in set {
-            if r.subnet.is_ipv4() != first.subnet.is_ipv4() {
-                return Err(invalid_config(format!(
-                    "ipam.ranges[{i}] mixes IPv4 and IPv6 subnets"
-                )));
-            }
-            let max_prefix = if r.subnet.is_ipv4() { 30 } else { 126 };
-            if r.subnet.prefix() > max_prefix {
-                return Err(invalid_config(format!(
-                    "ipam subnet {} is too small to hold a gateway and a pod",
-                    r.subnet
-                )));
-            }
-            for (what, ip) in [
-                ("rangeStart", r.range_start),
-                ("rangeEnd", r.range_end),
-                ("gateway", r.gateway),
-            ] {
-                if let Some(ip) = ip {
-                    if !r.subnet.contains(ip) {
-                        return Err(invalid_config(format!(
-                            "ipam {what} {ip} is outside subnet {}",
-                            r.subnet
-                        )));
-                    }
-                }
-            }
-        }
+/// `ipamLockTimeoutMs`, at most [`MAX_LOCK_WAIT_MS`]: kubelet gives up on a runtime call
+/// after 2 minutes, so a longer wait would only outlive the call it serves.
+fn lock_wait(ms: Option<u64>) -> Result<Duration, CniError> {
+    match ms {
+        None => Ok(DEFAULT_LOCK_WAIT),
+        Some(ms) if ms <= MAX_LOCK_WAIT_MS => Ok(Duration::from_millis(ms)),
+        Some(ms) => Err(invalid_config(format!(
+            "ipamLockTimeoutMs {ms} is above {MAX_LOCK_WAIT_MS} (2 minutes, kubelet's runtime request timeout)"
+        ))),
     }
-    Ok(())
+}
+
+impl IpamConf {
+    /// The configured ranges as the allocator's sets, each range held to host-local's rules
+    /// and to having an address a pod may get. An error names the key to fix, such as
+    /// `ipam.ranges[0][1].rangeStart`.
+    pub fn range_sets(&self) -> Result<Vec<RangeSet>, CniError> {
+        self.ranges
+            .iter()
+            .enumerate()
+            .map(|(i, set)| range_set(i, set))
+            .collect()
+    }
+}
+
+fn range_set(i: usize, confs: &[RangeConf]) -> Result<RangeSet, CniError> {
+    let ranges = confs
+        .iter()
+        .enumerate()
+        .map(|(j, rc)| {
+            Range::new(rc.subnet, rc.range_start, rc.range_end, rc.gateway)
+                .map_err(|e| invalid_config(format!("{}: {e}", range_key(i, j, e.field()))))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RangeSet::new(ranges).map_err(|e| match e.index() {
+        Some(j) => invalid_config(format!("{}: {e}", range_key(i, j, None))),
+        None => invalid_config(format!("ipam.ranges[{i}] is empty: {e}")),
+    })
+}
+
+fn range_key(set: usize, entry: usize, field: Option<Field>) -> String {
+    match field {
+        Some(f) => format!("ipam.ranges[{set}][{entry}].{f}"),
+        None => format!("ipam.ranges[{set}][{entry}]"),
+    }
+}
+
+/// Every verb refuses a range config no ADD could allocate from, as host-local does.
+fn validate_ipam(ipam: &IpamConf) -> Result<(), CniError> {
+    ipam.range_sets().map(drop)
 }
 
 #[cfg(test)]
@@ -210,6 +236,7 @@ mod tests {
         assert_eq!(c.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(c.ipam_dir(), PathBuf::from("/var/lib/cni/networks/cbr0"));
         assert!(c.mtu.is_none());
+        assert_eq!(c.ipam_lock_wait, Duration::from_secs(10));
     }
 
     #[test]
@@ -218,6 +245,7 @@ mod tests {
             r#"{"cniVersion":"0.3.1","name":"n1","type":"trellis","bridge":"br9","mtu":1400,
                 "hairpinMode":false,"isDefaultGateway":false,"ipMasq":false,
                 "subnetFile":"/tmp/s.env","dataDir":"/tmp/d","whatever":{"x":1},
+                "ipamLockTimeoutMs":250,
                 "ipam":{"type":"host-local","ranges":[[{"subnet":"10.1.0.0/24","gateway":"10.1.0.1"}]],
                         "routes":[{"dst":"10.0.0.0/8"}]},
                 "dns":{"nameservers":["10.96.0.10"]},
@@ -227,6 +255,7 @@ mod tests {
         assert_eq!(c.cni_version, CniVersion::V0_3_1);
         assert_eq!(c.bridge, "br9");
         assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.ipam_lock_wait, Duration::from_millis(250));
         assert!(!c.hairpin_mode && !c.is_default_gateway);
         assert_eq!(
             c.ipam.as_ref().unwrap().ranges[0][0]
@@ -259,6 +288,14 @@ mod tests {
                 7,
             ),
             (r#"{"cniVersion":"1.0.0","name":"x","ipMasq":true}"#, 7),
+            (
+                r#"{"cniVersion":"1.0.0","name":"x","ipamLockTimeoutMs":120001}"#,
+                7,
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"x","ipamLockTimeoutMs":-1}"#,
+                7,
+            ),
             (
                 r#"{"cniVersion":"1.0.0","name":"x","ipam":{"ranges":[[{"subnet":"banana"}]]}}"#,
                 7,

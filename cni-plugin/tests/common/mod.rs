@@ -5,13 +5,23 @@
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_trellis");
+
+/// A plugin run still going after this long is hung, not slow: a run takes milliseconds and
+/// its longest wait, the store lock, is bounded (10 s by default). It is killed so the test
+/// fails with a message instead of stalling the suite. This bounds liveness only; no test
+/// asserts how long anything took.
+pub const HUNG_AFTER: Duration = Duration::from_secs(60);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -173,7 +183,21 @@ pub fn run_in(node: Option<&Netns>, binary: &str, env: &[(&str, &str)], stdin: &
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes());
-    let out = child.wait_with_output().expect("wait plugin");
+    // `ip netns exec` execs the plugin in place, so this pid is the plugin's.
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(HUNG_AFTER) {
+        Ok(out) => out.expect("wait plugin"),
+        Err(_) => {
+            // SAFETY: kill has no memory effects; the pid is our unreaped child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let _ = waiter.join();
+            panic!("plugin {binary} with {env:?} still running after {HUNG_AFTER:?}: hung, killed");
+        }
+    };
     Outcome {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -238,6 +262,28 @@ impl Node {
             ],
             conf,
         )
+    }
+
+    /// Take this network's store lock the way another plugin run would (the plugin's own
+    /// modes, so the plugin accepts the directory); held until the file is dropped.
+    pub fn hold_ipam_lock(&self) -> std::fs::File {
+        let dir = self.ipam_dir().join("cbr0");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .expect("create the store dir");
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(dir.join("lock"))
+            .expect("open the lock file");
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0, "the store lock is already held");
+        lock
     }
 
     /// IP records in the store (files named like an address).
