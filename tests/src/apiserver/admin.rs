@@ -11,13 +11,25 @@ use super::{install_crypto_provider, EmulatorError};
 
 /// Builds a kube client from a kubeconfig file (current context).
 pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, EmulatorError> {
+    let cfg = config_from_kubeconfig(path).await?;
+    kube::Client::try_from(cfg).map_err(|e| EmulatorError::Client(e.to_string()))
+}
+
+/// The same, authenticating with `token` instead of the kubeconfig's: a client acting as one of
+/// the extra users (`EmulatorConfig::users`), whose requests RBAC decides.
+pub async fn client_with_token(path: &Path, token: &str) -> Result<kube::Client, EmulatorError> {
+    let mut cfg = config_from_kubeconfig(path).await?;
+    cfg.auth_info.token = Some(token.to_string().into());
+    kube::Client::try_from(cfg).map_err(|e| EmulatorError::Client(e.to_string()))
+}
+
+async fn config_from_kubeconfig(path: &Path) -> Result<kube::Config, EmulatorError> {
     install_crypto_provider();
     let kc = kube::config::Kubeconfig::read_from(path)
         .map_err(|e| EmulatorError::Client(format!("reading {}: {e}", path.display())))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
-        .map_err(|e| EmulatorError::Client(format!("{}: {e}", path.display())))?;
-    kube::Client::try_from(cfg).map_err(|e| EmulatorError::Client(e.to_string()))
+        .map_err(|e| EmulatorError::Client(format!("{}: {e}", path.display())))
 }
 
 /// What `GET /_emulator/state` reports.

@@ -430,6 +430,12 @@ impl EmulatorHandle {
         admin::client_from_kubeconfig(&self.kubeconfig_path).await
     }
 
+    /// A kube client authenticating with `token`, one of `EmulatorConfig::users`: its requests
+    /// are audited and, with a policy loaded, authorized by RBAC.
+    pub async fn client_with_token(&self, token: &str) -> Result<kube::Client, EmulatorError> {
+        admin::client_with_token(&self.kubeconfig_path, token).await
+    }
+
     /// The admin client for fault injection (over HTTPS, like any external test driver).
     pub async fn faults(&self) -> Result<Faults, EmulatorError> {
         Ok(Faults::new(self.client().await?))

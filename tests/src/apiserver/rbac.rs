@@ -27,7 +27,6 @@ pub struct Attributes {
     /// Empty at the cluster scope.
     pub namespace: String,
     /// Empty for collections (create, list and watch without a `metadata.name` selector).
-    #[serde(skip)]
     pub name: String,
 }
 
@@ -41,6 +40,10 @@ pub struct AuditRecord {
     pub resource: String,
     pub subresource: String,
     pub namespace: String,
+    /// The object's name, or the one a list or watch was narrowed to by its field selector;
+    /// empty for a collection. Recorded so a test can check `resourceNames` grants too.
+    #[serde(default)]
+    pub name: String,
     pub allowed: bool,
     pub count: u64,
 }
@@ -52,10 +55,10 @@ pub struct Audit {
 
 impl Audit {
     pub fn record(&self, user: &str, attrs: &Attributes, allowed: bool) {
-        let mut a = attrs.clone();
-        a.name.clear();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        *seen.entry((user.to_string(), a, allowed)).or_default() += 1;
+        *seen
+            .entry((user.to_string(), attrs.clone(), allowed))
+            .or_default() += 1;
     }
 
     pub fn records(&self) -> Vec<AuditRecord> {
@@ -68,6 +71,7 @@ impl Audit {
                 resource: a.resource.clone(),
                 subresource: a.subresource.clone(),
                 namespace: a.namespace.clone(),
+                name: a.name.clone(),
                 allowed: *allowed,
                 count: *count,
             })
@@ -84,6 +88,9 @@ pub enum RbacError {
     #[error("{path}: {reason}")]
     Manifest { path: String, reason: String },
 }
+
+/// One expanded grant: (verb, apiGroup, resource[/subresource], namespace, resourceName).
+pub type Grant = (String, String, String, String, String);
 
 /// A PolicyRule (resource rules only: the emulator serves no non-resource URL worth granting).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -112,10 +119,38 @@ impl Rule {
                     || *r == format!("*/{}", a.subresource)
             }
         });
-        // resourceNames never match a request without a name (create, plain list/watch).
+        // resourceNames never match a request without a name: a create, or a list/watch
+        // without a `metadata.name` field selector (see [`selected_name`]).
         let name_ok = self.resource_names.is_empty()
             || (!a.name.is_empty() && self.resource_names.contains(&a.name));
         any(&self.verbs, &a.verb) && any(&self.api_groups, &a.group) && resource_ok && name_ok
+    }
+
+    /// The rule as single grants in `namespace` (empty: cluster-wide).
+    fn expand(&self, namespace: &str) -> Vec<Grant> {
+        let any = [String::new()];
+        let names: &[String] = if self.resource_names.is_empty() {
+            &any
+        } else {
+            &self.resource_names
+        };
+        let mut out = Vec::new();
+        for g in &self.api_groups {
+            for res in &self.resources {
+                for v in &self.verbs {
+                    for n in names {
+                        out.push((
+                            v.clone(),
+                            g.clone(),
+                            res.clone(),
+                            namespace.to_string(),
+                            n.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -280,9 +315,10 @@ impl Policy {
                 .any(|r| r.allows(a))
     }
 
-    /// Every (verb, apiGroup, resource[/subresource]) the policy grants `user`, expanded
-    /// from the rules (namespaced grants are listed with their namespace).
-    pub fn granted(&self, user: &User) -> Vec<(String, String, String, String)> {
+    /// Every (verb, apiGroup, resource[/subresource], namespace, resourceName) the policy
+    /// grants `user`, expanded from the rules: namespaced grants carry their namespace, and a
+    /// rule with `resourceNames` gives one entry per name (an empty name: any object).
+    pub fn granted(&self, user: &User) -> Vec<Grant> {
         let mut out = Vec::new();
         let mut namespaces: Vec<String> =
             self.bindings.iter().map(|b| b.namespace.clone()).collect();
@@ -298,13 +334,7 @@ impl Policy {
                     _ => self.roles.get(&(ns.clone(), b.role_ref.name.clone())),
                 };
                 for r in rules.into_iter().flatten() {
-                    for g in &r.api_groups {
-                        for res in &r.resources {
-                            for v in &r.verbs {
-                                out.push((v.clone(), g.clone(), res.clone(), ns.clone()));
-                            }
-                        }
-                    }
+                    out.extend(r.expand(&ns));
                 }
             }
         }
@@ -331,18 +361,24 @@ pub fn verb(method: &hyper::Method, collection: bool, watch: bool) -> &'static s
     }
 }
 
-/// The name a list or watch is narrowed to by `fieldSelector=metadata.name=X`, which the
-/// apiserver uses to match `resourceNames`.
+/// The name a list or watch is narrowed to by its field selector, which the apiserver uses to
+/// match `resourceNames`: as its RequestInfo resolver does, the first `metadata.name=X` (or
+/// `==`) term of the selector's conjunction (`fields.Selector.RequiresExactMatch`), kept only
+/// when X is a valid path segment (not `.` or `..`, no `/` or `%`).
 pub fn selected_name(field_selector: Option<&str>) -> String {
+    let exact = |term: &str| -> Option<String> {
+        if term.contains("!=") {
+            return None;
+        }
+        let (key, value) = term.split_once("==").or_else(|| term.split_once('='))?;
+        (key.trim() == "metadata.name").then(|| value.trim().to_string())
+    };
     field_selector
-        .and_then(|s| {
-            let s = s.trim();
-            s.strip_prefix("metadata.name==")
-                .or_else(|| s.strip_prefix("metadata.name="))
-        })
-        .filter(|n| !n.contains(','))
         .unwrap_or_default()
-        .to_string()
+        .split(',')
+        .find_map(exact)
+        .filter(|n| !matches!(n.as_str(), "." | "..") && !n.contains(['/', '%']))
+        .unwrap_or_default()
 }
 
 /// The apiserver's 403, e.g. `nodes "n1" is forbidden: User "u" cannot patch resource
@@ -468,9 +504,79 @@ subjects: [{kind: Group, name: "system:serviceaccounts:ns1"}]
             &attrs("delete", "nodes", "", "", "n1")
         ));
         let g = p.granted(&sa);
-        assert!(g.contains(&("patch".into(), "".into(), "nodes/status".into(), "".into())));
-        assert!(g.contains(&("get".into(), "".into(), "configmaps".into(), "ns1".into())));
+        let grant = |v: &str, r: &str, ns: &str, n: &str| -> Grant {
+            (v.into(), "".into(), r.into(), ns.into(), n.into())
+        };
+        assert!(g.contains(&grant("patch", "nodes/status", "", "")));
+        assert!(g.contains(&grant("get", "configmaps", "ns1", "cfg")));
         assert_eq!(g.len(), 4);
+    }
+
+    #[test]
+    fn resource_names_match_a_list_or_watch_only_through_its_field_selector() {
+        let mut p = Policy::default();
+        p.add_yaml(
+            r#"
+kind: Role
+metadata: {name: r, namespace: ns1}
+rules: [{apiGroups: [""], resources: ["configmaps"], verbs: ["list", "watch"], resourceNames: ["cfg"]}]
+---
+kind: RoleBinding
+metadata: {name: rb, namespace: ns1}
+roleRef: {kind: Role, name: r}
+subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
+"#,
+        )
+        .unwrap();
+        let sa = User {
+            name: "system:serviceaccount:ns1:sa".into(),
+            admin: false,
+        };
+        let selected = |verb: &str, selector: Option<&str>| {
+            p.allows(
+                &sa,
+                &attrs(verb, "configmaps", "", "ns1", &selected_name(selector)),
+            )
+        };
+        for verb in ["list", "watch"] {
+            assert!(selected(verb, Some("metadata.name=cfg")), "{verb}");
+            assert!(selected(verb, Some("metadata.name==cfg")), "{verb}");
+            assert!(!selected(verb, None), "{verb} of the whole namespace");
+            assert!(!selected(verb, Some("metadata.name=other")), "{verb}");
+            assert!(!selected(verb, Some("metadata.name!=other")), "{verb}");
+        }
+        assert!(!p.allows(&sa, &attrs("get", "configmaps", "", "ns1", "cfg")));
+    }
+
+    #[test]
+    fn a_role_binding_grants_only_in_its_namespace() {
+        let mut p = Policy::default();
+        p.add_yaml(
+            r#"
+kind: Role
+metadata: {name: ev, namespace: default}
+rules: [{apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["create", "patch"]}]
+---
+kind: RoleBinding
+metadata: {name: ev, namespace: default}
+roleRef: {kind: Role, name: ev}
+subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
+"#,
+        )
+        .unwrap();
+        let sa = User {
+            name: "system:serviceaccount:ns1:sa".into(),
+            admin: false,
+        };
+        let event = |verb: &str, ns: &str| Attributes {
+            group: "events.k8s.io".into(),
+            ..attrs(verb, "events", "", ns, "")
+        };
+        assert!(p.allows(&sa, &event("create", "default")));
+        assert!(p.allows(&sa, &event("patch", "default")));
+        assert!(!p.allows(&sa, &event("create", "ns1")));
+        assert!(!p.allows(&sa, &event("create", "kube-system")));
+        assert!(!p.allows(&sa, &event("create", "")), "cluster scope");
     }
 
     #[test]
@@ -492,8 +598,21 @@ subjects: [{kind: Group, name: "system:serviceaccounts:ns1"}]
             "{}",
             e.message
         );
-        assert_eq!(selected_name(Some("metadata.name=n1")), "n1");
-        assert_eq!(selected_name(Some("metadata.name=n1,x=y")), "");
+    }
+
+    #[test]
+    fn selected_name_is_the_apiservers_exact_match() {
+        let name = |s: &str| selected_name(Some(s));
+        assert_eq!(name("metadata.name=n1"), "n1");
+        assert_eq!(name("metadata.name==n1"), "n1");
+        // RequiresExactMatch looks through every term of the conjunction.
+        assert_eq!(name("metadata.name=n1,spec.unschedulable=false"), "n1");
+        assert_eq!(name("spec.unschedulable=false,metadata.name=n1"), "n1");
+        assert_eq!(name("metadata.name!=n1"), "");
+        assert_eq!(name("metadata.namespace=n1"), "");
+        // Not a valid path segment: the apiserver leaves the name unset.
+        assert_eq!(name("metadata.name=a/b"), "");
+        assert_eq!(name("metadata.name=.."), "");
         assert_eq!(selected_name(None), "");
     }
 }

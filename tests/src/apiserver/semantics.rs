@@ -380,6 +380,12 @@ pub fn prepare_update(
         }
     }
     if rt.has_status {
+        // As the apiserver's strategies do, silently rather than with an error: a write to the
+        // main resource keeps the stored status, and a write through `status` keeps the stored
+        // spec but takes status and metadata (nodeStatusStrategy.PrepareForUpdate sets
+        // `newNode.Spec = oldNode.Spec`). So a status patch carrying taints or `unschedulable`
+        // succeeds and changes neither, which is what makes `patch` on `nodes/status` a safe
+        // grant where `patch` on `nodes` is not.
         let (keep, from_old) = match target {
             Target::Main => ("status", &old["status"]),
             Target::Status => ("spec", &old["spec"]),
@@ -492,6 +498,27 @@ mod tests {
         assert_eq!(out["status"]["conditions"][0]["status"], "False");
         assert_eq!(out["metadata"]["annotations"]["a"], "b");
         assert_eq!(out["metadata"]["generation"], 1);
+    }
+
+    #[test]
+    fn status_write_cannot_taint_cordon_or_clear_the_spec() {
+        let old = stored_node();
+        let taint = json!([{"key": "evil", "effect": "NoExecute"}]);
+        let mut tainted = old.clone();
+        tainted["spec"]["taints"] = taint.clone();
+        tainted["spec"]["unschedulable"] = json!(true);
+        let out = prepare_update(&NODES, Target::Status, &old, tainted.clone(), "n1").unwrap();
+        assert_eq!(out["spec"], old["spec"]);
+        let mut cleared = old.clone();
+        if let Some(m) = cleared.as_object_mut() {
+            m.remove("spec");
+        }
+        let out = prepare_update(&NODES, Target::Status, &old, cleared, "n1").unwrap();
+        assert_eq!(out["spec"], old["spec"]);
+        // The same body through the main resource does taint and cordon.
+        let out = prepare_update(&NODES, Target::Main, &old, tainted, "n1").unwrap();
+        assert_eq!(out["spec"]["taints"], taint);
+        assert_eq!(out["spec"]["unschedulable"], true);
     }
 
     #[test]
