@@ -169,6 +169,9 @@ impl ConfigWatcher {
 
     /// Runs until the task is dropped or aborted.
     pub async fn run(self) {
+        // Both the list and the watch carry the name as a field selector: besides fetching
+        // one object, it is what lets an RBAC rule with `resourceNames` match a list or watch,
+        // so the agent needs no grant on the namespace's other ConfigMaps.
         let fields = format!("metadata.name={}", self.source.name);
         let config = watcher::Config::default().fields(&fields);
         let mut tracker = ConfigTracker::default();
@@ -186,6 +189,15 @@ impl ConfigWatcher {
                         match failure {
                             WatchFailure::Expired | WatchFailure::ExpiredAtStart => {
                                 tracing::info!(source = %self.source, "ConfigMap watch expired (410 Gone); relisting")
+                            }
+                            WatchFailure::Other if backoff.failures() == 0 && forbidden(&e) => {
+                                tracing::warn!(
+                                    source = %self.source, error = %e,
+                                    "ConfigMap watch refused (403): the agent may read only the ConfigMap \
+                                     named in the resourceNames of the trellis-config-reader Role \
+                                     (deploy/manifests/rbac.yaml); rename it there when --configmap-name \
+                                     differs. Retrying, the running config stays"
+                                )
                             }
                             WatchFailure::Other if backoff.failures() == 0 => tracing::warn!(
                                 source = %self.source, error = %e,
@@ -269,9 +281,32 @@ impl ConfigWatcher {
     }
 }
 
+/// Whether the API refused the list or the watch itself (403), as opposed to failing.
+fn forbidden(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 403,
+        watcher::Error::WatchError(s) => s.code == 403,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_403_is_told_from_other_failures() {
+        let status =
+            |code| Box::new(kube::core::Status::failure("no", "Forbidden").with_code(code));
+        let api = |code| kube::Error::Api(status(code));
+        assert!(forbidden(&watcher::Error::InitialListFailed(api(403))));
+        assert!(forbidden(&watcher::Error::WatchStartFailed(api(403))));
+        assert!(forbidden(&watcher::Error::WatchError(status(403))));
+        assert!(!forbidden(&watcher::Error::InitialListFailed(api(500))));
+        assert!(!forbidden(&watcher::Error::NoResourceVersion));
+    }
 
     fn data(text: &str) -> BTreeMap<String, String> {
         BTreeMap::from([(NET_CONF_KEY.to_string(), text.to_string())])

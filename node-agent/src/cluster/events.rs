@@ -16,6 +16,10 @@ use crate::config::BackendType;
 
 use super::MANAGER;
 
+/// Where Events about our (cluster-scoped) Node live: where kube's recorder puts them and the
+/// kubelet writes its own. deploy/manifests/rbac.yaml grants Event writes in this namespace only.
+pub const EVENT_NAMESPACE: &str = "default";
+
 /// How long one publish may take before it is given up.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -98,7 +102,7 @@ impl NodeEvents {
         let ev = ApiEvent {
             metadata: ObjectMeta {
                 name: Some(format!("{}.{nanos:x}", self.node_name)),
-                namespace: Some("default".into()),
+                namespace: Some(EVENT_NAMESPACE.into()),
                 ..ObjectMeta::default()
             },
             action: Some("SwitchBackend".into()),
@@ -116,7 +120,7 @@ impl NodeEvents {
             reporting_instance: Some(format!("{MANAGER}-{}", self.node_name)),
             ..ApiEvent::default()
         };
-        let api: kube::Api<ApiEvent> = kube::Api::namespaced(self.client.clone(), "default");
+        let api: kube::Api<ApiEvent> = kube::Api::namespaced(self.client.clone(), EVENT_NAMESPACE);
         match tokio::time::timeout(
             self.timeout,
             api.create(&kube::api::PostParams::default(), &ev),

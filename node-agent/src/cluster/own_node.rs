@@ -4,6 +4,10 @@
 //! Writes are minimal and idempotent: a JSON merge patch touching only trellis's annotation
 //! keys, sent only when a value differs; the condition is patched only when it is not already
 //! ours, so restarts do not bump `lastTransitionTime` or wake every peer's watcher.
+//!
+//! Both writes go to `nodes/NAME/status`, as flannel's do: the apiserver keeps the metadata of a
+//! Node status write and resets its spec, so the agent's RBAC needs no `patch` on `nodes`, a
+//! grant with which any one node's token could taint or cordon every Node.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -48,6 +52,15 @@ pub enum OwnNodeError {
         node: String,
         #[source]
         source: AnnotationError,
+    },
+    #[error(
+        "{op} Node {node}: refused (403 Forbidden): {message}; the agent's ServiceAccount \
+         needs the grants of deploy/manifests/rbac.yaml (kubectl apply -k deploy)"
+    )]
+    Forbidden {
+        op: &'static str,
+        node: String,
+        message: String,
     },
     #[error("the watch on Node {node} ended")]
     WatchEnded { node: String },
@@ -242,6 +255,11 @@ impl OwnNode {
             kube::Error::Api(s) if s.code == 404 => OwnNodeError::NotFound {
                 node: self.name.clone(),
             },
+            kube::Error::Api(s) if s.code == 403 => OwnNodeError::Forbidden {
+                op,
+                node: self.name.clone(),
+                message: s.message.clone(),
+            },
             _ => OwnNodeError::Api {
                 op,
                 node: self.name.clone(),
@@ -334,8 +352,9 @@ impl OwnNode {
         }
     }
 
-    /// Makes our annotations equal `desired` (from `Advertisement::to_annotations`). Returns
-    /// whether a patch was sent.
+    /// Makes our annotations equal `desired` (from `Advertisement::to_annotations`), with a
+    /// merge patch of `nodes/NAME/status` carrying only `metadata.annotations` (flannel's
+    /// `PatchStatus`). Returns whether a patch was sent.
     pub async fn advertise(
         &self,
         desired: &BTreeMap<String, String>,
@@ -350,10 +369,11 @@ impl OwnNode {
         let Some(patch) = annotation_patch(&self.keys, current, desired) else {
             return Ok(false);
         };
+        // Through the status subresource: the grant it needs cannot touch the Node's spec.
         self.api
-            .patch(&self.name, &patch_params(), &Patch::Merge(&patch))
+            .patch_status(&self.name, &patch_params(), &Patch::Merge(&patch))
             .await
-            .map_err(self.api_err("annotate"))?;
+            .map_err(self.api_err("annotate (via nodes/status)"))?;
         tracing::info!(node = %self.name, patch = %patch, "advertised annotations");
         Ok(true)
     }
