@@ -1,18 +1,30 @@
 //! Security review, checked rather than asserted in prose:
 //! - the agent's RBAC (deploy/manifests/rbac.yaml) is sufficient: agents run a cluster with the
-//!   emulator enforcing exactly those grants (startup, watches, a live backend switch, Events
-//!   created and folded into a series, the Node status patch) and are never refused;
-//! - and necessary: the set of (verb, group, resource) the agents used equals the set granted;
+//!   emulator enforcing exactly those grants for their token (startup, watches, a live backend
+//!   switch, Events created and folded into a series, the annotations and the condition written
+//!   through nodes/status) and are never refused;
+//! - and necessary: the set of (verb, group, resource, namespace, resourceName) the agents used
+//!   equals the set granted;
+//! - and narrow: with those grants a node's token cannot taint or cordon a Node (no write to
+//!   `nodes`; a `nodes/status` patch cannot change spec), reads no ConfigMap but trellis-config,
+//!   and writes Events only in `default`;
 //! - the DaemonSet's containers are unprivileged (no privileged, no hostPID/hostIPC, only
 //!   NET_ADMIN and NET_RAW added, every other capability dropped).
 //!
-//! The cluster test needs root and the workspace binaries (hack/test.sh builds them).
+//! The cluster test needs root and the workspace binaries (hack/test.sh builds them); the
+//! others run the emulator in-process.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Node};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchParams};
+use kube::Client;
 use serde_json::{json, Value};
+use trellis_e2e::apiserver::rbac::Policy;
+use trellis_e2e::apiserver::{Emulator, EmulatorConfig, EmulatorHandle};
 use trellis_e2e::netns_cluster::{net_conf, Cluster, Options};
 
 const SA_USER: &str = "system:serviceaccount:trellis-system:trellis";
@@ -105,8 +117,9 @@ fn the_daemonset_is_unprivileged() {
     }
 }
 
-/// (verb, group, resource[/sub], namespace) the emulator saw from the agents.
-type Grant = (String, String, String, String);
+/// (verb, group, resource[/sub], namespace, resourceName) the emulator saw from the agents.
+/// The name is the object's, or the one a list/watch selected with `metadata.name=`.
+type Grant = (String, String, String, String, String);
 
 fn audited(c: &Cluster) -> (BTreeSet<Grant>, Vec<Value>) {
     let out = c
@@ -128,13 +141,14 @@ fn audited(c: &Cluster) -> (BTreeSet<Grant>, Vec<Value>) {
         } else {
             format!("{}/{}", s("resource"), s("subresource"))
         };
-        used.insert((s("verb"), s("apiGroup"), res, s("namespace")));
+        used.insert((s("verb"), s("apiGroup"), res, s("namespace"), s("name")));
     }
     (used, denied)
 }
 
 /// The grants of rbac.yaml to the agent's ServiceAccount, expanded to single
-/// (verb, group, resource, namespace) tuples; namespace is empty for ClusterRole grants.
+/// (verb, group, resource, namespace, resourceName) tuples; namespace is empty for ClusterRole
+/// grants, resourceName for rules without `resourceNames` (any object).
 fn granted() -> BTreeSet<Grant> {
     let all = docs("rbac.yaml");
     let mut out = BTreeSet::new();
@@ -161,10 +175,6 @@ fn granted() -> BTreeSet<Grant> {
             })
             .expect("bound role exists");
         for rule in role["rules"].as_array().into_iter().flatten() {
-            assert!(
-                rule["resourceNames"].is_null(),
-                "resourceNames are not expanded here"
-            );
             let strs = |k: &str| -> Vec<String> {
                 rule[k]
                     .as_array()
@@ -173,6 +183,10 @@ fn granted() -> BTreeSet<Grant> {
                     .filter_map(|v| v.as_str().map(str::to_string))
                     .collect()
             };
+            let mut names = strs("resourceNames");
+            if names.is_empty() {
+                names.push(String::new());
+            }
             for g in strs("apiGroups") {
                 for r in strs("resources") {
                     for v in strs("verbs") {
@@ -180,7 +194,15 @@ fn granted() -> BTreeSet<Grant> {
                             g != "*" && r != "*" && v != "*",
                             "wildcards are never least privilege: {rule}"
                         );
-                        out.insert((v, g.clone(), r.clone(), ns.to_string()));
+                        for n in &names {
+                            out.insert((
+                                v.clone(),
+                                g.clone(),
+                                r.clone(),
+                                ns.to_string(),
+                                n.clone(),
+                            ));
+                        }
                     }
                 }
             }
@@ -189,17 +211,30 @@ fn granted() -> BTreeSet<Grant> {
     out
 }
 
-/// ClusterRole grants cover every namespace: compare a used namespaced call against the
-/// grants by dropping its namespace when the grant is cluster-wide.
+/// A used call, as the grant that covers it: the narrowest of (its namespace, cluster-wide) ×
+/// (its name, any name) that rbac.yaml grants; the call unchanged when none does.
 fn normalise(used: &BTreeSet<Grant>, granted: &BTreeSet<Grant>) -> BTreeSet<Grant> {
     used.iter()
-        .map(|(v, g, r, ns)| {
-            let cluster = (v.clone(), g.clone(), r.clone(), String::new());
-            if granted.contains(&cluster) {
-                cluster
-            } else {
-                (v.clone(), g.clone(), r.clone(), ns.clone())
-            }
+        .map(|(v, g, r, ns, name)| {
+            let candidates = [
+                (ns.as_str(), name.as_str()),
+                (ns.as_str(), ""),
+                ("", name.as_str()),
+                ("", ""),
+            ];
+            candidates
+                .iter()
+                .map(|(ns, n)| {
+                    (
+                        v.clone(),
+                        g.clone(),
+                        r.clone(),
+                        ns.to_string(),
+                        n.to_string(),
+                    )
+                })
+                .find(|c| granted.contains(c))
+                .unwrap_or_else(|| (v.clone(), g.clone(), r.clone(), ns.clone(), name.clone()))
         })
         .collect()
 }
@@ -373,4 +408,236 @@ fn rbac_yaml_grants_exactly_what_the_agents_use() {
         unused.is_empty() && ungranted.is_empty(),
         "rbac.yaml is not least privilege.\n granted but never used: {unused:#?}\n used but not granted: {ungranted:#?}"
     );
+
+    // And with the token that ran them, kubectl cannot cordon or taint a Node (after the audit
+    // above, whose refusals must be the agents' only). The cordon is `kubectl cordon`'s patch,
+    // sent with `kubectl patch`: `kubectl cordon` prints a refusal but exits 0.
+    let kc = kc.display().to_string();
+    for args in [
+        &[
+            "patch",
+            "node",
+            "node-1",
+            "-p",
+            r#"{"spec":{"unschedulable":true}}"#,
+        ][..],
+        &["taint", "nodes", "node-2", "evil=yes:NoExecute"][..],
+    ] {
+        let mut full = vec!["kubectl", "--kubeconfig", &kc, "--request-timeout=10s"];
+        full.extend_from_slice(args);
+        let err = c
+            .underlay
+            .exec(&full)
+            .expect_err("a node token must not write a Node's spec");
+        assert!(err.contains("forbidden"), "{args:?}: not a 403: {err}");
+    }
+    for n in ["node-1", "node-2"] {
+        let spec = c.node_json(n).expect("node")["spec"].clone();
+        assert!(
+            spec["unschedulable"].is_null() && spec["taints"].is_null(),
+            "{n} was changed: {spec}"
+        );
+    }
+}
+
+/// An emulator enforcing rbac.yaml for a ServiceAccount token, as the cluster test's; its admin
+/// client and the ServiceAccount's.
+struct Enforcing {
+    _dir: tempfile::TempDir,
+    emu: EmulatorHandle,
+    admin: Client,
+    agent: Client,
+}
+
+async fn enforcing_rbac_yaml() -> Enforcing {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = EmulatorConfig::new(dir.path());
+    let mut policy = Policy::default();
+    policy
+        .add_file(&manifest("rbac.yaml"))
+        .expect("rbac.yaml loads");
+    let tok = token();
+    cfg.rbac = Some(policy);
+    cfg.users = vec![(tok.clone(), SA_USER.to_string())];
+    let emu = Emulator::start(cfg).await.expect("emulator");
+    let admin = emu.client().await.expect("admin client");
+    let agent = emu.client_with_token(&tok).await.expect("agent client");
+    Enforcing {
+        _dir: dir,
+        emu,
+        admin,
+        agent,
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> u16 {
+    match r {
+        Ok(_) => 200,
+        Err(kube::Error::Api(s)) => s.code,
+        Err(other) => panic!("not an API answer: {other}"),
+    }
+}
+
+fn node(name: &str) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .expect("node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_token_cannot_taint_or_cordon_a_node() {
+    let e = enforcing_rbac_yaml().await;
+    let admin: Api<Node> = Api::all(e.admin.clone());
+    for n in ["node-1", "node-2"] {
+        admin
+            .create(&PostParams::default(), &node(n))
+            .await
+            .expect("create");
+    }
+    let before = admin.get("node-2").await.expect("get").spec;
+    let nodes: Api<Node> = Api::all(e.agent.clone());
+    let pp = PatchParams::default();
+    let taint = json!({"spec": {"taints": [{"key": "evil", "effect": "NoExecute"}],
+                                "unschedulable": true}});
+    let taint_ops = json!([
+        {"op": "add", "path": "/spec/taints", "value": [{"key": "evil", "effect": "NoExecute"}]},
+        {"op": "add", "path": "/spec/unschedulable", "value": true}
+    ]);
+    // The JSON patch type is kube's dependency's; inferred from the variant, never named.
+    let json_taint =
+        || Patch::<Value>::Json(serde_json::from_value(taint_ops.clone()).expect("ops"));
+
+    // The Node itself: every write refused.
+    assert_eq!(
+        code(nodes.patch("node-2", &pp, &Patch::Merge(&taint)).await),
+        403
+    );
+    assert_eq!(
+        code(nodes.patch("node-2", &pp, &Patch::Strategic(&taint)).await),
+        403
+    );
+    assert_eq!(code(nodes.patch("node-2", &pp, &json_taint()).await), 403);
+    let mut replaced = node("node-2");
+    replaced.spec.get_or_insert_default().unschedulable = Some(true);
+    assert_eq!(
+        code(
+            nodes
+                .replace("node-2", &PostParams::default(), &replaced)
+                .await
+        ),
+        403
+    );
+    assert_eq!(
+        code(nodes.delete("node-2", &DeleteParams::default()).await),
+        403
+    );
+
+    // Through nodes/status, in every patch format: accepted, spec unchanged (the apiserver's
+    // node status strategy resets it), while the metadata the agent writes there is kept.
+    let status_patches = [
+        Patch::Merge(taint.clone()),
+        Patch::Strategic(taint.clone()),
+        json_taint(),
+    ];
+    for p in &status_patches {
+        let n = nodes
+            .patch_status("node-2", &pp, p)
+            .await
+            .expect("status patch");
+        assert_eq!(n.spec, before, "a status patch changed spec: {p:?}");
+    }
+    let ann =
+        json!({"metadata": {"annotations": {"flannel.alpha.coreos.com/public-ip": "192.0.2.2"}}});
+    let n = nodes
+        .patch_status("node-2", &pp, &Patch::Merge(&ann))
+        .await
+        .expect("annotations through nodes/status");
+    assert_eq!(
+        n.metadata.annotations.unwrap_or_default()["flannel.alpha.coreos.com/public-ip"],
+        "192.0.2.2"
+    );
+    assert_eq!(admin.get("node-2").await.expect("get").spec, before);
+    e.emu.shutdown().await.expect("shutdown");
+}
+
+fn configmap(name: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}}))
+        .expect("configmap")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_reads_no_configmap_but_trellis_config() {
+    let e = enforcing_rbac_yaml().await;
+    for ns in [SA_NS, "kube-system"] {
+        let admin: Api<ConfigMap> = Api::namespaced(e.admin.clone(), ns);
+        for name in ["trellis-config", "other"] {
+            admin
+                .create(&PostParams::default(), &configmap(name))
+                .await
+                .expect("create");
+        }
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(e.agent.clone(), SA_NS);
+    let only = ListParams::default().fields("metadata.name=trellis-config");
+    // What the agent's ConfigMap watcher sends: a list and a watch selecting it by name.
+    let listed = cms.list(&only).await.expect("list by name");
+    let names: Vec<_> = listed
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["trellis-config"]);
+    let watch = WatchParams::default().fields("metadata.name=trellis-config");
+    let rv = listed.metadata.resource_version.unwrap_or_default();
+    assert_eq!(code(cms.watch(&watch, &rv).await.map(|_| ())), 200);
+    // Anything else is refused: the whole namespace, another name, a get, another namespace.
+    assert_eq!(code(cms.list(&ListParams::default()).await), 403);
+    let other = ListParams::default().fields("metadata.name=other");
+    assert_eq!(code(cms.list(&other).await), 403);
+    assert_eq!(code(cms.get("trellis-config").await), 403);
+    let elsewhere: Api<ConfigMap> = Api::namespaced(e.agent.clone(), "kube-system");
+    assert_eq!(code(elsewhere.list(&only).await), 403);
+    e.emu.shutdown().await.expect("shutdown");
+}
+
+fn event(name: &str) -> Event {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "eventTime": "2024-01-01T00:00:00.000000Z",
+        "reason": "Test", "action": "Test", "type": "Normal",
+        "reportingController": "trellis-agent", "reportingInstance": "trellis-agent-node-1",
+        "regarding": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}
+    }))
+    .expect("event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_writes_events_only_in_default() {
+    let e = enforcing_rbac_yaml().await;
+    let pp = PostParams::default();
+    let here: Api<Event> = Api::namespaced(e.agent.clone(), "default");
+    here.create(&pp, &event("e1"))
+        .await
+        .expect("create in default");
+    let series = json!({"series": {"count": 2, "lastObservedTime": "2024-01-01T00:00:01.000000Z"}});
+    here.patch("e1", &PatchParams::default(), &Patch::Merge(&series))
+        .await
+        .expect("fold into a series in default");
+    for ns in [SA_NS, "kube-system"] {
+        let there: Api<Event> = Api::namespaced(e.agent.clone(), ns);
+        assert_eq!(code(there.create(&pp, &event("e2")).await), 403, "{ns}");
+    }
+    // No core/v1 Event, anywhere.
+    let core: Api<CoreEvent> = Api::namespaced(e.agent.clone(), "default");
+    let core_event: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "c1"},
+        "involvedObject": {"kind": "Node", "name": "node-1"},
+        "reason": "Test", "message": "m", "type": "Normal"
+    }))
+    .expect("core event");
+    assert_eq!(code(core.create(&pp, &core_event).await), 403);
+    e.emu.shutdown().await.expect("shutdown");
 }
