@@ -1249,7 +1249,10 @@ struct KillFigure {
     restart_converge: Duration,
     lost: u64,
     gap: Duration,
+    /// Deletions of live peers' entries seen by the kernel monitors during the step.
     wrong: usize,
+    /// Whether an agent was killed (a switch step without a kill is the baseline).
+    killed: bool,
 }
 
 /// Create (or delete) `fakes` while killing node `victim`'s agent at `at`; restart it
@@ -1368,6 +1371,7 @@ fn burst_with_kill(
         lost,
         gap,
         wrong: wrong.len(),
+        killed: true,
     }
 }
 
@@ -1386,6 +1390,8 @@ enum SwitchKill {
 /// every node runs `to` exactly (every peer, no leftover of the old backend).
 fn switch_with_kill(
     c: &mut Cluster,
+    truth: &Truth,
+    monitors: &[KernelMonitor],
     pings: &Pings,
     to: Backend,
     victim: usize,
@@ -1438,14 +1444,32 @@ fn switch_with_kill(
     let restart_converge = restarted.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let (lost, gap, desc) = pings.window(u0, now_unix());
+    // A switch legitimately removes the old backend's neighbour and FDB entries; the routes
+    // of live peers are replaced in place, never deleted: a deleted one is a gap.
+    let wrong: Vec<String> = monitors
+        .iter()
+        .flat_map(|m| m.wrongly_removed(c, truth, t0))
+        .filter(|l| {
+            l.split("Deleted ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .is_some_and(|w| w.ends_with("/24"))
+        })
+        .collect();
     let what = format!("switch to {to:?}");
+    let killed = !matches!(at, SwitchKill::None);
     println!(
-        "FIGURE sigkill node-{} during {what} ({at_kill}): {} converged {} ms; ping {desc} (longest gap {} ms); whole step {} ms",
+        "FIGURE sigkill node-{} during {what} ({at_kill}): {} converged {} ms; ping {desc} (longest gap {} ms); entries of live peers removed: {}; whole step {} ms",
         victim + 1,
-        if matches!(at, SwitchKill::None) { "write to" } else { "restart to" },
+        if killed { "restart to" } else { "write to" },
         restart_converge.as_millis(),
         gap.as_millis(),
+        wrong.len(),
         t0.elapsed().as_millis()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{what} with a SIGKILL {at:?}: live peers' routes deleted: {wrong:#?}"
     );
     KillFigure {
         what,
@@ -1454,7 +1478,8 @@ fn switch_with_kill(
         restart_converge,
         lost,
         gap,
-        wrong: 0,
+        wrong: wrong.len(),
+        killed,
     }
 }
 
@@ -1525,6 +1550,8 @@ fn kill_rounds(tag: &str, rounds: u32, burst: u32) -> Vec<KillFigure> {
             let victim = (k + round as usize) % n;
             figures.push(switch_with_kill(
                 &mut c,
+                &truth,
+                &monitors,
                 &pings,
                 Backend::HostGw,
                 victim,
@@ -1532,6 +1559,8 @@ fn kill_rounds(tag: &str, rounds: u32, burst: u32) -> Vec<KillFigure> {
             ));
             figures.push(switch_with_kill(
                 &mut c,
+                &truth,
+                &monitors,
                 &pings,
                 Backend::Vxlan,
                 (victim + 1) % n,
@@ -1583,14 +1612,15 @@ fn chaos_campaign() {
     let kills = kill_rounds("ck", rounds, burst);
     let worst = |v: &mut dyn Iterator<Item = Duration>| v.max().unwrap_or_default().as_millis();
     println!(
-        "FIGURE campaign: {rounds} rounds; {} faults in {:.0} s (worst convergence {} ms, {} pings lost, {} live entries removed, {} not-ready samples); {} kills in {:.0} s with bursts of {burst} (worst restart-to-converged {} ms, {} pings lost, {} live entries removed)",
+        "FIGURE campaign: {rounds} rounds; {} faults in {:.0} s (worst convergence {} ms, {} pings lost, {} live entries removed, {} not-ready samples); {} SIGKILLs and {} switches without a kill in {:.0} s with bursts of {burst} (worst restart-to-converged {} ms, {} pings lost, {} live entries removed)",
         faults.len(),
         (t1 - t0).as_secs_f64(),
         worst(&mut faults.iter().map(|f| f.converge)),
         faults.iter().map(|f| f.lost).sum::<u64>(),
         faults.iter().map(|f| f.wrong).sum::<usize>(),
         faults.iter().map(|f| f.not_ready_samples).sum::<usize>(),
-        kills.len(),
+        kills.iter().filter(|f| f.killed).count(),
+        kills.iter().filter(|f| !f.killed).count(),
         t1.elapsed().as_secs_f64(),
         worst(&mut kills.iter().map(|f| f.restart_converge)),
         kills.iter().map(|f| f.lost).sum::<u64>(),

@@ -784,9 +784,10 @@ fn scenario(tag: &str, nodes: usize, start: Backend, steps: &[Backend], bad_conf
     report(&figures);
     println!("FIGURE TCP stream: {bytes} bytes, all delivered; ping loop {replies} replies");
     for f in &figures {
-        // Generous sanity bounds: the goal (<= 1 s gap) is reported, not asserted.
+        // The goal, asserted: a longest gap of at most 1 s (4 s under software emulation in
+        // the VM, where everything runs ~10x slower).
         assert!(
-            f.ping_gap < slow(Duration::from_secs(5)),
+            f.ping_gap <= slow(Duration::from_secs(1)),
             "{} -> {}: ping gap {:?}",
             f.from.name(),
             f.to.name(),

@@ -20,8 +20,8 @@ pub mod own_node;
 mod relist;
 mod watch_error;
 
-pub use backoff::BackoffPolicy;
 pub(crate) use backoff::Backoff;
+pub use backoff::BackoffPolicy;
 pub use client::{connect, ClientError, ClientSource};
 pub use config_watch::{
     ConfigRejection, ConfigSource, ConfigStats, ConfigTracker, ConfigWatcher, Verdict, NET_CONF_KEY,
