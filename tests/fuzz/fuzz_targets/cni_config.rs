@@ -4,11 +4,15 @@
 //! prevResult reader CHECK uses (`CniResult::parse_prev`).
 //!
 //! Beyond "no panic": an accepted config holds only safe names and in-range values, its IPAM
-//! directory cannot leave `dataDir`, and its canonical rendering parses to the same config.
+//! directory cannot leave `dataDir`, each of its range sets has a free address, and its
+//! canonical rendering parses to the same config.
 #![no_main]
+
+use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
+use trellis_cni::spec::config::MAX_LOCK_WAIT_MS;
 use trellis_cni::spec::env::{is_safe_name, validate_ifname};
 use trellis_cni::spec::version::SUPPORTED;
 use trellis_cni::spec::{CniResult, NetConf};
@@ -54,6 +58,8 @@ fn render(c: &NetConf) -> Value {
     o.insert("isDefaultGateway".into(), json!(c.is_default_gateway));
     o.insert("subnetFile".into(), json!(path_str(&c.subnet_file)));
     o.insert("dataDir".into(), json!(path_str(&c.data_dir)));
+    let lock_ms = u64::try_from(c.ipam_lock_wait.as_millis()).expect("at most 120000 ms");
+    o.insert("ipamLockTimeoutMs".into(), json!(lock_ms));
     if let Some(ipam) = &c.ipam {
         let ranges: Vec<Value> = ipam
             .ranges
@@ -117,6 +123,10 @@ fn check_netconf(input: &[u8]) {
         dir.file_name().and_then(|n| n.to_str()),
         Some(c.name.as_str())
     );
+    assert!(
+        c.ipam_lock_wait.as_millis() <= u128::from(MAX_LOCK_WAIT_MS),
+        "{c:?}"
+    );
     if let Some(ipam) = &c.ipam {
         for set in &ipam.ranges {
             assert!(!set.is_empty());
@@ -128,6 +138,12 @@ fn check_netconf(input: &[u8]) {
                     assert!(r.subnet.contains(ip), "{r:?}");
                 }
             }
+        }
+        // Every verb accepted these ranges, so ADD can allocate from each set (the
+        // allocator itself is fuzzed by ipam_allocator).
+        let sets = ipam.range_sets().expect("accepted ranges build range sets");
+        for set in sets {
+            assert!(set.next_free(None, &HashSet::new()).is_some(), "{set:?}");
         }
     }
     if let Some(prev) = &c.prev_result {
