@@ -60,15 +60,7 @@ impl NetworkPlan {
                         conf.subnet_file.display()
                     ))
                 })?;
-                let mut families = Vec::new();
-                if let Some(s) = env.subnet {
-                    let key = format!("FLANNEL_SUBNET in {}", conf.subnet_file.display());
-                    families.push(family_from_env(IpNetwork::V4(s), &key)?);
-                }
-                if let Some(s) = env.ipv6_subnet {
-                    let key = format!("FLANNEL_IPV6_SUBNET in {}", conf.subnet_file.display());
-                    families.push(family_from_env(IpNetwork::V6(s), &key)?);
-                }
+                let families = env_families(conf, env)?;
                 let mut routes = default_routes(conf, &families, env.network, env.ipv6_network);
                 if let Some(ipam) = &conf.ipam {
                     for r in &ipam.routes {
@@ -93,9 +85,22 @@ impl NetworkPlan {
     }
 }
 
+fn env_families(conf: &NetConf, env: &SubnetEnv) -> Result<Vec<Family>, CniError> {
+    let file = conf.subnet_file.display();
+    let v4 = env.subnet.map(|s| (IpNetwork::V4(s), "FLANNEL_SUBNET"));
+    let v6 = env
+        .ipv6_subnet
+        .map(|s| (IpNetwork::V6(s), "FLANNEL_IPV6_SUBNET"));
+    [v4, v6]
+        .into_iter()
+        .flatten()
+        .map(|(gw, key)| family_from_env(gw, &format!("{key} in {file}")))
+        .collect()
+}
+
 /// subnet.env writes the gateway as `10.244.1.1/24`; a bare network (`10.244.1.0/24`) means
 /// the first host, as flannel does. The whole subnet is the range; one with no address for a
-/// pod (a /31 or /32 podCIDR) is a config error naming `key`.
+/// pod (a /31 or /32 podCIDR, IPv6 /127 or /128) is a config error naming `key`.
 fn family_from_env(gw: IpNetwork, key: &str) -> Result<Family, CniError> {
     let gateway = (gw.ip() != gw.network()).then_some(gw.ip());
     let set = Range::new(gw, None, None, gateway)
