@@ -422,15 +422,16 @@ fn lines(k: &str) -> Vec<String> {
     k.lines().map(str::to_string).collect()
 }
 
-/// The VTEP MAC node `i` advertises.
+/// The VTEP MAC node `i` advertises (none on host-gw).
+fn advertised_vtep_mac(c: &Cluster, i: usize) -> Option<String> {
+    let node = c.node_json(&c.nodes[i].name).ok()?;
+    let data = node["metadata"]["annotations"][format!("{P}backend-data")].as_str()?;
+    let v: Value = serde_json::from_str(data).ok()?;
+    v["VtepMAC"].as_str().map(str::to_string)
+}
+
 fn vtep_mac(c: &Cluster, i: usize) -> String {
-    let node = c.node_json(&c.nodes[i].name).expect("node");
-    let data = node["metadata"]["annotations"][format!("{P}backend-data")]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let v: Value = serde_json::from_str(&data).expect("backend-data");
-    v["VtepMAC"].as_str().expect("VtepMAC").to_string()
+    advertised_vtep_mac(c, i).expect("node advertises a VTEP MAC")
 }
 
 #[test]
@@ -781,11 +782,15 @@ fn finish(c: &Cluster, loops: Loops, loops_started: Instant, before: &[String]) 
         .iter()
         .flat_map(|&i| {
             let n = &c.nodes[i];
+            // Routes and neighbours by the honest subnet, FDB entries by the honest VTEP MAC
+            // (a hostile Node may point an FDB entry of its own MAC at an honest address).
             [
-                n.pod_cidr.trim_end_matches("/24").to_string() + " ",
-                n.pod_cidr.clone(),
-                format!("dst {} ", n.ip),
+                Some(n.pod_cidr.trim_end_matches("/24").to_string() + " "),
+                Some(n.pod_cidr.clone()),
+                advertised_vtep_mac(c, i).map(|m| format!("Deleted {m} ")),
             ]
+            .into_iter()
+            .flatten()
         })
         .collect();
     for (i, out) in &mons {

@@ -248,6 +248,30 @@ impl KernelState {
         }
     }
 
+    /// `self` (desired) with every peer entry (route, neighbour, FDB) that `actual` already
+    /// holds under the same key taken from `actual`: applied over `actual`, it only adds. While
+    /// the first Node list is incomplete, a Node listed early may claim what a Node not listed
+    /// yet holds (a VTEP MAC, a public IP); re-pointing the existing entry then would hand an
+    /// honest peer's traffic to it until the list completes.
+    pub fn without_repointing(&self, actual: &KernelState) -> KernelState {
+        fn existing_wins<K: Ord + Clone, V: Clone>(
+            desired: &BTreeMap<K, V>,
+            actual: &BTreeMap<K, V>,
+        ) -> BTreeMap<K, V> {
+            desired
+                .iter()
+                .map(|(k, v)| (k.clone(), actual.get(k).unwrap_or(v).clone()))
+                .collect()
+        }
+        KernelState {
+            links: self.links.clone(),
+            addresses: self.addresses.clone(),
+            routes: existing_wins(&self.routes, &actual.routes),
+            neighbours: existing_wins(&self.neighbours, &actual.neighbours),
+            fdb: existing_wins(&self.fdb, &actual.fdb),
+        }
+    }
+
     pub fn add_link(&mut self, link: Link) {
         self.links.insert(link.name.clone(), link);
     }
@@ -369,6 +393,26 @@ impl fmt::Display for Fdb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn while_the_list_is_incomplete_existing_peer_entries_are_not_repointed() {
+        let fdb = |mac: u8, dst: &str| Fdb {
+            link: "flannel.1".into(),
+            mac: Mac([0x0e, 0, 0, 0, 0, mac]),
+            dst: dst.parse().unwrap(),
+        };
+        let mut actual = KernelState::default();
+        actual.add_fdb(fdb(2, "192.168.50.12"));
+        // A thief listed before its victim claims the victim's MAC; a new peer is listed too.
+        let mut desired = KernelState::default();
+        desired.add_fdb(fdb(2, "192.168.50.99"));
+        desired.add_fdb(fdb(3, "192.168.50.13"));
+        let safe = desired.without_repointing(&actual);
+        let key = |m: u8| ("flannel.1".to_string(), Mac([0x0e, 0, 0, 0, 0, m]));
+        assert_eq!(safe.fdb[&key(2)].dst.to_string(), "192.168.50.12", "kept");
+        assert_eq!(safe.fdb[&key(3)].dst.to_string(), "192.168.50.13", "added");
+        assert_eq!(safe.fdb.len(), 2);
+    }
 
     #[test]
     fn overlay_keeps_what_the_top_lacks_and_takes_the_top_where_both_have_it() {

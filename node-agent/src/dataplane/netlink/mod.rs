@@ -220,9 +220,11 @@ impl Dataplane {
             .await)
     }
 
-    /// Apply what `desired` adds or changes and delete nothing: for a view known to be
-    /// incomplete (the first Node list still arriving), where deleting what it lacks would
-    /// delete the entries of peers not listed yet. Programming those already listed while the
+    /// Apply what `desired` adds (and changes to our own devices) and delete or re-point
+    /// nothing: for a view known to be incomplete (the first Node list still arriving), where
+    /// deleting what it lacks would delete the entries of peers not listed yet, and re-pointing
+    /// an entry could hand it to a Node whose claim loses once the rest is listed (see
+    /// `KernelState::without_repointing`). Programming those already listed while the
     /// rest arrives overlaps the API list with the kernel work at start. What the executor then
     /// knows is the kernel as read plus what was added, so the pass after the list may be a
     /// [`Dataplane::reconcile_known`] that deletes the stale entries without a second read.
@@ -239,6 +241,7 @@ impl Dataplane {
                 (Arc::new(snap.state), true)
             }
         };
+        let desired = Arc::new(desired.without_repointing(&actual));
         Ok(self
             .apply_diff(desired, &actual, read_kernel, start, Deletes::Skip)
             .await)
