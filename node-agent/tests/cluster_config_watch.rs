@@ -68,8 +68,11 @@ async fn invalid_config_is_not_emitted_and_the_previous_stays() {
     let stats = w.stats();
     let task = tokio::spawn(w.run());
 
-    // Not there yet: nothing is emitted.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not there yet: the list completes without it, and nothing is emitted.
+    eventually(WAIT, "the first list", || {
+        stats.lists.load(Ordering::Relaxed) >= 1
+    })
+    .await;
     assert!(rx.borrow().is_none());
 
     put_config(&cms, &net_conf("vxlan")).await;
@@ -109,16 +112,35 @@ async fn invalid_config_is_not_emitted_and_the_previous_stays() {
     );
     assert_eq!(rx.borrow().as_deref(), Some(&*first));
 
-    // A relist (410 after compaction) re-delivers the bad content: not reported again.
+    // A relist (410 after compaction) re-delivers the bad content: not reported again. A
+    // write the watcher does not see moves the version past its own, so that the compaction
+    // leaves it behind the history; the relist is confirmed, not slept on.
+    let lists = stats.lists.load(Ordering::Relaxed);
+    let other: Api<ConfigMap> = Api::namespaced(c.client.clone(), "default");
+    let unrelated: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "relist-probe"}, "data": {"k": "v"}
+    }))
+    .unwrap();
+    other
+        .create(&PostParams::default(), &unrelated)
+        .await
+        .unwrap();
     let faults = c.emu.faults().await.unwrap();
     faults.compact().await.unwrap();
     faults.close_watches().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(WAIT, "relisted after the 410", || {
+        stats.lists.load(Ordering::Relaxed) > lists
+    })
+    .await;
     assert_eq!(stats.rejected.load(Ordering::Relaxed), 2);
 
-    // Deleting the ConfigMap keeps the running config.
+    // Deleting the ConfigMap keeps the running config (once the watcher saw the delete).
+    let seen = stats.events.load(Ordering::Relaxed);
     cms.delete(NAME, &DeleteParams::default()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(WAIT, "the delete seen", || {
+        stats.events.load(Ordering::Relaxed) > seen
+    })
+    .await;
     assert!(!rx.has_changed().unwrap());
 
     // A valid new config is emitted.
@@ -133,12 +155,17 @@ async fn invalid_config_is_not_emitted_and_the_previous_stays() {
     );
     assert_eq!(stats.applied.load(Ordering::Relaxed), 2);
 
-    // Touching the ConfigMap without changing the config emits nothing.
+    // Touching the ConfigMap without changing the config emits nothing (once the watcher saw
+    // the change).
+    let seen = stats.events.load(Ordering::Relaxed);
     let patch = json!({"metadata": {"labels": {"touched": "yes"}}});
     cms.patch(NAME, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(WAIT, "the label change seen", || {
+        stats.events.load(Ordering::Relaxed) > seen
+    })
+    .await;
     assert!(!rx.has_changed().unwrap());
     task.abort();
 }
@@ -155,16 +182,22 @@ async fn config_survives_an_api_outage() {
         },
     );
     let mut rx = w.subscribe();
+    let stats = w.stats();
     let task = tokio::spawn(w.run());
     tokio::time::timeout(WAIT, rx.wait_for(Option::is_some))
         .await
         .unwrap()
         .unwrap();
     rx.mark_unchanged();
+    let errors_before = stats.errors.load(Ordering::Relaxed);
     let faults = c.emu.faults().await.unwrap();
     faults.fail_for(Duration::from_secs(2)).await.unwrap();
     faults.close_watches().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The watcher met the outage (its retries failed), and kept the config through it.
+    eventually_async(WAIT, "the watcher sees the outage", || async {
+        stats.errors.load(Ordering::Relaxed) > errors_before
+    })
+    .await;
     assert!(!rx.has_changed().unwrap());
     assert!(rx.borrow().is_some(), "config kept during the outage");
     eventually_async(WAIT, "API back", || async { cms.get(NAME).await.is_ok() }).await;

@@ -8,35 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use trellis_e2e::apiserver::Faults;
-use trellis_e2e::netns_cluster::{in_netns, Cluster, Options};
+use trellis_e2e::netns_cluster::{Cluster, Options};
 
 const READY: Duration = Duration::from_secs(60);
 const REPAIR_BOUND: Duration = Duration::from_secs(1);
-
-/// Run one fault control from inside the underlay namespace (the only place that reaches
-/// the API).
-fn fault(c: &Cluster, what: &'static str, span: Duration) {
-    let kc = c.kubeconfig.clone();
-    in_netns(&c.underlay, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            let f = Faults::from_kubeconfig(&kc)
-                .await
-                .map_err(|e| e.to_string())?;
-            match what {
-                "hang" => f.hang_for(span).await,
-                _ => f.clear().await,
-            }
-            .map_err(|e| e.to_string())
-        })
-    })
-    .and_then(|r| r)
-    .unwrap_or_else(|e| panic!("fault {what}: {e}"));
-}
 
 fn has_route(c: &Cluster, i: usize, dst: &str) -> bool {
     c.nodes[i]
@@ -67,7 +42,8 @@ fn kernel_repair_goes_on_while_the_api_hangs_and_the_agent_catches_up_after() {
         "node-1 never routed node-2"
     );
 
-    fault(&c, "hang", Duration::from_secs(120));
+    c.with_faults(|f| async move { f.hang_for(Duration::from_secs(120)).await })
+        .expect("hang the API");
     // Each round: delete the route, and the drift monitor's pass puts it back. Rounds span
     // a resync (10 s), whose pass also reads our Node again: that read hangs, the kernel
     // must not wait for it.
@@ -105,7 +81,8 @@ fn kernel_repair_goes_on_while_the_api_hangs_and_the_agent_catches_up_after() {
     );
 
     // The API answers again: a Node added now is programmed (the watch resumes or relists).
-    fault(&c, "clear", Duration::ZERO);
+    c.with_faults(|f| async move { f.clear().await })
+        .expect("clear the faults");
     let body = serde_json::json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": "late", "annotations": {

@@ -243,7 +243,8 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
         "agent restart lost packets: {got}/{sent}"
     );
 
-    // An emulator restart and a forced relist (410) flap no route.
+    // An emulator restart (the agent's watch resumes) and a forced relist (history compacted,
+    // every watch closed: 410 on resume) flap no route. Each is confirmed, not slept on.
     let before = routes(&c, 0);
     let watcher = Command::new("ip")
         .args([
@@ -257,9 +258,50 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let relists = |c: &Cluster| {
+        c.agent_http(0, "/metrics")
+            .and_then(|(_, m)| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("trellis_node_watch_relists_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
     c.restart_emulator().unwrap();
     c.kubectl(&["get", "--raw", "/version"]).unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // The watch resumed: a Node created after the restart reaches node-1.
+    let probe = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": "probe"}
+    });
+    c.kubectl_stdin(&["create", "-f", "-"], &probe.to_string())
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || c
+            .agent_http(0, "/metrics")
+            .is_some_and(|(_, m)| m
+                .lines()
+                .any(|l| l == "trellis_nodes_seen 3"))),
+        "node-1 did not see a Node created after the emulator restart:\n{}",
+        c.agent_log(0)
+    );
+    let lists_before = relists(&c);
+    // A write no Node watcher sees moves the version past theirs, so that the compaction
+    // leaves them behind the history.
+    let unrelated = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "relist-probe", "namespace": "default"}, "data": {"k": "v"}});
+    c.kubectl_stdin(&["create", "-f", "-"], &unrelated.to_string())
+        .unwrap();
+    c.with_faults(|f| async move {
+        f.compact().await?;
+        f.close_watches().await
+    })
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || relists(&c) > lists_before),
+        "node-1 never relisted after the 410:\n{}",
+        c.agent_log(0)
+    );
+    c.delete_node_object("probe").unwrap();
     let _ = Command::new("kill").arg(watcher.id().to_string()).status();
     let mon = watcher.wait_with_output().unwrap();
     let mon = String::from_utf8_lossy(&mon.stdout);

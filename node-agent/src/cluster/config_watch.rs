@@ -128,6 +128,11 @@ pub struct ConfigStats {
     pub applied: AtomicU64,
     /// Distinct invalid contents rejected.
     pub rejected: AtomicU64,
+    /// Failed list/watch calls and watch stream errors (retried with backoff).
+    pub errors: AtomicU64,
+    /// ConfigMap events seen (listed, changed or deleted), and complete lists.
+    pub events: AtomicU64,
+    pub lists: AtomicU64,
 }
 
 pub struct ConfigWatcher {
@@ -185,6 +190,7 @@ impl ConfigWatcher {
                 let event = match item {
                     Ok(e) => e,
                     Err(e) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
                         let failure = classify(&e);
                         match failure {
                             WatchFailure::Expired | WatchFailure::ExpiredAtStart => {
@@ -225,11 +231,15 @@ impl ConfigWatcher {
                     }
                     backoff.reset();
                 }
+                if matches!(event, Event::InitDone) {
+                    self.stats.lists.fetch_add(1, Ordering::Relaxed);
+                }
                 match event {
                     Event::Init => listed_it = false,
                     Event::InitApply(cm) | Event::Apply(cm) => {
                         listed_it = true;
                         self.consider(&mut tracker, &cm).await;
+                        self.stats.events.fetch_add(1, Ordering::Relaxed);
                     }
                     Event::InitDone if !listed_it => tracing::warn!(
                         source = %self.source,
@@ -237,10 +247,13 @@ impl ConfigWatcher {
                         "ConfigMap not found; keeping the running config (if any) until it exists"
                     ),
                     Event::InitDone => {}
-                    Event::Delete(_) => tracing::warn!(
-                        source = %self.source,
-                        "ConfigMap deleted; keeping the running config"
-                    ),
+                    Event::Delete(_) => {
+                        tracing::warn!(
+                            source = %self.source,
+                            "ConfigMap deleted; keeping the running config"
+                        );
+                        self.stats.events.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }

@@ -589,3 +589,28 @@ impl Cluster {
         Ok(path)
     }
 }
+
+impl Cluster {
+    /// Runs `f` with the emulator's fault controls (`/_emulator/*`), from a thread inside the
+    /// underlay namespace, the only place that reaches the API.
+    pub fn with_faults<R, F, Fut>(&self, f: F) -> Result<R, String>
+    where
+        R: Send + 'static,
+        F: FnOnce(crate::apiserver::Faults) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<R, crate::apiserver::EmulatorError>>,
+    {
+        let kc = self.kubeconfig.clone();
+        in_netns(&self.underlay, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let faults = crate::apiserver::Faults::from_kubeconfig(&kc)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                f(faults).await.map_err(|e| e.to_string())
+            })
+        })?
+    }
+}
