@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use kube::config::{Config, KubeConfigOptions, Kubeconfig};
 use kube::Client;
 
+/// Where a pod's service account token, CA and namespace are read from (kube's in-cluster
+/// config, the same path every client uses). deploy/manifests/daemonset.yaml mounts its
+/// projected token volume here; hack/validate-deploy.sh checks the two agree.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 /// Where the API credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientSource {
@@ -45,9 +50,15 @@ pub enum ClientError {
         source_desc: String,
         message: String,
     },
+    /// The in-cluster config could not be loaded. The shipped DaemonSet sets
+    /// `automountServiceAccountToken: false` and projects the token into the agent container
+    /// only, so the message names what must be there, not how the pod spec gets it.
     #[error(
-        "in-cluster config: {0} (is the service account token mounted? \
-         automountServiceAccountToken must not be false)"
+        "in-cluster config: {0} (the agent needs KUBERNETES_SERVICE_HOST and _PORT, which the \
+         kubelet sets, and its service account token and CA at \
+         {SERVICE_ACCOUNT_DIR}/token and ca.crt: the shipped DaemonSet mounts them with its \
+         projected volume kube-api-access; a pod spec of your own needs that volume, or \
+         automountServiceAccountToken: true)"
     )]
     InCluster(String),
     #[error("building the API client from {source_desc}: {message}")]
@@ -144,6 +155,23 @@ mod tests {
         );
         let e = ClientSource::choose(None, None, false).unwrap_err();
         assert!(e.to_string().contains("--kubeconfig"), "{e}");
+    }
+
+    #[test]
+    fn in_cluster_error_names_the_token_path_and_the_manifest_volume() {
+        let msg =
+            ClientError::InCluster("failed to read the default token file".into()).to_string();
+        for want in [
+            "failed to read the default token file",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "ca.crt",
+            "projected volume kube-api-access",
+            "automountServiceAccountToken: true",
+        ] {
+            assert!(msg.contains(want), "{want:?} missing from {msg:?}");
+        }
+        // The shipped manifest sets it to false on purpose; the message must not contradict it.
+        assert!(!msg.contains("must not be false"), "{msg}");
     }
 
     #[tokio::test]
