@@ -35,8 +35,8 @@ pub struct Facts {
     /// `/proc/sys/net/bridge/bridge-nf-call-iptables`: None when br_netfilter is not loaded.
     pub bridge_nf_call_iptables: Option<bool>,
     pub ip_forward: Option<bool>,
-    /// Policy of the filter FORWARD chain, if iptables answered.
-    pub forward_policy: Option<String>,
+    /// Policy of the filter FORWARD chain, or why iptables could not tell it.
+    pub forward_policy: ForwardPolicy,
     /// File names in the CNI conf dir.
     pub cni_confs: Vec<String>,
     pub our_conflist: String,
@@ -46,6 +46,37 @@ pub struct Facts {
     /// Local UDP ports bound by user-space sockets.
     pub udp_ports_in_use: Vec<u16>,
     pub vxlan_port: Option<u16>,
+}
+
+/// The filter FORWARD chain's policy as read from iptables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ForwardPolicy {
+    /// Not gathered (the facts were built without asking iptables).
+    #[default]
+    NotRead,
+    /// `ACCEPT` or `DROP`, as `-P FORWARD` said.
+    Is(String),
+    /// iptables did not answer with a policy; the reason, for the finding.
+    Unreadable(String),
+}
+
+/// Why `iptables -S FORWARD` gave no policy.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot run `{command}`: {source} (is iptables installed and on PATH?)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("`{command}` printed no `-P FORWARD` line (output: {stdout:?})")]
+    NoPolicy { command: String, stdout: String },
 }
 
 pub fn evaluate(x: &Facts) -> Vec<Finding> {
@@ -64,11 +95,7 @@ pub fn evaluate(x: &Facts) -> Vec<Finding> {
         ),
         None => f(Level::Warn, "ip_forward", "cannot read net.ipv4.ip_forward"),
     });
-    out.push(match x.forward_policy.as_deref() {
-        Some("DROP") => f(Level::Warn, "forward_policy", "iptables FORWARD policy is DROP (Docker sets it): trellis's FLANNEL-FWD accepts the pod network, keep --iptables-forward-rules on"),
-        Some(p) => f(Level::Ok, "forward_policy", format!("iptables FORWARD policy is {p}")),
-        None => f(Level::Warn, "forward_policy", "cannot read the iptables FORWARD policy"),
-    });
+    out.push(forward_policy_finding(&x.forward_policy));
     let mut confs: Vec<&String> = x
         .cni_confs
         .iter()
@@ -122,6 +149,15 @@ pub fn evaluate(x: &Facts) -> Vec<Finding> {
     out
 }
 
+fn forward_policy_finding(policy: &ForwardPolicy) -> Finding {
+    match policy {
+        ForwardPolicy::Is(p) if p == "DROP" => f(Level::Warn, "forward_policy", "iptables FORWARD policy is DROP (Docker sets it): trellis's FLANNEL-FWD accepts the pod network, keep --iptables-forward-rules on"),
+        ForwardPolicy::Is(p) => f(Level::Ok, "forward_policy", format!("iptables FORWARD policy is {p}")),
+        ForwardPolicy::Unreadable(why) => f(Level::Warn, "forward_policy", format!("cannot read the iptables FORWARD policy: {why}")),
+        ForwardPolicy::NotRead => f(Level::Warn, "forward_policy", "the iptables FORWARD policy was not read"),
+    }
+}
+
 fn is_host_local(ip: IpAddr) -> bool {
     ip.is_loopback() || matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
@@ -165,16 +201,64 @@ pub fn udp_ports_in_use() -> Vec<u16> {
 pub fn gather_sysctls(facts: &mut Facts) {
     facts.bridge_nf_call_iptables = read_bool("/proc/sys/net/bridge/bridge-nf-call-iptables");
     facts.ip_forward = read_bool("/proc/sys/net/ipv4/ip_forward");
-    facts.forward_policy = std::process::Command::new("iptables")
-        .args(["-w", "-S", "FORWARD", "1"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("-P FORWARD ").map(|p| p.trim().to_string()))
+    facts.forward_policy = match read_forward_policy(&["iptables"]) {
+        Ok(p) => ForwardPolicy::Is(p),
+        Err(e) => ForwardPolicy::Unreadable(e.to_string()),
+    };
+}
+
+/// Asks iptables for the filter FORWARD policy. `iptables` is the command that runs it
+/// (`["iptables"]` on a node; tests put `ip netns exec NS iptables-legacy` in front).
+///
+/// `-S FORWARD` prints the policy line first (`-P FORWARD DROP`) in both flavours. A rule
+/// number (`-S FORWARD 1`) prints only that rule and never the policy. `-w 5`: legacy
+/// iptables takes the xtables lock even to list, and kube-proxy may hold it.
+pub fn read_forward_policy(iptables: &[&str]) -> Result<String, PolicyError> {
+    let Some((program, prefix_args)) = iptables.split_first() else {
+        return Err(PolicyError::Spawn {
+            command: String::new(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command given"),
         });
+    };
+    let args = ["-w", "5", "-S", "FORWARD"];
+    let command = iptables
+        .iter()
+        .chain(&args)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new(program)
+        .args(prefix_args)
+        .args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| PolicyError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(PolicyError::Failed {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    parse_forward_policy(&stdout)
+        .map(str::to_string)
+        .ok_or_else(|| PolicyError::NoPolicy {
+            command,
+            stdout: stdout.into_owned(),
+        })
+}
+
+/// The policy from `iptables -S FORWARD` output: the word after `-P FORWARD`.
+pub fn parse_forward_policy(listing: &str) -> Option<&str> {
+    listing
+        .lines()
+        .find_map(|l| l.strip_prefix("-P FORWARD "))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.contains(char::is_whitespace))
 }
 
 /// The node's addresses, for the overlap check (empty when netlink cannot be read).
@@ -215,7 +299,7 @@ mod tests {
         Facts {
             bridge_nf_call_iptables: Some(true),
             ip_forward: Some(true),
-            forward_policy: Some("ACCEPT".into()),
+            forward_policy: ForwardPolicy::Is("ACCEPT".into()),
             cni_confs: vec!["10-trellis.conflist".into(), "99-loopback.conf".into()],
             our_conflist: "10-trellis.conflist".into(),
             pod_network: Some("10.244.0.0/16".parse().unwrap()),
@@ -231,6 +315,40 @@ mod tests {
 
     fn worst(fs: &[Finding]) -> Level {
         fs.iter().map(|f| f.level).max().unwrap_or(Level::Ok)
+    }
+
+    #[test]
+    fn the_policy_is_the_p_forward_line_whatever_the_rules() {
+        let listing = "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n-A FORWARD -j KUBE-FORWARD\n";
+        assert_eq!(parse_forward_policy(listing), Some("DROP"));
+        assert_eq!(parse_forward_policy("-P FORWARD ACCEPT\n"), Some("ACCEPT"));
+        // What `iptables -S FORWARD 1` prints: the first rule, no policy.
+        assert_eq!(parse_forward_policy("-A FORWARD -j DOCKER-USER\n"), None);
+        assert_eq!(parse_forward_policy(""), None);
+    }
+
+    #[test]
+    fn an_unreadable_policy_says_why() {
+        let mut x = healthy();
+        x.forward_policy = ForwardPolicy::Unreadable("`iptables -w 5 -S FORWARD` failed".into());
+        let fs = evaluate(&x);
+        let finding = fs.iter().find(|f| f.check == "forward_policy").unwrap();
+        assert_eq!(finding.level, Level::Warn);
+        assert!(
+            finding.message.contains("iptables -w 5 -S FORWARD"),
+            "{finding:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_tool_is_a_spawn_error_naming_the_command() {
+        let e = read_forward_policy(&["trellis-no-such-iptables"]).unwrap_err();
+        assert!(matches!(e, PolicyError::Spawn { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("trellis-no-such-iptables -w 5 -S FORWARD"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -255,7 +373,7 @@ mod tests {
             ),
             (
                 "forward_policy",
-                Box::new(|x| x.forward_policy = Some("DROP".into())),
+                Box::new(|x| x.forward_policy = ForwardPolicy::Is("DROP".into())),
                 Level::Warn,
             ),
             (
