@@ -7,12 +7,18 @@
 # the packets kube-proxy steers. So the flavour must follow the host, not the image.
 #
 # Decision, made once per container and cached (the root file system is read-only, so the
-# cache lives under /tmp, an emptyDir in the DaemonSet):
+# cache lives under /tmp, an emptyDir in the DaemonSet), in the order of the upstream
+# kubernetes-sigs/iptables-wrappers:
 #   1. TRELLIS_IPTABLES_MODE=legacy|nft, when set, wins (an operator's override).
-#   2. The kubelet creates the KUBE-IPTABLES-HINT / KUBE-KUBELET-CANARY chains in the mangle
-#      table with the flavour it uses: whichever flavour shows them is the host's.
-#   3. Otherwise the flavour holding more rules (kube-proxy's) wins; a tie (an empty host)
-#      picks nft, the default of current distributions.
+#   2. The kubelet (1.17+) creates KUBE-IPTABLES-HINT / KUBE-KUBELET-CANARY in the mangle table
+#      with the flavour it uses. nft is asked first, for the mangle table only: reading an nft
+#      table never creates it, and nft is the common case.
+#   3. Then legacy, but with a whole iptables-legacy-save and no `-t mangle`: naming a legacy
+#      table makes the kernel create it (an empty legacy mangle table on an nft host, which
+#      is what makes other tools think legacy is in use); without -t, the save reads only the
+#      tables that already exist.
+#   4. No hint (an old kubelet, or none yet): the flavour holding more rules wins, and a tie
+#      (an empty host) picks nft, the default of current distributions.
 set -eu
 
 prog=$(basename "$0")
@@ -26,26 +32,41 @@ esac
 
 cache=${TRELLIS_IPTABLES_MODE_CACHE:-/tmp/trellis-iptables-mode}
 
-has_kubelet_hint() {
-    {
-        "iptables-$1-save" -t mangle
-        "ip6tables-$1-save" -t mangle
-    } 2>/dev/null | grep -qE '^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) '
+# Reads fail on hosts missing one family or flavour; a failed read counts as empty.
+nft_save_mangle() {
+    "iptables-nft-save" -t mangle 2>/dev/null || true
+    "ip6tables-nft-save" -t mangle 2>/dev/null || true
 }
 
-rule_count() {
-    {
-        "iptables-$1-save"
-        "ip6tables-$1-save"
-    } 2>/dev/null | grep -c '^-' || true
+nft_save_all() {
+    "iptables-nft-save" 2>/dev/null || true
+    "ip6tables-nft-save" 2>/dev/null || true
+}
+
+# Never with -t: see step 3 above.
+legacy_save_all() {
+    "iptables-legacy-save" 2>/dev/null || true
+    "ip6tables-legacy-save" 2>/dev/null || true
+}
+
+has_kubelet_chain() {
+    grep -qE '^:(KUBE-IPTABLES-HINT|KUBE-KUBELET-CANARY) '
+}
+
+count_rules() {
+    grep -c '^-' || true
 }
 
 detect_mode() {
-    if has_kubelet_hint nft; then
+    if nft_save_mangle | has_kubelet_chain; then
         echo nft
-    elif has_kubelet_hint legacy; then
+        return
+    fi
+    # One legacy read serves both the hint and the count.
+    legacy_rules=$(legacy_save_all)
+    if printf '%s\n' "$legacy_rules" | has_kubelet_chain; then
         echo legacy
-    elif [ "$(rule_count legacy)" -gt "$(rule_count nft)" ]; then
+    elif [ "$(printf '%s\n' "$legacy_rules" | count_rules)" -gt "$(nft_save_all | count_rules)" ]; then
         echo legacy
     else
         echo nft

@@ -2,6 +2,7 @@
 # Validate deploy/ offline: there is no cluster here, so every check runs on the manifests.
 #
 #   hack/validate-deploy.sh            # all checks, installs its tools on first use
+#   hack/validate-deploy.sh wrapper    # only the named steps (and the steps they need)
 #   TRELLIS_TOOLS_CACHE=DIR ...        # where the tool venv lives (default ~/.cache/trellis/validate-deploy)
 #   TRELLIS_KUBE_VERSIONS="1.36.0 ..." # Kubernetes versions to validate against
 #
@@ -528,7 +529,7 @@ step_wrapper() {
     local prefix="tvd$$" n
     # Not local: the EXIT trap runs after this function has returned (this is a subshell, so
     # nothing leaks into the caller). The namespaces go away whatever happens below.
-    WRAPPER_NETNS=("$prefix-hint" "$prefix-nft" "$prefix-count" "$prefix-empty")
+    WRAPPER_NETNS=("$prefix-hint" "$prefix-nft" "$prefix-nftrules" "$prefix-count" "$prefix-empty")
     trap 'for n in "${WRAPPER_NETNS[@]}"; do ip netns del "$n" 2>/dev/null || true; done' EXIT
     for n in "${WRAPPER_NETNS[@]}"; do ip netns add "$n"; done
 
@@ -537,33 +538,57 @@ step_wrapper() {
         shift 3
         ip netns exec "$ns" env TRELLIS_IPTABLES_MODE_CACHE="$cache" "$bin/$tool" "$@"
     }
-    expect_mode() { # NS WANT: the wrapper's decision in NS, and its rules landing in that flavour
-        local ns=$1 want=$2 cache=$WORK/mode-$1 other
+    # The legacy tables the kernel holds in NS (ip6 ones prefixed): a legacy table exists
+    # once anything named it, and an empty one on an nft host misleads every later detection.
+    legacy_tables() {
+        ip netns exec "$1" sh -c 'cat /proc/net/ip_tables_names; sed "s/^/ip6:/" /proc/net/ip6_tables_names' |
+            sort | tr '\n' ' ' | sed 's/ $//'
+    }
+    # NS WANT LEGACY_TABLES: the wrapper's decision in NS, its rules landing in that flavour,
+    # and afterwards no legacy table but LEGACY_TABLES (what the test itself made, and the
+    # probe's filter table when legacy is chosen). Checked before anything else reads legacy.
+    expect_mode() {
+        local ns=$1 want=$2 tables=$3 cache=$WORK/mode-$1 other got
         wrapped "$ns" "$cache" iptables -t filter -N TRELLIS-PROBE
         [ "$(cat "$cache")" = "$want" ] || { echo "$ns: chose $(cat "$cache"), expected $want"; return 1; }
+        got=$(legacy_tables "$ns")
+        [ "$got" = "$tables" ] ||
+            { echo "$ns: legacy tables after detection: '$got', expected '$tables'"; return 1; }
         other=$([ "$want" = nft ] && echo legacy || echo nft)
         ip netns exec "$ns" "iptables-$want-save" -t filter | grep -q '^:TRELLIS-PROBE ' ||
             { echo "$ns: chain not in $want rules"; return 1; }
-        if ip netns exec "$ns" "iptables-$other-save" -t filter 2>/dev/null | grep -q '^:TRELLIS-PROBE '; then
+        # Without -t: naming a legacy table would create it.
+        if ip netns exec "$ns" "iptables-$other-save" 2>/dev/null | grep -q '^:TRELLIS-PROBE '; then
             echo "$ns: chain leaked into $other rules"
             return 1
         fi
-        echo "$ns: $want, as expected"
+        echo "$ns: $want, legacy tables '$got', as expected"
     }
 
     # The kubelet's hint chain decides, even against a larger rule count in the other flavour.
     ip netns exec "$prefix-hint" iptables-legacy -t mangle -N KUBE-IPTABLES-HINT
     ip netns exec "$prefix-hint" iptables-nft -A FORWARD -s 10.1.0.0/16 -j ACCEPT
     ip netns exec "$prefix-hint" iptables-nft -A FORWARD -s 10.2.0.0/16 -j ACCEPT
-    expect_mode "$prefix-hint" legacy
-    ip netns exec "$prefix-nft" iptables-nft -t mangle -N KUBE-KUBELET-CANARY
-    expect_mode "$prefix-nft" nft
+    expect_mode "$prefix-hint" legacy "filter mangle"
+    # An nft host with the kubelet's hint: nft, and not a single legacy table made on the way.
+    ip netns exec "$prefix-nft" iptables-nft -t mangle -N KUBE-IPTABLES-HINT
+    ip netns exec "$prefix-nft" ip6tables-nft -t mangle -N KUBE-KUBELET-CANARY
+    ip netns exec "$prefix-nft" iptables-nft -t nat -N KUBE-SERVICES
+    ip netns exec "$prefix-nft" iptables-nft -t nat -A PREROUTING -j KUBE-SERVICES
+    expect_mode "$prefix-nft" nft ""
+    # kube-proxy's rules in nft but no hint (an old kubelet): the count says nft, and looking
+    # for a legacy hint must not have created a legacy mangle table.
+    ip netns exec "$prefix-nftrules" iptables-nft -t nat -N KUBE-SERVICES
+    ip netns exec "$prefix-nftrules" iptables-nft -t nat -A PREROUTING -j KUBE-SERVICES
+    ip netns exec "$prefix-nftrules" iptables-nft -t nat -A OUTPUT -j KUBE-SERVICES
+    expect_mode "$prefix-nftrules" nft ""
     # No hint: the flavour holding kube-proxy's rules (more of them) wins.
     ip netns exec "$prefix-count" iptables-legacy -A FORWARD -s 10.1.0.0/16 -j ACCEPT
     ip netns exec "$prefix-count" iptables-legacy -A FORWARD -s 10.2.0.0/16 -j ACCEPT
     ip netns exec "$prefix-count" iptables-nft -A FORWARD -s 10.3.0.0/16 -j ACCEPT
-    expect_mode "$prefix-count" legacy
-    expect_mode "$prefix-empty" nft
+    expect_mode "$prefix-count" legacy "filter"
+    # Nothing at all: nft, as upstream, and still no legacy table.
+    expect_mode "$prefix-empty" nft ""
 
     # The cached decision is reused: it survives rules changing afterwards.
     ip netns exec "$prefix-empty" iptables-legacy -t mangle -N KUBE-IPTABLES-HINT
@@ -581,27 +606,49 @@ step_wrapper() {
     local rc=0
     ip netns exec "$prefix-nft" env TRELLIS_IPTABLES_MODE=bogus "$bin/iptables" -L >/dev/null 2>&1 || rc=$?
     [ "$rc" = 2 ] || { echo "invalid mode exited $rc, expected 2"; return 1; }
-    echo "wrapper: hint, count, empty, cache, override, ip6tables-restore and invalid mode all behave"
+    echo "wrapper: hint (both flavours), nft rules without hint, count, empty, no stray legacy tables, cache, override, ip6tables-restore and invalid mode all behave"
 }
 
 # ---------------------------------------------------------------------------------------------
+# Steps named on the command line run alone (with what they need): `validate-deploy.sh wrapper`.
+STEPS=(tools lint render schema contracts dry-run checkov wrapper)
+ONLY=("$@")
+for s in "${ONLY[@]}"; do
+    [[ " ${STEPS[*]} " == *" $s "* ]] || { log "unknown step '$s' (steps: ${STEPS[*]})"; exit 2; }
+done
+wants() {
+    local s
+    [ ${#ONLY[@]} = 0 ] && return 0
+    for s in "${ONLY[@]}"; do
+        [ "$s" = "$1" ] && return 0
+    done
+    return 1
+}
+# Everything but the wrapper check uses the tools; schema, contracts and dry-run read the render.
+needs_render() { wants render || wants schema || wants contracts || wants dry-run; }
+needs_tools() { needs_render || wants tools || wants lint || wants checkov; }
+
 TOTAL_START=$(date +%s.%N)
-run_step tools step_tools
-if [ "$FAILED" -gt 0 ]; then
-    log "cannot continue without the tools"
-    printf '%s\n' "${SUMMARY[@]}"
-    printf 'validate-deploy: %d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
-    exit 1
+if needs_tools; then
+    run_step tools step_tools
+    if [ "$FAILED" -gt 0 ]; then
+        log "cannot continue without the tools"
+        printf '%s\n' "${SUMMARY[@]}"
+        printf 'validate-deploy: %d passed, %d failed, %d skipped\n' "$PASSED" "$FAILED" "$SKIPPED"
+        exit 1
+    fi
+    KUBECTL=$(find_kubectl)
 fi
-KUBECTL=$(find_kubectl)
-run_step lint step_shellcheck
-run_step render step_render
-run_step schema step_schema
-run_step contracts step_contracts
-start_discovery_stub
-run_step dry-run step_dry_run
-run_step checkov step_checkov
-run_step wrapper step_wrapper
+if wants lint; then run_step lint step_shellcheck; fi
+if needs_render; then run_step render step_render; fi
+if wants schema; then run_step schema step_schema; fi
+if wants contracts; then run_step contracts step_contracts; fi
+if wants dry-run; then
+    start_discovery_stub
+    run_step dry-run step_dry_run
+fi
+if wants checkov; then run_step checkov step_checkov; fi
+if wants wrapper; then run_step wrapper step_wrapper; fi
 
 TOTAL=$(awk -v s="$TOTAL_START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
 echo
