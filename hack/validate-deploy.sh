@@ -13,7 +13,8 @@
 #   schema       kubernetes-validate --strict, every manifest and every render, each version
 #   contracts    what schemas cannot see: ConfigMap JSON, conflist shape, kind podSubnet =
 #                Network, volume references, security context, RBAC exactly as designed,
-#                overlays really overriding image and Network
+#                overlays really overriding image and Network, every env var read and every
+#                hostPath used by the container's program, no must-exist hostPath type
 #   dry-run      kubectl apply --dry-run=client (files and -k) against a local discovery stub
 #   checkov      no failed check; every skip is an allowed one with a reason in the manifest
 #   wrapper      deploy/iptables-wrapper.sh picks the host's flavour, in scratch netns (root)
@@ -181,7 +182,7 @@ step_schema() {
 
 step_contracts() {
     "$PY" - "$DEPLOY" "$WORK/render" <<'PYEOF'
-import ipaddress, json, pathlib, sys
+import ipaddress, json, pathlib, re, sys
 import yaml
 
 deploy, render = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
@@ -197,6 +198,48 @@ def load(path):
 
 def index(docs):
     return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+# What the containers' programs read, from their sources: trellis-agent (both containers run
+# it) and the iptables wrapper the image puts in front of iptables.
+ROOT = deploy.parent
+SOURCES = "\n".join(p.read_text() for p in sorted((ROOT / "node-agent" / "src").rglob("*.rs")))
+WRAPPER = (deploy / "iptables-wrapper.sh").read_text()
+# Environment variables: clap's `env = "X"`, std::env::var("X") / var_os("X"), the wrapper's $X.
+ENV_READ = (set(re.findall(r'\benv\s*=\s*"([A-Za-z_][A-Za-z0-9_]*)"', SOURCES))
+            | set(re.findall(r'\bvar(?:_os)?\(\s*"([A-Za-z_][A-Za-z0-9_]*)"', SOURCES))
+            | set(re.findall(r'\$\{?([A-Za-z_][A-Za-z0-9_]*)', WRAPPER)))
+m = re.search(r'SERVICE_ACCOUNT_DIR: &str = "([^"]+)"', SOURCES)
+SERVICE_ACCOUNT_DIR = m.group(1) if m else "(SERVICE_ACCOUNT_DIR not found in node-agent/src)"
+# Host paths used by the tools in the image rather than by trellis's code, with the user.
+TOOL_PATHS = {"/run/xtables.lock": "iptables takes this lock (XT_LOCK_NAME) to serialise with kube-proxy"}
+# hostPath types that require the path to exist: a node without it never starts the pod.
+MUST_EXIST = {"Directory", "File", "Socket", "CharDevice", "BlockDevice"}
+
+def check_used(containers, volumes, label):
+    """An env var nobody reads or a host path nothing uses is dead weight, and a host path
+    that must exist blocks the pod on nodes without it (the old /lib/modules mount)."""
+    mounted = set()
+    for c in containers:
+        argv = " ".join(c.get("command", []) + c.get("args", []))
+        for e in c.get("env", []):
+            name = e["name"]
+            check(name in ENV_READ or f"$({name})" in argv,
+                  f"{label}: {c['name']} sets env {name}, which neither its arguments ($({name})) nor trellis-agent nor the iptables wrapper read")
+        for m in c.get("volumeMounts", []):
+            host = (volumes.get(m["name"]) or {}).get("hostPath")
+            if host is None:
+                continue
+            mounted.add(m["name"])
+            path = m["mountPath"].rstrip("/")
+            check(path in argv or path in SOURCES or path in WRAPPER or path in TOOL_PATHS,
+                  f"{label}: {c['name']} mounts host path {host['path']} at {path}, which nothing in the container uses (not in its args, node-agent/src, the wrapper or TOOL_PATHS)")
+    for name, v in volumes.items():
+        host = v.get("hostPath")
+        if host is None:
+            continue
+        check(name in mounted, f"{label}: hostPath volume {name} ({host['path']}) is mounted by no container")
+        check(host.get("type") not in MUST_EXIST,
+              f"{label}: hostPath {host['path']} has type {host.get('type')}: the pod cannot start on a node without it; use DirectoryOrCreate/FileOrCreate or drop it")
 
 def contract(objs, label, image=None, network=None):
     cm = objs.get(("ConfigMap", "trellis-config"))
@@ -264,11 +307,15 @@ def contract(objs, label, image=None, network=None):
         check(agent.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/healthz", f"{label}: liveness /healthz")
         check(agent.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", f"{label}: readiness /readyz")
         paths = {m["mountPath"]: m for m in agent.get("volumeMounts", [])}
-        for p in ("/run/flannel", "/etc/cni/net.d", "/opt/cni/bin", "/run/xtables.lock", "/lib/modules"):
+        for p in ("/run/flannel", "/etc/cni/net.d", "/opt/cni/bin", "/run/xtables.lock"):
             check(p in paths, f"{label}: agent must mount {p}")
-        check(paths.get("/lib/modules", {}).get("readOnly") is True, f"{label}: /lib/modules read-only")
         xt = volumes.get(paths.get("/run/xtables.lock", {}).get("name"), {})
         check(xt.get("hostPath", {}).get("type") == "FileOrCreate", f"{label}: /run/xtables.lock must be FileOrCreate (a directory would break iptables)")
+        token = [m["mountPath"] for m in agent.get("volumeMounts", [])
+                 if any("serviceAccountToken" in src for src in (volumes.get(m["name"], {}).get("projected") or {}).get("sources", []))]
+        check(token == [SERVICE_ACCOUNT_DIR],
+              f"{label}: the agent's projected token must be mounted at {SERVICE_ACCOUNT_DIR} (where the client reads it), got {token}")
+    check_used(containers, volumes, label)
 
     # RBAC: exactly what the agent calls, nothing more (a wildcard or extra verb is a finding).
     # (group, resource, verb, resourceName or "" for any), per role; a Role's namespace is checked too.
