@@ -8,6 +8,12 @@
 //!
 //! The decisions (is this conflist usable, which foreign configs shadow ours) are pure
 //! functions so they are tested without touching a file system.
+//!
+//! Replacing another network (flannel) in place: its conflist stays in the conf dir and, as
+//! `10-flannel.conflist`, sorts before ours, so the runtime would keep calling flannel. Only
+//! the configs an operator names in [`InstallOptions::replace_conflists`] are moved aside, by
+//! a rename to `<name>.trellis-replaced` (an extension no runtime loads), so nothing is lost
+//! and `trellis-agent uninstall-cni` (or `mv` by hand) puts them back. Off by default.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -27,6 +33,8 @@ pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
 
 /// Extensions libcni loads from a conf dir; anything else there is ignored by runtimes.
 const CNI_CONFIG_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
+/// Appended to a foreign config that `install` moved aside; no runtime loads such a name.
+pub const REPLACED_SUFFIX: &str = ".trellis-replaced";
 const PLUGIN_MODE: u32 = 0o755;
 const CONFLIST_MODE: u32 = 0o644;
 
@@ -51,6 +59,9 @@ pub struct InstallOptions {
     /// The host's CNI conf dir as mounted in the container.
     pub conf_dir: PathBuf,
     pub conflist_name: String,
+    /// Foreign config file names in `conf_dir` to move aside (e.g. `10-flannel.conflist`).
+    /// Empty by default: nothing but trellis's own files is ever touched unless named here.
+    pub replace_conflists: Vec<String>,
 }
 
 impl InstallOptions {
@@ -63,6 +74,7 @@ impl InstallOptions {
             conflist,
             conf_dir: PathBuf::from(DEFAULT_CONF_DIR),
             conflist_name: DEFAULT_CONFLIST_NAME.to_owned(),
+            replace_conflists: Vec::new(),
         }
     }
 
@@ -101,6 +113,48 @@ pub struct InstalledFile {
     pub action: FileAction,
 }
 
+/// What happened to one foreign config named for replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceAction {
+    /// Renamed to its `.trellis-replaced` name.
+    MovedAside,
+    /// Its owner wrote it again after an earlier run moved it aside (flannel's own init
+    /// container does on restart); the content was identical to the copy set aside, so it was
+    /// moved over that copy and nothing was lost.
+    MovedAsideAgain,
+    /// Not there because an earlier run moved it aside.
+    AlreadyAside,
+    /// Neither there nor set aside: nothing to do.
+    Absent,
+}
+
+impl fmt::Display for ReplaceAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplaceAction::MovedAside => "moved aside",
+            ReplaceAction::MovedAsideAgain => {
+                "written again by its owner (is it still running?), moved aside again"
+            }
+            ReplaceAction::AlreadyAside => "already moved aside",
+            ReplaceAction::Absent => "not present, nothing to move",
+        })
+    }
+}
+
+/// One foreign config named for replacement and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplacedConfig {
+    pub path: PathBuf,
+    /// Where it is (or would be) set aside: `path` + [`REPLACED_SUFFIX`].
+    pub aside: PathBuf,
+    pub action: ReplaceAction,
+}
+
+/// The name a replaced config is kept under.
+pub fn replaced_name(name: &str) -> String {
+    format!("{name}{REPLACED_SUFFIX}")
+}
+
 /// A condition that does not stop the install but will likely break pod networking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallWarning {
@@ -117,7 +171,8 @@ impl fmt::Display for InstallWarning {
                 f,
                 "{} sorts before {} and container runtimes use the first config in the directory, \
                  so pods will be networked by it instead of trellis (e.g. getting 10.88.x addresses \
-                 from a default bridge config); remove or rename it on the host",
+                 from a default bridge config); remove or rename it on the host, or let install-cni \
+                 move it aside with --replace-conflist (TRELLIS_REPLACE_CONFLISTS)",
                 path.display(),
                 ours.display()
             ),
@@ -129,13 +184,23 @@ impl fmt::Display for InstallWarning {
 pub struct InstallReport {
     pub plugin: InstalledFile,
     pub conflist: InstalledFile,
+    /// One entry per name in [`InstallOptions::replace_conflists`], in that order.
+    pub replaced: Vec<ReplacedConfig>,
     pub warnings: Vec<InstallWarning>,
 }
 
 impl InstallReport {
     /// False when a run found everything already in place.
     pub fn changed(&self) -> bool {
-        self.plugin.action != FileAction::Unchanged || self.conflist.action != FileAction::Unchanged
+        let moved = self.replaced.iter().any(|r| {
+            matches!(
+                r.action,
+                ReplaceAction::MovedAside | ReplaceAction::MovedAsideAgain
+            )
+        });
+        moved
+            || self.plugin.action != FileAction::Unchanged
+            || self.conflist.action != FileAction::Unchanged
     }
 }
 
@@ -153,6 +218,15 @@ impl fmt::Display for InstallReport {
             self.conflist.path.display(),
             self.conflist.action
         )?;
+        for r in &self.replaced {
+            writeln!(
+                f,
+                "foreign config {} -> {}: {}",
+                r.path.display(),
+                r.aside.display(),
+                r.action
+            )?;
+        }
         if !self.changed() {
             writeln!(f, "already installed, nothing changed")?;
         }
@@ -201,6 +275,27 @@ pub enum InstallError {
     },
     #[error("invalid file name {name:?}: must be a plain file name without '/'")]
     InvalidFileName { name: String },
+    #[error("--replace-conflist {name:?} refused: {reason}")]
+    InvalidReplaceName { name: String, reason: &'static str },
+    #[error(
+        "{} is not a regular file or symlink; --replace-conflist only moves config files",
+        path.display()
+    )]
+    ReplaceNotAFile { path: PathBuf },
+    #[error(
+        "{} is back and differs from {}, which an earlier run set aside: whatever writes it \
+         (flannel's DaemonSet?) is still running. Delete that DaemonSet, compare the two files, \
+         delete the one you do not want to keep, and restart this pod",
+        path.display(),
+        aside.display()
+    )]
+    ReplaceConflict { path: PathBuf, aside: PathBuf },
+    #[error("cannot move {} to {}: {source}", from.display(), to.display())]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
     #[error("cannot create directory {} (is the host path mounted?): {source}", path.display())]
     CreateDir { path: PathBuf, source: io::Error },
     #[error("cannot list {}: {source}", path.display())]
@@ -264,7 +359,9 @@ pub fn configs_sorting_before<'a>(names: &'a [String], ours: &str) -> Vec<&'a st
 pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     check_file_name(&opts.plugin_name)?;
     check_file_name(&opts.conflist_name)?;
-
+    for name in &opts.replace_conflists {
+        check_replace_name(name, &opts.conflist_name)?;
+    }
     // Validate every input before the first write, so a bad ConfigMap or image never leaves
     // the node with a new conflist pointing at a plugin that was not installed (or the reverse).
     let plugin = read_plugin(&opts.plugin_source)?;
@@ -281,6 +378,13 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     validate_conflist(&conflist, &opts.plugin_name)
         .map_err(|reason| InstallError::InvalidConflist { origin, reason })?;
 
+    // Decided before any write, so a conflict leaves the node exactly as it was.
+    let replaced = opts
+        .replace_conflists
+        .iter()
+        .map(|name| plan_move_aside(&opts.conf_dir, name))
+        .collect::<Result<Vec<_>, _>>()?;
+
     ensure_dir(&opts.bin_dir)?;
     ensure_dir(&opts.conf_dir)?;
 
@@ -289,8 +393,16 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     let plugin_action = write_atomic(&plugin_target, &plugin, PLUGIN_MODE)?;
     let conflist_target = opts.conflist_target();
     let conflist_action = write_atomic(&conflist_target, &conflist, CONFLIST_MODE)?;
+    // Only now that ours is in place: moving the foreign config first would leave the node
+    // with no network config at all for a moment, and the runtime would report it not ready.
+    for r in &replaced {
+        move_aside(r)?;
+    }
 
-    let names = regular_file_names(&opts.conf_dir)?;
+    let names = regular_file_names(&opts.conf_dir).map_err(|source| InstallError::ListDir {
+        path: opts.conf_dir.clone(),
+        source,
+    })?;
     let warnings = configs_sorting_before(&names, &opts.conflist_name)
         .into_iter()
         .map(|name| InstallWarning::ForeignConfigFirst {
@@ -308,8 +420,113 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
             path: conflist_target,
             action: conflist_action,
         },
+        replaced,
         warnings,
     })
+}
+
+/// Why `name` may not be given to `--replace-conflist`, if it may not. Pure.
+pub fn replace_name_problem(name: &str, ours: &str) -> Option<&'static str> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        Some("must be a plain file name in the CNI conf dir, without '/' or '..'")
+    } else if name == ours {
+        Some("that is trellis's own conflist")
+    } else if name.ends_with(REPLACED_SUFFIX) {
+        Some("that name is already a moved-aside copy")
+    } else if !is_cni_config_name(name) {
+        Some("not a name a runtime loads (.conf, .conflist or .json), so it needs no moving")
+    } else {
+        None
+    }
+}
+
+fn check_replace_name(name: &str, ours: &str) -> Result<(), InstallError> {
+    match replace_name_problem(name, ours) {
+        None => Ok(()),
+        Some(reason) => Err(InstallError::InvalidReplaceName {
+            name: name.to_owned(),
+            reason,
+        }),
+    }
+}
+
+/// What moving `conf_dir/name` aside will do. Idempotent: once moved, a later run finds it
+/// already aside. Refuses to overwrite a different copy already set aside.
+fn plan_move_aside(conf_dir: &Path, name: &str) -> Result<ReplacedConfig, InstallError> {
+    let path = conf_dir.join(name);
+    let aside = conf_dir.join(replaced_name(name));
+    let action = match (present(&path)?, present_aside(&aside)?) {
+        (false, false) => ReplaceAction::Absent,
+        (false, true) => ReplaceAction::AlreadyAside,
+        (true, false) => ReplaceAction::MovedAside,
+        (true, true) if same_content(&path, &aside) => ReplaceAction::MovedAsideAgain,
+        (true, true) => return Err(InstallError::ReplaceConflict { path, aside }),
+    };
+    Ok(ReplacedConfig {
+        path,
+        aside,
+        action,
+    })
+}
+
+/// Carries out a [`plan_move_aside`]: one rename, so a runtime sees the config either
+/// loaded or gone, never half there.
+fn move_aside(r: &ReplacedConfig) -> Result<(), InstallError> {
+    match r.action {
+        ReplaceAction::MovedAside | ReplaceAction::MovedAsideAgain => {
+            rename_durably(&r.path, &r.aside).map_err(|source| InstallError::Rename {
+                from: r.path.clone(),
+                to: r.aside.clone(),
+                source,
+            })
+        }
+        ReplaceAction::AlreadyAside | ReplaceAction::Absent => Ok(()),
+    }
+}
+
+/// Whether a config to move aside is there. A symlink counts (runtimes follow it, and the
+/// rename moves the link, not its target); a directory is refused.
+fn present(path: &Path) -> Result<bool, InstallError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(InstallError::ReplaceNotAFile {
+            path: path.to_owned(),
+        }),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(InstallError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn present_aside(path: &Path) -> Result<bool, InstallError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(InstallError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn same_content(a: &Path, b: &Path) -> bool {
+    match (fs::read(a), fs::read(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// `rename(2)`, atomic within the directory, then the directory synced so that the new name
+/// survives a crash. Shared with `uninstall-cni`, which renames the copies back.
+pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    sync_dir(to.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 fn check_file_name(name: &str) -> Result<(), InstallError> {
@@ -362,15 +579,12 @@ fn ensure_dir(path: &Path) -> Result<(), InstallError> {
     })
 }
 
-fn regular_file_names(dir: &Path) -> Result<Vec<String>, InstallError> {
-    let list_err = |source| InstallError::ListDir {
-        path: dir.to_owned(),
-        source,
-    };
+/// Names of the regular files in `dir` (symlinks followed, as libcni does: a link to a config
+/// file is a config file). Shared with `uninstall-cni`.
+pub fn regular_file_names(dir: &Path) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(list_err)? {
-        let entry = entry.map_err(list_err)?;
-        // Follow symlinks as libcni does: a link to a config file is a config file.
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
         let is_file = fs::metadata(entry.path()).is_ok_and(|m| m.is_file());
         if let (true, Some(name)) = (is_file, entry.file_name().to_str()) {
             names.push(name.to_owned());
@@ -422,9 +636,7 @@ fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<FileAction, In
     tmp.as_file().sync_all().map_err(write_err)?;
     tmp.persist(path).map_err(|e| write_err(e.error))?;
     // The rename itself is durable only once the directory entry is on disk.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err)?;
+    sync_dir(dir).map_err(write_err)?;
     Ok(action)
 }
 
@@ -519,5 +731,37 @@ mod tests {
                 "10-containerd-net.conflist"
             ]
         );
+    }
+
+    #[test]
+    fn replace_names_must_be_plain_foreign_config_names() {
+        let ours = DEFAULT_CONFLIST_NAME;
+        for good in [
+            "10-flannel.conflist",
+            "00-old.conf",
+            "05-x.json",
+            ".hidden.conf",
+        ] {
+            assert_eq!(replace_name_problem(good, ours), None, "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../10-flannel.conflist",
+            "sub/10-flannel.conflist",
+            "/etc/cni/net.d/10-flannel.conflist",
+            "10-flannel\0.conflist",
+            DEFAULT_CONFLIST_NAME,
+            "10-flannel.conflist.trellis-replaced",
+            "10-flannel.conflist.bak",
+        ] {
+            assert!(replace_name_problem(bad, ours).is_some(), "{bad:?}");
+        }
+        assert_eq!(
+            replaced_name("10-flannel.conflist"),
+            "10-flannel.conflist.trellis-replaced"
+        );
+        assert!(!is_cni_config_name(&replaced_name("10-flannel.conflist")));
     }
 }

@@ -21,4 +21,5 @@ pub mod preflight;
 pub mod readiness;
 pub mod status;
 pub mod underlay;
+pub mod uninstall_cni;
 pub mod view;

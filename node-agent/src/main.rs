@@ -1,4 +1,4 @@
-//! `trellis-agent`: run | install-cni | status | preflight.
+//! `trellis-agent`: run | install-cni | uninstall-cni | status | preflight.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,7 +37,14 @@ enum Cmd {
         conf_dir: PathBuf,
         #[arg(long, default_value = install_cni::DEFAULT_CONFLIST_NAME)]
         conflist_name: String,
+        /// A foreign config in the conf dir to move aside as NAME.trellis-replaced (e.g.
+        /// 10-flannel.conflist when replacing flannel); repeatable or comma-separated.
+        #[arg(long, env = "TRELLIS_REPLACE_CONFLISTS", value_delimiter = ',')]
+        replace_conflist: Vec<String>,
     },
+    /// Undo install-cni on this node (remove trellis's conflist and plugin, restore what it
+    /// moved aside); with --kernel-state also trellis's devices, routes and firewall rules.
+    UninstallCni(trellis_agent::uninstall_cni::UninstallArgs),
     /// Print this node's programmed state and flag anything missing.
     Status {
         /// The running agent's health address.
@@ -68,11 +75,18 @@ fn main() -> ExitCode {
             conflist,
             conf_dir,
             conflist_name,
+            replace_conflist,
         } => {
             let mut o = InstallOptions::new(plugin_source, ConflistSource::Path(conflist));
             o.bin_dir = bin_dir;
             o.conf_dir = conf_dir;
             o.conflist_name = conflist_name;
+            // An empty TRELLIS_REPLACE_CONFLISTS (the option off) or a stray comma names nothing.
+            o.replace_conflists = replace_conflist
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
             match install_cni::install(&o) {
                 Ok(report) => {
                     println!("{report}");
@@ -84,6 +98,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::UninstallCni(args) => trellis_agent::uninstall_cni::main(args),
         Cmd::Status { health_addr } => trellis_agent::status::main(health_addr),
         Cmd::Preflight {
             conf_dir,

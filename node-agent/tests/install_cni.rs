@@ -1,5 +1,5 @@
-//! install-cni against real directories (temp dirs standing in for the host's
-//! /opt/cni/bin and /etc/cni/net.d). No root needed.
+//! install-cni and uninstall-cni against real directories (temp dirs standing in for the
+//! host's /opt/cni/bin and /etc/cni/net.d). No root needed.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -8,11 +8,16 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 use trellis_agent::install_cni::{
     install, ConflistError, ConflistSource, FileAction, InstallError, InstallOptions,
-    InstallWarning, DEFAULT_CONFLIST_NAME,
+    InstallWarning, ReplaceAction, DEFAULT_CONFLIST_NAME,
 };
+use trellis_agent::uninstall_cni::{uninstall, Removal, UninstallOptions};
 
 const CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"cbr0","plugins":[{"type":"trellis","bridge":"cni0","hairpinMode":true,"isDefaultGateway":true},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
 const PLUGIN: &[u8] = b"\x7fELF pretend plugin v1";
+/// flannel's own conflist, as its install-cni writes it.
+const FLANNEL: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+const FLANNEL_CONFLIST: &str = "10-flannel.conflist";
+const FLANNEL_ASIDE: &str = "10-flannel.conflist.trellis-replaced";
 
 struct Host {
     _root: TempDir,
@@ -57,6 +62,30 @@ impl Host {
 
     fn installed_conflist(&self) -> PathBuf {
         self.conf_dir.join(DEFAULT_CONFLIST_NAME)
+    }
+
+    /// A node flannel ran on: its conflist and a few of the reference plugins in place.
+    fn with_flannel() -> Self {
+        let host = Self::new();
+        fs::write(host.conf_dir.join(FLANNEL_CONFLIST), FLANNEL).expect("write flannel");
+        for plugin in ["flannel", "portmap", "bridge"] {
+            fs::write(host.bin_dir.join(plugin), plugin).expect("write plugin");
+        }
+        host
+    }
+
+    /// Options that replace flannel's conflist.
+    fn replacing_flannel(&self) -> InstallOptions {
+        let mut opts = self.options();
+        opts.replace_conflists = vec![FLANNEL_CONFLIST.into()];
+        opts
+    }
+
+    fn uninstall_options(&self) -> UninstallOptions {
+        let mut opts = UninstallOptions::new();
+        opts.bin_dir = self.bin_dir.clone();
+        opts.conf_dir = self.conf_dir.clone();
+        opts
     }
 }
 
@@ -379,4 +408,333 @@ fn a_write_failure_is_typed_and_names_the_path() {
         Err(InstallError::CreateDir { path, .. }) => assert_eq!(path, opts.bin_dir),
         other => panic!("expected CreateDir error, got {other:?}"),
     }
+}
+
+// ----- Replacing flannel: --replace-conflist ------------------------------------------------
+
+#[test]
+fn replace_moves_only_the_named_config_aside_by_rename() {
+    let host = Host::with_flannel();
+    // Foreign configs nobody named: left exactly where they are, shadowing or not.
+    fs::write(host.conf_dir.join("00-other.conf"), "{}").expect("write");
+    fs::write(host.conf_dir.join("87-podman-bridge.conflist"), "{}").expect("write");
+    let inode = fs::metadata(host.conf_dir.join(FLANNEL_CONFLIST))
+        .expect("stat")
+        .ino();
+
+    let report = install(&host.replacing_flannel()).expect("install");
+
+    assert_eq!(report.replaced.len(), 1);
+    assert_eq!(
+        report.replaced[0].path,
+        host.conf_dir.join(FLANNEL_CONFLIST)
+    );
+    assert_eq!(report.replaced[0].aside, host.conf_dir.join(FLANNEL_ASIDE));
+    assert_eq!(report.replaced[0].action, ReplaceAction::MovedAside);
+    assert_eq!(
+        dir_names(&host.conf_dir),
+        vec![
+            "00-other.conf",
+            FLANNEL_ASIDE,
+            DEFAULT_CONFLIST_NAME,
+            "87-podman-bridge.conflist"
+        ]
+    );
+    // The same file, renamed: nothing copied, nothing lost, restorable with one `mv`.
+    let aside = host.conf_dir.join(FLANNEL_ASIDE);
+    assert_eq!(fs::metadata(&aside).expect("stat").ino(), inode);
+    assert_eq!(fs::read_to_string(&aside).expect("read"), FLANNEL);
+    // Only the config nobody named is still warned about.
+    let warned: Vec<&PathBuf> = report
+        .warnings
+        .iter()
+        .map(|InstallWarning::ForeignConfigFirst { path, .. }| path)
+        .collect();
+    assert_eq!(warned, vec![&host.conf_dir.join("00-other.conf")]);
+    let text = report.to_string();
+    assert!(
+        text.contains(FLANNEL_ASIDE) && text.contains("moved aside"),
+        "{text}"
+    );
+}
+
+#[test]
+fn replace_is_idempotent_on_a_second_run() {
+    let host = Host::with_flannel();
+    install(&host.replacing_flannel()).expect("first install");
+    let before = dir_names(&host.conf_dir);
+
+    let report = install(&host.replacing_flannel()).expect("second install");
+
+    assert_eq!(report.replaced[0].action, ReplaceAction::AlreadyAside);
+    assert!(!report.changed(), "{report}");
+    assert!(report.to_string().contains("nothing changed"), "{report}");
+    assert_eq!(dir_names(&host.conf_dir), before);
+    assert_eq!(
+        fs::read_to_string(host.conf_dir.join(FLANNEL_ASIDE)).expect("read"),
+        FLANNEL
+    );
+}
+
+#[test]
+fn replace_of_a_config_that_is_not_there_changes_nothing() {
+    let host = Host::new();
+    let report = install(&host.replacing_flannel()).expect("install");
+    assert_eq!(report.replaced[0].action, ReplaceAction::Absent);
+    assert_eq!(dir_names(&host.conf_dir), vec![DEFAULT_CONFLIST_NAME]);
+}
+
+#[test]
+fn replace_again_after_its_owner_rewrote_it_identically_and_refuses_a_different_one() {
+    let host = Host::with_flannel();
+    install(&host.replacing_flannel()).expect("install");
+    // flannel's init container, still running somewhere, writes its conflist again.
+    fs::write(host.conf_dir.join(FLANNEL_CONFLIST), FLANNEL).expect("rewrite");
+    let report = install(&host.replacing_flannel()).expect("rerun");
+    assert_eq!(report.replaced[0].action, ReplaceAction::MovedAsideAgain);
+    assert!(report.changed());
+    assert_eq!(
+        dir_names(&host.conf_dir),
+        vec![FLANNEL_ASIDE, DEFAULT_CONFLIST_NAME]
+    );
+
+    // A different one: keeping either would lose the other, so nothing moves.
+    let other = FLANNEL.replace("0.3.1", "1.0.0");
+    fs::write(host.conf_dir.join(FLANNEL_CONFLIST), &other).expect("rewrite");
+    let err = install(&host.replacing_flannel()).expect_err("must refuse");
+    match &err {
+        InstallError::ReplaceConflict { path, aside } => {
+            assert_eq!(path, &host.conf_dir.join(FLANNEL_CONFLIST));
+            assert_eq!(aside, &host.conf_dir.join(FLANNEL_ASIDE));
+        }
+        other => panic!("expected ReplaceConflict, got {other:?}"),
+    }
+    assert!(err.to_string().contains("DaemonSet"), "{err}");
+    assert_eq!(
+        fs::read_to_string(host.conf_dir.join(FLANNEL_CONFLIST)).expect("read"),
+        other
+    );
+    assert_eq!(
+        fs::read_to_string(host.conf_dir.join(FLANNEL_ASIDE)).expect("read"),
+        FLANNEL
+    );
+}
+
+#[test]
+fn replace_refuses_paths_our_own_conflist_and_non_configs_before_writing() {
+    let host = Host::with_flannel();
+    let outside = host.image.join("victim.conf");
+    fs::write(&outside, "{}").expect("write");
+    for name in [
+        "../image/victim.conf",
+        "sub/10-flannel.conflist",
+        "..",
+        outside.to_str().expect("utf-8 path"),
+        DEFAULT_CONFLIST_NAME,
+        FLANNEL_ASIDE,
+        "10-flannel.conflist.bak",
+    ] {
+        let mut opts = host.options();
+        opts.replace_conflists = vec![FLANNEL_CONFLIST.into(), name.into()];
+        match install(&opts) {
+            Err(InstallError::InvalidReplaceName { name: got, .. }) => assert_eq!(got, name),
+            other => panic!("{name:?}: expected InvalidReplaceName, got {other:?}"),
+        }
+    }
+    // Refused before the first write: not even the valid name was acted on.
+    assert_eq!(dir_names(&host.conf_dir), vec![FLANNEL_CONFLIST]);
+    assert!(outside.is_file());
+    assert!(!host.installed_plugin().exists());
+}
+
+#[test]
+fn replace_moves_a_symlinked_config_as_a_link_and_refuses_a_directory() {
+    let host = Host::new();
+    let target = host.image.join("flannel-real.conflist");
+    fs::write(&target, FLANNEL).expect("write");
+    std::os::unix::fs::symlink(&target, host.conf_dir.join(FLANNEL_CONFLIST)).expect("symlink");
+    install(&host.replacing_flannel()).expect("install");
+    let aside = host.conf_dir.join(FLANNEL_ASIDE);
+    assert!(fs::symlink_metadata(&aside)
+        .expect("lstat")
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_to_string(&target).expect("read"), FLANNEL);
+
+    let host = Host::new();
+    fs::create_dir(host.conf_dir.join(FLANNEL_CONFLIST)).expect("mkdir");
+    assert!(matches!(
+        install(&host.replacing_flannel()),
+        Err(InstallError::ReplaceNotAFile { .. })
+    ));
+}
+
+#[test]
+fn without_replace_foreign_configs_are_left_alone() {
+    let host = Host::with_flannel();
+    let report = install(&host.options()).expect("install");
+    assert!(report.replaced.is_empty());
+    assert_eq!(
+        dir_names(&host.conf_dir),
+        vec![FLANNEL_CONFLIST, DEFAULT_CONFLIST_NAME]
+    );
+    assert_eq!(
+        fs::read_to_string(host.conf_dir.join(FLANNEL_CONFLIST)).expect("read"),
+        FLANNEL
+    );
+    // Still said loudly, now with the way out.
+    let text = report.to_string();
+    assert!(
+        text.contains(FLANNEL_CONFLIST) && text.contains("--replace-conflist"),
+        "{text}"
+    );
+}
+
+// ----- uninstall-cni ------------------------------------------------------------------------
+
+#[test]
+fn uninstall_removes_what_install_wrote_and_puts_flannel_back() {
+    let host = Host::with_flannel();
+    fs::write(host.conf_dir.join("99-loopback.conf"), "{}").expect("write");
+    install(&host.replacing_flannel()).expect("install");
+
+    let report = uninstall(&host.uninstall_options()).expect("uninstall");
+
+    assert_eq!(
+        report.conflist,
+        (host.installed_conflist(), Removal::Removed)
+    );
+    assert_eq!(report.plugin, (host.installed_plugin(), Removal::Removed));
+    assert_eq!(report.restored.len(), 1);
+    assert!(report.restored[0].restored);
+    assert!(report.changed());
+    // The node as flannel left it: its conflist back (same bytes), other plugins untouched.
+    assert_eq!(
+        dir_names(&host.conf_dir),
+        vec![FLANNEL_CONFLIST, "99-loopback.conf"]
+    );
+    assert_eq!(
+        fs::read_to_string(host.conf_dir.join(FLANNEL_CONFLIST)).expect("read"),
+        FLANNEL
+    );
+    assert_eq!(
+        dir_names(&host.bin_dir),
+        vec!["bridge", "flannel", "portmap"]
+    );
+    let text = report.to_string();
+    assert!(
+        text.contains("restored") && text.contains(FLANNEL_CONFLIST),
+        "{text}"
+    );
+}
+
+#[test]
+fn uninstall_twice_finds_nothing_the_second_time() {
+    let host = Host::with_flannel();
+    install(&host.replacing_flannel()).expect("install");
+    uninstall(&host.uninstall_options()).expect("first");
+    let names = dir_names(&host.conf_dir);
+
+    let report = uninstall(&host.uninstall_options()).expect("second");
+
+    assert!(!report.changed(), "{report}");
+    assert_eq!(report.conflist.1, Removal::Absent);
+    assert_eq!(report.plugin.1, Removal::Absent);
+    assert!(report.restored.is_empty());
+    assert!(
+        report.to_string().contains("nothing of trellis's"),
+        "{report}"
+    );
+    assert_eq!(dir_names(&host.conf_dir), names);
+}
+
+#[test]
+fn uninstall_leaves_a_conflist_of_our_name_that_is_not_ours() {
+    let host = Host::new();
+    install(&host.options()).expect("install");
+    // Someone put another network's config under our name.
+    fs::write(host.installed_conflist(), FLANNEL).expect("overwrite");
+
+    let report = uninstall(&host.uninstall_options()).expect("uninstall");
+
+    assert!(matches!(report.conflist.1, Removal::NotOurs(_)), "{report}");
+    assert_eq!(
+        fs::read_to_string(host.installed_conflist()).expect("read"),
+        FLANNEL
+    );
+    // The plugin nothing calls any more is still ours to remove.
+    assert_eq!(report.plugin.1, Removal::Removed);
+}
+
+#[test]
+fn uninstall_keeps_the_plugin_while_another_config_calls_it() {
+    let host = Host::new();
+    install(&host.options()).expect("install");
+    let custom = host.conf_dir.join("20-custom.conflist");
+    fs::write(&custom, CONFLIST.replace("cbr0", "custom")).expect("write");
+
+    let report = uninstall(&host.uninstall_options()).expect("uninstall");
+
+    assert_eq!(report.conflist.1, Removal::Removed);
+    assert_eq!(report.plugin.1, Removal::StillUsedBy(custom.clone()));
+    assert!(host.installed_plugin().is_file());
+    assert!(custom.is_file());
+}
+
+#[test]
+fn uninstall_never_restores_over_a_config_its_owner_wrote_again() {
+    let host = Host::with_flannel();
+    install(&host.replacing_flannel()).expect("install");
+    let newer = FLANNEL.replace("0.3.1", "1.0.0");
+    fs::write(host.conf_dir.join(FLANNEL_CONFLIST), &newer).expect("rewrite");
+
+    let report = uninstall(&host.uninstall_options()).expect("uninstall");
+
+    assert_eq!(report.restored.len(), 1);
+    assert!(!report.restored[0].restored);
+    assert_eq!(
+        fs::read_to_string(host.conf_dir.join(FLANNEL_CONFLIST)).expect("read"),
+        newer
+    );
+    assert_eq!(
+        fs::read_to_string(host.conf_dir.join(FLANNEL_ASIDE)).expect("read"),
+        FLANNEL
+    );
+    assert!(report.to_string().contains("compare them"), "{report}");
+}
+
+#[test]
+fn uninstall_can_keep_the_replaced_configs_aside() {
+    let host = Host::with_flannel();
+    install(&host.replacing_flannel()).expect("install");
+    let mut opts = host.uninstall_options();
+    opts.restore_replaced = false;
+
+    let report = uninstall(&opts).expect("uninstall");
+
+    assert!(report.restored.is_empty());
+    assert_eq!(dir_names(&host.conf_dir), vec![FLANNEL_ASIDE]);
+}
+
+#[test]
+fn uninstall_leaves_links_in_our_places_and_tolerates_missing_dirs() {
+    let host = Host::new();
+    let elsewhere = host.image.join("elsewhere");
+    fs::write(&elsewhere, PLUGIN).expect("write");
+    std::os::unix::fs::symlink(&elsewhere, host.installed_plugin()).expect("symlink");
+    std::os::unix::fs::symlink(host.image.join("cni-conf.json"), host.installed_conflist())
+        .expect("symlink");
+
+    let report = uninstall(&host.uninstall_options()).expect("uninstall");
+
+    // install-cni writes regular files only, so a link there is someone else's.
+    assert!(matches!(report.conflist.1, Removal::NotOurs(_)), "{report}");
+    assert!(matches!(report.plugin.1, Removal::NotOurs(_)), "{report}");
+    assert!(fs::symlink_metadata(host.installed_plugin()).is_ok());
+
+    let mut opts = host.uninstall_options();
+    opts.conf_dir = host.image.join("no/such/net.d");
+    opts.bin_dir = host.image.join("no/such/bin");
+    let report = uninstall(&opts).expect("nothing there is nothing to do");
+    assert!(!report.changed());
 }
