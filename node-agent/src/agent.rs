@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::advertiser::Advertiser;
 use crate::annotations::AnnotationKeys;
 use crate::backend::{self, PlanOptions};
+use crate::bridge_nf::BridgeNf;
 use crate::cluster::{
     self, Backoff, BackoffPolicy, ClientSource, ConfigSource, ConfigWatcher, NodeEvents,
     NodeWatchOptions, NodeWatcher, OwnNode, WaitOptions,
@@ -168,6 +169,8 @@ struct LoopState {
     peer_failures: PeerFailures,
     peer_backoff: Backoff,
     peer_retry_at: Option<tokio::time::Instant>,
+    /// What the host lacks that the agent cannot fix (br_netfilter), as last checked.
+    host: Result<(), String>,
 }
 
 /// The firewall rules do not depend on peers, so they are checked while the first Node list
@@ -209,7 +212,11 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
             why: e.to_string(),
         })?;
     let own = OwnNode::new(client.clone(), &args.node_name, keys.clone());
-    let own_state = own.wait_ready(&WaitOptions::default()).await?;
+    metrics.set_programmed(Err(format!(
+        "waiting for Node {} to exist with spec.podCIDRs (see the log)",
+        args.node_name
+    )));
+    let own_state = beating(own.wait_ready(&WaitOptions::default()), &beat_tx, &metrics).await?;
     let events = NodeEvents::new(client.clone(), &args.node_name, own_state.uid.as_deref());
     let mut advertiser = Advertiser::start(own, events.clone());
 
@@ -248,7 +255,12 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
             args.configmap_namespace, args.configmap_name
         );
     }
-    let _ = config_rx.wait_for(Option::is_some).await;
+    metrics.set_programmed(Err(format!(
+        "waiting for a valid net-conf.json in ConfigMap {}/{}",
+        args.configmap_namespace, args.configmap_name
+    )));
+    let _ = beating(config_rx.wait_for(Option::is_some), &beat_tx, &metrics).await;
+    metrics.set_programmed(Err("waiting for the first complete Node list".into()));
 
     let mut dataplane = Dataplane::new()?;
     let opts = IfaceOptions {
@@ -311,6 +323,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
             max: Duration::from_secs(args.resync_seconds.max(1)),
         }),
         peer_retry_at: None,
+        host: Ok(()),
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -341,6 +354,10 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
             tokio::select! {
                 _ = view_status.changed() => continue,
+                _ = tokio::time::sleep(WAITING_BEAT) => {
+                    beat(&beat_tx, &metrics);
+                    continue;
+                }
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
             }
@@ -369,7 +386,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
             st.last_config = Some(config);
         }
         let last_pass = Instant::now();
-        let _ = beat_tx.send(last_pass);
+        beat(&beat_tx, &metrics);
         tokio::select! {
             _ = view_status.changed() => {}
             _ = config_rx.changed() => {}
@@ -403,6 +420,33 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     }
     info!("stopping; kernel state left in place for the next start");
     Ok(())
+}
+
+/// How often the loop says it is alive while it waits (for a podCIDR, a valid config, the
+/// first Node list): waiting is the loop turning, which `/readyz` and the log explain; only
+/// a loop that stopped turning should fail `/healthz` and get the agent restarted.
+const WAITING_BEAT: Duration = Duration::from_secs(5);
+
+/// Bumps the liveness heartbeat (and its metric).
+fn beat(tx: &watch::Sender<Instant>, metrics: &Metrics) {
+    let _ = tx.send(Instant::now());
+    metrics.beat();
+}
+
+/// Awaits `fut`, beating the heartbeat every [`WAITING_BEAT`] meanwhile.
+async fn beating<T>(
+    fut: impl std::future::Future<Output = T>,
+    tx: &watch::Sender<Instant>,
+    metrics: &Metrics,
+) -> T {
+    let mut fut = std::pin::pin!(fut);
+    let mut tick = tokio::time::interval(WAITING_BEAT);
+    loop {
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tick.tick() => beat(tx, metrics),
+        }
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -610,6 +654,12 @@ async fn pass(
     ok &= firewall_ok;
     // This node's own side: what readiness means. Peer entries are reported apart.
     let mut own_side: Result<(), String> = Ok(());
+    if full {
+        check_host(config, events, st);
+    }
+    if let Err(why) = &st.host {
+        own_side = Err(why.clone());
+    }
     if !firewall_ok {
         own_side = Err("the firewall rules are not in place (see the log)".into());
     }
@@ -716,6 +766,24 @@ async fn pass(
         }
     };
     let _ = debug_tx.send(Arc::new(DebugState::new(plan, desired_kernel, ctx)));
+}
+
+/// Check what the host must provide and the agent cannot set itself; say so loudly (error
+/// log, Warning Event) when it changes. Readiness reports it meanwhile.
+fn check_host(config: &NetConfig, events: &NodeEvents, st: &mut LoopState) {
+    let now = BridgeNf::read().check(config.ipv4().is_some(), config.ipv6().is_some());
+    if now == st.host {
+        return;
+    }
+    match &now {
+        Err(why) => {
+            error!("{why}");
+            let (events, why) = (events.clone(), why.clone());
+            tokio::spawn(async move { events.host_not_ready(&why).await });
+        }
+        Ok(()) => info!("br_netfilter is in place: Services between pods on this node work"),
+    }
+    st.host = now;
 }
 
 /// Report the peer entries the kernel refused (each once when it starts, changes or ends),

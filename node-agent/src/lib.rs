@@ -9,6 +9,7 @@ pub mod advertiser;
 pub mod agent;
 pub mod annotations;
 pub mod backend;
+pub mod bridge_nf;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;

@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Peer entries the kernel refused, by `readiness::errno_label`, and how many fail now.
     peer_errors: Mutex<BTreeMap<&'static str, u64>>,
     pub peer_entries_failing: AtomicU64,
+    /// When the loop last said it was alive (ms since the Unix epoch).
+    heartbeat_unix_ms: AtomicU64,
     ops: Mutex<BTreeMap<String, u64>>,
     skipped: Mutex<BTreeMap<String, u64>>,
     backend: Mutex<String>,
@@ -130,6 +132,15 @@ impl Metrics {
 
     pub fn is_ready(&self) -> bool {
         self.readiness().is_ok()
+    }
+
+    /// The loop is alive (a pass ran, or it waits and says so).
+    pub fn beat(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.heartbeat_unix_ms.store(now, Ordering::Relaxed);
     }
 
     /// Counts this pass's refused peer entries, and how many fail now.
@@ -237,6 +248,12 @@ impl Metrics {
             "gauge",
             "1 when /readyz answers ready: own devices, addresses, subnet.env and firewall programmed, Node watch live.",
             vec![(String::new(), if self.is_ready() { 1.0 } else { 0.0 })],
+        );
+        metric(
+            "trellis_heartbeat_timestamp_seconds",
+            "gauge",
+            "When the agent's loop last turned (a pass, or a wait it reports); /healthz fails when it stalls.",
+            vec![(String::new(), g(&self.heartbeat_unix_ms) as f64 / 1000.0)],
         );
         let peer_errors = self
             .peer_errors

@@ -28,6 +28,7 @@ pub mod reason {
     pub const BACKEND_SWITCHED: &str = "BackendSwitched";
     pub const INVALID_CONFIG: &str = "InvalidNetConfig";
     pub const NETWORK_READY: &str = "TrellisIsUp";
+    pub const HOST_NOT_READY: &str = "HostNotReady";
 }
 
 #[derive(Clone)]
@@ -146,6 +147,17 @@ impl NodeEvents {
             reason::INVALID_CONFIG,
             "LoadConfig",
             format!("{what} rejected, keeping the running configuration: {why}"),
+        )
+        .await
+    }
+
+    /// The host lacks something the agent cannot fix itself (e.g. br_netfilter).
+    pub async fn host_not_ready(&self, why: &str) -> bool {
+        self.emit(
+            EventType::Warning,
+            reason::HOST_NOT_READY,
+            "CheckHost",
+            why.to_string(),
         )
         .await
     }
