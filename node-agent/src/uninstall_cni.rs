@@ -404,7 +404,7 @@ impl fmt::Display for NodeStateReport {
         }
         for (name, result) in &self.firewall {
             match result {
-                Ok(true) => writeln!(f, "firewall {name}: trellis's rules removed")?,
+                Ok(true) => writeln!(f, "firewall {name}: nothing of trellis's left")?,
                 Ok(false) => writeln!(f, "firewall {name}: tool not installed, skipped")?,
                 Err(e) => writeln!(f, "error: firewall {name}: {e}")?,
             }
