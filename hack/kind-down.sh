@@ -3,6 +3,8 @@
 #
 #   hack/kind-down.sh            # delete the cluster (TRELLIS_KIND_CLUSTER, default trellis)
 #   hack/kind-down.sh --images   # also remove the trellis:kind-* images kind-up built
+#
+# Portable to macOS's bash 3.2 and BSD tools (hack/check-portable.sh).
 set -euo pipefail
 
 CLUSTER=${TRELLIS_KIND_CLUSTER:-trellis}
@@ -29,7 +31,12 @@ else
 fi
 
 if $remove_images; then
-    mapfile -t images < <(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep -E '^trellis:kind-' || true)
+    images=()
+    while IFS= read -r image; do
+        case $image in trellis:kind-*) images+=("$image") ;; esac
+    done <<EOF
+$(docker image ls --format '{{.Repository}}:{{.Tag}}')
+EOF
     if [ "${#images[@]}" -gt 0 ]; then
         docker image rm "${images[@]}"
     else

@@ -5,8 +5,16 @@
 #   hack/kind-up.sh            # create (or reuse) the cluster, build, load, apply, test
 #   hack/kind-down.sh          # delete it
 #
+# An existing cluster of that name is reused only if it runs no other pod network: one created
+# by kind's defaults runs kindnet, whose conflist would win over trellis's, so it is refused
+# (or deleted and created again with TRELLIS_KIND_RECREATE=1).
+#
+# Portable to macOS's bash 3.2 and BSD tools (hack/check-portable.sh checks it); tested with
+# fake docker, kind and kubectl by hack/test-kind-scripts.sh.
+#
 # Needs docker (with BuildKit, the default builder), kind and kubectl. Environment:
 #   TRELLIS_KIND_CLUSTER   cluster name (default trellis; kubectl context kind-<name>)
+#   TRELLIS_KIND_RECREATE  1: delete an existing cluster of that name that cannot be reused
 #   TRELLIS_IMAGE          image to build and load (default trellis:kind-<timestamp>, so that a
 #                          rebuild rolls the DaemonSet)
 #   TRELLIS_KIND_NODE_IMAGE  kindest/node image to use (default: kind's own default)
@@ -35,12 +43,6 @@ for tool in docker kind kubectl; do
 done
 docker info >/dev/null 2>&1 || die "docker is installed but its daemon is not reachable"
 
-# Path from $1 to $2, for the temporary overlay (kustomize accepts only relative resources).
-relpath() {
-    realpath --relative-to="$1" "$2" 2>/dev/null ||
-        python3 -c 'import os, sys; print(os.path.relpath(sys.argv[2], sys.argv[1]))' "$1" "$2"
-}
-
 overlay=
 on_failure() {
     local rc=$?
@@ -56,9 +58,31 @@ on_failure() {
 trap on_failure EXIT
 
 # 1. Cluster --------------------------------------------------------------------------------
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-    say "reusing kind cluster $CLUSTER"
-else
+cluster_exists() { kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; }
+
+# Why the existing cluster cannot take trellis, or nothing. kind's default CNI (kindnet) runs as
+# a DaemonSet in kube-system; its 10-kindnet.conflist would sort before 10-trellis.conflist.
+unusable_reason() {
+    local found
+    if ! found=$(k -n kube-system get daemonset kindnet --ignore-not-found -o name 2>&1); then
+        echo "its API server does not answer ($found)"
+    elif [ -n "$found" ]; then
+        echo "it runs kindnet, kind's default pod network (it was not created from deploy/kind-config.yaml)"
+    fi
+}
+
+if cluster_exists; then
+    reason=$(unusable_reason)
+    if [ -z "$reason" ]; then
+        say "reusing kind cluster $CLUSTER"
+    elif [ "${TRELLIS_KIND_RECREATE:-}" = 1 ]; then
+        say "deleting kind cluster $CLUSTER: $reason"
+        kind delete cluster --name "$CLUSTER"
+    else
+        die "kind cluster $CLUSTER exists but cannot take trellis: $reason. Delete it (TRELLIS_KIND_CLUSTER=$CLUSTER hack/kind-down.sh), pick another name (TRELLIS_KIND_CLUSTER=...), or rerun with TRELLIS_KIND_RECREATE=1"
+    fi
+fi
+if ! cluster_exists; then
     say "creating kind cluster $CLUSTER (default CNI disabled, podSubnet from deploy/kind-config.yaml)"
     create=(kind create cluster --name "$CLUSTER" --config "$ROOT/deploy/kind-config.yaml")
     if [ -n "${TRELLIS_KIND_NODE_IMAGE:-}" ]; then
@@ -82,11 +106,14 @@ image_tag=${IMAGE##*:}
 case $image_tag in
     "$IMAGE" | */*) die "TRELLIS_IMAGE must carry a tag (name:tag), got $IMAGE" ;;
 esac
+# kustomize takes only relative resource paths: a copy of deploy/ beside the overlay is one,
+# with no GNU `realpath --relative-to` needed.
+cp -R "$ROOT/deploy" "$overlay/base"
 cat >"$overlay/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - $(relpath "$overlay" "$ROOT/deploy")
+  - base
 images:
   - name: trellis
     newName: $image_name
@@ -102,7 +129,12 @@ k wait --for=condition=Ready nodes --all --timeout="${TIMEOUT}s"
 k get nodes -o custom-columns='NODE:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,PODCIDR:.spec.podCIDR,BACKEND:.metadata.annotations.flannel\.alpha\.coreos\.com/backend-type'
 
 # 4. Cross-node ping ------------------------------------------------------------------------
-mapfile -t workers < <(k get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
+workers=()
+while IFS= read -r node; do
+    [ -z "$node" ] || workers+=("$node")
+done <<EOF
+$(k get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
+EOF
 [ "${#workers[@]}" -ge 2 ] || die "need two worker nodes, found ${#workers[@]} (deploy/kind-config.yaml)"
 
 say "starting a pod on ${workers[0]} and one on ${workers[1]}"
