@@ -199,6 +199,16 @@ async fn iptables_legacy_drift_is_found_and_repaired() {
 }
 
 #[tokio::test]
+async fn iptables_drift_is_found_and_repaired_reading_whole_dumps() {
+    iptables_drift(Kind::IptablesDump).await;
+}
+
+#[tokio::test]
+async fn iptables_legacy_drift_is_found_and_repaired_reading_chain_by_chain() {
+    iptables_drift(Kind::IptablesLegacyOwnChains).await;
+}
+
+#[tokio::test]
 async fn nftables_drift_is_found_and_repaired() {
     let ns = Netns::new("nftdrift");
     let kind = Kind::Nftables;
@@ -335,6 +345,150 @@ async fn iptables_legacy_leaves_foreign_rules_alone() {
 #[tokio::test]
 async fn nftables_leaves_foreign_rules_alone() {
     foreign_survive(Kind::Nftables).await;
+}
+
+#[tokio::test]
+async fn iptables_leaves_foreign_rules_alone_reading_whole_dumps() {
+    foreign_survive(Kind::IptablesDump).await;
+}
+
+#[tokio::test]
+async fn iptables_legacy_leaves_foreign_rules_alone_reading_chain_by_chain() {
+    foreign_survive(Kind::IptablesLegacyOwnChains).await;
+}
+
+/// Someone else's chain jumping into ours (not from a built-in chain, so a per-chain read
+/// does not see it): cleanup still deletes that jump first, or -X would be refused.
+async fn stranger_jump_cleanup(kind: Kind) {
+    let ns = Netns::new("stranger");
+    let fw = kind.firewall(&ns).await;
+    fw.apply(&full_rules()).await.expect("apply");
+    let ipt = kind.iptables(false);
+    ns.sh(&[&ipt, "-t", "filter", "-N", "STRANGER"]);
+    ns.sh(&[
+        &ipt,
+        "-t",
+        "filter",
+        "-A",
+        "STRANGER",
+        "-s",
+        "10.77.0.0/16",
+        "-j",
+        "FLANNEL-FWD",
+    ]);
+    fw.cleanup().await.expect("cleanup");
+    let after = iptables_snapshot(&ns, kind);
+    assert!(!after.contains("FLANNEL"), "{after}");
+    assert!(
+        after.contains(":STRANGER"),
+        "the stranger's chain must stay:\n{after}"
+    );
+    assert!(fw.check(&RuleSet::default()).await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn iptables_cleanup_deletes_a_strangers_jump_into_our_chain() {
+    stranger_jump_cleanup(Kind::Iptables).await;
+}
+
+#[tokio::test]
+async fn iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain() {
+    stranger_jump_cleanup(Kind::IptablesLegacy).await;
+}
+
+#[tokio::test]
+async fn iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain_reading_chain_by_chain() {
+    stranger_jump_cleanup(Kind::IptablesLegacyOwnChains).await;
+}
+
+/// kube-proxy-like rules around trellis's: on iptables-nft, check, apply and status run only
+/// `iptables -S` of trellis's chains and their built-in hooks, never a save; and the check
+/// still tells an edit of our chain.
+#[tokio::test]
+async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
+    use trellis_agent::firewall::exec::Exec;
+    use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
+
+    let ns = Netns::new("ownread");
+    let mut restore = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
+    for i in 0..200 {
+        restore.push_str(&format!(":KUBE-SVC-{i:04} - [0:0]\n"));
+    }
+    restore.push_str(
+        "-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n\
+         -A POSTROUTING -j KUBE-POSTROUTING\n\
+         -A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n",
+    );
+    for i in 0..200 {
+        restore.push_str(&format!(
+            "-A KUBE-SERVICES -d 10.96.{}.{}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i:04}\n\
+             -A KUBE-SVC-{i:04} -p tcp -m tcp -j DNAT --to-destination 10.244.9.{}:8080\n",
+            i / 250,
+            i % 250 + 1,
+            i % 250 + 1
+        ));
+    }
+    restore.push_str("COMMIT\n");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &restore).unwrap();
+    ns.sh(&[
+        "sh",
+        "-c",
+        &format!("iptables-nft-restore < {}", file.path().display()),
+    ]);
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_string();
+    let prefix = [
+        "sh",
+        "-c",
+        "printf '%s\\n' \"$*\" >>\"$0\"; exec \"$@\"",
+        &log_path,
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+    ];
+    let ex = IptablesExecutor::detect(Exec::new().with_prefix(prefix), Variant::Nft)
+        .await
+        .expect("detect");
+    assert_eq!(ex.read_mode(), ReadMode::OwnChains);
+    let fw = Firewall::Iptables(ex);
+    let rules = full_rules();
+    fw.apply(&rules).await.expect("apply");
+    std::fs::write(&log_path, "").unwrap();
+    assert_in_sync(&fw, &rules).await;
+    let shown = fw.installed().await.to_string();
+    assert!(
+        shown.contains("FLANNEL-POSTRTG") && !shown.contains("KUBE-"),
+        "{shown}"
+    );
+    let commands = std::fs::read_to_string(&log_path).unwrap();
+    let mut listed = Vec::new();
+    for c in commands.lines() {
+        let words: Vec<&str> = c.split_whitespace().collect();
+        assert!(!c.contains("-save"), "a check or status ran a save: {c}");
+        let chain = match words.as_slice() {
+            [.., "-t", _, "-S", chain] => *chain,
+            _ => panic!("not a per-chain listing: {c}"),
+        };
+        assert!(
+            ["POSTROUTING", "FLANNEL-POSTRTG", "FORWARD", "FLANNEL-FWD"].contains(&chain),
+            "{c}"
+        );
+        listed.push(chain);
+    }
+    // Both families, each chain, for the check and again for status.
+    assert_eq!(listed.len(), 16, "{commands}");
+
+    ns.sh(&["iptables-nft", "-t", "nat", "-D", "FLANNEL-POSTRTG", "1"]);
+    let drift = fw.check(&rules).await.expect("check");
+    assert!(
+        drift
+            .to_string()
+            .contains("iptables nat FLANNEL-POSTRTG: missing:"),
+        "{drift}"
+    );
 }
 
 /// Fewer rules: a disabled part loses its jump (iptables) or chain (nft); an empty rule set

@@ -1,5 +1,5 @@
 //! The iptables executor: trellis's chains through `iptables-restore --noflush`, one
-//! transaction per table, and `iptables-save` to read back.
+//! transaction per table, and reads of only what trellis owns (see [`ReadMode`]).
 //!
 //! Which iptables (legacy or nft) runs is whatever `iptables` on PATH is: on a node, the
 //! DaemonSet image's wrapper picks the flavour kube-proxy uses. [`Variant`] can force one.
@@ -52,6 +52,39 @@ fn tool_name(family: Family) -> &'static str {
     }
 }
 
+/// How the kernel's rules are read for check, apply and status. Either way the same drift
+/// is found: a missing, duplicated or foreign jump in the built-in chain, and any edit of
+/// trellis's chains.
+///
+/// A node with kube-proxy holds tens of thousands of rules (measured in docs/BENCH-AGENT.md,
+/// "Firewall check"): a whole `iptables-save` of both families every resync is heavy, and its
+/// child process counts against the agent's memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// `iptables -t TABLE -S CHAIN` for each of trellis's chains and the built-in chain that
+    /// jumps to it (4 small reads per family). iptables-nft fetches only the chain it is asked
+    /// for, so none of kube-proxy's rules cross the pipe. Cleanup, which must find every
+    /// rule jumping to a chain before deleting it, reads the whole family, and only when
+    /// one of trellis's chains exists.
+    OwnChains,
+    /// One `iptables-save` per family, filtered to trellis's lines before parsing. Legacy
+    /// iptables has no per-chain read: every command copies whole tables out of the kernel,
+    /// so one save (nat read once) costs less than a listing per chain (nat read twice).
+    Dump,
+}
+
+impl ReadMode {
+    /// The cheaper read for a flavour, from `iptables --version` (`… (nf_tables)` or
+    /// `… (legacy)`; before 1.8 there was no nft flavour and no suffix).
+    fn for_version(version: &str) -> ReadMode {
+        if version.contains("(nf_tables)") {
+            ReadMode::OwnChains
+        } else {
+            ReadMode::Dump
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IptablesExecutor {
     exec: Exec,
@@ -59,10 +92,13 @@ pub struct IptablesExecutor {
     random_fully: bool,
     lock_wait: Duration,
     version: String,
+    read_mode: ReadMode,
 }
 
 impl IptablesExecutor {
     /// An executor for the given binaries; `random_fully` as given (see [`Self::detect`]).
+    /// The read mode follows the variant; for [`Variant::Path`], whose flavour only
+    /// [`Self::detect`] learns, it is [`ReadMode::Dump`], which suits both.
     pub fn new(exec: Exec, variant: Variant, random_fully: bool) -> IptablesExecutor {
         IptablesExecutor {
             exec,
@@ -70,6 +106,10 @@ impl IptablesExecutor {
             random_fully,
             lock_wait: DEFAULT_LOCK_WAIT,
             version: variant.binary(Family::V4, ""),
+            read_mode: match variant {
+                Variant::Nft => ReadMode::OwnChains,
+                Variant::Legacy | Variant::Path => ReadMode::Dump,
+            },
         }
     }
 
@@ -86,6 +126,7 @@ impl IptablesExecutor {
             });
         };
         let mut ex = IptablesExecutor::new(exec, variant, v >= RANDOM_FULLY_SINCE);
+        ex.read_mode = ReadMode::for_version(&version);
         ex.version = version;
         Ok(ex)
     }
@@ -93,6 +134,16 @@ impl IptablesExecutor {
     pub fn with_lock_wait(mut self, wait: Duration) -> IptablesExecutor {
         self.lock_wait = wait;
         self
+    }
+
+    /// Forces a read mode (tests of both against one kernel state, and the benchmark).
+    pub fn with_read_mode(mut self, mode: ReadMode) -> IptablesExecutor {
+        self.read_mode = mode;
+        self
+    }
+
+    pub fn read_mode(&self) -> ReadMode {
+        self.read_mode
     }
 
     pub fn random_fully(&self) -> bool {
@@ -199,9 +250,15 @@ impl IptablesExecutor {
     }
 
     async fn remove_family(&self, family: Family) -> Result<(), FirewallError> {
-        let Some(kernel) = self.read_unwanted(family).await? else {
+        let Some(mut kernel) = self.read_unwanted(family).await? else {
             return Ok(());
         };
+        // -X refuses a chain anything still jumps to, and a per-chain read sees the jumps
+        // from the built-in chains only: before deleting, read every rule. Only when there
+        // is a chain to delete, so a family that holds nothing of ours stays a small read.
+        if self.read_mode == ReadMode::OwnChains && kernel.has_own_chain() {
+            kernel = self.read_dump(family).await?;
+        }
         match state::cleanup_script(&kernel) {
             Some(script) => self.restore(family, &script).await,
             None => Ok(()),
@@ -220,12 +277,60 @@ impl IptablesExecutor {
     }
 
     async fn read(&self, family: Family) -> Result<Saved, FirewallError> {
+        match self.read_mode {
+            ReadMode::OwnChains => self.read_own_chains(family).await,
+            ReadMode::Dump => self.read_dump(family).await,
+        }
+    }
+
+    /// The whole family through `iptables-save`, parsed after dropping what is not trellis's.
+    async fn read_dump(&self, family: Family) -> Result<Saved, FirewallError> {
         let bin = self.variant.binary(family, "-save");
         let out = self.exec.run(&bin, &[], None).await?;
-        state::parse(&out).map_err(|reason| FirewallError::Output {
+        state::parse(&state::owned_lines(&out)).map_err(|reason| FirewallError::Output {
             command: bin,
             reason,
         })
+    }
+
+    /// Each of trellis's chains and the built-in chain that jumps to it, one table each.
+    async fn read_own_chains(&self, family: Family) -> Result<Saved, FirewallError> {
+        let mut saved = Saved::default();
+        for (table, chain) in state::OURS {
+            let Some(hook) = state::hook_of(table) else {
+                continue;
+            };
+            let mut listing = self.list_chain(family, table, hook).await?;
+            match self.list_chain(family, table, chain).await {
+                Ok(own) => listing.push_str(&own),
+                // Not there: check reports it missing (or nothing, when none is wanted).
+                Err(FirewallError::Failed { stderr, .. })
+                    if state::is_missing_chain(&stderr, chain) => {}
+                Err(e) => return Err(e),
+            }
+            let parsed =
+                state::parse_listing(table, &listing).map_err(|reason| FirewallError::Output {
+                    command: format!("{} -t {table} -S", self.variant.binary(family, "")),
+                    reason,
+                })?;
+            saved.tables.push(parsed);
+        }
+        Ok(saved)
+    }
+
+    /// `iptables -t TABLE -S CHAIN`. `-w`: legacy iptables takes the xtables lock even to
+    /// list (iptables-nft accepts and ignores it).
+    async fn list_chain(
+        &self,
+        family: Family,
+        table: &str,
+        chain: &str,
+    ) -> Result<String, FirewallError> {
+        let bin = self.variant.binary(family, "");
+        let wait = self.lock_wait.as_secs().max(1).to_string();
+        self.exec
+            .run(&bin, &["-w", &wait, "-t", table, "-S", chain], None)
+            .await
     }
 
     async fn restore(&self, family: Family, script: &str) -> Result<(), FirewallError> {
@@ -279,6 +384,23 @@ mod tests {
         assert_eq!(parse_version("iptables"), None);
         assert!(parse_version("iptables v1.6.1").unwrap() < RANDOM_FULLY_SINCE);
         assert!(parse_version("iptables v1.6.2").unwrap() >= RANDOM_FULLY_SINCE);
+    }
+
+    #[test]
+    fn the_read_mode_follows_the_flavour() {
+        assert_eq!(
+            ReadMode::for_version("iptables v1.8.9 (nf_tables)"),
+            ReadMode::OwnChains
+        );
+        assert_eq!(
+            ReadMode::for_version("iptables v1.8.9 (legacy)"),
+            ReadMode::Dump
+        );
+        assert_eq!(ReadMode::for_version("iptables v1.6.1"), ReadMode::Dump);
+        let ex = |v| IptablesExecutor::new(Exec::new(), v, true).read_mode();
+        assert_eq!(ex(Variant::Nft), ReadMode::OwnChains);
+        assert_eq!(ex(Variant::Legacy), ReadMode::Dump);
+        assert_eq!(ex(Variant::Path), ReadMode::Dump);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use trellis_agent::firewall::exec::Exec;
 use trellis_agent::firewall::executor::Firewall;
-use trellis_agent::firewall::iptables::{IptablesExecutor, Variant};
+use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
 use trellis_agent::firewall::nftables::NftablesExecutor;
 use trellis_agent::firewall::rules::{FamilyNets, RuleSet};
 
@@ -114,37 +114,55 @@ pub fn full_rules() -> RuleSet {
 /// The executors under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `iptables` on PATH (iptables-nft on this machine).
+    /// `iptables` on PATH (iptables-nft on this machine), reading trellis's chains one by one.
     Iptables,
+    /// `iptables-legacy…`, reading whole `iptables-save` dumps.
     IptablesLegacy,
+    /// As [`Kind::Iptables`], but forced to read whole dumps (the other read mode on nft).
+    IptablesDump,
+    /// As [`Kind::IptablesLegacy`], but forced to read chain by chain.
+    IptablesLegacyOwnChains,
     Nftables,
 }
 
 impl Kind {
     pub fn variant(self) -> Option<Variant> {
         match self {
-            Kind::Iptables => Some(Variant::Path),
-            Kind::IptablesLegacy => Some(Variant::Legacy),
+            Kind::Iptables | Kind::IptablesDump => Some(Variant::Path),
+            Kind::IptablesLegacy | Kind::IptablesLegacyOwnChains => Some(Variant::Legacy),
             Kind::Nftables => None,
+        }
+    }
+
+    /// The read mode forced on the executor, if any (otherwise the flavour's own).
+    fn forced_read_mode(self) -> Option<ReadMode> {
+        match self {
+            Kind::IptablesDump => Some(ReadMode::Dump),
+            Kind::IptablesLegacyOwnChains => Some(ReadMode::OwnChains),
+            _ => None,
         }
     }
 
     /// The iptables binary of this kind (for hand edits), e.g. `ip6tables-legacy`.
     pub fn iptables(self, v6: bool) -> String {
         let base = if v6 { "ip6tables" } else { "iptables" };
-        match self {
-            Kind::IptablesLegacy => format!("{base}-legacy"),
+        match self.variant() {
+            Some(Variant::Legacy) => format!("{base}-legacy"),
             _ => base.to_string(),
         }
     }
 
     pub async fn firewall(self, ns: &Netns) -> Firewall {
         match self.variant() {
-            Some(v) => Firewall::Iptables(
-                IptablesExecutor::detect(ns.exec(), v)
+            Some(v) => {
+                let ex = IptablesExecutor::detect(ns.exec(), v)
                     .await
-                    .expect("detect iptables"),
-            ),
+                    .expect("detect iptables");
+                Firewall::Iptables(match self.forced_read_mode() {
+                    Some(mode) => ex.with_read_mode(mode),
+                    None => ex,
+                })
+            }
             None => Firewall::Nftables(
                 NftablesExecutor::detect(ns.exec())
                     .await
