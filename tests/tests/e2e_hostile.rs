@@ -755,13 +755,51 @@ fn hostile_nodes_are_ignored_reported_and_disturb_nothing() {
 
     // Let the loops run on with every hostile Node in place, then check the honest traffic.
     // (and at least LOOPS_MIN in all, so that the sample means something on a fast machine)
-    finish(&c, loops, loops_started, &before);
+    finish(&c, loops, loops_started, &before, &pods);
 }
 
 /// Let the loops run on (at least LOOPS_MIN in all, so that the sample means something on a
 /// fast machine), then check that every honest node's kernel is as `before` and that no ping
 /// was lost, no TCP connect failed and no honest entry was ever deleted.
-fn finish(c: &Cluster, loops: Loops, loops_started: Instant, before: &[String]) {
+/// Every path between the honest nodes and their pods: each pod to each other pod and to
+/// each node's address, each node to each pod (3 nodes, one pod each: 24 paths). Returns the
+/// paths that failed.
+fn ping_matrix(c: &Cluster, pods: &[Pod]) -> (usize, Vec<String>) {
+    let mut tried = 0;
+    let mut failed = Vec::new();
+    let mut check = |what: String, ok: bool| {
+        tried += 1;
+        if !ok {
+            failed.push(what);
+        }
+    };
+    for a in pods {
+        for b in pods.iter().filter(|b| b.ip != a.ip) {
+            check(format!("{} -> {}", a.name, b.name), a.ping(&b.ip));
+        }
+        for &i in &HONEST {
+            let ip = c.nodes[i].ip.to_string();
+            check(format!("{} -> node-{}", a.name, i + 1), a.ping(&ip));
+        }
+    }
+    for &i in &HONEST {
+        for b in pods {
+            let ok = c.nodes[i]
+                .ns
+                .exec_ok(&["ping", "-c", "1", "-W", "2", &b.ip]);
+            check(format!("node-{} -> {}", i + 1, b.name), ok);
+        }
+    }
+    (tried, failed)
+}
+
+fn finish(c: &Cluster, loops: Loops, loops_started: Instant, before: &[String], pods: &[Pod]) {
+    let (tried, failed) = ping_matrix(c, pods);
+    println!(
+        "ping matrix: {} of {tried} paths work",
+        tried - failed.len()
+    );
+    assert!(failed.is_empty(), "paths broken: {failed:?}");
     std::thread::sleep(
         Duration::from_secs(2).max(LOOPS_MIN.saturating_sub(loops_started.elapsed())),
     );
@@ -979,5 +1017,5 @@ fn host_gw_peers_the_kernel_refuses_are_isolated_and_honest_agents_stay_ready() 
             kernel(&c, i)
         );
     }
-    finish(&c, loops, loops_started, &before);
+    finish(&c, loops, loops_started, &before, &pods);
 }
