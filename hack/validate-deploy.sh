@@ -18,6 +18,11 @@
 #   dry-run      kubectl apply --dry-run=client (files and -k) against a local discovery stub
 #   checkov      no failed check; every skip is an allowed one with a reason in the manifest
 #   wrapper      deploy/iptables-wrapper.sh picks the host's flavour, in scratch netns (root)
+#   lifecycle    install/upgrade/replace/uninstall as deploy/README.md tells them: the image set
+#                in deploy/kustomization.yaml reaches both containers, replace-flannel only adds
+#                TRELLIS_REPLACE_CONFLISTS, the uninstall DaemonSet undoes install-cni's paths
+#   kind         hack/kind-up.sh and kind-down.sh against fake docker/kind/kubectl
+#                (hack/test-kind-scripts.sh), and hack/check-portable.sh (bash 3.2, BSD tools)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -657,8 +662,132 @@ step_wrapper() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The install / upgrade / replace / uninstall story of deploy/README.md, on the renders.
+step_lifecycle() {
+    local dir=$WORK/lifecycle
+    mkdir -p "$dir"
+    # What `kustomize edit set image trellis=REGISTRY/trellis:TAG` does in deploy/ (rewrite the
+    # images entry named trellis), done to a copy with PyYAML (no kustomize binary here).
+    cp -R "$DEPLOY" "$dir/deploy"
+    "$PY" - "$dir/deploy/kustomization.yaml" <<'PYEOF'
+import sys
+import yaml
+path = sys.argv[1]
+with open(path) as f:
+    k = yaml.safe_load(f)
+entries = [i for i in k.get("images") or [] if i.get("name") == "trellis"]
+if len(entries) != 1:
+    sys.exit("deploy/kustomization.yaml needs one images entry named trellis (what `kustomize edit set image trellis=...` rewrites)")
+entries[0].update(newName="registry.example.com/net/trellis", newTag="9.9.9")
+with open(path, "w") as f:
+    yaml.safe_dump(k, f)
+PYEOF
+    "$KUBECTL" kustomize "$dir/deploy" >"$dir/image.yaml"
+    "$KUBECTL" kustomize "$DEPLOY" >"$dir/base.yaml"
+    "$KUBECTL" kustomize "$DEPLOY/examples/replace-flannel" >"$dir/replace.yaml"
+    "$KUBECTL" kustomize "$DEPLOY/examples/uninstall" >"$dir/uninstall.yaml"
+    "$PY" - "$dir" "$DEPLOY" <<'PYEOF'
+import copy, pathlib, sys
+import yaml
+
+dir, deploy = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+problems = []
+
+def check(cond, msg):
+    if not cond:
+        problems.append(msg)
+    return cond
+
+def objs(name):
+    docs = [d for d in yaml.safe_load_all((dir / name).read_text()) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+def containers(ds):
+    spec = ds["spec"]["template"]["spec"]
+    return spec.get("initContainers", []) + spec.get("containers", [])
+
+def by_name(ds, name):
+    return next((c for c in containers(ds) if c["name"] == name), None)
+
+def arg(c, flag):
+    return next((a.split("=", 1)[1] for a in c.get("args", []) if a.startswith(flag + "=")), None)
+
+base = objs("base.yaml")[("DaemonSet", "trellis")]
+base_init = by_name(base, "install-cni")
+
+# Install: the image is set in one place, deploy/kustomization.yaml, for both containers.
+image = objs("image.yaml")[("DaemonSet", "trellis")]
+got = {c["image"] for c in containers(image)}
+check(got == {"registry.example.com/net/trellis:9.9.9"},
+      f"kustomize edit set image trellis=... in deploy/ must set every container's image, got {got}")
+
+# Replacing flannel: off by default; the overlay sets only install-cni's env.
+check(not any(e["name"] == "TRELLIS_REPLACE_CONFLISTS" for e in base_init.get("env", [])),
+      "the base must not replace any foreign conflist (off by default)")
+replace = objs("replace.yaml")[("DaemonSet", "trellis")]
+env = {e["name"]: e.get("value") for e in by_name(replace, "install-cni").get("env", [])}
+check(env.get("TRELLIS_REPLACE_CONFLISTS") == "10-flannel.conflist",
+      f"replace-flannel: install-cni must get TRELLIS_REPLACE_CONFLISTS=10-flannel.conflist, got {env}")
+stripped = copy.deepcopy(replace)
+init = by_name(stripped, "install-cni")
+init["env"] = [e for e in init.get("env", []) if e["name"] != "TRELLIS_REPLACE_CONFLISTS"]
+if not init["env"]:
+    del init["env"]
+check(stripped == base, "replace-flannel: the overlay must change nothing but install-cni's TRELLIS_REPLACE_CONFLISTS")
+
+# Uninstall: a DaemonSet outside trellis-system (gone with `kubectl delete -k deploy`) that
+# undoes exactly what install-cni did, with the same image and the same host paths.
+un = objs("uninstall.yaml")
+ds = un.get(("DaemonSet", "trellis-uninstall"))
+if check(ds, "uninstall: DaemonSet trellis-uninstall missing"):
+    ns = ds["metadata"]["namespace"]
+    check(ns != "trellis-system", "uninstall: must not live in trellis-system, which `kubectl delete -k deploy` removes")
+    nsobj = un.get(("Namespace", ns), {})
+    check(nsobj.get("metadata", {}).get("labels", {}).get("pod-security.kubernetes.io/enforce") == "privileged",
+          f"uninstall: namespace {ns} must be in the render and enforce the privileged level")
+    spec = ds["spec"]["template"]["spec"]
+    check(spec.get("hostNetwork") is True, "uninstall: hostNetwork (kernel state lives in the node's namespace)")
+    check({"operator": "Exists"} in spec.get("tolerations", []), "uninstall: must tolerate every taint, like the agent")
+    check({c["image"] for c in containers(ds)} == {c["image"] for c in containers(base)},
+          "uninstall: must run the image the base installs")
+    u = by_name(ds, "uninstall-cni")
+    if check(u and u.get("args", [None])[0] == "uninstall-cni", "uninstall: init container uninstall-cni must run `uninstall-cni`"):
+        for flag in ("--bin-dir", "--conf-dir", "--conflist-name"):
+            check(arg(u, flag) == arg(base_init, flag), f"uninstall: {flag}={arg(u, flag)} differs from install-cni's {arg(base_init, flag)}")
+        check(sorted(u["securityContext"]["capabilities"].get("add", [])) == ["NET_ADMIN", "NET_RAW"],
+              "uninstall: uninstall-cni needs exactly NET_ADMIN and NET_RAW (--kernel-state)")
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        argv = " ".join(u.get("args", []))
+        for m in u.get("volumeMounts", []):
+            host = (volumes.get(m["name"]) or {}).get("hostPath")
+            if host is None:
+                continue
+            check(m["mountPath"] == host["path"], f"uninstall: {host['path']} must be mounted at the same path (the report names host paths)")
+            check(host["path"] in argv or host["path"] == "/run/xtables.lock",
+                  f"uninstall: mounts {host['path']} but no argument uses it")
+
+# The documentation tells this story.
+readme = (deploy / "README.md").read_text()
+for needle in ("## Install", "## Upgrade", "## Replacing flannel", "## Uninstall",
+               "kustomize edit set image", "TRELLIS_REPLACE_CONFLISTS", "uninstall-cni",
+               "examples/uninstall", "examples/replace-flannel", "hack/build-image.sh"):
+    check(needle in readme, f"deploy/README.md must cover {needle!r}")
+
+for p in problems:
+    print("FAIL:", p)
+print(f"{len(problems)} lifecycle problem(s)")
+sys.exit(1 if problems else 0)
+PYEOF
+}
+
+# hack/kind-up.sh and kind-down.sh against fake docker/kind/kubectl, and their portability.
+step_kind_scripts() {
+    PATH="$(dirname "${KUBECTL:-$(find_kubectl)}"):$PATH" bash "$ROOT/hack/test-kind-scripts.sh"
+}
+
+# ---------------------------------------------------------------------------------------------
 # Steps named on the command line run alone (with what they need): `validate-deploy.sh wrapper`.
-STEPS=(tools lint render schema contracts dry-run checkov wrapper)
+STEPS=(tools lint render schema contracts dry-run checkov wrapper lifecycle kind)
 ONLY=("$@")
 for s in "${ONLY[@]}"; do
     [[ " ${STEPS[*]} " == *" $s "* ]] || { log "unknown step '$s' (steps: ${STEPS[*]})"; exit 2; }
@@ -673,7 +802,7 @@ wants() {
 }
 # Everything but the wrapper check uses the tools; schema, contracts and dry-run read the render.
 needs_render() { wants render || wants schema || wants contracts || wants dry-run; }
-needs_tools() { needs_render || wants tools || wants lint || wants checkov; }
+needs_tools() { needs_render || wants tools || wants lint || wants checkov || wants lifecycle || wants kind; }
 
 TOTAL_START=$(date +%s.%N)
 if needs_tools; then
@@ -696,6 +825,8 @@ if wants dry-run; then
 fi
 if wants checkov; then run_step checkov step_checkov; fi
 if wants wrapper; then run_step wrapper step_wrapper; fi
+if wants lifecycle; then run_step lifecycle step_lifecycle; fi
+if wants kind; then run_step kind step_kind_scripts; fi
 
 TOTAL=$(awk -v s="$TOTAL_START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
 echo
