@@ -55,7 +55,6 @@ on_failure() {
     k -n trellis-system logs ds/trellis -c trellis --tail=40 >&2 || true
     k -n "$TEST_NS" get pods -o wide >&2 || true
 }
-trap on_failure EXIT
 
 # 1. Cluster --------------------------------------------------------------------------------
 cluster_exists() { kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; }
@@ -91,6 +90,10 @@ if ! cluster_exists; then
     # No --wait: without a CNI the nodes cannot become Ready until trellis is applied.
     "${create[@]}"
 fi
+
+# From here on a failure concerns a cluster that exists: show its state. (A refusal above
+# has nothing to show.)
+trap on_failure EXIT
 
 # 2. Image ----------------------------------------------------------------------------------
 say "building $IMAGE"

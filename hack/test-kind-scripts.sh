@@ -55,6 +55,7 @@ expect() { # expect DESCRIPTION COMMAND...: records a problem unless COMMAND suc
 called() { grep -q -- "$2" "$1/calls"; }
 not_called() { ! called "$@"; }
 said() { grep -q -- "$2" "$1/out"; }
+not_said() { ! said "$@"; }
 status_is() { [ "$(cat "$1/rc")" = "$2" ]; }
 status_not() { [ "$(cat "$1/rc")" != "$2" ]; }
 has_cluster() { grep -qx "$2" "$1/clusters"; }
@@ -116,6 +117,7 @@ expect "says how to go on" said "$s" "TRELLIS_KIND_RECREATE=1"
 expect "nothing built" not_called "$s" "docker build"
 expect "nothing applied" not_called "$s" "apply -k"
 expect "cluster not deleted" has_cluster "$s" trellis
+expect "no diagnosis dump for a refusal" not_said "$s" "State for diagnosis"
 scenario "existing cluster running kindnet: refused" "$s"
 
 # 4. The same with TRELLIS_KIND_RECREATE=1: deleted, created from the kind config.
