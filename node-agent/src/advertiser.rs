@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::cluster::{Backoff, BackoffPolicy, NodeEvents, OwnNode};
 use crate::config::BackendType;
+use crate::view::NodeInfo;
 
 /// The longest one call to the API server may take before it counts as failed.
 pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,10 +43,16 @@ pub struct Advertiser {
 }
 
 impl Advertiser {
-    pub fn start(own: OwnNode, events: NodeEvents) -> Advertiser {
+    /// `cached` is the Node watcher's copy of our Node: the annotations are compared with it,
+    /// so publishing reads nothing from the API and writes only what differs.
+    pub fn start(
+        own: OwnNode,
+        events: NodeEvents,
+        cached: watch::Receiver<Option<NodeInfo>>,
+    ) -> Advertiser {
         let (want, want_rx) = watch::channel(Wanted::default());
         let (published_tx, published) = watch::channel(Published::default());
-        tokio::spawn(run(own, events, want_rx, published_tx));
+        tokio::spawn(run(own, events, cached, want_rx, published_tx));
         Advertiser { want, published }
     }
 
@@ -85,6 +92,7 @@ impl Advertiser {
 async fn run(
     own: OwnNode,
     events: NodeEvents,
+    mut cached: watch::Receiver<Option<NodeInfo>>,
     mut want: watch::Receiver<Wanted>,
     published: watch::Sender<Published>,
 ) {
@@ -96,7 +104,8 @@ async fn run(
     let mut done: Option<(BTreeMap<String, String>, u64)> = None;
     loop {
         let wanted = want.borrow_and_update().clone();
-        let ok = publish(&own, &events, &wanted, &mut done, &published).await;
+        let node = cached.borrow_and_update().clone();
+        let ok = publish(&own, &events, node.as_ref(), &wanted, &mut done, &published).await;
         let wait = async {
             if ok {
                 backoff.reset();
@@ -107,6 +116,8 @@ async fn run(
         };
         tokio::select! {
             changed = want.changed() => if changed.is_err() { return },
+            // Someone changed our Node (perhaps our annotations): check again.
+            changed = cached.changed() => if changed.is_err() { return },
             _ = wait => {}
         }
     }
@@ -116,6 +127,7 @@ async fn run(
 async fn publish(
     own: &OwnNode,
     events: &NodeEvents,
+    node: Option<&NodeInfo>,
     wanted: &Wanted,
     done: &mut Option<(BTreeMap<String, String>, u64)>,
     published: &watch::Sender<Published>,
@@ -126,8 +138,16 @@ async fn publish(
     let current = done
         .as_ref()
         .is_some_and(|(a, r)| a == ads && *r == wanted.recheck);
-    if !current {
-        match tokio::time::timeout(API_CALL_TIMEOUT, own.advertise(ads)).await {
+    if !current || node.is_some() {
+        // The watcher's copy of our Node when there is one (no read; nothing is sent when it
+        // already agrees), else a read of the Node.
+        let write = async {
+            match node {
+                Some(n) => own.advertise_over(&n.annotations, ads).await,
+                None => own.advertise(ads).await,
+            }
+        };
+        match tokio::time::timeout(API_CALL_TIMEOUT, write).await {
             Ok(Ok(changed)) => {
                 if changed {
                     info!("node annotations advertised");

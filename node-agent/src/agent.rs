@@ -218,7 +218,6 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     )));
     let own_state = beating(own.wait_ready(&WaitOptions::default()), &beat_tx, &metrics).await?;
     let events = NodeEvents::new(client.clone(), &args.node_name, own_state.uid.as_deref());
-    let mut advertiser = Advertiser::start(own, events.clone());
 
     // Config: a file (static) or the ConfigMap (live).
     let mut config_rx = match &args.net_conf_file {
@@ -295,6 +294,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let watcher = NodeWatcher::new(client.clone(), view.clone(), watch_options);
     let mut view_status = watcher.status();
+    let mut advertiser = Advertiser::start(own, events.clone(), watcher.own_node());
     metrics.attach_node_watch(watcher.stats());
     tokio::spawn(watcher.run());
     let (_monitor, mut drift_rx) = DriftMonitor::start_expecting(dataplane.expected()).await?;

@@ -45,8 +45,8 @@ fn kernel_repair_goes_on_while_the_api_hangs_and_the_agent_catches_up_after() {
     c.with_faults(|f| async move { f.hang_for(Duration::from_secs(120)).await })
         .expect("hang the API");
     // Each round: delete the route, and the drift monitor's pass puts it back. Rounds span
-    // a resync (10 s), whose pass also reads our Node again: that read hangs, the kernel
-    // must not wait for it.
+    // a resync (10 s). The agent before 2026-12-04 read its own Node on every pass: the
+    // first repair's pass hung on that read, and no second repair came.
     let mut worst = Duration::ZERO;
     let started = Instant::now();
     let mut rounds = 0;
@@ -74,12 +74,6 @@ fn kernel_repair_goes_on_while_the_api_hangs_and_the_agent_catches_up_after() {
         matches!(c.agent_http(0, "/readyz"), Some((200, _))),
         "a hung API (for less than the watch limit) made the node not ready"
     );
-    assert!(
-        c.agent_log(0).contains("timed out"),
-        "the hung calls were not reported:\n{}",
-        c.agent_log(0)
-    );
-
     // The API answers again: a Node added now is programmed (the watch resumes or relists).
     c.with_faults(|f| async move { f.clear().await })
         .expect("clear the faults");

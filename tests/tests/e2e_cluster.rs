@@ -231,6 +231,24 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
     );
     assert!(pods[0].ping(&pods[4].ip));
 
+    // Our annotations edited by someone else are put back (the advertiser compares them with
+    // the watch's copy of our Node, so it notices without reading the Node).
+    c.kubectl(&[
+        "annotate",
+        "node",
+        "node-1",
+        "flannel.alpha.coreos.com/backend-type=host-gw",
+        "--overwrite",
+    ])
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || c.node_json("node-1").is_ok_and(
+            |n| n["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-type"] == "vxlan"
+        )),
+        "node-1's tampered annotation was not restored:\n{}",
+        c.agent_log(0)
+    );
+
     // An agent restart under a 20 ms ping loop loses nothing.
     let pinger = ping_loop(&pods[0], &pods[4].ip, 6);
     std::thread::sleep(Duration::from_millis(500));

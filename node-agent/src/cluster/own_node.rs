@@ -366,6 +366,16 @@ impl OwnNode {
             .map_err(self.api_err("get"))?;
         let empty = BTreeMap::new();
         let current = node.metadata.annotations.as_ref().unwrap_or(&empty);
+        self.advertise_over(current, desired).await
+    }
+
+    /// [`OwnNode::advertise`] against annotations already known (the Node watcher's copy of
+    /// our Node): no read, and no write at all when they already say what `desired` says.
+    pub async fn advertise_over(
+        &self,
+        current: &BTreeMap<String, String>,
+        desired: &BTreeMap<String, String>,
+    ) -> Result<bool, OwnNodeError> {
         let Some(patch) = annotation_patch(&self.keys, current, desired) else {
             return Ok(false);
         };
