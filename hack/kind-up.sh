@@ -95,6 +95,17 @@ fi
 # has nothing to show.)
 trap on_failure EXIT
 
+# kind does not load br_netfilter, and without it (or with bridge-nf-call-iptables=0, a
+# per-namespace sysctl) pod -> Service -> pod on the same node fails: the agent reports it and
+# stays not ready. kind's nodes are privileged containers sharing the host's kernel, so the
+# module is loaded from one of them, and the sysctl set in each.
+say "enabling br_netfilter on the nodes"
+for node in $(kind get nodes --name "$CLUSTER"); do
+    docker exec "$node" sh -c 'modprobe br_netfilter 2>/dev/null || true;
+        sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1' \
+        || die "cannot enable br_netfilter on $node: run 'modprobe br_netfilter' on the Docker host"
+done
+
 # 2. Image ----------------------------------------------------------------------------------
 say "building $IMAGE"
 DOCKER_BUILDKIT=1 docker build -f "$ROOT/deploy/Dockerfile" -t "$IMAGE" "$ROOT"

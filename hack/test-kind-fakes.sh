@@ -37,6 +37,7 @@ fake_kind() {
             rm -f "$STATE/kindnet" "$STATE/api-down"
             ;;
         "load docker-image "*) ;;
+        "get nodes --name "*) printf '%s\n' "$4-control-plane" "$4-worker" "$4-worker2" ;;
         *) fail "unexpected: kind $*" ;;
     esac
 }
@@ -47,6 +48,7 @@ fake_docker() {
         "build "*) ;;
         "image ls "*) cat "$STATE/images" 2>/dev/null || true ;;
         "image rm "*) ;;
+        "exec "*) ;;
         *) fail "unexpected: docker $*" ;;
     esac
 }

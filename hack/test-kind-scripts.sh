@@ -89,6 +89,7 @@ expect "exit 0" status_is "$s" 0
 expect "cluster created with deploy/kind-config.yaml" called "$s" "kind create cluster --name trellis --config $ROOT/deploy/kind-config.yaml"
 expect "image built" called "$s" "docker build -f $ROOT/deploy/Dockerfile -t $IMAGE"
 expect "image loaded" called "$s" "kind load docker-image $IMAGE --name trellis"
+expect "br_netfilter enabled on every node" called "$s" "docker exec trellis-worker2 sh -c modprobe br_netfilter"
 expect "render applied with the built image" applied_image_is_ours "$s"
 expect "pods pinged across nodes" called "$s" "exec ping-0 -- ping"
 expect "every kubectl call names the kind context" not_called "$s" "^kubectl [^-]"
