@@ -666,3 +666,48 @@ async fn a_held_xtables_lock_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Without its table, an nftables check and status ask nft for that table only: a missing
+/// table is told by nft's answer, not by listing every table (which makes nft fetch the
+/// whole ruleset, kube-proxy's included).
+#[tokio::test]
+async fn nftables_check_without_the_table_lists_only_that_table() {
+    use trellis_agent::firewall::exec::Exec;
+    use trellis_agent::firewall::nftables::NftablesExecutor;
+
+    let ns = Netns::new("nftmissing");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_string();
+    let prefix = [
+        "sh",
+        "-c",
+        "printf '%s\\n' \"$*\" >>\"$0\"; exec \"$@\"",
+        &log_path,
+        "ip",
+        "netns",
+        "exec",
+        &ns.name,
+    ];
+    let fw = Firewall::Nftables(
+        NftablesExecutor::detect(Exec::new().with_prefix(prefix))
+            .await
+            .expect("detect nft"),
+    );
+    std::fs::write(&log_path, "").unwrap();
+    let drift = fw.check(&full_rules()).await.expect("check");
+    assert!(
+        drift.to_string().contains("missing: chain postrouting"),
+        "{drift}"
+    );
+    assert!(fw.check(&RuleSet::default()).await.unwrap().is_clean());
+    let shown = fw.installed().await.to_string();
+    assert!(
+        shown.contains("(nothing installed)") && !shown.contains("cannot read"),
+        "{shown}"
+    );
+    let commands = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(commands.lines().count(), 3, "{commands}");
+    for c in commands.lines() {
+        assert!(c.ends_with("list table inet trellis"), "{c}");
+    }
+}

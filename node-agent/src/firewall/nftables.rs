@@ -89,17 +89,17 @@ impl NftablesExecutor {
                 lines: text.lines().map(|l| l.replace('\t', "  ")).collect(),
                 error: None,
             },
-            Err(e) => match self.table_exists().await {
-                Ok(false) => Section {
+            Err(FirewallError::Failed { stderr, .. }) if state::is_missing_table(&stderr) => {
+                Section {
                     title,
                     lines: Vec::new(),
                     error: None,
-                },
-                _ => Section {
-                    title,
-                    lines: Vec::new(),
-                    error: Some(e.to_string()),
-                },
+                }
+            }
+            Err(e) => Section {
+                title,
+                lines: Vec::new(),
+                error: Some(e.to_string()),
             },
         };
         Installed {
@@ -120,21 +120,12 @@ impl NftablesExecutor {
                         reason,
                     })
             }
-            // nft says "No such file or directory" for a missing table; rather than match
-            // its words, ask for the list of tables.
-            Err(e) => match self.table_exists().await? {
-                true => Err(e),
-                false => Ok(None),
-            },
+            // Told by its message: listing the tables would read the whole ruleset.
+            Err(FirewallError::Failed { stderr, .. }) if state::is_missing_table(&stderr) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
-    }
-
-    async fn table_exists(&self) -> Result<bool, FirewallError> {
-        let json = self.list(&["-j", "list", "tables", "inet"]).await?;
-        state::table_listed(&json).map_err(|reason| FirewallError::Output {
-            command: format!("{} -j list tables inet", self.binary),
-            reason,
-        })
     }
 
     async fn list(&self, args: &[&str]) -> Result<String, FirewallError> {
