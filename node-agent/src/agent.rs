@@ -244,6 +244,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                 Some(events.clone()),
             );
             let rx = w.subscribe();
+            metrics.attach_config_watch(w.stats());
             tokio::spawn(w.run());
             rx
         }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cluster::NodeWatchStats;
+use crate::cluster::{ConfigStats, NodeWatchStats};
 use crate::readiness;
 
 #[derive(Default)]
@@ -20,7 +20,6 @@ pub struct Metrics {
     reconcile_micros_last: AtomicU64,
     pub last_success_unix: AtomicU64,
     pub backend_switches: AtomicU64,
-    pub config_errors: AtomicU64,
     pub drift_events: AtomicU64,
     /// 1 when the last pass programmed this node's own side (see `readiness`).
     ready: AtomicU64,
@@ -36,6 +35,8 @@ pub struct Metrics {
     backend: Mutex<String>,
     /// The Node watcher's own counters, read at render time.
     node_watch: OnceLock<Arc<NodeWatchStats>>,
+    /// The ConfigMap watcher's, likewise (none with --net-conf-file).
+    config_watch: OnceLock<Arc<ConfigStats>>,
 }
 
 impl Metrics {
@@ -83,6 +84,11 @@ impl Metrics {
     /// relists after 410) while the kernel keeps running on the last good view.
     pub fn attach_node_watch(&self, stats: Arc<NodeWatchStats>) {
         let _ = self.node_watch.set(stats);
+    }
+
+    /// Exports the ConfigMap watcher's counters: invalid configs, configs taken, API errors.
+    pub fn attach_config_watch(&self, stats: Arc<ConfigStats>) {
+        let _ = self.config_watch.set(stats);
     }
 
     /// What the last pass found of this node's own side: `Err(why)` when not programmed.
@@ -231,12 +237,26 @@ impl Metrics {
             "Live backend switches.",
             vec![(String::new(), g(&self.backend_switches) as f64)],
         );
-        metric(
-            "trellis_config_errors_total",
-            "counter",
-            "Invalid net-conf.json seen (the last good one stays).",
-            vec![(String::new(), g(&self.config_errors) as f64)],
-        );
+        if let Some(w) = self.config_watch.get() {
+            metric(
+                "trellis_config_errors_total",
+                "counter",
+                "Invalid net-conf.json contents seen, each counted once (the last good one stays).",
+                vec![(String::new(), g(&w.rejected) as f64)],
+            );
+            metric(
+                "trellis_config_applied_total",
+                "counter",
+                "Valid net-conf.json contents taken (the first one included).",
+                vec![(String::new(), g(&w.applied) as f64)],
+            );
+            metric(
+                "trellis_config_watch_errors_total",
+                "counter",
+                "Failed ConfigMap list/watch calls and watch errors (retried with backoff).",
+                vec![(String::new(), g(&w.errors) as f64)],
+            );
+        }
         metric(
             "trellis_drift_events_total",
             "counter",
@@ -337,7 +357,11 @@ mod tests {
         m.attach_node_watch(w.clone());
         w.errors.fetch_add(3, Ordering::Relaxed);
         w.relists.fetch_add(2, Ordering::Relaxed);
+        let c = Arc::new(ConfigStats::default());
+        m.attach_config_watch(c.clone());
+        c.rejected.fetch_add(2, Ordering::Relaxed);
         let t = m.render();
+        assert!(t.contains("trellis_config_errors_total 2"), "{t}");
         assert!(t.contains("trellis_node_watch_errors_total 3"), "{t}");
         assert!(t.contains("trellis_node_watch_relists_total 2"), "{t}");
         assert!(t.contains("trellis_node_watch_events_total 0"), "{t}");

@@ -786,6 +786,11 @@ fn scenario(
             );
             let ev = events_about(&evs, &name, "InvalidNetConfig", "carrier-pigeon");
             assert_eq!(ev[0]["type"], "Warning");
+            assert_eq!(
+                metric(&c, n, "trellis_config_errors_total"),
+                Some(1.0),
+                "{name}: the invalid config is not counted once"
+            );
         }
         let u0 = now_unix();
         std::thread::sleep(Duration::from_secs(1));
