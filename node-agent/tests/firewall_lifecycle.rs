@@ -489,6 +489,20 @@ async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
             .contains("iptables nat FLANNEL-POSTRTG: missing:"),
         "{drift}"
     );
+
+    // Nothing of ours left: each family costs one listing a table (no chain, so no jump to
+    // look for in the hook).
+    fw.apply(&RuleSet::default()).await.expect("remove");
+    std::fs::write(&log_path, "").unwrap();
+    assert_in_sync(&fw, &RuleSet::default()).await;
+    let commands = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(commands.lines().count(), 4, "{commands}");
+    assert!(
+        commands
+            .lines()
+            .all(|c| c.ends_with("-S FLANNEL-POSTRTG") || c.ends_with("-S FLANNEL-FWD")),
+        "{commands}"
+    );
 }
 
 /// Fewer rules: a disabled part loses its jump (iptables) or chain (nft); an empty rule set

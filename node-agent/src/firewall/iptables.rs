@@ -61,11 +61,12 @@ fn tool_name(family: Family) -> &'static str {
 /// child process counts against the agent's memory limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
-    /// `iptables -t TABLE -S CHAIN` for each of trellis's chains and the built-in chain that
-    /// jumps to it (4 small reads per family). iptables-nft fetches only the chain it is asked
-    /// for, so none of kube-proxy's rules cross the pipe. Cleanup, which must find every
-    /// rule jumping to a chain before deleting it, reads the whole family, and only when
-    /// one of trellis's chains exists.
+    /// `iptables -t TABLE -S CHAIN` for each of trellis's chains and, when it exists, the
+    /// built-in chain that jumps to it (4 small reads per family in use, 2 for a family
+    /// without rules). iptables-nft fetches only the chain it is asked for, so none of
+    /// kube-proxy's rules cross the pipe. Cleanup, which must find every rule jumping to a
+    /// chain before deleting it, reads the whole family, and only when one of trellis's
+    /// chains exists.
     OwnChains,
     /// One `iptables-save` per family, filtered to trellis's lines before parsing. Legacy
     /// iptables has no per-chain read: every command copies whole tables out of the kernel,
@@ -300,14 +301,18 @@ impl IptablesExecutor {
             let Some(hook) = state::hook_of(table) else {
                 continue;
             };
-            let mut listing = self.list_chain(family, table, hook).await?;
-            match self.list_chain(family, table, chain).await {
-                Ok(own) => listing.push_str(&own),
-                // Not there: check reports it missing (or nothing, when none is wanted).
+            let listing = match self.list_chain(family, table, chain).await {
+                Ok(own) => self.list_chain(family, table, hook).await? + &own,
+                // Not there: check reports it missing (or nothing, when none is wanted). A
+                // jump needs its target, so there is none in the hook to count either, and
+                // the hook is not read (a family trellis does not use costs one read a table).
                 Err(FirewallError::Failed { stderr, .. })
-                    if state::is_missing_chain(&stderr, chain) => {}
+                    if state::is_missing_chain(&stderr, chain) =>
+                {
+                    String::new()
+                }
                 Err(e) => return Err(e),
-            }
+            };
             let parsed =
                 state::parse_listing(table, &listing).map_err(|reason| FirewallError::Output {
                     command: format!("{} -t {table} -S", self.variant.binary(family, "")),
