@@ -423,6 +423,9 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// At most this many `PeerSkipped` Events per pass (each new skip is logged regardless).
+const MAX_SKIP_EVENTS_PER_PASS: usize = 5;
+
 /// How often the loop says it is alive while it waits (for a podCIDR, a valid config, the
 /// first Node list): waiting is the loop turning, which `/readyz` and the log explain; only
 /// a loop that stopped turning should fail `/healthz` and get the agent restarted.
@@ -574,8 +577,14 @@ async fn pass(
         }
     };
     let (fresh, cleared) = st.skip_log.update(&plan.skipped);
-    for s in fresh {
+    for (k, s) in fresh.into_iter().enumerate() {
         warn!(node = %s.node, reason = %s.reason, "peer skipped");
+        // A Warning Event on the skipped Node too, off the loop; bounded per pass, since a
+        // burst of hostile Nodes times every agent of the cluster would flood the API.
+        if k < MAX_SKIP_EVENTS_PER_PASS {
+            let (events, node, why) = (events.clone(), s.node.clone(), s.reason.to_string());
+            tokio::spawn(async move { events.peer_skipped(&node, &why).await });
+        }
     }
     for node in cleared {
         info!(%node, "peer no longer skipped (fixed or deleted)");

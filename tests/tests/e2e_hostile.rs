@@ -279,6 +279,28 @@ fn hostile_step(
             i + 1
         );
     }
+    assert!(
+        eventually(SETTLE, || skip_events(c, name) > 0),
+        "no PeerSkipped Warning Event on {name}"
+    );
+}
+
+/// PeerSkipped Warning Events regarding Node `name` (from any agent).
+fn skip_events(c: &Cluster, name: &str) -> usize {
+    let Ok(out) = c.kubectl(&["get", "events.v1.events.k8s.io", "-A", "-o", "json"]) else {
+        return 0;
+    };
+    let list: Value = serde_json::from_str(&out).unwrap_or_default();
+    list["items"].as_array().map_or(0, |items| {
+        items
+            .iter()
+            .filter(|e| {
+                e["reason"] == "PeerSkipped"
+                    && e["type"] == "Warning"
+                    && e["regarding"]["name"] == name
+            })
+            .count()
+    })
 }
 
 /// A Node that lies about nothing: every honest node programs its subnet, and removes every

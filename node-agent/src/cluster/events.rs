@@ -29,6 +29,7 @@ pub mod reason {
     pub const INVALID_CONFIG: &str = "InvalidNetConfig";
     pub const NETWORK_READY: &str = "TrellisIsUp";
     pub const HOST_NOT_READY: &str = "HostNotReady";
+    pub const PEER_SKIPPED: &str = "PeerSkipped";
 }
 
 #[derive(Clone)]
@@ -60,6 +61,35 @@ impl NodeEvents {
     /// Publishes; returns whether the API accepted it. Failures are logged, not returned:
     /// no caller should behave differently because an Event was lost.
     pub async fn emit(&self, type_: EventType, reason: &str, action: &str, note: String) -> bool {
+        self.emit_about(&self.node, type_, reason, action, note)
+            .await
+    }
+
+    /// Tells the operator of another Node (e.g. a skipped peer's) why this node ignores it,
+    /// where `kubectl describe node THAT-NODE` shows it.
+    pub async fn peer_skipped(&self, peer: &str, why: &str) -> bool {
+        let note = format!(
+            "trellis on node {} does not program this Node: {why}",
+            self.node_name
+        );
+        self.emit_about(
+            &node_reference(peer, None),
+            EventType::Warning,
+            reason::PEER_SKIPPED,
+            "ProgramPeer",
+            note,
+        )
+        .await
+    }
+
+    async fn emit_about(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> bool {
         let ev = Event {
             type_,
             reason: reason.to_string(),
@@ -67,7 +97,7 @@ impl NodeEvents {
             action: action.to_string(),
             secondary: None,
         };
-        match tokio::time::timeout(self.timeout, self.recorder.publish(&ev, &self.node)).await {
+        match tokio::time::timeout(self.timeout, self.recorder.publish(&ev, regarding)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(reason, error = %e, "could not publish Event");
