@@ -1,5 +1,6 @@
 pub mod apiserver;
 pub mod containerd;
 pub mod cri;
+pub mod kubelet;
 pub mod netns_cluster;
 pub mod poll;
