@@ -9,14 +9,18 @@ use hyper::Response;
 use serde_json::{json, Value};
 
 use super::http::{self, Body};
+use super::namespaces;
 use super::patch;
+use super::protobuf;
 use super::resources::ResourceType;
+use super::resources::NAMESPACES;
 use super::selector::{FieldSelector, LabelSelector};
 use super::semantics::{self, Target};
 use super::server::ServerState;
 use super::status::ApiError;
 use super::store::{self, Change, Key, StoredObject};
 use super::table;
+use super::tokens;
 use super::util;
 
 pub use super::watch::watch;
@@ -260,6 +264,8 @@ pub fn create(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let obj_ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+    namespaces::admit_create(&state.store, state.namespaces, rt, obj_ns)?;
     let stored = state.store.mutate(key(rt, ns, &name), |cur| match cur {
         Some(_) => Err(ApiError::already_exists(rt, &name)),
         None => Ok(Change::Put(obj)),
@@ -357,6 +363,10 @@ pub fn delete(
     } else {
         parse_body(body)?
     };
+    if rt.id == NAMESPACES.id {
+        let stored = namespaces::delete(state, name)?;
+        return Ok(http::json_bytes(200, stored.json.clone()));
+    }
     let pre = &opts["preconditions"];
     let stored = state.store.mutate(key(rt, ns, name), |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
@@ -387,4 +397,31 @@ pub fn delete(
         Ok(Change::Delete)
     })?;
     Ok(http::json_bytes(200, stored.json.clone()))
+}
+
+/// `POST .../serviceaccounts/NAME/token`: a TokenRequest for a stored ServiceAccount.
+pub fn token_request(
+    state: &Arc<ServerState>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    // client-go's typed clients (`kubectl create token`) send this one as protobuf.
+    let converted;
+    let body = if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        let v = protobuf::token_request_json(body)
+            .map_err(|e| ApiError::bad_request(format!("the protobuf TokenRequest: {e}")))?;
+        converted = serde_json::to_vec(&v).unwrap_or_default();
+        &converted[..]
+    } else {
+        body
+    };
+    let sa = state
+        .store
+        .get(&key(rt, ns, name))
+        .ok_or_else(|| ApiError::not_found(rt, name))?;
+    let out = tokens::token_request(&state.token, &sa.value(), body, util::unix_now())?;
+    Ok(http::json(201, &out))
 }

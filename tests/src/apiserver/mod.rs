@@ -1,8 +1,13 @@
 //! A Kubernetes API emulator speaking the real wire protocol over HTTPS, for tests and demos
-//! where no kube-apiserver can run. It serves core/v1 Nodes (with `status`), ConfigMaps and
-//! Events, and events.k8s.io/v1 Events: get, list (pagination, selectors), watch (bookmarks,
-//! timeouts, 410 on expired versions, streaming lists), create, update, delete, and merge / strategic merge / JSON
-//! patches; plus fault controls under `/_emulator/` and state that survives restarts.
+//! where no kube-apiserver can run. It serves core/v1 Nodes (with `status`), ConfigMaps,
+//! Events, Namespaces, ServiceAccounts (with the `token` subresource: TokenRequest), Pods (with
+//! `status`), apps/v1 DaemonSets (with `status`), events.k8s.io/v1 Events and the four
+//! rbac.authorization.k8s.io/v1 kinds, all from one generic store and a per-kind table
+//! (`resources.rs`, `semantics.rs`): get, list (pagination, selectors), watch (bookmarks,
+//! timeouts, 410 on expired versions, streaming lists), create, update, delete, and merge /
+//! strategic merge / JSON patches; plus fault controls under `/_emulator/` and state that
+//! survives restarts. ServiceAccount tokens are authorized by the RBAC objects stored in the
+//! API, as the apiserver does; enough for `kubectl apply -k deploy` and `kubectl delete -k`.
 //!
 //! In-process use:
 //! ```no_run
@@ -19,8 +24,11 @@ mod admin;
 mod handlers;
 mod http;
 mod identity;
+pub mod kubectl;
+mod namespaces;
 mod patch;
 mod persist;
+mod protobuf;
 pub mod rbac;
 mod resources;
 mod selector;
@@ -29,8 +37,10 @@ mod server;
 mod status;
 mod store;
 mod table;
+mod tokens;
 mod util;
 mod watch;
+mod workloads;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -46,6 +56,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use admin::{EmulatorState, Faults};
 pub use identity::CA_CERT_FILE;
+pub use namespaces::NamespacePolicy;
 pub use persist::STATE_FILE;
 pub use store::StoreLimits;
 
@@ -104,6 +115,10 @@ pub struct EmulatorConfig {
     pub audit: bool,
     /// How a streaming list (`sendInitialEvents` on a watch) is answered.
     pub watch_list: WatchList,
+    /// Whether a create into a namespace that does not exist is refused (as the apiserver
+    /// does) or creates the Namespace. Default: [`NamespacePolicy::Implicit`], because many
+    /// tests predate Namespace objects and create ConfigMaps in namespaces they never made.
+    pub namespaces: NamespacePolicy,
 }
 
 /// How the emulator answers a streaming list (`sendInitialEvents` on a watch).
@@ -146,6 +161,7 @@ impl EmulatorConfig {
             rbac: None,
             audit: false,
             watch_list: WatchList::Served,
+            namespaces: NamespacePolicy::Implicit,
         }
     }
 }
@@ -220,6 +236,7 @@ impl Emulator {
             tracing::info!(rv, objects = objects.len(), "restored state");
             store.load(rv, objects);
         }
+        namespaces::seed(&store).map_err(|e| EmulatorError::Config(e.to_string()))?;
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for addr in &config.listen {
@@ -268,7 +285,9 @@ impl Emulator {
             rbac: config.rbac.clone(),
             audit: config.audit.then(Default::default),
             watch_list: config.watch_list,
+            namespaces: config.namespaces,
         });
+        namespaces::resume_terminating(&state);
         state.persist().await.map_err(|e| EmulatorError::Io {
             path: state.state_path.clone(),
             source: e,
@@ -434,6 +453,11 @@ impl EmulatorHandle {
     /// are audited and, with a policy loaded, authorized by RBAC.
     pub async fn client_with_token(&self, token: &str) -> Result<kube::Client, EmulatorError> {
         admin::client_with_token(&self.kubeconfig_path, token).await
+    }
+
+    /// The real kubectl, as the admin (this emulator's kubeconfig).
+    pub fn kubectl(&self) -> kubectl::Kubectl {
+        kubectl::Kubectl::new(&self.kubeconfig_path)
     }
 
     /// The admin client for fault injection (over HTTPS, like any external test driver).

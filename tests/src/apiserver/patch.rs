@@ -34,14 +34,32 @@ enum ListStrategy {
     MergeScalars,
 }
 
+/// The list strategy of the field at `path`, by field name: the served kinds (Node, Pod,
+/// DaemonSet's pod template, ConfigMap, Events, Namespace, RBAC) never use one name for two
+/// lists with different merge keys, so the name is enough. From the Go types' tags, e.g.
+/// `Containers []Container patchStrategy:"merge" patchMergeKey:"name"`.
 fn list_strategy(path: &[String]) -> Option<ListStrategy> {
-    let p: Vec<&str> = path.iter().map(String::as_str).collect();
-    match p.as_slice() {
-        ["status", "conditions"] | ["status", "addresses"] => {
-            Some(ListStrategy::MergeByKey("type"))
-        }
-        ["metadata", "ownerReferences"] => Some(ListStrategy::MergeByKey("uid")),
-        ["metadata", "finalizers"] | ["spec", "podCIDRs"] => Some(ListStrategy::MergeScalars),
+    use ListStrategy::{MergeByKey, MergeScalars};
+    let last = path.last().map(String::as_str)?;
+    let in_metadata = path.len() == 2 && path[0] == "metadata";
+    match last {
+        "conditions" | "addresses" => Some(MergeByKey("type")),
+        "ownerReferences" if in_metadata => Some(MergeByKey("uid")),
+        "finalizers" if in_metadata => Some(MergeScalars),
+        "podCIDRs" => Some(MergeScalars),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => Some(MergeByKey("name")),
+        "volumeMounts" => Some(MergeByKey("mountPath")),
+        "volumeDevices" => Some(MergeByKey("devicePath")),
+        "ports" => Some(MergeByKey("containerPort")),
+        "hostAliases" | "podIPs" | "hostIPs" => Some(MergeByKey("ip")),
+        "topologySpreadConstraints" => Some(MergeByKey("topologyKey")),
         _ => None,
     }
 }
@@ -104,10 +122,7 @@ fn smp_object(target: &mut Value, patch: &Value, path: &mut Vec<String>) -> Resu
         let slot = t.entry(k.clone()).or_insert(Value::Null);
         let res = match v {
             Value::Object(_) => smp_object(slot, v, path),
-            Value::Array(items) => {
-                smp_list(slot, items, list_strategy(path));
-                Ok(())
-            }
+            Value::Array(items) => smp_list(slot, items, list_strategy(path), path),
             _ => {
                 *slot = v.clone();
                 Ok(())
@@ -123,7 +138,12 @@ fn smp_object(target: &mut Value, patch: &Value, path: &mut Vec<String>) -> Resu
     Ok(())
 }
 
-fn smp_list(target: &mut Value, items: &[Value], strategy: Option<ListStrategy>) {
+fn smp_list(
+    target: &mut Value,
+    items: &[Value],
+    strategy: Option<ListStrategy>,
+    path: &mut Vec<String>,
+) -> Result<(), String> {
     let replace_all = items
         .iter()
         .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"));
@@ -132,7 +152,9 @@ fn smp_list(target: &mut Value, items: &[Value], strategy: Option<ListStrategy>)
             if !target.is_array() {
                 *target = Value::Array(Vec::new());
             }
-            let Value::Array(cur) = target else { return };
+            let Value::Array(cur) = target else {
+                return Ok(());
+            };
             for item in items {
                 let Some(id) = item.get(key).cloned() else {
                     // An item without its merge key cannot be matched: append it as given.
@@ -146,13 +168,12 @@ fn smp_list(target: &mut Value, items: &[Value], strategy: Option<ListStrategy>)
                         cur.remove(i);
                     }
                     (None, true) => {}
-                    (Some(i), false) => {
-                        // Nested lists inside items are not strategic here: plain merge suffices.
-                        merge_patch(&mut cur[i], item);
-                    }
+                    // Items merge strategically too: a container's env and volumeMounts
+                    // merge by their own keys.
+                    (Some(i), false) => smp_object(&mut cur[i], item, path)?,
                     (None, false) => {
                         let mut fresh = Value::Null;
-                        merge_patch(&mut fresh, item);
+                        smp_object(&mut fresh, item, path)?;
                         cur.push(fresh);
                     }
                 }
@@ -162,7 +183,9 @@ fn smp_list(target: &mut Value, items: &[Value], strategy: Option<ListStrategy>)
             if !target.is_array() {
                 *target = Value::Array(Vec::new());
             }
-            let Value::Array(cur) = target else { return };
+            let Value::Array(cur) = target else {
+                return Ok(());
+            };
             for item in items {
                 if !cur.contains(item) {
                     cur.push(item.clone());
@@ -178,6 +201,7 @@ fn smp_list(target: &mut Value, items: &[Value], strategy: Option<ListStrategy>)
             *target = Value::Array(kept);
         }
     }
+    Ok(())
 }
 
 /// RFC 6902 JSON patch; atomic: on error `target` is left unchanged.
@@ -380,6 +404,34 @@ mod tests {
         assert_eq!(
             o,
             json!({"metadata": {"annotations": {"b": "2"}}, "spec": {}})
+        );
+    }
+
+    #[test]
+    fn strategic_merges_pod_template_lists_by_their_keys() {
+        let mut ds = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "a", "image": "i:1",
+                            "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}],
+                            "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+                            "ports": [{"containerPort": 80}]}],
+            "volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}]}}}});
+        strategic_merge_patch(
+            &mut ds,
+            &json!({"spec": {"template": {"spec": {
+                "containers": [{"name": "a", "image": "i:2",
+                                "env": [{"name": "Y", "value": "3"}, {"name": "X", "$patch": "delete"}],
+                                "volumeMounts": [{"mountPath": "/w", "name": "w"}]}],
+                "volumes": [{"name": "w", "$patch": "delete"}]}}}}),
+        )
+        .unwrap();
+        let c = &ds["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "i:2");
+        assert_eq!(c["env"], json!([{"name": "Y", "value": "3"}]));
+        assert_eq!(c["volumeMounts"].as_array().map(Vec::len), Some(2));
+        assert_eq!(c["ports"], json!([{"containerPort": 80}]));
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["volumes"],
+            json!([{"name": "v", "emptyDir": {}}])
         );
     }
 

@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(objs[1].namespace, "kube-system");
         assert_eq!(objs[1].value()["data"]["k"], "v");
         let err = decode(
-            b"{\"resourceVersion\":\"1\",\"objects\":[{\"resource\":\"v1/pods\",\"object\":{}}]}",
+            b"{\"resourceVersion\":\"1\",\"objects\":[{\"resource\":\"v1/services\",\"object\":{}}]}",
         )
         .unwrap_err();
         assert!(err.contains("unknown resource"), "{err}");

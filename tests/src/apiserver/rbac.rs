@@ -232,12 +232,14 @@ impl Policy {
         let docs: Vec<Value> =
             serde_saphyr::from_multiple(text).map_err(|e| format!("not YAML: {e}"))?;
         for v in docs.iter().filter(|v| !v.is_null()) {
-            self.add(v)?;
+            self.add_object(v)?;
         }
         Ok(())
     }
 
-    fn add(&mut self, v: &Value) -> Result<(), String> {
+    /// Adds one Role, ClusterRole, RoleBinding or ClusterRoleBinding (other kinds are ignored):
+    /// from a manifest, or as stored in the API.
+    pub fn add_object(&mut self, v: &Value) -> Result<(), String> {
         let kind = v["kind"].as_str().unwrap_or_default();
         let name = v["metadata"]["name"]
             .as_str()
@@ -282,6 +284,17 @@ impl Policy {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Everything `other` grants, added to this policy.
+    pub fn merge(&mut self, other: &Policy) {
+        for (k, v) in &other.cluster_roles {
+            self.cluster_roles.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &other.roles {
+            self.roles.insert(k.clone(), v.clone());
+        }
+        self.bindings.extend(other.bindings.iter().cloned());
     }
 
     /// The rules that apply to `user` for a request in `namespace` (empty: cluster scope).

@@ -19,6 +19,8 @@ pub struct ResourceType {
     pub has_status: bool,
     /// Field labels usable in `fieldSelector` (values are precomputed per stored object).
     pub field_labels: &'static [&'static str],
+    /// Whether `POST <name>/token` answers a TokenRequest (ServiceAccounts only).
+    pub has_token: bool,
 }
 
 impl ResourceType {
@@ -47,6 +49,7 @@ pub static NODES: ResourceType = ResourceType {
     short_names: &["no"],
     has_status: true,
     field_labels: &["metadata.name", "spec.unschedulable"],
+    has_token: false,
 };
 
 pub static CONFIGMAPS: ResourceType = ResourceType {
@@ -60,6 +63,7 @@ pub static CONFIGMAPS: ResourceType = ResourceType {
     short_names: &["cm"],
     has_status: false,
     field_labels: &["metadata.name", "metadata.namespace"],
+    has_token: false,
 };
 
 pub static CORE_EVENTS: ResourceType = ResourceType {
@@ -87,6 +91,7 @@ pub static CORE_EVENTS: ResourceType = ResourceType {
         "source",
         "type",
     ],
+    has_token: false,
 };
 
 pub static EVENTS_V1: ResourceType = ResourceType {
@@ -111,9 +116,132 @@ pub static EVENTS_V1: ResourceType = ResourceType {
         "reportingController",
         "type",
     ],
+    has_token: false,
 };
 
-pub static RESOURCES: [&ResourceType; 4] = [&NODES, &CONFIGMAPS, &CORE_EVENTS, &EVENTS_V1];
+pub static NAMESPACES: ResourceType = ResourceType {
+    id: 4,
+    group: "",
+    version: "v1",
+    plural: "namespaces",
+    singular: "namespace",
+    kind: "Namespace",
+    namespaced: false,
+    short_names: &["ns"],
+    has_status: true,
+    field_labels: &["metadata.name", "status.phase"],
+    has_token: false,
+};
+
+pub static SERVICE_ACCOUNTS: ResourceType = ResourceType {
+    id: 5,
+    group: "",
+    version: "v1",
+    plural: "serviceaccounts",
+    singular: "serviceaccount",
+    kind: "ServiceAccount",
+    namespaced: true,
+    short_names: &["sa"],
+    has_status: false,
+    field_labels: &["metadata.name", "metadata.namespace"],
+    has_token: true,
+};
+
+pub static PODS: ResourceType = ResourceType {
+    id: 6,
+    group: "",
+    version: "v1",
+    plural: "pods",
+    singular: "pod",
+    kind: "Pod",
+    namespaced: true,
+    short_names: &["po"],
+    has_status: true,
+    field_labels: &[
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ],
+    has_token: false,
+};
+
+pub static DAEMON_SETS: ResourceType = ResourceType {
+    id: 7,
+    group: "apps",
+    version: "v1",
+    plural: "daemonsets",
+    singular: "daemonset",
+    kind: "DaemonSet",
+    namespaced: true,
+    short_names: &["ds"],
+    has_status: true,
+    field_labels: &["metadata.name", "metadata.namespace"],
+    has_token: false,
+};
+
+/// The four RBAC kinds share one shape: no status, name and namespace field labels.
+const fn rbac_type(
+    id: u8,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+) -> ResourceType {
+    ResourceType {
+        id,
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names: &[],
+        has_status: false,
+        field_labels: if namespaced {
+            &["metadata.name", "metadata.namespace"]
+        } else {
+            &["metadata.name"]
+        },
+        has_token: false,
+    }
+}
+
+pub static CLUSTER_ROLES: ResourceType =
+    rbac_type(8, "clusterroles", "clusterrole", "ClusterRole", false);
+pub static CLUSTER_ROLE_BINDINGS: ResourceType = rbac_type(
+    9,
+    "clusterrolebindings",
+    "clusterrolebinding",
+    "ClusterRoleBinding",
+    false,
+);
+pub static ROLES: ResourceType = rbac_type(10, "roles", "role", "Role", true);
+pub static ROLE_BINDINGS: ResourceType =
+    rbac_type(11, "rolebindings", "rolebinding", "RoleBinding", true);
+
+/// Every served type; a type's `id` is its index here and part of the store key, so new types
+/// are appended.
+pub static RESOURCES: [&ResourceType; 12] = [
+    &NODES,
+    &CONFIGMAPS,
+    &CORE_EVENTS,
+    &EVENTS_V1,
+    &NAMESPACES,
+    &SERVICE_ACCOUNTS,
+    &PODS,
+    &DAEMON_SETS,
+    &CLUSTER_ROLES,
+    &CLUSTER_ROLE_BINDINGS,
+    &ROLES,
+    &ROLE_BINDINGS,
+];
 
 pub fn by_id(id: u8) -> &'static ResourceType {
     RESOURCES[id as usize % RESOURCES.len()]
@@ -218,6 +346,17 @@ pub fn resource_list(group: &str, version: &str) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.has_token {
+            resources.push(json!({
+                "name": format!("{}/token", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
     }
     let gv = if group.is_empty() {
         version.to_string()
@@ -235,7 +374,12 @@ pub fn field_value(rt: &ResourceType, obj: &Value, label: &str) -> String {
         match cur.get(part) {
             Some(v) => cur = v,
             None => {
-                return if rt.plural == "nodes" && label == "spec.unschedulable" {
+                // Go renders an unset bool as "false".
+                let is_bool = matches!(
+                    (rt.plural, label),
+                    ("nodes", "spec.unschedulable") | ("pods", "spec.hostNetwork")
+                );
+                return if is_bool {
                     "false".to_string()
                 } else {
                     String::new()
@@ -340,6 +484,10 @@ mod tests {
             Some(EVENTS_V1.id)
         );
         assert!(lookup("apps", "v1", "deployments").is_none());
+        assert_eq!(
+            lookup("apps", "v1", "daemonsets").map(|r| r.kind),
+            Some("DaemonSet")
+        );
         for (i, r) in RESOURCES.iter().enumerate() {
             assert_eq!(r.id as usize, i, "ids index RESOURCES");
         }
@@ -354,7 +502,21 @@ mod tests {
             .flatten()
             .filter_map(|r| r["name"].as_str())
             .collect();
-        assert_eq!(names, ["nodes", "nodes/status", "configmaps", "events"]);
+        assert_eq!(
+            names,
+            [
+                "nodes",
+                "nodes/status",
+                "configmaps",
+                "events",
+                "namespaces",
+                "namespaces/status",
+                "serviceaccounts",
+                "serviceaccounts/token",
+                "pods",
+                "pods/status"
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 use super::resources::ResourceType;
 use super::status::ApiError;
 use super::util;
+use super::{namespaces, workloads};
 
 /// Which endpoint a write came through; it decides which parts of the object may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +155,12 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
     match rt.kind {
         "Node" => validate_node(obj, old, &mut causes),
         "ConfigMap" => validate_configmap(obj, &mut causes),
+        "Namespace" => workloads::namespace(&mut causes, obj),
+        "Pod" => workloads::pod(&mut causes, obj, old),
+        "DaemonSet" => workloads::daemon_set(&mut causes, obj, old),
+        "ClusterRole" | "Role" | "ClusterRoleBinding" | "RoleBinding" => {
+            workloads::rbac(rt.kind, &mut causes, obj)
+        }
         _ => {}
     }
     if causes.is_empty() {
@@ -318,6 +325,7 @@ pub fn prepare_create(
     } else {
         meta.remove("generation");
     }
+    kind_defaults(rt, &mut obj, None);
     validate(rt, &obj, None)?;
     Ok(obj)
 }
@@ -402,8 +410,25 @@ pub fn prepare_update(
             new["metadata"]["generation"] = json!(g + 1);
         }
     }
+    kind_defaults(rt, &mut new, Some(old));
     validate(rt, &new, Some(old))?;
     Ok(new)
+}
+
+/// What the apiserver's per-kind strategies fill in on create (`old` = None) and update.
+fn kind_defaults(rt: &ResourceType, obj: &mut Value, old: Option<&Value>) {
+    match (rt.kind, old) {
+        ("Namespace", _) => namespaces::defaults(obj),
+        // A new Pod starts Pending (podStrategy.PrepareForCreate); its QoS class and
+        // conditions are the kubelet's, i.e. a node driver's, to report.
+        ("Pod", None) => obj["status"] = json!({"phase": "Pending"}),
+        // A new DaemonSet has an empty status, which its controller fills.
+        ("DaemonSet", None) => {
+            obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                                   "desiredNumberScheduled": 0, "numberReady": 0})
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -15,11 +15,13 @@ use serde_json::{json, Value};
 
 use super::handlers;
 use super::http::{self, Body};
+use super::namespaces::NamespacePolicy;
 use super::persist;
 use super::rbac::{self, User};
 use super::resources::{self, ResourceType};
 use super::status::ApiError;
 use super::store::Store;
+use super::tokens;
 
 /// The apiserver's own request-size limit (3 MiB).
 const MAX_BODY: usize = 3 << 20;
@@ -52,6 +54,7 @@ pub struct ServerState {
     pub rbac: Option<rbac::Policy>,
     pub audit: Option<rbac::Audit>,
     pub watch_list: super::WatchList,
+    pub namespaces: NamespacePolicy,
 }
 
 impl ServerState {
@@ -145,7 +148,10 @@ pub fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
         }
     };
     match rest {
-        ["namespaces", ns, plural, tail @ ..] => {
+        // `/namespaces/NAME/status` is the Namespace's own subresource, not a collection.
+        ["namespaces", ns, plural, tail @ ..]
+            if resources::lookup(group, version, plural).is_some() =>
+        {
             let rt = find(plural)?;
             if !rt.namespaced {
                 return Err(ApiError::path_not_found());
@@ -163,34 +169,84 @@ pub fn route(path: &str, server_address: &str) -> Result<Route, ApiError> {
     }
 }
 
-/// Who the bearer token authenticates, if anyone.
-fn authenticate(state: &ServerState, req: &Request<Incoming>) -> Option<User> {
+/// Who made a request, and which RBAC decides for them.
+pub struct Principal {
+    pub user: User,
+    /// A ServiceAccount token from a TokenRequest: authorized by the Roles and bindings stored
+    /// in the API, as the apiserver's RBAC authorizer does.
+    pub api_rbac: bool,
+}
+
+/// Who the bearer token authenticates, if anyone: the admin, an extra user of the
+/// configuration, or a ServiceAccount token this emulator issued for a ServiceAccount that
+/// still exists (the same uid: a recreated ServiceAccount does not inherit old tokens).
+fn authenticate(state: &ServerState, req: &Request<Incoming>) -> Option<Principal> {
     let token = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))?
         .trim();
+    let user = |name: String, admin: bool| Principal {
+        user: User { name, admin },
+        api_rbac: false,
+    };
     if token == state.token {
-        return Some(User {
-            name: "kubernetes-admin".into(),
-            admin: true,
-        });
+        return Some(user("kubernetes-admin".into(), true));
     }
-    state.users.get(token).map(|name| User {
-        name: name.clone(),
-        admin: false,
+    if let Some(name) = state.users.get(token) {
+        return Some(user(name.clone(), false));
+    }
+    let claims = tokens::verify(&state.token, token, super::util::unix_now())?;
+    let key = (
+        resources::SERVICE_ACCOUNTS.id,
+        claims.namespace.clone(),
+        claims.name.clone(),
+    );
+    let sa = state.store.get(&key)?;
+    if sa.value()["metadata"]["uid"].as_str() != Some(claims.uid.as_str()) {
+        return None;
+    }
+    Some(Principal {
+        user: User {
+            name: claims.user_name(),
+            admin: false,
+        },
+        api_rbac: true,
     })
 }
 
-/// Audit and, when a policy is loaded, authorize a resource request.
+/// The Roles, ClusterRoles and their bindings stored in the API, as one policy. Objects that
+/// validation let through always load; one that does not is skipped with a warning rather than
+/// denying everyone.
+fn stored_policy(state: &ServerState) -> rbac::Policy {
+    let (_, objects) = state.store.snapshot();
+    let mut p = rbac::Policy::default();
+    for rt in [
+        &resources::CLUSTER_ROLES,
+        &resources::CLUSTER_ROLE_BINDINGS,
+        &resources::ROLES,
+        &resources::ROLE_BINDINGS,
+    ] {
+        for o in super::store::range(&objects, rt.id, None, None) {
+            if let Err(e) = p.add_object(&o.value()) {
+                tracing::warn!(error = e, "an RBAC object the authorizer cannot read");
+            }
+        }
+    }
+    p
+}
+
+/// Audit and authorize a resource request: ServiceAccount tokens by the RBAC objects in the
+/// API (plus the manifests given at start), extra users by those manifests when loaded.
 fn authorize(
     state: &ServerState,
-    user: &User,
+    who: &Principal,
     method: &Method,
     route: &Route,
     query: &HashMap<String, String>,
 ) -> Result<(), ApiError> {
+    let user = &who.user;
     let (rt, ns, name, sub, collection) = match route {
         Route::Doc(_) => return Ok(()),
         Route::Collection { rt, ns } => (rt, ns, None, None, true),
@@ -212,7 +268,17 @@ fn authorize(
         namespace: ns.clone().unwrap_or_default(),
         name,
     };
-    let allowed = state.rbac.as_ref().is_none_or(|p| p.allows(user, &attrs));
+    let allowed = if user.admin {
+        true
+    } else if who.api_rbac {
+        let mut p = stored_policy(state);
+        if let Some(manifests) = &state.rbac {
+            p.merge(manifests);
+        }
+        p.allows(user, &attrs)
+    } else {
+        state.rbac.as_ref().is_none_or(|p| p.allows(user, &attrs))
+    };
     if let Some(a) = &state.audit {
         a.record(&user.name, &attrs, allowed);
     }
@@ -268,12 +334,12 @@ async fn dispatch(
 ) -> Result<Response<Body>, ApiError> {
     // Public endpoints, readable without credentials as with the default RBAC rules.
     let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version");
-    let user = authenticate(state, &req);
-    if !public && user.is_none() {
+    let who = authenticate(state, &req);
+    if !public && who.is_none() {
         return Err(ApiError::unauthorized());
     }
     if let Some(op) = path.strip_prefix("/_emulator/") {
-        if !user.as_ref().is_some_and(|u| u.admin) {
+        if !who.as_ref().is_some_and(|p| p.user.admin) {
             return Err(ApiError::forbidden_admin());
         }
         return admin(state, req.method(), op, query).await;
@@ -295,8 +361,8 @@ async fn dispatch(
     let table = accept.contains("as=Table");
     let method = req.method().clone();
     let route = route(path, &state.server_address)?;
-    if let Some(user) = &user {
-        authorize(state, user, &method, &route, query)?;
+    if let Some(who) = &who {
+        authorize(state, who, &method, &route, query)?;
     }
     match route {
         Route::Doc(doc) if method == Method::GET => Ok(http::json(200, &doc)),
@@ -316,6 +382,17 @@ async fn dispatch(
                 "the server does not allow this method on the requested resource ({method} {path})"
             ))),
         },
+        Route::Object { rt, ns, name, sub } if rt.has_token && sub.as_deref() == Some("token") => {
+            match method {
+                Method::POST => {
+                    let (h, body) = read_body(req).await?;
+                    handlers::token_request(state, rt, ns.as_deref(), &name, &h.content_type, &body)
+                }
+                _ => Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({method} {path})"
+                ))),
+            }
+        }
         Route::Object { rt, ns, name, sub } => {
             let target = handlers::target(rt, sub.as_deref())?;
             match method {
@@ -538,11 +615,30 @@ mod tests {
             "events.k8s.io/v1/events"
         );
         assert_eq!(r("/apis/events.k8s.io/v1").unwrap().0, "doc");
+        assert_eq!(
+            r("/api/v1/namespaces/x/status").unwrap(),
+            (
+                "v1/namespaces".into(),
+                None,
+                Some("x".into()),
+                Some("status".into())
+            )
+        );
+        assert_eq!(
+            r("/api/v1/namespaces/x/serviceaccounts/sa/token").unwrap(),
+            (
+                "v1/serviceaccounts".into(),
+                Some("x".into()),
+                Some("sa".into()),
+                Some("token".into())
+            )
+        );
+        assert_eq!(r("/apis/apps/v1").unwrap().0, "doc");
         for bad in [
-            "/api/v1/pods",
+            "/api/v1/services",
             "/api/v1/namespaces/x/nodes",
             "/api/v1/configmaps/x",
-            "/apis/apps/v1",
+            "/apis/apps/v1/deployments",
             "/foo",
         ] {
             assert_eq!(r(bad).err().map(|e| e.code), Some(404), "{bad}");

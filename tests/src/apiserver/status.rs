@@ -100,16 +100,26 @@ impl ApiError {
 
     /// 422 with one cause per offending field, formatted like apimachinery's field errors.
     pub fn invalid(rt: &ResourceType, name: &str, causes: Vec<(String, String)>) -> Self {
+        Self::invalid_kind(rt.kind, rt.group, name, causes)
+    }
+
+    /// [`ApiError::invalid`] for a kind the store does not hold (a TokenRequest).
+    pub fn invalid_kind(
+        kind: &str,
+        group: &str,
+        name: &str,
+        causes: Vec<(String, String)>,
+    ) -> Self {
         let text: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         let msg = if text.len() == 1 {
-            format!("{} \"{name}\" is invalid: {}", rt.kind, text[0])
+            format!("{kind} \"{name}\" is invalid: {}", text[0])
         } else {
-            format!("{} \"{name}\" is invalid: [{}]", rt.kind, text.join(", "))
+            format!("{kind} \"{name}\" is invalid: [{}]", text.join(", "))
         };
         let mut e = Self::new(422, "Invalid", msg);
-        let mut d = json!({"name": name, "kind": rt.kind});
-        if !rt.group.is_empty() {
-            d["group"] = json!(rt.group);
+        let mut d = json!({"name": name, "kind": kind});
+        if !group.is_empty() {
+            d["group"] = json!(group);
         }
         d["causes"] = Value::Array(
             causes
@@ -130,6 +140,29 @@ impl ApiError {
     }
 
     /// A non-admin user on the emulator's own `/_emulator/` controls.
+    /// 404 for a write into a namespace that does not exist (the NamespaceLifecycle admission
+    /// plugin's answer).
+    pub fn namespace_not_found(ns: &str) -> Self {
+        Self::new(404, "NotFound", format!("namespaces \"{ns}\" not found"))
+            .with_details_raw(json!({"name": ns, "kind": "namespaces"}))
+    }
+
+    /// 403 for a create in a namespace being deleted.
+    pub fn namespace_terminating(ns: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        )
+    }
+
+    fn with_details_raw(mut self, d: Value) -> Self {
+        self.details = Some(d);
+        self
+    }
+
     pub fn forbidden_admin() -> Self {
         Self::new(
             403,

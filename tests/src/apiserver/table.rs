@@ -10,6 +10,11 @@ fn col(name: &str, ty: &str, format: &str, description: &str) -> Value {
     json!({"name": name, "type": ty, "format": format, "description": description, "priority": 0})
 }
 
+/// A column `kubectl get` shows only with `-o wide` (priority 1).
+fn wide(name: &str, description: &str) -> Value {
+    json!({"name": name, "type": "string", "format": "", "description": description, "priority": 1})
+}
+
 pub fn columns(rt: &ResourceType) -> Vec<Value> {
     let name = col(
         "Name",
@@ -41,8 +46,114 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             ),
             age,
         ],
+        "Pod" => vec![
+            name,
+            col("Ready", "string", "", "The aggregate readiness state of this pod for accepting traffic."),
+            col("Status", "string", "", "The aggregate status of the containers in this pod."),
+            col("Restarts", "string", "", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            age,
+            wide("IP", "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
+            wide("Node", "Name of the Node this pod is bound to."),
+            wide("Nominated Node", "Name of the node nominated by the scheduler."),
+            wide("Readiness Gates", "Pod readiness gates and their status."),
+        ],
+        "DaemonSet" => vec![
+            name,
+            col("Desired", "integer", "", "The total number of nodes that should be running the daemon pod."),
+            col("Current", "integer", "", "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod."),
+            col("Ready", "integer", "", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready."),
+            col("Up-to-date", "integer", "", "The total number of nodes that are running updated daemon pod."),
+            col("Available", "integer", "", "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available."),
+            col("Node Selector", "string", "", "NodeSelector is a selector which must be true for the pod to fit on a node."),
+            age,
+            wide("Containers", "Names of each container in the template."),
+            wide("Images", "Images referenced by each container in the template."),
+            wide("Selector", "A label query over pods that are managed by the daemon set."),
+        ],
+        "Namespace" => vec![
+            name,
+            col("Status", "string", "", "The status of the namespace"),
+            age,
+        ],
+        "ServiceAccount" => vec![
+            name,
+            col("Secrets", "string", "", "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
+            age,
+        ],
         _ => vec![name, age],
     }
+}
+
+/// kubectl's READY/STATUS/RESTARTS for a Pod (printPod, simplified: no init-container detail).
+fn pod_cells(obj: &Value) -> (String, String, i64) {
+    let total = obj["spec"]["containers"].as_array().map_or(0, Vec::len);
+    let statuses = obj["status"]["containerStatuses"].as_array();
+    let ready = statuses.map_or(0, |s| s.iter().filter(|c| c["ready"] == true).count());
+    let restarts = statuses.map_or(0, |s| {
+        s.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
+    });
+    let status = if obj["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating".to_string()
+    } else {
+        obj["status"]["reason"]
+            .as_str()
+            .or(obj["status"]["phase"].as_str())
+            .unwrap_or("Unknown")
+            .to_string()
+    };
+    (format!("{ready}/{total}"), status, restarts)
+}
+
+fn or_none(v: &Value) -> String {
+    v.as_str()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("<none>")
+        .to_string()
+}
+
+fn selector_text(sel: &Value) -> String {
+    let parts: Vec<String> = sel
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn daemon_set_cells(obj: &Value, now: i64) -> Value {
+    let st = &obj["status"];
+    let n = |f: &str| st[f].as_i64().unwrap_or(0);
+    let containers = obj["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let join = |f: &str| {
+        containers
+            .iter()
+            .filter_map(|c| c[f].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    json!([
+        obj["metadata"]["name"],
+        n("desiredNumberScheduled"),
+        n("currentNumberScheduled"),
+        n("numberReady"),
+        n("updatedNumberScheduled"),
+        n("numberAvailable"),
+        selector_text(&obj["spec"]["template"]["spec"]["nodeSelector"]),
+        age(obj, now),
+        join("name"),
+        join("image"),
+        selector_text(&obj["spec"]["selector"]["matchLabels"]),
+    ])
 }
 
 fn node_status(obj: &Value) -> String {
@@ -104,6 +215,26 @@ pub fn row(rt: &ResourceType, obj: &Value, now: i64) -> Value {
             let n = |f: &str| obj[f].as_object().map(|m| m.len()).unwrap_or(0);
             json!([name, n("data") + n("binaryData"), age(obj, now)])
         }
+        "Pod" => {
+            let (ready, status, restarts) = pod_cells(obj);
+            json!([
+                name,
+                ready,
+                status,
+                restarts.to_string(),
+                age(obj, now),
+                or_none(&obj["status"]["podIP"]),
+                or_none(&obj["spec"]["nodeName"]),
+                or_none(&obj["status"]["nominatedNodeName"]),
+                "<none>"
+            ])
+        }
+        "DaemonSet" => daemon_set_cells(obj, now),
+        "Namespace" => json!([name, or_none(&obj["status"]["phase"]), age(obj, now)]),
+        "ServiceAccount" => {
+            let secrets = obj["secrets"].as_array().map_or(0, Vec::len);
+            json!([name, secrets.to_string(), age(obj, now)])
+        }
         _ => json!([name, age(obj, now)]),
     };
     json!({
@@ -156,6 +287,31 @@ mod tests {
             ])
         );
         assert_eq!(r["object"]["metadata"]["name"], "n1");
+    }
+
+    #[test]
+    fn pod_row_has_the_wide_columns() {
+        use crate::apiserver::resources::PODS;
+        let p = json!({"metadata": {"name": "p", "creationTimestamp": "2023-11-14T22:13:20Z"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.5",
+                       "containerStatuses": [{"ready": true, "restartCount": 2}]}});
+        let r = row(&PODS, &p, 1_700_000_000 + 5);
+        assert_eq!(
+            r["cells"],
+            json!([
+                "p",
+                "1/1",
+                "Running",
+                "2",
+                "5s",
+                "10.244.1.5",
+                "n1",
+                "<none>",
+                "<none>"
+            ])
+        );
+        assert_eq!(columns(&PODS).len(), 9);
     }
 
     #[test]

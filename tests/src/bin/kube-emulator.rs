@@ -19,6 +19,8 @@ const USAGE: &str = "usage: kube-emulator --dir DIR [--listen IP:PORT]... [--ser
   --user TOKEN=NAME  an extra bearer token authenticating as user NAME (repeatable); DIR/token is an admin
   --rbac FILE        enforce RBAC for the extra users with the (Cluster)Role(Binding)s in FILE (repeatable)
   --audit            record every resource request per user: GET /_emulator/audit
+  --namespaces MODE  a create into a missing namespace: implicit (default: the Namespace is created)
+                     or required (404 NotFound, as the apiserver)
   --watch-list MODE  streaming lists (sendInitialEvents): served (default), refused (422, as Kubernetes 1.33
                      by default) or ignored (a plain watch that never ends its initial events)
 
@@ -36,6 +38,7 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     let mut rbac: Option<trellis_e2e::apiserver::rbac::Policy> = None;
     let mut audit = false;
     let mut watch_list = trellis_e2e::apiserver::WatchList::Served;
+    let mut namespaces = trellis_e2e::apiserver::NamespacePolicy::Implicit;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -93,6 +96,9 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
             "--watch-list" => {
                 watch_list = value()?.parse().map_err(|e| format!("--watch-list {e}"))?
             }
+            "--namespaces" => {
+                namespaces = value()?.parse().map_err(|e| format!("--namespaces {e}"))?
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -110,6 +116,7 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     cfg.rbac = rbac;
     cfg.audit = audit;
     cfg.watch_list = watch_list;
+    cfg.namespaces = namespaces;
     if let Some(ms) = persist_ms {
         cfg.persist_interval = std::time::Duration::from_millis(ms.max(10));
     }
