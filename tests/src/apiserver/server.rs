@@ -290,6 +290,18 @@ fn authorize(
     }
 }
 
+/// Objects are read as JSON only (what kubectl's apply, create -f, patch and kube-rs send);
+/// client-go's typed clients (`kubectl create configmap ...`) send protobuf, which gets a
+/// clear 415 rather than a JSON parse error. TokenRequest is the one exception (protobuf.rs).
+fn refuse_protobuf(content_type: &str) -> Result<(), ApiError> {
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return Err(ApiError::unsupported_media_type(
+            "application/vnd.kubernetes.protobuf (the emulator reads objects as JSON: use `kubectl create -f` or `apply`)",
+        ));
+    }
+    Ok(())
+}
+
 async fn read_body(req: Request<Incoming>) -> Result<(http::HeaderMapLite, Bytes), ApiError> {
     let ct = req
         .headers()
@@ -375,7 +387,8 @@ async fn dispatch(
             }
             Method::GET => handlers::list(state, rt, ns.as_deref(), query, table),
             Method::POST if ns.is_some() || !rt.namespaced => {
-                let (_, body) = read_body(req).await?;
+                let (h, body) = read_body(req).await?;
+                refuse_protobuf(&h.content_type)?;
                 handlers::create(state, rt, ns.as_deref(), query, &body)
             }
             _ => Err(ApiError::method_not_allowed(format!(
@@ -398,7 +411,8 @@ async fn dispatch(
             match method {
                 Method::GET => handlers::get(state, rt, ns.as_deref(), &name, table),
                 Method::PUT => {
-                    let (_, body) = read_body(req).await?;
+                    let (h, body) = read_body(req).await?;
+                    refuse_protobuf(&h.content_type)?;
                     handlers::update(state, rt, ns.as_deref(), &name, target, query, &body)
                 }
                 Method::PATCH => {
