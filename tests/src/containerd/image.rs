@@ -111,8 +111,38 @@ fn append_dir(builder: &mut tar::Builder<Vec<u8>>, path: &str) -> Result<(), Ima
 /// entry annotated with `io.containerd.image.name` so `ctr images import`
 /// tags it as `name`.
 pub fn oci_layout_tar(pause_binary: &[u8], name: &str) -> Result<Vec<u8>, ImageError> {
+    image_tar(&[("pause", 0o755, pause_binary)], &["/pause"], name)
+}
+
+/// A file of an image's single layer: path (relative, parents are added),
+/// mode, content.
+pub type LayerFile<'a> = (&'a str, u32, &'a [u8]);
+
+/// Like [`oci_layout_tar`], for any set of files and entrypoint: e.g. a
+/// static busybox for the node driver's test containers.
+pub fn image_tar(
+    files: &[LayerFile],
+    entrypoint: &[&str],
+    name: &str,
+) -> Result<Vec<u8>, ImageError> {
     let mut layer = tar::Builder::new(Vec::new());
-    append_file(&mut layer, "pause", 0o755, pause_binary)?;
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, mode, data) in files {
+        // Parent directories first, once each, so the layer unpacks the same
+        // way whatever the snapshotter does with missing parents.
+        let parents: Vec<&Path> = Path::new(path)
+            .ancestors()
+            .skip(1)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+        for dir in parents.into_iter().rev() {
+            let dir = dir.to_string_lossy().into_owned();
+            if dirs.insert(dir.clone()) {
+                append_dir(&mut layer, &dir)?;
+            }
+        }
+        append_file(&mut layer, path, *mode, data)?;
+    }
     let layer = layer.into_inner().map_err(ImageError::Tar)?;
     // Uncompressed layer: its digest is also its diff_id.
     let layer_digest = sha256_hex(&layer);
@@ -120,7 +150,7 @@ pub fn oci_layout_tar(pause_binary: &[u8], name: &str) -> Result<Vec<u8>, ImageE
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": { "Entrypoint": ["/pause"], "WorkingDir": "/" },
+        "config": { "Entrypoint": entrypoint, "WorkingDir": "/" },
         "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_digest}")] },
     }))
     .map_err(|e| ImageError::Tar(io::Error::other(e)))?;

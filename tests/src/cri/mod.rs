@@ -3,9 +3,11 @@
 //! (RunPodSandbox -> CNI ADD, StopPodSandbox/RemovePodSandbox -> CNI DEL).
 //!
 //! Speaks CRI v1 over the runtime's unix socket with the generated `k8s-cri`
-//! stubs. Only the sandbox calls are wrapped: the network tests never need
-//! application containers, the pause process of a sandbox holds the netns.
+//! stubs. The network tests need only the sandbox calls (the pause process
+//! of a sandbox holds the netns); the container calls in `containers.rs`
+//! serve the kubelet-like node driver (tests/src/kubelet).
 
+mod containers;
 mod info;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+pub use containers::{ContainerInfo, ContainerRunState, ExecOutput};
 pub use info::{parse_sandbox_info, SandboxInfo};
 
 /// CRI runtime condition that containerd sets once a CNI config is loaded.

@@ -8,16 +8,25 @@
 //!   [`TranslateError`] naming the first field the driver cannot honour.
 //! - [`volumes`], [`env`], [`security`], [`resources`], [`probes`]: the
 //!   pieces of that translation, one concern each.
+//! - [`runtime`]: one Pod run through CRI on a node's containerd (sandbox,
+//!   init containers in order, containers, restarts with backoff from
+//!   [`container`], probes via [`probe_runner`], teardown), its Pod status
+//!   from [`status`].
 //!
 //! It lives in tests/ on purpose: nothing here may ever be linked into the
 //! agent or the plugin.
 
+pub mod container;
 pub mod env;
 pub mod fields;
+pub mod probe_runner;
 pub mod probes;
 pub mod resources;
+pub mod runtime;
 pub mod security;
+pub mod status;
 pub mod translate;
 pub mod volumes;
 
+pub use runtime::{PodEvent, PodRuntime, RuntimeError, RuntimeOptions};
 pub use translate::{NodeFacts, PodPlan, TranslateError};

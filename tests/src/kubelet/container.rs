@@ -1,0 +1,197 @@
+//! One container of a running pod as the driver tracks it: the current
+//! instance, its last termination, the restart count and crash-loop backoff,
+//! and its probe counters. The decisions (restart or not, next backoff) are
+//! pure functions, unit-tested here.
+
+use std::time::{Duration, Instant};
+
+use super::translate::RestartPolicy;
+
+/// A state as the Pod API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: i64,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        message: String,
+        started_at: i64,
+        finished_at: i64,
+    },
+}
+
+impl Observed {
+    pub fn waiting(reason: &str, message: impl Into<String>) -> Self {
+        Self::Waiting {
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// kubelet's crash-loop backoff: `initial`, doubling up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    /// kubelet's values (10 s doubling to 5 min).
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before restart number `restarts + 1`.
+    pub fn delay(&self, restarts: u32) -> Duration {
+        let factor = 1u32.checked_shl(restarts.min(20)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Whether an exited container is started again. Init containers must
+/// succeed: they are retried on failure unless the policy is Never.
+pub fn should_restart(policy: RestartPolicy, exit_code: i32, init: bool) -> bool {
+    match policy {
+        RestartPolicy::Always if !init => true,
+        RestartPolicy::Always | RestartPolicy::OnFailure => exit_code != 0,
+        RestartPolicy::Never => false,
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProbeCounters {
+    pub liveness_failures: u32,
+    pub readiness_successes: u32,
+    pub readiness_failures: u32,
+    pub next_liveness: Option<Instant>,
+    pub next_readiness: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerRecord {
+    pub name: String,
+    pub image: String,
+    /// The current instance, if one exists in the runtime.
+    pub id: Option<String>,
+    /// Instances created so far (the next one's CRI attempt number).
+    pub attempts: u32,
+    pub state: Observed,
+    pub last_state: Option<Observed>,
+    pub image_ref: String,
+    pub ready: bool,
+    /// No new instance before this (crash-loop backoff).
+    pub retry_at: Option<Instant>,
+    /// Set once the container exited for good (no restart coming).
+    pub finished: bool,
+    pub probes: ProbeCounters,
+}
+
+impl ContainerRecord {
+    pub fn new(name: &str, image: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            image: image.to_string(),
+            id: None,
+            attempts: 0,
+            state: Observed::waiting("ContainerCreating", ""),
+            last_state: None,
+            image_ref: String::new(),
+            ready: false,
+            retry_at: None,
+            finished: false,
+            probes: ProbeCounters::default(),
+        }
+    }
+
+    /// kubelet counts restarts, not instances.
+    pub fn restart_count(&self) -> i32 {
+        i32::try_from(self.attempts.saturating_sub(1)).unwrap_or(i32::MAX)
+    }
+
+    /// The instance exited: keep its state as the last one and schedule the
+    /// next instance after the backoff (or mark it finished).
+    pub fn exited(&mut self, terminated: Observed, restart: bool, backoff: &Backoff, now: Instant) {
+        self.id = None;
+        self.ready = false;
+        self.probes = ProbeCounters::default();
+        if restart {
+            let delay = backoff.delay(self.attempts.saturating_sub(1));
+            self.retry_at = Some(now + delay);
+            let message = format!(
+                "back-off {delay:?} restarting failed container {}",
+                self.name
+            );
+            self.state = Observed::waiting("CrashLoopBackOff", message);
+            self.last_state = Some(terminated);
+        } else {
+            self.finished = true;
+            self.state = terminated;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(500),
+        };
+        let delays: Vec<_> = (0..5).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
+        assert_eq!(Backoff::default().delay(1000), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn restart_policy_table() {
+        use RestartPolicy::*;
+        assert!(should_restart(Always, 0, false));
+        assert!(
+            !should_restart(Always, 0, true),
+            "a succeeded init container is done"
+        );
+        assert!(should_restart(Always, 1, true));
+        assert!(should_restart(OnFailure, 2, false) && !should_restart(OnFailure, 0, false));
+        assert!(!should_restart(Never, 1, false) && !should_restart(Never, 1, true));
+    }
+
+    #[test]
+    fn an_exit_becomes_last_state_with_a_crash_loop_wait() {
+        let mut rec = ContainerRecord::new("c", "img");
+        rec.attempts = 1;
+        rec.id = Some("id".into());
+        let term = Observed::Terminated {
+            exit_code: 3,
+            reason: "Error".into(),
+            message: String::new(),
+            started_at: 1,
+            finished_at: 2,
+        };
+        let now = Instant::now();
+        rec.exited(term.clone(), true, &Backoff::default(), now);
+        assert_eq!(rec.last_state, Some(term));
+        assert!(
+            matches!(&rec.state, Observed::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+        );
+        assert_eq!(rec.retry_at, Some(now + Duration::from_secs(10)));
+        assert_eq!(
+            (rec.id.as_deref(), rec.finished, rec.restart_count()),
+            (None, false, 0)
+        );
+    }
+}
