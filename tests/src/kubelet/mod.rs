@@ -12,17 +12,22 @@
 //!   init containers in order, containers, restarts with backoff from
 //!   [`container`], probes via [`probe_runner`], teardown), its Pod status
 //!   from [`status`].
+//! - [`daemonset`], [`scheduler`] (pure decisions, with [`placement`]):
+//!   one Pod per eligible Node from a DaemonSet, a node for plain Pods.
 //!
 //! It lives in tests/ on purpose: nothing here may ever be linked into the
 //! agent or the plugin.
 
 pub mod container;
+pub mod daemonset;
 pub mod env;
 pub mod fields;
+pub mod placement;
 pub mod probe_runner;
 pub mod probes;
 pub mod resources;
 pub mod runtime;
+pub mod scheduler;
 pub mod security;
 pub mod status;
 pub mod translate;
