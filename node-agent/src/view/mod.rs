@@ -9,11 +9,13 @@
 //!
 //! Conflicts are settled the same way on every node of the cluster, so all of them program the
 //! same winner: the older claim wins, then the lexicographically first name; the local node
-//! always wins against a peer. A claim (podCIDRs, public IPs, VTEP MACs) is as old as its Node's
-//! `creationTimestamp`, unless this agent saw the Node change it: then it dates from that
-//! change. Without that, a long-registered Node that starts advertising a younger node's
-//! subnet or address would take it over, since the age of the Node alone would let it win.
+//! always wins against a peer. Each claim (a podCIDR, a public IP, a VTEP MAC on a VNI) is
+//! dated on its own (see `claims`): as old as its Node's `creationTimestamp`, unless this agent
+//! saw the Node start claiming it, and a conflict compares the dates of the contested claim
+//! only. Without that, a long-registered Node that starts advertising a younger node's subnet,
+//! address or MAC would take it over, and a holder that changed anything else would lose it.
 
+mod claims;
 mod endpoint;
 mod peer;
 mod skip;
@@ -29,6 +31,7 @@ pub use skip::{Missing, SkipLog, SkipReason, Skipped};
 use crate::annotations::{AnnotationKeys, PeerBackend, VxlanData};
 use crate::config::{BackendConfig, NetConfig};
 use crate::dataplane::desired::{Family, Mac};
+use claims::{Claim, ClaimDates};
 
 /// How many VXLAN VNIs other than our own are served at once. A VNI change in flight needs
 /// one (peers still on the old VNI, or already on the new one); each costs a VXLAN device on
@@ -89,8 +92,8 @@ pub struct ClusterView {
     local: LocalLease,
     keys: AnnotationKeys,
     nodes: HashMap<Box<str>, Result<Peer, SkipReason>>,
-    /// Nodes seen changing their claims while this agent ran: when (Unix seconds).
-    claimed_at: HashMap<Box<str>, i64>,
+    /// When each Node took each claim, where this agent saw it happen.
+    claimed_at: ClaimDates,
 }
 
 impl ClusterView {
@@ -99,7 +102,7 @@ impl ClusterView {
             local,
             keys,
             nodes: HashMap::new(),
-            claimed_at: HashMap::new(),
+            claimed_at: ClaimDates::default(),
         }
     }
 
@@ -138,27 +141,19 @@ impl ClusterView {
             return false;
         }
         let entry = Peer::from_node(node, &self.keys);
-        match self.nodes.get_mut(node.name.as_str()) {
-            Some(old) if *old == entry => false,
-            Some(old) => {
-                let claims = claims(&entry);
-                if claims.is_some() && claims != self::claims(old) {
-                    let since = now_unix.max(node.created_unix.unwrap_or(i64::MIN));
-                    self.claimed_at.insert(node.name.as_str().into(), since);
-                }
-                *old = entry;
-                true
-            }
-            None => {
-                self.nodes.insert(node.name.as_str().into(), entry);
-                true
-            }
+        let old = self.nodes.get(node.name.as_str());
+        if old == Some(&entry) {
+            return false;
         }
+        self.claimed_at
+            .observe(&node.name, old, &entry, node.created_unix, now_unix);
+        self.nodes.insert(node.name.as_str().into(), entry);
+        true
     }
 
     /// Forget a deleted Node. Returns whether it was known.
     pub fn remove_node(&mut self, name: &str) -> bool {
-        self.claimed_at.remove(name);
+        self.claimed_at.forget(name);
         self.nodes.remove(name).is_some()
     }
 
@@ -168,7 +163,7 @@ impl ClusterView {
         let before = self.nodes.len();
         self.nodes.retain(|name, _| keep(name));
         let nodes = &self.nodes;
-        self.claimed_at.retain(|name, _| nodes.contains_key(name));
+        self.claimed_at.retain(|name| nodes.contains_key(name));
         before != self.nodes.len()
     }
 
@@ -183,54 +178,77 @@ impl ClusterView {
     }
 
     /// Apply the config- and cluster-wide checks. O(n log n) in the number of Nodes.
+    ///
+    /// Nodes are considered from the one whose newest claim is oldest. A Node that collides
+    /// with one accepted before it wins if its own claim to what they share is older (the
+    /// accepted one then loses everything: a peer is programmed whole or not at all), else it
+    /// is skipped.
     pub fn resolve(&self, config: &NetConfig) -> Resolved<'_> {
         let mut skipped = Vec::new();
         let mut candidates = Vec::with_capacity(self.nodes.len());
         for (name, entry) in &self.nodes {
             match entry {
-                Ok(p) => candidates.push(p),
+                Ok(p) => candidates.push((self.claimed_at.newest(p), p)),
                 Err(reason) => skipped.push(Skipped {
                     node: name.to_string(),
                     reason: reason.clone(),
                 }),
             }
         }
-        // Each claim's date looked up once, not on each of the n log n comparisons: this
-        // runs on every pass over every Node.
-        let mut candidates: Vec<(i64, &Peer)> = candidates
-            .into_iter()
-            .map(|p| {
-                let since = self
-                    .claimed_at
-                    .get(&p.name)
-                    .copied()
-                    .or(p.created_unix)
-                    .unwrap_or(i64::MAX);
-                (since, p)
-            })
-            .collect();
         // Names are unique: an unstable sort gives the same order.
         candidates.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
 
         let mut taken = Taken::default();
-        let mut peers = Vec::with_capacity(candidates.len());
+        let mut accepted: HashMap<&str, &Peer> = HashMap::with_capacity(candidates.len());
         for (_, p) in candidates {
-            match self.check(p, config, &taken) {
-                Ok(()) => {
-                    taken.insert(p, config);
-                    peers.push(p);
-                }
-                Err(reason) => skipped.push(Skipped {
+            if let Err(reason) = self.check(p, config, &taken) {
+                skipped.push(Skipped {
                     node: p.name.to_string(),
                     reason,
+                });
+                continue;
+            }
+            let conflicts = taken.conflicts(p, config);
+            match conflicts.iter().find(|c| !self.wins(p, c, &accepted)) {
+                Some(lost) => skipped.push(Skipped {
+                    node: p.name.to_string(),
+                    reason: lost.reason_for(p, lost.holder),
                 }),
+                None => {
+                    for c in &conflicts {
+                        let Some(q) = accepted.remove(c.holder) else {
+                            continue; // beaten on an earlier conflict already
+                        };
+                        taken.remove(q, config);
+                        skipped.push(Skipped {
+                            node: q.name.to_string(),
+                            reason: c.reason_for(q, &p.name),
+                        });
+                    }
+                    taken.insert(p, config);
+                    accepted.insert(&p.name, p);
+                }
             }
         }
+        let mut peers: Vec<&Peer> = accepted.into_values().collect();
         peers.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         skipped.sort_by(|a, b| a.node.cmp(&b.node));
         Resolved { peers, skipped }
     }
 
+    /// Whether `p` beats the holder in conflict `c`: its claim to what they share is older,
+    /// or as old and its name first.
+    fn wins(&self, p: &Peer, c: &Conflict<'_>, accepted: &HashMap<&str, &Peer>) -> bool {
+        let Some(q) = accepted.get(c.holder) else {
+            return true;
+        };
+        let mine = (self.claimed_at.date(p, &c.mine), &*p.name);
+        let theirs = (self.claimed_at.date(q, &c.theirs), &*q.name);
+        mine < theirs
+    }
+
+    /// Everything but collisions with other peers: what the Node alone, the config and this
+    /// node can tell.
     fn check(&self, p: &Peer, config: &NetConfig, taken: &Taken<'_>) -> Result<(), SkipReason> {
         let local = &self.local;
         let own_ips = [
@@ -258,14 +276,7 @@ impl ClusterView {
                     local: l.into(),
                 });
             }
-            let (start, end) = (u32::from(subnet.network()), u32::from(subnet.broadcast()));
-            if let Some(other) = overlapping(&taken.v4, start, end) {
-                return Err(SkipReason::OverlapsPeer {
-                    subnet: subnet.into(),
-                    other: other.to_string(),
-                });
-            }
-            ip_unique(IpAddr::V4(ip), &own_ips, taken)?;
+            not_ours(IpAddr::V4(ip), &own_ips)?;
         }
         for vni in foreign_vnis(p, config) {
             if !taken.foreign_vnis.contains(&vni) && taken.foreign_vnis.len() >= MAX_FOREIGN_VNIS {
@@ -293,14 +304,7 @@ impl ClusterView {
                     local: l.into(),
                 });
             }
-            let (start, end) = v6_range(subnet);
-            if let Some(other) = overlapping(&taken.v6, start, end) {
-                return Err(SkipReason::OverlapsPeer {
-                    subnet: subnet.into(),
-                    other: other.to_string(),
-                });
-            }
-            ip_unique(IpAddr::V6(ip), &own_ips, taken)?;
+            not_ours(IpAddr::V6(ip), &own_ips)?;
         }
         for (family, data) in vtep_claims(p, config) {
             let own = match family {
@@ -309,13 +313,6 @@ impl ClusterView {
             };
             if data.vtep_mac == own {
                 return Err(SkipReason::VtepMacIsLocal { mac: own });
-            }
-            if let Some(other) = taken.macs.get(&(family, data.vni, data.vtep_mac)) {
-                return Err(SkipReason::DuplicateVtepMac {
-                    mac: data.vtep_mac,
-                    vni: data.vni,
-                    other: other.to_string(),
-                });
             }
         }
         Ok(())
@@ -343,32 +340,6 @@ fn vtep_claims(p: &Peer, config: &NetConfig) -> impl Iterator<Item = (Family, Vx
         .filter_map(|(f, d)| d.map(|d| (f, d)))
 }
 
-/// What a Node claims for itself and can take from others: its subnets, public IPs and
-/// VTEP MACs (with their VNIs).
-type Claims = (
-    Option<Ipv4Network>,
-    Option<Ipv6Network>,
-    Option<Ipv4Addr>,
-    Option<Ipv6Addr>,
-    [Option<(u32, Mac)>; 2],
-);
-
-fn claims(entry: &Result<Peer, SkipReason>) -> Option<Claims> {
-    entry.as_ref().ok().map(|p| {
-        let macs = match p.backend {
-            PeerBackend::Vxlan { v4, v6 } => [v4, v6].map(|d| d.map(|d| (d.vni, d.vtep_mac))),
-            _ => [None, None],
-        };
-        (
-            p.subnet_v4,
-            p.subnet_v6,
-            p.public_ip_v4,
-            p.public_ip_v6,
-            macs,
-        )
-    })
-}
-
 /// The VXLAN VNIs a peer advertises that differ from our configured one.
 fn foreign_vnis(p: &Peer, config: &NetConfig) -> impl Iterator<Item = u32> {
     let own = match &config.backend {
@@ -382,15 +353,9 @@ fn foreign_vnis(p: &Peer, config: &NetConfig) -> impl Iterator<Item = u32> {
     vnis.into_iter().flatten().filter(move |v| Some(*v) != own)
 }
 
-fn ip_unique(ip: IpAddr, own: &[Option<IpAddr>], taken: &Taken<'_>) -> Result<(), SkipReason> {
+fn not_ours(ip: IpAddr, own: &[Option<IpAddr>]) -> Result<(), SkipReason> {
     if own.contains(&Some(ip)) {
         return Err(SkipReason::PublicIpIsLocal { ip });
-    }
-    if let Some(other) = taken.ips.get(&ip) {
-        return Err(SkipReason::DuplicatePublicIp {
-            ip,
-            other: other.to_string(),
-        });
     }
     Ok(())
 }
@@ -417,9 +382,99 @@ struct Taken<'a> {
     ips: HashMap<IpAddr, &'a str>,
     /// VTEP MACs of accepted VXLAN peers, per device (family and VNI).
     macs: HashMap<(Family, u32, Mac), &'a str>,
+    /// Accepted subnets by node, to name them in a skip reason.
+    subnets_v4: HashMap<&'a str, Ipv4Network>,
+    subnets_v6: HashMap<&'a str, Ipv6Network>,
 }
 
 impl<'a> Taken<'a> {
+    /// What `p` shares with accepted peers (several, when its subnet spans theirs).
+    fn conflicts(&self, p: &Peer, config: &NetConfig) -> Vec<Conflict<'a>> {
+        let mut out = Vec::new();
+        if config.ipv4().is_some() {
+            if let Some(s) = p.subnet_v4 {
+                let (start, end) = (u32::from(s.network()), u32::from(s.broadcast()));
+                for holder in overlapping(&self.v4, start, end) {
+                    let theirs = self
+                        .subnets_v4
+                        .get(holder)
+                        .copied()
+                        .map_or(Claim::SubnetV4(s), Claim::SubnetV4);
+                    out.push(Conflict {
+                        holder,
+                        mine: Claim::SubnetV4(s),
+                        theirs,
+                    });
+                }
+            }
+            if let Some(ip) = p.public_ip_v4 {
+                if let Some(holder) = self.ips.get(&IpAddr::V4(ip)) {
+                    let c = Claim::IpV4(ip);
+                    out.push(Conflict {
+                        holder,
+                        mine: c,
+                        theirs: c,
+                    });
+                }
+            }
+        }
+        if config.ipv6().is_some() {
+            if let Some(s) = p.subnet_v6 {
+                let (start, end) = v6_range(s);
+                for holder in overlapping(&self.v6, start, end) {
+                    let theirs = self
+                        .subnets_v6
+                        .get(holder)
+                        .copied()
+                        .map_or(Claim::SubnetV6(s), Claim::SubnetV6);
+                    out.push(Conflict {
+                        holder,
+                        mine: Claim::SubnetV6(s),
+                        theirs,
+                    });
+                }
+            }
+            if let Some(ip) = p.public_ip_v6 {
+                if let Some(holder) = self.ips.get(&IpAddr::V6(ip)) {
+                    let c = Claim::IpV6(ip);
+                    out.push(Conflict {
+                        holder,
+                        mine: c,
+                        theirs: c,
+                    });
+                }
+            }
+        }
+        for (family, data) in vtep_claims(p, config) {
+            if let Some(holder) = self.macs.get(&(family, data.vni, data.vtep_mac)) {
+                let c = Claim::VtepMac(family, data.vni, data.vtep_mac);
+                out.push(Conflict {
+                    holder,
+                    mine: c,
+                    theirs: c,
+                });
+            }
+        }
+        out
+    }
+
+    /// Undo [`Taken::insert`] for a peer that lost a claim after all (its foreign VNIs stay
+    /// counted: the bound only gets stricter).
+    fn remove(&mut self, q: &Peer, config: &NetConfig) {
+        let mine = |name: &str| name == &*q.name;
+        self.v4.retain(|_, (_, n)| !mine(n));
+        self.v6.retain(|_, (_, n)| !mine(n));
+        self.subnets_v4.remove(&*q.name);
+        self.subnets_v6.remove(&*q.name);
+        self.ips.retain(|_, n| !mine(n));
+        for (family, data) in vtep_claims(q, config) {
+            let key = (family, data.vni, data.vtep_mac);
+            if self.macs.get(&key).is_some_and(|n| mine(n)) {
+                self.macs.remove(&key);
+            }
+        }
+    }
+
     fn insert(&mut self, p: &'a Peer, config: &NetConfig) {
         for (family, data) in vtep_claims(p, config) {
             self.macs.insert((family, data.vni, data.vtep_mac), &p.name);
@@ -433,6 +488,7 @@ impl<'a> Taken<'a> {
             if let Some(s) = p.subnet_v4 {
                 self.v4
                     .insert(u32::from(s.network()), (u32::from(s.broadcast()), &p.name));
+                self.subnets_v4.insert(&p.name, s);
             }
             if let Some(ip) = p.public_ip_v4 {
                 self.ips.insert(IpAddr::V4(ip), &p.name);
@@ -442,6 +498,7 @@ impl<'a> Taken<'a> {
             if let Some(s) = p.subnet_v6 {
                 let (start, end) = v6_range(s);
                 self.v6.insert(start, (end, &p.name));
+                self.subnets_v6.insert(&p.name, s);
             }
             if let Some(ip) = p.public_ip_v6 {
                 self.ips.insert(IpAddr::V6(ip), &p.name);
@@ -450,18 +507,59 @@ impl<'a> Taken<'a> {
     }
 }
 
-/// The accepted range overlapping `[start, end]`, if any. Accepted ranges are disjoint, so
-/// only the one starting last at or before `end` can overlap.
+/// The accepted ranges overlapping `[start, end]`: accepted ranges are disjoint, so sorted
+/// by start they are sorted by end too, and the overlapping ones are the last few starting at
+/// or before `end`.
 fn overlapping<'a, T: Ord + Copy>(
     ranges: &BTreeMap<T, (T, &'a str)>,
     start: T,
     end: T,
-) -> Option<&'a str> {
+) -> Vec<&'a str> {
     ranges
         .range(..=end)
-        .next_back()
-        .filter(|(_, (e, _))| *e >= start)
+        .rev()
+        .take_while(|(_, (e, _))| *e >= start)
         .map(|(_, (_, name))| *name)
+        .collect()
+}
+
+/// A peer colliding with an accepted one: what each claims of what they share.
+#[derive(Debug)]
+struct Conflict<'a> {
+    holder: &'a str,
+    mine: Claim,
+    theirs: Claim,
+}
+
+impl Conflict<'_> {
+    /// Why `loser` is skipped, in favour of `winner`.
+    fn reason_for(&self, loser: &Peer, winner: &str) -> SkipReason {
+        let other = winner.to_string();
+        let claim = if *loser.name == *self.holder {
+            self.theirs
+        } else {
+            self.mine
+        };
+        match claim {
+            Claim::SubnetV4(subnet) => SkipReason::OverlapsPeer {
+                subnet: subnet.into(),
+                other,
+            },
+            Claim::SubnetV6(subnet) => SkipReason::OverlapsPeer {
+                subnet: subnet.into(),
+                other,
+            },
+            Claim::IpV4(ip) => SkipReason::DuplicatePublicIp {
+                ip: IpAddr::V4(ip),
+                other,
+            },
+            Claim::IpV6(ip) => SkipReason::DuplicatePublicIp {
+                ip: IpAddr::V6(ip),
+                other,
+            },
+            Claim::VtepMac(_, vni, mac) => SkipReason::DuplicateVtepMac { mac, vni, other },
+        }
+    }
 }
 
 #[cfg(test)]

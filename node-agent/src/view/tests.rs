@@ -622,3 +622,85 @@ fn public_ips_that_cannot_be_endpoints_are_refused_for_every_backend() {
         }
     }
 }
+
+#[test]
+fn a_holder_that_changes_something_else_keeps_what_it_held() {
+    // H (old) copies V's MAC at 7000 and loses it; V then changes only its public IP: V's
+    // claim to the MAC still dates from its creation, so V keeps it.
+    let mut v = view();
+    let mut thief = PeerSpec::new(2, "vxlan").node();
+    thief.created_unix = Some(1_000);
+    let mut holder = PeerSpec::new(3, "vxlan").node();
+    holder.created_unix = Some(5_000);
+    v.upsert_node_at(&thief, 6_000);
+    v.upsert_node_at(&holder, 6_000);
+    set(
+        &mut thief,
+        "backend-data",
+        &format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, peer_mac(3)),
+    );
+    v.upsert_node_at(&thief, 7_000);
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-3"]);
+    set(&mut holder, "public-ip", "192.168.1.33");
+    assert!(v.upsert_node_at(&holder, 8_000));
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-3"]);
+    assert!(matches!(
+        reason(&r, "node-2"),
+        Some(SkipReason::DuplicateVtepMac { other, .. }) if other == "node-3"
+    ));
+    // A brief invalid state of the holder does not re-date its claims either.
+    let mut broken = holder.clone();
+    set(&mut broken, "backend-data", "{");
+    assert!(v.upsert_node_at(&broken, 9_000));
+    assert!(v.upsert_node_at(&holder, 9_500));
+    assert_eq!(names(&v.resolve(&vxlan_config())), ["node-3"]);
+}
+
+#[test]
+fn a_peer_considered_first_loses_everything_to_an_older_claim_it_collides_with() {
+    // node-2's newest claim (a subnet taken at 9000) sorts it after node-3, whose public IP
+    // it copied at 9000 too, but node-3 ... is newer overall: its subnet was taken at 9500.
+    // node-2's claim to node-3's old address is newer than node-3's: node-3 keeps it.
+    let mut v = view();
+    let mut a = PeerSpec::new(2, "vxlan").node();
+    a.created_unix = Some(1_000);
+    let mut b = PeerSpec::new(3, "vxlan").node();
+    b.created_unix = Some(2_000);
+    v.upsert_node_at(&a, 3_000);
+    v.upsert_node_at(&b, 3_000);
+    set(&mut a, "public-ip", "192.168.1.3"); // b's address, claimed at 9000
+    v.upsert_node_at(&a, 9_000);
+    b.pod_cidrs = vec!["10.244.30.0/24".into()]; // b moves its subnet at 9500
+    v.upsert_node_at(&b, 9_500);
+    // a (newest claim 9000) is considered before b (9500) and accepted; then b collides on
+    // the address, which b has held since 2000: b wins, a is skipped.
+    let r = v.resolve(&vxlan_config());
+    assert_eq!(names(&r), ["node-3"]);
+    assert!(matches!(
+        reason(&r, "node-2"),
+        Some(SkipReason::DuplicatePublicIp { other, .. }) if other == "node-3"
+    ));
+}
+
+#[test]
+fn a_subnet_spanning_several_accepted_ones_loses_to_each_older_holder() {
+    let mut v = view();
+    for i in [2, 3] {
+        let mut n = PeerSpec::new(i, "vxlan").node();
+        n.created_unix = Some(1_000);
+        v.upsert_node_at(&n, 1_000);
+    }
+    let mut wide = PeerSpec::new(9, "vxlan").node();
+    wide.created_unix = Some(2_000);
+    wide.pod_cidrs = vec!["10.244.0.0/22".into()]; // spans node-2's and node-3's /24s
+    v.upsert_node_at(&wide, 2_000);
+    let r = v.resolve(&config(
+        r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#,
+    ));
+    assert!(matches!(
+        reason(&r, "node-9"),
+        Some(SkipReason::OverlapsLocal { .. }) | Some(SkipReason::OverlapsPeer { .. })
+    ));
+    assert_eq!(names(&r), ["node-2", "node-3"]);
+}
