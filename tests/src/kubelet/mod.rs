@@ -13,15 +13,22 @@
 //!   [`container`], probes via [`probe_runner`], teardown), its Pod status
 //!   from [`status`].
 //! - [`daemonset`], [`scheduler`] (pure decisions, with [`placement`]):
-//!   one Pod per eligible Node from a DaemonSet, a node for plain Pods.
+//!   one Pod per eligible Node from a DaemonSet, a node for plain Pods;
+//!   [`controllers`] runs them against the API.
+//! - [`node_driver`]: the per-node kubelet loop against the API (Pods with
+//!   `spec.nodeName=<node>`, status and Events written back), volume data
+//!   fetched by [`api_data`].
 //!
 //! It lives in tests/ on purpose: nothing here may ever be linked into the
 //! agent or the plugin.
 
+pub mod api_data;
 pub mod container;
+pub mod controllers;
 pub mod daemonset;
 pub mod env;
 pub mod fields;
+pub mod node_driver;
 pub mod placement;
 pub mod probe_runner;
 pub mod probes;
