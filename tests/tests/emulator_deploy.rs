@@ -352,6 +352,24 @@ async fn kubectl_apply_changes_the_daemonset_by_strategic_merge_and_refuses_what
         "nothing of the refused apply was stored"
     );
 
+    // A typo: kubectl asks for strict field validation, so the unknown field is named and
+    // nothing is stored (not the object with the field silently dropped).
+    let mut typo = ds.clone();
+    typo["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = json!("Always");
+    typo["spec"]["template"]["spec"]["containers"][0]["image"] = json!("trellis:0.3.0");
+    let file = write_json(&dir, "typo.json", &typo);
+    let refused = k.run(&["apply", "-f", &file]).await.expect("kubectl runs");
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("unknown field \"spec.template.spec.containers[0].imagePullPolicyy\""),
+        "{}",
+        refused.stderr
+    );
+    let after = serde_json::to_value(dss.get("trellis").await.expect("get")).expect("JSON");
+    assert_eq!(after["spec"], stored["spec"]);
+
     // A multi-document apply: each object is its own request, each all or nothing. The valid
     // ConfigMap is created, the Pod whose mount names no volume is refused by field.
     let multi = dir.path().join("multi.yaml");

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use hyper::Response;
 use serde_json::{json, Value};
 
+use super::fields;
 use super::http::{self, Body};
 use super::namespaces;
 use super::patch;
@@ -44,6 +45,11 @@ fn reject_dry_run(q: &HashMap<String, String>) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// `fieldValidation` of a write: Strict, Warn (the default) or Ignore.
+fn field_validation(q: &HashMap<String, String>) -> Option<&str> {
+    q.get("fieldValidation").map(String::as_str)
 }
 
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
@@ -259,7 +265,9 @@ pub fn create(
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
     reject_dry_run(q)?;
-    let obj = semantics::prepare_create(rt, ns, parse_body(body)?, util::unix_now())?;
+    let mut obj = parse_body(body)?;
+    fields::check(rt, &mut obj, field_validation(q))?;
+    let obj = semantics::prepare_create(rt, ns, obj, util::unix_now())?;
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -284,7 +292,8 @@ pub fn update(
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
     reject_dry_run(q)?;
-    let new = parse_body(body)?;
+    let mut new = parse_body(body)?;
+    fields::check(rt, &mut new, field_validation(q))?;
     let stored = state.store.mutate(key(rt, ns, name), |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
         Ok(Change::Put(semantics::prepare_update(
@@ -342,6 +351,7 @@ pub fn patch(
         let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
         let mut new = old.clone();
         apply_patch(content_type, &mut new, body)?;
+        fields::check(rt, &mut new, field_validation(q))?;
         Ok(Change::Put(semantics::prepare_update(
             rt, target, old, new, name,
         )?))

@@ -21,6 +21,7 @@
 //! ```
 
 mod admin;
+mod fields;
 mod handlers;
 mod http;
 mod identity;
