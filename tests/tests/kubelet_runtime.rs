@@ -10,20 +10,19 @@
 //! holding a containerd are serialised by a host-wide lock.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use serde_json::{json, Value};
-use trellis_e2e::containerd::{self, cni, image, Containerd, ContainerdOptions, NodeNetns};
+use trellis_e2e::containerd;
 use trellis_e2e::cri::CriClient;
 use trellis_e2e::kubelet::container::Backoff;
-use trellis_e2e::kubelet::volumes::{NodeDirs, VolumeData};
-use trellis_e2e::kubelet::{NodeFacts, PodRuntime, RuntimeError, RuntimeOptions};
+use trellis_e2e::kubelet::harness::{TestNode as Node, BUSYBOX, TEST_IMAGE};
+use trellis_e2e::kubelet::volumes::VolumeData;
+use trellis_e2e::kubelet::{PodRuntime, RuntimeError, RuntimeOptions};
 
-const BUSYBOX: &str = "/bin/busybox";
-const TEST_IMAGE: &str = "localhost/trellis/busybox:1";
 const NODE: &str = "kn-1";
 const TOKEN: &str = "test-token-123";
 
@@ -46,66 +45,6 @@ fn prerequisites() -> bool {
         return false;
     }
     true
-}
-
-/// A node: netns, containerd with the reference bridge plugins, pause and
-/// busybox images imported, and the node's private dirs.
-struct Node {
-    ctd: Containerd,
-    facts: NodeFacts,
-    _tmp: tempfile::TempDir,
-}
-
-fn start_node() -> TestResult<Node> {
-    let tmp = tempfile::Builder::new()
-        .prefix("trellis-kubelet-")
-        .tempdir()
-        .map_err(err("tempdir"))?;
-    let t = tmp.path();
-    let plugins = ["bridge", "host-local", "loopback"].map(|p| (p, cni::reference_plugin(p)));
-    let links: Vec<(&str, &Path)> = plugins.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    cni::link_plugins(&t.join("cni/bin"), &links).map_err(err("plugins"))?;
-    let conflist = json!({"cniVersion": "1.0.0", "name": "kn", "plugins": [{
-        "type": "bridge", "bridge": "cni0", "isGateway": true,
-        "ipam": {"type": "host-local", "dataDir": t.join("ipam"),
-                 "ranges": [[{"subnet": "10.244.9.0/24"}]]}}]});
-    cni::write_conflist(&t.join("cni/conf"), "10-kn.conflist", &conflist)
-        .map_err(err("conflist"))?;
-    let pause = image::build_pause_image(t).map_err(err("pause image"))?;
-    let busybox = busybox_image(t)?;
-    let node = NodeNetns::create("tkub").map_err(err("netns"))?;
-    let opts = ContainerdOptions::new(t.join("cni/bin"), t.join("cni/conf"));
-    let ctd = Containerd::start(node, &opts).map_err(err("containerd"))?;
-    ctd.import_image(&pause).map_err(err("import pause"))?;
-    ctd.import_image(&busybox).map_err(err("import busybox"))?;
-    let facts = NodeFacts {
-        node_name: NODE.into(),
-        node_ip: Some("127.0.0.1".into()),
-        dirs: NodeDirs {
-            root: t.join("root"),
-            pods: t.join("pods"),
-        },
-        api_host: "10.96.0.1".into(),
-        api_port: 443,
-    };
-    Ok(Node {
-        ctd,
-        facts,
-        _tmp: tmp,
-    })
-}
-
-fn busybox_image(dir: &Path) -> TestResult<PathBuf> {
-    let bytes = std::fs::read(BUSYBOX).map_err(err("read busybox"))?;
-    let tar = image::image_tar(
-        &[("bin/busybox", 0o755, &bytes)],
-        &["/bin/busybox"],
-        TEST_IMAGE,
-    )
-    .map_err(err("image"))?;
-    let path = dir.join("busybox.tar");
-    std::fs::write(&path, tar).map_err(err("write image"))?;
-    Ok(path)
 }
 
 struct Data;
@@ -174,7 +113,7 @@ fn run<F: std::future::Future<Output = TestResult>>(f: impl FnOnce(Rc<Node>) -> 
         return Ok(());
     }
     let _serial = containerd::serial_lock().map_err(err("lock"))?;
-    let node = Rc::new(start_node()?);
+    let node = Rc::new(Node::start(NODE, 9, "10.96.0.1", 443).map_err(err("node"))?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

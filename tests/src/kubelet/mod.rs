@@ -28,6 +28,7 @@ pub mod controllers;
 pub mod daemonset;
 pub mod env;
 pub mod fields;
+pub mod harness;
 pub mod node_driver;
 pub mod placement;
 pub mod probe_runner;
