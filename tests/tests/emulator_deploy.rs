@@ -401,6 +401,57 @@ async fn kubectl_apply_changes_the_daemonset_by_strategic_merge_and_refuses_what
         .expect("get")
         .is_none());
 
+    // Deleting the DaemonSet deletes its Pods (ownerReferences, as the garbage collector
+    // does); a Pod a node runs is deleted gracefully: marked, left for its kubelet (a node
+    // driver) to stop and then delete with grace 0.
+    let ds_uid = after["metadata"]["uid"].as_str().expect("uid").to_string();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    for (name, node) in [("trellis-on-1", Some("node-1")), ("trellis-unbound", None)] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "ownerReferences": [{"apiVersion": "apps/v1",
+                "kind": "DaemonSet", "name": "trellis", "uid": ds_uid, "controller": true}]},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 30,
+                     "containers": [{"name": "c", "image": "i"}]}
+        }))
+        .expect("a Pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create");
+    }
+    pods.patch_status(
+        "trellis-on-1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .expect("running");
+    k.ok(&["-n", NS, "delete", "ds", "trellis"])
+        .await
+        .expect("delete ds");
+    assert!(dss.get_opt("trellis").await.expect("get").is_none());
+    assert!(
+        pods.get_opt("trellis-unbound")
+            .await
+            .expect("get")
+            .is_none(),
+        "unbound: at once"
+    );
+    let terminating = pods
+        .get("trellis-on-1")
+        .await
+        .expect("still there, terminating");
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    let listed = k.ok(&["-n", NS, "get", "pods"]).await.expect("get pods");
+    assert!(listed.contains("Terminating"), "{listed}");
+    pods.delete(
+        "trellis-on-1",
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await
+    .expect("the kubelet's final delete");
+    assert!(pods.get_opt("trellis-on-1").await.expect("get").is_none());
+
     // A namespace that does not exist: 404 as the apiserver's, nothing created.
     let lost = write_json(
         &dir,

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use hyper::Response;
 use serde_json::{json, Value};
 
+use super::deletion;
 use super::fields;
 use super::http::{self, Body};
 use super::namespaces;
@@ -377,35 +378,8 @@ pub fn delete(
         let stored = namespaces::delete(state, name)?;
         return Ok(http::json_bytes(200, stored.json.clone()));
     }
-    let pre = &opts["preconditions"];
-    let stored = state.store.mutate(key(rt, ns, name), |cur| {
-        let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
-        if let Some(uid) = pre["uid"].as_str() {
-            if old["metadata"]["uid"].as_str() != Some(uid) {
-                return Err(ApiError::precondition_failed(
-                    rt,
-                    name,
-                    &format!(
-                        "UID in precondition: {uid}, UID in object meta: {}",
-                        old["metadata"]["uid"].as_str().unwrap_or("")
-                    ),
-                ));
-            }
-        }
-        if let Some(rv) = pre["resourceVersion"].as_str() {
-            if old["metadata"]["resourceVersion"].as_str() != Some(rv) {
-                return Err(ApiError::precondition_failed(
-                    rt,
-                    name,
-                    &format!(
-                        "ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        old["metadata"]["resourceVersion"].as_str().unwrap_or("")
-                    ),
-                ));
-            }
-        }
-        Ok(Change::Delete)
-    })?;
+    let opts = deletion::Options::parse(&opts, q)?;
+    let stored = deletion::delete(state, rt, ns, name, &opts)?;
     Ok(http::json_bytes(200, stored.json.clone()))
 }
 

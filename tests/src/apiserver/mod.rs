@@ -21,6 +21,7 @@
 //! ```
 
 mod admin;
+mod deletion;
 mod fields;
 mod handlers;
 mod http;
