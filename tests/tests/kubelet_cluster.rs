@@ -1,0 +1,382 @@
+//! The node driver against the API emulator: the DaemonSet controller, the
+//! scheduler and one node's kubelet loop (a containerd in a node namespace)
+//! run a DaemonSet Pod, a plain Pod and a Pod the driver cannot honour;
+//! status and Events come back through the API, and a deleted DaemonSet Pod
+//! is replaced.
+//!
+//! Needs root, containerd, runc, containernetworking-plugins, gcc (pause)
+//! and busybox-static. About 8 s on 2 cores (containerd tests are
+//! serialised by a host-wide lock).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
+use trellis_e2e::containerd;
+use trellis_e2e::cri::CriClient;
+use trellis_e2e::kubelet::container::Backoff;
+use trellis_e2e::kubelet::controllers::{daemonset_pass, scheduler_pass};
+use trellis_e2e::kubelet::harness::{TestNode, BUSYBOX, TEST_IMAGE};
+use trellis_e2e::kubelet::node_driver::NodeDriver;
+use trellis_e2e::kubelet::RuntimeOptions;
+
+const NODE: &str = "kn-1";
+const NS: &str = "demo";
+
+type TestResult<T = ()> = Result<T, String>;
+
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn object<K: DeserializeOwned>(v: Value) -> TestResult<K> {
+    serde_json::from_value(v).map_err(err("object json"))
+}
+
+fn sh(script: &str) -> Value {
+    json!([BUSYBOX, "sh", "-c", format!("B={BUSYBOX}; {script}")])
+}
+
+fn agent_daemonset() -> TestResult<DaemonSet> {
+    object(json!({
+        "metadata": {"name": "agent", "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": {
+            "metadata": {"labels": {"app": "agent"}},
+            "spec": {
+                "hostNetwork": true, "serviceAccountName": "agent", "automountServiceAccountToken": false,
+                "terminationGracePeriodSeconds": 1,
+                "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
+                "containers": [{
+                    "name": "agent", "image": TEST_IMAGE,
+                    "command": sh("$B cp /sa/token /sa/ca.crt /data/ && echo \"$NODE_NAME\" > /data/node && exec $B sleep 1000"),
+                    "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+                    "readinessProbe": {"exec": {"command": [BUSYBOX, "test", "-s", "/data/token"]}, "periodSeconds": 1},
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "sa", "mountPath": "/sa", "readOnly": true}]
+                }],
+                "volumes": [
+                    {"name": "data", "hostPath": {"path": "/var/lib/agent", "type": "DirectoryOrCreate"}},
+                    {"name": "sa", "projected": {"sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}
+                ]
+            }
+        }}
+    }))
+}
+
+fn web_pod() -> TestResult<Pod> {
+    object(json!({
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "web", "image": TEST_IMAGE,
+            "command": [BUSYBOX, "httpd", "-f", "-p", "8080", "-h", "/"],
+            "readinessProbe": {"httpGet": {"path": "/bin/busybox", "port": 8080}, "periodSeconds": 1}}]}
+    }))
+}
+
+fn pvc_pod() -> TestResult<Pod> {
+    object(json!({
+        "metadata": {"name": "needs-pvc", "namespace": NS},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": TEST_IMAGE}],
+                 "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "claim"}}]}
+    }))
+}
+
+async fn seed(client: &Client) -> TestResult {
+    let pp = PostParams::default();
+    let node: Node =
+        object(json!({"metadata": {"name": NODE, "labels": {"kubernetes.io/os": "linux"}}}))?;
+    Api::<Node>::all(client.clone())
+        .create(&pp, &node)
+        .await
+        .map_err(err("Node"))?;
+    let sa: ServiceAccount = object(json!({"metadata": {"name": "agent", "namespace": NS}}))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), NS)
+        .create(&pp, &sa)
+        .await
+        .map_err(err("ServiceAccount"))?;
+    let ca: ConfigMap = object(
+        json!({"metadata": {"name": "kube-root-ca.crt", "namespace": NS}, "data": {"ca.crt": "TEST-CA"}}),
+    )?;
+    Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .create(&pp, &ca)
+        .await
+        .map_err(err("ConfigMap"))?;
+    Api::<DaemonSet>::namespaced(client.clone(), NS)
+        .create(&pp, &agent_daemonset()?)
+        .await
+        .map_err(err("DaemonSet"))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), NS);
+    pods.create(&pp, &web_pod()?)
+        .await
+        .map_err(err("web Pod"))?;
+    pods.create(&pp, &pvc_pod()?)
+        .await
+        .map_err(err("pvc Pod"))?;
+    Ok(())
+}
+
+/// Runs every controller once per 200 ms until `check` returns Some.
+async fn drive_until<T>(
+    client: &Client,
+    driver: &mut NodeDriver,
+    timeout: Duration,
+    what: &str,
+    check: impl AsyncCheck<T>,
+) -> TestResult<T> {
+    let start = Instant::now();
+    loop {
+        daemonset_pass(client)
+            .await
+            .map_err(err("daemonset pass"))?;
+        scheduler_pass(client)
+            .await
+            .map_err(err("scheduler pass"))?;
+        driver.pass().await.map_err(err("node pass"))?;
+        if let Some(found) = check.check(client).await? {
+            return Ok(found);
+        }
+        if start.elapsed() > timeout {
+            let pods = Api::<Pod>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(err("list"))?;
+            return Err(format!(
+                "{what}: not after {timeout:?}; pods: {:#?}",
+                pods.items
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A check against the API (async closures without boxing).
+trait AsyncCheck<T> {
+    async fn check(&self, client: &Client) -> TestResult<Option<T>>;
+}
+
+/// The Running, Ready Pods of the namespace.
+struct RunningPods;
+
+impl AsyncCheck<Vec<Pod>> for RunningPods {
+    async fn check(&self, client: &Client) -> TestResult<Option<Vec<Pod>>> {
+        let pods = Api::<Pod>::namespaced(client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .map_err(err("list"))?;
+        let ready: Vec<Pod> = pods.items.into_iter().filter(is_ready).collect();
+        let names = |p: &Pod| {
+            p.metadata
+                .generate_name
+                .clone()
+                .or(p.metadata.name.clone())
+                .unwrap_or_default()
+        };
+        let has = |n: &str| ready.iter().any(|p| names(p) == n);
+        Ok((has("agent-") && has("web")).then_some(ready))
+    }
+}
+
+fn is_ready(p: &Pod) -> bool {
+    let st = p.status.as_ref();
+    st.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && st
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A replacement agent Pod (uid other than `old`) is running and ready.
+struct Replaced(String);
+
+impl AsyncCheck<Pod> for Replaced {
+    async fn check(&self, client: &Client) -> TestResult<Option<Pod>> {
+        let pods = Api::<Pod>::namespaced(client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .map_err(err("list"))?;
+        Ok(pods.items.into_iter().find(|p| {
+            p.metadata.generate_name.as_deref() == Some("agent-")
+                && p.metadata.uid.as_deref() != Some(self.0.as_str())
+                && is_ready(p)
+        }))
+    }
+}
+
+#[test]
+fn daemonset_plain_and_unhonourable_pods_through_the_api() -> TestResult {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("\n!!!!!!!! SKIPPED: needs root (netns, containerd, runc) !!!!!!!!\n");
+        return Ok(());
+    }
+    let _serial = containerd::serial_lock().map_err(err("lock"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(err("tokio"))?;
+    rt.block_on(async {
+        let dir = tempfile::tempdir().map_err(err("tempdir"))?;
+        let emu = Emulator::start(EmulatorConfig::new(dir.path()))
+            .await
+            .map_err(err("emulator"))?;
+        let client = emu.client().await.map_err(err("client"))?;
+        let port = emu
+            .url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .ok_or("emulator url has no port")?;
+        let node = Rc::new(TestNode::start(NODE, 11, "127.0.0.1", port).map_err(err("node"))?);
+        let result = scenario(&client, &node).await;
+        result.map_err(|e| {
+            format!(
+                "{e}\n--- containerd log tail ---\n{}",
+                node.ctd.log_tail(30)
+            )
+        })
+    })
+}
+
+async fn scenario(client: &Client, node: &TestNode) -> TestResult {
+    let mut cri = CriClient::connect(node.ctd.socket())
+        .await
+        .map_err(err("connect"))?;
+    cri.wait_network_ready(Duration::from_secs(10))
+        .await
+        .map_err(err("network"))?;
+    let opts = RuntimeOptions {
+        backoff: Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+        },
+    };
+    let mut driver = NodeDriver::new(client.clone(), cri, node.facts.clone(), opts);
+    seed(client).await?;
+    let result = checks(client, node, &mut driver).await;
+    let errors = driver.shutdown().await;
+    result?;
+    if !errors.is_empty() {
+        return Err(format!("teardown: {errors:?}"));
+    }
+    let mut cri = CriClient::connect(node.ctd.socket())
+        .await
+        .map_err(err("connect"))?;
+    let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
+    if !left.is_empty() || !node.ctd.live_task_ids().is_empty() {
+        return Err(format!(
+            "left behind: {left:?}, tasks {:?}",
+            node.ctd.live_task_ids()
+        ));
+    }
+    Ok(())
+}
+
+async fn checks(client: &Client, node: &TestNode, driver: &mut NodeDriver) -> TestResult {
+    let start = Instant::now();
+    let ready = drive_until(
+        client,
+        driver,
+        Duration::from_secs(20),
+        "agent and web ready",
+        RunningPods,
+    )
+    .await?;
+    eprintln!(
+        "agent and web Running and Ready after {:?}",
+        start.elapsed()
+    );
+    for pod in &ready {
+        let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        if bound != Some(NODE) {
+            return Err(format!("{:?} bound to {bound:?}", pod.metadata.name));
+        }
+    }
+    let web = ready
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("web"))
+        .ok_or("web")?;
+    let web_ip = web
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default();
+    if !web_ip.starts_with("10.244.11.") {
+        return Err(format!(
+            "web podIP {web_ip:?} not from the node's CNI range"
+        ));
+    }
+    let data = node.facts.dirs.root.join("var/lib/agent");
+    let read = |f: &str| {
+        std::fs::read_to_string(data.join(f))
+            .map(|s| s.trim().to_string())
+            .map_err(err("agent data"))
+    };
+    if read("node")? != NODE || read("ca.crt")? != "TEST-CA" || read("token")?.is_empty() {
+        return Err("the agent did not get its node name, ca.crt and token".into());
+    }
+    check_refused(client).await?;
+    let agent = ready
+        .iter()
+        .find(|p| p.metadata.generate_name.as_deref() == Some("agent-"))
+        .ok_or("agent")?;
+    let (name, uid) = (
+        agent.metadata.name.clone().unwrap_or_default(),
+        agent.metadata.uid.clone().unwrap_or_default(),
+    );
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .delete(&name, &DeleteParams::default())
+        .await
+        .map_err(err("delete agent"))?;
+    drive_until(
+        client,
+        driver,
+        Duration::from_secs(20),
+        "agent replaced",
+        Replaced(uid),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The PVC Pod is Pending with the field named, in its status and in a
+/// Warning Event.
+async fn check_refused(client: &Client) -> TestResult {
+    let pod = Api::<Pod>::namespaced(client.clone(), NS)
+        .get("needs-pvc")
+        .await
+        .map_err(err("get"))?;
+    let status = pod.status.unwrap_or_default();
+    let message = status.message.unwrap_or_default();
+    let want = "spec.volumes[0].persistentVolumeClaim: not supported by the test node driver";
+    if status.phase.as_deref() != Some("Pending")
+        || status.reason.as_deref() != Some("UnsupportedPodSpec")
+        || message != want
+    {
+        return Err(format!(
+            "refused pod status: phase {:?} reason {:?} message {message:?}",
+            status.phase, status.reason
+        ));
+    }
+    let events = Api::<Event>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .map_err(err("events"))?;
+    let found = events.items.iter().any(|e| {
+        e.reason.as_deref() == Some("UnsupportedPodSpec")
+            && e.note.as_deref() == Some(want)
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("needs-pvc")
+    });
+    if !found {
+        return Err(format!(
+            "no UnsupportedPodSpec Event for needs-pvc: {:?}",
+            events.items
+        ));
+    }
+    Ok(())
+}
