@@ -452,6 +452,40 @@ async fn kubectl_apply_changes_the_daemonset_by_strategic_merge_and_refuses_what
     .expect("the kubelet's final delete");
     assert!(pods.get_opt("trellis-on-1").await.expect("get").is_none());
 
+    // A scheduler's binding sets the node once.
+    let unbound: Pod = serde_json::from_value(json!({"metadata": {"name": "to-bind"},
+        "spec": {"containers": [{"name": "c", "image": "i"}]}}))
+    .expect("a Pod");
+    pods.create(&PostParams::default(), &unbound)
+        .await
+        .expect("create");
+    let binding = |node: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": "to-bind"}, "target": {"kind": "Node", "name": node}})
+    };
+    pods.create_subresource::<Value, Value>(
+        "binding",
+        "to-bind",
+        &PostParams::default(),
+        &binding("node-2"),
+    )
+    .await
+    .expect("bind");
+    let bound = pods.get("to-bind").await.expect("get");
+    assert_eq!(
+        bound.spec.and_then(|s| s.node_name).as_deref(),
+        Some("node-2")
+    );
+    let again = pods
+        .create_subresource::<Value, Value>(
+            "binding",
+            "to-bind",
+            &PostParams::default(),
+            &binding("node-3"),
+        )
+        .await;
+    assert_eq!(code(again), 409, "bound once");
+
     // A namespace that does not exist: 404 as the apiserver's, nothing created.
     let lost = write_json(
         &dir,

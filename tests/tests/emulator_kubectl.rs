@@ -11,35 +11,22 @@ use kube::api::Api;
 use kube::ResourceExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+use trellis_e2e::apiserver::kubectl::{Kubectl, Output, KUBECTL};
 use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Out {
-    let out = Command::new(KUBECTL)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .output()
+/// The shared kit's kubectl, failing the test when kubectl cannot run at all.
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Kubectl::new(kubeconfig)
+        .run(args)
         .await
-        .unwrap_or_else(|e| panic!("cannot run {KUBECTL} (it is expected on this machine): {e}"));
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn ok(kubeconfig: &Path, args: &[&str]) -> String {
-    let o = kubectl(kubeconfig, args).await;
-    assert!(o.ok, "kubectl {args:?} failed:\n{}\n{}", o.stdout, o.stderr);
-    o.stdout
+    Kubectl::new(kubeconfig)
+        .ok(args)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 const NODE_YAML: &str = r#"apiVersion: v1

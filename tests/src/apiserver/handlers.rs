@@ -15,7 +15,7 @@ use super::namespaces;
 use super::patch;
 use super::protobuf;
 use super::resources::ResourceType;
-use super::resources::NAMESPACES;
+use super::resources::{NAMESPACES, PODS};
 use super::selector::{FieldSelector, LabelSelector};
 use super::semantics::{self, Target};
 use super::server::ServerState;
@@ -408,4 +408,60 @@ pub fn token_request(
         .ok_or_else(|| ApiError::not_found(rt, name))?;
     let out = tokens::token_request(&state.token, &sa.value(), body, util::unix_now())?;
     Ok(http::json(201, &out))
+}
+
+/// `POST .../pods/NAME/binding` (what a scheduler sends): sets `spec.nodeName` of a Pod no node
+/// runs yet; 409 when it is already bound, as the apiserver's binding REST does.
+pub fn bind(
+    state: &Arc<ServerState>,
+    ns: Option<&str>,
+    name: &str,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let binding = parse_body(body)?;
+    let node = binding["target"]["name"].as_str().unwrap_or_default();
+    if node.is_empty() {
+        return Err(ApiError::invalid_kind(
+            "Binding",
+            "",
+            name,
+            vec![("target.name".into(), "Required value".into())],
+        ));
+    }
+    if binding["target"]["kind"]
+        .as_str()
+        .is_some_and(|k| k != "Node")
+    {
+        return Err(ApiError::invalid_kind(
+            "Binding",
+            "",
+            name,
+            vec![(
+                "target.kind".into(),
+                "Unsupported value: must be \"Node\"".into(),
+            )],
+        ));
+    }
+    state.store.mutate(key(&PODS, ns, name), |cur| {
+        let mut pod = cur
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&PODS, name))?;
+        if let Some(bound) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            let mut e = ApiError::conflict(&PODS, name);
+            e.message = format!("pod {name} is already assigned to node \"{bound}\"");
+            return Err(e);
+        }
+        if pod["metadata"]["deletionTimestamp"].is_string() {
+            let mut e = ApiError::conflict(&PODS, name);
+            e.message = format!("pod {name} is being deleted, cannot be assigned to a host");
+            return Err(e);
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        Ok(Change::Put(pod))
+    })?;
+    // The apiserver answers a Status Success for a binding.
+    Ok(http::json(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
 }

@@ -346,6 +346,15 @@ pub fn resource_list(group: &str, version: &str) -> Value {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if r.id == PODS.id {
+            resources.push(json!({
+                "name": "pods/binding",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "Binding",
+                "verbs": ["create"],
+            }));
+        }
         if r.has_token {
             resources.push(json!({
                 "name": format!("{}/token", r.plural),
@@ -514,7 +523,8 @@ mod tests {
                 "serviceaccounts",
                 "serviceaccounts/token",
                 "pods",
-                "pods/status"
+                "pods/status",
+                "pods/binding"
             ]
         );
     }

@@ -395,6 +395,20 @@ async fn dispatch(
                 "the server does not allow this method on the requested resource ({method} {path})"
             ))),
         },
+        Route::Object { rt, ns, name, sub }
+            if rt.id == resources::PODS.id && sub.as_deref() == Some("binding") =>
+        {
+            match method {
+                Method::POST => {
+                    let (h, body) = read_body(req).await?;
+                    refuse_protobuf(&h.content_type)?;
+                    handlers::bind(state, ns.as_deref(), &name, &body)
+                }
+                _ => Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({method} {path})"
+                ))),
+            }
+        }
         Route::Object { rt, ns, name, sub } if rt.has_token && sub.as_deref() == Some("token") => {
             match method {
                 Method::POST => {
