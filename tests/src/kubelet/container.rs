@@ -79,6 +79,43 @@ pub struct ProbeCounters {
     pub next_readiness: Option<Instant>,
 }
 
+impl ProbeCounters {
+    /// Counts a liveness result (`failure`: why it failed); true when the
+    /// container must be killed.
+    pub fn liveness(&mut self, failure: Option<&String>, failure_threshold: u32) -> bool {
+        match failure {
+            None => {
+                self.liveness_failures = 0;
+                false
+            }
+            Some(_) => {
+                self.liveness_failures += 1;
+                self.liveness_failures >= failure_threshold
+            }
+        }
+    }
+
+    /// Counts a readiness result; returns the new readiness (it changes
+    /// only once a threshold of consecutive results is reached).
+    pub fn readiness(
+        &mut self,
+        ok: bool,
+        ready: bool,
+        success_threshold: u32,
+        failure_threshold: u32,
+    ) -> bool {
+        if ok {
+            self.readiness_failures = 0;
+            self.readiness_successes += 1;
+            ready || self.readiness_successes >= success_threshold
+        } else {
+            self.readiness_successes = 0;
+            self.readiness_failures += 1;
+            ready && self.readiness_failures < failure_threshold
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ContainerRecord {
     pub name: String,
@@ -168,6 +205,20 @@ mod tests {
         assert!(should_restart(Always, 1, true));
         assert!(should_restart(OnFailure, 2, false) && !should_restart(OnFailure, 0, false));
         assert!(!should_restart(Never, 1, false) && !should_restart(Never, 1, true));
+    }
+
+    #[test]
+    fn probe_thresholds_count_consecutive_results() {
+        let mut p = ProbeCounters::default();
+        let fail = "refused".to_string();
+        assert!(!p.liveness(Some(&fail), 3) && !p.liveness(Some(&fail), 3));
+        assert!(!p.liveness(None, 3), "a success resets the count");
+        assert!(!p.liveness(Some(&fail), 2) && p.liveness(Some(&fail), 2));
+        let mut r = ProbeCounters::default();
+        assert!(!r.readiness(true, false, 2, 3), "one success of two");
+        assert!(r.readiness(true, false, 2, 3));
+        assert!(r.readiness(false, true, 2, 3) && r.readiness(false, true, 2, 3));
+        assert!(!r.readiness(false, true, 2, 3), "third failure");
     }
 
     #[test]

@@ -365,79 +365,53 @@ impl PodRuntime {
                 let result = run_probe(cri, p, id, netns.as_deref(), &host).await;
                 let rec = &mut self.containers[i];
                 rec.probes.next_liveness = Some(now + p.period);
-                match result {
-                    Ok(()) => rec.probes.liveness_failures = 0,
-                    Err(reason) => {
-                        rec.probes.liveness_failures += 1;
-                        if rec.probes.liveness_failures >= p.failure_threshold {
-                            self.events.push(warning(
-                                "Unhealthy",
-                                format!("Liveness probe failed: {reason}"),
-                            ));
-                            self.events.push(normal(
-                                "Killing",
-                                format!(
-                                    "Container {} failed liveness probe, will be restarted",
-                                    plan.name
-                                ),
-                            ));
-                            cri.stop_container(id, grace_secs(self.plan.grace_period))
-                                .await?;
-                            return Ok(());
-                        }
-                    }
+                if rec
+                    .probes
+                    .liveness(result.as_ref().err(), p.failure_threshold)
+                {
+                    let reason = result.err().unwrap_or_default();
+                    self.events.push(warning(
+                        "Unhealthy",
+                        format!("Liveness probe failed: {reason}"),
+                    ));
+                    let note = format!(
+                        "Container {} failed liveness probe, will be restarted",
+                        plan.name
+                    );
+                    self.events.push(normal("Killing", note));
+                    cri.stop_container(id, grace_secs(self.plan.grace_period))
+                        .await?;
+                    return Ok(());
                 }
             }
         }
-        self.readiness(cri, i, id, &plan, netns.as_deref(), &host, now)
-            .await;
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn readiness(
-        &mut self,
-        cri: &mut CriClient,
-        i: usize,
-        id: &str,
-        plan: &ContainerPlan,
-        netns: Option<&std::path::Path>,
-        host: &str,
-        now: Instant,
-    ) {
         let Some(p) = &plan.readiness else {
             self.containers[i].ready = true;
-            return;
+            return Ok(());
         };
-        let due = self.containers[i].probes.next_readiness;
-        if due.is_none_or(|t| now < t) {
-            return;
-        }
-        let result = run_probe(cri, p, id, netns, host).await;
-        let rec = &mut self.containers[i];
-        rec.probes.next_readiness = Some(now + p.period);
-        match result {
-            Ok(()) => {
-                rec.probes.readiness_failures = 0;
-                rec.probes.readiness_successes += 1;
-                if rec.probes.readiness_successes >= p.success_threshold {
-                    rec.ready = true;
-                }
-            }
-            Err(reason) => {
-                rec.probes.readiness_successes = 0;
-                rec.probes.readiness_failures += 1;
-                if rec.probes.readiness_failures >= p.failure_threshold {
-                    if rec.ready {
-                        self.events.push(warning(
-                            "Unhealthy",
-                            format!("Readiness probe failed: {reason}"),
-                        ));
-                    }
-                    rec.ready = false;
-                }
+        if self.containers[i]
+            .probes
+            .next_readiness
+            .is_some_and(|t| now >= t)
+        {
+            let result = run_probe(cri, p, id, netns.as_deref(), &host).await;
+            let rec = &mut self.containers[i];
+            rec.probes.next_readiness = Some(now + p.period);
+            let was_ready = rec.ready;
+            rec.ready = rec.probes.readiness(
+                result.is_ok(),
+                was_ready,
+                p.success_threshold,
+                p.failure_threshold,
+            );
+            if let (true, false, Err(reason)) = (was_ready, rec.ready, result) {
+                self.events.push(warning(
+                    "Unhealthy",
+                    format!("Readiness probe failed: {reason}"),
+                ));
             }
         }
+        Ok(())
     }
 
     /// Stops and removes every container and the sandbox, then the pod's

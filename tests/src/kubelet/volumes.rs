@@ -420,3 +420,106 @@ fn write_files(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Fixed;
+
+    impl VolumeData for Fixed {
+        fn service_account_token(&self, _: Option<i64>) -> Result<String, String> {
+            Ok("tok".into())
+        }
+        fn config_map_key(&self, name: &str, key: &str) -> Result<String, String> {
+            (name == "cfg" && key == "k")
+                .then(|| "v".to_string())
+                .ok_or_else(|| format!("no {name}/{key}"))
+        }
+    }
+
+    fn plans(dirs: &NodeDirs, volumes: serde_json::Value) -> Vec<(String, VolumePlan)> {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"containers": [], "volumes": volumes}
+        }))
+        .expect("pod");
+        plan_volumes(&pod, "u", dirs, &mut Vec::new()).expect("plannable")
+    }
+
+    #[test]
+    fn materialize_creates_host_paths_under_the_root_and_writes_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs = NodeDirs {
+            root: tmp.path().join("root"),
+            pods: tmp.path().join("pods"),
+        };
+        let p = plans(
+            &dirs,
+            json!([
+                {"name": "d", "hostPath": {"path": "/run/flannel", "type": "DirectoryOrCreate"}},
+                {"name": "f", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}},
+                {"name": "c", "configMap": {"name": "cfg", "items": [{"key": "k", "path": "sub/k.txt"}]}},
+                {"name": "s", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}},
+                    {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}
+            ]),
+        );
+        materialize(&p, &Fixed).expect("materialized");
+        assert!(dirs.root.join("run/flannel").is_dir());
+        assert!(dirs.root.join("run/xtables.lock").is_file());
+        let read =
+            |v: &str, f: &str| std::fs::read_to_string(dirs.volume_dir("u", v).join(f)).expect(f);
+        assert_eq!(read("c", "sub/k.txt"), "v");
+        assert_eq!(
+            (read("s", "token"), read("s", "ns")),
+            ("tok".into(), "ns".into())
+        );
+    }
+
+    #[test]
+    fn missing_must_exist_paths_and_data_are_named() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs = NodeDirs {
+            root: tmp.path().join("root"),
+            pods: tmp.path().join("pods"),
+        };
+        let p = plans(
+            &dirs,
+            json!([{"name": "d", "hostPath": {"path": "/etc/x", "type": "Directory"}}]),
+        );
+        let e = materialize(&p, &Fixed).expect_err("missing").to_string();
+        assert!(
+            e.starts_with("volume d: hostPath ")
+                && e.ends_with("/root/etc/x must already exist as a Directory"),
+            "{e}"
+        );
+        let p = plans(
+            &dirs,
+            json!([{"name": "c", "configMap": {"name": "other", "items": [{"key": "k", "path": "k"}]}}]),
+        );
+        let e = materialize(&p, &Fixed).expect_err("no data").to_string();
+        assert_eq!(e, "volume c: file k: no other/k");
+    }
+
+    #[test]
+    fn unsupported_sources_and_escapes_are_refused() {
+        let dirs = NodeDirs {
+            root: "/r".into(),
+            pods: "/p".into(),
+        };
+        let pod = |v: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p", "uid": "u"}, "spec": {"containers": [], "volumes": [v]}})).expect("pod")
+        };
+        let cases = [
+            (json!({"name": "x", "secret": {"secretName": "s"}}), "spec.volumes[0].secret: not supported by the test node driver"),
+            (json!({"name": "x", "configMap": {"name": "c"}}), "spec.volumes[0].configMap.items (absent: every key as a file): not supported by the test node driver"),
+            (json!({"name": "x", "configMap": {"name": "c", "items": [{"key": "k", "path": "../k"}]}}), "spec.volumes[0].configMap.items[0].path: \"../k\" is not a relative path without `..`"),
+            (json!({"name": "x", "hostPath": {"path": "/dev/sda", "type": "BlockDevice"}}), "spec.volumes[0].hostPath.type=BlockDevice: not supported by the test node driver"),
+        ];
+        for (v, want) in cases {
+            let e = plan_volumes(&pod(v), "u", &dirs, &mut Vec::new()).expect_err(want);
+            assert_eq!(e.to_string(), want);
+        }
+    }
+}
