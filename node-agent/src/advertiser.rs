@@ -106,19 +106,18 @@ async fn run(
         let wanted = want.borrow_and_update().clone();
         let node = cached.borrow_and_update().clone();
         let ok = publish(&own, &events, node.as_ref(), &wanted, &mut done, &published).await;
-        let wait = async {
-            if ok {
-                backoff.reset();
-                std::future::pending::<()>().await;
-            } else {
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        };
+        if !ok {
+            // The whole backoff, whatever changes meanwhile: a new wish must not turn a
+            // struggling API server's retries into a hot loop. The next attempt takes the
+            // latest wish.
+            tokio::time::sleep(backoff.next_delay()).await;
+            continue;
+        }
+        backoff.reset();
         tokio::select! {
             changed = want.changed() => if changed.is_err() { return },
             // Someone changed our Node (perhaps our annotations): check again.
             changed = cached.changed() => if changed.is_err() { return },
-            _ = wait => {}
         }
     }
 }

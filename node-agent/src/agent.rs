@@ -168,9 +168,12 @@ struct LoopState {
     /// Peer entries the kernel refused, retried by a full pass after a backoff.
     peer_failures: PeerFailures,
     peer_backoff: Backoff,
-    peer_retry_at: Option<tokio::time::Instant>,
+    /// When the next full pass retries what failed (peer entries, or this node's own side).
+    retry_at: Option<tokio::time::Instant>,
     /// What the host lacks that the agent cannot fix (br_netfilter), as last checked.
     host: Result<(), String>,
+    /// Passes in a row whose own side failed.
+    failing_passes: u32,
 }
 
 /// The firewall rules do not depend on peers, so they are checked while the first Node list
@@ -323,8 +326,9 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(args.resync_seconds.max(1)),
         }),
-        peer_retry_at: None,
+        retry_at: None,
         host: Ok(()),
+        failing_passes: 0,
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -399,8 +403,8 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                 st.full = true;
             }
             _ = resync.tick() => st.full = true,
-            _ = sleep_until(st.peer_retry_at), if st.peer_retry_at.is_some() => {
-                st.peer_retry_at = None;
+            _ = sleep_until(st.retry_at), if st.retry_at.is_some() => {
+                st.retry_at = None;
                 st.full = true;
             }
             _ = sigterm.recv() => break,
@@ -422,6 +426,9 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     info!("stopping; kernel state left in place for the next start");
     Ok(())
 }
+
+/// How soon a pass whose own side failed is retried.
+const OWN_RETRY: Duration = Duration::from_secs(1);
 
 /// At most this many `PeerSkipped` Events per pass (each new skip is logged regardless).
 const MAX_SKIP_EVENTS_PER_PASS: usize = 5;
@@ -658,20 +665,15 @@ async fn pass(
         .await
     };
     // Peers read the annotations, not our kernel: published by a task of its own, so that
-    // kernel repair never waits on the API server. A full pass also checks the Node again.
+    // kernel repair never waits on the API server. It compares them with the Node watch's copy
+    // of our Node (a full pass makes it read the Node while that copy is not there yet).
     advertiser.advertise(plan.state.advertisement.to_annotations(&keys), full);
     let (reconciled, (firewall_ok, firewall_drift)) = tokio::join!(kernel, rules);
     ok &= firewall_ok;
     // This node's own side: what readiness means. Peer entries are reported apart.
-    let mut own_side: Result<(), String> = Ok(());
-    if full {
-        check_host(config, events, st);
-    }
-    if let Err(why) = &st.host {
-        own_side = Err(why.clone());
-    }
+    let mut not_programmed: Vec<String> = Vec::new();
     if !firewall_ok {
-        own_side = Err("the firewall rules are not in place (see the log)".into());
+        not_programmed.push("the firewall rules are not in place (see the log)".into());
     }
     match reconciled {
         Ok(report) => {
@@ -681,18 +683,21 @@ async fn pass(
             if report.ops_applied > 0 {
                 info!(ops = report.ops_applied, peers = plan.peers, read_kernel = report.read_kernel, planned = ?planned, took = ?report.duration, "kernel reconciled");
             }
-            for e in report.own_errors() {
+            let own = own_devices(config);
+            for e in report.own_errors(&own) {
                 warn!("{e}");
             }
-            if let Some(e) = report.own_errors().next() {
-                own_side = Err(format!("this node's devices are not programmed: {e}"));
+            if let Some(e) = report.own_errors(&own).next() {
+                not_programmed.push(format!("this node's devices are not programmed: {e}"));
+                ok = false;
             }
-            note_peer_failures(st, metrics, &report);
-            ok &= report.converged();
+            // Refused peer entries are retried on their own backoff, not by making every
+            // pass a full one.
+            note_peer_failures(st, metrics, &report, &own);
         }
         Err(e) => {
             warn!("cannot read kernel state: {e}");
-            own_side = Err(format!("cannot read kernel state: {e}"));
+            not_programmed.push(format!("cannot read kernel state: {e}"));
             ok = false;
         }
     }
@@ -703,16 +708,24 @@ async fn pass(
         Ok(false) => {}
         Err(e) => {
             warn!("{e}");
-            own_side = Err(e.to_string());
+            not_programmed.push(e.to_string());
             ok = false;
         }
     }
     if !advertiser.published().annotations_once {
-        own_side = own_side.and(Err("annotations not advertised yet".into()));
+        not_programmed.push("annotations not advertised yet".into());
     }
-    let programmed = own_side.is_ok();
-    // Not sticky: a node whose own side breaks and is not repaired reports it.
-    metrics.set_programmed(own_side);
+    // Programmed: the network works for this node's pods, so the Node may take them
+    // (NetworkUnavailable=False). What the host lacks is reported by readiness only.
+    let programmed = not_programmed.is_empty();
+    if full {
+        check_host(config, events, st);
+    }
+    let mut reasons = not_programmed;
+    if let Err(why) = &st.host {
+        reasons.push(why.clone());
+    }
+    report_readiness(st, metrics, reasons);
     if programmed {
         advertiser.network_available(backend_now);
     }
@@ -796,14 +809,51 @@ fn check_host(config: &NetConfig, events: &NodeEvents, st: &mut LoopState) {
     st.host = now;
 }
 
+/// Readiness from this pass's reasons (none: ready). Not sticky, but one failing pass of a
+/// node that was ready is taken for a hiccup (the xtables lock held, a netlink dump
+/// interrupted): it is retried within a second, and only a second failure in a row makes the
+/// node not ready.
+fn report_readiness(st: &mut LoopState, metrics: &Metrics, reasons: Vec<String>) {
+    if reasons.is_empty() {
+        st.failing_passes = 0;
+        metrics.set_programmed(Ok(()));
+        return;
+    }
+    st.failing_passes += 1;
+    let soon = tokio::time::Instant::now() + OWN_RETRY;
+    st.retry_at = Some(st.retry_at.map_or(soon, |t| t.min(soon)));
+    if st.failing_passes >= 2 || !metrics.is_programmed() {
+        metrics.set_programmed(Err(reasons.join("; ")));
+    }
+}
+
+/// The devices this node needs whatever its peers do: the configured backend's. Devices made
+/// only for peers (another VNI during a change, the old backend's during a switch) are not.
+fn own_devices(config: &NetConfig) -> Vec<String> {
+    use crate::config::BackendConfig;
+    use crate::dataplane::desired::{vxlan6_link_name, vxlan_link_name, IPIP_LINK_NAME};
+    match &config.backend {
+        BackendConfig::Vxlan(v) => {
+            let mut own = vec![vxlan_link_name(v.vni)];
+            if config.ipv6().is_some() {
+                own.push(vxlan6_link_name(v.vni));
+            }
+            own
+        }
+        BackendConfig::Ipip(_) => vec![IPIP_LINK_NAME.to_string()],
+        BackendConfig::HostGw(_) => Vec::new(),
+    }
+}
+
 /// Report the peer entries the kernel refused (each once when it starts, changes or ends),
 /// count them, and schedule their retry: a full pass after a backoff, reset once none fails.
 fn note_peer_failures(
     st: &mut LoopState,
     metrics: &Metrics,
     report: &crate::dataplane::netlink::ReconcileReport,
+    own: &[String],
 ) {
-    let (fresh, cleared) = st.peer_failures.update(report.peer_errors());
+    let (fresh, cleared) = st.peer_failures.update(report.peer_errors(own));
     for e in fresh {
         warn!(
             "peer entry refused by the kernel (other peers unaffected; retrying with backoff): {e}"
@@ -814,15 +864,15 @@ fn note_peer_failures(
     }
     metrics.record_peer_errors(
         report
-            .peer_errors()
+            .peer_errors(own)
             .map(|e| readiness::errno_label(e.errno)),
         st.peer_failures.len(),
     );
     if st.peer_failures.is_empty() {
         st.peer_backoff.reset();
-        st.peer_retry_at = None;
+        st.retry_at = None;
     } else {
-        st.peer_retry_at = Some(tokio::time::Instant::now() + st.peer_backoff.next_delay());
+        st.retry_at = Some(tokio::time::Instant::now() + st.peer_backoff.next_delay());
     }
 }
 

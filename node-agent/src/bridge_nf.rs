@@ -27,10 +27,12 @@ impl BridgeNf {
     }
 
     fn read_from(dir: &Path) -> BridgeNf {
-        let flag = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .ok()
-                .map(|v| v.trim() != "0")
+        // Absent: the module is not loaded. Present but unreadable: this cannot tell, and
+        // does not block readiness on a guess.
+        let flag = |name: &str| match std::fs::read_to_string(dir.join(name)) {
+            Ok(v) => Some(v.trim() != "0"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(_) => Some(true),
         };
         BridgeNf {
             call_iptables: flag("bridge-nf-call-iptables"),

@@ -101,6 +101,11 @@ impl Metrics {
             .store(u64::from(why.is_none()), Ordering::Relaxed);
     }
 
+    /// Whether the last pass found this node's own side programmed (host checks included).
+    pub fn is_programmed(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) == 1
+    }
+
     /// Whether `/readyz` answers ready (see `crate::readiness`), and if not, why.
     pub fn readiness(&self) -> Result<(), String> {
         if self.ready.load(Ordering::Relaxed) != 1 {
@@ -313,6 +318,12 @@ impl Metrics {
                 "counter",
                 "Failed Node list/watch calls and watch stream errors (retried with backoff).",
                 vec![(String::new(), g(&w.errors) as f64)],
+            );
+            metric(
+                "trellis_node_watch_idle_restarts_total",
+                "counter",
+                "Node watches restarted after no answer for longer than their timeout.",
+                vec![(String::new(), g(&w.idle_restarts) as f64)],
             );
         }
         let backend = self.backend.lock().map(|b| b.clone()).unwrap_or_default();

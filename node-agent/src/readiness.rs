@@ -16,9 +16,11 @@ use crate::dataplane::netlink::OpError;
 /// out an apiserver restart, short enough that a node cut off from the API says so.
 pub const WATCH_DOWN_LIMIT: Duration = Duration::from_secs(60);
 
-/// Errors older than this mean the watch's retries stopped failing: the watcher backs off
-/// 10 s at most, so a failing watch reports at least that often.
-const WATCH_ERRORS_STALE: Duration = Duration::from_secs(30);
+/// Errors older than this mean the watch's retries stopped failing. A failing watch reports
+/// at least every 40 s or so: the watcher backs off 10 s at most, and a connection attempt to
+/// an unreachable server gives up after 30 s. (A request accepted and never answered reports
+/// nothing: the watcher restarts it after its timeout, but readiness does not see it.)
+const WATCH_ERRORS_STALE: Duration = Duration::from_secs(90);
 
 /// How long the Node watch has been failing at `now`, if it is failing: from its first error
 /// since data last arrived, while errors keep coming (all times in ms since the Unix epoch,
@@ -147,9 +149,13 @@ mod tests {
             Some(Duration::from_secs(61))
         );
         assert_eq!(
-            watch_down_for(s, s + 5_000, s + 61_000),
+            watch_down_for(s, s + 5_000, s + 100_000),
             None,
-            "no error for 56 s: a retry got through"
+            "no error for 95 s: a retry got through"
+        );
+        assert!(
+            watch_down_for(s, s + 5_000, s + 61_000).is_some(),
+            "errors 40 s apart (connect timeouts) still mean down"
         );
         // A clock step backwards does not underflow.
         assert_eq!(watch_down_for(s, s, s - 5), Some(Duration::ZERO));

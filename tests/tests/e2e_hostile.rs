@@ -1001,13 +1001,20 @@ fn host_gw_peers_the_kernel_refuses_are_isolated_and_honest_agents_stay_ready() 
 
     // Every honest agent restarted among them: all ready again, node-1 still reporting.
     let honest_entries: Vec<Vec<String>> = before.iter().map(|k| lines(k)).collect();
+    let log_before_restart = full_log(&c, 0).len();
     restart_honest_agents(&mut c, &honest_entries);
     assert!(
         eventually(SETTLE, || refused_seen(&c)),
         "node-1 did not report the refused route after its restart:\n{}",
         c.agent_log(0)
     );
-    assert!(full_log(&c, 0).contains("peer entry refused by the kernel"));
+    assert!(
+        full_log(&c, 0)
+            .get(log_before_restart..)
+            .unwrap_or_default()
+            .contains("peer entry refused by the kernel"),
+        "the restarted node-1 did not log the refused entry"
+    );
 
     // Once the cause is gone, the next retry (at most a resync period away) programs it.
     c.nodes[0]

@@ -65,6 +65,8 @@ pub struct NodeWatchStats {
     /// epoch; 0 while the watch delivers), for readiness.
     pub outage_since_ms: AtomicU64,
     pub last_error_ms: AtomicU64,
+    /// Watches restarted after a silence longer than their timeout.
+    pub idle_restarts: AtomicU64,
 }
 
 fn unix_ms() -> u64 {
@@ -187,7 +189,25 @@ impl NodeWatcher {
                         }
                     }
                 } else {
-                    stream.next().await
+                    // The apiserver ends each watch after `watch_timeout_secs` and the watcher
+                    // resumes it, so a live one answers within that. Silence much longer than
+                    // that is a request that was accepted and never answered (a hung server or
+                    // a black-holing load balancer; kube sets no read timeout): start over, so
+                    // the view follows the cluster again once the server does.
+                    let quiet =
+                        Duration::from_secs(u64::from(self.options.watch_timeout_secs) + 60);
+                    match tokio::time::timeout(quiet, stream.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            tracing::warn!(
+                                quiet_s = quiet.as_secs(),
+                                "no answer on the Node watch for longer than its timeout: \
+                                 restarting it (the view and dataplane are kept)"
+                            );
+                            self.stats.idle_restarts.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
                 };
                 let Some(item) = next else { break };
                 let event = match item {

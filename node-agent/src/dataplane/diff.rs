@@ -79,18 +79,15 @@ impl Op {
         }
     }
 
-    /// Whether the op programs one peer's entry (a route, neighbour or FDB entry) rather than
-    /// this node's own devices and addresses: a peer's entry the kernel refuses is that peer's
-    /// problem, not this node's.
-    pub fn is_peer_entry(&self) -> bool {
-        !matches!(
-            self,
-            Op::AddLink(_)
-                | Op::SetLink(_)
-                | Op::DeleteLink(_)
-                | Op::AddAddress(_)
-                | Op::DeleteAddress(_)
-        )
+    /// The device a link or address op is about; `None` for a peer's entry (a route,
+    /// neighbour or FDB entry).
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Op::AddLink(l) | Op::SetLink(l) => Some(&l.name),
+            Op::DeleteLink(name) => Some(name),
+            Op::AddAddress(a) | Op::DeleteAddress(a) => Some(&a.link),
+            _ => None,
+        }
     }
 }
 

@@ -106,15 +106,22 @@ impl ReconcileReport {
         self.errors.is_empty()
     }
 
-    /// Failed ops on this node's own devices and addresses.
-    pub fn own_errors(&self) -> impl Iterator<Item = &OpError> {
-        self.errors.iter().filter(|e| !e.op.is_peer_entry())
+    /// Failed ops on this node's own devices (`own`, the configured backend's) and their
+    /// addresses.
+    pub fn own_errors<'a>(&'a self, own: &'a [String]) -> impl Iterator<Item = &'a OpError> {
+        self.errors.iter().filter(move |e| is_own(e, own))
     }
 
-    /// Failed ops on peers' entries (routes, neighbours, FDB).
-    pub fn peer_errors(&self) -> impl Iterator<Item = &OpError> {
-        self.errors.iter().filter(|e| e.op.is_peer_entry())
+    /// Failed ops that exist for a peer's sake: its routes, neighbours and FDB entries, and
+    /// the devices made only for peers (another VNI, or a port a peer advertises), whose
+    /// refusal must not make this node not ready.
+    pub fn peer_errors<'a>(&'a self, own: &'a [String]) -> impl Iterator<Item = &'a OpError> {
+        self.errors.iter().filter(move |e| !is_own(e, own))
     }
+}
+
+fn is_own(e: &OpError, own: &[String]) -> bool {
+    e.op.device().is_some_and(|d| own.iter().any(|o| o == d))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
