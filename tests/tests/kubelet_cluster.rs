@@ -1,14 +1,14 @@
 //! The node driver against the API emulator: the DaemonSet controller, the
-//! scheduler and one node's kubelet loop (a containerd in a node namespace)
-//! run a DaemonSet Pod, a plain Pod and a Pod the driver cannot honour;
+//! scheduler and two nodes' kubelet loops (each a containerd in its own node
+//! namespace) run a DaemonSet Pod per node, a plain Pod and a Pod the driver
+//! cannot honour;
 //! status and Events come back through the API, and a deleted DaemonSet Pod
 //! is replaced.
 //!
 //! Needs root, containerd, runc, containernetworking-plugins, gcc (pause)
-//! and busybox-static. About 8 s on 2 cores (containerd tests are
+//! and busybox-static. About 9 s on 2 cores (containerd tests are
 //! serialised by a host-wide lock).
 
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -27,7 +27,8 @@ use trellis_e2e::kubelet::harness::{TestNode, BUSYBOX, TEST_IMAGE};
 use trellis_e2e::kubelet::node_driver::NodeDriver;
 use trellis_e2e::kubelet::RuntimeOptions;
 
-const NODE: &str = "kn-1";
+const NODES: [(&str, u8); 2] = [("kn-1", 11), ("kn-2", 12)];
+const NODE: &str = NODES[0].0;
 const NS: &str = "demo";
 
 type TestResult<T = ()> = Result<T, String>;
@@ -91,12 +92,14 @@ fn pvc_pod() -> TestResult<Pod> {
 
 async fn seed(client: &Client) -> TestResult {
     let pp = PostParams::default();
-    let node: Node =
-        object(json!({"metadata": {"name": NODE, "labels": {"kubernetes.io/os": "linux"}}}))?;
-    Api::<Node>::all(client.clone())
-        .create(&pp, &node)
-        .await
-        .map_err(err("Node"))?;
+    for (name, _) in NODES {
+        let node: Node =
+            object(json!({"metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}}}))?;
+        Api::<Node>::all(client.clone())
+            .create(&pp, &node)
+            .await
+            .map_err(err("Node"))?;
+    }
     let sa: ServiceAccount = object(json!({"metadata": {"name": "agent", "namespace": NS}}))?;
     Api::<ServiceAccount>::namespaced(client.clone(), NS)
         .create(&pp, &sa)
@@ -126,7 +129,7 @@ async fn seed(client: &Client) -> TestResult {
 /// Runs every controller once per 200 ms until `check` returns Some.
 async fn drive_until<T>(
     client: &Client,
-    driver: &mut NodeDriver,
+    drivers: &mut [NodeDriver],
     timeout: Duration,
     what: &str,
     check: impl AsyncCheck<T>,
@@ -139,7 +142,9 @@ async fn drive_until<T>(
         scheduler_pass(client)
             .await
             .map_err(err("scheduler pass"))?;
-        driver.pass().await.map_err(err("node pass"))?;
+        for driver in drivers.iter_mut() {
+            driver.pass().await.map_err(err("node pass"))?;
+        }
         if let Some(found) = check.check(client).await? {
             return Ok(found);
         }
@@ -179,8 +184,8 @@ impl AsyncCheck<Vec<Pod>> for RunningPods {
                 .or(p.metadata.name.clone())
                 .unwrap_or_default()
         };
-        let has = |n: &str| ready.iter().any(|p| names(p) == n);
-        Ok((has("agent-") && has("web")).then_some(ready))
+        let count = |n: &str| ready.iter().filter(|p| names(p) == n).count();
+        Ok((count("agent-") == NODES.len() && count("web") == 1).then_some(ready))
     }
 }
 
@@ -192,7 +197,8 @@ fn is_ready(p: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// A replacement agent Pod (uid other than `old`) is running and ready.
+/// A replacement agent Pod on `NODE` (uid other than the deleted one's)
+/// is running and ready.
 struct Replaced(String);
 
 impl AsyncCheck<Pod> for Replaced {
@@ -203,6 +209,7 @@ impl AsyncCheck<Pod> for Replaced {
             .map_err(err("list"))?;
         Ok(pods.items.into_iter().find(|p| {
             p.metadata.generate_name.as_deref() == Some("agent-")
+                && node_of(p) == NODE
                 && p.metadata.uid.as_deref() != Some(self.0.as_str())
                 && is_ready(p)
         }))
@@ -210,7 +217,7 @@ impl AsyncCheck<Pod> for Replaced {
 }
 
 #[test]
-fn daemonset_plain_and_unhonourable_pods_through_the_api() -> TestResult {
+fn daemonset_pod_per_node_scheduled_pod_and_refused_pod_through_the_api() -> TestResult {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("\n!!!!!!!! SKIPPED: needs root (netns, containerd, runc) !!!!!!!!\n");
         return Ok(());
@@ -232,98 +239,134 @@ fn daemonset_plain_and_unhonourable_pods_through_the_api() -> TestResult {
             .next()
             .and_then(|p| p.trim_end_matches('/').parse().ok())
             .ok_or("emulator url has no port")?;
-        let node = Rc::new(TestNode::start(NODE, 11, "127.0.0.1", port).map_err(err("node"))?);
-        let result = scenario(&client, &node).await;
+        let mut nodes = Vec::new();
+        for (name, subnet) in NODES {
+            nodes.push(TestNode::start(name, subnet, "127.0.0.1", port).map_err(err("node"))?);
+        }
+        let result = scenario(&client, &nodes).await;
         result.map_err(|e| {
-            format!(
-                "{e}\n--- containerd log tail ---\n{}",
-                node.ctd.log_tail(30)
-            )
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "--- {} containerd log tail ---\n{}",
+                        n.facts.node_name,
+                        n.ctd.log_tail(20)
+                    )
+                })
+                .collect();
+            format!("{e}\n{}", logs.join("\n"))
         })
     })
 }
 
-async fn scenario(client: &Client, node: &TestNode) -> TestResult {
-    let mut cri = CriClient::connect(node.ctd.socket())
-        .await
-        .map_err(err("connect"))?;
-    cri.wait_network_ready(Duration::from_secs(10))
-        .await
-        .map_err(err("network"))?;
+async fn scenario(client: &Client, nodes: &[TestNode]) -> TestResult {
     let opts = RuntimeOptions {
         backoff: Backoff {
             initial: Duration::from_millis(200),
             max: Duration::from_secs(1),
         },
     };
-    let mut driver = NodeDriver::new(client.clone(), cri, node.facts.clone(), opts);
+    let mut drivers = Vec::new();
+    for node in nodes {
+        let mut cri = CriClient::connect(node.ctd.socket())
+            .await
+            .map_err(err("connect"))?;
+        cri.wait_network_ready(Duration::from_secs(10))
+            .await
+            .map_err(err("network"))?;
+        drivers.push(NodeDriver::new(
+            client.clone(),
+            cri,
+            node.facts.clone(),
+            opts,
+        ));
+    }
     seed(client).await?;
-    let result = checks(client, node, &mut driver).await;
-    let errors = driver.shutdown().await;
+    let result = checks(client, nodes, &mut drivers).await;
+    let mut errors = Vec::new();
+    for driver in &mut drivers {
+        errors.extend(driver.shutdown().await);
+    }
     result?;
     if !errors.is_empty() {
         return Err(format!("teardown: {errors:?}"));
     }
-    let mut cri = CriClient::connect(node.ctd.socket())
-        .await
-        .map_err(err("connect"))?;
-    let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
-    if !left.is_empty() || !node.ctd.live_task_ids().is_empty() {
-        return Err(format!(
-            "left behind: {left:?}, tasks {:?}",
-            node.ctd.live_task_ids()
-        ));
+    for node in nodes {
+        let mut cri = CriClient::connect(node.ctd.socket())
+            .await
+            .map_err(err("connect"))?;
+        let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
+        if !left.is_empty() || !node.ctd.live_task_ids().is_empty() {
+            return Err(format!(
+                "{} left behind: {left:?}, tasks {:?}",
+                node.facts.node_name,
+                node.ctd.live_task_ids()
+            ));
+        }
     }
     Ok(())
 }
 
-async fn checks(client: &Client, node: &TestNode, driver: &mut NodeDriver) -> TestResult {
+fn node_of(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("")
+}
+
+async fn checks(client: &Client, nodes: &[TestNode], drivers: &mut [NodeDriver]) -> TestResult {
     let start = Instant::now();
     let ready = drive_until(
         client,
-        driver,
+        drivers,
         Duration::from_secs(20),
-        "agent and web ready",
+        "agents and web ready",
         RunningPods,
     )
     .await?;
     eprintln!(
-        "agent and web Running and Ready after {:?}",
+        "agents and web Running and Ready after {:?}",
         start.elapsed()
     );
-    for pod in &ready {
-        let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-        if bound != Some(NODE) {
-            return Err(format!("{:?} bound to {bound:?}", pod.metadata.name));
-        }
+    let mut agent_nodes: Vec<&str> = ready
+        .iter()
+        .filter(|p| p.metadata.generate_name.is_some())
+        .map(node_of)
+        .collect();
+    agent_nodes.sort();
+    if agent_nodes != NODES.map(|(n, _)| n) {
+        return Err(format!(
+            "one agent per node expected, they run on {agent_nodes:?}"
+        ));
     }
     let web = ready
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some("web"))
         .ok_or("web")?;
+    let subnet = NODES
+        .iter()
+        .find(|(n, _)| *n == node_of(web))
+        .map(|(_, s)| *s)
+        .ok_or("web is not on a test node")?;
     let web_ip = web
         .status
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .unwrap_or_default();
-    if !web_ip.starts_with("10.244.11.") {
+    if !web_ip.starts_with(&format!("10.244.{subnet}.")) {
         return Err(format!(
-            "web podIP {web_ip:?} not from the node's CNI range"
+            "web on {} has podIP {web_ip:?}, not from that node's CNI range",
+            node_of(web)
         ));
     }
-    let data = node.facts.dirs.root.join("var/lib/agent");
-    let read = |f: &str| {
-        std::fs::read_to_string(data.join(f))
-            .map(|s| s.trim().to_string())
-            .map_err(err("agent data"))
-    };
-    if read("node")? != NODE || read("ca.crt")? != "TEST-CA" || read("token")?.is_empty() {
-        return Err("the agent did not get its node name, ca.crt and token".into());
+    for node in nodes {
+        check_agent_data(node)?;
     }
     check_refused(client).await?;
     let agent = ready
         .iter()
-        .find(|p| p.metadata.generate_name.as_deref() == Some("agent-"))
+        .find(|p| node_of(p) == NODE && p.metadata.generate_name.is_some())
         .ok_or("agent")?;
     let (name, uid) = (
         agent.metadata.name.clone().unwrap_or_default(),
@@ -335,12 +378,33 @@ async fn checks(client: &Client, node: &TestNode, driver: &mut NodeDriver) -> Te
         .map_err(err("delete agent"))?;
     drive_until(
         client,
-        driver,
+        drivers,
         Duration::from_secs(20),
         "agent replaced",
         Replaced(uid),
     )
     .await?;
+    Ok(())
+}
+
+/// What the agent on `node` copied into its hostPath, which the driver
+/// mapped under that node's own root.
+fn check_agent_data(node: &TestNode) -> TestResult {
+    let data = node.facts.dirs.root.join("var/lib/agent");
+    let read = |f: &str| {
+        std::fs::read_to_string(data.join(f))
+            .map(|s| s.trim().to_string())
+            .map_err(err("agent data"))
+    };
+    if read("node")? != node.facts.node_name
+        || read("ca.crt")? != "TEST-CA"
+        || read("token")?.is_empty()
+    {
+        return Err(format!(
+            "the agent on {} did not get its node name, ca.crt and token",
+            node.facts.node_name
+        ));
+    }
     Ok(())
 }
 
