@@ -1,20 +1,21 @@
 //! The node driver against the API emulator: the DaemonSet controller, the
 //! scheduler and two nodes' kubelet loops (each a containerd in its own node
 //! namespace) run a DaemonSet Pod per node, a plain Pod and a Pod the driver
-//! cannot honour;
-//! status and Events come back through the API, and a deleted DaemonSet Pod
-//! is replaced.
+//! cannot honour; status and Events come back through the API, a deleted
+//! DaemonSet Pod is replaced, and a template change rolls the DaemonSet
+//! one node at a time.
 //!
 //! Needs root, containerd, runc, containernetworking-plugins, gcc (pause)
-//! and busybox-static. About 9 s on 2 cores (containerd tests are
+//! and busybox-static. About 6 s on 2 cores (containerd tests are
 //! serialised by a host-wide lock).
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -25,6 +26,7 @@ use trellis_e2e::kubelet::container::Backoff;
 use trellis_e2e::kubelet::controllers::{daemonset_pass, scheduler_pass};
 use trellis_e2e::kubelet::harness::{TestNode, BUSYBOX, TEST_IMAGE};
 use trellis_e2e::kubelet::node_driver::NodeDriver;
+use trellis_e2e::kubelet::rollout::HASH_LABEL;
 use trellis_e2e::kubelet::RuntimeOptions;
 
 const NODES: [(&str, u8); 2] = [("kn-1", 11), ("kn-2", 12)];
@@ -56,7 +58,7 @@ fn agent_daemonset() -> TestResult<DaemonSet> {
                 "nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [{"operator": "Exists"}],
                 "containers": [{
                     "name": "agent", "image": TEST_IMAGE,
-                    "command": sh("$B cp /sa/token /sa/ca.crt /data/ && echo \"$NODE_NAME\" > /data/node && exec $B sleep 1000"),
+                    "command": sh("$B cp /sa/token /sa/ca.crt /data/ && echo \"$NODE_NAME\" > /data/node; trap 'exit 0' TERM; $B sleep 1000 & wait"),
                     "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
                     "readinessProbe": {"exec": {"command": [BUSYBOX, "test", "-s", "/data/token"]}, "periodSeconds": 1},
                     "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "sa", "mountPath": "/sa", "readOnly": true}]
@@ -217,7 +219,7 @@ impl AsyncCheck<Pod> for Replaced {
 }
 
 #[test]
-fn daemonset_pod_per_node_scheduled_pod_and_refused_pod_through_the_api() -> TestResult {
+fn daemonset_per_node_replaced_and_rolled_scheduled_pod_and_refused_pod_via_the_api() -> TestResult {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("\n!!!!!!!! SKIPPED: needs root (netns, containerd, runc) !!!!!!!!\n");
         return Ok(());
@@ -384,7 +386,79 @@ async fn checks(client: &Client, nodes: &[TestNode], drivers: &mut [NodeDriver])
         Replaced(uid),
     )
     .await?;
+    check_rollout(client, drivers).await?;
     Ok(())
+}
+
+/// A template change rolls both agents to the new template, never leaving
+/// both nodes without a ready agent (maxUnavailable 1), and the DaemonSet
+/// status says so.
+async fn check_rollout(client: &Client, drivers: &mut [NodeDriver]) -> TestResult {
+    let start = Instant::now();
+    let patch =
+        json!({"spec": {"template": {"metadata": {"annotations": {"restartedAt": "now"}}}}});
+    let sets = Api::<DaemonSet>::namespaced(client.clone(), NS);
+    sets.patch("agent", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(err("patch DaemonSet"))?;
+    let rolled = RolledOut {
+        min_ready: Cell::new(usize::MAX),
+    };
+    drive_until(client, drivers, Duration::from_secs(20), "rollout", &rolled).await?;
+    if rolled.min_ready.get() < 1 {
+        return Err("during the rollout no node had a ready agent".into());
+    }
+    eprintln!(
+        "rollout of 2 agents done in {:?}, at least {} ready throughout",
+        start.elapsed(),
+        rolled.min_ready.get()
+    );
+    Ok(())
+}
+
+struct RolledOut {
+    min_ready: Cell<usize>,
+}
+
+impl AsyncCheck<()> for &RolledOut {
+    async fn check(&self, client: &Client) -> TestResult<Option<()>> {
+        let ds = Api::<DaemonSet>::namespaced(client.clone(), NS)
+            .get("agent")
+            .await
+            .map_err(err("get ds"))?;
+        let pods = Api::<Pod>::namespaced(client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .map_err(err("list"))?;
+        let agents: Vec<&Pod> = pods
+            .items
+            .iter()
+            .filter(|p| p.metadata.generate_name.as_deref() == Some("agent-"))
+            .collect();
+        let ready = agents.iter().filter(|p| is_ready(p)).count();
+        self.min_ready.set(self.min_ready.get().min(ready));
+        let st = ds.status.unwrap_or_default();
+        let new_template = |p: &&&Pod| {
+            let labels = p.metadata.labels.as_ref();
+            let annotated = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("restartedAt"))
+                .is_some();
+            annotated && labels.is_some_and(|l| l.contains_key(HASH_LABEL))
+        };
+        let done = agents.len() == NODES.len()
+            && agents
+                .iter()
+                .filter(new_template)
+                .filter(|p| is_ready(p))
+                .count()
+                == NODES.len()
+            && st.updated_number_scheduled == Some(2)
+            && st.number_ready == 2;
+        Ok(done.then_some(()))
+    }
 }
 
 /// What the agent on `node` copied into its hostPath, which the driver

@@ -10,7 +10,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use super::daemonset::reconcile;
+use super::daemonset::{reconcile, status};
 use super::placement::PlacementError;
 use super::scheduler::{pick_node, unscheduled};
 
@@ -50,8 +50,9 @@ where
         .items)
 }
 
-/// Creates and deletes Pods so every DaemonSet has one per eligible Node.
-/// Returns how many Pods were created and deleted.
+/// Creates and deletes Pods so every DaemonSet has one per eligible Node of
+/// its current template (rolling per its update strategy), and writes its
+/// status. Returns how many Pods were created and deleted.
 pub async fn daemonset_pass(client: &Client) -> Result<(usize, usize), ControllerError> {
     let nodes: Vec<Node> = list_all(client, "list Nodes").await?;
     let sets = Api::<DaemonSet>::all(client.clone())
@@ -93,10 +94,42 @@ pub async fn daemonset_pass(client: &Client) -> Result<(usize, usize), Controlle
                 }
             }
         }
+        write_status(client, ds, &nodes, &pods.items, &object).await?;
         counts.0 += actions.create.len();
         counts.1 += actions.delete.len();
     }
     Ok(counts)
+}
+
+/// The DaemonSet's status as of this pass's listing (what `kubectl rollout
+/// status` waits on).
+async fn write_status(
+    client: &Client,
+    ds: &DaemonSet,
+    nodes: &[Node],
+    pods: &[Pod],
+    object: &str,
+) -> Result<(), ControllerError> {
+    let st = status(ds, nodes, pods).map_err(|source| ControllerError::Placement {
+        object: object.to_string(),
+        source,
+    })?;
+    if ds.status.as_ref() == Some(&st) {
+        return Ok(());
+    }
+    let (ns, name) = (
+        ds.metadata.namespace.as_deref().unwrap_or(""),
+        ds.metadata.name.as_deref().unwrap_or(""),
+    );
+    Api::<DaemonSet>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": st })),
+        )
+        .await
+        .map(drop)
+        .map_err(api(format!("status of {object}")))
 }
 
 /// Binds every Pod without a node to one (by setting `spec.nodeName`, which

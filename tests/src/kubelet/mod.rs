@@ -34,6 +34,7 @@ pub mod placement;
 pub mod probe_runner;
 pub mod probes;
 pub mod resources;
+pub mod rollout;
 pub mod runtime;
 pub mod scheduler;
 pub mod security;
