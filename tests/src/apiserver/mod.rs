@@ -9,6 +9,17 @@
 //! survives restarts. ServiceAccount tokens are authorized by the RBAC objects stored in the
 //! API, as the apiserver does; enough for `kubectl apply -k deploy` and `kubectl delete -k`.
 //!
+//! Where it knowingly differs from kube-apiserver (each refused loudly or documented here):
+//! - no controllers: a DaemonSet's status and Pods are whoever writes them (a node driver);
+//!   dependents named by `ownerReferences` are deleted synchronously with their last owner,
+//!   and a deleted Namespace's contents go after a short Terminating period (`namespaces.rs`);
+//! - a create into a missing namespace creates it unless `EmulatorConfig::namespaces` is
+//!   [`NamespacePolicy::Required`] (`--namespaces required`), the apiserver's 404;
+//! - object bodies are JSON; protobuf (client-go typed clients, e.g. `kubectl create
+//!   configmap`) is a 415, except a TokenRequest (`kubectl create token`);
+//! - a Pod's `spec.nodeName` may be set by an update when unset, besides `pods/binding`;
+//! - no server-side apply (415) and no `dryRun` (400).
+//!
 //! In-process use:
 //! ```no_run
 //! # async fn demo() -> Result<(), trellis_e2e::apiserver::EmulatorError> {

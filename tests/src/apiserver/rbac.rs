@@ -1,6 +1,11 @@
-//! Optional authorization, for proving a component's RBAC grants are least privilege: extra
-//! bearer tokens mapped to users, an audit of every resource request per user, and RBAC
-//! enforcement from Role/ClusterRole(+Binding) manifests answering 403 like the apiserver.
+//! Authorization, for proving a component's RBAC grants are least privilege: an audit of every
+//! resource request per user, and RBAC decisions answering 403 like the apiserver. Two sources
+//! of users and rules:
+//! - ServiceAccount tokens from a TokenRequest (`tokens.rs`) are always authorized by the
+//!   Roles, ClusterRoles and bindings stored in the API (plus any manifests given at start),
+//!   as the apiserver's RBAC authorizer does: `kubectl apply -f rbac.yaml` is what grants;
+//! - extra bearer tokens of the configuration (`EmulatorConfig::users`) are authorized by the
+//!   Role/ClusterRole(+Binding) manifests given at start, or allowed everything without them.
 //!
 //! The emulator's own token stays a cluster admin (group `system:masters` bypasses RBAC), so
 //! a test keeps driving the cluster with kubectl while the component under test runs with a
