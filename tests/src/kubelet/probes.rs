@@ -124,7 +124,7 @@ fn port(p: &IntOrString, c: &Container, field: &str) -> Result<u16, TranslateErr
 }
 
 /// Runs a network probe (HTTP or TCP) from inside the network namespace at
-/// `netns` (e.g. /run/netns/<node>), against `default_host` when the probe
+/// `netns` (e.g. `/run/netns/<node>`), against `default_host` when the probe
 /// names none. Blocks for at most about `timeout`; returns Err with the
 /// reason on failure, like kubelet's probe output.
 pub fn run_network_probe(
