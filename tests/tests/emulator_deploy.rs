@@ -260,6 +260,36 @@ async fn apply_get_token_rbac_and_delete_of_the_deploy_kustomization() {
         403
     );
 
+    // A token bound to a Pod (as a kubelet asks for a projected token) dies with the Pod.
+    let holder: Pod = serde_json::from_value(json!({"metadata": {"name": "holder"},
+        "spec": {"containers": [{"name": "c", "image": "i"}]}}))
+    .expect("a Pod");
+    pods.create(&PostParams::default(), &holder)
+        .await
+        .expect("create");
+    let bound = k
+        .ok(&[
+            "create",
+            "token",
+            "trellis",
+            "-n",
+            NS,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "holder",
+        ])
+        .await
+        .expect("create a bound token")
+        .trim()
+        .to_string();
+    let held = Api::<Node>::all(emu.client_with_token(&bound).await.expect("client"));
+    assert!(held.list(&ListParams::default()).await.is_ok());
+    pods.delete("holder", &Default::default())
+        .await
+        .expect("delete the holder");
+    assert_eq!(code(held.list(&ListParams::default()).await), 401);
+
     // delete -k: everything goes, the Namespace with what is left in it (the Pod).
     let gone = k.ok(&["delete", "-k", &deploy]).await.expect("delete -k");
     assert_eq!(gone.lines().count(), 10, "{gone}");

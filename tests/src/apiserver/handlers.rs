@@ -406,7 +406,11 @@ pub fn token_request(
         .store
         .get(&key(rt, ns, name))
         .ok_or_else(|| ApiError::not_found(rt, name))?;
-    let out = tokens::token_request(&state.token, &sa.value(), body, util::unix_now())?;
+    let pod_uid = |pod: &str| {
+        let o = state.store.get(&key(&PODS, ns, pod))?;
+        o.value()["metadata"]["uid"].as_str().map(str::to_string)
+    };
+    let out = tokens::token_request(&state.token, &sa.value(), body, util::unix_now(), pod_uid)?;
     Ok(http::json(201, &out))
 }
 

@@ -81,8 +81,8 @@ pub fn unwrap_envelope(body: &[u8]) -> Result<&[u8], String> {
 }
 
 /// A protobuf TokenRequest as the JSON the rest of the emulator reads: `spec.audiences`
-/// (TokenRequestSpec field 1) and `spec.expirationSeconds` (field 4). The bound object
-/// reference (field 3) is not kept: tokens here are bound to their ServiceAccount only.
+/// (TokenRequestSpec field 1), `spec.expirationSeconds` (field 4) and `spec.boundObjectRef`
+/// (field 3).
 pub fn token_request_json(body: &[u8]) -> Result<serde_json::Value, String> {
     let mut spec = serde_json::Map::new();
     for f in fields(unwrap_envelope(body)?)? {
@@ -96,6 +96,9 @@ pub fn token_request_json(body: &[u8]) -> Result<serde_json::Value, String> {
                 Field::Varint(4, secs) => {
                     spec.insert("expirationSeconds".into(), serde_json::json!(secs as i64));
                 }
+                Field::Bytes(3, r) => {
+                    spec.insert("boundObjectRef".into(), bound_object_ref(r)?);
+                }
                 _ => {}
             }
         }
@@ -104,6 +107,20 @@ pub fn token_request_json(body: &[u8]) -> Result<serde_json::Value, String> {
         }
     }
     Ok(serde_json::json!({"spec": spec}))
+}
+
+/// BoundObjectReference: kind 1, apiVersion 2, name 3, uid 4.
+fn bound_object_ref(buf: &[u8]) -> Result<serde_json::Value, String> {
+    let mut out = serde_json::Map::new();
+    for f in fields(buf)? {
+        if let Field::Bytes(n @ 1..=4, v) = f {
+            let key = ["kind", "apiVersion", "name", "uid"][n as usize - 1];
+            let text = String::from_utf8(v.to_vec())
+                .map_err(|_| format!("boundObjectRef.{key} is not UTF-8"))?;
+            out.insert(key.into(), serde_json::Value::String(text));
+        }
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 #[cfg(test)]

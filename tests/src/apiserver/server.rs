@@ -207,6 +207,18 @@ fn authenticate(state: &ServerState, req: &Request<Incoming>) -> Option<Principa
     if sa.value()["metadata"]["uid"].as_str() != Some(claims.uid.as_str()) {
         return None;
     }
+    // A token bound to a Pod dies with it (a recreated Pod of that name is another uid).
+    if let Some(pod) = &claims.pod {
+        let key = (
+            resources::PODS.id,
+            claims.namespace.clone(),
+            pod.name.clone(),
+        );
+        let live = state.store.get(&key)?;
+        if live.value()["metadata"]["uid"].as_str() != Some(pod.uid.as_str()) {
+            return None;
+        }
+    }
     Some(Principal {
         user: User {
             name: claims.user_name(),

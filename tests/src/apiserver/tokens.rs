@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::resources::PODS;
 use super::status::ApiError;
 use super::util;
 
@@ -28,6 +29,15 @@ pub struct Claims {
     pub uid: String,
     /// Expiry, Unix seconds.
     pub exp: i64,
+    /// The Pod the token is bound to (`spec.boundObjectRef`): the token dies with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<BoundPod>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BoundPod {
+    pub name: String,
+    pub uid: String,
 }
 
 impl Claims {
@@ -73,8 +83,16 @@ pub fn verify(secret: &str, token: &str, now: i64) -> Option<Claims> {
 }
 
 /// Answers a TokenRequest for the ServiceAccount `sa` (as stored): the TokenRequest with its
-/// `status.token`. Validation as the apiserver's: at least ten minutes.
-pub fn token_request(secret: &str, sa: &Value, body: &[u8], now: i64) -> Result<Value, ApiError> {
+/// `status.token`. Validation as the apiserver's: at least ten minutes; a bound object must be
+/// a Pod of the same namespace, found by `pod_uid` (its uid, if it exists) and matching the
+/// reference's uid when one is given.
+pub fn token_request(
+    secret: &str,
+    sa: &Value,
+    body: &[u8],
+    now: i64,
+    pod_uid: impl Fn(&str) -> Option<String>,
+) -> Result<Value, ApiError> {
     let mut req: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -110,11 +128,16 @@ pub fn token_request(secret: &str, sa: &Value, body: &[u8], now: i64) -> Result<
     if !matches!(req["spec"]["audiences"], Value::Array(_)) {
         req["spec"]["audiences"] = json!([DEFAULT_AUDIENCE]);
     }
+    let pod = match &req["spec"]["boundObjectRef"] {
+        Value::Null => None,
+        r => Some(bound_pod(name, r, &pod_uid)?),
+    };
     let claims = Claims {
         namespace: namespace.to_string(),
         name: name.to_string(),
         uid: uid.to_string(),
         exp: now + seconds,
+        pod,
     };
     req["apiVersion"] = json!("authentication.k8s.io/v1");
     req["kind"] = json!("TokenRequest");
@@ -132,6 +155,48 @@ pub fn token_request(secret: &str, sa: &Value, body: &[u8], now: i64) -> Result<
     Ok(req)
 }
 
+fn bound_pod(
+    sa_name: &str,
+    r: &Value,
+    pod_uid: impl Fn(&str) -> Option<String>,
+) -> Result<BoundPod, ApiError> {
+    let invalid = |field: &str, why: String| {
+        ApiError::invalid_kind(
+            "TokenRequest",
+            "authentication.k8s.io",
+            sa_name,
+            vec![(format!("spec.boundObjectRef.{field}"), why)],
+        )
+    };
+    if r["kind"].as_str() != Some("Pod") {
+        return Err(invalid(
+            "kind",
+            format!(
+                "Unsupported value: {}: the emulator binds tokens to Pods only",
+                r["kind"]
+            ),
+        ));
+    }
+    let name = r["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid("name", "Required value".into()))?;
+    let uid = pod_uid(name).ok_or_else(|| ApiError::not_found(&PODS, name))?;
+    if let Some(want) = r["uid"].as_str().filter(|u| !u.is_empty()) {
+        if want != uid {
+            let mut e = ApiError::conflict(&PODS, name);
+            e.message = format!(
+                "the UID in the bound object reference ({want}) does not match the UID in record ({uid}); the object might have been deleted and then recreated"
+            );
+            return Err(e);
+        }
+    }
+    Ok(BoundPod {
+        name: name.to_string(),
+        uid,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +208,7 @@ mod tests {
             name: "sa".into(),
             uid: "u".into(),
             exp: 1000,
+            pod: None,
         };
         let t = issue("secret", &c);
         assert_eq!(verify("secret", &t, 999), Some(c.clone()));
@@ -157,14 +223,30 @@ mod tests {
     #[test]
     fn token_request_defaults_and_validation() {
         let sa = json!({"metadata": {"name": "sa", "namespace": "ns", "uid": "u"}});
-        let r = token_request("k", &sa, b"", 0).unwrap();
+        let none = |_: &str| None;
+        let r = token_request("k", &sa, b"", 0, none).unwrap();
         assert_eq!(r["spec"]["expirationSeconds"], 3600);
         assert_eq!(r["status"]["expirationTimestamp"], "1970-01-01T01:00:00Z");
         let t = r["status"]["token"].as_str().unwrap();
         assert_eq!(verify("k", t, 10).map(|c| c.uid), Some("u".into()));
         let short = br#"{"spec":{"expirationSeconds":60}}"#;
-        let e = token_request("k", &sa, short, 0).unwrap_err();
+        let e = token_request("k", &sa, short, 0, none).unwrap_err();
         assert_eq!(e.code, 422);
+        let bound = br#"{"spec":{"boundObjectRef":{"kind":"Pod","name":"p","uid":"pu"}}}"#;
+        let pods = |n: &str| (n == "p").then(|| "pu".to_string());
+        let r = token_request("k", &sa, bound, 0, pods).unwrap();
+        let t = r["status"]["token"].as_str().unwrap();
+        let pod = verify("k", t, 10).and_then(|c| c.pod);
+        assert_eq!(pod.map(|p| p.uid), Some("pu".into()));
+        assert_eq!(
+            token_request("k", &sa, bound, 0, none).unwrap_err().code,
+            404
+        );
+        let other = |_: &str| Some("recreated".to_string());
+        assert_eq!(
+            token_request("k", &sa, bound, 0, other).unwrap_err().code,
+            409
+        );
         assert!(
             e.message.contains("spec.expirationSeconds"),
             "{}",
