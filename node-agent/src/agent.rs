@@ -174,6 +174,7 @@ struct LoopState {
     host: Result<(), String>,
     /// Passes in a row whose own side failed.
     failing_passes: u32,
+    skip_events: RateLimit,
 }
 
 /// The firewall rules do not depend on peers, so they are checked while the first Node list
@@ -329,6 +330,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         retry_at: None,
         host: Ok(()),
         failing_passes: 0,
+        skip_events: RateLimit::new(),
     };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_seconds.max(1)));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -430,8 +432,81 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
 /// How soon a pass whose own side failed is retried.
 const OWN_RETRY: Duration = Duration::from_secs(1);
 
-/// At most this many `PeerSkipped` Events per pass (each new skip is logged regardless).
-const MAX_SKIP_EVENTS_PER_PASS: usize = 5;
+/// `PeerSkipped` Events of one agent: a burst of at most 10, then one every 2 s (each new
+/// skip is logged regardless). Each skipped Node is reported by a few agents of the cluster
+/// only (see `reports_skip`), so this bounds what one flapping Node can cost the API.
+const SKIP_EVENTS_BURST: f64 = 10.0;
+const SKIP_EVENTS_EVERY: Duration = Duration::from_secs(2);
+
+/// The agents that may report a skip: this node and the peers it programs, sorted (the first
+/// is this node).
+fn skip_reporters(view: &Arc<Mutex<ClusterView>>, config: &NetConfig) -> Vec<String> {
+    let v = match view.lock() {
+        Ok(v) => v,
+        Err(p) => p.into_inner(),
+    };
+    let mut names = vec![v.local().node_name.clone()];
+    // Planning read the same view: resolving again costs what a plan does, only on passes
+    // with news to report.
+    names.extend(v.resolve(config).peers.iter().map(|p| p.name.to_string()));
+    names
+}
+
+/// How many agents report each skipped Node. More than one: a reporter may be a Node that
+/// runs no trellis agent (flannel's, during a migration, or a valid peer nobody runs).
+const SKIP_REPORTERS: usize = 3;
+
+/// Whether this node (`reporters[0]`) is among the [`SKIP_REPORTERS`] agents that report
+/// `skipped`: those whose hash with the skipped Node's name is highest (rendezvous hashing),
+/// which every agent with the same view picks alike.
+fn reports_skip(reporters: &[String], skipped: &str) -> bool {
+    let score = |r: &str| fnv1a(&[r.as_bytes(), b"/", skipped.as_bytes()]);
+    let Some(me) = reporters.first() else {
+        return false;
+    };
+    let mine = (score(me), me.as_str());
+    let above = reporters
+        .iter()
+        .filter(|r| (score(r), r.as_str()) > mine)
+        .count();
+    above < SKIP_REPORTERS
+}
+
+/// FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A token bucket.
+struct RateLimit {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        RateLimit {
+            tokens: SKIP_EVENTS_BURST,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let refill = self.last.elapsed().as_secs_f64() / SKIP_EVENTS_EVERY.as_secs_f64();
+        self.last = Instant::now();
+        self.tokens = (self.tokens + refill).min(SKIP_EVENTS_BURST);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
 
 /// How often the loop says it is alive while it waits (for a podCIDR, a valid config, the
 /// first Node list): waiting is the loop turning, which `/readyz` and the log explain; only
@@ -584,11 +659,17 @@ async fn pass(
         }
     };
     let (fresh, cleared) = st.skip_log.update(&plan.skipped);
-    for (k, s) in fresh.into_iter().enumerate() {
+    let reporters = if fresh.is_empty() {
+        Vec::new()
+    } else {
+        skip_reporters(view, config)
+    };
+    for s in fresh {
         warn!(node = %s.node, reason = %s.reason, "peer skipped");
-        // A Warning Event on the skipped Node too, off the loop; bounded per pass, since a
-        // burst of hostile Nodes times every agent of the cluster would flood the API.
-        if k < MAX_SKIP_EVENTS_PER_PASS {
+        // A Warning Event on the skipped Node too, off the loop: from a few agents of the
+        // cluster, rate-limited, since every agent sees the same skip and a burst of hostile
+        // Nodes (or one flapping its annotations) would flood the API. The log has every one.
+        if reports_skip(&reporters, &s.node) && st.skip_events.take() {
             let (events, node, why) = (events.clone(), s.node.clone(), s.reason.to_string());
             tokio::spawn(async move { events.peer_skipped(&node, &why).await });
         }
@@ -951,4 +1032,33 @@ async fn ensure_firewall(
         }
     }
     Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_few_agents_report_each_skipped_node() {
+        let nodes: Vec<String> = (1..=7).map(|i| format!("node-{i}")).collect();
+        for skipped in ["zz-thief", "h-ip", "old-cidr", "a"] {
+            let reporting = nodes
+                .iter()
+                .filter(|me| {
+                    // Each agent lists itself first, then the others.
+                    let mut view = vec![me.to_string()];
+                    view.extend(nodes.iter().filter(|n| n != me).cloned());
+                    reports_skip(&view, skipped)
+                })
+                .count();
+            assert_eq!(reporting, SKIP_REPORTERS, "{skipped}");
+        }
+    }
+
+    #[test]
+    fn skip_events_come_in_a_bounded_burst() {
+        let mut limit = RateLimit::new();
+        let sent = (0..100).filter(|_| limit.take()).count();
+        assert_eq!(sent, SKIP_EVENTS_BURST as usize);
+    }
 }
