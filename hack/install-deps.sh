@@ -7,6 +7,7 @@ packages=(
   iproute2 iptables nftables iputils-ping kmod procps
   containerd runc containernetworking-plugins protobuf-compiler
   shellcheck iperf3 python3-venv gcc g++ libc6-dev time
+  mmdebstrap debian-archive-keyring umoci jq binutils file
 )
 
 missing=()
