@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use trellis_e2e::netns_cluster::{Cluster, Options};
+use trellis_e2e::netns_cluster::Cluster;
 
 const READY: Duration = Duration::from_secs(60);
 const REPAIR_BOUND: Duration = Duration::from_secs(1);
@@ -22,18 +22,7 @@ fn has_route(c: &Cluster, i: usize, dst: &str) -> bool {
 
 #[test]
 fn kernel_repair_goes_on_while_the_api_hangs_and_the_agent_catches_up_after() {
-    assert_eq!(
-        nix::unistd::geteuid().as_raw(),
-        0,
-        "end-to-end tests need root"
-    );
-    let mut c = Cluster::up(Options {
-        nodes: 2,
-        backend: r#"{"Type":"vxlan"}"#.into(),
-        tag: "hng".into(),
-        agent_args: vec![],
-    })
-    .expect("cluster up");
+    let mut c = Cluster::for_test(2, r#"{"Type":"vxlan"}"#, "hng");
     c.start_agents().expect("agents");
     c.wait_all_ready(READY).expect("ready");
     let peer = c.nodes[1].pod_cidr.clone();

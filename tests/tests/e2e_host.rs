@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use trellis_e2e::netns_cluster::{Cluster, Options};
+use trellis_e2e::netns_cluster::Cluster;
 use trellis_e2e::poll::eventually;
 
 const READY: Duration = Duration::from_secs(60);
@@ -74,18 +74,7 @@ impl Drop for TcpServer {
 
 #[test]
 fn the_agent_waits_alive_for_a_pod_cidr_and_reports_a_host_without_bridge_netfilter() {
-    assert_eq!(
-        nix::unistd::geteuid().as_raw(),
-        0,
-        "end-to-end tests need root"
-    );
-    let mut c = Cluster::up(Options {
-        nodes: 2,
-        backend: r#"{"Type":"vxlan"}"#.into(),
-        tag: "hst".into(),
-        agent_args: vec![],
-    })
-    .expect("cluster up");
+    let mut c = Cluster::for_test(2, r#"{"Type":"vxlan"}"#, "hst");
     // node-1 registered without a podCIDR (the controller-manager has not assigned one yet).
     let n1 = c.nodes[0].name.clone();
     c.delete_node_object(&n1).expect("re-register node-1");

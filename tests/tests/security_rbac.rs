@@ -25,7 +25,7 @@ use kube::Client;
 use serde_json::{json, Value};
 use trellis_e2e::apiserver::rbac::Policy;
 use trellis_e2e::apiserver::{Emulator, EmulatorConfig, EmulatorHandle};
-use trellis_e2e::netns_cluster::{net_conf, Cluster, Options};
+use trellis_e2e::netns_cluster::{net_conf, Cluster};
 
 const SA_USER: &str = "system:serviceaccount:trellis-system:trellis";
 const SA_NS: &str = "trellis-system";
@@ -241,18 +241,7 @@ fn normalise(used: &BTreeSet<Grant>, granted: &BTreeSet<Grant>) -> BTreeSet<Gran
 
 #[test]
 fn rbac_yaml_grants_exactly_what_the_agents_use() {
-    assert_eq!(
-        nix::unistd::geteuid().as_raw(),
-        0,
-        "end-to-end tests need root"
-    );
-    let mut c = Cluster::up(Options {
-        nodes: 2,
-        backend: r#"{"Type":"vxlan"}"#.into(),
-        tag: "rbac".into(),
-        agent_args: vec![],
-    })
-    .expect("cluster up");
+    let mut c = Cluster::for_test(2, r#"{"Type":"vxlan"}"#, "rbac");
     // The ConfigMap where the DaemonSet reads it: the agent's own namespace.
     c.kubectl_stdin(
         &["create", "-f", "-"],

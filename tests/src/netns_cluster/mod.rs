@@ -614,3 +614,22 @@ impl Cluster {
         })?
     }
 }
+
+impl Cluster {
+    /// An end-to-end test's cluster: `nodes` node namespaces on `backend` (net-conf.json's
+    /// `Backend`), agents not started yet. Fails the test without root or when the cluster
+    /// cannot come up.
+    pub fn for_test(nodes: usize, backend: &str, tag: &str) -> Cluster {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "end-to-end tests need root"
+        );
+        Cluster::up(Options {
+            nodes,
+            backend: backend.into(),
+            tag: tag.into(),
+            agent_args: vec![],
+        })
+        .expect("cluster up")
+    }
+}
