@@ -1,8 +1,12 @@
 //! A node for the driver's tests: a network namespace running its own
-//! containerd (reference bridge + host-local CNI plugins, so no trellis
-//! build is needed), the pause image and a busybox image imported, and the
-//! node's private directories. Everything goes with the value (containerd's
-//! guard kills tasks and removes runc state; the temp dir holds the rest).
+//! containerd, the pause image and a busybox image imported, and the node's
+//! private root. containerd's CNI dirs are that root's `/opt/cni/bin` and
+//! `/etc/cni/net.d`, the paths a hostPath volume maps to, so an install-cni
+//! init container feeds this node's runtime as on a real node. The CNI
+//! there is either the reference bridge + host-local plugins (no trellis
+//! build needed) or nothing (a DaemonSet installs it). Everything goes with
+//! the value (containerd's guard kills tasks and removes runc state; the
+//! temp dir holds the rest).
 
 use std::path::{Path, PathBuf};
 
@@ -45,15 +49,43 @@ pub struct TestNode {
     _tmp: tempfile::TempDir,
 }
 
+/// How a test node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub name: String,
+    /// `Some(n)`: the reference plugins with pod subnet `10.244.<n>.0/24`;
+    /// `None`: empty CNI dirs (only hostNetwork pods run until something
+    /// installs a CNI config).
+    pub reference_cni_subnet: Option<u8>,
+    /// Run in this existing netns (e.g. a netns_cluster node, its address
+    /// in `node_ip`) instead of a fresh one.
+    pub adopt_netns: Option<String>,
+    /// The node's address: status.hostIP, and hostNetwork pods' podIP.
+    pub node_ip: String,
+    /// The API server as containers see it (KUBERNETES_SERVICE_HOST/PORT).
+    pub api_host: String,
+    pub api_port: u16,
+}
+
 impl TestNode {
-    /// Starts node `name` with pod subnet `10.244.<subnet>.0/24`; the API
-    /// server is announced to containers as `api_host:api_port`.
+    /// A fresh netns with the reference CNI on `10.244.<subnet>.0/24`.
     pub fn start(
         name: &str,
         subnet: u8,
         api_host: &str,
         api_port: u16,
     ) -> Result<Self, HarnessError> {
+        Self::start_with(&NodeOptions {
+            name: name.to_string(),
+            reference_cni_subnet: Some(subnet),
+            adopt_netns: None,
+            node_ip: "127.0.0.1".into(),
+            api_host: api_host.to_string(),
+            api_port,
+        })
+    }
+
+    pub fn start_with(opts: &NodeOptions) -> Result<Self, HarnessError> {
         let tmp = tempfile::Builder::new()
             .prefix("trellis-kubelet-")
             .tempdir()
@@ -62,32 +94,38 @@ impl TestNode {
                 source,
             })?;
         let t = tmp.path();
-        let plugins = ["bridge", "host-local", "loopback"].map(|p| (p, cni::reference_plugin(p)));
-        let links: Vec<(&str, &Path)> = plugins.iter().map(|(n, p)| (*n, p.as_path())).collect();
-        cni::link_plugins(&t.join("cni/bin"), &links)?;
-        let conflist = json!({"cniVersion": "1.0.0", "name": "kn", "plugins": [{
-            "type": "bridge", "bridge": "cni0", "isGateway": true,
-            "ipam": {"type": "host-local", "dataDir": t.join("ipam"),
-                     "ranges": [[{"subnet": format!("10.244.{subnet}.0/24")}]]}}]});
-        cni::write_conflist(&t.join("cni/conf"), "10-kn.conflist", &conflist)?;
+        let dirs = NodeDirs {
+            root: t.join("root"),
+            pods: t.join("pods"),
+        };
+        let (bin, conf) = (
+            dirs.root.join("opt/cni/bin"),
+            dirs.root.join("etc/cni/net.d"),
+        );
+        for dir in [&bin, &conf] {
+            std::fs::create_dir_all(dir).map_err(|source| HarnessError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if let Some(subnet) = opts.reference_cni_subnet {
+            reference_cni(&bin, &conf, &t.join("ipam"), subnet)?;
+        }
         let pause = image::build_pause_image(t)?;
         let busybox = busybox_image(t)?;
-        let netns = NodeNetns::create("tkub")?;
-        let ctd = Containerd::start(
-            netns,
-            &ContainerdOptions::new(t.join("cni/bin"), t.join("cni/conf")),
-        )?;
+        let netns = match &opts.adopt_netns {
+            Some(name) => NodeNetns::adopt(name)?,
+            None => NodeNetns::create("tkub")?,
+        };
+        let ctd = Containerd::start(netns, &ContainerdOptions::new(bin, conf))?;
         ctd.import_image(&pause)?;
         ctd.import_image(&busybox)?;
         let facts = NodeFacts {
-            node_name: name.to_string(),
-            node_ip: Some("127.0.0.1".into()),
-            dirs: NodeDirs {
-                root: t.join("root"),
-                pods: t.join("pods"),
-            },
-            api_host: api_host.to_string(),
-            api_port,
+            node_name: opts.name.clone(),
+            node_ip: Some(opts.node_ip.clone()),
+            dirs,
+            api_host: opts.api_host.clone(),
+            api_port: opts.api_port,
         };
         Ok(Self {
             ctd,
@@ -95,6 +133,19 @@ impl TestNode {
             _tmp: tmp,
         })
     }
+}
+
+/// The bridge, host-local and loopback plugins and their conflist.
+fn reference_cni(bin: &Path, conf: &Path, ipam: &Path, subnet: u8) -> Result<(), HarnessError> {
+    let plugins = ["bridge", "host-local", "loopback"].map(|p| (p, cni::reference_plugin(p)));
+    let links: Vec<(&str, &Path)> = plugins.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    cni::link_plugins(bin, &links)?;
+    let conflist = json!({"cniVersion": "1.0.0", "name": "kn", "plugins": [{
+        "type": "bridge", "bridge": "cni0", "isGateway": true,
+        "ipam": {"type": "host-local", "dataDir": ipam,
+                 "ranges": [[{"subnet": format!("10.244.{subnet}.0/24")}]]}}]});
+    cni::write_conflist(conf, "10-kn.conflist", &conflist)?;
+    Ok(())
 }
 
 /// An image holding only /bin/busybox; containers call it by full path.

@@ -19,6 +19,8 @@
 //!   `spec.nodeName=<node>`, status and Events written back), volume data
 //!   fetched by [`api_data`]. [`rollout`]: template revisions, RollingUpdate
 //!   and the DaemonSet status. [`harness`]: a test node (netns + containerd).
+//!   [`background`]: all of it looping in a task, for tests that only
+//!   want Pods to run.
 //!
 //! Where it differs from kubelet, on purpose and visibly:
 //! - Refused with an error naming the field (Pending + `UnsupportedPodSpec`
@@ -42,6 +44,7 @@
 //! agent or the plugin.
 
 pub mod api_data;
+pub mod background;
 pub mod container;
 pub mod controllers;
 pub mod daemonset;

@@ -69,7 +69,7 @@ impl PodRuntime {
         cri: &mut CriClient,
         pod: &Pod,
         node: &NodeFacts,
-        data: &dyn VolumeData,
+        data: &(dyn VolumeData + Sync),
         opts: RuntimeOptions,
     ) -> Result<Self, RuntimeError> {
         let plan = plan_pod(pod, node, None)?;
