@@ -442,3 +442,48 @@ fn unhonourable_pod_is_refused_naming_the_field_before_anything_runs() -> TestRe
         Ok(())
     })
 }
+
+#[test]
+fn failed_init_container_fails_a_never_restart_pod_without_starting_its_containers() -> TestResult {
+    run(|node| async move {
+        let mut cri = CriClient::connect(node.ctd.socket())
+            .await
+            .map_err(err("connect"))?;
+        cri.wait_network_ready(Duration::from_secs(10))
+            .await
+            .map_err(err("network"))?;
+        let failing = pod(json!({
+            "metadata": {"name": "init-fails", "namespace": "demo", "uid": "uid-init-fails"},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                "initContainers": [{"name": "init", "image": TEST_IMAGE, "command": sh("exit 7")}],
+                "containers": [{"name": "app", "image": TEST_IMAGE, "command": sh("exec $B sleep 1000")}]}
+        }))?;
+        let mut rt = PodRuntime::start(&mut cri, &failing, &node.facts, &Data, options())
+            .await
+            .map_err(err("start"))?;
+        let result = sync_until(&mut cri, &mut rt, Duration::from_secs(10), |s| {
+            s.phase.as_deref() == Some("Failed")
+        })
+        .await;
+        let torn = rt.teardown(&mut cri).await;
+        let status = result?;
+        torn.map_err(err("teardown"))?;
+        let init = &status.init_container_statuses.clone().unwrap_or_default()[0];
+        let code = init
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code);
+        let app = &status.container_statuses.clone().unwrap_or_default()[0];
+        if code != Some(7)
+            || init.restart_count != 0
+            || app.restart_count != 0
+            || app.container_id.is_some()
+        {
+            return Err(format!(
+                "init should have failed once with 7 and app never started: {status:#?}"
+            ));
+        }
+        Ok(())
+    })
+}
