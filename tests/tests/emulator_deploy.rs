@@ -96,6 +96,19 @@ async fn apply_get_token_rbac_and_delete_of_the_deploy_kustomization() {
         .await
         .expect("the ConfigMap");
     assert!(cm.data.unwrap_or_default().contains_key("net-conf.json"));
+    // What the DaemonSet's projected ca.crt reads, published in every new namespace.
+    let root_ca = Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get("kube-root-ca.crt")
+        .await
+        .expect("kube-root-ca.crt");
+    assert_eq!(
+        root_ca
+            .data
+            .unwrap_or_default()
+            .get("ca.crt")
+            .map(String::as_str),
+        Some(emu.ca_pem())
+    );
     let dss: Api<DaemonSet> = Api::namespaced(admin.clone(), NS);
     let ds = dss.get("trellis").await.expect("the DaemonSet");
     let pod_spec = ds.spec.template.spec.clone().expect("a pod template");

@@ -157,7 +157,8 @@ async fn crud_errors_and_pagination() {
             .expect("list all")
             .items
             .len(),
-        6
+        // Besides these six, each of the five namespaces has its kube-root-ca.crt.
+        11
     );
 
     let first = cms
@@ -166,7 +167,7 @@ async fn crud_errors_and_pagination() {
         .expect("page 1");
     let list_rv = first.metadata.resource_version.clone();
     assert_eq!(first.items.len(), 2);
-    assert_eq!(first.metadata.remaining_item_count, Some(3));
+    assert_eq!(first.metadata.remaining_item_count, Some(4));
     // A change between pages must not show in later pages of the same list.
     cms.delete("cm4", &DeleteParams::default())
         .await
@@ -185,7 +186,10 @@ async fn crud_errors_and_pagination() {
         names.extend(page.items.iter().map(|c| c.name_any()));
         token = page.metadata.continue_;
     }
-    assert_eq!(names, ["cm0", "cm1", "cm2", "cm3", "cm4"]);
+    assert_eq!(
+        names,
+        ["cm0", "cm1", "cm2", "cm3", "cm4", "kube-root-ca.crt"]
+    );
     assert_eq!(api_code(cms.get("cm4").await.unwrap_err()), 404);
     assert_eq!(
         cms.list(&ListParams::default())
@@ -193,7 +197,7 @@ async fn crud_errors_and_pagination() {
             .expect("list")
             .items
             .len(),
-        4
+        5
     );
 
     // Deletion returns the object and is visible to the next read.

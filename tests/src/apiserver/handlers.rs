@@ -274,12 +274,15 @@ pub fn create(
         .unwrap_or_default()
         .to_string();
     let obj_ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
-    namespaces::admit_create(&state.store, state.namespaces, rt, obj_ns)?;
+    namespaces::admit_create(&state.store, state.namespaces, &state.ca_pem, rt, obj_ns)?;
     let stored = state.store.mutate(key(rt, ns, &name), |cur| match cur {
         Some(_) => Err(ApiError::already_exists(rt, &name)),
         None => Ok(Change::Put(obj)),
     })?;
     tracing::debug!(resource = rt.plural, name, rv = stored.rv, "created");
+    if rt.id == NAMESPACES.id {
+        namespaces::publish_root_ca(&state.store, &name, &state.ca_pem)?;
+    }
     Ok(http::json_bytes(201, stored.json.clone()))
 }
 

@@ -249,7 +249,8 @@ impl Emulator {
             tracing::info!(rv, objects = objects.len(), "restored state");
             store.load(rv, objects);
         }
-        namespaces::seed(&store).map_err(|e| EmulatorError::Config(e.to_string()))?;
+        namespaces::seed(&store, &identity.ca_pem)
+            .map_err(|e| EmulatorError::Config(e.to_string()))?;
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for addr in &config.listen {
@@ -299,6 +300,7 @@ impl Emulator {
             audit: config.audit.then(Default::default),
             watch_list: config.watch_list,
             namespaces: config.namespaces,
+            ca_pem: identity.ca_pem.clone(),
         });
         namespaces::resume_terminating(&state);
         state.persist().await.map_err(|e| EmulatorError::Io {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::resources::{self, ResourceType, NAMESPACES};
+use super::resources::{self, ResourceType, CONFIGMAPS, NAMESPACES};
 use super::server::ServerState;
 use super::status::ApiError;
 use super::store::{Change, Store};
@@ -83,8 +83,13 @@ pub fn defaults(ns: &mut Value) {
     }
 }
 
-/// Creates the system namespaces that are missing (at start, after restoring state).
-pub fn seed(store: &Store) -> Result<(), ApiError> {
+/// The ConfigMap kube-controller-manager's root-ca-cert-publisher keeps in every namespace:
+/// what a Pod's projected `ca.crt` comes from.
+pub const ROOT_CA_CONFIGMAP: &str = "kube-root-ca.crt";
+
+/// Creates the system namespaces that are missing, and their `kube-root-ca.crt` (at start,
+/// after restoring state).
+pub fn seed(store: &Store, ca_pem: &str) -> Result<(), ApiError> {
     let now = util::unix_now();
     for name in SYSTEM_NAMESPACES {
         if store.get(&key(name)).is_none() {
@@ -93,7 +98,34 @@ pub fn seed(store: &Store) -> Result<(), ApiError> {
                 None => Ok(Change::Put(new_namespace(name, now))),
             })?;
         }
+        publish_root_ca(store, name, ca_pem)?;
     }
+    Ok(())
+}
+
+/// Creates `kube-root-ca.crt` with the emulator's CA in namespace `ns` when missing, as the
+/// root-ca-cert-publisher does for every new namespace.
+pub fn publish_root_ca(store: &Store, ns: &str, ca_pem: &str) -> Result<(), ApiError> {
+    let key = (CONFIGMAPS.id, ns.to_string(), ROOT_CA_CONFIGMAP.to_string());
+    if store.get(&key).is_some() {
+        return Ok(());
+    }
+    let cm = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": ROOT_CA_CONFIGMAP,
+            "namespace": ns,
+            "uid": util::new_uid(),
+            "creationTimestamp": util::rfc3339(util::unix_now()),
+            "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."},
+        },
+        "data": {"ca.crt": ca_pem},
+    });
+    store.mutate(key, |cur| match cur {
+        Some(v) => Ok(Change::Put(v.clone())),
+        None => Ok(Change::Put(cm)),
+    })?;
     Ok(())
 }
 
@@ -101,6 +133,7 @@ pub fn seed(store: &Store) -> Result<(), ApiError> {
 pub fn admit_create(
     store: &Store,
     policy: NamespacePolicy,
+    ca_pem: &str,
     rt: &ResourceType,
     ns: &str,
 ) -> Result<(), ApiError> {
@@ -119,7 +152,7 @@ pub fn admit_create(
                 None => Ok(Change::Put(new_namespace(ns, now))),
             })?;
             tracing::debug!(namespace = ns, "created a namespace implicitly");
-            Ok(())
+            publish_root_ca(store, ns, ca_pem)
         }
         None => Err(ApiError::namespace_not_found(ns)),
     }
@@ -197,23 +230,31 @@ pub fn finalize(store: &Store, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::CONFIGMAPS;
     use crate::apiserver::store::StoreLimits;
 
     #[test]
     fn creates_need_an_existing_active_namespace() {
         let s = Store::new(StoreLimits::default());
-        seed(&s).unwrap();
+        seed(&s, "PEM").unwrap();
+        let ca = s.get(&(
+            CONFIGMAPS.id,
+            "kube-public".into(),
+            ROOT_CA_CONFIGMAP.into(),
+        ));
+        assert_eq!(
+            ca.map(|c| c.value()["data"]["ca.crt"].clone()),
+            Some(json!("PEM"))
+        );
         let req = NamespacePolicy::Required;
-        assert!(admit_create(&s, req, &CONFIGMAPS, "kube-system").is_ok());
-        let e = admit_create(&s, req, &CONFIGMAPS, "nope").unwrap_err();
+        assert!(admit_create(&s, req, "PEM", &CONFIGMAPS, "kube-system").is_ok());
+        let e = admit_create(&s, req, "PEM", &CONFIGMAPS, "nope").unwrap_err();
         assert_eq!(
             (e.code, e.message.as_str()),
             (404, "namespaces \"nope\" not found")
         );
-        assert!(admit_create(&s, NamespacePolicy::Implicit, &CONFIGMAPS, "nope").is_ok());
+        assert!(admit_create(&s, NamespacePolicy::Implicit, "PEM", &CONFIGMAPS, "nope").is_ok());
         assert!(
-            admit_create(&s, req, &CONFIGMAPS, "nope").is_ok(),
+            admit_create(&s, req, "PEM", &CONFIGMAPS, "nope").is_ok(),
             "created implicitly"
         );
         let cm = json!({"metadata": {"name": "c", "namespace": "nope", "resourceVersion": "1"}});

@@ -55,6 +55,8 @@ pub struct ServerState {
     pub audit: Option<rbac::Audit>,
     pub watch_list: super::WatchList,
     pub namespaces: NamespacePolicy,
+    /// The CA published in every namespace's `kube-root-ca.crt`.
+    pub ca_pem: String,
 }
 
 impl ServerState {
