@@ -352,39 +352,11 @@ impl PodRuntime {
     /// times kills the instance (the next sync restarts it per policy);
     /// readiness flips `ready`. Without a readiness probe, running is ready.
     async fn probe(&mut self, cri: &mut CriClient, i: usize, id: &str) -> Result<(), RuntimeError> {
-        let plan = self.plan.containers[i].clone();
-        let host = self.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let netns = self.probe_netns.clone();
         let now = Instant::now();
-        if let Some(p) = &plan.liveness {
-            if self.containers[i]
-                .probes
-                .next_liveness
-                .is_some_and(|t| now >= t)
-            {
-                let result = run_probe(cri, p, id, netns.as_deref(), &host).await;
-                let rec = &mut self.containers[i];
-                rec.probes.next_liveness = Some(now + p.period);
-                if rec
-                    .probes
-                    .liveness(result.as_ref().err(), p.failure_threshold)
-                {
-                    let reason = result.err().unwrap_or_default();
-                    self.events.push(warning(
-                        "Unhealthy",
-                        format!("Liveness probe failed: {reason}"),
-                    ));
-                    let note = format!(
-                        "Container {} failed liveness probe, will be restarted",
-                        plan.name
-                    );
-                    self.events.push(normal("Killing", note));
-                    cri.stop_container(id, grace_secs(self.plan.grace_period))
-                        .await?;
-                    return Ok(());
-                }
-            }
+        if self.liveness(cri, i, id, now).await? {
+            return Ok(());
         }
+        let plan = self.plan.containers[i].clone();
         let Some(p) = &plan.readiness else {
             self.containers[i].ready = true;
             return Ok(());
@@ -394,7 +366,8 @@ impl PodRuntime {
             .next_readiness
             .is_some_and(|t| now >= t)
         {
-            let result = run_probe(cri, p, id, netns.as_deref(), &host).await;
+            let result =
+                run_probe(cri, p, id, self.probe_netns.as_deref(), &self.probe_host()).await;
             let rec = &mut self.containers[i];
             rec.probes.next_readiness = Some(now + p.period);
             let was_ready = rec.ready;
@@ -412,6 +385,51 @@ impl PodRuntime {
             }
         }
         Ok(())
+    }
+
+    /// Where network probes without a host go: the pod IP.
+    fn probe_host(&self) -> String {
+        self.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into())
+    }
+
+    /// Runs a due liveness probe; true when it killed the container.
+    async fn liveness(
+        &mut self,
+        cri: &mut CriClient,
+        i: usize,
+        id: &str,
+        now: Instant,
+    ) -> Result<bool, RuntimeError> {
+        let plan = self.plan.containers[i].clone();
+        let Some(p) = &plan.liveness else {
+            return Ok(false);
+        };
+        let due = self.containers[i].probes.next_liveness;
+        if due.is_none_or(|t| now < t) {
+            return Ok(false);
+        }
+        let result = run_probe(cri, p, id, self.probe_netns.as_deref(), &self.probe_host()).await;
+        let rec = &mut self.containers[i];
+        rec.probes.next_liveness = Some(now + p.period);
+        if !rec
+            .probes
+            .liveness(result.as_ref().err(), p.failure_threshold)
+        {
+            return Ok(false);
+        }
+        let reason = result.err().unwrap_or_default();
+        self.events.push(warning(
+            "Unhealthy",
+            format!("Liveness probe failed: {reason}"),
+        ));
+        let note = format!(
+            "Container {} failed liveness probe, will be restarted",
+            plan.name
+        );
+        self.events.push(normal("Killing", note));
+        cri.stop_container(id, grace_secs(self.plan.grace_period))
+            .await?;
+        Ok(true)
     }
 
     /// Stops and removes every container and the sandbox, then the pod's

@@ -395,17 +395,7 @@ fn sandbox_config(
 ) -> Result<PodSandboxConfig, TranslateError> {
     let spec = ctx.spec;
     let host_network = spec.host_network.unwrap_or(false);
-    let pod_sc = spec.security_context.as_ref();
-    let any_privileged = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| {
-            c.security_context
-                .as_ref()
-                .and_then(|s| s.privileged)
-                .unwrap_or(false)
-        });
+    let logs = node.dirs.pods.join(uid).join("logs");
     Ok(PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.to_string(),
@@ -419,33 +409,45 @@ fn sandbox_config(
         } else {
             spec.hostname.clone().unwrap_or_else(|| name.to_string())
         },
-        log_directory: node
-            .dirs
-            .pods
-            .join(uid)
-            .join("logs")
-            .to_string_lossy()
-            .into_owned(),
+        log_directory: logs.to_string_lossy().into_owned(),
         port_mappings: port_mappings(spec, host_network)?,
         labels: ctx.labels.clone(),
         linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(ctx.namespaces.clone()),
-                run_as_user: pod_sc
-                    .and_then(|p| p.run_as_user)
-                    .map(|value| k8s_cri::v1::Int64Value { value }),
-                supplemental_groups: pod_sc
-                    .and_then(|p| p.supplemental_groups.clone())
-                    .unwrap_or_default(),
-                privileged: any_privileged,
-                seccomp: Some(security::seccomp_profile(
-                    pod_sc.and_then(|p| p.seccomp_profile.as_ref()),
-                    "spec.securityContext",
-                )?),
-                ..Default::default()
-            }),
+            security_context: Some(sandbox_security(ctx)?),
             ..Default::default()
         }),
+        ..Default::default()
+    })
+}
+
+/// The pod-level security context; privileged if any container is (the
+/// runtime requires it of the sandbox).
+fn sandbox_security(ctx: &Ctx) -> Result<LinuxSandboxSecurityContext, TranslateError> {
+    let spec = ctx.spec;
+    let pod_sc = spec.security_context.as_ref();
+    let any_privileged = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false)
+        });
+    Ok(LinuxSandboxSecurityContext {
+        namespace_options: Some(ctx.namespaces.clone()),
+        run_as_user: pod_sc
+            .and_then(|p| p.run_as_user)
+            .map(|value| k8s_cri::v1::Int64Value { value }),
+        supplemental_groups: pod_sc
+            .and_then(|p| p.supplemental_groups.clone())
+            .unwrap_or_default(),
+        privileged: any_privileged,
+        seccomp: Some(security::seccomp_profile(
+            pod_sc.and_then(|p| p.seccomp_profile.as_ref()),
+            "spec.securityContext",
+        )?),
         ..Default::default()
     })
 }
