@@ -33,8 +33,8 @@
 //!   Memory` and `sizeLimit` (a plain directory).
 //! - Not done: images are never pulled (import them into the node's
 //!   containerd); no cluster DNS (dnsPolicy is accepted, the runtime's
-//!   resolv.conf is kept); projected tokens are fetched once, not rotated;
-//!   exited instances are removed at once (no logs kept after a restart);
+//!   resolv.conf is kept); exited instances are removed at once (no logs
+//!   kept after a restart);
 //!   the crash-loop backoff never resets; nothing injects the
 //!   kube-api-access volume (the ServiceAccount admission plugin's job):
 //!   Pods must declare it, as deploy's DaemonSet does; the scheduler and

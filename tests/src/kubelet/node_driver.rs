@@ -164,6 +164,15 @@ impl NodeDriver {
         let Some(Managed::Running { rt, written }) = self.pods.get_mut(&uid) else {
             return Ok(());
         };
+        // kubelet rotates projected tokens before they expire.
+        if rt.token_refresh_due(std::time::Instant::now()) {
+            let fresh = prefetch(&self.client, pod, &rt.plan.volumes).await;
+            if let Err(e) =
+                fresh.and_then(|data| rt.rewrite_tokens(&data).map_err(|e| e.to_string()))
+            {
+                tracing::warn!(%uid, error = %e, "token rotation");
+            }
+        }
         if let Err(e) = rt.sync(&mut self.cri).await {
             tracing::warn!(%uid, error = %e, "pod sync");
         }

@@ -13,7 +13,7 @@ use super::container::{should_restart, Backoff, ContainerRecord, Observed};
 use super::probe_runner::run_probe;
 use super::status::{pod_status, StatusInput};
 use super::translate::{plan_pod, ContainerPlan, NodeFacts, PodPlan, TranslateError};
-use super::volumes::{materialize, VolumeData, VolumeError};
+use super::volumes::{self, materialize, VolumeData, VolumeError};
 use crate::cri::{ContainerRunState, CriClient, CriError};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +59,8 @@ pub struct PodRuntime {
     init_failed: bool,
     events: Vec<PodEvent>,
     opts: RuntimeOptions,
+    /// When the projected tokens were last written (for rotation).
+    tokens_written: Instant,
 }
 
 impl PodRuntime {
@@ -127,6 +129,7 @@ impl PodRuntime {
             init_failed: false,
             events,
             opts,
+            tokens_written: Instant::now(),
         }
     }
 
@@ -158,6 +161,20 @@ impl PodRuntime {
 
     pub fn pod_ip(&self) -> Option<&str> {
         self.pod_ip.as_deref()
+    }
+
+    /// Whether the projected tokens are old enough to be rotated.
+    pub fn token_refresh_due(&self, now: Instant) -> bool {
+        let age = now.saturating_duration_since(self.tokens_written);
+        volumes::shortest_token_ttl(&self.plan.volumes)
+            .is_some_and(|ttl| volumes::token_refresh_due(ttl, age))
+    }
+
+    /// Writes fresh tokens into the pod's projected volumes.
+    pub fn rewrite_tokens(&mut self, data: &dyn VolumeData) -> Result<(), VolumeError> {
+        volumes::rewrite_tokens(&self.plan.volumes, data)?;
+        self.tokens_written = Instant::now();
+        Ok(())
     }
 
     /// Events since the last call.

@@ -408,17 +408,72 @@ fn write_files(
             file: file.path.clone(),
             reason,
         })?;
-        let path = dir.join(&file.path);
-        if let Some(parent) = path.parent() {
-            create_dir(volume, parent)?;
-        }
-        std::fs::write(&path, text).map_err(|source| VolumeError::Io {
+        write_atomically(volume, &dir.join(&file.path), &text)?;
+    }
+    Ok(())
+}
+
+/// Temp file + rename in the same directory: a container reading the file
+/// (e.g. a rotated token) sees the old or the new content, never half.
+fn write_atomically(volume: &str, path: &Path, text: &str) -> Result<(), VolumeError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| VolumeError::Io {
             volume: volume.to_string(),
             path,
             source,
-        })?;
+        }
+    };
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    create_dir(volume, parent)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!("..{name}.tmp"));
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// kubelet rotates a projected token once it is older than 80% of its
+/// lifetime (default one hour), or a day.
+pub fn token_refresh_due(expiration_seconds: Option<i64>, age: std::time::Duration) -> bool {
+    let ttl = expiration_seconds.filter(|s| *s > 0).unwrap_or(3600);
+    let limit = u64::try_from(ttl).unwrap_or(3600).saturating_mul(8) / 10;
+    age.as_secs() >= limit.min(24 * 3600)
+}
+
+/// Rewrites only the service-account token files (rotation).
+pub fn rewrite_tokens(
+    plans: &[(String, VolumePlan)],
+    data: &dyn VolumeData,
+) -> Result<(), VolumeError> {
+    for (name, plan) in plans {
+        if let VolumePlan::Files { dir, files } = plan {
+            let tokens: Vec<FileSpec> = files
+                .iter()
+                .filter(|f| matches!(f.content, FileContent::ServiceAccountToken { .. }))
+                .cloned()
+                .collect();
+            write_files(name, dir, &tokens, data)?;
+        }
     }
     Ok(())
+}
+
+/// The shortest token lifetime the plans ask for (`None`: no token).
+pub fn shortest_token_ttl(plans: &[(String, VolumePlan)]) -> Option<Option<i64>> {
+    plans
+        .iter()
+        .flat_map(|(_, plan)| match plan {
+            VolumePlan::Files { files, .. } => files.as_slice(),
+            _ => &[],
+        })
+        .filter_map(|f| match f.content {
+            FileContent::ServiceAccountToken { expiration_seconds } => Some(expiration_seconds),
+            _ => None,
+        })
+        .min_by_key(|e| e.unwrap_or(3600))
 }
 
 #[cfg(test)]
@@ -475,6 +530,51 @@ mod tests {
             (read("s", "token"), read("s", "ns")),
             ("tok".into(), "ns".into())
         );
+    }
+
+    #[test]
+    fn tokens_rotate_at_eighty_percent_of_their_lifetime() {
+        use std::time::Duration;
+        assert!(!token_refresh_due(Some(3607), Duration::from_secs(2800)));
+        assert!(token_refresh_due(Some(3607), Duration::from_secs(2886)));
+        assert!(token_refresh_due(None, Duration::from_secs(2880)));
+        assert!(token_refresh_due(
+            Some(10 * 24 * 3600),
+            Duration::from_secs(24 * 3600)
+        ));
+    }
+
+    #[test]
+    fn rewrite_tokens_touches_only_token_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs = NodeDirs {
+            root: tmp.path().join("root"),
+            pods: tmp.path().join("pods"),
+        };
+        let p = plans(
+            &dirs,
+            json!([{"name": "s", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 600}},
+            {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}]),
+        );
+        materialize(&p, &Fixed).expect("materialized");
+        let dir = dirs.volume_dir("u", "s");
+        std::fs::write(dir.join("token"), "old").expect("write");
+        std::fs::write(dir.join("ns"), "edited").expect("write");
+        rewrite_tokens(&p, &Fixed).expect("rewritten");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("token")).expect("token"),
+            "tok"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("ns")).expect("ns"),
+            "edited"
+        );
+        assert_eq!(shortest_token_ttl(&p), Some(Some(600)));
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
     #[test]
