@@ -60,6 +60,24 @@ impl Backoff {
     }
 }
 
+/// An instance that ran this long resets the crash-loop backoff (kubelet's
+/// value).
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// How long a terminated instance ran (CRI times are Unix nanoseconds).
+fn ran_for(state: &Observed) -> Duration {
+    match state {
+        Observed::Terminated {
+            started_at,
+            finished_at,
+            ..
+        } if finished_at > started_at => {
+            Duration::from_nanos(u64::try_from(finished_at - started_at).unwrap_or(0))
+        }
+        _ => Duration::ZERO,
+    }
+}
+
 /// Whether an exited container is started again. Init containers must
 /// succeed: they are retried on failure unless the policy is Never.
 pub fn should_restart(policy: RestartPolicy, exit_code: i32, init: bool) -> bool {
@@ -132,6 +150,8 @@ pub struct ContainerRecord {
     pub retry_at: Option<Instant>,
     /// Set once the container exited for good (no restart coming).
     pub finished: bool,
+    /// Restarts since the backoff was last reset (the delay's exponent).
+    pub backoff_level: u32,
     pub probes: ProbeCounters,
 }
 
@@ -148,6 +168,7 @@ impl ContainerRecord {
             ready: false,
             retry_at: None,
             finished: false,
+            backoff_level: 0,
             probes: ProbeCounters::default(),
         }
     }
@@ -164,7 +185,12 @@ impl ContainerRecord {
         self.ready = false;
         self.probes = ProbeCounters::default();
         if restart {
-            let delay = backoff.delay(self.attempts.saturating_sub(1));
+            // kubelet forgets the backoff once an instance ran long enough.
+            if ran_for(&terminated) >= BACKOFF_RESET {
+                self.backoff_level = 0;
+            }
+            let delay = backoff.delay(self.backoff_level);
+            self.backoff_level += 1;
             self.retry_at = Some(now + delay);
             let message = format!(
                 "back-off {delay:?} restarting failed container {}",
@@ -192,6 +218,29 @@ mod tests {
         let delays: Vec<_> = (0..5).map(|n| b.delay(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         assert_eq!(Backoff::default().delay(1000), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn backoff_grows_per_crash_and_resets_after_a_long_run() {
+        let b = Backoff::default();
+        let crash = |ran: Duration| Observed::Terminated {
+            exit_code: 1,
+            reason: "Error".into(),
+            message: String::new(),
+            started_at: 1,
+            finished_at: 1 + i64::try_from(ran.as_nanos()).expect("fits"),
+        };
+        let mut rec = ContainerRecord::new("c", "img");
+        let now = Instant::now();
+        rec.exited(crash(Duration::from_secs(1)), true, &b, now);
+        rec.exited(crash(Duration::from_secs(1)), true, &b, now);
+        assert_eq!(rec.retry_at, Some(now + Duration::from_secs(20)));
+        rec.exited(crash(BACKOFF_RESET), true, &b, now);
+        assert_eq!(
+            rec.retry_at,
+            Some(now + Duration::from_secs(10)),
+            "reset after 10 min of running"
+        );
     }
 
     #[test]

@@ -34,8 +34,7 @@
 //! - Not done: images are never pulled (import them into the node's
 //!   containerd); no cluster DNS (dnsPolicy is accepted, the runtime's
 //!   resolv.conf is kept); exited instances are removed at once (no logs
-//!   kept after a restart);
-//!   the crash-loop backoff never resets; nothing injects the
+//!   kept after a restart); nothing injects the
 //!   kube-api-access volume (the ServiceAccount admission plugin's job):
 //!   Pods must declare it, as deploy's DaemonSet does; the scheduler and
 //!   the DaemonSet controller poll rather than watch.
