@@ -8,6 +8,7 @@ packages=(
   containerd runc containernetworking-plugins protobuf-compiler
   shellcheck iperf3 python3-venv gcc g++ libc6-dev time
   mmdebstrap debian-archive-keyring umoci jq binutils file
+  busybox-static
 )
 
 missing=()
