@@ -213,8 +213,9 @@ else
         mkdir -p "$CACHE"
         # One root per release: older keys are dead weight.
         find "$CACHE" -maxdepth 1 -name "base-$suite-*.tar" -delete
-        mv "$work/base.tar" "$cached.part"
-        mv "$cached.part" "$cached"
+        # Copied under a name of its own, then renamed: a concurrent build never reads half a root.
+        mv "$work/base.tar" "$cached.$$.part"
+        mv "$cached.$$.part" "$cached"
         base=$cached
     fi
 fi
