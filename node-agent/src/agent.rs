@@ -809,8 +809,6 @@ async fn pass(
     report_readiness(st, metrics, reasons);
     if programmed {
         advertiser.network_available(backend_now);
-    }
-    if programmed {
         if let Some((from, to, t0)) = st.switch_started.take() {
             let took = t0.elapsed();
             metrics
