@@ -22,29 +22,19 @@ use serde_json::{json, Value};
 use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
 use trellis_e2e::containerd;
 use trellis_e2e::cri::CriClient;
-use trellis_e2e::kubelet::container::Backoff;
 use trellis_e2e::kubelet::controllers::{daemonset_pass, scheduler_pass};
-use trellis_e2e::kubelet::harness::{TestNode, BUSYBOX, TEST_IMAGE};
+use trellis_e2e::kubelet::harness::{
+    err, fast_runtime_options, runs_here, sh, TestNode, TestResult, BUSYBOX, TEST_IMAGE,
+};
 use trellis_e2e::kubelet::node_driver::NodeDriver;
 use trellis_e2e::kubelet::rollout::HASH_LABEL;
-use trellis_e2e::kubelet::RuntimeOptions;
 
 const NODES: [(&str, u8); 2] = [("kn-1", 11), ("kn-2", 12)];
 const NODE: &str = NODES[0].0;
 const NS: &str = "demo";
 
-type TestResult<T = ()> = Result<T, String>;
-
-fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| format!("{what}: {e}")
-}
-
 fn object<K: DeserializeOwned>(v: Value) -> TestResult<K> {
     serde_json::from_value(v).map_err(err("object json"))
-}
-
-fn sh(script: &str) -> Value {
-    json!([BUSYBOX, "sh", "-c", format!("B={BUSYBOX}; {script}")])
 }
 
 fn agent_daemonset() -> TestResult<DaemonSet> {
@@ -227,8 +217,7 @@ impl AsyncCheck<Pod> for Replaced {
 #[test]
 fn daemonset_per_node_replaced_and_rolled_scheduled_pod_and_refused_pod_via_the_api() -> TestResult
 {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n!!!!!!!! SKIPPED: needs root (netns, containerd, runc) !!!!!!!!\n");
+    if !runs_here() {
         return Ok(());
     }
     let _serial = containerd::serial_lock().map_err(err("lock"))?;
@@ -243,11 +232,10 @@ fn daemonset_per_node_replaced_and_rolled_scheduled_pod_and_refused_pod_via_the_
             .map_err(err("emulator"))?;
         let client = emu.client().await.map_err(err("client"))?;
         let port = emu
-            .url()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .ok_or("emulator url has no port")?;
+            .local_addrs()
+            .first()
+            .map(|a| a.port())
+            .ok_or("the emulator listens nowhere")?;
         let mut nodes = Vec::new();
         for (name, subnet) in NODES {
             nodes.push(TestNode::start(name, subnet, "127.0.0.1", port).map_err(err("node"))?);
@@ -270,12 +258,7 @@ fn daemonset_per_node_replaced_and_rolled_scheduled_pod_and_refused_pod_via_the_
 }
 
 async fn scenario(client: &Client, nodes: &[TestNode]) -> TestResult {
-    let opts = RuntimeOptions {
-        backoff: Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(1),
-        },
-    };
+    let opts = fast_runtime_options();
     let mut drivers = Vec::new();
     for node in nodes {
         let mut cri = CriClient::connect(node.ctd.socket())

@@ -20,19 +20,13 @@ use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
 use trellis_e2e::containerd::{self, cni};
 use trellis_e2e::cri::CriClient;
 use trellis_e2e::kubelet::background::ClusterLoop;
-use trellis_e2e::kubelet::container::Backoff;
-use trellis_e2e::kubelet::harness::{NodeOptions, TestNode, BUSYBOX, TEST_IMAGE};
+use trellis_e2e::kubelet::harness::{
+    err, fast_runtime_options, runs_here, NodeOptions, TestNode, TestResult, BUSYBOX, TEST_IMAGE,
+};
 use trellis_e2e::kubelet::node_driver::NodeDriver;
-use trellis_e2e::kubelet::RuntimeOptions;
 
 const NODE: &str = "kn-1";
 const NS: &str = "kube-system";
-
-type TestResult<T = ()> = Result<T, String>;
-
-fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| format!("{what}: {e}")
-}
 
 /// The installer DaemonSet: its init container copies the staged plugins
 /// and writes the conflist (atomically, as install-cni does).
@@ -101,8 +95,7 @@ fn stage(node: &TestNode) -> TestResult<String> {
 
 #[test]
 fn a_daemonset_installs_the_nodes_cni_and_then_pod_network_pods_run() -> TestResult {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n!!!!!!!! SKIPPED: needs root (netns, containerd, runc) !!!!!!!!\n");
+    if !runs_here() {
         return Ok(());
     }
     let _serial = containerd::serial_lock().map_err(err("lock"))?;
@@ -118,11 +111,10 @@ fn a_daemonset_installs_the_nodes_cni_and_then_pod_network_pods_run() -> TestRes
             .map_err(err("emulator"))?;
         let client = emu.client().await.map_err(err("client"))?;
         let port = emu
-            .url()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim_end_matches('/').parse().ok())
-            .ok_or("no port")?;
+            .local_addrs()
+            .first()
+            .map(|a| a.port())
+            .ok_or("the emulator listens nowhere")?;
         let node = TestNode::start_with(&NodeOptions {
             name: NODE.into(),
             reference_cni_subnet: None,
@@ -148,12 +140,7 @@ async fn scenario(client: &Client, node: &TestNode) -> TestResult {
     let cri = CriClient::connect(node.ctd.socket())
         .await
         .map_err(err("connect"))?;
-    let opts = RuntimeOptions {
-        backoff: Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(1),
-        },
-    };
+    let opts = fast_runtime_options();
     let driver = NodeDriver::new(client.clone(), cri, node.facts.clone(), opts);
     let cluster = ClusterLoop::spawn(client.clone(), vec![driver], Duration::from_millis(200));
     let result = wait_for_web(client).await;

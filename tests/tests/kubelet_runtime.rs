@@ -18,30 +18,14 @@ use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use serde_json::{json, Value};
 use trellis_e2e::containerd;
 use trellis_e2e::cri::CriClient;
-use trellis_e2e::kubelet::container::Backoff;
-use trellis_e2e::kubelet::harness::{TestNode as Node, BUSYBOX, TEST_IMAGE};
+use trellis_e2e::kubelet::harness::{
+    err, fast_runtime_options, runs_here, sh, TestNode as Node, TestResult, BUSYBOX, TEST_IMAGE,
+};
 use trellis_e2e::kubelet::volumes::VolumeData;
-use trellis_e2e::kubelet::{PodRuntime, RuntimeError, RuntimeOptions};
+use trellis_e2e::kubelet::{PodRuntime, RuntimeError};
 
 const NODE: &str = "kn-1";
 const TOKEN: &str = "test-token-123";
-
-type TestResult<T = ()> = Result<T, String>;
-
-fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
-    move |e| format!("{what}: {e}")
-}
-
-/// Skips (loudly) without root.
-fn prerequisites() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("\n!!!!!!!! SKIPPED: needs root (netns, containerd, runc) !!!!!!!!\n");
-        return false;
-    }
-    // A missing busybox fails the test (the harness says what to install),
-    // like a missing containerd does: only the lack of root skips.
-    true
-}
 
 struct Data;
 
@@ -54,21 +38,8 @@ impl VolumeData for Data {
     }
 }
 
-fn options() -> RuntimeOptions {
-    RuntimeOptions {
-        backoff: Backoff {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(1),
-        },
-    }
-}
-
 fn pod(value: Value) -> TestResult<Pod> {
     serde_json::from_value(value).map_err(err("pod json"))
-}
-
-fn sh(script: &str) -> Value {
-    json!([BUSYBOX, "sh", "-c", format!("B={BUSYBOX}; {script}")])
 }
 
 /// Syncs every 100 ms until `done` holds for the status, or `timeout`.
@@ -105,7 +76,7 @@ fn condition(s: &PodStatus, kind: &str) -> Option<String> {
 
 /// Runs `f` on a fresh node; a failure carries containerd's log tail.
 fn run<F: std::future::Future<Output = TestResult>>(f: impl FnOnce(Rc<Node>) -> F) -> TestResult {
-    if !prerequisites() {
+    if !runs_here() {
         return Ok(());
     }
     let _serial = containerd::serial_lock().map_err(err("lock"))?;
@@ -222,7 +193,7 @@ fn pod_network_pod_runs_inits_in_order_then_containers_as_specified() -> TestRes
             .map_err(err("network"))?;
         let pod = web_pod()?;
         let start = Instant::now();
-        let mut rt = PodRuntime::start(&mut cri, &pod, &node.facts, &Data, options())
+        let mut rt = PodRuntime::start(&mut cri, &pod, &node.facts, &Data, fast_runtime_options())
             .await
             .map_err(err("start"))?;
         let pod_dir = node.facts.dirs.pods.join("uid-web");
@@ -356,7 +327,7 @@ fn host_network_pod_restarts_crashed_and_unhealthy_containers_and_probes_in_the_
             &host_network_pod()?,
             &node.facts,
             &Data,
-            options(),
+            fast_runtime_options(),
         )
         .await
         .map_err(err("start"))?;
@@ -424,7 +395,7 @@ fn unhonourable_pod_is_refused_naming_the_field_before_anything_runs() -> TestRe
             "spec": {"containers": [{"name": "c", "image": TEST_IMAGE}],
                      "volumes": [{"name": "v", "nfs": {"server": "s", "path": "/"}}]}
         }))?;
-        match PodRuntime::start(&mut cri, &bad, &node.facts, &Data, options()).await {
+        match PodRuntime::start(&mut cri, &bad, &node.facts, &Data, fast_runtime_options()).await {
             Err(RuntimeError::Unsupported(e))
                 if e.to_string()
                     == "spec.volumes[0].nfs: not supported by the test node driver" => {}
@@ -454,9 +425,15 @@ fn failed_init_container_fails_a_never_restart_pod_without_starting_its_containe
                 "initContainers": [{"name": "init", "image": TEST_IMAGE, "command": sh("exit 7")}],
                 "containers": [{"name": "app", "image": TEST_IMAGE, "command": sh("exec $B sleep 1000")}]}
         }))?;
-        let mut rt = PodRuntime::start(&mut cri, &failing, &node.facts, &Data, options())
-            .await
-            .map_err(err("start"))?;
+        let mut rt = PodRuntime::start(
+            &mut cri,
+            &failing,
+            &node.facts,
+            &Data,
+            fast_runtime_options(),
+        )
+        .await
+        .map_err(err("start"))?;
         let result = sync_until(&mut cri, &mut rt, Duration::from_secs(10), |s| {
             s.phase.as_deref() == Some("Failed")
         })

@@ -10,10 +10,14 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use std::time::Duration;
 
+use serde_json::{json, Value};
+
+use super::container::Backoff;
 use super::translate::NodeFacts;
 use super::volumes::NodeDirs;
+use super::RuntimeOptions;
 use crate::containerd::cni::{self, CniSetupError};
 use crate::containerd::image::{self, ImageError};
 use crate::containerd::netns::NetnsError;
@@ -22,6 +26,39 @@ use crate::containerd::{Containerd, ContainerdError, ContainerdOptions, NodeNetn
 /// The only binary of the test image (Debian's busybox-static).
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const TEST_IMAGE: &str = "localhost/trellis/busybox:1";
+
+/// What the driver's tests return: a message naming what failed.
+pub type TestResult<T = ()> = Result<T, String>;
+
+/// Labels an error for a [`TestResult`]: `.map_err(err("connect"))`.
+pub fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// A container command running `script` in the test image's shell (`$B` is busybox).
+pub fn sh(script: &str) -> Value {
+    json!([BUSYBOX, "sh", "-c", format!("B={BUSYBOX}; {script}")])
+}
+
+/// Restart backoff short enough for a test to see several restarts in seconds.
+pub fn fast_runtime_options() -> RuntimeOptions {
+    RuntimeOptions {
+        backoff: Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+        },
+    }
+}
+
+/// Whether the driver's tests can run here; without root they are skipped, loudly. (A missing
+/// busybox or containerd fails them instead, with what to install.)
+pub fn runs_here() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: needs root (netns, containerd, runc) !!!!!!!!\n");
+    false
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
