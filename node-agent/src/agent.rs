@@ -28,11 +28,11 @@ use crate::annotations::AnnotationKeys;
 use crate::backend::{self, PlanOptions};
 use crate::bridge_nf::BridgeNf;
 use crate::cluster::{
-    self, Backoff, BackoffPolicy, ClientSource, ConfigSource, ConfigWatcher, NodeEvents,
+    self, lock_view, Backoff, BackoffPolicy, ClientSource, ConfigSource, ConfigWatcher, NodeEvents,
     NodeWatchOptions, NodeWatcher, OwnNode, WaitOptions,
 };
 use crate::config::{BackendType, NetConfig};
-use crate::dataplane::desired::Mac;
+use crate::dataplane::desired::{fnv1a, Mac};
 use crate::dataplane::netlink::{Dataplane, DriftMonitor};
 use crate::debug_state::{DebugState, PassContext};
 use crate::firewall::exec::Exec;
@@ -441,10 +441,7 @@ const SKIP_EVENTS_EVERY: Duration = Duration::from_secs(2);
 /// The agents that may report a skip: this node and the peers it programs, sorted (the first
 /// is this node).
 fn skip_reporters(view: &Arc<Mutex<ClusterView>>, config: &NetConfig) -> Vec<String> {
-    let v = match view.lock() {
-        Ok(v) => v,
-        Err(p) => p.into_inner(),
-    };
+    let v = lock_view(view);
     let mut names = vec![v.local().node_name.clone()];
     // Planning read the same view: resolving again costs what a plan does, only on passes
     // with news to report.
@@ -470,16 +467,6 @@ fn reports_skip(reporters: &[String], skipped: &str) -> bool {
         .filter(|r| (score(r), r.as_str()) > mine)
         .count();
     above < SKIP_REPORTERS
-}
-
-/// FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parts.iter().flat_map(|p| p.iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// A token bucket.
@@ -550,10 +537,7 @@ async fn prefill(
     dataplane: &mut Dataplane,
 ) {
     let plan = {
-        let v = match view.lock() {
-            Ok(v) => v,
-            Err(p) => p.into_inner(),
-        };
+        let v = lock_view(view);
         backend::plan(&v, config, plan_opts)
     };
     let Ok(plan) = plan else {
@@ -586,10 +570,7 @@ fn firewall_rules(
     config: &NetConfig,
     plan_opts: &PlanOptions,
 ) -> Option<RuleSet> {
-    let v = match view.lock() {
-        Ok(v) => v,
-        Err(p) => p.into_inner(),
-    };
+    let v = lock_view(view);
     backend::plan(&v, config, plan_opts)
         .ok()
         .map(|p| p.state.firewall)
@@ -639,10 +620,7 @@ async fn pass(
 ) {
     let started = Instant::now();
     let (plan, keys) = {
-        let v = match view.lock() {
-            Ok(v) => v,
-            Err(p) => p.into_inner(),
-        };
+        let v = lock_view(view);
         metrics
             .nodes_seen
             .store(v.node_count() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -835,10 +813,7 @@ async fn pass(
         None => "unavailable",
     };
     let ctx = {
-        let v = match view.lock() {
-            Ok(v) => v,
-            Err(p) => p.into_inner(),
-        };
+        let v = lock_view(view);
         let l = v.local();
         PassContext {
             node: l.node_name.clone(),

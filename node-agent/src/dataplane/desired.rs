@@ -75,6 +75,17 @@ impl fmt::Display for Family {
     }
 }
 
+/// FNV-1a over `parts` in order: tiny, stable across Rust versions and platforms (unlike
+/// `DefaultHasher`), good enough spread for deriving names and picking among nodes.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// An Ethernet MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mac(pub [u8; 6]);
@@ -88,13 +99,7 @@ impl Mac {
     /// The VTEP MAC must stay the same across agent restarts (peers hold it in their ARP and
     /// FDB entries); deriving it makes that true even when the advertised one was lost.
     pub fn derived(seed: &str) -> Mac {
-        // FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`), good enough spread.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in seed.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        let b = h.to_be_bytes();
+        let b = fnv1a(&[seed.as_bytes()]).to_be_bytes();
         // Set "locally administered", clear "multicast".
         Mac([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
     }
@@ -474,6 +479,8 @@ mod tests {
     #[test]
     fn derived_mac_is_stable_unicast_and_local() {
         let a = Mac::derived("node-1/flannel.1");
+        // Pinned: a restarted agent that lost its annotation must derive the MAC peers hold.
+        assert_eq!(a.to_string(), "e2:27:92:1e:38:8c");
         assert_eq!(a, Mac::derived("node-1/flannel.1"));
         assert_ne!(a, Mac::derived("node-2/flannel.1"));
         assert!(!a.is_multicast());
