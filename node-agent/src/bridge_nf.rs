@@ -13,7 +13,7 @@ use std::path::Path;
 const SYSCTL_DIR: &str = "/proc/sys/net/bridge";
 
 /// What the host has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BridgeNf {
     /// `None` when the module is not loaded (the sysctl does not exist).
     pub call_iptables: Option<bool>,

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use ipnetwork::IpNetwork;
 
+use crate::bridge_nf::BridgeNf;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Ok,
@@ -32,8 +34,8 @@ fn f(level: Level, check: &'static str, message: impl Into<String>) -> Finding {
 /// Facts read from the node.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
-    /// `/proc/sys/net/bridge/bridge-nf-call-iptables`: None when br_netfilter is not loaded.
-    pub bridge_nf_call_iptables: Option<bool>,
+    /// br_netfilter and its sysctls, as `run` reads them.
+    pub bridge_nf: BridgeNf,
     pub ip_forward: Option<bool>,
     /// Policy of the filter FORWARD chain, or why iptables could not tell it.
     pub forward_policy: ForwardPolicy,
@@ -81,10 +83,14 @@ pub enum PolicyError {
 
 pub fn evaluate(x: &Facts) -> Vec<Finding> {
     let mut out = Vec::new();
-    out.push(match x.bridge_nf_call_iptables {
-        None => f(Level::Warn, "br_netfilter", "br_netfilter is not loaded: kube-proxy's rules do not see pod-to-pod traffic on cni0 (modprobe br_netfilter)"),
-        Some(false) => f(Level::Warn, "br_netfilter", "net.bridge.bridge-nf-call-iptables=0: Services may not work between pods on one node (sysctl -w net.bridge.bridge-nf-call-iptables=1)"),
-        Some(true) => f(Level::Ok, "br_netfilter", "br_netfilter loaded, bridge-nf-call-iptables=1"),
+    // The same check and fix as `run` reports (IPv4; the agent adds IPv6 when enabled).
+    out.push(match x.bridge_nf.check(true, false) {
+        Err(why) => f(Level::Warn, "br_netfilter", why),
+        Ok(()) => f(
+            Level::Ok,
+            "br_netfilter",
+            "br_netfilter loaded, bridge-nf-call-iptables=1",
+        ),
     });
     out.push(match x.ip_forward {
         Some(true) => f(Level::Ok, "ip_forward", "net.ipv4.ip_forward=1"),
@@ -199,7 +205,7 @@ pub fn udp_ports_in_use() -> Vec<u16> {
 }
 
 pub fn gather_sysctls(facts: &mut Facts) {
-    facts.bridge_nf_call_iptables = read_bool("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    facts.bridge_nf = BridgeNf::read();
     facts.ip_forward = read_bool("/proc/sys/net/ipv4/ip_forward");
     facts.forward_policy = match read_forward_policy(&["iptables"]) {
         Ok(p) => ForwardPolicy::Is(p),
@@ -297,7 +303,10 @@ mod tests {
 
     fn healthy() -> Facts {
         Facts {
-            bridge_nf_call_iptables: Some(true),
+            bridge_nf: BridgeNf {
+                call_iptables: Some(true),
+                call_ip6tables: Some(true),
+            },
             ip_forward: Some(true),
             forward_policy: ForwardPolicy::Is("ACCEPT".into()),
             cni_confs: vec!["10-trellis.conflist".into(), "99-loopback.conf".into()],
@@ -363,7 +372,7 @@ mod tests {
         let cases: Vec<(&str, Mutate, Level)> = vec![
             (
                 "br_netfilter",
-                Box::new(|x| x.bridge_nf_call_iptables = None),
+                Box::new(|x| x.bridge_nf.call_iptables = None),
                 Level::Warn,
             ),
             (
