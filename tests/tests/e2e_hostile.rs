@@ -971,20 +971,23 @@ fn host_gw_peers_the_kernel_refuses_are_isolated_and_honest_agents_stay_ready() 
     // A peer only node-1's kernel refuses: there 192.168.50.240 is a broadcast address (a
     // local-table route the agent cannot foresee), so its route fails with EINVAL. The other
     // nodes program it; node-1 counts it, shows it, retries it, and stays ready.
-    c.nodes[0]
-        .ns
-        .exec(&[
-            "ip",
-            "route",
-            "add",
-            "broadcast",
-            "192.168.50.240",
-            "dev",
-            "eth0",
-            "table",
-            "local",
-        ])
-        .expect("local broadcast route");
+    let local_broadcast = |c: &Cluster, op: &str| {
+        c.nodes[0]
+            .ns
+            .exec(&[
+                "ip",
+                "route",
+                op,
+                "broadcast",
+                "192.168.50.240",
+                "dev",
+                "eth0",
+                "table",
+                "local",
+            ])
+            .unwrap_or_else(|e| panic!("ip route {op} broadcast 192.168.50.240: {e}"));
+    };
+    local_broadcast(&c, "add");
     create(
         &c,
         &node_json(
@@ -1033,20 +1036,7 @@ fn host_gw_peers_the_kernel_refuses_are_isolated_and_honest_agents_stay_ready() 
     );
 
     // Once the cause is gone, the next retry (at most a resync period away) programs it.
-    c.nodes[0]
-        .ns
-        .exec(&[
-            "ip",
-            "route",
-            "del",
-            "broadcast",
-            "192.168.50.240",
-            "dev",
-            "eth0",
-            "table",
-            "local",
-        ])
-        .expect("remove the local broadcast route");
+    local_broadcast(&c, "del");
     assert!(
         eventually(SETTLE, || kernel(&c, 0).contains("10.244.240.0/24")
             && failing_entries(&c, 0) == Some(0)),
