@@ -18,9 +18,8 @@
 //! bursts: `hack/chaos-agent.sh` runs it. Every figure is printed on a `FIGURE` line.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,8 +29,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{json, Value};
-use trellis_e2e::apiserver::Faults;
-use trellis_e2e::netns_cluster::{in_netns, Cluster, Options, Pod, UNDERLAY_PREFIX};
+use trellis_e2e::netns_cluster::{Cluster, Options, Pod, UNDERLAY_PREFIX};
 use trellis_e2e::poll::eventually;
 
 const READY: Duration = Duration::from_secs(60);
@@ -158,45 +156,11 @@ impl Truth {
 // ---------------------------------------------------------------------------------------
 // The API, from inside the underlay namespace (the only place that reaches it).
 
-/// Run `f` with a fresh kube client on a thread inside the underlay namespace.
-fn api<R, F, Fut>(c: &Cluster, f: F) -> Result<R, String>
-where
-    R: Send + 'static,
-    F: FnOnce(kube::Client, Faults) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<R, String>>,
-{
-    let kc = c.kubeconfig.clone();
-    in_netns(&c.underlay, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            let faults = Faults::from_kubeconfig(&kc)
-                .await
-                .map_err(|e| e.to_string())?;
-            let client = client(&kc).await?;
-            f(client, faults).await
-        })
-    })?
-}
-
-async fn client(kubeconfig: &Path) -> Result<kube::Client, String> {
-    trellis_e2e::apiserver::install_crypto_provider();
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
-    let mut cfg =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-    cfg.read_timeout = Some(Duration::from_secs(15));
-    kube::Client::try_from(cfg).map_err(|e| e.to_string())
-}
-
 /// Create `fakes` (up to 16 requests in flight); returns those created. Already existing
 /// ones count as created.
 fn create_fakes(c: &Cluster, fakes: &[Fake]) -> Vec<Fake> {
     let fakes = fakes.to_vec();
-    api(c, move |client, _| async move {
+    c.with_client(move |client| async move {
         let nodes: kube::Api<Node> = kube::Api::all(client);
         let done: Vec<Option<Fake>> = futures::stream::iter(fakes)
             .map(|f| {
@@ -221,7 +185,7 @@ fn create_fakes(c: &Cluster, fakes: &[Fake]) -> Vec<Fake> {
 /// Delete `fakes`; returns those gone (404 counts as gone).
 fn delete_fakes(c: &Cluster, fakes: &[Fake]) -> Vec<Fake> {
     let fakes = fakes.to_vec();
-    api(c, move |client, _| async move {
+    c.with_client(move |client| async move {
         let nodes: kube::Api<Node> = kube::Api::all(client);
         let done: Vec<Option<Fake>> = futures::stream::iter(fakes)
             .map(|f| {
@@ -929,16 +893,13 @@ fn inject(
             } else {
                 Duration::from_secs(6)
             };
-            api(c, move |_, f| async move {
+            c.with_faults(move |f| async move {
                 if fault == Fault::Errors500 {
-                    f.fail_for(span).await.map_err(|e| e.to_string())?;
+                    f.fail_for(span).await?;
                 } else {
-                    f.delay_for(Duration::from_millis(1500), span)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    f.delay_for(Duration::from_millis(1500), span).await?;
                 }
-                f.close_watches().await.map_err(|e| e.to_string())?;
-                Ok(())
+                f.close_watches().await.map(|_| ())
             })
             .expect("inject");
             let fault_end = Instant::now() + span;
@@ -955,13 +916,8 @@ fn inject(
         }
         Fault::DropWatches => {
             for _ in 0..3 {
-                api(c, |_, f| async move {
-                    f.close_watches()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
-                .expect("close watches");
+                c.with_faults(|f| async move { f.close_watches().await.map(|_| ()) })
+                    .expect("close watches");
                 let (a, b) = node_churn(c, truth, 2, Instant::now() + Duration::from_secs(20));
                 created += a;
                 deleted += b;
@@ -981,10 +937,9 @@ fn inject(
                 "metadata": {"name": stamp, "namespace": "default"}, "data": {"k": "v"}});
             c.kubectl_stdin(&["create", "-f", "-"], &cm.to_string())
                 .expect("unrelated write");
-            api(c, |_, f| async move {
-                f.compact().await.map_err(|e| e.to_string())?;
-                f.close_watches().await.map_err(|e| e.to_string())?;
-                Ok(())
+            c.with_faults(|f| async move {
+                f.compact().await?;
+                f.close_watches().await.map(|_| ())
             })
             .expect("compact");
             let (a, b) = node_churn(c, truth, 2, Instant::now() + Duration::from_secs(20));

@@ -599,18 +599,51 @@ impl Cluster {
         F: FnOnce(crate::apiserver::Faults) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<R, crate::apiserver::EmulatorError>>,
     {
+        self.in_underlay(move |kc| async move {
+            let faults = crate::apiserver::Faults::from_kubeconfig(&kc)
+                .await
+                .map_err(|e| e.to_string())?;
+            f(faults).await.map_err(|e| e.to_string())
+        })
+    }
+
+    /// Runs `f` with a fresh admin kube client (reads time out after 15 s: a test must not
+    /// hang on an emulator under fault), from a thread inside the underlay namespace.
+    pub fn with_client<R, F, Fut>(&self, f: F) -> Result<R, String>
+    where
+        R: Send + 'static,
+        F: FnOnce(kube::Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<R, String>>,
+    {
+        self.in_underlay(move |kc| async move {
+            crate::apiserver::install_crypto_provider();
+            let kubeconfig = kube::config::Kubeconfig::read_from(&kc).map_err(|e| e.to_string())?;
+            let mut cfg = kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            cfg.read_timeout = Some(Duration::from_secs(15));
+            let client = kube::Client::try_from(cfg).map_err(|e| e.to_string())?;
+            f(client).await
+        })
+    }
+
+    /// Runs `f(kubeconfig)` on a current-thread runtime on a thread in the underlay namespace.
+    fn in_underlay<R, F, Fut>(&self, f: F) -> Result<R, String>
+    where
+        R: Send + 'static,
+        F: FnOnce(PathBuf) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<R, String>>,
+    {
         let kc = self.kubeconfig.clone();
         in_netns(&self.underlay, move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let faults = crate::apiserver::Faults::from_kubeconfig(&kc)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                f(faults).await.map_err(|e| e.to_string())
-            })
+            rt.block_on(f(kc))
         })?
     }
 }
