@@ -121,10 +121,7 @@ impl Metrics {
             });
         }
         if let Some(w) = self.node_watch.get() {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
+            let now = readiness::unix_ms();
             let down = readiness::watch_down_for(
                 w.outage_since_ms.load(Ordering::Relaxed),
                 w.last_error_ms.load(Ordering::Relaxed),
@@ -147,11 +144,8 @@ impl Metrics {
 
     /// The loop is alive (a pass ran, or it waits and says so).
     pub fn beat(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        self.heartbeat_unix_ms.store(now, Ordering::Relaxed);
+        self.heartbeat_unix_ms
+            .store(readiness::unix_ms(), Ordering::Relaxed);
     }
 
     /// Counts this pass's refused peer entries, and how many fail now.

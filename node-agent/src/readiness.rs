@@ -12,6 +12,14 @@ use std::time::Duration;
 
 use crate::dataplane::netlink::OpError;
 
+/// Now, in ms since the Unix epoch, as the watch stats and the heartbeat keep time; never 0,
+/// which those use for "none".
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| (d.as_millis() as u64).max(1))
+}
+
 /// How long the Node watch may fail before the node reports not ready: long enough to ride
 /// out an apiserver restart, short enough that a node cut off from the API says so.
 pub const WATCH_DOWN_LIMIT: Duration = Duration::from_secs(60);

@@ -69,13 +69,6 @@ pub struct NodeWatchStats {
     pub idle_restarts: AtomicU64,
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(1)
-}
-
 #[derive(Debug, Clone)]
 pub struct NodeWatchOptions {
     /// Get each full list as a watch stream (`sendInitialEvents`, the WatchList feature of
@@ -224,7 +217,7 @@ impl NodeWatcher {
                         }
                         let failure = classify(&e);
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        let now = unix_ms();
+                        let now = crate::readiness::unix_ms();
                         self.stats.last_error_ms.store(now, Ordering::Relaxed);
                         let _ = self.stats.outage_since_ms.compare_exchange(
                             0,
