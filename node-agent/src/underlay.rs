@@ -179,17 +179,14 @@ pub async fn read_links(h: &rtnetlink::Handle) -> Result<Vec<LinkFacts>, Underla
 
 /// `ip route get` for one address: the output interface index.
 async fn route_oif(h: &rtnetlink::Handle, ip: IpAddr) -> Option<u32> {
-    let mut req = match ip {
-        IpAddr::V4(v4) => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-            .destination_prefix(v4, 32)
-            .build(),
-        IpAddr::V6(v6) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-            .destination_prefix(v6, 128)
-            .build(),
-    };
     if ip.is_unspecified() {
-        // The default route itself: dump and take the /0 with the lowest metric.
-        req.header.destination_prefix_length = 0;
+        // The default route itself: dump the family's routes and take the /0 with the lowest
+        // metric. The request carries no destination: rtnetlink sends a dump only then (with
+        // one, it is `ip route get 0.0.0.0`, which the kernel answers with a local route).
+        let req = match ip {
+            IpAddr::V4(_) => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpAddr::V6(_) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        };
         let mut best: Option<(u32, u32)> = None;
         let mut s = h.route().get(req).execute();
         while let Ok(Some(m)) = s.try_next().await {
@@ -213,6 +210,14 @@ async fn route_oif(h: &rtnetlink::Handle, ip: IpAddr) -> Option<u32> {
         }
         return best.map(|(_, oif)| oif);
     }
+    let req = match ip {
+        IpAddr::V4(v4) => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(v4, 32)
+            .build(),
+        IpAddr::V6(v6) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+            .destination_prefix(v6, 128)
+            .build(),
+    };
     let mut s = h.route().get(req).execute();
     let mut found = None;
     while let Ok(Some(m)) = s.try_next().await {
