@@ -32,7 +32,6 @@ use crate::cluster::{
     NodeWatchOptions, NodeWatcher, OwnNode, WaitOptions,
 };
 use crate::config::{BackendType, NetConfig};
-use crate::dataplane::desired::{fnv1a, Mac};
 use crate::dataplane::netlink::{Dataplane, DriftMonitor};
 use crate::debug_state::{DebugState, PassContext};
 use crate::firewall::exec::Exec;
@@ -40,6 +39,7 @@ use crate::firewall::executor::{self as fw, Backend as FwBackend, Firewall};
 use crate::firewall::rules::RuleSet;
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
+use crate::net::{fnv1a, Mac};
 use crate::readiness::{self, PeerFailures};
 use crate::underlay::{self, IfaceOptions};
 use crate::view::{ClusterView, LocalLease, SkipLog};
@@ -885,7 +885,7 @@ fn report_readiness(st: &mut LoopState, metrics: &Metrics, reasons: Vec<String>)
 /// only for peers (another VNI during a change, the old backend's during a switch) are not.
 fn own_devices(config: &NetConfig) -> Vec<String> {
     use crate::config::BackendConfig;
-    use crate::dataplane::desired::{vxlan6_link_name, vxlan_link_name, IPIP_LINK_NAME};
+    use crate::net::{vxlan6_link_name, vxlan_link_name, IPIP_LINK_NAME};
     match &config.backend {
         BackendConfig::Vxlan(v) => {
             let mut own = vec![vxlan_link_name(v.vni)];

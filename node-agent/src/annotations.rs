@@ -17,7 +17,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde_json::Value;
 
 use crate::config::BackendType;
-use crate::dataplane::desired::{Mac, DEFAULT_VXLAN_PORT};
+use crate::net::{Mac, DEFAULT_VXLAN_PORT};
 
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com/";
 

@@ -28,7 +28,7 @@ use std::str::FromStr;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::Value;
 
-use crate::dataplane::desired::DEFAULT_VXLAN_PORT;
+use crate::net::DEFAULT_VXLAN_PORT;
 
 /// A ConfigMap value is at most 1 MiB; a net-conf.json is a few hundred bytes. Anything past
 /// this is not a config someone meant to write.

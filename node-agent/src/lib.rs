@@ -4,6 +4,9 @@
 //! config feed a [`view::ClusterView`]; [`backend::plan`] turns it into a
 //! [`dataplane::desired::DesiredState`]; [`dataplane::diff::diff`] compares that with what the
 //! kernel holds and yields the ops.
+//!
+//! [`net`] is the ground floor: the basic types (address family, MAC, device names, VXLAN port,
+//! route protocol) every other module uses, importing nothing from the crate itself.
 
 pub mod advertiser;
 pub mod agent;
@@ -18,6 +21,7 @@ pub mod firewall;
 pub mod health;
 pub mod install_cni;
 pub mod metrics;
+pub mod net;
 pub mod preflight;
 pub mod readiness;
 pub mod status;

@@ -15,7 +15,7 @@ use trellis_agent::cluster::{
     connect, BackoffPolicy, ClientSource, OwnNode, OwnNodeError, WaitOptions,
 };
 use trellis_agent::config::BackendType;
-use trellis_agent::dataplane::desired::Mac;
+use trellis_agent::net::Mac;
 
 const WAIT: Duration = Duration::from_secs(15);
 

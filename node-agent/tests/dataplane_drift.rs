@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use dataplane_support::{bridge_n, desired, ip_n, vxlan_config, Node, PeerNode};
 use tokio::sync::mpsc::Receiver;
 use tokio::time::timeout;
-use trellis_agent::dataplane::desired::Mac;
 use trellis_agent::dataplane::diff::diff;
 use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor};
+use trellis_agent::net::Mac;
 
 /// A hand-made change to what trellis owns.
 type Drift<'a> = Box<dyn Fn() + 'a>;

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use dataplane_support::{backend_config, desired, Node, PeerNode};
 use tokio::time::timeout;
-use trellis_agent::dataplane::desired::{KernelState, Mac};
+use trellis_agent::dataplane::desired::KernelState;
 use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor, ReconcileReport};
+use trellis_agent::net::Mac;
 
 fn program(node: &Node, want: KernelState) -> ReconcileReport {
     let r = node.ns.run(move || async move {

@@ -6,8 +6,9 @@
 mod dataplane_support;
 
 use dataplane_support::{backend_config, desired, dual_vxlan_config, v6_mac, Node, PeerNode};
-use trellis_agent::dataplane::desired::{KernelState, Mac};
+use trellis_agent::dataplane::desired::KernelState;
 use trellis_agent::dataplane::netlink::Dataplane;
+use trellis_agent::net::Mac;
 
 fn program(node: &Node, want: KernelState) {
     let r = node.ns.run(move || async move {

@@ -12,9 +12,10 @@ use dataplane_support::{
     desired, dual_vxlan_config, expected_entries, expected_entries6, fdb, neighbours,
     trellis_routes, trellis_routes6, vxlan_config, Node, PeerNode,
 };
-use trellis_agent::dataplane::desired::{Fdb, KernelState, Link, LinkKind, Mac, Neighbour, Route};
+use trellis_agent::dataplane::desired::{Fdb, KernelState, Link, LinkKind, Neighbour, Route};
 use trellis_agent::dataplane::diff::{diff, Op};
 use trellis_agent::dataplane::netlink::{apply, read_actual, Dataplane, ReconcileReport};
+use trellis_agent::net::Mac;
 
 const LOCAL_MAC: Mac = Mac([0x02, 0xaa, 0, 0, 0, 0x01]);
 

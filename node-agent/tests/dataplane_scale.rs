@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use dataplane_support::{desired, wide_vxlan_config, Node, PeerNode};
 use tokio::time::timeout;
-use trellis_agent::dataplane::desired::Mac;
 use trellis_agent::dataplane::diff::diff;
 use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor};
+use trellis_agent::net::Mac;
 
 const PEERS: u32 = 5000;
 const LOCAL_MAC: Mac = Mac([0x02, 0xaa, 0, 0, 0, 0x01]);

@@ -10,11 +10,11 @@ use std::mem::ManuallyDrop;
 
 use dataplane_support::{dual_vxlan_config, trellis_routes, trellis_routes6, Node, PeerNode};
 use firewall_common::{add_foreign_rules, full_rules, full_snapshot, Kind};
-use trellis_agent::dataplane::desired::Mac;
 use trellis_agent::dataplane::diff::Op;
 use trellis_agent::dataplane::netlink::Dataplane;
 use trellis_agent::firewall::exec::Exec;
 use trellis_agent::firewall::executor::Firewall;
+use trellis_agent::net::Mac;
 use trellis_agent::uninstall_cni::{remove_node_state, NodeStateReport, Removal};
 
 const LOCAL_MAC: Mac = Mac([0x02, 0xaa, 0, 0, 0, 0x01]);

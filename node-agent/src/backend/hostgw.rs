@@ -10,7 +10,8 @@ use ipnetwork::IpNetwork;
 use super::{Backend, PlanContext, PlanError};
 use crate::annotations::Advertisement;
 use crate::config::BackendType;
-use crate::dataplane::desired::{Family, KernelState};
+use crate::dataplane::desired::KernelState;
+use crate::net::Family;
 use crate::view::{Missing, Peer, SkipReason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

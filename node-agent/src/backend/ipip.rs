@@ -10,7 +10,8 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use super::{Backend, PlanContext, PlanError};
 use crate::annotations::Advertisement;
 use crate::config::BackendType;
-use crate::dataplane::desired::{Family, KernelState, Link, LinkKind, Route, IPIP_LINK_NAME};
+use crate::dataplane::desired::{KernelState, Link, LinkKind, Route};
+use crate::net::{Family, IPIP_LINK_NAME};
 use crate::view::{Missing, Peer, SkipReason};
 
 /// The outer IPv4 header.

@@ -27,8 +27,9 @@ use trellis_cni::subnet_env::SubnetEnv;
 
 use crate::annotations::Advertisement;
 use crate::config::{BackendConfig, BackendType, NetConfig};
-use crate::dataplane::desired::{DesiredState, Family, KernelState, Route};
+use crate::dataplane::desired::{DesiredState, KernelState, Route};
 use crate::firewall::rules::{FamilyNets, RuleSet};
+use crate::net::Family;
 use crate::view::{ClusterView, LocalLease, Peer, SkipReason, Skipped};
 
 /// The agent's command-line choices that shape the plan (not part of net-conf.json).

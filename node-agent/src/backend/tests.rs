@@ -2,8 +2,9 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::annotations::VxlanData;
-use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Mac, Neighbour};
+use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Neighbour};
 use crate::dataplane::diff::{diff, Op};
+use crate::net::Mac;
 use crate::view::fixtures::*;
 use crate::view::Missing;
 

@@ -14,10 +14,8 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use super::{Backend, PlanContext, PlanError};
 use crate::annotations::{Advertisement, PeerBackend, VxlanData};
 use crate::config::{BackendType, VxlanConfig};
-use crate::dataplane::desired::{
-    vxlan6_link_name, vxlan_link_name, Family, Fdb, KernelState, Link, LinkKind, Neighbour, Route,
-    DEFAULT_VXLAN_PORT,
-};
+use crate::dataplane::desired::{Fdb, KernelState, Link, LinkKind, Neighbour, Route};
+use crate::net::{vxlan6_link_name, vxlan_link_name, Family, DEFAULT_VXLAN_PORT};
 use crate::view::{Missing, Peer, SkipReason};
 
 /// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).

@@ -25,7 +25,7 @@ use super::backoff::{Backoff, BackoffPolicy};
 use super::events::reason::NETWORK_READY;
 use super::MANAGER;
 use crate::annotations::{self, AnnotationError, AnnotationKeys};
-use crate::dataplane::desired::Mac;
+use crate::net::Mac;
 use crate::view::{parse_pod_cidrs, NodeInfo, SkipReason};
 
 pub const NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";

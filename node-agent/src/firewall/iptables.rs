@@ -10,7 +10,7 @@ use super::drift::{Drift, Installed, Section};
 use super::exec::{Exec, FirewallError};
 use super::iptables_state::{self as state, Saved};
 use super::rules::RuleSet;
-use crate::dataplane::desired::Family;
+use crate::net::Family;
 
 /// How long iptables-restore waits for the xtables lock (kube-proxy may hold it for seconds
 /// on a large cluster). Must stay below the [`Exec`] timeout.

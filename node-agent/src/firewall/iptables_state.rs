@@ -419,8 +419,8 @@ pub(crate) fn installed_lines(kernel: &Saved) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::desired::Family;
     use crate::firewall::rules::{FamilyNets, RuleSet};
+    use crate::net::Family;
 
     fn rules() -> RuleSet {
         let n = FamilyNets {

@@ -16,7 +16,7 @@ use super::drift::{Drift, DriftKind};
 use super::rules::{
     AddrMatch, Hook, Rule, RuleSet, Verdict, NFT_FORWARD_CHAIN, NFT_POSTROUTING_CHAIN, NFT_TABLE,
 };
-use crate::dataplane::desired::Family;
+use crate::net::Family;
 
 /// One rule of trellis's table as the kernel holds it. Comments are not compared: they are
 /// labels for people and do not change what a rule does.

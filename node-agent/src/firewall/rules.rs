@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use ipnetwork::IpNetwork;
 
-use crate::dataplane::desired::Family;
+use crate::net::Family;
 
 pub const MASQ_CHAIN: &str = "FLANNEL-POSTRTG";
 pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";

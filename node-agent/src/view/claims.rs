@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::annotations::PeerBackend;
-use crate::dataplane::desired::{Family, Mac};
+use crate::net::{Family, Mac};
 
 use super::peer::Peer;
 use super::skip::SkipReason;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::annotations::{AnnotationKeys, DEFAULT_PREFIX};
 use crate::config::NetConfig;
-use crate::dataplane::desired::Mac;
+use crate::net::Mac;
 
 use super::{ClusterView, LocalLease, NodeInfo, Underlay};
 

@@ -30,7 +30,7 @@ pub use skip::{Missing, SkipLog, SkipReason, Skipped};
 
 use crate::annotations::{AnnotationKeys, PeerBackend, VxlanData};
 use crate::config::{BackendConfig, NetConfig};
-use crate::dataplane::desired::{Family, Mac};
+use crate::net::{Family, Mac};
 use claims::{Claim, ClaimDates};
 
 /// How many VXLAN VNIs other than our own are served at once. A VNI change in flight needs

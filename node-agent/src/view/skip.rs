@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 
 use crate::annotations::AnnotationError;
 use crate::config::BackendType;
-use crate::dataplane::desired::{Family, Mac};
+use crate::net::{Family, Mac};
 
 /// What a peer lacks for an address family the config enables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

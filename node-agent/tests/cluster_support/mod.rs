@@ -12,7 +12,7 @@ use kube::Client;
 use serde_json::json;
 use trellis_agent::annotations::{AnnotationKeys, DEFAULT_PREFIX};
 use trellis_agent::cluster::SharedView;
-use trellis_agent::dataplane::desired::Mac;
+use trellis_agent::net::Mac;
 use trellis_agent::view::{ClusterView, LocalLease, Underlay};
 use trellis_e2e::apiserver::{Emulator, EmulatorConfig, EmulatorHandle};
 

@@ -14,7 +14,8 @@ use serde_json::Value;
 use trellis_agent::annotations::{AnnotationKeys, DEFAULT_PREFIX};
 use trellis_agent::backend::{plan, PlanOptions};
 use trellis_agent::config::NetConfig;
-use trellis_agent::dataplane::desired::{KernelState, Mac};
+use trellis_agent::dataplane::desired::KernelState;
+use trellis_agent::net::Mac;
 use trellis_agent::view::{ClusterView, LocalLease, NodeInfo, Underlay};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);

@@ -13,7 +13,7 @@ use trellis_agent::annotations::{
     AnnotationKeys, PeerAnnotations, PeerBackend, VxlanData,
 };
 use trellis_agent::config::MAX_VNI;
-use trellis_agent::dataplane::desired::DEFAULT_VXLAN_PORT;
+use trellis_agent::net::DEFAULT_VXLAN_PORT;
 
 fn check_vxlan(d: &VxlanData) {
     assert!((1..=MAX_VNI).contains(&d.vni), "{d:?}");

@@ -3,7 +3,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::*;
-use crate::dataplane::desired::{LinkKind, Mac};
+use crate::dataplane::desired::LinkKind;
+use crate::net::Mac;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

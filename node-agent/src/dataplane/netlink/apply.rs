@@ -33,8 +33,9 @@ use rtnetlink::{
 
 use super::bulk::{self, Answer, BulkSocket, Request};
 use super::errno;
-use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Route, ROUTE_PROTOCOL};
+use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Route};
 use crate::dataplane::diff::Op;
+use crate::net::ROUTE_PROTOCOL;
 
 /// Requests in flight at once within a phase. Enough to hide the per-request round trip;
 /// small enough that the acks never overflow the socket's receive buffer.

@@ -12,7 +12,7 @@
 //! Every netlink socket belongs to the network namespace of the thread that opened it; open
 //! them on the thread (or under the `ip netns exec`) of the namespace to program.
 //!
-//! [`ROUTE_PROTOCOL`]: crate::dataplane::desired::ROUTE_PROTOCOL
+//! [`ROUTE_PROTOCOL`]: crate::net::ROUTE_PROTOCOL
 
 mod apply;
 mod bulk;

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use super::expect::{self, Expected};
 use super::parse;
 use super::NetlinkError;
-use crate::dataplane::desired::is_owned_link_name;
+use crate::net::is_owned_link_name;
 
 /// Receive buffer for notifications: a deleted device with 5000 peers' entries emits ~10000
 /// messages at once (about 1 KiB each counted against the buffer), which the default

@@ -16,7 +16,8 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::AddressFamily;
 
-use crate::dataplane::desired::{LinkKind, Mac, ROUTE_PROTOCOL};
+use crate::dataplane::desired::LinkKind;
+use crate::net::{Mac, ROUTE_PROTOCOL};
 
 pub fn link_name(msg: &LinkMessage) -> Option<&str> {
     msg.attributes.iter().find_map(|a| match a {

@@ -10,9 +10,8 @@ use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::parse::{self, NeighInfo};
 use super::NetlinkError;
-use crate::dataplane::desired::{
-    is_owned_link_name, Fdb, KernelState, Link, Mac, Neighbour, Route,
-};
+use crate::dataplane::desired::{Fdb, KernelState, Link, Neighbour, Route};
+use crate::net::{is_owned_link_name, Mac};
 
 /// The kernel's state plus the names of every link by index, which the executor reuses.
 #[derive(Debug, Clone, Default)]

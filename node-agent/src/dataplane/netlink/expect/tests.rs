@@ -6,9 +6,10 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
 use netlink_packet_route::RouteNetlinkMessage as M;
 
 use super::*;
-use crate::dataplane::desired::{Fdb, LinkKind, Mac, Neighbour, Route};
+use crate::dataplane::desired::{Fdb, LinkKind, Neighbour, Route};
 use crate::dataplane::netlink::monitor::concerns_owned;
 use crate::dataplane::netlink::parse::tests::{link, lladdr, neigh, route};
+use crate::net::Mac;
 
 const PEER_MAC: Mac = Mac([0x0a, 0x58, 0, 0, 0, 2]);
 
