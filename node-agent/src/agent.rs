@@ -571,9 +571,7 @@ fn firewall_rules(
     plan_opts: &PlanOptions,
 ) -> Option<RuleSet> {
     let v = lock_view(view);
-    backend::plan(&v, config, plan_opts)
-        .ok()
-        .map(|p| p.state.firewall)
+    backend::firewall_rules(v.local(), config, plan_opts).ok()
 }
 
 /// Detect the firewall and check its rules once, in a task of its own while the first Node

@@ -262,6 +262,36 @@ fn first_host_v6(n: Ipv6Network) -> Ipv6Network {
     Ipv6Network::new(ip, n.prefix()).unwrap_or(n)
 }
 
+/// The node's firewall rules, exactly as [`plan`] would put them in its [`DesiredState`], and
+/// failing exactly when it would. They need only the local lease, the config and the options,
+/// not the peers: the agent checks them while the first Node list is still arriving, without
+/// planning the whole node.
+pub fn firewall_rules(
+    lease: &LocalLease,
+    config: &NetConfig,
+    opts: &PlanOptions,
+) -> Result<RuleSet, PlanError> {
+    let ctx = context(lease, config)?;
+    own_backend(&config.backend).check_own(&ctx)?;
+    Ok(rule_set(&ctx, opts))
+}
+
+/// flannel's masquerade and forward rules for the enabled families of a checked context.
+fn rule_set(ctx: &PlanContext<'_>, opts: &PlanOptions) -> RuleSet {
+    RuleSet::build(
+        ctx.v4.map(|l| FamilyNets {
+            network: l.network.into(),
+            subnet: l.subnet.into(),
+        }),
+        ctx.v6.map(|l| FamilyNets {
+            network: l.network.into(),
+            subnet: l.subnet.into(),
+        }),
+        opts.ip_masq,
+        opts.forward_rules,
+    )
+}
+
 /// Plan the whole node: own devices, one set of entries per programmable peer, firewall rules,
 /// subnet.env and the advertisement.
 pub fn plan(view: &ClusterView, config: &NetConfig, opts: &PlanOptions) -> Result<Plan, PlanError> {
@@ -312,18 +342,7 @@ pub fn plan(view: &ClusterView, config: &NetConfig, opts: &PlanOptions) -> Resul
         mtu,
         ipmasq: opts.ip_masq,
     };
-    let firewall = RuleSet::build(
-        ctx.v4.map(|l| FamilyNets {
-            network: l.network.into(),
-            subnet: l.subnet.into(),
-        }),
-        ctx.v6.map(|l| FamilyNets {
-            network: l.network.into(),
-            subnet: l.subnet.into(),
-        }),
-        opts.ip_masq,
-        opts.forward_rules,
-    );
+    let firewall = rule_set(&ctx, opts);
     Ok(Plan {
         state: DesiredState {
             kernel,

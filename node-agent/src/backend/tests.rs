@@ -577,6 +577,40 @@ fn options_shape_firewall_and_subnet_env() {
 }
 
 #[test]
+fn firewall_rules_are_the_plans_without_planning_the_peers() {
+    let no_masq = PlanOptions {
+        ip_masq: false,
+        forward_rules: true,
+    };
+    let mut tiny_mtu = lease();
+    tiny_mtu.underlay.mtu = 100;
+    let mut no_subnet = lease();
+    no_subnet.subnet_v4 = None;
+    let v = with_peers((2..=5).map(|i| PeerSpec::new(i, "vxlan")));
+    let (mut planned, mut refused) = (0, 0);
+    for cfg in [vxlan_config(), dual_config(r#"{"Type": "vxlan"}"#)] {
+        for opts in [PlanOptions::default(), no_masq] {
+            for l in [lease(), tiny_mtu.clone(), no_subnet.clone()] {
+                let mut view = v.clone();
+                view.set_local(l.clone());
+                let rules = firewall_rules(&l, &cfg, &opts);
+                assert_eq!(rules, plan(&view, &cfg, &opts).map(|p| p.state.firewall));
+                if rules.is_ok() {
+                    planned += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    // Both sides were compared: rules that exist, and leases the planner refuses.
+    assert!(
+        planned >= 4 && refused >= 4,
+        "{planned} planned, {refused} refused"
+    );
+}
+
+#[test]
 fn plans_are_deterministic_and_reconcile_to_nothing() {
     let v = with_peers(
         (2..=30).map(|i| PeerSpec::new(i, if i % 3 == 0 { "host-gw" } else { "vxlan" })),
