@@ -5,7 +5,8 @@
 //! module (annotations, config, the view, the planner, the dataplane, the firewall) can use
 //! these types without depending on each other. They used to live in `dataplane::desired`,
 //! which made annotations, config, the dataplane and the firewall rules import each other in
-//! a cycle.
+//! a cycle. `node-agent/tests/module_graph.rs` keeps this module free of `crate::` paths
+//! and the top-level modules free of cycles.
 
 use std::fmt;
 use std::str::FromStr;
