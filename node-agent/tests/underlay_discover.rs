@@ -5,7 +5,7 @@
 mod dataplane_support;
 
 use dataplane_support::{Netns, Node};
-use trellis_agent::dataplane::desired::Mac;
+use trellis_agent::net::Mac;
 use trellis_agent::underlay::{discover, IfaceOptions, UnderlayError};
 use trellis_agent::view::Underlay;
 
