@@ -119,6 +119,9 @@ pub fn main(args: RunArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: in a container the log is a file that `kubectl logs`
+        // and log collectors show as text, where escape codes are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -843,10 +846,12 @@ async fn pass(
     let _ = debug_tx.send(Arc::new(DebugState::new(plan, desired_kernel, ctx)));
 }
 
-/// Check what the host must provide and the agent cannot set itself; say so loudly (error
-/// log, Warning Event) when it changes. Readiness reports it meanwhile.
+/// Check what the host must provide and the agent cannot set itself (CAP_NET_ADMIN,
+/// br_netfilter); say so loudly (error log, Warning Event) when it changes. Readiness reports
+/// it meanwhile.
 fn check_host(config: &NetConfig, events: &NodeEvents, st: &mut LoopState) {
-    let now = BridgeNf::read().check(config.ipv4().is_some(), config.ipv6().is_some());
+    let now = crate::capabilities::check(crate::capabilities::effective())
+        .and_then(|()| BridgeNf::read().check(config.ipv4().is_some(), config.ipv6().is_some()));
     if now == st.host {
         return;
     }
@@ -856,7 +861,10 @@ fn check_host(config: &NetConfig, events: &NodeEvents, st: &mut LoopState) {
             let (events, why) = (events.clone(), why.clone());
             tokio::spawn(async move { events.host_not_ready(&why).await });
         }
-        Ok(()) => info!("br_netfilter is in place: Services between pods on this node work"),
+        Ok(()) => info!(
+            "the host provides what trellis needs: CAP_NET_ADMIN, and br_netfilter for \
+             Services between pods on this node"
+        ),
     }
     st.host = now;
 }

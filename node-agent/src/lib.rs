@@ -13,6 +13,7 @@ pub mod agent;
 pub mod annotations;
 pub mod backend;
 pub mod bridge_nf;
+pub mod capabilities;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;
