@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::daemonset::{reconcile, status};
 use super::placement::PlacementError;
-use super::scheduler::{pick_node, unscheduled};
+use super::scheduler::assign;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -140,27 +140,31 @@ pub async fn scheduler_pass(client: &Client) -> Result<usize, ControllerError> {
         .list(&ListParams::default())
         .await
         .map_err(api("list Pods"))?;
-    let mut bound = 0;
-    for pod in unscheduled(&pods.items) {
+    let plan = assign(&pods.items, &nodes).map_err(|(i, source)| ControllerError::Placement {
+        object: pod_label(&pods.items[i]),
+        source,
+    })?;
+    for (i, node) in &plan {
+        let pod = &pods.items[*i];
         let (Some(name), Some(ns)) = (
             pod.metadata.name.as_deref(),
             pod.metadata.namespace.as_deref(),
         ) else {
             continue;
         };
-        let object = format!("Pod {ns}/{name}");
-        let picked =
-            pick_node(pod, &nodes, &pods.items).map_err(|source| ControllerError::Placement {
-                object: object.clone(),
-                source,
-            })?;
-        let Some(node) = picked else { continue };
         let patch = Patch::Merge(json!({"spec": {"nodeName": node}}));
         Api::<Pod>::namespaced(client.clone(), ns)
             .patch(name, &PatchParams::default(), &patch)
             .await
-            .map_err(api(format!("bind {object} to {node}")))?;
-        bound += 1;
+            .map_err(api(format!("bind {} to {node}", pod_label(pod))))?;
     }
-    Ok(bound)
+    Ok(plan.len())
+}
+
+fn pod_label(pod: &Pod) -> String {
+    format!(
+        "Pod {}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
 }

@@ -44,6 +44,30 @@ pub fn unscheduled(pods: &[Pod]) -> impl Iterator<Item = &Pod> {
     })
 }
 
+/// A node for each unscheduled pod of `pods`, in order (`(index into pods, node)`); each
+/// choice counts as load for the next, so a batch created at once spreads out. A pod that
+/// cannot be placed by its spec stops the plan with its index.
+pub fn assign(
+    pods: &[Pod],
+    nodes: &[Node],
+) -> Result<Vec<(usize, String)>, (usize, PlacementError)> {
+    let mut placed = pods.to_vec();
+    let mut plan = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        if unscheduled(std::slice::from_ref(pod)).next().is_none() {
+            continue;
+        }
+        let Some(node) = pick_node(pod, nodes, &placed).map_err(|e| (i, e))? else {
+            continue;
+        };
+        if let Some(spec) = placed[i].spec.as_mut() {
+            spec.node_name = Some(node.clone());
+        }
+        plan.push((i, node));
+    }
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +97,15 @@ mod tests {
             .collect();
         assert_eq!(names, ["new"]);
         assert_eq!(pick_node(&pods[1], &[node("c", true)], &pods), Ok(None));
+    }
+
+    #[test]
+    fn a_batch_spreads_over_the_nodes() {
+        let nodes = [node("a", false), node("b", false), node("c", false)];
+        let pods: Vec<Pod> = (0..6).map(|i| pod(&format!("p{i}"), None)).collect();
+        let plan = assign(&pods, &nodes).expect("placed");
+        let on = |n: &str| plan.iter().filter(|(_, x)| x == n).count();
+        assert_eq!((on("a"), on("b"), on("c")), (2, 2, 2), "{plan:?}");
+        assert_eq!(assign(&pods, &[node("c", true)]), Ok(vec![]));
     }
 }
