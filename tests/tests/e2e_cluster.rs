@@ -21,6 +21,7 @@ fn cluster(tag: &str, backend: &str) -> Cluster {
         backend: backend.into(),
         tag: tag.into(),
         agent_args: vec![],
+        ..Default::default()
     })
     .expect("cluster up");
     c.start_agents().expect("agents");

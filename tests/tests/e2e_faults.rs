@@ -732,6 +732,7 @@ fn cluster(tag: &str, backend: Backend) -> Cluster {
         backend: backend.json().into(),
         tag: tag.into(),
         agent_args: vec![],
+        ..Default::default()
     })
     .expect("cluster up");
     c.start_agents().expect("agents");

@@ -374,6 +374,7 @@ fn honest_cluster(
         backend: backend.into(),
         tag: tag.into(),
         agent_args: vec![],
+        ..Default::default()
     })
     .expect("cluster up");
     for &i in &HONEST {

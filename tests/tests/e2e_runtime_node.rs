@@ -103,6 +103,7 @@ fn runtime_driven_node_gets_pod_cidr_addresses_and_reaches_other_node() -> TestR
         backend: r#"{"Type":"vxlan"}"#.into(),
         tag: "rtn".into(),
         agent_args: vec![],
+        ..Default::default()
     })?;
     let host = HostDirs::under(&cluster.nodes[0].dir.join("host"));
 

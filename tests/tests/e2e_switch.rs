@@ -205,6 +205,7 @@ fn cluster(tag: &str, nodes: usize, start: Backend, sysctls: Sysctls) -> Cluster
         backend: start.json(),
         tag: tag.into(),
         agent_args: vec![],
+        ..Default::default()
     })
     .expect("cluster up");
     if sysctls == Sysctls::KindStrictRpFilter {

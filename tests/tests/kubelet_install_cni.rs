@@ -115,15 +115,8 @@ fn a_daemonset_installs_the_nodes_cni_and_then_pod_network_pods_run() -> TestRes
             .first()
             .map(|a| a.port())
             .ok_or("the emulator listens nowhere")?;
-        let node = TestNode::start_with(&NodeOptions {
-            name: NODE.into(),
-            reference_cni_subnet: None,
-            adopt_netns: None,
-            node_ip: "127.0.0.1".into(),
-            api_host: "127.0.0.1".into(),
-            api_port: port,
-        })
-        .map_err(err("node"))?;
+        let node = TestNode::start_with(&NodeOptions::new(NODE, "127.0.0.1", port))
+            .map_err(err("node"))?;
         let result = scenario(&client, &node).await;
         result.map_err(|e| {
             format!(

@@ -43,6 +43,7 @@ fn throughput(backend: &str, secs: u32, reps: u32) -> Result<(), String> {
         backend: json!({ "Type": backend }).to_string(),
         tag: tag.into(),
         agent_args: vec![],
+        ..Default::default()
     })?;
     c.start_agents()?;
     c.wait_all_ready(Duration::from_secs(60))?;

@@ -67,6 +67,7 @@ fn up(dir: PathBuf, nodes: usize, backend: &str) -> Result<(), String> {
             backend: format!(r#"{{"Type":"{backend}"}}"#),
             tag: "trellis-demo".into(),
             agent_args: vec![],
+            ..Default::default()
         },
         dir.clone(),
         None,

@@ -68,6 +68,11 @@ pub struct ContainerdOptions {
     pub cni_conf_dir: PathBuf,
     pub sandbox_image: String,
     pub start_timeout: Duration,
+    /// `(node path, host path)`: bound over the host path in containerd's mount namespace, so
+    /// what containerd runs (the CNI plugins) finds the node's files where a real node has them
+    /// (e.g. the node root's `run/flannel` at `/run/flannel`). A missing host path is created
+    /// (empty) as the mount point.
+    pub node_binds: Vec<(PathBuf, PathBuf)>,
 }
 
 impl ContainerdOptions {
@@ -77,6 +82,7 @@ impl ContainerdOptions {
             cni_conf_dir,
             sandbox_image: PAUSE_IMAGE.to_string(),
             start_timeout: Duration::from_secs(10),
+            node_binds: Vec::new(),
         }
     }
 }
@@ -134,8 +140,13 @@ impl Containerd {
         let stage = dir.path().join("cgroup-stage");
         std::fs::create_dir(&stage).map_err(io_err(&stage))?;
 
+        for (from, to) in &opts.node_binds {
+            for dir in [from, to] {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            }
+        }
         let start = Instant::now();
-        let child = node_command(&node, &layout.config, &stage)
+        let child = node_command(&node, &layout.config, &stage, &opts.node_binds)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -271,14 +282,22 @@ impl Drop for Containerd {
 /// mount found in mountinfo". The tree is moved aside, sysfs mounted over
 /// /sys, and the tree bound back. Every step execs the next (nsenter,
 /// unshare, sh `exec`), so the child's pid is containerd's own and signals
-/// reach it directly.
-fn node_command(node: &NodeNetns, config: &Path, stage: &Path) -> Command {
+/// reach it directly. The node binds follow, as pairs of arguments.
+fn node_command(
+    node: &NodeNetns,
+    config: &Path,
+    stage: &Path,
+    binds: &[(PathBuf, PathBuf)],
+) -> Command {
     const SCRIPT: &str = r#"
 mount --rbind /sys/fs/cgroup "$2"
 mount -t sysfs sysfs /sys
 mount --rbind "$2" /sys/fs/cgroup
 umount -l "$2"
-exec containerd --config "$1"
+config=$1
+shift 2
+while [ "$#" -ge 2 ]; do mount --bind "$1" "$2"; shift 2; done
+exec containerd --config "$config"
 "#;
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", node.path().display()))
@@ -286,6 +305,9 @@ exec containerd --config "$1"
         .args(["sh", "-ec", SCRIPT, "containerd-in-node"])
         .arg(config)
         .arg(stage);
+    for (from, to) in binds {
+        cmd.arg(from).arg(to);
+    }
     cmd
 }
 

@@ -102,6 +102,34 @@ pub struct NodeOptions {
     /// The API server as containers see it (KUBERNETES_SERVICE_HOST/PORT).
     pub api_host: String,
     pub api_port: u16,
+    /// Where the node's private root and containerd's files go (default: the system temp dir).
+    pub parent_dir: Option<PathBuf>,
+    /// Reference plugins the node's distribution ships in `/opt/cni/bin` (kind's node image
+    /// has `loopback` and `portmap`, which a pod network's conflist may chain).
+    pub node_plugins: Vec<String>,
+    /// Paths of the node root that containerd (and so the CNI plugins it runs) sees at the same
+    /// path on the host, e.g. `/run/flannel` and `/var/lib/cni`, as on a real node.
+    pub host_view: Vec<PathBuf>,
+    /// More image archives to import (e.g. the trellis image).
+    pub images: Vec<PathBuf>,
+}
+
+impl NodeOptions {
+    /// A node in a fresh netns, no CNI, reaching the API at `api_host:api_port`.
+    pub fn new(name: &str, api_host: &str, api_port: u16) -> Self {
+        Self {
+            name: name.to_string(),
+            reference_cni_subnet: None,
+            adopt_netns: None,
+            node_ip: "127.0.0.1".into(),
+            api_host: api_host.to_string(),
+            api_port,
+            parent_dir: None,
+            node_plugins: Vec::new(),
+            host_view: Vec::new(),
+            images: Vec::new(),
+        }
+    }
 }
 
 impl TestNode {
@@ -113,21 +141,18 @@ impl TestNode {
         api_port: u16,
     ) -> Result<Self, HarnessError> {
         Self::start_with(&NodeOptions {
-            name: name.to_string(),
             reference_cni_subnet: Some(subnet),
-            adopt_netns: None,
-            node_ip: "127.0.0.1".into(),
-            api_host: api_host.to_string(),
-            api_port,
+            ..NodeOptions::new(name, api_host, api_port)
         })
     }
 
     pub fn start_with(opts: &NodeOptions) -> Result<Self, HarnessError> {
+        let parent = opts.parent_dir.clone().unwrap_or_else(std::env::temp_dir);
         let tmp = tempfile::Builder::new()
             .prefix("trellis-kubelet-")
-            .tempdir()
+            .tempdir_in(&parent)
             .map_err(|source| HarnessError::Io {
-                path: std::env::temp_dir(),
+                path: parent,
                 source,
             })?;
         let t = tmp.path();
@@ -148,15 +173,29 @@ impl TestNode {
         if let Some(subnet) = opts.reference_cni_subnet {
             reference_cni(&bin, &conf, &t.join("ipam"), subnet)?;
         }
+        let shipped: Vec<(&str, PathBuf)> = opts
+            .node_plugins
+            .iter()
+            .map(|p| (p.as_str(), cni::reference_plugin(p)))
+            .collect();
+        let links: Vec<(&str, &Path)> = shipped.iter().map(|(n, p)| (*n, p.as_path())).collect();
+        cni::link_plugins(&bin, &links)?;
         let pause = image::build_pause_image(t)?;
         let busybox = busybox_image(t)?;
         let netns = match &opts.adopt_netns {
             Some(name) => NodeNetns::adopt(name)?,
             None => NodeNetns::create("tkub")?,
         };
-        let ctd = Containerd::start(netns, &ContainerdOptions::new(bin, conf))?;
-        ctd.import_image(&pause)?;
-        ctd.import_image(&busybox)?;
+        let mut ctd_opts = ContainerdOptions::new(bin, conf);
+        ctd_opts.node_binds = opts
+            .host_view
+            .iter()
+            .map(|host| (dirs.host_path(host), host.clone()))
+            .collect();
+        let ctd = Containerd::start(netns, &ctd_opts)?;
+        for archive in [&pause, &busybox].into_iter().chain(&opts.images) {
+            ctd.import_image(archive)?;
+        }
         let facts = NodeFacts {
             node_name: opts.name.clone(),
             node_ip: Some(opts.node_ip.clone()),

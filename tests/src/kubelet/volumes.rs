@@ -78,6 +78,12 @@ impl NodeDirs {
     pub fn volume_dir(&self, uid: &str, name: &str) -> PathBuf {
         self.pods.join(uid).join("volumes").join(name)
     }
+
+    /// Where the node keeps what a real node has at the absolute `host` path (its root joined
+    /// with the path, as hostPath volumes map it).
+    pub fn host_path(&self, host: &Path) -> PathBuf {
+        self.root.join(host.strip_prefix("/").unwrap_or(host))
+    }
 }
 
 /// Plans every volume of the pod, in order, with its name. What the driver

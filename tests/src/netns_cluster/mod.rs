@@ -11,6 +11,7 @@
 //! ```
 //! Everything is torn down on drop, also when a test panics.
 
+pub mod forward;
 mod netns;
 mod procs;
 
@@ -93,6 +94,11 @@ pub struct Options {
     pub tag: String,
     /// Extra arguments for every agent.
     pub agent_args: Vec<String>,
+    /// Extra arguments for the API emulator (e.g. `--namespaces required`).
+    pub emulator_args: Vec<String>,
+    /// Create the agents' ConfigMap (net-conf.json with `backend`) in [`CONFIGMAP_NS`]; off
+    /// when the cluster's user brings it (`kubectl apply -k deploy`).
+    pub seed_configmap: bool,
 }
 
 impl Default for Options {
@@ -102,6 +108,8 @@ impl Default for Options {
             backend: r#"{"Type":"vxlan"}"#.into(),
             tag: "e2e".into(),
             agent_args: Vec::new(),
+            emulator_args: Vec::new(),
+            seed_configmap: true,
         }
     }
 }
@@ -117,6 +125,7 @@ pub struct Cluster {
     agent_bin: PathBuf,
     plugin_bin: PathBuf,
     emulator_bin: PathBuf,
+    emulator_args: Vec<String>,
     agent_args: Vec<String>,
     pods: usize,
 }
@@ -152,6 +161,7 @@ impl Cluster {
             agent_bin: locate_binary("trellis-agent", "TRELLIS_AGENT_BIN")?,
             plugin_bin: locate_binary("trellis", "TRELLIS_BIN")?,
             emulator_bin: locate_binary("kube-emulator", "KUBE_EMULATOR_BIN")?,
+            emulator_args: opts.emulator_args.clone(),
             agent_args: opts.agent_args.clone(),
             pods: 0,
         };
@@ -193,25 +203,31 @@ impl Cluster {
         for i in 0..cluster.nodes.len() {
             cluster.create_node_object(i)?;
         }
-        cluster
-            .kubectl_stdin(
-                &["apply", "-f", "-"],
-                &json!({
-                    "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONFIGMAP_NS}
-                })
-                .to_string(),
-            )
-            .ok();
-        cluster.kubectl_stdin(
+        if opts.seed_configmap {
+            cluster.seed_configmap(&opts.backend)?;
+        }
+        Ok(cluster)
+    }
+
+    fn seed_configmap(&self, backend: &str) -> Result<(), String> {
+        self.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONFIGMAP_NS}
+            })
+            .to_string(),
+        )
+        .ok();
+        self.kubectl_stdin(
             &["create", "-f", "-"],
             &json!({
                 "apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": CONFIGMAP_NAME, "namespace": CONFIGMAP_NS},
-                "data": {"net-conf.json": net_conf(&opts.backend)}
+                "data": {"net-conf.json": net_conf(backend)}
             })
             .to_string(),
-        )?;
-        Ok(cluster)
+        )
+        .map(|_| ())
     }
 
     pub fn start_emulator(&mut self) -> Result<(), String> {
@@ -227,7 +243,10 @@ impl Cluster {
                 api_dir.display().to_string(),
                 "--bookmark-interval-ms".into(),
                 "2000".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(self.emulator_args.iter().cloned())
+            .collect::<Vec<_>>(),
             &log,
         )?;
         self.emulator = Some(p);
@@ -662,6 +681,7 @@ impl Cluster {
             backend: backend.into(),
             tag: tag.into(),
             agent_args: vec![],
+            ..Default::default()
         })
         .expect("cluster up")
     }

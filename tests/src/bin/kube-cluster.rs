@@ -1,0 +1,399 @@
+//! `kube-cluster up|down`: a Kubernetes cluster without kind, Docker or a
+//! kubelet binary, for the user's path (`kubectl apply -k deploy`).
+//!
+//! `up` builds the netns cluster's underlay, outside host and N node
+//! namespaces with the API emulator (namespaces required, RBAC enforced
+//! for service-account tokens), registers the Nodes (podCIDRs as the
+//! controller-manager assigns them), and then plays each node's kubelet:
+//! a containerd per node namespace with the node's CNI dirs, the given
+//! image archives imported, the node driver (tests/src/kubelet) running
+//! its Pods through CRI, plus the DaemonSet controller and scheduler. The
+//! API is forwarded to `127.0.0.1:PORT` and `DIR/kubeconfig` points there,
+//! so `kubectl` on the host works. No CNI is installed: a node has only
+//! what kind's node image ships (`loopback`, `portmap`) until a DaemonSet
+//! installs one. It stays up until SIGTERM/SIGINT, then removes every pod
+//! (CNI DEL included), containerd, the namespaces and the API.
+//!
+//! `down` stops a running `up` (by `DIR/state.json`) and removes what a
+//! killed one left.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use trellis_e2e::containerd;
+use trellis_e2e::cri::CriClient;
+use trellis_e2e::kubelet::background::ClusterLoop;
+use trellis_e2e::kubelet::container::Backoff;
+use trellis_e2e::kubelet::harness::{NodeOptions, TestNode};
+use trellis_e2e::kubelet::node_driver::NodeDriver;
+use trellis_e2e::kubelet::RuntimeOptions;
+use trellis_e2e::netns_cluster::forward::forward;
+use trellis_e2e::netns_cluster::{Cluster, Options, API_IP, EXT_IP};
+
+const USAGE: &str = "usage: kube-cluster up --dir DIR --image ARCHIVE [--image ARCHIVE ...] [--nodes N] [--port PORT]\n       kube-cluster down --dir DIR";
+const API_PORT: u16 = 6443;
+/// Host paths a CNI plugin run by containerd reads (the trellis conflist's defaults): each
+/// node's own copy, as on separate machines.
+const HOST_VIEW: [&str; 2] = ["/run/flannel", "/var/lib/cni"];
+/// What kind's node image ships in /opt/cni/bin besides the pod network's plugin.
+const NODE_PLUGINS: [&str; 2] = ["loopback", "portmap"];
+
+/// What `down` and the scripts need to find, written once `up` serves.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    pid: u32,
+    kubeconfig: PathBuf,
+    ext_netns: String,
+    ext_ip: String,
+    netns: Vec<String>,
+    /// Host mount points `up` had to create (removed by teardown when still empty).
+    created_dirs: Vec<PathBuf>,
+    nodes: Vec<NodeState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeState {
+    name: String,
+    netns: String,
+    ip: String,
+    /// containerd's socket (`ctr -a SOCKET -n k8s.io ...`).
+    socket: PathBuf,
+    /// The node's private root: its /opt/cni/bin, /etc/cni/net.d, /run/flannel, /var/lib/cni.
+    root: PathBuf,
+    /// Per-pod directories (`<uid>/logs/<container>/<attempt>.log`).
+    pods: PathBuf,
+}
+
+struct Args {
+    dir: PathBuf,
+    nodes: usize,
+    port: u16,
+    images: Vec<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse(argv.get(1..).unwrap_or_default()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kube-cluster: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match argv.first().map(String::as_str) {
+        Some("up") => up(&args),
+        Some("down") => {
+            down(&args.dir);
+            Ok(())
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kube-cluster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(argv: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        dir: PathBuf::new(),
+        nodes: 3,
+        port: 16443,
+        images: Vec::new(),
+    };
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--dir" => a.dir = PathBuf::from(value),
+            "--image" => a.images.push(PathBuf::from(value)),
+            "--nodes" => {
+                a.nodes = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=9).contains(n))
+                    .ok_or_else(|| format!("--nodes {value}: expected 1 to 9"))?
+            }
+            "--port" => {
+                a.port = value
+                    .parse()
+                    .map_err(|_| format!("--port {value}: not a port"))?
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if a.dir.as_os_str().is_empty() || !a.dir.is_absolute() {
+        return Err("--dir must be an absolute path".into());
+    }
+    Ok(a)
+}
+
+fn up(a: &Args) -> Result<(), String> {
+    if a.dir.join("state.json").exists() {
+        return Err(format!(
+            "a cluster is already up in {0} (kube-cluster down --dir {0})",
+            a.dir.display()
+        ));
+    }
+    for image in &a.images {
+        if !image.is_file() {
+            return Err(format!("--image {}: no such file", image.display()));
+        }
+    }
+    // Every temp dir (containerd's, the nodes') under DIR, so `down` finds all of it.
+    let tmp = a.dir.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::env::set_var("TMPDIR", &tmp);
+    let _serial = containerd::serial_lock().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let cluster = Cluster::up_in(
+        Options {
+            nodes: a.nodes,
+            tag: "kc".into(),
+            seed_configmap: false,
+            emulator_args: vec!["--namespaces".into(), "required".into()],
+            ..Default::default()
+        },
+        a.dir.clone(),
+        None,
+    )?;
+    let created_dirs: Vec<PathBuf> = HOST_VIEW
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| !p.exists())
+        .collect();
+    let nodes = start_nodes(&cluster, a)?;
+    let kubeconfig = host_kubeconfig(&cluster, a.port)?;
+    let state = State {
+        pid: std::process::id(),
+        kubeconfig: kubeconfig.clone(),
+        ext_netns: cluster.ext.name.clone(),
+        ext_ip: EXT_IP.into(),
+        netns: [&cluster.underlay, &cluster.ext]
+            .into_iter()
+            .chain(cluster.nodes.iter().map(|n| &n.ns))
+            .map(|ns| ns.name.clone())
+            .collect(),
+        created_dirs,
+        nodes: cluster
+            .nodes
+            .iter()
+            .zip(&nodes)
+            .map(|(n, t)| NodeState {
+                name: n.name.clone(),
+                netns: n.ns.name.clone(),
+                ip: n.ip.to_string(),
+                socket: t.ctd.socket().to_path_buf(),
+                root: t.facts.dirs.root.clone(),
+                pods: t.facts.dirs.pods.clone(),
+            })
+            .collect(),
+    };
+    write_json(&a.dir.join("state.json"), &state)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let served = rt.block_on(serve(&cluster, &nodes, a, &kubeconfig, started));
+    drop(nodes);
+    drop(cluster);
+    remove_empty(&state.created_dirs);
+    served
+}
+
+fn start_nodes(cluster: &Cluster, a: &Args) -> Result<Vec<TestNode>, String> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            TestNode::start_with(&NodeOptions {
+                adopt_netns: Some(n.ns.name.clone()),
+                node_ip: n.ip.to_string(),
+                parent_dir: Some(a.dir.join("tmp")),
+                node_plugins: NODE_PLUGINS.map(String::from).to_vec(),
+                host_view: HOST_VIEW.map(PathBuf::from).to_vec(),
+                images: a.images.clone(),
+                ..NodeOptions::new(&n.name, API_IP, API_PORT)
+            })
+            .map_err(|e| format!("node {}: {e}", n.name))
+        })
+        .collect()
+}
+
+/// The admin kubeconfig with the server at the host's forwarded port.
+fn host_kubeconfig(cluster: &Cluster, port: u16) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(&cluster.kubeconfig).map_err(|e| e.to_string())?;
+    let inside = format!("https://{API_IP}:{API_PORT}");
+    if !text.contains(&inside) {
+        return Err(format!("the emulator's kubeconfig does not name {inside}"));
+    }
+    let path = cluster.dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        text.replace(&inside, &format!("https://127.0.0.1:{port}")),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+async fn serve(
+    cluster: &Cluster,
+    nodes: &[TestNode],
+    a: &Args,
+    kubeconfig: &Path,
+    started: Instant,
+) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
+        .await
+        .map_err(|e| format!("127.0.0.1:{}: {e}", a.port))?;
+    let target = SocketAddr::from((
+        API_IP
+            .parse::<std::net::Ipv4Addr>()
+            .map_err(|e| e.to_string())?,
+        API_PORT,
+    ));
+    let forwarder = tokio::spawn(forward(listener, cluster.underlay.path(), target));
+    let client = admin_client(kubeconfig).await?;
+    let mut drivers = Vec::new();
+    for node in nodes {
+        let cri = CriClient::connect(node.ctd.socket())
+            .await
+            .map_err(|e| format!("CRI of {}: {e}", node.facts.node_name))?;
+        drivers.push(NodeDriver::new(
+            client.clone(),
+            cri,
+            node.facts.clone(),
+            runtime_options(),
+        ));
+    }
+    let loop_ = ClusterLoop::spawn(client, drivers, Duration::from_millis(500));
+    let ready = a.dir.join("ready");
+    std::fs::write(&ready, "").map_err(|e| format!("{}: {e}", ready.display()))?;
+    eprintln!(
+        "kube-cluster: {} nodes up in {:.1} s; export KUBECONFIG={}",
+        nodes.len(),
+        started.elapsed().as_secs_f64(),
+        kubeconfig.display()
+    );
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("kube-cluster: stopping (every pod torn down, then the nodes)");
+    let stopped = loop_.stop().await.map_err(|e| e.to_string());
+    forwarder.abort();
+    stopped
+}
+
+/// Restarts back off from 2 s to 20 s: kubelet's 10 s to 5 min would make a crash loop (the
+/// negative proofs) take minutes to show.
+fn runtime_options() -> RuntimeOptions {
+    RuntimeOptions {
+        backoff: Backoff {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(20),
+        },
+    }
+}
+
+async fn admin_client(kubeconfig: &Path) -> Result<kube::Client, String> {
+    trellis_e2e::apiserver::install_crypto_provider();
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    kube::Client::try_from(cfg).map_err(|e| e.to_string())
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn remove_empty(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// Stops the `up` of `dir` (SIGTERM, then its own teardown) and sweeps what a killed one left:
+/// every process whose command line names `dir` (containerd, shims), the namespaces, the
+/// mount points it created, `dir` itself.
+fn down(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    };
+    let Ok(state) = serde_json::from_str::<State>(&text) else {
+        eprintln!(
+            "kube-cluster: {}/state.json unreadable; removing the dir only",
+            dir.display()
+        );
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    };
+    if is_ours(state.pid) {
+        signal(state.pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while is_ours(state.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if is_ours(state.pid) {
+            eprintln!(
+                "kube-cluster: pid {} did not stop in 90 s; killing",
+                state.pid
+            );
+            signal(state.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    for pid in processes_naming(dir) {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    for ns in &state.netns {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .output();
+    }
+    remove_empty(&state.created_dirs);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn is_ours(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains("kube-cluster"))
+        .unwrap_or(false)
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
+    }
+}
+
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
