@@ -58,6 +58,12 @@ fi
 echo "== image and the shipped plugin on an old root"
 hack/test-image.sh
 
+# The user's path: `kubectl apply -k deploy` with that image on 3 nodes, each a containerd driven
+# by the kubelet-shaped node driver; pods, ping matrix, live switches, an agent Pod deleted, the
+# DaemonSet without NET_ADMIN and an image without iptables. About 1-2 minutes.
+echo "== kubectl apply -k deploy on a cluster without kind"
+hack/kube-e2e.sh
+
 # IPIP is missing from this kind of host kernel: those scenarios run in a QEMU VM
 # booting Debian's kernel over the host's root (hack/vm).
 echo "== VM tests (IPIP)"
