@@ -454,7 +454,17 @@ if [ "${1:-}" = up ]; then
     say "left running. export KUBECONFIG=$KUBECONFIG; kubectl get pods -A -o wide; remove with: sudo hack/kube-e2e.sh down"
     exit 0
 fi
-trap 'down' EXIT
+# Whatever happens, nothing stays; after a failure the cluster's log tail says what it saw.
+on_exit() {
+    local status=$?
+    if [ "$status" -ne 0 ] && [ -s "$DIR.log" ]; then
+        say "kube-cluster's log (tail), full log in $DIR.log:"
+        tail -n 20 "$DIR.log" >&2
+    fi
+    down
+    [ "$status" -ne 0 ] || rm -f "$DIR.log"
+}
+trap on_exit EXIT
 up_cluster
 apply_deploy
 app_pods
@@ -466,4 +476,5 @@ delete_all
 negative
 trap - EXIT
 down
+rm -f "$DIR.log"
 say "PASS in $(since "$START") s: apply -> $NODES agents Ready ${APPLY_TO_READY} s; first app Pod Running ${FIRST_APP} s; switches: $SWITCH_FIGURE; agent Pod deleted: $RESTART_FIGURE; image $(awk -v b="$compressed" 'BEGIN { printf "%.1f", b / 1048576 }') MiB compressed"
