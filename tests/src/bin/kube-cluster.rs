@@ -359,6 +359,7 @@ fn down(dir: &Path) {
     for pid in processes_naming(dir) {
         signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
+    sweep_containers(&dir.join("tmp"));
     for ns in &state.netns {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", ns])
@@ -366,6 +367,33 @@ fn down(dir: &Path) {
     }
     remove_empty(&state.created_dirs);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The runc containers (pause and app processes, which name no path of ours) and cgroups of
+/// every containerd that ran under `tmp`, and the socket each shim left.
+fn sweep_containers(tmp: &Path) {
+    use trellis_e2e::containerd::{cleanup, Layout, CRI_NAMESPACE};
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let is_containerd = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("trellis-containerd-"));
+        if !is_containerd {
+            continue;
+        }
+        let layout = Layout::under(&dir);
+        let ids = cleanup::task_ids(&layout.task_bundles(CRI_NAMESPACE));
+        for id in &ids {
+            cleanup::force_delete_runc_container(CRI_NAMESPACE, id);
+            let _ =
+                std::fs::remove_file(cleanup::shim_socket_path(&layout.socket, CRI_NAMESPACE, id));
+        }
+        cleanup::remove_cgroups(CRI_NAMESPACE, &ids);
+    }
+    cleanup::remove_empty_run_dirs(CRI_NAMESPACE);
 }
 
 fn is_ours(pid: u32) -> bool {
