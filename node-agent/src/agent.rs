@@ -850,8 +850,22 @@ async fn pass(
 /// br_netfilter); say so loudly (error log, Warning Event) when it changes. Readiness reports
 /// it meanwhile.
 fn check_host(config: &NetConfig, events: &NodeEvents, st: &mut LoopState) {
-    let now = crate::capabilities::check(crate::capabilities::effective())
-        .and_then(|()| BridgeNf::read().check(config.ipv4().is_some(), config.ipv6().is_some()));
+    // Every problem at once, so fixing one does not reveal the next only then.
+    let problems: Vec<String> = [
+        crate::capabilities::check(
+            crate::capabilities::effective(),
+            crate::capabilities::runs_as_root(),
+        ),
+        BridgeNf::read().check(config.ipv4().is_some(), config.ipv6().is_some()),
+    ]
+    .into_iter()
+    .filter_map(Result::err)
+    .collect();
+    let now = if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    };
     if now == st.host {
         return;
     }

@@ -134,8 +134,14 @@ pub async fn discover(
     opts: &IfaceOptions,
 ) -> Result<Underlay, UnderlayError> {
     let links = read_links(h).await?;
-    let target = opts.iface_can_reach.unwrap_or(IpAddr::from([0u8; 4]));
-    let oif = route_oif(h, target).await;
+    let oif = match opts.iface_can_reach {
+        Some(ip) => route_oif(h, ip).await,
+        // The IPv4 default route, else the IPv6 one (an IPv6-only node), as flannel does.
+        None => match route_oif(h, IpAddr::from([0u8; 4])).await {
+            Some(oif) => Some(oif),
+            None => route_oif(h, IpAddr::from([0u16; 8])).await,
+        },
+    };
     select(&links, opts, |_| oif)
 }
 
@@ -199,6 +205,10 @@ async fn route_oif(h: &rtnetlink::Handle, ip: IpAddr) -> Option<u32> {
                 match a {
                     RouteAttribute::Oif(i) => oif = Some(*i),
                     RouteAttribute::Priority(p) => prio = *p,
+                    // An ECMP default route names its interfaces per next hop: the first.
+                    RouteAttribute::MultiPath(hops) if oif.is_none() => {
+                        oif = hops.first().map(|h| h.interface_index)
+                    }
                     _ => {}
                 }
             }

@@ -1,6 +1,7 @@
 //! Underlay discovery against the real kernel, without `--iface` (what the shipped DaemonSet
-//! does): the interface of the default route, or of the route to `--iface-can-reach`; a
-//! namespace without a default route is refused with the error that says what to pass.
+//! does): the interface of the default route (an ECMP one's first next hop; the IPv6 one on
+//! an IPv6-only node), or of the route to `--iface-can-reach`; a namespace without a default
+//! route is refused with the error that says what to pass.
 
 mod dataplane_support;
 
@@ -66,4 +67,24 @@ fn the_interface_that_reaches_iface_can_reach() {
     };
     let u = discover_in(&node.ns, opts).expect("discovered");
     assert_eq!(u.name, "aaa0");
+}
+
+#[test]
+fn an_ecmp_default_route_and_an_ipv6_only_node() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let ecmp = node();
+    ecmp.ns.ip(
+        "route add default nexthop via 172.31.0.254 dev aaa0 nexthop via 192.168.7.254 dev eth0",
+    );
+    let u = discover_in(&ecmp.ns, IfaceOptions::default()).expect("ECMP discovered");
+    assert_eq!(u.name, "aaa0", "the first next hop's interface");
+
+    let v6 = node();
+    v6.ns.ip("addr add fd00:7::11/64 dev eth0 nodad");
+    v6.ns.ip("-6 route add default via fd00:7::1 dev eth0");
+    let u = discover_in(&v6.ns, IfaceOptions::default()).expect("IPv6 default discovered");
+    assert_eq!(u.name, "eth0");
 }
