@@ -134,6 +134,9 @@ fn parse(argv: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
+/// Marks a directory as one `up` made, so `down` never sweeps or deletes anything else.
+const MARKER: &str = ".kube-cluster";
+
 fn up(a: &Args) -> Result<(), String> {
     if a.dir.join("state.json").exists() {
         return Err(format!(
@@ -146,10 +149,45 @@ fn up(a: &Args) -> Result<(), String> {
             return Err(format!("--image {}: no such file", image.display()));
         }
     }
+    init_logging();
+    // The port first: a busy one fails in a millisecond, not after three containerds.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", a.port))
+        .map_err(|e| format!("127.0.0.1:{} (--port): {e}", a.port))?;
+    // Private: the kubeconfig inside holds the cluster admin's token.
+    std::fs::create_dir_all(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
+    std::fs::set_permissions(&a.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", a.dir.display()))?;
+    std::fs::write(a.dir.join(MARKER), "").map_err(|e| e.to_string())?;
     // Every temp dir (containerd's, the nodes') under DIR, so `down` finds all of it.
     let tmp = a.dir.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::env::set_var("TMPDIR", &tmp);
+    // Signals are taken from here on (not only once serving): a SIGTERM during start-up ends in
+    // the same teardown instead of killing the process with everything left running.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let stop = rt.block_on(async { Stop::install() })?;
+    let created_dirs: Vec<PathBuf> = HOST_VIEW
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| !p.exists())
+        .collect();
+    let result = up_and_serve(a, &rt, listener, stop, &created_dirs);
+    drop(rt);
+    remove_empty(&created_dirs);
+    result
+}
+
+fn up_and_serve(
+    a: &Args,
+    rt: &tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    mut stop: Stop,
+    created_dirs: &[PathBuf],
+) -> Result<(), String> {
     let _serial = containerd::serial_lock().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let cluster = Cluster::up_in(
@@ -163,16 +201,9 @@ fn up(a: &Args) -> Result<(), String> {
         a.dir.clone(),
         None,
     )?;
-    let created_dirs: Vec<PathBuf> = HOST_VIEW
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| !p.exists())
-        .collect();
-    let nodes = start_nodes(&cluster, a)?;
-    let kubeconfig = host_kubeconfig(&cluster, a.port)?;
-    let state = State {
+    let mut state = State {
         pid: std::process::id(),
-        kubeconfig: kubeconfig.clone(),
+        kubeconfig: a.dir.join("kubeconfig"),
         ext_netns: cluster.ext.name.clone(),
         ext_ip: EXT_IP.into(),
         netns: [&cluster.underlay, &cluster.ext]
@@ -180,32 +211,80 @@ fn up(a: &Args) -> Result<(), String> {
             .chain(cluster.nodes.iter().map(|n| &n.ns))
             .map(|ns| ns.name.clone())
             .collect(),
-        created_dirs,
-        nodes: cluster
-            .nodes
-            .iter()
-            .zip(&nodes)
-            .map(|(n, t)| NodeState {
-                name: n.name.clone(),
-                netns: n.ns.name.clone(),
-                ip: n.ip.to_string(),
-                socket: t.ctd.socket().to_path_buf(),
-                root: t.facts.dirs.root.clone(),
-                pods: t.facts.dirs.pods.clone(),
-            })
-            .collect(),
+        created_dirs: created_dirs.to_vec(),
+        nodes: Vec::new(),
     };
+    // Written now, nodes added once they run: `down` can find a cluster that is still starting.
     write_json(&a.dir.join("state.json"), &state)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let served = rt.block_on(serve(&cluster, &nodes, a, &kubeconfig, started));
-    drop(nodes);
-    drop(cluster);
-    remove_empty(&state.created_dirs);
-    served
+    let nodes = start_nodes(&cluster, a)?;
+    if rt.block_on(async { stop.requested() }) {
+        return Ok(());
+    }
+    let kubeconfig = host_kubeconfig(&cluster, a.port)?;
+    state.nodes = cluster
+        .nodes
+        .iter()
+        .zip(&nodes)
+        .map(|(n, t)| NodeState {
+            name: n.name.clone(),
+            netns: n.ns.name.clone(),
+            ip: n.ip.to_string(),
+            socket: t.ctd.socket().to_path_buf(),
+            root: t.facts.dirs.root.clone(),
+            pods: t.facts.dirs.pods.clone(),
+        })
+        .collect();
+    write_json(&a.dir.join("state.json"), &state)?;
+    rt.block_on(serve(
+        &cluster,
+        &nodes,
+        a,
+        listener,
+        stop,
+        &kubeconfig,
+        started,
+    ))
+}
+
+/// SIGTERM and SIGINT, registered once (the handlers replace the default action, death).
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> Result<Self, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(|e| e.to_string())?,
+            int: signal(SignalKind::interrupt()).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Whether a signal came meanwhile (without waiting).
+    fn requested(&mut self) -> bool {
+        use futures::FutureExt;
+        self.term.recv().now_or_never().is_some() || self.int.recv().now_or_never().is_some()
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// The driver's, controllers' and forwarder's warnings go to stderr (the script's log).
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }
 
 fn start_nodes(cluster: &Cluster, a: &Args) -> Result<Vec<TestNode>, String> {
@@ -247,15 +326,13 @@ async fn serve(
     cluster: &Cluster,
     nodes: &[TestNode],
     a: &Args,
+    listener: std::net::TcpListener,
+    mut stop: Stop,
     kubeconfig: &Path,
     started: Instant,
 ) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", a.port))
-        .await
-        .map_err(|e| format!("127.0.0.1:{}: {e}", a.port))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
     let target = SocketAddr::from((
         API_IP
             .parse::<std::net::Ipv4Addr>()
@@ -285,10 +362,7 @@ async fn serve(
         started.elapsed().as_secs_f64(),
         kubeconfig.display()
     );
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    stop.wait().await;
     eprintln!("kube-cluster: stopping (every pod torn down, then the nodes)");
     let stopped = loop_.stop().await.map_err(|e| e.to_string());
     forwarder.abort();
@@ -330,7 +404,20 @@ fn remove_empty(dirs: &[PathBuf]) {
 /// every process whose command line names `dir` (containerd, shims), the namespaces, the
 /// mount points it created, `dir` itself.
 fn down(dir: &Path) {
+    if !dir.join(MARKER).exists() {
+        if dir.exists() {
+            eprintln!(
+                "kube-cluster: {} was not made by kube-cluster up ({MARKER} missing): left alone",
+                dir.display()
+            );
+        }
+        return;
+    }
     let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+        for pid in processes_naming(dir) {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        sweep_containers(&dir.join("tmp"));
         let _ = std::fs::remove_dir_all(dir);
         return;
     };
@@ -409,7 +496,8 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 }
 
 fn processes_naming(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
+    // With the separator: /var/tmp/x must not match /var/tmp/x2 or a `tail -f /var/tmp/x.log`.
+    let needle = format!("{}/", dir.display());
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

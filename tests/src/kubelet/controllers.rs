@@ -140,11 +140,13 @@ pub async fn scheduler_pass(client: &Client) -> Result<usize, ControllerError> {
         .list(&ListParams::default())
         .await
         .map_err(api("list Pods"))?;
-    let plan = assign(&pods.items, &nodes).map_err(|(i, source)| ControllerError::Placement {
-        object: pod_label(&pods.items[i]),
-        source,
-    })?;
-    for (i, node) in &plan {
+    let plan = assign(&pods.items, &nodes);
+    // A pod whose spec cannot be placed stays Pending and is said once per pass; it never
+    // holds up the others.
+    for (i, e) in &plan.refused {
+        tracing::warn!(pod = %pod_label(&pods.items[*i]), error = %e, "cannot schedule");
+    }
+    for (i, node) in &plan.bind {
         let pod = &pods.items[*i];
         let (Some(name), Some(ns)) = (
             pod.metadata.name.as_deref(),
@@ -158,7 +160,7 @@ pub async fn scheduler_pass(client: &Client) -> Result<usize, ControllerError> {
             .await
             .map_err(api(format!("bind {} to {node}", pod_label(pod))))?;
     }
-    Ok(plan.len())
+    Ok(plan.bind.len())
 }
 
 fn pod_label(pod: &Pod) -> String {

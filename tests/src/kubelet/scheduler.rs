@@ -44,28 +44,35 @@ pub fn unscheduled(pods: &[Pod]) -> impl Iterator<Item = &Pod> {
     })
 }
 
-/// A node for each unscheduled pod of `pods`, in order (`(index into pods, node)`); each
-/// choice counts as load for the next, so a batch created at once spreads out. A pod that
-/// cannot be placed by its spec stops the plan with its index.
-pub fn assign(
-    pods: &[Pod],
-    nodes: &[Node],
-) -> Result<Vec<(usize, String)>, (usize, PlacementError)> {
+/// What [`assign`] decided: nodes for pods (`(index into pods, node)`), and the pods whose
+/// spec cannot be placed (they stay Pending; the others are placed all the same).
+#[derive(Debug, Default, PartialEq)]
+pub struct Assignment {
+    pub bind: Vec<(usize, String)>,
+    pub refused: Vec<(usize, PlacementError)>,
+}
+
+/// A node for each unscheduled pod of `pods`, in order; each choice counts as load for the
+/// next, so a batch created at once spreads out.
+pub fn assign(pods: &[Pod], nodes: &[Node]) -> Assignment {
     let mut placed = pods.to_vec();
-    let mut plan = Vec::new();
+    let mut out = Assignment::default();
     for (i, pod) in pods.iter().enumerate() {
         if unscheduled(std::slice::from_ref(pod)).next().is_none() {
             continue;
         }
-        let Some(node) = pick_node(pod, nodes, &placed).map_err(|e| (i, e))? else {
-            continue;
-        };
-        if let Some(spec) = placed[i].spec.as_mut() {
-            spec.node_name = Some(node.clone());
+        match pick_node(pod, nodes, &placed) {
+            Ok(Some(node)) => {
+                if let Some(spec) = placed[i].spec.as_mut() {
+                    spec.node_name = Some(node.clone());
+                }
+                out.bind.push((i, node));
+            }
+            Ok(None) => {}
+            Err(e) => out.refused.push((i, e)),
         }
-        plan.push((i, node));
     }
-    Ok(plan)
+    out
 }
 
 #[cfg(test)]
@@ -103,9 +110,10 @@ mod tests {
     fn a_batch_spreads_over_the_nodes() {
         let nodes = [node("a", false), node("b", false), node("c", false)];
         let pods: Vec<Pod> = (0..6).map(|i| pod(&format!("p{i}"), None)).collect();
-        let plan = assign(&pods, &nodes).expect("placed");
-        let on = |n: &str| plan.iter().filter(|(_, x)| x == n).count();
+        let plan = assign(&pods, &nodes);
+        let on = |n: &str| plan.bind.iter().filter(|(_, x)| x == n).count();
         assert_eq!((on("a"), on("b"), on("c")), (2, 2, 2), "{plan:?}");
-        assert_eq!(assign(&pods, &[node("c", true)]), Ok(vec![]));
+        assert!(plan.refused.is_empty());
+        assert_eq!(assign(&pods, &[node("c", true)]), Assignment::default());
     }
 }
