@@ -20,7 +20,10 @@
 #  6. negative proofs: the same DaemonSet without NET_ADMIN, and with an image without iptables,
 #     each never Ready and saying why in the agent's log.
 # Figures printed at the end: seconds from apply to all agents Ready and to the first app Pod
-# Running, the longest ping gap of each switch, the image size.
+# Running, the longest ping gap (and losses) across the switches and across the agent restart,
+# the image size.
+# Environment: KUBE_E2E_DIR (default /var/tmp/trellis-kube), KUBE_E2E_PORT (API on the host's
+# loopback, default 16443).
 #
 # Where it differs from a real cluster: `kubectl exec` is not served (the emulator has no
 # streaming), so commands "in a pod" run in its network namespace with nsenter, the pid found
@@ -31,6 +34,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 DIR=${KUBE_E2E_DIR:-/var/tmp/trellis-kube}
+PORT=${KUBE_E2E_PORT:-16443}
 NODES=3
 NS=trellis-system
 AGENTS=app.kubernetes.io/component=agent
@@ -47,12 +51,25 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, containerd)"
+for tool in kubectl ctr nsenter jq umoci python3 flock; do
+    command -v "$tool" >/dev/null || die "$tool not found (hack/install-deps.sh installs what is missing)"
+done
+# One run at a time per DIR (two would tear each other's cluster down).
+exec 8>"$DIR.lock"
+flock -n 8 || die "another hack/kube-e2e.sh holds $DIR.lock"
 
 down() {
     if [ -x "$TARGET/debug/kube-cluster" ]; then
         "$TARGET/debug/kube-cluster" down --dir "$DIR"
-    else
-        rm -rf "$DIR"
+    fi
+    rm -f "$DIR.log"
+}
+# A cluster left by `up` is the user's: never torn down behind their back.
+refuse_running() {
+    local pid
+    pid=$(jq -r .pid "$DIR/state.json" 2>/dev/null) || return 0
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        die "a cluster from 'hack/kube-e2e.sh up' is running in $DIR (pid $pid): sudo hack/kube-e2e.sh down first"
     fi
 }
 if [ "${1:-}" = down ]; then
@@ -61,7 +78,10 @@ if [ "${1:-}" = down ]; then
 fi
 
 # --- build: the binaries, the image, and the image without iptables ----------------------------
-image=$(sed -n 's/^[[:space:]]*image:[[:space:]]*//p' "$ROOT/deploy/manifests/daemonset.yaml" | sort -u)
+# The image `kubectl apply -k deploy` will ask for (deploy/kustomization.yaml may rename it).
+image=$(kubectl kustomize "$ROOT/deploy" | sed -n 's/^[[:space:]]*image:[[:space:]]*//p' | sort -u)
+[ "$(wc -l <<<"$image")" -eq 1 ] || die "deploy names several images: $image"
+[ "${image%:*}" = trellis ] || die "deploy's image is $image: this script builds trellis:<tag> only"
 tag=${image##*:}
 archive=$TARGET/image/trellis-$tag.oci.tar
 bare_tag=$tag-no-iptables
@@ -74,8 +94,8 @@ build() {
 # The trellis image plus one layer of whiteouts for every iptables/nft tool and the wrapper:
 # what a careless image build would ship.
 image_without_iptables() {
-    local lay=$DIR.bare
-    rm -rf "$lay"
+    local lay
+    lay=$(mktemp -d "$TARGET/image/bare.XXXXXX")
     mkdir -p "$lay/layout" "$lay/wh/usr/sbin" "$lay/wh/usr/local/sbin"
     tar -xf "$archive" -C "$lay/layout"
     local manifest base
@@ -101,11 +121,13 @@ image_without_iptables() {
 # --- the cluster ----------------------------------------------------------------------------------
 cluster_pid=
 up_cluster() {
+    refuse_running
     down
     mkdir -p "$(dirname "$DIR")"
     local log=$DIR.log t0
+    (umask 077 && : >"$log") # the cluster's log names its admin kubeconfig
     t0=$(now)
-    setsid "$TARGET/debug/kube-cluster" up --dir "$DIR" --nodes "$NODES" \
+    setsid "$TARGET/debug/kube-cluster" up --dir "$DIR" --nodes "$NODES" --port "$PORT" \
         --image "$archive" --image "$bare_archive" >"$log" 2>&1 &
     cluster_pid=$!
     for _ in $(seq 600); do
@@ -141,10 +163,22 @@ agent_on() { # NODE: the name of the live agent Pod there
 }
 # The pid of a pod's first container, from its node's containerd.
 pod_pid() { # NAMESPACE POD
-    local node id
-    node=$(kubectl -n "$1" get pod "$2" -o jsonpath='{.spec.nodeName}')
-    id=$(kubectl -n "$1" get pod "$2" -o jsonpath='{.status.containerStatuses[0].containerID}')
-    ctr -a "$(node_field "$node" socket)" -n k8s.io tasks ls | awk -v id="${id#containerd://}" '$1 == id { print $2 }'
+    local node id tasks
+    node=$(kubectl -n "$1" get pod "$2" -o jsonpath='{.spec.nodeName}') || die "pod $1/$2: no node"
+    id=$(kubectl -n "$1" get pod "$2" -o jsonpath='{.status.containerStatuses[0].containerID}') || die "pod $1/$2: no container"
+    tasks=$(ctr -a "$(node_field "$node" socket)" -n k8s.io tasks ls) || die "ctr on $node failed"
+    awk -v id="${id#containerd://}" '$1 == id { print $2 }' <<<"$tasks"
+}
+# The first app pod on another node than POD's.
+app_elsewhere() { # POD
+    local p
+    for p in "${APPS[@]}"; do
+        if [ "${NODE_OF[$p]}" != "${NODE_OF[$1]}" ]; then
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no app pod on another node than $1's"
 }
 in_pod() { # POD COMMAND...: COMMAND in the network namespace of app Pod POD
     local pid
@@ -250,7 +284,8 @@ import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('0.0.0.0', $port)); s.listen(1); s.settimeout(20)
 c, a = s.accept(); c.sendall((a[0] + '\n').encode()); c.close()" &
-    local server=$!
+    SERVER_PID=$!
+    local server=$SERVER_PID
     seen=
     for _ in $(seq 50); do
         seen=$(in_pod app-1 python3 -c "
@@ -272,13 +307,17 @@ start_ping() { # FROM TO
     PING_OUT=$(mktemp "${TMPDIR:-/tmp}/trellis-kube-ping.XXXXXX")
     pid=$(pod_pid default "$1")
     # nsenter execs ping, so $! is ping's pid and SIGINT reaches it.
-    nsenter -t "$pid" -n ping -D -i 0.02 -W 1 "${IP[$2]}" >"$PING_OUT" 2>&1 &
+    # (A deadline, so that no ping outlives the script whatever happens.)
+    nsenter -t "$pid" -n ping -D -i 0.02 -W 1 -w 600 "${IP[$2]}" >"$PING_OUT" 2>&1 &
     PING_PID=$!
-    wait_for 10 "the ping loop's first reply" grep -q icmp_seq= "$PING_OUT"
+    wait_for 10 "the ping loop's first reply" grep -q " bytes from " "$PING_OUT"
 }
-# Prints "received lost longest_gap_ms" from the replies so far.
-ping_figures() {
-    awk '/icmp_seq=/ {
+# Prints "received lost longest_gap_ms" from the echo replies so far (ICMP errors and
+# duplicates are no replies). With END (a unix time), the time from the last reply to END
+# counts as a gap too, and the echo requests sent meanwhile (at 20 ms) as lost: a path that
+# died and never came back shows.
+ping_figures() { # [END]
+    awk -v end="${1:-}" '/ bytes from .*icmp_seq=/ && !/DUP!/ {
         t = substr($1, 2, length($1) - 2) + 0
         match($0, /icmp_seq=[0-9]+/); s = substr($0, RSTART + 9, RLENGTH - 9) + 0
         if (!(s in seen)) { seen[s] = 1; n++ }
@@ -286,11 +325,23 @@ ping_figures() {
         if (s > max) max = s
         if (prev != "" && t - prev > gap) gap = t - prev
         prev = t
-    } END { printf "%d %d %d\n", n, max - min + 1 - n, gap * 1000 }' "$PING_OUT"
+    } END {
+        lost = max - min + 1 - n
+        if (end != "" && prev != "") {
+            if (end - prev > gap) gap = end - prev
+            lost += int((end - prev) / 0.02 - 1 > 0 ? (end - prev) / 0.02 - 1 : 0)
+        }
+        printf "%d %d %d\n", n, lost, gap * 1000
+    }' "$PING_OUT"
 }
+# Stops the loop; prints its figures up to now.
 stop_ping() {
+    local end
+    end=$(now)
     kill -INT "$PING_PID" 2>/dev/null || true
     wait "$PING_PID" 2>/dev/null || true
+    PING_PID=
+    ping_figures "$end"
 }
 switch_events() { # FROM TO: how many nodes have posted the BackendSwitched Event for it
     kubectl get events.v1.events.k8s.io -n default -o json |
@@ -306,24 +357,17 @@ set_backend() {
         -p "$(jq -n --arg c "$conf" '{data: {"net-conf.json": $c}}')" >/dev/null
 }
 switches() {
-    local from=vxlan to before after a b
-    a=app-1
-    b=$(for p in "${APPS[@]}"; do [ "${NODE_OF[$p]}" != "${NODE_OF[$a]}" ] && echo "$p"; done | head -n 1)
+    local from=vxlan to a=app-1 b received lost gap
+    b=$(app_elsewhere "$a")
     start_ping "$a" "$b"
-    SWITCH_GAPS=
     for to in host-gw vxlan; do
-        before=$(ping_figures)
         set_backend "$to"
         wait_for 60 "BackendSwitched $from -> $to from every node" switched_everywhere "$from" "$to"
-        sleep 1 # replies after the switch, so a gap at its end shows
-        after=$(ping_figures)
-        say "3. $from -> $to: every node posted BackendSwitched; ping $a -> $b so far (received lost longest-gap-ms): $after"
-        SWITCH_GAPS="$SWITCH_GAPS $from->$to"
+        sleep 1 # a second of replies after the switch: a path that did not come back shows
+        say "3. $from -> $to: every node posted BackendSwitched; ping $a -> $b so far (received lost longest-gap-ms): $(ping_figures "$(now)")"
         from=$to
-        : "$before"
     done
-    stop_ping
-    read -r received lost gap < <(ping_figures)
+    read -r received lost gap < <(stop_ping)
     [ "$gap" -le "$MAX_GAP_MS" ] || die "longest ping gap across the switches: $gap ms (max $MAX_GAP_MS)"
     SWITCH_FIGURE="$received replies, $lost lost, longest gap $gap ms"
     say "   vxlan -> host-gw -> vxlan under a 20 ms ping $a -> $b: $SWITCH_FIGURE"
@@ -332,8 +376,8 @@ switches() {
 
 # --- 4. an agent Pod deleted -------------------------------------------------------------------------
 agent_restart() {
-    local a=app-1 b node old new
-    b=$(for p in "${APPS[@]}"; do [ "${NODE_OF[$p]}" != "${NODE_OF[$a]}" ] && echo "$p"; done | head -n 1)
+    local a=app-1 b node old new received lost gap
+    b=$(app_elsewhere "$a")
     node=${NODE_OF[$a]}
     old=$(agent_on "$node")
     start_ping "$a" "$b"
@@ -344,8 +388,7 @@ agent_restart() {
     }
     wait_for 120 "a new agent Pod on $node, Ready" replaced
     sleep 1
-    stop_ping
-    read -r received lost gap < <(ping_figures)
+    read -r received lost gap < <(stop_ping)
     [ "$lost" -eq 0 ] || die "the agent restart on $node lost $lost pings (longest gap $gap ms)"
     RESTART_FIGURE="$received replies, 0 lost, longest gap $gap ms"
     say "4. kubectl delete pod $old -> $new Ready on $node; ping $a -> $b: $RESTART_FIGURE"
@@ -353,8 +396,8 @@ agent_restart() {
 }
 
 # --- 5. app Pods and then trellis deleted ------------------------------------------------------------
-ipam_files() { # NODE: the addresses host-local holds on that node
-    find "$(node_field "$1" root)/var/lib/cni/networks" -type f -name '[0-9]*' 2>/dev/null | wc -l
+ipam_files() { # NODE: the addresses (v4 and v6) host-local holds on that node
+    find "$(node_field "$1" root)/var/lib/cni/networks" -type f ! -name lock ! -name 'last_reserved_ip*' 2>/dev/null | wc -l
 }
 no_apps() { [ "$(kubectl get pods -l app=trellis-e2e -o json | jq '.items | length')" -eq 0 ]; }
 no_agents() { [ "$(kubectl -n "$NS" get pods -l "$AGENTS" -o json | jq '.items | length')" -eq 0 ]; }
@@ -394,8 +437,8 @@ EOF
     echo "$dir"
 }
 # Applies OVERLAY; every agent must stay unready and its log must match PATTERN.
-must_fail() { # OVERLAY PATTERN WHAT
-    local overlay=$1 pattern=$2 what=$3 n pod log
+must_fail() { # OVERLAY PATTERN WHAT READYZ_PATTERN
+    local overlay=$1 pattern=$2 what=$3 reason=$4 n pod log code body
     kubectl apply -k "$overlay" >/dev/null
     # (bash's dynamic scope: has_log sees n, pod, log and pattern of this call.)
     has_log() {
@@ -408,6 +451,7 @@ must_fail() { # OVERLAY PATTERN WHAT
         # The probe's own answer, not just a Pod not (yet) marked Ready.
         read -r code body < <(readyz "$n")
         [ "$code" = 503 ] || die "$what: /readyz on $n answers $code: $body"
+        grep -qE "$reason" <<<"$body" || die "$what: /readyz on $n does not say why: $body"
         say "   $what, $n: /readyz 503: $(cut -c 1-160 <<<"$body")"
     done
     [ "$(ready_agents)" -eq 0 ] || die "$what: $(ready_agents) agents Ready anyway"
@@ -433,14 +477,14 @@ negative() {
   value: ["NET_RAW"]
 EOF
 )
-    must_fail "$o" "runs without CAP_NET_ADMIN" "6. without NET_ADMIN"
+    must_fail "$o" "runs without CAP_NET_ADMIN" "6. without NET_ADMIN" "runs without CAP_NET_ADMIN"
     o=$(overlay no-iptables <<EOF
 - op: replace
   path: /spec/template/spec/containers/0/image
   value: trellis:$bare_tag
 EOF
 )
-    must_fail "$o" "firewall backend unavailable: cannot run .iptables" "6. image without iptables"
+    must_fail "$o" "firewall backend unavailable: cannot run .iptables" "6. image without iptables" "firewall"
 }
 
 # --- main ----------------------------------------------------------------------------------------------
@@ -448,23 +492,33 @@ START=$(now)
 build
 compressed=$(tar -xOf "$archive" index.json | jq -r '.manifests[0].digest | sub("sha256:"; "blobs/sha256/")' |
     xargs -I{} tar -xOf "$archive" {} | jq '[.layers[].size] | add')
-if [ "${1:-}" = up ]; then
-    up_cluster
-    apply_deploy
-    say "left running. export KUBECONFIG=$KUBECONFIG; kubectl get pods -A -o wide; remove with: sudo hack/kube-e2e.sh down"
-    exit 0
-fi
 # Whatever happens, nothing stays; after a failure the cluster's log tail says what it saw.
 on_exit() {
     local status=$?
+    [ -z "$PING_PID" ] || kill "$PING_PID" 2>/dev/null || true
+    [ -z "$SERVER_PID" ] || kill "$SERVER_PID" 2>/dev/null || true
+    rm -f "$PING_OUT"
     if [ "$status" -ne 0 ] && [ -s "$DIR.log" ]; then
-        say "kube-cluster's log (tail), full log in $DIR.log:"
+        say "kube-cluster's log (tail):"
         tail -n 20 "$DIR.log" >&2
     fi
+    # A kube-cluster still starting has written no state for `down` yet: its own SIGTERM
+    # teardown then.
+    if [ -n "$cluster_pid" ] && kill -0 "$cluster_pid" 2>/dev/null; then
+        kill -TERM "$cluster_pid" 2>/dev/null || true
+        for _ in $(seq 450); do kill -0 "$cluster_pid" 2>/dev/null || break; sleep 0.2; done
+    fi
     down
-    [ "$status" -ne 0 ] || rm -f "$DIR.log"
 }
+PING_PID='' SERVER_PID='' PING_OUT=''
 trap on_exit EXIT
+if [ "${1:-}" = up ]; then
+    up_cluster
+    apply_deploy
+    trap - EXIT
+    say "left running. export KUBECONFIG=$KUBECONFIG; kubectl get pods -A -o wide; remove with: sudo hack/kube-e2e.sh down"
+    exit 0
+fi
 up_cluster
 apply_deploy
 app_pods
@@ -476,5 +530,4 @@ delete_all
 negative
 trap - EXIT
 down
-rm -f "$DIR.log"
 say "PASS in $(since "$START") s: apply -> $NODES agents Ready ${APPLY_TO_READY} s; first app Pod Running ${FIRST_APP} s; switches: $SWITCH_FIGURE; agent Pod deleted: $RESTART_FIGURE; image $(awk -v b="$compressed" 'BEGIN { printf "%.1f", b / 1048576 }') MiB compressed"
