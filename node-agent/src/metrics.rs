@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cluster::{ConfigStats, NodeWatchStats};
+use crate::dataplane::netlink::MonitorCounters;
 use crate::readiness;
 
 #[derive(Default)]
@@ -37,6 +38,8 @@ pub struct Metrics {
     node_watch: OnceLock<Arc<NodeWatchStats>>,
     /// The ConfigMap watcher's, likewise (none with --net-conf-file).
     config_watch: OnceLock<Arc<ConfigStats>>,
+    /// The kernel drift monitor's, likewise.
+    drift_monitor: OnceLock<MonitorCounters>,
 }
 
 impl Metrics {
@@ -89,6 +92,12 @@ impl Metrics {
     /// Exports the ConfigMap watcher's counters: invalid configs, configs taken, API errors.
     pub fn attach_config_watch(&self, stats: Arc<ConfigStats>) {
         let _ = self.config_watch.set(stats);
+    }
+
+    /// Exports the drift monitor's counters: drift signalled, the agent's own changes
+    /// recognised, notifications the kernel dropped.
+    pub fn attach_drift_monitor(&self, counters: MonitorCounters) {
+        let _ = self.drift_monitor.set(counters);
     }
 
     /// What the last pass found of this node's own side: `Err(why)` when not programmed.
@@ -255,6 +264,18 @@ impl Metrics {
                 "Failed ConfigMap list/watch calls and watch errors (retried with backoff).",
                 vec![(String::new(), g(&w.errors) as f64)],
             );
+            metric(
+                "trellis_config_watch_events_total",
+                "counter",
+                "ConfigMap list items and watch events received from the API (changed or deleted).",
+                vec![(String::new(), g(&w.events) as f64)],
+            );
+            metric(
+                "trellis_config_watch_lists_total",
+                "counter",
+                "Complete ConfigMap lists (the first, then one per relist).",
+                vec![(String::new(), g(&w.lists) as f64)],
+            );
         }
         metric(
             "trellis_drift_events_total",
@@ -262,6 +283,27 @@ impl Metrics {
             "Kernel changes to trellis-owned state not made by trellis.",
             vec![(String::new(), g(&self.drift_events) as f64)],
         );
+        if let Some(d) = self.drift_monitor.get().map(MonitorCounters::stats) {
+            metric(
+                "trellis_drift_monitor_signals_total",
+                "counter",
+                "Kernel notifications about trellis-owned state that woke the loop for a repair \
+                 (changes not made by trellis, and overruns).",
+                vec![(String::new(), d.relevant as f64)],
+            );
+            metric(
+                "trellis_drift_monitor_expected_total",
+                "counter",
+                "Kernel notifications about trellis-owned state that matched the agent's own changes.",
+                vec![(String::new(), d.expected as f64)],
+            );
+            metric(
+                "trellis_drift_monitor_overruns_total",
+                "counter",
+                "Times the kernel dropped netlink notifications (socket buffer full): a full pass follows.",
+                vec![(String::new(), d.overruns as f64)],
+            );
+        }
         metric(
             "trellis_ready",
             "gauge",
@@ -365,8 +407,21 @@ mod tests {
         let c = Arc::new(ConfigStats::default());
         m.attach_config_watch(c.clone());
         c.rejected.fetch_add(2, Ordering::Relaxed);
+        c.lists.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            !m.render().contains("trellis_drift_monitor"),
+            "no monitor attached yet"
+        );
+        m.attach_drift_monitor(MonitorCounters::default());
         let t = m.render();
         assert!(t.contains("trellis_config_errors_total 2"), "{t}");
+        assert!(t.contains("trellis_config_watch_lists_total 1"), "{t}");
+        assert!(t.contains("trellis_config_watch_events_total 0"), "{t}");
+        assert!(t.contains("trellis_drift_monitor_overruns_total 0"), "{t}");
+        assert!(
+            t.contains("# TYPE trellis_drift_monitor_signals_total counter"),
+            "{t}"
+        );
         assert!(t.contains("trellis_node_watch_errors_total 3"), "{t}");
         assert!(t.contains("trellis_node_watch_relists_total 2"), "{t}");
         assert!(t.contains("trellis_node_watch_events_total 0"), "{t}");

@@ -108,6 +108,7 @@ pub(super) async fn start(args: RunArgs) -> Result<(Agent, Triggers), AgentError
     metrics.attach_node_watch(watcher.stats());
     tokio::spawn(watcher.run());
     let (monitor, drift) = DriftMonitor::start_expecting(dataplane.expected()).await?;
+    metrics.attach_drift_monitor(monitor.counters());
 
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let agent = Agent {

@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::annotations::VxlanData;
+use crate::annotations::{AnnotationKeys, VxlanData};
 use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Neighbour};
 use crate::dataplane::diff::{diff, Op};
 use crate::net::Mac;
@@ -586,13 +586,14 @@ fn firewall_rules_are_the_plans_without_planning_the_peers() {
     tiny_mtu.underlay.mtu = 100;
     let mut no_subnet = lease();
     no_subnet.subnet_v4 = None;
-    let v = with_peers((2..=5).map(|i| PeerSpec::new(i, "vxlan")));
     let (mut planned, mut refused) = (0, 0);
     for cfg in [vxlan_config(), dual_config(r#"{"Type": "vxlan"}"#)] {
         for opts in [PlanOptions::default(), no_masq] {
             for l in [lease(), tiny_mtu.clone(), no_subnet.clone()] {
-                let mut view = v.clone();
-                view.set_local(l.clone());
+                let mut view = ClusterView::new(l.clone(), AnnotationKeys::default());
+                for i in 2..=5 {
+                    view.upsert_node(&PeerSpec::new(i, "vxlan").node());
+                }
                 let rules = firewall_rules(&l, &cfg, &opts);
                 assert_eq!(rules, plan(&view, &cfg, &opts).map(|p| p.state.firewall));
                 if rules.is_ok() {

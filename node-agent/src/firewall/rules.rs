@@ -129,8 +129,9 @@ fn family_rules(n: FamilyNets, masquerade: bool, forward: bool) -> Vec<Rule> {
 }
 
 /// An `iptables` rule in a built-in chain that jumps to one of trellis's chains. These cannot
-/// go through `iptables-restore --noflush` idempotently (it would append a duplicate each
-/// time), so the executor checks (`-C`) and appends (`-A`) them one by one, like flannel.
+/// go through `iptables-restore --noflush` as they are (it would append a duplicate each
+/// time), so the executor counts them in the saved state and adds or deletes only the
+/// difference (`iptables_state::apply_script`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JumpRule {
     pub table: &'static str,
@@ -140,30 +141,6 @@ pub struct JumpRule {
 }
 
 impl JumpRule {
-    fn args(&self, op: &str) -> Vec<String> {
-        let mut v = vec![
-            "-t".to_string(),
-            self.table.to_string(),
-            op.to_string(),
-            self.chain.to_string(),
-        ];
-        v.extend(self.spec.iter().cloned());
-        v
-    }
-
-    /// `iptables` arguments that succeed iff the rule exists.
-    pub fn check_args(&self) -> Vec<String> {
-        self.args("-C")
-    }
-
-    pub fn append_args(&self) -> Vec<String> {
-        self.args("-A")
-    }
-
-    pub fn delete_args(&self) -> Vec<String> {
-        self.args("-D")
-    }
-
     /// Every jump trellis may have installed (for cleanup, and to remove a jump that is no
     /// longer desired, e.g. after masquerading was disabled).
     pub fn all() -> [JumpRule; 2] {
@@ -298,12 +275,6 @@ impl RuleSet {
         }
         out
     }
-}
-
-/// Removes both trellis chains; valid only once the jumps to them are gone (`-X` fails on a
-/// referenced chain). Feed to `iptables-restore --noflush`.
-pub fn iptables_cleanup() -> String {
-    format!("*nat\n:{MASQ_CHAIN} - [0:0]\n-X {MASQ_CHAIN}\nCOMMIT\n*filter\n:{FORWARD_CHAIN} - [0:0]\n-X {FORWARD_CHAIN}\nCOMMIT\n")
 }
 
 /// An `nft -f` script that removes trellis's table, whether or not it exists.
@@ -443,11 +414,13 @@ COMMIT
         let j = no_masq.iptables_jumps(Family::V4);
         assert_eq!(j.len(), 1);
         assert_eq!(
-            j[0].append_args().join(" "),
-            "-t filter -A FORWARD -m comment --comment flanneld forward -j FLANNEL-FWD"
+            (j[0].table, j[0].chain, j[0].spec.join(" ")),
+            (
+                "filter",
+                "FORWARD",
+                "-m comment --comment flanneld forward -j FLANNEL-FWD".to_string()
+            )
         );
-        assert_eq!(j[0].check_args()[2], "-C");
-        assert_eq!(j[0].delete_args()[2], "-D");
         assert_eq!(
             JumpRule::all()[0].spec,
             [
@@ -502,7 +475,5 @@ COMMIT
         let s = fwd_only.nft_script(true);
         assert!(!s.contains("postrouting"));
         assert!(s.contains("chain forward"));
-        assert!(iptables_cleanup().contains("-X FLANNEL-POSTRTG\n"));
-        assert!(iptables_cleanup().contains("-X FLANNEL-FWD\n"));
     }
 }

@@ -114,16 +114,6 @@ impl ClusterView {
         &self.keys
     }
 
-    /// Replace the local lease (e.g. the underlay's address or MTU changed). Returns whether
-    /// it changed.
-    pub fn set_local(&mut self, local: LocalLease) -> bool {
-        if self.local == local {
-            return false;
-        }
-        self.local = local;
-        true
-    }
-
     /// Add or update a Node. Returns whether the view changed (a replan is needed). The local
     /// node is ignored here: it is described by the lease.
     pub fn upsert_node(&mut self, node: &NodeInfo) -> bool {

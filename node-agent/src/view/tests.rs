@@ -77,16 +77,6 @@ fn retain_drops_unlisted_nodes() {
 }
 
 #[test]
-fn set_local_reports_change() {
-    let mut v = view();
-    assert!(!v.set_local(lease()));
-    let mut l = lease();
-    l.underlay.mtu = 9000;
-    assert!(v.set_local(l));
-    assert_eq!(v.local().underlay.mtu, 9000);
-}
-
-#[test]
 fn bad_nodes_are_skipped_with_typed_reasons_and_others_survive() {
     let mut v = view();
     let good = PeerSpec::new(2, "vxlan").node();

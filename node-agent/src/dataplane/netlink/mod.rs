@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 pub use apply::{apply, ApplyReport, OpError, IN_FLIGHT};
 pub use expect::{agrees, Expected};
-pub use monitor::{concerns_owned, DriftMonitor, MonitorStats, Owned};
+pub use monitor::{concerns_owned, DriftMonitor, MonitorCounters, MonitorStats, Owned};
 pub use read::read_actual;
 
 use self::bulk::BulkSocket;

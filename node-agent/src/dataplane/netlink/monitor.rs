@@ -47,7 +47,7 @@ const RCVBUF: usize = 16 << 20;
 pub struct DriftMonitor {
     connection: JoinHandle<()>,
     watcher: JoinHandle<()>,
-    counters: Arc<Counters>,
+    counters: MonitorCounters,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +55,20 @@ struct Counters {
     relevant: AtomicU64,
     overruns: AtomicU64,
     expected: AtomicU64,
+}
+
+/// The monitor's counters, readable while it runs: `/metrics` reads them at render time.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorCounters(Arc<Counters>);
+
+impl MonitorCounters {
+    pub fn stats(&self) -> MonitorStats {
+        MonitorStats {
+            relevant: self.0.relevant.load(Ordering::Relaxed),
+            overruns: self.0.overruns.load(Ordering::Relaxed),
+            expected: self.0.expected.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Counts since start, for metrics.
@@ -200,7 +214,7 @@ impl DriftMonitor {
         };
 
         let (tx, rx) = mpsc::channel(1);
-        let counters = Arc::new(Counters::default());
+        let counters = MonitorCounters::default();
         // The handle stays alive in the task: dropping every handle would let the connection
         // shut down.
         let watcher = tokio::spawn(watch(
@@ -209,7 +223,7 @@ impl DriftMonitor {
             expected,
             tx,
             handle,
-            counters.clone(),
+            counters.0.clone(),
         ));
         Ok((
             DriftMonitor {
@@ -222,11 +236,12 @@ impl DriftMonitor {
     }
 
     pub fn stats(&self) -> MonitorStats {
-        MonitorStats {
-            relevant: self.counters.relevant.load(Ordering::Relaxed),
-            overruns: self.counters.overruns.load(Ordering::Relaxed),
-            expected: self.counters.expected.load(Ordering::Relaxed),
-        }
+        self.counters.stats()
+    }
+
+    /// The counters, for `/metrics`.
+    pub fn counters(&self) -> MonitorCounters {
+        self.counters.clone()
     }
 }
 
