@@ -3,16 +3,12 @@
 //! skipped with [`SkipReason::NotOnLink`] rather than given a route the kernel would refuse or
 //! send to the wrong gateway.
 
-use std::net::IpAddr;
-
-use ipnetwork::IpNetwork;
-
 use super::{Backend, PlanContext, PlanError};
 use crate::annotations::Advertisement;
 use crate::config::BackendType;
 use crate::dataplane::desired::KernelState;
 use crate::net::Family;
-use crate::view::{Missing, Peer, SkipReason};
+use crate::view::{Peer, SkipReason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostGw {
@@ -57,26 +53,14 @@ impl Backend for HostGw {
     ) -> Result<(), SkipReason> {
         let mut routes = Vec::with_capacity(2);
         let families = [
-            (
-                ctx.v4.is_some(),
-                Family::V4,
-                peer.subnet_v4.map(IpNetwork::V4),
-                peer.public_ip_v4.map(IpAddr::V4),
-            ),
-            (
-                ctx.v6.is_some(),
-                Family::V6,
-                peer.subnet_v6.map(IpNetwork::V6),
-                peer.public_ip_v6.map(IpAddr::V6),
-            ),
+            (ctx.v4.is_some(), Family::V4),
+            (ctx.v6.is_some(), Family::V6),
         ];
-        for (enabled, family, subnet, public_ip) in families {
+        for (enabled, family) in families {
             if !enabled {
                 continue;
             }
-            let missing = |missing| SkipReason::MissingForFamily { family, missing };
-            let subnet = subnet.ok_or(missing(Missing::PodCidr))?;
-            let public_ip = public_ip.ok_or(missing(Missing::PublicIp))?;
+            let (subnet, public_ip) = peer.address(family)?;
             if !ctx.lease.underlay.on_link(public_ip) {
                 return Err(SkipReason::NotOnLink {
                     backend: BackendType::HostGw,

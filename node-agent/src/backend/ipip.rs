@@ -3,8 +3,6 @@
 //! The kernel's own `tunl0` is never touched: setting `local` makes the kernel deliver
 //! IPIP packets for our address to `flannel.ipip` rather than to the catch-all `tunl0`.
 
-use std::net::IpAddr;
-
 use ipnetwork::{IpNetwork, Ipv4Network};
 
 use super::{Backend, PlanContext, PlanError};
@@ -12,7 +10,7 @@ use crate::annotations::Advertisement;
 use crate::config::BackendType;
 use crate::dataplane::desired::{KernelState, Link, LinkKind, Route};
 use crate::net::{Family, IPIP_LINK_NAME};
-use crate::view::{Missing, Peer, SkipReason};
+use crate::view::{Peer, SkipReason};
 
 /// The outer IPv4 header.
 pub const OVERHEAD: u32 = 20;
@@ -93,12 +91,7 @@ impl Backend for Ipip {
                 family: Family::V6,
             });
         }
-        let missing = |missing| SkipReason::MissingForFamily {
-            family: Family::V4,
-            missing,
-        };
-        let subnet = IpNetwork::V4(peer.subnet_v4.ok_or(missing(Missing::PodCidr))?);
-        let public_ip = IpAddr::V4(peer.public_ip_v4.ok_or(missing(Missing::PublicIp))?);
+        let (subnet, public_ip) = peer.address(Family::V4)?;
         if ctx.direct_routing() && ctx.lease.underlay.on_link(public_ip) {
             out.add_route(ctx.direct_route(subnet, public_ip));
             return Ok(());

@@ -4,6 +4,7 @@ use super::*;
 use crate::annotations::{AnnotationKeys, VxlanData};
 use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Neighbour};
 use crate::dataplane::diff::{diff, Op};
+use crate::dataplane::fixtures::vxlan_link;
 use crate::net::Mac;
 use crate::view::fixtures::*;
 use crate::view::Missing;
@@ -32,20 +33,7 @@ fn with_peers(specs: impl IntoIterator<Item = PeerSpec>) -> ClusterView {
 }
 
 fn flannel1(port: u16, mtu: u32, mac: Option<Mac>, vni: u32) -> Link {
-    Link {
-        name: format!("flannel.{vni}"),
-        kind: LinkKind::Vxlan {
-            vni,
-            port,
-            local: ip("192.168.1.1"),
-            underlay_index: 2,
-            learning: false,
-            gbp: false,
-        },
-        mtu,
-        mac,
-        up: true,
-    }
+    vxlan_link(&format!("flannel.{vni}"), vni, port, mtu, mac)
 }
 
 fn vxlan_entries(i: u32, dev: &str) -> (Neighbour, Fdb, Route) {

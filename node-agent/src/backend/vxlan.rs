@@ -134,18 +134,18 @@ impl Vxlan {
     fn path(
         &self,
         ctx: &PlanContext<'_>,
+        peer: &Peer,
         family: Family,
-        subnet: Option<IpNetwork>,
-        public_ip: Option<IpAddr>,
         data: Option<VxlanData>,
     ) -> Result<Path, SkipReason> {
-        let missing = |missing| SkipReason::MissingForFamily { family, missing };
-        let subnet = subnet.ok_or(missing(Missing::PodCidr))?;
-        let public_ip = public_ip.ok_or(missing(Missing::PublicIp))?;
+        let (subnet, public_ip) = peer.address(family)?;
         if ctx.direct_routing() && ctx.lease.underlay.on_link(public_ip) {
             return Ok(Path::Direct(ctx.direct_route(subnet, public_ip)));
         }
-        let data = data.ok_or(missing(Missing::BackendData))?;
+        let data = data.ok_or(SkipReason::MissingForFamily {
+            family,
+            missing: Missing::BackendData,
+        })?;
         Ok(Path::Tunnel {
             data,
             subnet,
@@ -196,30 +196,8 @@ impl Backend for Vxlan {
             _ => (None, None),
         };
         // Decide every family first, so a peer is programmed whole or not at all.
-        let p4 = ctx
-            .v4
-            .map(|_| {
-                self.path(
-                    ctx,
-                    Family::V4,
-                    peer.subnet_v4.map(IpNetwork::V4),
-                    peer.public_ip_v4.map(IpAddr::V4),
-                    d4,
-                )
-            })
-            .transpose()?;
-        let p6 = ctx
-            .v6
-            .map(|_| {
-                self.path(
-                    ctx,
-                    Family::V6,
-                    peer.subnet_v6.map(IpNetwork::V6),
-                    peer.public_ip_v6.map(IpAddr::V6),
-                    d6,
-                )
-            })
-            .transpose()?;
+        let p4 = (ctx.v4.map(|_| self.path(ctx, peer, Family::V4, d4))).transpose()?;
+        let p6 = (ctx.v6.map(|_| self.path(ctx, peer, Family::V6, d6))).transpose()?;
         for (family, path) in [(Family::V4, p4), (Family::V6, p6)] {
             match path {
                 None => {}

@@ -5,4 +5,6 @@
 
 pub mod desired;
 pub mod diff;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod netlink;

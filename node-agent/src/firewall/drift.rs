@@ -126,6 +126,24 @@ pub struct Section {
     pub error: Option<String>,
 }
 
+impl Section {
+    /// A section as reading it went: its lines, or why they could not be read.
+    pub fn read<E: fmt::Display>(title: String, lines: Result<Vec<String>, E>) -> Section {
+        match lines {
+            Ok(lines) => Section {
+                title,
+                lines,
+                error: None,
+            },
+            Err(e) => Section {
+                title,
+                lines: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
 impl fmt::Display for Installed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "firewall: {}", self.backend)?;

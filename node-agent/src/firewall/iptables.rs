@@ -231,18 +231,8 @@ impl IptablesExecutor {
         let mut sections = Vec::new();
         for family in [Family::V4, Family::V6] {
             let title = format!("{} ({family})", tool_name(family));
-            sections.push(match self.read(family).await {
-                Ok(kernel) => Section {
-                    title,
-                    lines: state::installed_lines(&kernel),
-                    error: None,
-                },
-                Err(e) => Section {
-                    title,
-                    lines: Vec::new(),
-                    error: Some(e.to_string()),
-                },
-            });
+            let lines = self.read(family).await.map(|k| state::installed_lines(&k));
+            sections.push(Section::read(title, lines));
         }
         Installed {
             backend: self.version.clone(),

@@ -422,6 +422,18 @@ mod tests {
     use crate::firewall::rules::{FamilyNets, RuleSet};
     use crate::net::Family;
 
+    /// What `check` finds in `kernel` against `desired` and its `jumps`.
+    fn drift_of(desired: &str, jumps: &[JumpRule], kernel: &Saved) -> Drift {
+        let mut drift = Drift::default();
+        check(
+            "iptables",
+            Some((&parse(desired).unwrap(), jumps)),
+            kernel,
+            &mut drift,
+        );
+        drift
+    }
+
     fn rules() -> RuleSet {
         let n = FamilyNets {
             network: "10.244.0.0/16".parse().unwrap(),
@@ -604,13 +616,7 @@ COMMIT
         let desired = rs.iptables_restore(Family::V4, true);
         let jumps = rs.iptables_jumps(Family::V4);
         let before = parse(EMPTY_KERNEL).unwrap();
-        let mut drift = Drift::default();
-        check(
-            "iptables",
-            Some((&parse(&desired).unwrap(), &jumps)),
-            &before,
-            &mut drift,
-        );
+        let drift = drift_of(&desired, &jumps, &before);
         assert_eq!(drift.items.len(), 2 + 2, "{drift}");
 
         let script = apply_script(&desired, &jumps, &before);
@@ -626,13 +632,7 @@ COMMIT
         assert!(!script.contains("-D "));
 
         let after = kernel_after(&script, EMPTY_KERNEL);
-        let mut drift = Drift::default();
-        check(
-            "iptables",
-            Some((&parse(&desired).unwrap(), &jumps)),
-            &after,
-            &mut drift,
-        );
+        let drift = drift_of(&desired, &jumps, &after);
         assert!(drift.is_clean(), "{drift}");
         // A second apply only refills the chains.
         let again = apply_script(&desired, &jumps, &after);
@@ -648,13 +648,7 @@ COMMIT
         let jump = "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n";
         let kernel_text = EMPTY_KERNEL.replacen("COMMIT", &format!("{jump}{jump}{jump}COMMIT"), 1);
         let kernel = kernel_after(&desired, &kernel_text);
-        let mut drift = Drift::default();
-        check(
-            "iptables",
-            Some((&parse(&desired).unwrap(), &jumps)),
-            &kernel,
-            &mut drift,
-        );
+        let drift = drift_of(&desired, &jumps, &kernel);
         assert!(
             drift
                 .items
@@ -681,13 +675,7 @@ COMMIT
         let nat = kernel.tables.iter_mut().find(|t| t.name == "nat").unwrap();
         nat.rules
             .retain(|r| !(r.chain == MASQ_CHAIN && r.args.contains(&"MASQUERADE".to_string())));
-        let mut drift = Drift::default();
-        check(
-            "iptables",
-            Some((&parse(&desired).unwrap(), &jumps)),
-            &kernel,
-            &mut drift,
-        );
+        let drift = drift_of(&desired, &jumps, &kernel);
         assert_eq!(drift.items.len(), 2, "{drift}");
         assert!(drift
             .items
@@ -714,13 +702,7 @@ COMMIT
         let fwd_only = RuleSet::build(Some(n), None, false, true);
         let desired = fwd_only.iptables_restore(Family::V4, true);
         let jumps = fwd_only.iptables_jumps(Family::V4);
-        let mut drift = Drift::default();
-        check(
-            "iptables",
-            Some((&parse(&desired).unwrap(), &jumps)),
-            &before,
-            &mut drift,
-        );
+        let drift = drift_of(&desired, &jumps, &before);
         assert!(
             drift.items.iter().any(
                 |i| matches!(&i.kind, DriftKind::Unexpected(r) if r.contains("-j FLANNEL-POSTRTG"))

@@ -517,62 +517,35 @@ mod tests {
                     ret.clone(),
                 ],
             ));
-            objs.push(rule(
-                "postrouting",
-                vec![
-                    m(payload(p, "saddr"), "==", prefix(sub.0, sub.1)),
-                    m(payload(p, "daddr"), "==", prefix(net.0, net.1)),
-                    ret.clone(),
-                ],
-            ));
-            objs.push(rule(
-                "postrouting",
-                vec![
-                    m(payload(p, "saddr"), "==", prefix(net.0, net.1)),
-                    m(payload(p, "daddr"), "==", prefix(sub.0, sub.1)),
-                    ret.clone(),
-                ],
-            ));
-            objs.push(rule(
-                "postrouting",
-                vec![
-                    m(payload(p, "saddr"), "!=", prefix(net.0, net.1)),
-                    m(payload(p, "daddr"), "==", prefix(sub.0, sub.1)),
-                    ret.clone(),
-                ],
-            ));
-            objs.push(rule(
-                "postrouting",
-                vec![
-                    m(payload(p, "saddr"), "==", prefix(net.0, net.1)),
-                    m(payload(p, "daddr"), "!=", prefix(mc, mclen)),
-                    masq.clone(),
-                ],
-            ));
-            objs.push(rule(
-                "postrouting",
-                vec![
-                    m(payload(p, "saddr"), "!=", prefix(net.0, net.1)),
-                    m(payload(p, "daddr"), "==", prefix(net.0, net.1)),
-                    masq.clone(),
-                ],
-            ));
+            // saddr, daddr, verdict: the returns, then the masquerades, in the table's order.
+            let addr = |field, op, (a, len): (&str, u8)| m(payload(p, field), op, prefix(a, len));
+            for (saddr, daddr, verdict) in [
+                (("==", sub), ("==", net), &ret),
+                (("==", net), ("==", sub), &ret),
+                (("!=", net), ("==", sub), &ret),
+                (("==", net), ("!=", (mc, mclen)), &masq),
+                (("!=", net), ("==", net), &masq),
+            ] {
+                objs.push(rule(
+                    "postrouting",
+                    vec![
+                        addr("saddr", saddr.0, saddr.1),
+                        addr("daddr", daddr.0, daddr.1),
+                        verdict.clone(),
+                    ],
+                ));
+            }
         }
         for (p, net) in [("ip", ("10.244.0.0", 16)), ("ip6", ("fd00:10:244::", 56))] {
-            objs.push(rule(
-                "forward",
-                vec![
-                    m(payload(p, "saddr"), "==", prefix(net.0, net.1)),
-                    acc.clone(),
-                ],
-            ));
-            objs.push(rule(
-                "forward",
-                vec![
-                    m(payload(p, "daddr"), "==", prefix(net.0, net.1)),
-                    acc.clone(),
-                ],
-            ));
+            for field in ["saddr", "daddr"] {
+                objs.push(rule(
+                    "forward",
+                    vec![
+                        m(payload(p, field), "==", prefix(net.0, net.1)),
+                        acc.clone(),
+                    ],
+                ));
+            }
         }
         serde_json::json!({"nftables": objs}).to_string()
     }

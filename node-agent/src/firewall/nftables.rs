@@ -83,28 +83,16 @@ impl NftablesExecutor {
     /// The table as nft lists it.
     pub async fn installed(&self) -> Installed {
         let title = format!("nft table inet {NFT_TABLE}");
-        let section = match self.list(&["list", "table", "inet", NFT_TABLE]).await {
-            Ok(text) => Section {
-                title,
-                lines: text.lines().map(|l| l.replace('\t', "  ")).collect(),
-                error: None,
-            },
+        let lines = match self.list(&["list", "table", "inet", NFT_TABLE]).await {
+            Ok(text) => Ok(text.lines().map(|l| l.replace('\t', "  ")).collect()),
             Err(FirewallError::Failed { stderr, .. }) if state::is_missing_table(&stderr) => {
-                Section {
-                    title,
-                    lines: Vec::new(),
-                    error: None,
-                }
+                Ok(Vec::new())
             }
-            Err(e) => Section {
-                title,
-                lines: Vec::new(),
-                error: Some(e.to_string()),
-            },
+            Err(e) => Err(e),
         };
         Installed {
             backend: self.version.clone(),
-            sections: vec![section],
+            sections: vec![Section::read(title, lines)],
         }
     }
 

@@ -1,14 +1,15 @@
 //! One remote Node reduced to what planning needs.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::annotations::{self, AnnotationKeys, PeerBackend};
 use crate::config::parse_cidr;
+use crate::net::Family;
 
-use super::skip::SkipReason;
+use super::skip::{Missing, SkipReason};
 
 /// The fields of a Kubernetes Node the agent reads, so this crate needs no Kubernetes types:
 /// the watcher copies them out of each Node it sees.
@@ -53,6 +54,28 @@ impl Peer {
             public_ip_v6: a.public_ipv6,
             backend: a.backend,
         })
+    }
+}
+
+impl Peer {
+    /// The peer's pod subnet and public IP in `family`: what every backend needs to reach it
+    /// there, or why it cannot be programmed in that family (the subnet is checked first).
+    pub fn address(&self, family: Family) -> Result<(IpNetwork, IpAddr), SkipReason> {
+        let (subnet, public_ip) = match family {
+            Family::V4 => (
+                self.subnet_v4.map(IpNetwork::V4),
+                self.public_ip_v4.map(IpAddr::V4),
+            ),
+            Family::V6 => (
+                self.subnet_v6.map(IpNetwork::V6),
+                self.public_ip_v6.map(IpAddr::V6),
+            ),
+        };
+        let missing = |missing| SkipReason::MissingForFamily { family, missing };
+        Ok((
+            subnet.ok_or(missing(Missing::PodCidr))?,
+            public_ip.ok_or(missing(Missing::PublicIp))?,
+        ))
     }
 }
 

@@ -4,6 +4,7 @@ use ipnetwork::IpNetwork;
 
 use super::*;
 use crate::dataplane::desired::LinkKind;
+use crate::dataplane::fixtures::vxlan_link;
 use crate::net::Mac;
 
 fn ip(s: &str) -> IpAddr {
@@ -15,20 +16,7 @@ fn net(s: &str) -> IpNetwork {
 }
 
 fn vxlan(name: &str, vni: u32, port: u16, mtu: u32) -> Link {
-    Link {
-        name: name.into(),
-        kind: LinkKind::Vxlan {
-            vni,
-            port,
-            local: ip("192.168.1.1"),
-            underlay_index: 2,
-            learning: false,
-            gbp: false,
-        },
-        mtu,
-        mac: Some(Mac([2, 0, 0, 0, 0, 1])),
-        up: true,
-    }
+    vxlan_link(name, vni, port, mtu, Some(Mac([2, 0, 0, 0, 0, 1])))
 }
 
 fn mac(i: u8) -> Mac {

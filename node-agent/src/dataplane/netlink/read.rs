@@ -67,8 +67,11 @@ pub async fn read_snapshot(handle: &Handle) -> Result<Snapshot, NetlinkError> {
     }
 
     read_routes(handle, &mut snap).await?;
-    read_neighbours(handle, &owned, &mut snap.state).await?;
-    read_fdb(handle, &owned, &mut snap.state).await?;
+    // Neighbours and FDB entries are read on trellis's links only: without one, no dump.
+    if !owned.is_empty() {
+        read_neighbours(handle, &owned, &mut snap.state).await?;
+        read_fdb(handle, &owned, &mut snap.state).await?;
+    }
     Ok(snap)
 }
 
@@ -110,9 +113,6 @@ async fn read_neighbours(
     owned: &HashMap<u32, String>,
     state: &mut KernelState,
 ) -> Result<(), NetlinkError> {
-    if owned.is_empty() {
-        return Ok(());
-    }
     // AF_UNSPEC dumps the ARP and the NDP tables in one go.
     let mut neighs = handle.neighbours().get().execute();
     while let Some(msg) = neighs
@@ -144,9 +144,6 @@ async fn read_fdb(
     owned: &HashMap<u32, String>,
     state: &mut KernelState,
 ) -> Result<(), NetlinkError> {
-    if owned.is_empty() {
-        return Ok(());
-    }
     let mut seen: BTreeMap<(String, Mac), Vec<Option<IpAddr>>> = BTreeMap::new();
     let mut fdb = handle
         .neighbours()

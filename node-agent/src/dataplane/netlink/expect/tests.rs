@@ -6,7 +6,8 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags};
 use netlink_packet_route::RouteNetlinkMessage as M;
 
 use super::*;
-use crate::dataplane::desired::{Fdb, LinkKind, Neighbour, Route};
+use crate::dataplane::desired::{Fdb, Neighbour, Route};
+use crate::dataplane::fixtures::vxlan_kind;
 use crate::dataplane::netlink::monitor::concerns_owned;
 use crate::dataplane::netlink::parse::tests::{link, lladdr, neigh, route};
 use crate::net::Mac;
@@ -39,14 +40,7 @@ fn expected() -> KernelState {
     let mut k = KernelState::default();
     k.add_link(Link {
         name: "flannel.1".into(),
-        kind: LinkKind::Vxlan {
-            vni: 1,
-            port: 8472,
-            local: "192.168.1.1".parse().unwrap(),
-            underlay_index: 2,
-            learning: false,
-            gbp: false,
-        },
+        kind: vxlan_kind(1, 8472),
         mtu: 1450,
         mac: None,
         up: true,

@@ -8,6 +8,7 @@ use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, Rout
 use netlink_packet_route::AddressFamily;
 
 use super::*;
+use crate::dataplane::fixtures::vxlan_kind;
 
 pub(crate) fn link(name: &str, index: u32, kind: Option<(InfoKind, InfoData)>) -> LinkMessage {
     let mut m = LinkMessage::default();
@@ -46,17 +47,7 @@ fn vxlan_attributes_are_read_as_the_diff_compares_them() {
     assert_eq!(link_mtu(&m), 1450);
     assert_eq!(link_mac(&m), Some(Mac([2, 0xaa, 0, 0, 0, 1])));
     assert!(!link_up(&m));
-    assert_eq!(
-        link_kind(&m),
-        LinkKind::Vxlan {
-            vni: 1,
-            port: 8472,
-            local: "192.168.1.1".parse().unwrap(),
-            underlay_index: 2,
-            learning: false,
-            gbp: false,
-        }
-    );
+    assert_eq!(link_kind(&m), vxlan_kind(1, 8472));
 }
 
 #[test]
