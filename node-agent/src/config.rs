@@ -469,10 +469,32 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
         }
         None => None,
     };
-    let subnet_min = bound_v4(&mut f, "SubnetMin", network, &mut warnings)?;
-    let subnet_max = bound_v4(&mut f, "SubnetMax", network, &mut warnings)?;
-    let ipv6_subnet_min = bound_v6(&mut f, "IPv6SubnetMin", ipv6_network, &mut warnings)?;
-    let ipv6_subnet_max = bound_v6(&mut f, "IPv6SubnetMax", ipv6_network, &mut warnings)?;
+    let mut bound_v4 = |name| {
+        let within = network.map(|n| ("Network", n));
+        bound(
+            &mut f,
+            name,
+            "an IPv4 address",
+            within,
+            Ipv4Network::contains,
+            &mut warnings,
+        )
+    };
+    let subnet_min = bound_v4("SubnetMin")?;
+    let subnet_max = bound_v4("SubnetMax")?;
+    let mut bound_v6 = |name| {
+        let within = ipv6_network.map(|n| ("IPv6Network", n));
+        bound(
+            &mut f,
+            name,
+            "an IPv6 address",
+            within,
+            Ipv6Network::contains,
+            &mut warnings,
+        )
+    };
+    let ipv6_subnet_min = bound_v6("IPv6SubnetMin")?;
+    let ipv6_subnet_max = bound_v6("IPv6SubnetMax")?;
 
     let backend = match f.take("Backend") {
         Some((_, Value::Object(b))) => backend(b, &mut warnings)?,
@@ -588,49 +610,33 @@ fn network_v6(
     }
 }
 
-fn bound_v4(
+/// An address option (`SubnetMin`, ...): `what` it must be, and within the family's network
+/// (`network_key`, the network) when there is one. Read and bounded, but unused with the
+/// Kubernetes subnet manager: a warning says so.
+fn bound<A, N>(
     f: &mut Fields<'_>,
     name: &str,
-    network: Option<Ipv4Network>,
+    what: &str,
+    network: Option<(&str, N)>,
+    contains: fn(&N, A) -> bool,
     w: &mut Vec<ConfigWarning>,
-) -> Result<Option<Ipv4Addr>, ConfigError> {
+) -> Result<Option<A>, ConfigError>
+where
+    A: FromStr + Copy + fmt::Display,
+    N: Copy + fmt::Display,
+{
     let Some((k, v)) = f.take(name) else {
         return Ok(None);
     };
     let s = as_str(&k, v)?;
-    let ip: Ipv4Addr = s
+    let ip: A = s
         .parse()
-        .map_err(|_| ConfigError::invalid(&k, format!("{s:?} is not an IPv4 address")))?;
-    if let Some(n) = network {
-        if !n.contains(ip) {
+        .map_err(|_| ConfigError::invalid(&k, format!("{s:?} is not {what}")))?;
+    if let Some((network_key, n)) = network {
+        if !contains(&n, ip) {
             return Err(ConfigError::invalid(
                 &k,
-                format!("{ip} is outside Network {n}"),
-            ));
-        }
-    }
-    w.push(ConfigWarning::UnusedInKubeMode { key: k });
-    Ok(Some(ip))
-}
-
-fn bound_v6(
-    f: &mut Fields<'_>,
-    name: &str,
-    network: Option<Ipv6Network>,
-    w: &mut Vec<ConfigWarning>,
-) -> Result<Option<Ipv6Addr>, ConfigError> {
-    let Some((k, v)) = f.take(name) else {
-        return Ok(None);
-    };
-    let s = as_str(&k, v)?;
-    let ip: Ipv6Addr = s
-        .parse()
-        .map_err(|_| ConfigError::invalid(&k, format!("{s:?} is not an IPv6 address")))?;
-    if let Some(n) = network {
-        if !n.contains(ip) {
-            return Err(ConfigError::invalid(
-                &k,
-                format!("{ip} is outside IPv6Network {n}"),
+                format!("{ip} is outside {network_key} {n}"),
             ));
         }
     }

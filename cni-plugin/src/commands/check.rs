@@ -9,22 +9,14 @@ use crate::names;
 use crate::netns::{self, NetNs};
 use crate::spec::error::{invalid_config, invalid_env, CniError, ErrorCode};
 use crate::spec::result::CniResult;
-use crate::spec::{Env, NetConf};
+use crate::spec::{CniVersion, Env, NetConf};
 
 fn mismatch(msg: String) -> CniError {
     CniError::new(ErrorCode::CheckMismatch, msg)
 }
 
 pub async fn run(env: &Env, conf: &NetConf) -> Result<(), CniError> {
-    if !conf.cni_version.supports_check() {
-        return Err(CniError::new(
-            ErrorCode::IncompatibleVersion,
-            format!(
-                "CHECK needs cniVersion 0.4.0 or later, the config says {}",
-                conf.cni_version
-            ),
-        ));
-    }
+    super::require_version(conf, CniVersion::supports_check, "CHECK", "0.4.0")?;
     let prev = conf
         .prev_result
         .as_ref()

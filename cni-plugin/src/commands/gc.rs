@@ -9,19 +9,11 @@ use crate::ipam::Store;
 use crate::link::{self, nl_err};
 use crate::names;
 use crate::netns;
-use crate::spec::error::{invalid_config, CniError, ErrorCode};
-use crate::spec::NetConf;
+use crate::spec::error::{invalid_config, CniError};
+use crate::spec::{CniVersion, NetConf};
 
 pub async fn run(conf: &NetConf) -> Result<(), CniError> {
-    if !conf.cni_version.supports_status_and_gc() {
-        return Err(CniError::new(
-            ErrorCode::IncompatibleVersion,
-            format!(
-                "GC needs cniVersion 1.1.0 or later, the config says {}",
-                conf.cni_version
-            ),
-        ));
-    }
+    super::require_version(conf, CniVersion::supports_status_and_gc, "GC", "1.1.0")?;
     // Without the list, "valid" is unknown: collecting everything would cut
     // every running pod off.
     let valid = conf

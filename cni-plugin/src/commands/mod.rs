@@ -10,7 +10,7 @@ pub mod status;
 use serde_json::Value;
 
 use crate::spec::error::{CniError, ErrorCode};
-use crate::spec::{Command, Env, NetConf};
+use crate::spec::{CniVersion, Command, Env, NetConf};
 use crate::subnet_env::{self, SubnetEnv, SubnetEnvError};
 
 /// Run one verb to completion.
@@ -23,6 +23,26 @@ pub async fn dispatch(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniErr
         Command::Gc => gc::run(conf).await.map(|()| None),
         Command::Version => Ok(Some(crate::spec::version::version_info())),
     }
+}
+
+/// Refuse a verb the config's cniVersion predates (`has_verb` says which versions have it):
+/// the runtime must not assume the verb was carried out.
+fn require_version(
+    conf: &NetConf,
+    has_verb: fn(CniVersion) -> bool,
+    verb: &str,
+    since: &str,
+) -> Result<(), CniError> {
+    if has_verb(conf.cni_version) {
+        return Ok(());
+    }
+    Err(CniError::new(
+        ErrorCode::IncompatibleVersion,
+        format!(
+            "{verb} needs cniVersion {since} or later, the config says {}",
+            conf.cni_version
+        ),
+    ))
 }
 
 /// subnet.env for ADD and CHECK: optional when the config brings its own

@@ -1,19 +1,11 @@
 //! STATUS: can this node take new pods? Not until the agent wrote subnet.env.
 
 use crate::spec::error::{CniError, ErrorCode};
-use crate::spec::NetConf;
+use crate::spec::{CniVersion, NetConf};
 use crate::subnet_env;
 
 pub fn run(conf: &NetConf) -> Result<(), CniError> {
-    if !conf.cni_version.supports_status_and_gc() {
-        return Err(CniError::new(
-            ErrorCode::IncompatibleVersion,
-            format!(
-                "STATUS needs cniVersion 1.1.0 or later, the config says {}",
-                conf.cni_version
-            ),
-        ));
-    }
+    super::require_version(conf, CniVersion::supports_status_and_gc, "STATUS", "1.1.0")?;
     if conf.ipam.as_ref().is_some_and(|i| !i.ranges.is_empty()) {
         return Ok(());
     }

@@ -170,6 +170,61 @@ pub(crate) fn needs_set(d: &Link, a: &Link) -> bool {
     d.mtu != a.mtu || d.up != a.up || (d.mac.is_some() && d.mac != a.mac)
 }
 
+/// The links the diff deletes: recreated ones (deleted first, then added again) and stale
+/// ones (deleted last).
+struct Links<'a> {
+    recreated: &'a HashSet<&'a str>,
+    stale: &'a HashSet<&'a str>,
+}
+
+impl Links<'_> {
+    /// Whether `link` is deleted, taking what lives on it along.
+    fn gone(&self, link: &str) -> bool {
+        self.recreated.contains(link) || self.stale.contains(link)
+    }
+}
+
+/// How to diff one kind of entry that lives on a link (neighbours, FDB entries, routes).
+struct EntryOps<T> {
+    add: fn(T) -> Op,
+    replace: fn(T) -> Op,
+    delete: fn(T) -> Op,
+    link: fn(&T) -> &str,
+}
+
+impl<T: Clone + PartialEq> EntryOps<T> {
+    /// Add what is missing; delete what is not desired, unless its link goes and takes it
+    /// along; add again what lived on a recreated link (it vanished with it); replace what
+    /// differs. For an entry in both, the link that counts is the kernel's: a route may move
+    /// to another link, and one on a stale link still exists when routes are applied and must
+    /// be moved off before the link goes.
+    fn diff<K: Ord>(
+        &self,
+        desired: &BTreeMap<K, T>,
+        actual: &BTreeMap<K, T>,
+        links: &Links<'_>,
+        sets: &mut Vec<Op>,
+        deletes: &mut Vec<Op>,
+    ) {
+        merge(desired, actual, |d, a| match (d, a) {
+            (Some(d), None) => sets.push((self.add)(d.clone())),
+            (None, Some(a)) => {
+                if !links.gone((self.link)(a)) {
+                    deletes.push((self.delete)(a.clone()));
+                }
+            }
+            (Some(d), Some(a)) => {
+                if links.recreated.contains((self.link)(a)) {
+                    sets.push((self.add)(d.clone()));
+                } else if d != a {
+                    sets.push((self.replace)(d.clone()));
+                }
+            }
+            (None, None) => {}
+        });
+    }
+}
+
 /// The ops that turn `actual` into `desired`, in the order to apply them (module docs).
 pub fn diff(desired: &KernelState, actual: &KernelState) -> Vec<Op> {
     // Links deleted first and created again: whatever lived on them is gone by phase 2.
@@ -197,14 +252,17 @@ pub fn diff(desired: &KernelState, actual: &KernelState) -> Vec<Op> {
         }
         (None, None) => {}
     });
-    let gone = |link: &str| recreated.contains(link) || stale.contains(link);
+    let deleted = Links {
+        recreated: &recreated,
+        stale: &stale,
+    };
 
     let mut addr_adds = Vec::new();
     let mut addr_deletes = Vec::new();
     merge_sets(&desired.addresses, &actual.addresses, |d, a| match (d, a) {
         (Some(d), None) => addr_adds.push(Op::AddAddress(d.clone())),
         (None, Some(a)) => {
-            if !gone(&a.link) && !is_kernel_address(a) {
+            if !deleted.gone(&a.link) && !is_kernel_address(a) {
                 addr_deletes.push(Op::DeleteAddress(a.clone()));
             }
         }
@@ -218,61 +276,48 @@ pub fn diff(desired: &KernelState, actual: &KernelState) -> Vec<Op> {
 
     let mut entry_sets = Vec::new();
     let mut entry_deletes = Vec::new();
-    merge(&desired.neighbours, &actual.neighbours, |d, a| {
-        match (d, a) {
-            (Some(d), None) => entry_sets.push(Op::AddNeighbour(d.clone())),
-            (None, Some(a)) => {
-                if !gone(&a.link) {
-                    entry_deletes.push(Op::DeleteNeighbour(a.clone()));
-                }
-            }
-            (Some(d), Some(a)) => {
-                if recreated.contains(d.link.as_str()) {
-                    entry_sets.push(Op::AddNeighbour(d.clone()));
-                } else if d != a {
-                    entry_sets.push(Op::ReplaceNeighbour(d.clone()));
-                }
-            }
-            (None, None) => {}
-        }
-    });
-    merge(&desired.fdb, &actual.fdb, |d, a| match (d, a) {
-        (Some(d), None) => entry_sets.push(Op::AddFdb(d.clone())),
-        (None, Some(a)) => {
-            if !gone(&a.link) {
-                entry_deletes.push(Op::DeleteFdb(a.clone()));
-            }
-        }
-        (Some(d), Some(a)) => {
-            if recreated.contains(d.link.as_str()) {
-                entry_sets.push(Op::AddFdb(d.clone()));
-            } else if d != a {
-                entry_sets.push(Op::ReplaceFdb(d.clone()));
-            }
-        }
-        (None, None) => {}
-    });
+    let neighbours = EntryOps {
+        add: Op::AddNeighbour,
+        replace: Op::ReplaceNeighbour,
+        delete: Op::DeleteNeighbour,
+        link: |n: &Neighbour| n.link.as_str(),
+    };
+    neighbours.diff(
+        &desired.neighbours,
+        &actual.neighbours,
+        &deleted,
+        &mut entry_sets,
+        &mut entry_deletes,
+    );
+    let fdb = EntryOps {
+        add: Op::AddFdb,
+        replace: Op::ReplaceFdb,
+        delete: Op::DeleteFdb,
+        link: |f: &Fdb| f.link.as_str(),
+    };
+    fdb.diff(
+        &desired.fdb,
+        &actual.fdb,
+        &deleted,
+        &mut entry_sets,
+        &mut entry_deletes,
+    );
 
     let mut route_sets = Vec::new();
     let mut route_deletes = Vec::new();
-    merge(&desired.routes, &actual.routes, |d, a| match (d, a) {
-        (Some(d), None) => route_sets.push(Op::AddRoute(d.clone())),
-        (None, Some(a)) => {
-            if !gone(&a.dev) {
-                route_deletes.push(Op::DeleteRoute(a.clone()));
-            }
-        }
-        (Some(d), Some(a)) => {
-            // A route on a recreated link vanished with it; one on a stale link still exists
-            // when routes are applied and must be moved off before the link goes.
-            if recreated.contains(a.dev.as_str()) {
-                route_sets.push(Op::AddRoute(d.clone()));
-            } else if d != a {
-                route_sets.push(Op::ReplaceRoute(d.clone()));
-            }
-        }
-        (None, None) => {}
-    });
+    let routes = EntryOps {
+        add: Op::AddRoute,
+        replace: Op::ReplaceRoute,
+        delete: Op::DeleteRoute,
+        link: |r: &Route| r.dev.as_str(),
+    };
+    routes.diff(
+        &desired.routes,
+        &actual.routes,
+        &deleted,
+        &mut route_sets,
+        &mut route_deletes,
+    );
 
     let mut ops = recreate_deletes;
     ops.extend(link_ops);

@@ -76,112 +76,85 @@ fn retain_drops_unlisted_nodes() {
     assert_eq!(names(&v.resolve(&vxlan_config())), ["node-3", "node-5"]);
 }
 
+/// How a test breaks a valid Node: an annotation (suffix of flannel's prefix) removed or set,
+/// or its podCIDRs replaced.
+enum Edit {
+    Remove(&'static str),
+    Set(&'static str, &'static str),
+    Cidrs(&'static [&'static str]),
+}
+
+/// Whether a skip reason is the one a case expects.
+type IsReason = fn(&SkipReason) -> bool;
+
 #[test]
 fn bad_nodes_are_skipped_with_typed_reasons_and_others_survive() {
     let mut v = view();
     let good = PeerSpec::new(2, "vxlan").node();
     v.upsert_node(&good);
-
-    let mut unmanaged = PeerSpec::new(3, "vxlan").node();
-    unmanaged
-        .annotations
-        .remove("flannel.alpha.coreos.com/kube-subnet-manager");
-    v.upsert_node(&unmanaged);
-
-    let mut no_cidr = PeerSpec::new(4, "vxlan").node();
-    no_cidr.pod_cidrs.clear();
-    v.upsert_node(&no_cidr);
-
-    let mut bad_json = PeerSpec::new(5, "vxlan").node();
-    bad_json.annotations.insert(
-        "flannel.alpha.coreos.com/backend-data".into(),
-        "{oops".into(),
-    );
-    v.upsert_node(&bad_json);
-
-    let mut bad_ip = PeerSpec::new(6, "vxlan").node();
-    bad_ip.annotations.insert(
-        "flannel.alpha.coreos.com/public-ip".into(),
-        "not-an-ip".into(),
-    );
-    v.upsert_node(&bad_ip);
-
-    let mut bad_cidr = PeerSpec::new(7, "vxlan").node();
-    bad_cidr.pod_cidrs = vec!["10.244.7.0".into()];
-    v.upsert_node(&bad_cidr);
-
-    let mut unknown_backend = PeerSpec::new(8, "vxlan").node();
-    unknown_backend.annotations.insert(
-        "flannel.alpha.coreos.com/backend-type".into(),
-        "wireguard".into(),
-    );
-    v.upsert_node(&unknown_backend);
-
-    let mut outside = PeerSpec::new(9, "vxlan").node();
-    outside.pod_cidrs = vec!["10.99.9.0/24".into()];
-    v.upsert_node(&outside);
-
-    let mut overlaps_local = PeerSpec::new(10, "vxlan").node();
-    overlaps_local.pod_cidrs = vec!["10.244.1.128/25".into()];
-    v.upsert_node(&overlaps_local);
-
-    let mut our_ip = PeerSpec::new(11, "vxlan").node();
-    our_ip.annotations.insert(
-        "flannel.alpha.coreos.com/public-ip".into(),
-        "192.168.1.1".into(),
-    );
-    v.upsert_node(&our_ip);
-
-    let mut no_ip = PeerSpec::new(12, "vxlan").node();
-    no_ip
-        .annotations
-        .remove("flannel.alpha.coreos.com/public-ip");
-    v.upsert_node(&no_ip);
+    // node-3, node-4, ... each broken one way, and the reason it is skipped for.
+    let cases: [(Edit, IsReason); 10] = [
+        (Edit::Remove("kube-subnet-manager"), |r| {
+            *r == SkipReason::NotManaged
+        }),
+        (Edit::Cidrs(&[]), |r| *r == SkipReason::NoPodCidr),
+        (Edit::Set("backend-data", "{oops"), |r| {
+            matches!(
+                r,
+                SkipReason::BadAnnotation(AnnotationError::BadBackendData { .. })
+            )
+        }),
+        (Edit::Set("public-ip", "not-an-ip"), |r| {
+            matches!(r, SkipReason::BadAnnotation(AnnotationError::BadIp { .. }))
+        }),
+        (Edit::Cidrs(&["10.244.7.0"]), |r| {
+            matches!(r, SkipReason::BadPodCidr(_))
+        }),
+        (Edit::Set("backend-type", "wireguard"), |r| {
+            matches!(
+                r,
+                SkipReason::BadAnnotation(AnnotationError::UnsupportedBackend { .. })
+            )
+        }),
+        (Edit::Cidrs(&["10.99.9.0/24"]), |r| {
+            matches!(r, SkipReason::OutsideNetwork { .. })
+        }),
+        (Edit::Cidrs(&["10.244.1.128/25"]), |r| {
+            matches!(r, SkipReason::OverlapsLocal { .. })
+        }),
+        (Edit::Set("public-ip", "192.168.1.1"), |r| {
+            matches!(r, SkipReason::PublicIpIsLocal { .. })
+        }),
+        (Edit::Remove("public-ip"), |r| {
+            *r == SkipReason::MissingForFamily {
+                family: Family::V4,
+                missing: Missing::PublicIp,
+            }
+        }),
+    ];
+    let key = |suffix: &str| format!("flannel.alpha.coreos.com/{suffix}");
+    for (i, (edit, _)) in (3..).zip(&cases) {
+        let mut node = PeerSpec::new(i, "vxlan").node();
+        match edit {
+            Edit::Remove(k) => {
+                node.annotations.remove(&key(k));
+            }
+            Edit::Set(k, value) => {
+                node.annotations.insert(key(k), value.to_string());
+            }
+            Edit::Cidrs(cidrs) => node.pod_cidrs = cidrs.iter().map(|c| c.to_string()).collect(),
+        }
+        v.upsert_node(&node);
+    }
 
     let r = v.resolve(&vxlan_config());
     assert_eq!(names(&r), ["node-2"]);
-    assert_eq!(reason(&r, "node-3"), Some(&SkipReason::NotManaged));
-    assert_eq!(reason(&r, "node-4"), Some(&SkipReason::NoPodCidr));
-    assert!(matches!(
-        reason(&r, "node-5"),
-        Some(SkipReason::BadAnnotation(
-            AnnotationError::BadBackendData { .. }
-        ))
-    ));
-    assert!(matches!(
-        reason(&r, "node-6"),
-        Some(SkipReason::BadAnnotation(AnnotationError::BadIp { .. }))
-    ));
-    assert!(matches!(
-        reason(&r, "node-7"),
-        Some(SkipReason::BadPodCidr(_))
-    ));
-    assert!(matches!(
-        reason(&r, "node-8"),
-        Some(SkipReason::BadAnnotation(
-            AnnotationError::UnsupportedBackend { .. }
-        ))
-    ));
-    assert!(matches!(
-        reason(&r, "node-9"),
-        Some(SkipReason::OutsideNetwork { .. })
-    ));
-    assert!(matches!(
-        reason(&r, "node-10"),
-        Some(SkipReason::OverlapsLocal { .. })
-    ));
-    assert!(matches!(
-        reason(&r, "node-11"),
-        Some(SkipReason::PublicIpIsLocal { .. })
-    ));
-    assert_eq!(
-        reason(&r, "node-12"),
-        Some(&SkipReason::MissingForFamily {
-            family: Family::V4,
-            missing: Missing::PublicIp
-        })
-    );
-    assert_eq!(r.skipped.len(), 10);
+    for (i, (_, expected)) in (3..).zip(&cases) {
+        let node = format!("node-{i}");
+        let got = reason(&r, &node);
+        assert!(got.is_some_and(*expected), "{node}: {got:?}");
+    }
+    assert_eq!(r.skipped.len(), cases.len());
     // Sorted by name, labelled for metrics, readable for logs.
     let mut sorted = r.skipped.clone();
     sorted.sort_by(|a, b| a.node.cmp(&b.node));
