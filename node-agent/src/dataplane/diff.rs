@@ -184,12 +184,25 @@ impl Links<'_> {
     }
 }
 
-/// How to diff one kind of entry that lives on a link (neighbours, FDB entries, routes).
-struct EntryOps<T> {
-    add: fn(T) -> Op,
-    replace: fn(T) -> Op,
-    delete: fn(T) -> Op,
-    link: fn(&T) -> &str,
+/// How to diff one kind of entry that lives on a link (neighbours, FDB entries, routes): the
+/// ops that add, replace and delete one, and the link it lives on.
+struct EntryOps<T>(fn(T) -> Op, fn(T) -> Op, fn(T) -> Op, fn(&T) -> &str);
+
+const NEIGHBOURS: EntryOps<Neighbour> = EntryOps(
+    Op::AddNeighbour,
+    Op::ReplaceNeighbour,
+    Op::DeleteNeighbour,
+    |n| &n.link,
+);
+const FDB: EntryOps<Fdb> = EntryOps(Op::AddFdb, Op::ReplaceFdb, Op::DeleteFdb, |f| &f.link);
+const ROUTES: EntryOps<Route> =
+    EntryOps(Op::AddRoute, Op::ReplaceRoute, Op::DeleteRoute, |r| &r.dev);
+
+/// The ops of one phase (module docs): what it sets, and what it deletes.
+#[derive(Default)]
+struct Phase {
+    sets: Vec<Op>,
+    deletes: Vec<Op>,
 }
 
 impl<T: Clone + PartialEq> EntryOps<T> {
@@ -203,21 +216,21 @@ impl<T: Clone + PartialEq> EntryOps<T> {
         desired: &BTreeMap<K, T>,
         actual: &BTreeMap<K, T>,
         links: &Links<'_>,
-        sets: &mut Vec<Op>,
-        deletes: &mut Vec<Op>,
+        out: &mut Phase,
     ) {
+        let EntryOps(add, replace, delete, link) = *self;
         merge(desired, actual, |d, a| match (d, a) {
-            (Some(d), None) => sets.push((self.add)(d.clone())),
+            (Some(d), None) => out.sets.push(add(d.clone())),
             (None, Some(a)) => {
-                if !links.gone((self.link)(a)) {
-                    deletes.push((self.delete)(a.clone()));
+                if !links.gone(link(a)) {
+                    out.deletes.push(delete(a.clone()));
                 }
             }
             (Some(d), Some(a)) => {
-                if links.recreated.contains((self.link)(a)) {
-                    sets.push((self.add)(d.clone()));
+                if links.recreated.contains(link(a)) {
+                    out.sets.push(add(d.clone()));
                 } else if d != a {
-                    sets.push((self.replace)(d.clone()));
+                    out.sets.push(replace(d.clone()));
                 }
             }
             (None, None) => {}
@@ -274,58 +287,24 @@ pub fn diff(desired: &KernelState, actual: &KernelState) -> Vec<Op> {
         (None, None) => {}
     });
 
-    let mut entry_sets = Vec::new();
-    let mut entry_deletes = Vec::new();
-    let neighbours = EntryOps {
-        add: Op::AddNeighbour,
-        replace: Op::ReplaceNeighbour,
-        delete: Op::DeleteNeighbour,
-        link: |n: &Neighbour| n.link.as_str(),
-    };
-    neighbours.diff(
+    let mut entries = Phase::default();
+    NEIGHBOURS.diff(
         &desired.neighbours,
         &actual.neighbours,
         &deleted,
-        &mut entry_sets,
-        &mut entry_deletes,
+        &mut entries,
     );
-    let fdb = EntryOps {
-        add: Op::AddFdb,
-        replace: Op::ReplaceFdb,
-        delete: Op::DeleteFdb,
-        link: |f: &Fdb| f.link.as_str(),
-    };
-    fdb.diff(
-        &desired.fdb,
-        &actual.fdb,
-        &deleted,
-        &mut entry_sets,
-        &mut entry_deletes,
-    );
-
-    let mut route_sets = Vec::new();
-    let mut route_deletes = Vec::new();
-    let routes = EntryOps {
-        add: Op::AddRoute,
-        replace: Op::ReplaceRoute,
-        delete: Op::DeleteRoute,
-        link: |r: &Route| r.dev.as_str(),
-    };
-    routes.diff(
-        &desired.routes,
-        &actual.routes,
-        &deleted,
-        &mut route_sets,
-        &mut route_deletes,
-    );
+    FDB.diff(&desired.fdb, &actual.fdb, &deleted, &mut entries);
+    let mut routes = Phase::default();
+    ROUTES.diff(&desired.routes, &actual.routes, &deleted, &mut routes);
 
     let mut ops = recreate_deletes;
     ops.extend(link_ops);
     ops.extend(addr_adds);
-    ops.extend(entry_sets);
-    ops.extend(route_sets);
-    ops.extend(route_deletes);
-    ops.extend(entry_deletes);
+    ops.extend(entries.sets);
+    ops.extend(routes.sets);
+    ops.extend(routes.deletes);
+    ops.extend(entries.deletes);
     ops.extend(addr_deletes);
     ops.extend(stale_links);
     ops
