@@ -375,86 +375,41 @@ mod tests {
     #[test]
     fn links_are_learned_and_their_entries_recognised() {
         let mut owned = Owned::default();
-        assert!(!concerns_owned(
-            &M::NewLink(link("eth0", 2, None)),
-            &mut owned
-        ));
-        assert!(concerns_owned(
-            &M::NewLink(link("flannel.1", 7, None)),
-            &mut owned
-        ));
+        let mut sees = |m: M| concerns_owned(&m, &mut owned);
+        assert!(!sees(M::NewLink(link("eth0", 2, None))));
+        assert!(sees(M::NewLink(link("flannel.1", 7, None))));
         let on = |i, s| M::NewNeighbour(neigh(AddressFamily::Inet, i, s));
-        assert!(concerns_owned(
-            &on(7, NeighbourState::Permanent),
-            &mut owned
-        ));
-        assert!(concerns_owned(
-            &on(7, NeighbourState::Reachable),
-            &mut owned
-        ));
-        assert!(!concerns_owned(
-            &on(2, NeighbourState::Permanent),
-            &mut owned
-        ));
+        assert!(sees(on(7, NeighbourState::Permanent)));
+        assert!(sees(on(7, NeighbourState::Reachable)));
+        assert!(!sees(on(2, NeighbourState::Permanent)));
         let fdb = |s| M::NewNeighbour(neigh(AddressFamily::Bridge, 7, s));
-        assert!(concerns_owned(
-            &fdb(NeighbourState::Other(0xc0)),
-            &mut owned
-        ));
+        assert!(sees(fdb(NeighbourState::Other(0xc0))));
         // Learned MACs (Learning on) do not signal; deletions always do.
-        assert!(!concerns_owned(&fdb(NeighbourState::Reachable), &mut owned));
-        assert!(concerns_owned(
-            &M::DelNeighbour(neigh(AddressFamily::Bridge, 7, NeighbourState::Reachable)),
-            &mut owned
-        ));
+        assert!(!sees(fdb(NeighbourState::Reachable)));
+        assert!(sees(M::DelNeighbour(neigh(
+            AddressFamily::Bridge,
+            7,
+            NeighbourState::Reachable
+        ))));
         // Renamed away: signalled once, then forgotten.
-        assert!(concerns_owned(
-            &M::NewLink(link("old", 7, None)),
-            &mut owned
-        ));
-        assert!(!concerns_owned(
-            &on(7, NeighbourState::Permanent),
-            &mut owned
-        ));
-        assert!(concerns_owned(
-            &M::NewLink(link("flannel.2", 8, None)),
-            &mut owned
-        ));
-        assert!(concerns_owned(
-            &M::DelLink(link("flannel.2", 8, None)),
-            &mut owned
-        ));
+        assert!(sees(M::NewLink(link("old", 7, None))));
+        assert!(!sees(on(7, NeighbourState::Permanent)));
+        assert!(sees(M::NewLink(link("flannel.2", 8, None))));
+        assert!(sees(M::DelLink(link("flannel.2", 8, None))));
         assert!(!owned.has_link(8));
     }
 
     #[test]
     fn our_routes_and_routes_replacing_them_are_recognised() {
         let mut owned = Owned::default();
-        assert!(!concerns_owned(
-            &M::NewRoute(route("10.244.2.0/24", 4, None)),
-            &mut owned
-        ));
-        assert!(concerns_owned(
-            &M::NewRoute(route("10.244.2.0/24", 116, None)),
-            &mut owned
-        ));
+        let mut sees = |m: M| concerns_owned(&m, &mut owned);
+        assert!(!sees(M::NewRoute(route("10.244.2.0/24", 4, None))));
+        assert!(sees(M::NewRoute(route("10.244.2.0/24", 116, None))));
         // `ip route replace 10.244.2.0/24 ... proto static`: notified as a static route.
-        assert!(concerns_owned(
-            &M::NewRoute(route("10.244.2.0/24", 4, None)),
-            &mut owned
-        ));
+        assert!(sees(M::NewRoute(route("10.244.2.0/24", 4, None))));
         // Same prefix in another table is someone else's business.
-        assert!(!concerns_owned(
-            &M::NewRoute(route("10.244.2.0/24", 4, Some(100))),
-            &mut owned
-        ));
-        assert!(concerns_owned(
-            &M::DelRoute(route("10.244.2.0/24", 116, None)),
-            &mut owned
-        ));
-        assert!(!concerns_owned(
-            &M::NewRoute(route("10.244.2.0/24", 4, None)),
-            &mut owned
-        ));
+        assert!(!sees(M::NewRoute(route("10.244.2.0/24", 4, Some(100)))));
+        assert!(sees(M::DelRoute(route("10.244.2.0/24", 116, None))));
+        assert!(!sees(M::NewRoute(route("10.244.2.0/24", 4, None))));
     }
 }
