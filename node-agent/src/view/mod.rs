@@ -23,7 +23,7 @@ mod skip;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 pub use peer::{parse_pod_cidrs, NodeInfo, Peer};
 pub use skip::{Missing, SkipLog, SkipReason, Skipped};
@@ -237,6 +237,39 @@ impl ClusterView {
         mine < theirs
     }
 
+    /// One family of the cluster network (`network`): the peer has a subnet in it, off this
+    /// node's, and a public IP that is usable and not this node's (`own_ips`).
+    fn check_family(
+        &self,
+        p: &Peer,
+        family: Family,
+        network: IpNetwork,
+        own_ips: &[Option<IpAddr>],
+    ) -> Result<(), SkipReason> {
+        let local = &self.local;
+        let (subnet, ip) = p.address(family)?;
+        usable(ip, &local.underlay)?;
+        let (within, local_subnet) = match (network, subnet) {
+            (IpNetwork::V4(n), IpNetwork::V4(s)) => (
+                n.is_supernet_of(s),
+                local.subnet_v4.filter(|l| l.overlaps(s)).map(IpNetwork::V4),
+            ),
+            (IpNetwork::V6(n), IpNetwork::V6(s)) => (
+                n.is_supernet_of(s),
+                local.subnet_v6.filter(|l| l.overlaps(s)).map(IpNetwork::V6),
+            ),
+            // Peer::address gives the family asked for.
+            _ => (false, None),
+        };
+        if !within {
+            return Err(SkipReason::OutsideNetwork { subnet, network });
+        }
+        if let Some(l) = local_subnet {
+            return Err(SkipReason::OverlapsLocal { subnet, local: l });
+        }
+        not_ours(ip, own_ips)
+    }
+
     /// Everything but collisions with other peers: what the Node alone, the config and this
     /// node can tell.
     fn check(&self, p: &Peer, config: &NetConfig, taken: &Taken<'_>) -> Result<(), SkipReason> {
@@ -247,26 +280,8 @@ impl ClusterView {
             local.underlay.addr_v4.map(|a| IpAddr::V4(a.ip())),
             local.underlay.addr_v6.map(|a| IpAddr::V6(a.ip())),
         ];
-        let missing = |family, missing| SkipReason::MissingForFamily { family, missing };
         if let Some(network) = config.ipv4() {
-            let subnet = p.subnet_v4.ok_or(missing(Family::V4, Missing::PodCidr))?;
-            let ip = p
-                .public_ip_v4
-                .ok_or(missing(Family::V4, Missing::PublicIp))?;
-            usable(IpAddr::V4(ip), &local.underlay)?;
-            if !network.is_supernet_of(subnet) {
-                return Err(SkipReason::OutsideNetwork {
-                    subnet: subnet.into(),
-                    network: network.into(),
-                });
-            }
-            if let Some(l) = local.subnet_v4.filter(|l| l.overlaps(subnet)) {
-                return Err(SkipReason::OverlapsLocal {
-                    subnet: subnet.into(),
-                    local: l.into(),
-                });
-            }
-            not_ours(IpAddr::V4(ip), &own_ips)?;
+            self.check_family(p, Family::V4, IpNetwork::V4(network), &own_ips)?;
         }
         for vni in foreign_vnis(p, config) {
             if !taken.foreign_vnis.contains(&vni) && taken.foreign_vnis.len() >= MAX_FOREIGN_VNIS {
@@ -277,24 +292,7 @@ impl ClusterView {
             }
         }
         if let Some(network) = config.ipv6() {
-            let subnet = p.subnet_v6.ok_or(missing(Family::V6, Missing::PodCidr))?;
-            let ip = p
-                .public_ip_v6
-                .ok_or(missing(Family::V6, Missing::PublicIp))?;
-            usable(IpAddr::V6(ip), &local.underlay)?;
-            if !network.is_supernet_of(subnet) {
-                return Err(SkipReason::OutsideNetwork {
-                    subnet: subnet.into(),
-                    network: network.into(),
-                });
-            }
-            if let Some(l) = local.subnet_v6.filter(|l| l.overlaps(subnet)) {
-                return Err(SkipReason::OverlapsLocal {
-                    subnet: subnet.into(),
-                    local: l.into(),
-                });
-            }
-            not_ours(IpAddr::V6(ip), &own_ips)?;
+            self.check_family(p, Family::V6, IpNetwork::V6(network), &own_ips)?;
         }
         for (family, data) in vtep_claims(p, config) {
             let own = match family {
