@@ -439,36 +439,13 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
         });
     }
 
-    let subnet_len = match f.take("SubnetLen") {
-        Some((k, v)) => {
-            let min = network.map_or(0, |n| u64::from(n.prefix()));
-            let n = as_uint(&k, v, 0, 30)? as u8;
-            if n != 0 && u64::from(n) < min {
-                return Err(ConfigError::invalid(
-                    &k,
-                    format!("/{n} is shorter than the Network's /{min}"),
-                ));
-            }
-            warnings.push(ConfigWarning::UnusedInKubeMode { key: k });
-            (n != 0).then_some(n)
-        }
-        None => None,
-    };
-    let ipv6_subnet_len = match f.take("IPv6SubnetLen") {
-        Some((k, v)) => {
-            let min = ipv6_network.map_or(0, |n| u64::from(n.prefix()));
-            let n = as_uint(&k, v, 0, 126)? as u8;
-            if n != 0 && u64::from(n) < min {
-                return Err(ConfigError::invalid(
-                    &k,
-                    format!("/{n} is shorter than the IPv6Network's /{min}"),
-                ));
-            }
-            warnings.push(ConfigWarning::UnusedInKubeMode { key: k });
-            (n != 0).then_some(n)
-        }
-        None => None,
-    };
+    let (v4_prefix, v6_prefix) = (
+        network.map(|n| n.prefix()),
+        ipv6_network.map(|n| n.prefix()),
+    );
+    let w = &mut warnings;
+    let subnet_len = prefix_len(&mut f, "SubnetLen", 30, ("Network", v4_prefix), w)?;
+    let ipv6_subnet_len = prefix_len(&mut f, "IPv6SubnetLen", 126, ("IPv6Network", v6_prefix), w)?;
     let mut bound_v4 = |name| {
         let within = network.map(|n| ("Network", n));
         bound(
@@ -608,6 +585,33 @@ fn network_v6(
         IpNetwork::V6(n) => Ok(n),
         IpNetwork::V4(_) => Err(ConfigError::invalid(key, "not IPv6")),
     }
+}
+
+/// A subnet length option (`SubnetLen`, `IPv6SubnetLen`): at most `max`, and not shorter than
+/// the family's network (`network`: its key, for the message, and its prefix length, if set).
+/// 0 is Go's zero value: "not set". Read and checked, but unused with the Kubernetes subnet
+/// manager: a warning says so.
+fn prefix_len(
+    f: &mut Fields<'_>,
+    name: &str,
+    max: u64,
+    network: (&str, Option<u8>),
+    w: &mut Vec<ConfigWarning>,
+) -> Result<Option<u8>, ConfigError> {
+    let Some((k, v)) = f.take(name) else {
+        return Ok(None);
+    };
+    let (network_key, prefix) = network;
+    let min = prefix.map_or(0, u64::from);
+    let n = as_uint(&k, v, 0, max)? as u8;
+    if n != 0 && u64::from(n) < min {
+        return Err(ConfigError::invalid(
+            &k,
+            format!("/{n} is shorter than the {network_key}'s /{min}"),
+        ));
+    }
+    w.push(ConfigWarning::UnusedInKubeMode { key: k });
+    Ok((n != 0).then_some(n))
 }
 
 /// An address option (`SubnetMin`, ...): `what` it must be, and within the family's network
