@@ -381,67 +381,30 @@ impl<'a> Taken<'a> {
         let mut out = Vec::new();
         if config.ipv4().is_some() {
             if let Some(s) = p.subnet_v4 {
-                let (start, end) = (u32::from(s.network()), u32::from(s.broadcast()));
-                for holder in overlapping(&self.v4, start, end) {
-                    let theirs = self
-                        .subnets_v4
-                        .get(holder)
-                        .copied()
-                        .map_or(Claim::SubnetV4(s), Claim::SubnetV4);
-                    out.push(Conflict {
-                        holder,
-                        mine: Claim::SubnetV4(s),
-                        theirs,
-                    });
-                }
+                let range = (u32::from(s.network()), u32::from(s.broadcast()));
+                let held = (&self.v4, &self.subnets_v4);
+                subnet_conflicts(held, range, s, Claim::SubnetV4, &mut out);
             }
             if let Some(ip) = p.public_ip_v4 {
-                if let Some(holder) = self.ips.get(&IpAddr::V4(ip)) {
-                    let c = Claim::IpV4(ip);
-                    out.push(Conflict {
-                        holder,
-                        mine: c,
-                        theirs: c,
-                    });
-                }
+                same_claim(self.ips.get(&IpAddr::V4(ip)), Claim::IpV4(ip), &mut out);
             }
         }
         if config.ipv6().is_some() {
             if let Some(s) = p.subnet_v6 {
-                let (start, end) = v6_range(s);
-                for holder in overlapping(&self.v6, start, end) {
-                    let theirs = self
-                        .subnets_v6
-                        .get(holder)
-                        .copied()
-                        .map_or(Claim::SubnetV6(s), Claim::SubnetV6);
-                    out.push(Conflict {
-                        holder,
-                        mine: Claim::SubnetV6(s),
-                        theirs,
-                    });
-                }
+                let held = (&self.v6, &self.subnets_v6);
+                subnet_conflicts(held, v6_range(s), s, Claim::SubnetV6, &mut out);
             }
             if let Some(ip) = p.public_ip_v6 {
-                if let Some(holder) = self.ips.get(&IpAddr::V6(ip)) {
-                    let c = Claim::IpV6(ip);
-                    out.push(Conflict {
-                        holder,
-                        mine: c,
-                        theirs: c,
-                    });
-                }
+                same_claim(self.ips.get(&IpAddr::V6(ip)), Claim::IpV6(ip), &mut out);
             }
         }
         for (family, data) in vtep_claims(p, config) {
-            if let Some(holder) = self.macs.get(&(family, data.vni, data.vtep_mac)) {
-                let c = Claim::VtepMac(family, data.vni, data.vtep_mac);
-                out.push(Conflict {
-                    holder,
-                    mine: c,
-                    theirs: c,
-                });
-            }
+            let holder = self.macs.get(&(family, data.vni, data.vtep_mac));
+            same_claim(
+                holder,
+                Claim::VtepMac(family, data.vni, data.vtep_mac),
+                &mut out,
+            );
         }
         out
     }
@@ -498,6 +461,39 @@ impl<'a> Taken<'a> {
 /// The accepted ranges overlapping `[start, end]`: accepted ranges are disjoint, so sorted
 /// by start they are sorted by end too, and the overlapping ones are the last few starting at
 /// or before `end`.
+/// Accepted subnets of one family: disjoint ranges (start -> (end, node)) and the subnet of
+/// each node.
+type HeldSubnets<'t, 'a, T, N> = (&'t BTreeMap<T, (T, &'a str)>, &'t HashMap<&'a str, N>);
+
+/// The conflicts of subnet `mine` (spanning `range`) with the accepted subnets it overlaps.
+fn subnet_conflicts<'a, T: Ord + Copy, N: Copy>(
+    (ranges, subnets): HeldSubnets<'_, 'a, T, N>,
+    (start, end): (T, T),
+    mine: N,
+    claim: fn(N) -> Claim,
+    out: &mut Vec<Conflict<'a>>,
+) {
+    for holder in overlapping(ranges, start, end) {
+        let theirs = subnets.get(holder).copied().map_or(claim(mine), claim);
+        out.push(Conflict {
+            holder,
+            mine: claim(mine),
+            theirs,
+        });
+    }
+}
+
+/// A claim only one peer may hold (a public IP, a VTEP MAC): a conflict with its holder.
+fn same_claim<'a>(holder: Option<&&'a str>, claim: Claim, out: &mut Vec<Conflict<'a>>) {
+    if let Some(&holder) = holder {
+        out.push(Conflict {
+            holder,
+            mine: claim,
+            theirs: claim,
+        });
+    }
+}
+
 fn overlapping<'a, T: Ord + Copy>(
     ranges: &BTreeMap<T, (T, &'a str)>,
     start: T,
