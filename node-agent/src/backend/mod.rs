@@ -174,37 +174,28 @@ pub fn own_backend(config: &BackendConfig) -> Box<dyn Backend> {
 }
 
 fn context<'a>(lease: &'a LocalLease, config: &'a NetConfig) -> Result<PlanContext<'a>, PlanError> {
-    let iface = || lease.underlay.name.clone();
+    let no_underlay_address = |family| PlanError::NoUnderlayAddress {
+        family,
+        iface: lease.underlay.name.clone(),
+    };
     let v4 = match config.ipv4() {
         None => None,
         Some(network) => {
             let subnet = lease
                 .subnet_v4
                 .ok_or(PlanError::NoSubnet { family: Family::V4 })?;
-            if !network.is_supernet_of(subnet) {
-                return Err(PlanError::SubnetOutsideNetwork {
-                    subnet: subnet.into(),
-                    network: network.into(),
-                });
-            }
-            if subnet.prefix() > 30 {
-                return Err(PlanError::SubnetTooSmall {
-                    subnet: subnet.into(),
-                });
-            }
+            check_subnet(network.into(), subnet.into(), 30)?;
             let local = lease
                 .underlay
                 .addr_v4
-                .ok_or_else(|| PlanError::NoUnderlayAddress {
-                    family: Family::V4,
-                    iface: iface(),
-                })?;
+                .ok_or_else(|| no_underlay_address(Family::V4))?;
+            let public_ip = lease
+                .public_ip_v4
+                .ok_or(PlanError::NoPublicIp { family: Family::V4 })?;
             Some(Local4 {
                 network,
                 subnet,
-                public_ip: lease
-                    .public_ip_v4
-                    .ok_or(PlanError::NoPublicIp { family: Family::V4 })?,
+                public_ip,
                 local: local.ip(),
             })
         }
@@ -215,30 +206,18 @@ fn context<'a>(lease: &'a LocalLease, config: &'a NetConfig) -> Result<PlanConte
             let subnet = lease
                 .subnet_v6
                 .ok_or(PlanError::NoSubnet { family: Family::V6 })?;
-            if !network.is_supernet_of(subnet) {
-                return Err(PlanError::SubnetOutsideNetwork {
-                    subnet: subnet.into(),
-                    network: network.into(),
-                });
-            }
-            if subnet.prefix() > 126 {
-                return Err(PlanError::SubnetTooSmall {
-                    subnet: subnet.into(),
-                });
-            }
+            check_subnet(network.into(), subnet.into(), 126)?;
             let local = lease
                 .underlay
                 .addr_v6
-                .ok_or_else(|| PlanError::NoUnderlayAddress {
-                    family: Family::V6,
-                    iface: iface(),
-                })?;
+                .ok_or_else(|| no_underlay_address(Family::V6))?;
+            let public_ip = lease
+                .public_ip_v6
+                .ok_or(PlanError::NoPublicIp { family: Family::V6 })?;
             Some(Local6 {
                 network,
                 subnet,
-                public_ip: lease
-                    .public_ip_v6
-                    .ok_or(PlanError::NoPublicIp { family: Family::V6 })?,
+                public_ip,
                 local: local.ip(),
             })
         }
@@ -249,6 +228,23 @@ fn context<'a>(lease: &'a LocalLease, config: &'a NetConfig) -> Result<PlanConte
         v4,
         v6,
     })
+}
+
+/// This node's subnet lies in the cluster network and leaves room for pods (a prefix of at
+/// most `max_prefix`).
+fn check_subnet(network: IpNetwork, subnet: IpNetwork, max_prefix: u8) -> Result<(), PlanError> {
+    let within = match (network, subnet) {
+        (IpNetwork::V4(n), IpNetwork::V4(s)) => n.is_supernet_of(s),
+        (IpNetwork::V6(n), IpNetwork::V6(s)) => n.is_supernet_of(s),
+        _ => false,
+    };
+    if !within {
+        return Err(PlanError::SubnetOutsideNetwork { subnet, network });
+    }
+    if subnet.prefix() > max_prefix {
+        return Err(PlanError::SubnetTooSmall { subnet });
+    }
+    Ok(())
 }
 
 /// The gateway address written to subnet.env: the subnet's first host, with its prefix.
