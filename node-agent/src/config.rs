@@ -446,32 +446,14 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
     let w = &mut warnings;
     let subnet_len = prefix_len(&mut f, "SubnetLen", 30, ("Network", v4_prefix), w)?;
     let ipv6_subnet_len = prefix_len(&mut f, "IPv6SubnetLen", 126, ("IPv6Network", v6_prefix), w)?;
-    let mut bound_v4 = |name| {
-        let within = network.map(|n| ("Network", n));
-        bound(
-            &mut f,
-            name,
-            "an IPv4 address",
-            within,
-            Ipv4Network::contains,
-            &mut warnings,
-        )
-    };
-    let subnet_min = bound_v4("SubnetMin")?;
-    let subnet_max = bound_v4("SubnetMax")?;
-    let mut bound_v6 = |name| {
-        let within = ipv6_network.map(|n| ("IPv6Network", n));
-        bound(
-            &mut f,
-            name,
-            "an IPv6 address",
-            within,
-            Ipv6Network::contains,
-            &mut warnings,
-        )
-    };
-    let ipv6_subnet_min = bound_v6("IPv6SubnetMin")?;
-    let ipv6_subnet_max = bound_v6("IPv6SubnetMax")?;
+    // The address options, each within its family's network when that is set.
+    let (v4, v4_net) = ("an IPv4 address", network.map(|n| ("Network", n)));
+    let (v6, v6_net) = ("an IPv6 address", ipv6_network.map(|n| ("IPv6Network", n)));
+    let (in4, in6) = (Ipv4Network::contains, Ipv6Network::contains);
+    let subnet_min = bound(&mut f, "SubnetMin", v4, v4_net, in4, w)?;
+    let subnet_max = bound(&mut f, "SubnetMax", v4, v4_net, in4, w)?;
+    let ipv6_subnet_min = bound(&mut f, "IPv6SubnetMin", v6, v6_net, in6, w)?;
+    let ipv6_subnet_max = bound(&mut f, "IPv6SubnetMax", v6, v6_net, in6, w)?;
 
     let backend = match f.take("Backend") {
         Some((_, Value::Object(b))) => backend(b, &mut warnings)?,
