@@ -18,6 +18,14 @@ fn discover_in(ns: &Netns, opts: IfaceOptions) -> Result<Underlay, UnderlayError
     })
 }
 
+fn runs_here() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED: needs root");
+    }
+    root
+}
+
 fn node() -> Node {
     let node = Node::standalone(
         "udisc",
@@ -35,8 +43,7 @@ fn node() -> Node {
 
 #[test]
 fn the_default_routes_interface_without_iface() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root");
+    if !runs_here() {
         return;
     }
     let node = node();
@@ -55,8 +62,7 @@ fn the_default_routes_interface_without_iface() {
 
 #[test]
 fn the_interface_that_reaches_iface_can_reach() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root");
+    if !runs_here() {
         return;
     }
     let node = node();
@@ -71,8 +77,7 @@ fn the_interface_that_reaches_iface_can_reach() {
 
 #[test]
 fn an_ecmp_default_route_and_an_ipv6_only_node() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: needs root");
+    if !runs_here() {
         return;
     }
     let ecmp = node();
