@@ -300,7 +300,7 @@ fn cases() -> Vec<Case> {
         Case {
             // No dummy driver on every kernel; a veth is just as much "not a bridge".
             setup: Some(|n, _| {
-                must(n.ns.exec(&[
+                must(n.ns.output(&[
                     "ip", "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p",
                 ]))
             }),
@@ -308,14 +308,14 @@ fn cases() -> Vec<Case> {
         },
         Case {
             setup: Some(|n, _| {
-                must(n.ns.exec(&["ip", "link", "add", "cni0", "type", "bridge"]));
-                must(n.ns.exec(&["ip", "addr", "add", "10.244.77.1/24", "dev", "cni0"]));
+                must(n.ns.output(&["ip", "link", "add", "cni0", "type", "bridge"]));
+                must(n.ns.output(&["ip", "addr", "add", "10.244.77.1/24", "dev", "cni0"]));
             }),
             ..case("cni0 has another gateway", 102)
         },
         Case {
             setup: Some(|_, pod| {
-                must(pod.exec(&[
+                must(pod.output(&[
                     "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
                 ]))
             }),
@@ -343,7 +343,7 @@ fn check(c: &Case) {
     if c.subnet_env == Some("") {
         std::fs::remove_file(node.subnet_file()).unwrap();
     }
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     if let Some(setup) = c.setup {
         setup(&node, &pod);
     }
@@ -411,7 +411,7 @@ fn check(c: &Case) {
 #[test]
 fn oversized_stdin_is_a_decode_error_not_a_crash() {
     let node = Node::new("big", SUBNET_ENV);
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let huge = format!(
         r#"{{"cniVersion":"1.0.0","name":"cbr0","pad":"{}"}}"#,
         "x".repeat(17 << 20)

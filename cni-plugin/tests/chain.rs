@@ -58,7 +58,7 @@ fn fetch(from: &Netns, host: &str, port: u16) -> Option<String> {
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        let (ok, out) = from.exec(&["python3", "-c", &script]);
+        let (ok, out) = from.output(&["python3", "-c", &script]);
         if ok {
             return Some(out.trim().to_string());
         }
@@ -74,8 +74,8 @@ fn portmap_chained_after_trellis_forwards_a_host_port() {
         "install containernetworking-plugins"
     );
     let node = Node::new("chain", SUBNET_ENV);
-    let web = Netns::new("web");
-    let client = Netns::new("cli");
+    let web = netns("web");
+    let client = netns("cli");
     for version in ["0.4.0", "1.0.0"] {
         let conf = node.conf(version, "");
         let add = node.cni("ADD", "web", Some(&web.path()), "eth0", &conf);
@@ -124,7 +124,7 @@ fn portmap_chained_after_trellis_forwards_a_host_port() {
             node.cni("DEL", "client", Some(&client.path()), "eth0", &conf)
                 .ok
         );
-        let (_, rules) = node.ns.exec(&["iptables-save", "-t", "nat"]);
+        let (_, rules) = node.ns.output(&["iptables-save", "-t", "nat"]);
         assert!(
             !rules.contains("dport 18080"),
             "portmap rules left behind: {rules}"

@@ -71,8 +71,8 @@ fn record(node: &Node, ip: &str) -> String {
 
 /// What the killed ADD had done, judged from what it left.
 fn stage(node: &Node, pod: &Netns, container: &str) -> &'static str {
-    let (_, route) = pod.exec(&["ip", "route", "show", "default"]);
-    let (_, addr) = pod.exec(&["ip", "-o", "-4", "addr", "show"]);
+    let (_, route) = pod.output(&["ip", "route", "show", "default"]);
+    let (_, addr) = pod.output(&["ip", "-o", "-4", "addr", "show"]);
     let records = node.ipam_records();
     if route.contains("via") {
         "complete"
@@ -101,7 +101,7 @@ fn sigkill_during_add_leaks_nothing_and_the_retry_works() {
     // creates the bridge, so it is not counted).
     let mut times = Vec::new();
     for i in 0..4 {
-        let pod = Netns::new("cal");
+        let pod = netns("cal");
         let t = Instant::now();
         let status = start_add(&node, &format!("cal{i}"), &pod, &conf)
             .wait()
@@ -120,7 +120,7 @@ fn sigkill_during_add_leaks_nothing_and_the_retry_works() {
 
     let mut stages: BTreeMap<&str, usize> = BTreeMap::new();
     for k in 0..KILLS {
-        let pod = Netns::new("victim");
+        let pod = netns("victim");
         let id = format!("kill{k}");
         // Evenly over 0..1.2x the ADD's duration.
         let delay = add_time.mul_f64(1.2 * k as f64 / (KILLS - 1) as f64);
@@ -148,7 +148,7 @@ fn sigkill_during_add_leaks_nothing_and_the_retry_works() {
         let add = node.cni("ADD", &id, Some(&pod.path()), "eth0", &conf);
         assert!(add.ok, "kill {k} ({reached}): retried ADD: {}", add.stdout);
         let ip = pod_ip(&add.json());
-        let (_, addr) = pod.exec(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+        let (_, addr) = pod.output(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
         assert!(addr.contains(&format!("{ip}/24")), "kill {k}: {addr}");
         assert_eq!(record(&node, &ip), format!("{id}\r\neth0"), "kill {k}");
         assert_eq!(
@@ -194,7 +194,7 @@ fn sigkill_during_add_leaks_nothing_and_the_retry_works() {
 }
 
 fn ifindex(ns: &Netns, name: &str) -> Option<u32> {
-    let (ok, out) = ns.exec(&["ip", "-o", "link", "show", "dev", name]);
+    let (ok, out) = ns.output(&["ip", "-o", "link", "show", "dev", name]);
     if !ok {
         return None;
     }
@@ -208,7 +208,7 @@ fn ifindex(ns: &Netns, name: &str) -> Option<u32> {
 #[test]
 fn add_replaces_a_pair_left_for_the_reaper_and_the_reaper_spares_the_new_one() {
     let node = Node::new("reap", SUBNET_ENV);
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let conf = node.conf("1.0.0", "");
     let add = node.cni("ADD", "r1", Some(&pod.path()), "eth0", &conf);
     assert!(add.ok, "{}", add.stdout);
@@ -218,7 +218,7 @@ fn add_replaces_a_pair_left_for_the_reaper_and_the_reaper_spares_the_new_one() {
         .to_string();
     let old = ifindex(&node.ns, &veth).expect("host veth exists");
     for args in [["nomaster", ""], ["down", ""]] {
-        let (ok, out) = node.ns.exec(&["ip", "link", "set", &veth, args[0]]);
+        let (ok, out) = node.ns.output(&["ip", "link", "set", &veth, args[0]]);
         assert!(ok, "{out}");
     }
 
@@ -229,7 +229,7 @@ fn add_replaces_a_pair_left_for_the_reaper_and_the_reaper_spares_the_new_one() {
         new, old,
         "ADD adopted the pair its DEL handed to the reaper"
     );
-    let (_, d) = node.ns.exec(&["ip", "-d", "link", "show", &veth]);
+    let (_, d) = node.ns.output(&["ip", "-d", "link", "show", &veth]);
     assert!(d.contains("master cni0") && d.contains("state UP"), "{d}");
 
     // The late reaper of the old pair leaves the new one alone.

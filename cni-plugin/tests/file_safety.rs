@@ -30,7 +30,7 @@ impl Scene {
         std::fs::write(outside.path().join("victim"), VICTIM_TEXT).expect("victim");
         let conf = node.conf("1.0.0", "");
         Scene {
-            pod: Netns::new("pod"),
+            pod: netns("pod"),
             node,
             outside,
             conf,
@@ -177,7 +177,7 @@ fn network_dir_owned_by_another_user_is_refused() {
 #[test]
 fn files_and_dirs_are_created_with_safe_modes_whatever_the_umask() {
     let node = Node::new("fsumask", SUBNET_ENV);
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let conf = node.conf("1.0.0", "");
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &node.ns.name, PLUGIN])

@@ -18,7 +18,7 @@ fn add_check_del_round_trip_in_every_version() {
         .iter()
         .enumerate()
     {
-        let pod = Netns::new("pod");
+        let pod = netns("pod");
         let id = format!("ctr{i}");
         let conf = node.conf(version, "");
         let add = node.cni("ADD", &id, Some(&pod.path()), "eth0", &conf);
@@ -41,16 +41,16 @@ fn add_check_del_round_trip_in_every_version() {
         assert_eq!(res["routes"][0]["dst"], "0.0.0.0/0");
 
         // The kernel agrees with the result.
-        let (_, addr) = pod.exec(&["ip", "-o", "addr", "show", "dev", "eth0"]);
+        let (_, addr) = pod.output(&["ip", "-o", "addr", "show", "dev", "eth0"]);
         assert!(addr.contains(&format!("{ip}/24")), "{addr}");
-        let (_, mtu) = pod.exec(&["cat", "/sys/class/net/eth0/mtu"]);
+        let (_, mtu) = pod.output(&["cat", "/sys/class/net/eth0/mtu"]);
         assert_eq!(mtu.trim(), "1450");
-        let (_, route) = pod.exec(&["ip", "route", "show", "default"]);
+        let (_, route) = pod.output(&["ip", "route", "show", "default"]);
         assert!(route.contains("via 10.244.1.1"), "{route}");
         let host_veth = res["interfaces"][1]["name"].as_str().unwrap().to_string();
-        let (_, d) = node.ns.exec(&["ip", "-d", "link", "show", &host_veth]);
+        let (_, d) = node.ns.output(&["ip", "-d", "link", "show", &host_veth]);
         assert!(d.contains("master cni0") && d.contains("hairpin on"), "{d}");
-        let (_, br) = node.ns.exec(&["ip", "-o", "addr", "show", "dev", "cni0"]);
+        let (_, br) = node.ns.output(&["ip", "-o", "addr", "show", "dev", "cni0"]);
         assert!(br.contains("10.244.1.1/24"), "{br}");
         assert_eq!(
             std::fs::read_to_string(node.ipam_dir().join("cbr0").join(&ip)).unwrap(),
@@ -82,7 +82,7 @@ fn add_check_del_round_trip_in_every_version() {
 #[test]
 fn check_reports_each_kind_of_drift() {
     let node = Node::new("check", SUBNET_ENV);
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let conf = node.conf("1.0.0", "");
     let add = node.cni("ADD", "c1", Some(&pod.path()), "eth0", &conf);
     assert!(add.ok, "{}", add.stdout);
@@ -102,17 +102,18 @@ fn check_reports_each_kind_of_drift() {
             out.stdout
         );
     };
-    pod.exec(&["ip", "route", "del", "default"]);
+    pod.output(&["ip", "route", "del", "default"]);
     check("route 0.0.0.0/0");
     let ip = pod_ip(&res);
-    pod.exec(&["ip", "addr", "del", &format!("{ip}/24"), "dev", "eth0"]);
+    pod.output(&["ip", "addr", "del", &format!("{ip}/24"), "dev", "eth0"]);
     check(&format!("lacks address {ip}"));
     std::fs::remove_file(node.ipam_dir().join("cbr0").join(&ip)).unwrap();
-    pod.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-    pod.exec(&["ip", "route", "add", "default", "via", "10.244.1.1"]);
+    pod.output(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    pod.output(&["ip", "route", "add", "default", "via", "10.244.1.1"]);
     check("IPAM has no record");
     let host_veth = res["interfaces"][1]["name"].as_str().unwrap();
-    node.ns.exec(&["ip", "link", "set", host_veth, "nomaster"]);
+    node.ns
+        .output(&["ip", "link", "set", host_veth, "nomaster"]);
     check("not attached to cni0");
     // CHECK without prevResult is a config error, and CHECK is unknown before 0.4.0.
     assert_eq!(
@@ -136,8 +137,8 @@ fn check_reports_each_kind_of_drift() {
 #[test]
 fn pods_reach_each_other_and_the_node() {
     let node = Node::new("ping", SUBNET_ENV);
-    let a = Netns::new("pa");
-    let b = Netns::new("pb");
+    let a = netns("pa");
+    let b = netns("pb");
     let conf = node.conf("1.0.0", "");
     let ra = node.cni("ADD", "a", Some(&a.path()), "eth0", &conf);
     let rb = node.cni("ADD", "b", Some(&b.path()), "eth0", &conf);
@@ -154,7 +155,7 @@ fn pods_reach_each_other_and_the_node() {
 fn del_is_idempotent_and_survives_a_vanished_netns() {
     let node = Node::new("del", SUBNET_ENV);
     let conf = node.conf("1.0.0", "");
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     assert!(node.cni("ADD", "c1", Some(&pod.path()), "eth0", &conf).ok);
     let path = pod.path();
     drop(pod); // the runtime removed the namespace before DEL
@@ -173,14 +174,14 @@ fn del_is_idempotent_and_survives_a_vanished_netns() {
 fn del_after_host_veth_was_removed_by_hand() {
     let node = Node::new("delv", SUBNET_ENV);
     let conf = node.conf("1.0.0", "");
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let add = node.cni("ADD", "c1", Some(&pod.path()), "eth0", &conf);
     assert!(add.ok);
     let veth = add.json()["interfaces"][1]["name"]
         .as_str()
         .unwrap()
         .to_string();
-    node.ns.exec(&["ip", "link", "del", &veth]);
+    node.ns.output(&["ip", "link", "del", &veth]);
     assert!(node.cni("DEL", "c1", Some(&pod.path()), "eth0", &conf).ok);
     assert!(node.ipam_records().is_empty());
     assert!(!pod.links().contains(&"eth0".to_string()));
@@ -209,7 +210,7 @@ fn status_reports_a_missing_subnet_file_with_code_50() {
 fn gc_releases_what_the_runtime_no_longer_knows() {
     let node = Node::new("gc", SUBNET_ENV);
     let conf = node.conf("1.1.0", "");
-    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("pod")).collect();
+    let pods: Vec<Netns> = (0..3).map(|_| netns("pod")).collect();
     let mut ips = Vec::new();
     for (i, p) in pods.iter().enumerate() {
         let out = node.cni("ADD", &format!("c{i}"), Some(&p.path()), "eth0", &conf);
@@ -244,8 +245,8 @@ fn dual_stack_gets_both_families() {
         "{SUBNET_ENV}FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n"
     );
     let node = Node::new("dual", &env);
-    let a = Netns::new("pa");
-    let b = Netns::new("pb");
+    let a = netns("pa");
+    let b = netns("pb");
     let conf = node.conf("1.0.0", "");
     let ra = node.cni("ADD", "a", Some(&a.path()), "eth0", &conf);
     let rb = node.cni("ADD", "b", Some(&b.path()), "eth0", &conf);
@@ -262,7 +263,7 @@ fn dual_stack_gets_both_families() {
     let b6 = v6(&rb.json());
     assert!(b6.starts_with("fd00:10:244:1::"), "{b6}");
     assert_eq!(ra.json()["routes"][1]["dst"], "::/0");
-    let (ok, out) = a.exec(&[
+    let (ok, out) = a.output(&[
         "ping",
         "-6",
         "-c",
@@ -281,7 +282,7 @@ fn dual_stack_gets_both_families() {
 fn hundred_parallel_adds_never_share_an_address() {
     let node = Node::new("par", SUBNET_ENV);
     let conf = node.conf("1.0.0", "");
-    let pods: Vec<Netns> = (0..100).map(|_| Netns::new("p")).collect();
+    let pods: Vec<Netns> = (0..100).map(|_| netns("p")).collect();
     let results: Vec<Outcome> = std::thread::scope(|s| {
         let handles: Vec<_> = pods
             .iter()
@@ -331,8 +332,8 @@ fn hundred_parallel_adds_never_share_an_address() {
 fn del_isolates_the_pod_at_once_and_the_reaper_removes_the_pair() {
     let node = Node::new("reap", SUBNET_ENV);
     let conf = node.conf("1.0.0", "");
-    let a = Netns::new("pa");
-    let b = Netns::new("pb");
+    let a = netns("pa");
+    let b = netns("pb");
     let ra = node.cni("ADD", "a", Some(&a.path()), "eth0", &conf);
     assert!(ra.ok && node.cni("ADD", "b", Some(&b.path()), "eth0", &conf).ok);
     let ip_a = pod_ip(&ra.json());
@@ -356,7 +357,7 @@ fn del_isolates_the_pod_at_once_and_the_reaper_removes_the_pair() {
         .unwrap()
         .to_string();
     node.ns
-        .exec(&["ip", "link", "set", &veth_c, "down", "nomaster"]);
+        .output(&["ip", "link", "set", &veth_c, "down", "nomaster"]);
     std::fs::remove_file(node.ipam_dir().join("cbr0").join(pod_ip(&rb.json()))).unwrap();
     let gc_conf = node.conf(
         "1.1.0",

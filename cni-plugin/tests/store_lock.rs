@@ -9,7 +9,7 @@ use common::*;
 #[test]
 fn add_del_and_gc_give_up_on_a_held_store_lock_with_code_11_naming_it() {
     let node = Node::new("lock", SUBNET_ENV);
-    let pod = Netns::new("pod");
+    let pod = netns("pod");
     let conf = node.conf("1.1.0", r#","ipamLockTimeoutMs":200"#);
     let gc_conf = node.conf(
         "1.1.0",

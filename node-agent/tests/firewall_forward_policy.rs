@@ -15,7 +15,7 @@ fn policy_in(ns: &Netns, iptables: &str) -> String {
 fn reads_each_policy(iptables: &str) {
     for policy in ["ACCEPT", "DROP"] {
         for with_rules in [false, true] {
-            let ns = Netns::new("policy");
+            let ns = netns("policy");
             ns.sh(&[iptables, "-P", "FORWARD", policy]);
             if with_rules {
                 ns.sh(&[iptables, "-N", "DOCKER-USER"]);
@@ -52,7 +52,7 @@ fn iptables_nft_forward_policy_is_read_with_and_without_rules() {
 /// The whole way to the finding: DROP read from the kernel is the named warning.
 #[test]
 fn a_drop_policy_read_from_iptables_is_a_warning() {
-    let ns = Netns::new("policy");
+    let ns = netns("policy");
     ns.sh(&["iptables-legacy", "-P", "FORWARD", "DROP"]);
     let facts = Facts {
         forward_policy: ForwardPolicy::Is(policy_in(&ns, "iptables-legacy")),

@@ -25,7 +25,7 @@ async fn assert_in_sync(fw: &Firewall, rules: &RuleSet) {
 }
 
 async fn idempotent(kind: Kind) {
-    let ns = Netns::new("idem");
+    let ns = netns("idem");
     let fw = kind.firewall(&ns).await;
     let rules = full_rules();
     assert!(
@@ -107,7 +107,7 @@ async fn edit_and_repair(
 }
 
 async fn iptables_drift(kind: Kind) {
-    let ns = Netns::new("drift");
+    let ns = netns("drift");
     let fw = kind.firewall(&ns).await;
     let rules = full_rules();
     fw.apply(&rules).await.expect("apply");
@@ -210,7 +210,7 @@ async fn iptables_legacy_drift_is_found_and_repaired_reading_chain_by_chain() {
 
 #[tokio::test]
 async fn nftables_drift_is_found_and_repaired() {
-    let ns = Netns::new("nftdrift");
+    let ns = netns("nftdrift");
     let kind = Kind::Nftables;
     let fw = kind.firewall(&ns).await;
     let rules = full_rules();
@@ -297,7 +297,7 @@ async fn nftables_drift_is_found_and_repaired() {
 
 /// Others' rules survive apply and cleanup; cleanup leaves nothing of trellis's.
 async fn foreign_survive(kind: Kind) {
-    let ns = Netns::new("foreign");
+    let ns = netns("foreign");
     add_foreign_rules(&ns, kind);
     let before = full_snapshot(&ns);
     let fw = kind.firewall(&ns).await;
@@ -360,7 +360,7 @@ async fn iptables_legacy_leaves_foreign_rules_alone_reading_chain_by_chain() {
 /// Someone else's chain jumping into ours (not from a built-in chain, so a per-chain read
 /// does not see it): cleanup still deletes that jump first, or -X would be refused.
 async fn stranger_jump_cleanup(kind: Kind) {
-    let ns = Netns::new("stranger");
+    let ns = netns("stranger");
     let fw = kind.firewall(&ns).await;
     fw.apply(&full_rules()).await.expect("apply");
     let ipt = kind.iptables(false);
@@ -409,7 +409,7 @@ async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
     use trellis_agent::firewall::exec::Exec;
     use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
 
-    let ns = Netns::new("ownread");
+    let ns = netns("ownread");
     let mut restore = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
     for i in 0..200 {
         restore.push_str(&format!(":KUBE-SVC-{i:04} - [0:0]\n"));
@@ -508,7 +508,7 @@ async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
 /// Fewer rules: a disabled part loses its jump (iptables) or chain (nft); an empty rule set
 /// means nothing installed, as after cleanup.
 async fn shrink(kind: Kind) {
-    let ns = Netns::new("shrink");
+    let ns = netns("shrink");
     let fw = kind.firewall(&ns).await;
     let empty = full_snapshot(&ns);
     fw.apply(&full_rules()).await.expect("apply");
@@ -551,7 +551,7 @@ async fn nftables_follows_a_shrinking_rule_set() {
 
 #[tokio::test]
 async fn switching_backends_moves_the_rules() {
-    let ns = Netns::new("switch");
+    let ns = netns("switch");
     add_foreign_rules(&ns, Kind::Iptables);
     let before = full_snapshot(&ns);
     let ipt = Kind::Iptables.firewall(&ns).await;
@@ -590,7 +590,7 @@ async fn switching_backends_moves_the_rules() {
 
 #[tokio::test]
 async fn resync_repairs_only_when_drifted() {
-    let ns = Netns::new("resync");
+    let ns = netns("resync");
     let fw = Kind::Iptables.firewall(&ns).await;
     let rules = full_rules();
     let drift = fw.resync(&rules).await.expect("first resync installs");
@@ -611,7 +611,7 @@ async fn a_held_xtables_lock_is_a_clear_error() {
     use trellis_agent::firewall::exec::FirewallError;
     use trellis_agent::firewall::iptables::{IptablesExecutor, Variant};
 
-    let ns = Netns::new("lock");
+    let ns = netns("lock");
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("xtables.lock");
     let lock = lock.to_str().unwrap();
@@ -689,7 +689,7 @@ async fn nftables_check_without_the_table_lists_only_that_table() {
     use trellis_agent::firewall::exec::Exec;
     use trellis_agent::firewall::nftables::NftablesExecutor;
 
-    let ns = Netns::new("nftmissing");
+    let ns = netns("nftmissing");
     let log = tempfile::NamedTempFile::new().unwrap();
     let log_path = log.path().to_str().unwrap().to_string();
     let prefix = [

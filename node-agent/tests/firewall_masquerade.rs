@@ -85,7 +85,7 @@ fn seen_by(from: &Netns, server: &str, source: Option<&str>) -> String {
     let script = format!(
         "import socket\ns=socket.create_connection(('{server}',{PORT}),timeout=3{bind})\nprint(s.recv(100).decode())\n"
     );
-    let (ok, out) = from.try_sh(&[python(), "-I", "-S", "-c", &script]);
+    let (ok, out) = from.output(&[python(), "-I", "-S", "-c", &script]);
     assert!(ok, "connect from {} to {server}: {out}", from.name);
     out.trim().to_string()
 }
@@ -107,11 +107,11 @@ fn veth(host: &Netns, host_if: &str, peer: &Netns) {
 
 fn topology() -> Topology {
     let t = Topology {
-        node: Netns::new("node"),
-        pod1: Netns::new("pod1"),
-        pod2: Netns::new("pod2"),
-        remote: Netns::new("rpod"),
-        outside: Netns::new("out"),
+        node: netns("node"),
+        pod1: netns("pod1"),
+        pod2: netns("pod2"),
+        remote: netns("rpod"),
+        outside: netns("out"),
     };
     let n = &t.node;
     n.sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -259,7 +259,7 @@ async fn masquerade(kind: Kind) {
     fw.cleanup().await.expect("cleanup");
     if kind != Kind::Nftables {
         // With FLANNEL-FWD gone, the DROP policy applies again.
-        let (ok, _) = t.pod2.try_sh(&[
+        let (ok, _) = t.pod2.output(&[
             python(),
             "-I",
             "-S",

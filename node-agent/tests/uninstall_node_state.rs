@@ -6,8 +6,6 @@
 mod dataplane_support;
 mod firewall_common;
 
-use std::mem::ManuallyDrop;
-
 use dataplane_support::{dual_vxlan_config, trellis_routes, trellis_routes6, Node, PeerNode};
 use firewall_common::{add_foreign_rules, full_rules, full_snapshot, Kind};
 use trellis_agent::dataplane::diff::Op;
@@ -34,11 +32,9 @@ fn dual_peers() -> Vec<PeerNode> {
         .collect()
 }
 
-/// The firewall helpers' view of the node's namespace. Not dropped: the node owns it.
-fn fw_ns(node: &Node) -> ManuallyDrop<firewall_common::Netns> {
-    ManuallyDrop::new(firewall_common::Netns {
-        name: node.ns.name.clone(),
-    })
+/// The firewall helpers' view of the node's namespace (adopted: the node owns it).
+fn fw_ns(node: &Node) -> firewall_common::Netns {
+    firewall_common::Netns::adopt(&node.ns.name).expect("the node's namespace")
 }
 
 /// Programs the node as a running agent would: the planned kernel state and the firewall

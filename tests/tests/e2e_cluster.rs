@@ -35,12 +35,12 @@ fn cluster(tag: &str, backend: &str) -> Cluster {
             .collect();
         assert!(
             eventually(READY, || {
-                let r = routes(&c, n);
+                let r = c.routes(n);
                 others.iter().all(|o| r.contains(o.as_str()))
             }),
             "node-{} never routed all peers: {}\n{}",
             n + 1,
-            routes(&c, n),
+            c.routes(n),
             c.agent_log(n)
         );
     }
@@ -94,13 +94,6 @@ fn full_mesh_ping(pods: &[Pod]) {
             }
         }
     }
-}
-
-fn routes(c: &Cluster, node: usize) -> String {
-    c.nodes[node]
-        .ns
-        .exec(&["ip", "route", "show", "proto", "116"])
-        .unwrap_or_default()
 }
 
 /// A 20 ms ping loop between two pods; returns (sent, received).
@@ -190,7 +183,8 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
     let n1 = &c.nodes[0].ns;
     n1.exec(&["ip", "route", "del", "10.244.2.0/24"]).unwrap();
     assert!(
-        eventually(Duration::from_secs(1), || routes(&c, 0)
+        eventually(Duration::from_secs(1), || c
+            .routes(0)
             .contains("10.244.2.0/24")),
         "route not repaired"
     );
@@ -264,7 +258,7 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
 
     // An emulator restart (the agent's watch resumes) and a forced relist (history compacted,
     // every watch closed: 410 on resume) flap no route. Each is confirmed, not slept on.
-    let before = routes(&c, 0);
+    let before = c.routes(0);
     let watcher = Command::new("ip")
         .args([
             "netns",
@@ -329,13 +323,14 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
             .any(|l| l.starts_with("Deleted") && l.contains("10.244.")),
         "routes flapped: {mon}"
     );
-    assert_eq!(routes(&c, 0), before);
+    assert_eq!(c.routes(0), before);
 
     // A deleted Node disappears from the others' kernels.
     c.delete_node_object("node-3").unwrap();
     for n in [0, 1] {
         assert!(
-            eventually(Duration::from_secs(5), || !routes(&c, n)
+            eventually(Duration::from_secs(5), || !c
+                .routes(n)
                 .contains("10.244.3.0/24")),
             "node-3's route stays on node-{}",
             n + 1
@@ -360,7 +355,7 @@ fn host_gw_cluster_pods_talk_across_nodes() {
     let mut c = cluster("hg", r#"{"Type":"host-gw"}"#);
     let env = std::fs::read_to_string(c.nodes[1].subnet_file()).unwrap();
     assert!(env.contains("FLANNEL_MTU=1500"), "{env}");
-    let r = routes(&c, 0);
+    let r = c.routes(0);
     assert!(
         r.contains("10.244.2.0/24 via 192.168.50.12 dev eth0"),
         "{r}"
@@ -381,16 +376,17 @@ fn host_gw_cluster_pods_talk_across_nodes() {
 #[test]
 fn a_node_deleted_while_its_peer_agent_was_down_is_removed_at_start() {
     let mut c = cluster("st", r#"{"Type":"vxlan"}"#);
-    assert!(routes(&c, 0).contains("10.244.3.0/24"));
+    assert!(c.routes(0).contains("10.244.3.0/24"));
     c.stop_agent(0, true);
     c.delete_node_object("node-3").unwrap();
     c.start_agent(0).unwrap();
     c.wait_ready(0, READY).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || !routes(&c, 0)
+        eventually(Duration::from_secs(5), || !c
+            .routes(0)
             .contains("10.244.3.0/24")),
         "stale peer survived a restart: {}",
-        routes(&c, 0)
+        c.routes(0)
     );
-    assert!(routes(&c, 0).contains("10.244.2.0/24"));
+    assert!(c.routes(0).contains("10.244.2.0/24"));
 }

@@ -31,6 +31,8 @@ use kube::api::{DeleteParams, PostParams};
 use serde_json::{json, Value};
 use trellis_e2e::netns_cluster::{Cluster, Options, Pod, UNDERLAY_PREFIX};
 use trellis_e2e::poll::eventually;
+use trellis_testkit::metrics;
+use trellis_testkit::ping::{parse_ping_line, PingLoop};
 
 const READY: Duration = Duration::from_secs(60);
 /// The bound asserted on convergence after a fault; the measured figure is printed.
@@ -512,84 +514,6 @@ fn removed_peer(rest: &str) -> Option<PeerOf> {
 // ---------------------------------------------------------------------------------------
 // Traffic and the agents' own account.
 
-/// A 20 ms ping loop with receive timestamps, read on a thread.
-struct PingLoop {
-    label: String,
-    child: Child,
-    replies: Arc<Mutex<Vec<(u64, f64)>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PingLoop {
-    fn start(from: &Pod, to: &Pod) -> PingLoop {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &from.ns.name])
-            .args(["ping", "-D", "-n", "-i", "0.02", "-W", "1", &to.ip])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ping loop");
-        let out = child.stdout.take().expect("ping stdout");
-        let replies = Arc::new(Mutex::new(Vec::new()));
-        let r = replies.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(x) = parse_ping_line(&line) {
-                    if let Ok(mut v) = r.lock() {
-                        v.push(x);
-                    }
-                }
-            }
-        });
-        PingLoop {
-            label: format!("node-{}->node-{}", from.node + 1, to.node + 1),
-            child,
-            replies,
-            reader: Some(reader),
-        }
-    }
-
-    /// (replies, lost, longest gap) among replies received in [from, to] (unix time).
-    fn window(&self, from: f64, to: f64) -> (usize, u64, Duration) {
-        let v = self.replies.lock().map(|v| v.clone()).unwrap_or_default();
-        let mut n = 0;
-        let mut lost = 0;
-        let mut gap = 0.0f64;
-        for w in v.windows(2) {
-            let ((s0, t0), (s1, t1)) = (w[0], w[1]);
-            if t1 >= from && t0 <= to {
-                n += 1;
-                lost += s1.saturating_sub(s0 + 1);
-                gap = gap.max(t1 - t0);
-            }
-        }
-        (n, lost, Duration::from_secs_f64(gap.max(0.0)))
-    }
-}
-
-impl Drop for PingLoop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-fn parse_ping_line(line: &str) -> Option<(u64, f64)> {
-    if !line.contains("bytes from") {
-        return None;
-    }
-    let ts = line.strip_prefix('[')?.split(']').next()?.parse().ok()?;
-    let seq = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("icmp_seq="))?
-        .parse()
-        .ok()?;
-    Some((seq, ts))
-}
-
 struct Pings(Vec<PingLoop>);
 
 impl Pings {
@@ -647,7 +571,7 @@ impl Samplers {
                     let ready = get_once("/readyz").map(|r| r.0);
                     let took = at.elapsed();
                     let metrics = get_once("/metrics")
-                        .map(|(_, body)| parse_metrics(&body))
+                        .map(|(_, body)| metrics::parse(&body))
                         .unwrap_or_default();
                     if let Ok(mut v) = s2.lock() {
                         v.push(Sample {
@@ -703,17 +627,6 @@ fn get_once(path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// `name{labels} value` lines, keyed by `name{labels}`.
-fn parse_metrics(body: &str) -> HashMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 fn metric(s: &Sample, name: &str) -> Option<f64> {
     s.metrics.get(name).copied()
 }
@@ -759,7 +672,11 @@ fn pods_and_pings(c: &mut Cluster) -> (Vec<Pod>, Pings) {
     }
     let pings = Pings(
         (0..pods.len())
-            .map(|i| PingLoop::start(&pods[i], &pods[(i + 1) % pods.len()]))
+            .map(|i| {
+                let (from, to) = (&pods[i], &pods[(i + 1) % pods.len()]);
+                let label = format!("node-{}->node-{}", from.node + 1, to.node + 1);
+                PingLoop::start(&from.ns.name, &to.ip, label)
+            })
             .collect(),
     );
     std::thread::sleep(Duration::from_millis(300));

@@ -22,9 +22,7 @@ const SERVICE_IP: &str = "10.96.0.10";
 
 fn metric(c: &Cluster, i: usize, name: &str) -> Option<f64> {
     let (_, body) = c.agent_http(i, "/metrics")?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
+    trellis_testkit::metrics::value(&body, name)
 }
 
 fn readyz(c: &Cluster, i: usize) -> Option<(u16, String)> {

@@ -332,23 +332,16 @@ fn start_agents(cluster: &mut Cluster, host: &HostDirs) -> TestResult {
         host.subnet_file.display()
     );
     for (node, peer) in [(0, "10.244.2.0/24"), (1, "10.244.1.0/24")] {
-        let routed = eventually(READY, || routes(cluster, node).contains(peer));
+        let routed = eventually(READY, || cluster.routes(node).contains(peer));
         ensure!(
             routed,
             "node-{} never routed {peer}: {}\n{}",
             node + 1,
-            routes(cluster, node),
+            cluster.routes(node),
             cluster.agent_log(node)
         );
     }
     Ok(())
-}
-
-fn routes(c: &Cluster, node: usize) -> String {
-    c.nodes[node]
-        .ns
-        .exec(&["ip", "route", "show", "proto", "116"])
-        .unwrap_or_default()
 }
 
 /// Runs the sandboxes, checks addresses and reachability, then stops and

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use trellis_e2e::netns_cluster::{Cluster, Options, Pod};
+use trellis_testkit::metrics;
+use trellis_testkit::ping::{parse_ping_line, PingLoop};
 
 /// Slower everything inside the VM (software emulation): scale the deadlines.
 fn slow(d: Duration) -> Duration {
@@ -99,10 +101,6 @@ impl Backend {
 
 const ALL: [Backend; 3] = [Backend::Vxlan, Backend::HostGw, Backend::Ipip];
 
-fn routes(c: &Cluster, node: usize) -> String {
-    ip(c, node, &["route", "show", "proto", "116"])
-}
-
 /// `ip -n NODE ARGS` (cheaper than `ip netns exec`); empty on failure.
 fn ip(c: &Cluster, node: usize, args: &[&str]) -> String {
     Command::new("ip")
@@ -123,7 +121,7 @@ fn has_link(c: &Cluster, node: usize, dev: &str) -> bool {
 /// devices or routes of other backends, a stale subnet.env MTU. Empty when done.
 fn kernel_mismatch(c: &Cluster, node: usize, b: Backend) -> Vec<String> {
     let mut wrong = Vec::new();
-    let r = routes(c, node);
+    let r = c.routes(node);
     let n = c.nodes.len();
     for peer in (1..=n).filter(|&p| p != node + 1) {
         let want = b.route(peer);
@@ -233,92 +231,6 @@ fn cluster(tag: &str, nodes: usize, start: Backend, sysctls: Sysctls) -> Cluster
         );
     }
     c
-}
-
-/// A 20 ms ping loop with receive timestamps (`ping -D`), read on a thread.
-struct PingLoop {
-    child: Child,
-    /// (icmp_seq, unix time of the reply)
-    replies: Arc<Mutex<Vec<(u64, f64)>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PingLoop {
-    fn start(from: &Pod, to: &str) -> PingLoop {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &from.ns.name])
-            .args(["ping", "-D", "-n", "-i", "0.02", "-W", "1", to])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ping loop");
-        let out = child.stdout.take().expect("ping stdout");
-        let replies = Arc::new(Mutex::new(Vec::new()));
-        let r = replies.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(x) = parse_ping_line(&line) {
-                    if let Ok(mut v) = r.lock() {
-                        v.push(x);
-                    }
-                }
-            }
-        });
-        PingLoop {
-            child,
-            replies,
-            reader: Some(reader),
-        }
-    }
-
-    fn snapshot(&self) -> Vec<(u64, f64)> {
-        self.replies.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-
-    /// Longest interval without a reply overlapping [from, to], and the number of
-    /// sequence numbers missing among replies in that window.
-    fn gap(&self, from: f64, to: f64) -> (Duration, u64) {
-        let v = self.snapshot();
-        let mut longest = 0.0f64;
-        let mut lost = 0;
-        for w in v.windows(2) {
-            let ((s0, t0), (s1, t1)) = (w[0], w[1]);
-            if t1 >= from && t0 <= to {
-                longest = longest.max(t1 - t0);
-                lost += s1.saturating_sub(s0 + 1);
-            }
-        }
-        if let Some(&(_, t)) = v.last() {
-            if t < to {
-                longest = longest.max(to - t);
-            }
-        }
-        (Duration::from_secs_f64(longest.max(0.0)), lost)
-    }
-}
-
-impl Drop for PingLoop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-/// `[1763777777.123456] 64 bytes from 10.244.2.2: icmp_seq=7 ttl=62 time=0.1 ms`
-fn parse_ping_line(line: &str) -> Option<(u64, f64)> {
-    if !line.contains("bytes from") {
-        return None;
-    }
-    let ts = line.strip_prefix('[')?.split(']').next()?.parse().ok()?;
-    let seq = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("icmp_seq="))?
-        .parse()
-        .ok()?;
-    Some((seq, ts))
 }
 
 /// The system Python: a version manager's shim (pyenv) on PATH is a shell script that
@@ -535,8 +447,7 @@ fn metric(c: &Cluster, node: usize, name: &str) -> Option<f64> {
     if code != 200 {
         return None;
     }
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    metrics::value(&body, name)
 }
 
 /// Every events.k8s.io/v1 Event (one kubectl call: each costs seconds in the VM).
@@ -751,7 +662,7 @@ fn scenario(
         "pods on different nodes cannot talk on {}",
         start.name()
     );
-    let ping = PingLoop::start(&a, &b.ip);
+    let ping = PingLoop::start(&a.ns.name, &b.ip, "");
     let tcp = TcpStream::start(&a, &b, 8090);
     assert!(
         eventually(slow(Duration::from_secs(10)), || tcp.bytes() > 0),

@@ -2,14 +2,13 @@
 //! namespaces (removed on drop, also when a test panics) and a way to run
 //! the plugin binary exactly as a runtime does.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -23,59 +22,37 @@ pub const PLUGIN: &str = env!("CARGO_BIN_EXE_trellis");
 /// asserts how long anything took.
 pub const HUNG_AFTER: Duration = Duration::from_secs(60);
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+pub use trellis_testkit::require_root;
+/// Runs a command; panics with its output unless it succeeds. Returns stdout.
+pub use trellis_testkit::run as sh;
 
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "privileged test: run as root (hack/test.sh does)");
+pub use trellis_testkit::Netns;
+
+/// A network namespace `trl-<tag>-…`, deleted on drop.
+pub fn netns(tag: &str) -> Netns {
+    require_root();
+    Netns::new(&format!("trl-{tag}")).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A network namespace with a unique name; deleted on drop.
-pub struct Netns {
-    pub name: String,
+/// What the plugin tests read from a namespace.
+pub trait NetnsExt {
+    fn links(&self) -> Vec<String>;
+    fn trellis_veths(&self) -> Vec<String>;
+    fn settled_trellis_veths(&self) -> Vec<String>;
+    fn settled_links_contain(&self, name: &str) -> bool;
+    fn ping(&self, ip: &str) -> bool;
 }
 
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        require_root();
-        let name = format!(
-            "trl-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/var/run/netns/{}", self.name))
-    }
-
-    /// Run a command inside; returns (success, stdout).
-    pub fn exec(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("run ip netns exec");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-
-    pub fn links(&self) -> Vec<String> {
-        let (_, out) = self.exec(&["ip", "-o", "link", "show"]);
+impl NetnsExt for Netns {
+    fn links(&self) -> Vec<String> {
+        let (_, out) = self.output(&["ip", "-o", "link", "show"]);
         out.lines()
             .filter_map(|l| l.split(':').nth(1))
             .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
             .collect()
     }
 
-    pub fn trellis_veths(&self) -> Vec<String> {
+    fn trellis_veths(&self) -> Vec<String> {
         self.links()
             .into_iter()
             .filter(|l| l.starts_with("trl"))
@@ -84,7 +61,7 @@ impl Netns {
 
     /// DEL leaves the destruction of the host veth to a background reaper:
     /// wait (bounded) until no trellis veth is left.
-    pub fn settled_trellis_veths(&self) -> Vec<String> {
+    fn settled_trellis_veths(&self) -> Vec<String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
             let left = self.trellis_veths();
@@ -96,7 +73,7 @@ impl Netns {
     }
 
     /// Whether `name` is still present after waiting (bounded) for it to go.
-    pub fn settled_links_contain(&self, name: &str) -> bool {
+    fn settled_links_contain(&self, name: &str) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while self.links().iter().any(|l| l == name) {
             if std::time::Instant::now() > deadline {
@@ -107,30 +84,9 @@ impl Netns {
         false
     }
 
-    pub fn ping(&self, ip: &str) -> bool {
-        self.exec(&["ping", "-c", "1", "-W", "2", ip]).0
+    fn ping(&self, ip: &str) -> bool {
+        self.output(&["ping", "-c", "1", "-W", "2", ip]).0
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// What a plugin run printed and how it exited.
@@ -215,7 +171,7 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("subnet.env"), subnet_env).expect("write subnet.env");
         Node {
-            ns: Netns::new(tag),
+            ns: netns(tag),
             dir,
         }
     }
@@ -288,17 +244,7 @@ impl Node {
 
     /// IP records in the store (files named like an address).
     pub fn ipam_records(&self) -> Vec<String> {
-        let dir = self.ipam_dir().join("cbr0");
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        let mut v: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect();
-        v.sort();
-        v
+        trellis_testkit::ipam::addresses(&self.ipam_dir().join("cbr0"))
     }
 }
 

@@ -3,13 +3,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::future::Future;
-use std::os::fd::AsFd;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use nix::sched::{setns, CloneFlags};
 use serde_json::Value;
 use trellis_agent::annotations::{AnnotationKeys, DEFAULT_PREFIX};
 use trellis_agent::backend::{plan, PlanOptions};
@@ -18,30 +14,22 @@ use trellis_agent::dataplane::desired::KernelState;
 use trellis_agent::net::Mac;
 use trellis_agent::view::{ClusterView, LocalLease, NodeInfo, Underlay};
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 /// A network namespace that exists for the life of the value (deleted on drop, also when the
-/// test panics).
-pub struct Netns {
-    pub name: String,
+/// test panics), driven with whitespace-split argument strings.
+pub struct Netns(trellis_testkit::Netns);
+
+impl std::ops::Deref for Netns {
+    type Target = trellis_testkit::Netns;
+    fn deref(&self) -> &trellis_testkit::Netns {
+        &self.0
+    }
 }
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("trl-dp-{tag}-{}-{n}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("run ip netns add");
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ns = Netns { name };
-        ns.ip("link set lo up");
-        ns
+        Netns(
+            trellis_testkit::Netns::new(&format!("trl-dp-{tag}")).unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     /// `ip -n NS ARGS`, which must succeed; returns stdout.
@@ -115,10 +103,9 @@ impl Netns {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path();
         let joined = std::thread::spawn(move || {
-            let file = File::open(&path).expect("open netns file");
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            trellis_testkit::netns::enter_path(&path).expect("enter the netns");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -130,14 +117,6 @@ impl Netns {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
         }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

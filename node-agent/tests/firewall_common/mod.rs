@@ -3,92 +3,23 @@
 
 #![allow(dead_code)]
 
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use trellis_agent::firewall::exec::Exec;
 use trellis_agent::firewall::executor::Firewall;
 use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
 use trellis_agent::firewall::nftables::NftablesExecutor;
 use trellis_agent::firewall::rules::{FamilyNets, RuleSet};
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+pub use trellis_testkit::{require_root, Netns};
 
-pub fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert_eq!(uid, "0", "privileged test: run as root (hack/test.sh does)");
+/// A network namespace `trl-fw<tag>-…`, deleted on drop.
+pub fn netns(tag: &str) -> Netns {
+    require_root();
+    Netns::new(&format!("trl-fw{tag}")).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A network namespace with a unique name; deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        require_root();
-        let name = format!(
-            "trl-fw{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.sh(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn exec(&self) -> Exec {
-        Exec::in_netns(&self.name)
-    }
-
-    /// Runs a command inside; panics with its output if it fails.
-    pub fn sh(&self, args: &[&str]) -> String {
-        let mut all = vec!["ip", "netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        run(&all)
-    }
-
-    /// Runs a command inside; returns (success, stdout + stderr).
-    pub fn try_sh(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("spawn ip netns exec");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The agent's command executor, pointed into `ns`.
+pub fn exec_in(ns: &Netns) -> Exec {
+    Exec::in_netns(&ns.name)
 }
 
 pub fn nets(network: &str, subnet: &str) -> FamilyNets {
@@ -155,7 +86,7 @@ impl Kind {
     pub async fn firewall(self, ns: &Netns) -> Firewall {
         match self.variant() {
             Some(v) => {
-                let ex = IptablesExecutor::detect(ns.exec(), v)
+                let ex = IptablesExecutor::detect(exec_in(ns), v)
                     .await
                     .expect("detect iptables");
                 Firewall::Iptables(match self.forced_read_mode() {
@@ -164,7 +95,7 @@ impl Kind {
                 })
             }
             None => Firewall::Nftables(
-                NftablesExecutor::detect(ns.exec())
+                NftablesExecutor::detect(exec_in(ns))
                     .await
                     .expect("detect nft"),
             ),

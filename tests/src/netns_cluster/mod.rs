@@ -71,13 +71,15 @@ impl Pod {
 }
 
 impl Cluster {
+    /// trellis's routes on node `i` (`ip route show proto 116`); empty if unreadable.
+    pub fn routes(&self, i: usize) -> String {
+        trellis_testkit::kernel::routes(&self.nodes[i].ns)
+    }
+
     /// Whether every node routes every other node's podCIDR (all advertised and programmed).
     pub fn fully_routed(&self) -> bool {
         (0..self.nodes.len()).all(|n| {
-            let r = self.nodes[n]
-                .ns
-                .exec(&["ip", "route", "show", "proto", "116"])
-                .unwrap_or_default();
+            let r = self.routes(n);
             self.nodes
                 .iter()
                 .enumerate()
@@ -148,8 +150,8 @@ impl Cluster {
         tmp: Option<tempfile::TempDir>,
     ) -> Result<Cluster, String> {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let underlay = Netns::new(&format!("{}-u", opts.tag))?;
-        let ext = Netns::new(&format!("{}-x", opts.tag))?;
+        let underlay = netns::create(&format!("{}-u", opts.tag))?;
+        let ext = netns::create(&format!("{}-x", opts.tag))?;
         let mut cluster = Cluster {
             dir: dir.clone(),
             _tmp: tmp,
@@ -176,7 +178,7 @@ impl Cluster {
             "link set eth0 up\naddr add {EXT_IP}/24 dev eth0\nroute add {UNDERLAY_PREFIX}.0/24 via 192.168.60.254\n"
         ))?;
         for i in 1..=opts.nodes {
-            let ns = Netns::new(&format!("{}-n{i}", opts.tag))?;
+            let ns = netns::create(&format!("{}-n{i}", opts.tag))?;
             let ip: Ipv4Addr = format!("{UNDERLAY_PREFIX}.{}", 10 + i)
                 .parse()
                 .map_err(|e| format!("{e}"))?;
@@ -416,7 +418,7 @@ impl Cluster {
     pub fn add_pod(&mut self, i: usize) -> Result<Pod, String> {
         self.pods += 1;
         let name = format!("pod{}", self.pods);
-        let ns = Netns::new(&format!(
+        let ns = netns::create(&format!(
             "{}-{name}",
             self.underlay.name.trim_end_matches("-u")
         ))?;

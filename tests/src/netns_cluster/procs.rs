@@ -1,7 +1,6 @@
 //! Child processes of the harness (the emulator, agents): logs to files,
 //! stopped on drop.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,24 +76,7 @@ impl Drop for Proc {
     }
 }
 
-pub fn run_with_stdin(mut c: Command, stdin: &str) -> Result<String, String> {
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    if let Some(mut si) = child.stdin.take() {
-        let _ = si.write_all(stdin.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
+pub use trellis_testkit::cmd::run_with_stdin;
 
 /// A workspace binary: `$ENV`, else next to the running test/binary
 /// (target/<profile>/), else target/debug of the workspace.
