@@ -13,9 +13,7 @@
 //! plugins: it proves the harness on its own and gives the baseline for the
 //! RunPodSandbox latency.
 
-use std::collections::BTreeSet;
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,7 +22,9 @@ use serde_json::{json, Value};
 use trellis_e2e::containerd::{
     self, cleanup, cni, image, Containerd, ContainerdOptions, NodeNetns,
 };
-use trellis_e2e::cri::{CriClient, HostPort, PodRef, SandboxState, SandboxStatus};
+use trellis_e2e::cri::{checks, CriClient, HostPort, PodRef, SandboxState, SandboxStatus};
+use trellis_testkit::failure::{Failure, TestResult};
+use trellis_testkit::{ensure, ipam};
 
 const PODS: usize = 5;
 const NETWORK_NAME: &str = "cbr0";
@@ -35,32 +35,6 @@ const HOST_PORT: HostPort = HostPort {
     host_port: 18080,
     container_port: 80,
 };
-
-/// A test failure carrying a readable message (Debug prints it as is, so
-/// `cargo test` shows the error text rather than a struct dump).
-struct Failure(String);
-
-impl fmt::Debug for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<E: fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure(e.to_string())
-    }
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(Failure(format!($($msg)+)));
-        }
-    };
-}
-
-type TestResult<T = ()> = Result<T, Failure>;
 
 /// Which plugin chain the conf dir holds.
 struct Chain {
@@ -256,8 +230,8 @@ async fn pods_lifecycle(ctd: &Containerd, tmp: &Path, label: &str) -> TestResult
     for id in &ids {
         statuses.push(cri.pod_sandbox_status(id).await?);
     }
-    let pod_ips = check_addresses(&statuses)?;
-    check_ipam_records(tmp, &ids, &pod_ips)?;
+    let pod_ips = checks::pod_addresses(&statuses, SUBNET_PREFIX, GATEWAY, "10.244.7.0/24")?;
+    ipam::check_records(&ipam_dir(tmp), &ids, &pod_ips)?;
     check_node(ctd.node(), PODS)?;
     for status in &statuses {
         check_pod_interfaces(status)?;
@@ -283,7 +257,7 @@ async fn pods_lifecycle(ctd: &Containerd, tmp: &Path, label: &str) -> TestResult
     }
     let left = cri.list_pod_sandboxes().await?;
     ensure!(left.is_empty(), "sandboxes left after removal: {left:?}");
-    check_ipam_released(tmp)?;
+    ipam::check_all_released(&ipam_dir(tmp))?;
     check_node(ctd.node(), 0)?;
     check_hostport_rule(ctd.node(), pod_ips[0], false)?;
     let tasks = ctd.live_task_ids();
@@ -291,76 +265,10 @@ async fn pods_lifecycle(ctd: &Containerd, tmp: &Path, label: &str) -> TestResult
     Ok(latencies)
 }
 
-/// One IPv4 per pod, inside the node subnet, never network/gateway/
-/// broadcast, all distinct. Returns them in pod order.
-fn check_addresses(statuses: &[SandboxStatus]) -> TestResult<Vec<Ipv4Addr>> {
-    let mut ips = Vec::with_capacity(statuses.len());
-    for s in statuses {
-        ensure!(
-            s.state == SandboxState::Ready,
-            "sandbox {} not ready: {s:?}",
-            s.id
-        );
-        let [IpAddr::V4(ip)] = s.ips.as_slice() else {
-            return Err(Failure(format!(
-                "sandbox {} should have exactly one IPv4 address, has {:?}",
-                s.id, s.ips
-            )));
-        };
-        let o = ip.octets();
-        ensure!(
-            o[..3] == SUBNET_PREFIX && o[3] != 0 && o[3] != 255 && *ip != GATEWAY,
-            "sandbox {} got {ip}, not a pod address of 10.244.7.0/24",
-            s.id
-        );
-        ips.push(*ip);
-    }
-    let distinct: BTreeSet<_> = ips.iter().collect();
-    ensure!(
-        distinct.len() == ips.len(),
-        "duplicate pod addresses: {ips:?}"
-    );
-    Ok(ips)
-}
-
-fn ipam_dir(tmp: &Path) -> PathBuf {
-    tmp.join("ipam").join(NETWORK_NAME)
-}
-
 /// host-local layout: `<dataDir>/<network>/<ip>` holds the container id
 /// containerd passed (the sandbox id) on its first line.
-fn check_ipam_records(tmp: &Path, ids: &[String], ips: &[Ipv4Addr]) -> TestResult {
-    for (id, ip) in ids.iter().zip(ips) {
-        let path = ipam_dir(tmp).join(ip.to_string());
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Failure(format!(
-                "IPAM record {} for sandbox {id}: {e}",
-                path.display()
-            ))
-        })?;
-        let owner = text.lines().next().unwrap_or_default().trim();
-        ensure!(
-            owner == id,
-            "IPAM record {} names {owner:?}, expected sandbox {id}",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-fn check_ipam_released(tmp: &Path) -> TestResult {
-    let dir = ipam_dir(tmp);
-    let left: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| Failure(format!("IPAM dir {}: {e}", dir.display())))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name != "lock" && !name.starts_with("last_reserved_ip"))
-        .collect();
-    ensure!(
-        left.is_empty(),
-        "IPAM entries not released in {}: {left:?}",
-        dir.display()
-    );
-    Ok(())
+fn ipam_dir(tmp: &Path) -> PathBuf {
+    tmp.join("ipam").join(NETWORK_NAME)
 }
 
 /// The bridge with the gateway address, and `veths` host-side veths, all in

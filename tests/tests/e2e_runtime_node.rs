@@ -13,9 +13,7 @@
 //! and the workspace binaries (`trellis`, `trellis-agent`, `kube-emulator`;
 //! hack/test.sh builds them).
 
-use std::collections::BTreeSet;
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,9 +21,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use trellis_e2e::containerd::{self, cni, image, Containerd, ContainerdOptions, NodeNetns};
-use trellis_e2e::cri::{CriClient, PodRef, SandboxState, SandboxStatus};
+use trellis_e2e::cri::{checks, CriClient, PodRef, SandboxStatus};
 use trellis_e2e::netns_cluster::{Cluster, Options};
 use trellis_e2e::poll::eventually;
+use trellis_testkit::failure::{Failure, TestResult};
+use trellis_testkit::{ensure, ipam};
 
 const READY: Duration = Duration::from_secs(60);
 const CRI_PODS: usize = 2;
@@ -40,31 +40,6 @@ const DEPLOY_CONFIGMAP: &str = concat!(
 const DEPLOY_NAMESPACE: &str = "trellis-system";
 const DEPLOY_CONFIGMAP_NAME: &str = "trellis-config";
 const CONFLIST_NAME: &str = "10-trellis.conflist";
-
-/// A test failure carrying a readable message (Debug prints it as is).
-struct Failure(String);
-
-impl fmt::Debug for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<E: fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure(e.to_string())
-    }
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(Failure(format!($($msg)+)));
-        }
-    };
-}
-
-type TestResult<T = ()> = Result<T, Failure>;
 
 /// node-1's host paths, as a kubelet node has them, under its temp dir.
 struct HostDirs {
@@ -377,8 +352,13 @@ async fn scenario(
     for id in &ids {
         statuses.push(cri.pod_sandbox_status(id).await?);
     }
-    let ips = node1_addresses(&statuses)?;
-    check_ipam_records(host, &ids, &ips)?;
+    let ips = checks::pod_addresses(
+        &statuses,
+        NODE1_PREFIX,
+        NODE1_GATEWAY,
+        "node-1's podCIDR 10.244.1.0/24",
+    )?;
+    ipam::check_records(&ipam_dir(host), &ids, &ips)?;
     ensure!(
         bridge_ports(ctd.node())? == CRI_PODS,
         "cni0 in node-1 should have {CRI_PODS} pod veths"
@@ -416,7 +396,7 @@ async fn scenario(
     }
     let left = cri.list_pod_sandboxes().await?;
     ensure!(left.is_empty(), "sandboxes left after removal: {left:?}");
-    check_ipam_released(host)?;
+    ipam::check_addresses_released(&ipam_dir(host))?;
     ensure!(
         bridge_ports(ctd.node())? == 0,
         "pod veths left on cni0 after removal"
@@ -427,72 +407,10 @@ async fn scenario(
     Ok(latencies)
 }
 
-/// One IPv4 per sandbox, a pod address of node-1's podCIDR (never network,
-/// gateway or broadcast), all distinct.
-fn node1_addresses(statuses: &[SandboxStatus]) -> TestResult<Vec<Ipv4Addr>> {
-    let mut ips = Vec::with_capacity(statuses.len());
-    for s in statuses {
-        ensure!(
-            s.state == SandboxState::Ready,
-            "sandbox {} not ready: {s:?}",
-            s.id
-        );
-        let [IpAddr::V4(ip)] = s.ips.as_slice() else {
-            return Err(Failure(format!(
-                "sandbox {} should have exactly one IPv4 address, has {:?}",
-                s.id, s.ips
-            )));
-        };
-        let o = ip.octets();
-        ensure!(
-            o[..3] == NODE1_PREFIX && o[3] != 0 && o[3] != 255 && *ip != NODE1_GATEWAY,
-            "sandbox {} got {ip}, not a pod address of node-1's podCIDR 10.244.1.0/24",
-            s.id
-        );
-        ips.push(*ip);
-    }
-    let distinct: BTreeSet<_> = ips.iter().collect();
-    ensure!(
-        distinct.len() == ips.len(),
-        "duplicate pod addresses: {ips:?}"
-    );
-    Ok(ips)
-}
-
 /// host-local's layout under the dataDir the conflist names:
 /// `<dataDir>/<network>/<ip>` holds the sandbox id containerd passed.
 fn ipam_dir(host: &HostDirs) -> PathBuf {
     host.data_dir.join("cbr0")
-}
-
-fn check_ipam_records(host: &HostDirs, ids: &[String], ips: &[Ipv4Addr]) -> TestResult {
-    for (id, ip) in ids.iter().zip(ips) {
-        let path = ipam_dir(host).join(ip.to_string());
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Failure(format!("IPAM record {}: {e}", path.display())))?;
-        let owner = text.lines().next().unwrap_or_default().trim();
-        ensure!(
-            owner == id,
-            "IPAM record {} names {owner:?}, expected sandbox {id}",
-            path.display()
-        );
-    }
-    Ok(())
-}
-
-fn check_ipam_released(host: &HostDirs) -> TestResult {
-    let dir = ipam_dir(host);
-    let left: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| Failure(format!("IPAM dir {}: {e}", dir.display())))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.parse::<IpAddr>().is_ok())
-        .collect();
-    ensure!(
-        left.is_empty(),
-        "addresses not released in {}: {left:?}",
-        dir.display()
-    );
-    Ok(())
 }
 
 /// Host-side pod veths attached to cni0 in node-1 (the node's own eth0 is a

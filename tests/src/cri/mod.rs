@@ -7,6 +7,7 @@
 //! of a sandbox holds the netns); the container calls in `containers.rs`
 //! serve the kubelet-like node driver (tests/src/kubelet).
 
+pub mod checks;
 mod containers;
 mod info;
 
