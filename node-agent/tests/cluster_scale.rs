@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use trellis_agent::cluster::{connect, ClientSource, NodeWatchOptions, NodeWatcher};
 use trellis_agent::config::NetConfig;
 use trellis_e2e::apiserver::{Emulator, EmulatorConfig, STATE_FILE};
+use trellis_e2e::fixtures::{self, proc_status_kib};
 
 const NODES: u32 = 5000;
 const CHILD_ENV: &str = "TRELLIS_SCALE_KUBECONFIG";
@@ -26,67 +27,17 @@ fn big_node(i: u32) -> Node {
     serde_json::from_value(big_node_json(i)).expect("valid node")
 }
 
+/// The shared big Node, as a kubelet registers it: with its kind and the kubelet's own
+/// annotations.
 fn big_node_json(i: u32) -> Value {
-    let images: Vec<Value> = (0..40)
-        .map(|k| {
-            json!({
-                "names": [
-                    format!("registry.example.com/team-{k}/service-{k}@sha256:{:064x}", i * 100 + k),
-                    format!("registry.example.com/team-{k}/service-{k}:v1.{k}.{i}")
-                ],
-                "sizeBytes": 10_000_000 + k * 1000
-            })
-        })
-        .collect();
-    let conditions: Vec<Value> = ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
-        .iter()
-        .map(|t| {
-            json!({"type": t, "status": if *t == "Ready" { "True" } else { "False" },
-                   "lastHeartbeatTime": "2025-01-01T00:00:00Z", "lastTransitionTime": "2025-01-01T00:00:00Z",
-                   "reason": format!("Kubelet{t}"), "message": format!("kubelet reports {t} as expected")})
-        })
-        .collect();
     let (a, b) = (i / 250, i % 250);
-    let name = format!("node-{i:05}");
-    json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                       "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": format!("zone-{}", i % 3)},
-            "annotations": {
-                "flannel.alpha.coreos.com/backend-type": "vxlan",
-                "flannel.alpha.coreos.com/backend-data": format!("{{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:{a:02x}:{b:02x}\"}}"),
-                "flannel.alpha.coreos.com/public-ip": format!("172.17.{a}.{b}"),
-                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-                "node.alpha.kubernetes.io/ttl": "0",
-                "volumes.kubernetes.io/controller-managed-attach-detach": "true"
-            }
-        },
-        "spec": {"podCIDR": format!("10.{}.{b}.0/24", 100 + a), "podCIDRs": [format!("10.{}.{b}.0/24", 100 + a)]},
-        "status": {
-            "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": format!("172.17.{a}.{b}")},
-                          {"type": "Hostname", "address": name}],
-            "nodeInfo": {"kubeletVersion": "v1.32.0", "kernelVersion": "6.1.0", "osImage": "Debian GNU/Linux 12",
-                         "containerRuntimeVersion": "containerd://1.7.0", "architecture": "amd64", "operatingSystem": "linux",
-                         "machineID": format!("{i:032x}"), "systemUUID": format!("{i:032x}"), "bootID": format!("{i:032x}"),
-                         "kubeProxyVersion": "v1.32.0"},
-            "images": images
-        }
-    })
-}
-
-fn proc_status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    let mut n = fixtures::big_node_json(i, &format!("172.17.{a}.{b}"));
+    n["apiVersion"] = json!("v1");
+    n["kind"] = json!("Node");
+    let annotations = &mut n["metadata"]["annotations"];
+    annotations["node.alpha.kubernetes.io/ttl"] = json!("0");
+    annotations["volumes.kubernetes.io/controller-managed-attach-detach"] = json!("true");
+    n
 }
 
 /// Writes the Nodes as the emulator's state file, so the emulator starts with them: filling

@@ -8,72 +8,20 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
 use kube::ResourceExt;
-use serde_json::{json, Value};
 use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
+use trellis_e2e::fixtures::{big_node_json, proc_status_kib};
 
 const NODES: usize = 5000;
 
 /// A node shaped like a real one: labels, flannel annotations, conditions, addresses, images.
 fn big_node(i: usize) -> Node {
-    let images: Vec<Value> = (0..40)
-        .map(|k| {
-            json!({
-                "names": [
-                    format!("registry.example.com/team-{k}/service-{k}@sha256:{:064x}", i * 100 + k),
-                    format!("registry.example.com/team-{k}/service-{k}:v1.{k}.{i}")
-                ],
-                "sizeBytes": 10_000_000 + k * 1000
-            })
-        })
-        .collect();
-    let conditions: Vec<Value> = ["MemoryPressure", "DiskPressure", "PIDPressure", "Ready"]
-        .iter()
-        .map(|t| {
-            json!({"type": t, "status": if *t == "Ready" { "True" } else { "False" },
-                   "lastHeartbeatTime": "2025-01-01T00:00:00Z", "lastTransitionTime": "2025-01-01T00:00:00Z",
-                   "reason": format!("Kubelet{t}"), "message": format!("kubelet reports {t} as expected")})
-        })
-        .collect();
+    let i = u32::try_from(i).expect("node index");
     let (a, b) = (i / 250, i % 250);
-    serde_json::from_value(json!({
-        "metadata": {
-            "name": format!("node-{i:05}"),
-            "labels": {"kubernetes.io/hostname": format!("node-{i:05}"), "kubernetes.io/os": "linux",
-                       "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": format!("zone-{}", i % 3)},
-            "annotations": {
-                "flannel.alpha.coreos.com/backend-type": "vxlan",
-                "flannel.alpha.coreos.com/backend-data": format!("{{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:{:02x}:{:02x}\"}}", a, b),
-                "flannel.alpha.coreos.com/public-ip": format!("10.{a}.{b}.1"),
-                "flannel.alpha.coreos.com/kube-subnet-manager": "true"
-            }
-        },
-        "spec": {"podCIDR": format!("10.{}.{}.0/24", 100 + a, b), "podCIDRs": [format!("10.{}.{}.0/24", 100 + a, b)]},
-        "status": {
-            "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": format!("10.{a}.{b}.1")},
-                          {"type": "Hostname", "address": format!("node-{i:05}")}],
-            "nodeInfo": {"kubeletVersion": "v1.32.0", "kernelVersion": "6.1.0", "osImage": "Debian GNU/Linux 12",
-                         "containerRuntimeVersion": "containerd://1.7.0", "architecture": "amd64", "operatingSystem": "linux",
-                         "machineID": format!("{i:032x}"), "systemUUID": format!("{i:032x}"), "bootID": format!("{i:032x}"),
-                         "kubeProxyVersion": "v1.32.0"},
-            "images": images
-        }
-    }))
-    .expect("valid node")
+    serde_json::from_value(big_node_json(i, &format!("10.{a}.{b}.1"))).expect("valid node")
 }
 
 fn rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-        })
-        .map(|kib| kib / 1024)
-        .unwrap_or(0)
+    proc_status_kib("VmRSS:") / 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
