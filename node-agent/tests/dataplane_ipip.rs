@@ -51,12 +51,6 @@ fn ping(node: &Node, src: &str, dst: &str) {
     }
 }
 
-fn tx_packets(node: &Node, dev: &str) -> u64 {
-    node.ns.ip_json(&format!("-s link show dev {dev}"))[0]["stats64"]["tx"]["packets"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 #[test]
 #[ignore = "needs the ipip kernel module: run in hack/vm (see module docs)"]
 fn ipip_device_routes_packets_switch_and_repair() {
@@ -101,9 +95,9 @@ fn ipip_device_routes_packets_switch_and_repair() {
         .ns
         .ip("route show proto 116")
         .contains("10.244.2.0/24 via 192.168.79.2 dev flannel.ipip onlink"));
-    let before = tx_packets(&a, "flannel.ipip");
+    let before = dataplane_support::tx_packets(&a, "flannel.ipip");
     ping(&a, "10.244.1.1", "10.244.2.1");
-    assert!(tx_packets(&a, "flannel.ipip") >= before + 2);
+    assert!(dataplane_support::tx_packets(&a, "flannel.ipip") >= before + 2);
 
     // Drift: the device deleted by hand is signalled and rebuilt.
     let want = desired_for(&a, "ipip", &b, "ipip");

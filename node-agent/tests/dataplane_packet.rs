@@ -26,12 +26,6 @@ fn pod_gateway(node: &Node, v4: &str, v6: &str) {
     node.ns.ip("link set cni0 up");
 }
 
-fn tx_packets(node: &Node, dev: &str) -> u64 {
-    node.ns.ip_json(&format!("-s link show dev {dev}"))[0]["stats64"]["tx"]["packets"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 fn ping(node: &Node, args: &str) -> Result<String, String> {
     node.ns.exec("ping", &format!("-n -q -W 1 {args}"))
 }
@@ -77,13 +71,13 @@ fn pods_on_two_nodes_reach_each_other_through_vxlan() {
     program(&a, want_a);
     program(&b, want_b);
 
-    let before = tx_packets(&a, "flannel.1");
+    let before = dataplane_support::tx_packets(&a, "flannel.1");
     ping(&a, "-c 3 -i 0.2 -I 10.244.1.1 10.244.2.1").expect("pod to pod, IPv4");
     // Host to remote pod: source is flannel.1's own address (the subnet's .0).
     ping(&a, "-c 1 10.244.2.1").expect("node to remote pod, IPv4");
     ping(&b, "-c 1 -I 10.244.2.1 10.244.1.1").expect("the other way, IPv4");
     assert!(
-        tx_packets(&a, "flannel.1") >= before + 4,
+        dataplane_support::tx_packets(&a, "flannel.1") >= before + 4,
         "the pings did not go through flannel.1"
     );
     // Full pod MTU (1450 - 20 - 8) passes unfragmented; one byte more cannot leave.
@@ -91,7 +85,7 @@ fn pods_on_two_nodes_reach_each_other_through_vxlan() {
     assert!(ping_fails(&a, "-M do -s 1423 -I 10.244.1.1 10.244.2.1"));
 
     ping(&a, "-6 -c 2 -i 0.2 -I fd00:10:244:1::1 fd00:10:244:2::1").expect("pod to pod, IPv6");
-    assert!(tx_packets(&a, "flannel-v6.1") >= 2);
+    assert!(dataplane_support::tx_packets(&a, "flannel-v6.1") >= 2);
 
     // B departs from A's view: A's entries for it go, and so does the path.
     let alone = desired(a.lease(), &config, &[]);

@@ -1,33 +1,34 @@
 //! Running a command from a test.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+
+/// What a finished command said: (success, stdout, stderr), both streams as text.
+pub fn split(out: Output) -> (bool, String, String) {
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `cmd` to its end: (success, stdout, stderr); an error if it cannot start.
+pub fn capture(cmd: &mut Command) -> std::io::Result<(bool, String, String)> {
+    cmd.output().map(split)
+}
 
 /// Runs `args[0]` with the rest as arguments; panics with its output unless it succeeds.
 /// Returns stdout.
 pub fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
+    let (ok, out, err) = capture(Command::new(args[0]).args(&args[1..]))
         .unwrap_or_else(|e| panic!("spawn {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert!(ok, "{args:?} failed: {out}{err}");
+    out
 }
 
 /// Runs `cmd` to its end: stdout if it succeeds, else stdout followed by stderr.
 pub fn output(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| e.to_string())?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
-    }
+    stdout_or_all(capture(cmd).map_err(|e| e.to_string())?)
 }
 
 /// Runs `cmd` with `stdin` written to it: stdout if it succeeds, else stdout followed by
@@ -42,11 +43,13 @@ pub fn run_with_stdin(mut cmd: Command, stdin: &str) -> Result<String, String> {
     if let Some(mut si) = child.stdin.take() {
         let _ = si.write_all(stdin.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(stdout)
+    stdout_or_all(split(child.wait_with_output().map_err(|e| e.to_string())?))
+}
+
+fn stdout_or_all((ok, out, err): (bool, String, String)) -> Result<String, String> {
+    if ok {
+        Ok(out)
     } else {
-        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+        Err(format!("{out}{err}"))
     }
 }

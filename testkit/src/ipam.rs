@@ -44,11 +44,9 @@ pub fn check_records(dir: &Path, ids: &[String], ips: &[Ipv4Addr]) -> TestResult
 
 /// Nothing but the store's own files (`lock`, `last_reserved_ip.N`) is left in `dir`.
 pub fn check_all_released(dir: &Path) -> TestResult {
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| Failure(format!("IPAM dir {}: {e}", dir.display())))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name != "lock" && !name.starts_with("last_reserved_ip"))
-        .collect();
+    let left = entries(dir, |name| {
+        name != "lock" && !name.starts_with("last_reserved_ip")
+    })?;
     ensure!(
         left.is_empty(),
         "IPAM entries not released in {}: {left:?}",
@@ -59,15 +57,20 @@ pub fn check_all_released(dir: &Path) -> TestResult {
 
 /// No address is recorded in `dir` any more (the directory must exist).
 pub fn check_addresses_released(dir: &Path) -> TestResult {
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| Failure(format!("IPAM dir {}: {e}", dir.display())))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.parse::<IpAddr>().is_ok())
-        .collect();
+    let left = entries(dir, |name| name.parse::<IpAddr>().is_ok())?;
     ensure!(
         left.is_empty(),
         "addresses not released in {}: {left:?}",
         dir.display()
     );
     Ok(())
+}
+
+/// The names in `dir` that `keep` keeps (the directory must exist).
+fn entries(dir: &Path, keep: impl Fn(&str) -> bool) -> TestResult<Vec<String>> {
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| Failure(format!("IPAM dir {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| keep(name))
+        .collect())
 }

@@ -86,20 +86,12 @@ impl Netns {
     /// Runs a command inside: stdout if it succeeds, else an error naming the command and
     /// the namespace with its stdout and stderr.
     pub fn exec(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let (ok, out, err) =
+            cmd::capture(self.command(args[0]).args(&args[1..])).map_err(|e| e.to_string())?;
+        if ok {
+            Ok(out)
         } else {
-            Err(format!(
-                "{args:?} in {}: {}{}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
+            Err(format!("{args:?} in {}: {out}{err}", self.name))
         }
     }
 
@@ -109,16 +101,9 @@ impl Netns {
 
     /// Runs a command inside; returns (success, stdout followed by stderr).
     pub fn output(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .expect("spawn ip netns exec");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let (ok, out, err) =
+            cmd::capture(self.command(args[0]).args(&args[1..])).expect("spawn ip netns exec");
+        (ok, out + &err)
     }
 
     /// Runs a command inside; panics with its output if it fails. Returns stdout.
@@ -142,19 +127,16 @@ impl Netns {
 
     /// `ip -n <name> <args>`: stdout, or an error naming the command with its stderr.
     pub fn ip(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
+        let (ok, out, err) = cmd::capture(Command::new("ip").args(["-n", &self.name]).args(args))
             .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        if ok {
+            Ok(out)
         } else {
             Err(format!(
                 "`ip -n {} {}` failed: {}",
                 self.name,
                 args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
+                err.trim()
             ))
         }
     }

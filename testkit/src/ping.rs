@@ -112,3 +112,36 @@ pub fn parse_ping_line(line: &str) -> Option<(u64, f64)> {
         .ok()?;
     Some((seq, ts))
 }
+
+/// (transmitted, received) from the summary a finished `ping` prints
+/// (`150 packets transmitted, 149 received, ...`); zeros where it printed none.
+pub fn summary(output: &str) -> (u64, u64) {
+    let nums: Vec<u64> = output
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (
+        nums.first().copied().unwrap_or(0),
+        nums.get(1).copied().unwrap_or(0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_summary_and_reply_lines() {
+        let out = "PING 10.244.2.2 (10.244.2.2) 56(84) bytes of data.\n\n--- 10.244.2.2 ping statistics ---\n150 packets transmitted, 149 received, 0.66% packet loss, time 1500ms\n";
+        assert_eq!(super::summary(out), (150, 149));
+        assert_eq!(super::summary(""), (0, 0));
+        assert_eq!(
+            super::parse_ping_line(
+                "[1763777777.123456] 64 bytes from 10.244.2.2: icmp_seq=7 ttl=62 time=0.1 ms"
+            ),
+            Some((7, 1763777777.123456))
+        );
+        assert_eq!(super::parse_ping_line(out.lines().next().unwrap()), None);
+    }
+}

@@ -13,12 +13,14 @@
 //! plugins: it proves the harness on its own and gives the baseline for the
 //! RunPodSandbox latency.
 
+use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::Flock;
 use serde_json::{json, Value};
+use tempfile::TempDir;
 use trellis_e2e::containerd::{
     self, cleanup, cni, image, Containerd, ContainerdOptions, NodeNetns,
 };
@@ -103,37 +105,34 @@ fn reference_chain(tmp: &Path) -> Chain {
     }
 }
 
-fn running_as_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
+/// A test's turn on this host: `None` (skipped, loudly) without root; else the host-wide
+/// containerd lock, held until dropped, and a temp dir named `<prefix>…`.
+fn node_turn(prefix: &str) -> TestResult<Option<(Flock<File>, TempDir)>> {
+    if !trellis_testkit::skip_unless_root(
+        "the containerd CRI test needs root (network namespaces, containerd, runc). \
+         Run it as root: hack/test.sh does.",
+    ) {
+        return Ok(None);
     }
-    eprintln!(
-        "\n!!!!!!!! SKIPPED: the containerd CRI test needs root (network namespaces, containerd, runc). \
-         Run it as root: hack/test.sh does. !!!!!!!!\n"
-    );
-    false
+    let serial = containerd::serial_lock()?;
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    Ok(Some((serial, tmp)))
 }
 
 #[test]
 fn trellis_via_containerd_cri() -> TestResult {
-    if !running_as_root() {
+    let Some((_serial, tmp)) = node_turn("trellis-cri-")? else {
         return Ok(());
-    }
-    let _serial = containerd::serial_lock()?;
-    let tmp = tempfile::Builder::new().prefix("trellis-cri-").tempdir()?;
+    };
     let chain = trellis_chain(tmp.path())?;
     run_scenario(tmp.path(), chain)
 }
 
 #[test]
 fn reference_plugins_via_containerd_cri() -> TestResult {
-    if !running_as_root() {
+    let Some((_serial, tmp)) = node_turn("trellis-cri-ref-")? else {
         return Ok(());
-    }
-    let _serial = containerd::serial_lock()?;
-    let tmp = tempfile::Builder::new()
-        .prefix("trellis-cri-ref-")
-        .tempdir()?;
+    };
     let chain = reference_chain(tmp.path());
     run_scenario(tmp.path(), chain)
 }
@@ -206,30 +205,18 @@ async fn pods_lifecycle(ctd: &Containerd, tmp: &Path, label: &str) -> TestResult
     );
     cri.wait_network_ready(Duration::from_secs(10)).await?;
 
-    let mut ids = Vec::with_capacity(PODS);
-    let mut latencies = Vec::with_capacity(PODS);
-    for i in 0..PODS {
-        let pod = PodRef {
-            name: format!("pod-{i}"),
-            namespace: "trellis-cri".into(),
-            uid: format!("{:08x}-0000-4000-8000-{i:012}", std::process::id()),
-        };
-        // One pod with a hostPort: the runtime then hands portMappings to
-        // the chained portmap plugin, which needs the first plugin's result.
-        let ports: &[HostPort] = if i == 0 { &[HOST_PORT] } else { &[] };
-        let start = Instant::now();
-        let id = cri
-            .run_pod_sandbox(&pod, ports)
-            .await
-            .map_err(|e| Failure(format!("RunPodSandbox {} via {label}: {e}", pod.name)))?;
-        latencies.push(start.elapsed());
-        ids.push(id);
-    }
+    // One pod with a hostPort: the runtime then hands portMappings to
+    // the chained portmap plugin, which needs the first plugin's result.
+    let (ids, latencies) = checks::run_sandboxes(
+        &mut cri,
+        PODS,
+        ("pod", "trellis-cri"),
+        |i| if i == 0 { &[HOST_PORT] } else { &[] },
+        Some(label),
+    )
+    .await?;
 
-    let mut statuses = Vec::with_capacity(PODS);
-    for id in &ids {
-        statuses.push(cri.pod_sandbox_status(id).await?);
-    }
+    let statuses = checks::statuses(&mut cri, &ids).await?;
     let pod_ips = checks::pod_addresses(&statuses, SUBNET_PREFIX, GATEWAY, "10.244.7.0/24")?;
     ipam::check_records(&ipam_dir(tmp), &ids, &pod_ips)?;
     check_node(ctd.node(), PODS)?;
@@ -249,14 +236,7 @@ async fn pods_lifecycle(ctd: &Containerd, tmp: &Path, label: &str) -> TestResult
         );
     }
 
-    for id in &ids {
-        cri.stop_pod_sandbox(id).await?;
-    }
-    for id in &ids {
-        cri.remove_pod_sandbox(id).await?;
-    }
-    let left = cri.list_pod_sandboxes().await?;
-    ensure!(left.is_empty(), "sandboxes left after removal: {left:?}");
+    checks::stop_and_remove(&mut cri, &ids).await?;
     ipam::check_all_released(&ipam_dir(tmp))?;
     check_node(ctd.node(), 0)?;
     check_hostport_rule(ctd.node(), pod_ips[0], false)?;
@@ -294,25 +274,12 @@ fn check_node(node: &NodeNetns, veths: usize) -> TestResult {
 /// the pause pid: its bind mount lives in containerd's private mount
 /// namespace and is not visible from here.
 fn in_pod(status: &SandboxStatus, program: &str, args: &[&str]) -> TestResult<String> {
-    let netns = status.info.netns_via_proc().ok_or_else(|| {
-        Failure(format!(
-            "sandbox {} reports no pause pid in its verbose info",
-            status.id
-        ))
-    })?;
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .arg(program)
-        .args(args)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (ok, stdout, stderr) = checks::in_sandbox(status, program, args)?;
     ensure!(
-        out.status.success(),
-        "`{program} {}` in sandbox {} failed: {}{}",
+        ok,
+        "`{program} {}` in sandbox {} failed: {stdout}{stderr}",
         args.join(" "),
         status.id,
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
     );
     Ok(stdout)
 }
@@ -386,13 +353,9 @@ fn check_hostport_rule(node: &NodeNetns, pod_ip: Ipv4Addr, present: bool) -> Tes
 /// runc state, no netns, no private directory may remain.
 #[test]
 fn guard_cleans_up_abandoned_sandboxes() -> TestResult {
-    if !running_as_root() {
+    let Some((_serial, tmp)) = node_turn("trellis-cri-guard-")? else {
         return Ok(());
-    }
-    let _serial = containerd::serial_lock()?;
-    let tmp = tempfile::Builder::new()
-        .prefix("trellis-cri-guard-")
-        .tempdir()?;
+    };
     let (ctd, _) = start_node(tmp.path(), &reference_chain(tmp.path()))?;
     let node_name = ctd.node().name().to_string();
     let socket = ctd.socket().to_path_buf();

@@ -5,25 +5,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use trellis_e2e::netns_cluster::{Cluster, Options, Pod, EXT_IP};
+use trellis_e2e::netns_cluster::{Cluster, Pod, EXT_IP};
 use trellis_e2e::poll::eventually;
 
 const READY: Duration = Duration::from_secs(60);
 
 fn cluster(tag: &str, backend: &str) -> Cluster {
-    assert_eq!(
-        nix::unistd::geteuid().as_raw(),
-        0,
-        "end-to-end tests need root"
-    );
-    let mut c = Cluster::up(Options {
-        nodes: 3,
-        backend: backend.into(),
-        tag: tag.into(),
-        agent_args: vec![],
-        ..Default::default()
-    })
-    .expect("cluster up");
+    let mut c = Cluster::for_test(3, backend, tag);
     c.start_agents().expect("agents");
     c.wait_all_ready(READY).expect("agents ready");
     // Ready means programmed with the peers known so far; wait until every
@@ -121,19 +109,7 @@ fn ping_loop(from: &Pod, to: &str, secs: u32) -> Child {
 
 fn ping_loss(child: Child) -> (u64, u64) {
     let out = child.wait_with_output().expect("ping output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or("");
-    let nums: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    (
-        nums.first().copied().unwrap_or(0),
-        nums.get(1).copied().unwrap_or(0),
-    )
+    trellis_testkit::ping::summary(&String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]

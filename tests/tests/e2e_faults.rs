@@ -17,11 +17,9 @@
 //! `chaos_campaign` (ignored) repeats both for `TRELLIS_CHAOS_ROUNDS` rounds with bigger
 //! bursts: `hack/chaos-agent.sh` runs it. Every figure is printed on a `FIGURE` line.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,15 +27,17 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{json, Value};
-use trellis_e2e::netns_cluster::{Cluster, Options, Pod, UNDERLAY_PREFIX};
+use trellis_e2e::netns_cluster::{Cluster, Pod, UNDERLAY_PREFIX};
 use trellis_e2e::poll::eventually;
-use trellis_testkit::metrics;
+use trellis_testkit::agent::{Sample, Samplers};
 use trellis_testkit::ping::{parse_ping_line, PingLoop};
 
 const READY: Duration = Duration::from_secs(60);
 /// The bound asserted on convergence after a fault; the measured figure is printed.
 const CONVERGE_BOUND: Duration = Duration::from_secs(20);
 const ANN: &str = "flannel.alpha.coreos.com";
+/// The agents' health and metrics port, in each node's namespace.
+const AGENT_HEALTH: &str = "127.0.0.1:9402";
 
 fn now_unix() -> f64 {
     SystemTime::now()
@@ -161,45 +161,38 @@ impl Truth {
 /// Create `fakes` (up to 16 requests in flight); returns those created. Already existing
 /// ones count as created.
 fn create_fakes(c: &Cluster, fakes: &[Fake]) -> Vec<Fake> {
-    let fakes = fakes.to_vec();
-    c.with_client(move |client| async move {
-        let nodes: kube::Api<Node> = kube::Api::all(client);
-        let done: Vec<Option<Fake>> = futures::stream::iter(fakes)
-            .map(|f| {
-                let nodes = nodes.clone();
-                async move {
-                    let n: Node = serde_json::from_value(f.node()).ok()?;
-                    match nodes.create(&PostParams::default(), &n).await {
-                        Ok(_) => Some(f),
-                        Err(kube::Error::Api(s)) if s.code == 409 => Some(f),
-                        Err(_) => None,
-                    }
-                }
-            })
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        Ok(done.into_iter().flatten().collect())
+    on_fakes(c, fakes, |nodes, f| async move {
+        let n: Node = serde_json::from_value(f.node()).ok()?;
+        match nodes.create(&PostParams::default(), &n).await {
+            Ok(_) => Some(f),
+            Err(kube::Error::Api(s)) if s.code == 409 => Some(f),
+            Err(_) => None,
+        }
     })
-    .unwrap_or_default()
 }
 
 /// Delete `fakes`; returns those gone (404 counts as gone).
 fn delete_fakes(c: &Cluster, fakes: &[Fake]) -> Vec<Fake> {
+    on_fakes(c, fakes, |nodes, f| async move {
+        match nodes.delete(&f.name(), &DeleteParams::default()).await {
+            Ok(_) => Some(f),
+            Err(kube::Error::Api(s)) if s.code == 404 => Some(f),
+            Err(_) => None,
+        }
+    })
+}
+
+/// Runs `op` on each of `fakes`, up to 16 requests in flight; returns those it did.
+fn on_fakes<F, Fut>(c: &Cluster, fakes: &[Fake], op: F) -> Vec<Fake>
+where
+    F: Fn(kube::Api<Node>, Fake) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<Fake>>,
+{
     let fakes = fakes.to_vec();
     c.with_client(move |client| async move {
         let nodes: kube::Api<Node> = kube::Api::all(client);
         let done: Vec<Option<Fake>> = futures::stream::iter(fakes)
-            .map(|f| {
-                let nodes = nodes.clone();
-                async move {
-                    match nodes.delete(&f.name(), &DeleteParams::default()).await {
-                        Ok(_) => Some(f),
-                        Err(kube::Error::Api(s)) if s.code == 404 => Some(f),
-                        Err(_) => None,
-                    }
-                }
-            })
+            .map(|f| op(nodes.clone(), f))
             .buffer_unordered(16)
             .collect()
             .await;
@@ -532,122 +525,21 @@ impl Pings {
     }
 }
 
-/// One `/readyz` + `/metrics` reading of an agent.
-#[derive(Debug, Clone)]
-struct Sample {
-    at: Instant,
-    /// How long the `/readyz` GET took.
-    took: Duration,
-    ready: Option<u16>,
-    metrics: HashMap<String, f64>,
-}
-
-/// Reads every agent's `/readyz` and `/metrics` every 200 ms from a thread per node
-/// that lives in that node's namespace.
-struct Samplers {
-    stop: Arc<AtomicBool>,
-    samples: Vec<Arc<Mutex<Vec<Sample>>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Samplers {
-    fn start(c: &Cluster) -> Samplers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut samples = Vec::new();
-        let mut threads = Vec::new();
-        for n in &c.nodes {
-            let path: PathBuf = n.ns.path();
-            let s = Arc::new(Mutex::new(Vec::new()));
-            let (s2, stop2) = (s.clone(), stop.clone());
-            threads.push(std::thread::spawn(move || {
-                let Ok(f) = std::fs::File::open(&path) else {
-                    return;
-                };
-                if nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
-                    return;
-                }
-                while !stop2.load(Ordering::Relaxed) {
-                    let at = Instant::now();
-                    let ready = get_once("/readyz").map(|r| r.0);
-                    let took = at.elapsed();
-                    let metrics = get_once("/metrics")
-                        .map(|(_, body)| metrics::parse(&body))
-                        .unwrap_or_default();
-                    if let Ok(mut v) = s2.lock() {
-                        v.push(Sample {
-                            at,
-                            took,
-                            ready,
-                            metrics,
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }));
-            samples.push(s);
-        }
-        Samplers {
-            stop,
-            samples,
-            threads,
-        }
-    }
-
-    fn since(&self, node: usize, t: Instant) -> Vec<Sample> {
-        self.samples[node]
-            .lock()
-            .map(|v| v.iter().filter(|s| s.at >= t).cloned().collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Samplers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// GET `path` from the agent's health port (in the caller's namespace). The request goes
-/// out in one write: the agent answers after a single read, so a request split over
-/// several segments (as `write!` to a bare socket does) can be answered as `/` or reset.
-fn get_once(path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let addr = "127.0.0.1:9402".parse().ok()?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
 fn metric(s: &Sample, name: &str) -> Option<f64> {
     s.metrics.get(name).copied()
+}
+
+/// Samples every node's agent (`/readyz`, `/metrics`) from its namespace.
+fn samplers(c: &Cluster) -> Samplers {
+    let paths: Vec<_> = c.nodes.iter().map(|n| n.ns.path()).collect();
+    Samplers::start(&paths, AGENT_HEALTH)
 }
 
 // ---------------------------------------------------------------------------------------
 // The scenarios.
 
 fn cluster(tag: &str, backend: Backend) -> Cluster {
-    assert_eq!(
-        nix::unistd::geteuid().as_raw(),
-        0,
-        "end-to-end tests need root"
-    );
-    let mut c = Cluster::up(Options {
-        nodes: 3,
-        backend: backend.json().into(),
-        tag: tag.into(),
-        agent_args: vec![],
-        ..Default::default()
-    })
-    .expect("cluster up");
+    let mut c = Cluster::for_test(3, backend.json(), tag);
     c.start_agents().expect("agents");
     c.wait_all_ready(READY).expect("agents ready");
     if let Err(w) = converge(&c, backend, READY) {
@@ -888,7 +780,7 @@ fn fault_rounds(tag: &str, rounds: u32) -> Vec<FaultFigure> {
     let monitors: Vec<KernelMonitor> = (0..c.nodes.len())
         .map(|i| KernelMonitor::start(&c, i))
         .collect();
-    let samplers = Samplers::start(&c);
+    let samplers = samplers(&c);
     let mut truth = Truth::default();
     let mut churn = Vec::new();
     // A few extra peers from the start, so that the faults have live fakes to keep.

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use trellis_e2e::netns_cluster::{Cluster, Netns, Options, Pod};
+use trellis_e2e::netns_cluster::{Cluster, Netns, Pod};
 
 const READY: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(15);
@@ -201,19 +201,9 @@ fn stop_loops(mut l: Loops) -> LoopResults {
     for (name, child) in std::mem::take(&mut l.pings) {
         interrupt(&child);
         let out = child.wait_with_output().expect("ping");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let nums: Vec<u64> = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or("")
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        pings.push((
-            name,
-            nums.first().copied().unwrap_or(0),
-            nums.get(1).copied().unwrap_or(0),
-        ));
+        let (sent, received) =
+            trellis_testkit::ping::summary(&String::from_utf8_lossy(&out.stdout));
+        pings.push((name, sent, received));
     }
     let _ = std::fs::write(&l.stop_file, "");
     let out = l
@@ -364,19 +354,7 @@ fn honest_cluster(
     tag: &str,
     register_first: impl FnOnce(&Cluster),
 ) -> (Cluster, Vec<Pod>) {
-    assert_eq!(
-        nix::unistd::geteuid().as_raw(),
-        0,
-        "end-to-end tests need root"
-    );
-    let mut c = Cluster::up(Options {
-        nodes: 3,
-        backend: backend.into(),
-        tag: tag.into(),
-        agent_args: vec![],
-        ..Default::default()
-    })
-    .expect("cluster up");
+    let mut c = Cluster::for_test(3, backend, tag);
     for &i in &HONEST {
         c.delete_node_object(&c.nodes[i].name.clone())
             .expect("re-register");

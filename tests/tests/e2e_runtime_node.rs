@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use trellis_e2e::containerd::{self, cni, image, Containerd, ContainerdOptions, NodeNetns};
-use trellis_e2e::cri::{checks, CriClient, PodRef, SandboxStatus};
+use trellis_e2e::cri::{checks, CriClient, SandboxStatus};
 use trellis_e2e::netns_cluster::{Cluster, Options};
 use trellis_e2e::poll::eventually;
 use trellis_testkit::failure::{Failure, TestResult};
@@ -332,26 +332,9 @@ async fn scenario(
     // install-cni put in its conf dir.
     cri.wait_network_ready(Duration::from_secs(10)).await?;
 
-    let mut ids = Vec::with_capacity(CRI_PODS);
-    let mut latencies = Vec::with_capacity(CRI_PODS);
-    for i in 0..CRI_PODS {
-        let pod = PodRef {
-            name: format!("web-{i}"),
-            namespace: "default".into(),
-            uid: format!("{:08x}-0000-4000-8000-{i:012}", std::process::id()),
-        };
-        let start = Instant::now();
-        let id = cri
-            .run_pod_sandbox(&pod, &[])
-            .await
-            .map_err(|e| Failure(format!("RunPodSandbox {}: {e}", pod.name)))?;
-        latencies.push(start.elapsed());
-        ids.push(id);
-    }
-    let mut statuses = Vec::with_capacity(CRI_PODS);
-    for id in &ids {
-        statuses.push(cri.pod_sandbox_status(id).await?);
-    }
+    let (ids, latencies) =
+        checks::run_sandboxes(&mut cri, CRI_PODS, ("web", "default"), |_| &[], None).await?;
+    let statuses = checks::statuses(&mut cri, &ids).await?;
     let ips = checks::pod_addresses(
         &statuses,
         NODE1_PREFIX,
@@ -388,14 +371,7 @@ async fn scenario(
         );
     }
 
-    for id in &ids {
-        cri.stop_pod_sandbox(id).await?;
-    }
-    for id in &ids {
-        cri.remove_pod_sandbox(id).await?;
-    }
-    let left = cri.list_pod_sandboxes().await?;
-    ensure!(left.is_empty(), "sandboxes left after removal: {left:?}");
+    checks::stop_and_remove(&mut cri, &ids).await?;
     ipam::check_addresses_released(&ipam_dir(host))?;
     ensure!(
         bridge_ports(ctd.node())? == 0,
@@ -423,22 +399,12 @@ fn bridge_ports(node: &NodeNetns) -> TestResult<usize> {
 /// Pings `ip` from inside the sandbox's netns, entered through its pause
 /// pid: the netns bind mount lives in containerd's private mount namespace.
 fn ping_from_sandbox(status: &SandboxStatus, ip: &str) -> TestResult {
-    let netns = status.info.netns_via_proc().ok_or_else(|| {
-        Failure(format!(
-            "sandbox {} reports no pause pid in its verbose info",
-            status.id
-        ))
-    })?;
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["ping", "-c", "1", "-W", "2", "-q", ip])
-        .output()?;
+    let (ok, stdout, stderr) =
+        checks::in_sandbox(status, "ping", &["-c", "1", "-W", "2", "-q", ip])?;
     ensure!(
-        out.status.success(),
-        "sandbox {} cannot ping {ip}: {}{}",
-        status.id,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        ok,
+        "sandbox {} cannot ping {ip}: {stdout}{stderr}",
+        status.id
     );
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use trellis_e2e::netns_cluster::{Cluster, Options, Pod};
+use trellis_e2e::netns_cluster::{Cluster, Pod};
 use trellis_testkit::metrics;
 use trellis_testkit::ping::{parse_ping_line, PingLoop};
 
@@ -193,19 +193,7 @@ enum Sysctls {
 }
 
 fn cluster(tag: &str, nodes: usize, start: Backend, sysctls: Sysctls) -> Cluster {
-    assert_eq!(
-        nix::unistd::geteuid().as_raw(),
-        0,
-        "end-to-end tests need root"
-    );
-    let mut c = Cluster::up(Options {
-        nodes,
-        backend: start.json(),
-        tag: tag.into(),
-        agent_args: vec![],
-        ..Default::default()
-    })
-    .expect("cluster up");
+    let mut c = Cluster::for_test(nodes, &start.json(), tag);
     if sysctls == Sysctls::KindStrictRpFilter {
         for n in &c.nodes {
             for key in ["all", "default", "eth0"] {

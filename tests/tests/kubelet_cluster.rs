@@ -19,12 +19,10 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
-use trellis_e2e::containerd;
-use trellis_e2e::cri::CriClient;
 use trellis_e2e::kubelet::controllers::{daemonset_pass, scheduler_pass};
 use trellis_e2e::kubelet::harness::{
-    err, fast_runtime_options, runs_here, sh, TestNode, TestResult, BUSYBOX, TEST_IMAGE,
+    err, fast_runtime_options, node_turn, sh, start_emulator, TestNode, TestResult, BUSYBOX,
+    TEST_IMAGE,
 };
 use trellis_e2e::kubelet::node_driver::NodeDriver;
 use trellis_e2e::kubelet::rollout::HASH_LABEL;
@@ -217,25 +215,16 @@ impl AsyncCheck<Pod> for Replaced {
 #[test]
 fn daemonset_per_node_replaced_and_rolled_scheduled_pod_and_refused_pod_via_the_api() -> TestResult
 {
-    if !runs_here() {
+    let Some(_serial) = node_turn()? else {
         return Ok(());
-    }
-    let _serial = containerd::serial_lock().map_err(err("lock"))?;
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(err("tokio"))?;
     rt.block_on(async {
         let dir = tempfile::tempdir().map_err(err("tempdir"))?;
-        let emu = Emulator::start(EmulatorConfig::new(dir.path()))
-            .await
-            .map_err(err("emulator"))?;
-        let client = emu.client().await.map_err(err("client"))?;
-        let port = emu
-            .local_addrs()
-            .first()
-            .map(|a| a.port())
-            .ok_or("the emulator listens nowhere")?;
+        let (_emu, client, port) = start_emulator(dir.path()).await?;
         let mut nodes = Vec::new();
         for (name, subnet) in NODES {
             nodes.push(TestNode::start(name, subnet, "127.0.0.1", port).map_err(err("node"))?);
@@ -261,12 +250,7 @@ async fn scenario(client: &Client, nodes: &[TestNode]) -> TestResult {
     let opts = fast_runtime_options();
     let mut drivers = Vec::new();
     for node in nodes {
-        let mut cri = CriClient::connect(node.ctd.socket())
-            .await
-            .map_err(err("connect"))?;
-        cri.wait_network_ready(Duration::from_secs(10))
-            .await
-            .map_err(err("network"))?;
+        let cri = node.cri_network_ready().await?;
         drivers.push(NodeDriver::new(
             client.clone(),
             cri,
@@ -285,9 +269,7 @@ async fn scenario(client: &Client, nodes: &[TestNode]) -> TestResult {
         return Err(format!("teardown: {errors:?}"));
     }
     for node in nodes {
-        let mut cri = CriClient::connect(node.ctd.socket())
-            .await
-            .map_err(err("connect"))?;
+        let mut cri = node.cri().await?;
         let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
         if !left.is_empty() || !node.ctd.live_task_ids().is_empty() {
             return Err(format!(

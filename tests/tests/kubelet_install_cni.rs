@@ -16,12 +16,11 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
-use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
-use trellis_e2e::containerd::{self, cni};
-use trellis_e2e::cri::CriClient;
+use trellis_e2e::containerd::cni;
 use trellis_e2e::kubelet::background::ClusterLoop;
 use trellis_e2e::kubelet::harness::{
-    err, fast_runtime_options, runs_here, NodeOptions, TestNode, TestResult, BUSYBOX, TEST_IMAGE,
+    err, fast_runtime_options, node_turn, start_emulator, NodeOptions, TestNode, TestResult,
+    BUSYBOX, TEST_IMAGE,
 };
 use trellis_e2e::kubelet::node_driver::NodeDriver;
 
@@ -95,10 +94,9 @@ fn stage(node: &TestNode) -> TestResult<String> {
 
 #[test]
 fn a_daemonset_installs_the_nodes_cni_and_then_pod_network_pods_run() -> TestResult {
-    if !runs_here() {
+    let Some(_serial) = node_turn()? else {
         return Ok(());
-    }
-    let _serial = containerd::serial_lock().map_err(err("lock"))?;
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -106,15 +104,7 @@ fn a_daemonset_installs_the_nodes_cni_and_then_pod_network_pods_run() -> TestRes
         .map_err(err("tokio"))?;
     rt.block_on(async {
         let dir = tempfile::tempdir().map_err(err("tempdir"))?;
-        let emu = Emulator::start(EmulatorConfig::new(dir.path()))
-            .await
-            .map_err(err("emulator"))?;
-        let client = emu.client().await.map_err(err("client"))?;
-        let port = emu
-            .local_addrs()
-            .first()
-            .map(|a| a.port())
-            .ok_or("the emulator listens nowhere")?;
+        let (_emu, client, port) = start_emulator(dir.path()).await?;
         let node = TestNode::start_with(&NodeOptions::new(NODE, "127.0.0.1", port))
             .map_err(err("node"))?;
         let result = scenario(&client, &node).await;
@@ -130,9 +120,7 @@ fn a_daemonset_installs_the_nodes_cni_and_then_pod_network_pods_run() -> TestRes
 async fn scenario(client: &Client, node: &TestNode) -> TestResult {
     let conflist = stage(node)?;
     seed(client, &conflist).await?;
-    let cri = CriClient::connect(node.ctd.socket())
-        .await
-        .map_err(err("connect"))?;
+    let cri = node.cri().await?;
     let opts = fast_runtime_options();
     let driver = NodeDriver::new(client.clone(), cri, node.facts.clone(), opts);
     let cluster = ClusterLoop::spawn(client.clone(), vec![driver], Duration::from_millis(200));
@@ -145,9 +133,7 @@ async fn scenario(client: &Client, node: &TestNode) -> TestResult {
             "web got {ip:?}, not an address of the installed config"
         ));
     }
-    let mut cri = CriClient::connect(node.ctd.socket())
-        .await
-        .map_err(err("connect"))?;
+    let mut cri = node.cri().await?;
     let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
     if !left.is_empty() || !node.ctd.live_task_ids().is_empty() {
         return Err(format!(

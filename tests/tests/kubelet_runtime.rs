@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use serde_json::{json, Value};
-use trellis_e2e::containerd;
 use trellis_e2e::cri::CriClient;
 use trellis_e2e::kubelet::harness::{
-    err, fast_runtime_options, runs_here, sh, TestNode as Node, TestResult, BUSYBOX, TEST_IMAGE,
+    err, fast_runtime_options, node_turn, sh, TestNode as Node, TestResult, BUSYBOX, TEST_IMAGE,
 };
 use trellis_e2e::kubelet::volumes::VolumeData;
 use trellis_e2e::kubelet::{PodRuntime, RuntimeError};
@@ -76,10 +75,9 @@ fn condition(s: &PodStatus, kind: &str) -> Option<String> {
 
 /// Runs `f` on a fresh node; a failure carries containerd's log tail.
 fn run<F: std::future::Future<Output = TestResult>>(f: impl FnOnce(Rc<Node>) -> F) -> TestResult {
-    if !runs_here() {
+    let Some(_serial) = node_turn()? else {
         return Ok(());
-    }
-    let _serial = containerd::serial_lock().map_err(err("lock"))?;
+    };
     let node = Rc::new(Node::start(NODE, 9, "10.96.0.1", 443).map_err(err("node"))?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,12 +183,7 @@ fn pod_network_pod_runs_inits_in_order_then_containers_as_specified() -> TestRes
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         )
         .map_err(err("chmod"))?;
-        let mut cri = CriClient::connect(node.ctd.socket())
-            .await
-            .map_err(err("connect"))?;
-        cri.wait_network_ready(Duration::from_secs(10))
-            .await
-            .map_err(err("network"))?;
+        let mut cri = node.cri_network_ready().await?;
         let pod = web_pod()?;
         let start = Instant::now();
         let mut rt = PodRuntime::start(&mut cri, &pod, &node.facts, &Data, fast_runtime_options())
@@ -316,12 +309,7 @@ fn container<'a>(
 fn host_network_pod_restarts_crashed_and_unhealthy_containers_and_probes_in_the_node() -> TestResult
 {
     run(|node| async move {
-        let mut cri = CriClient::connect(node.ctd.socket())
-            .await
-            .map_err(err("connect"))?;
-        cri.wait_network_ready(Duration::from_secs(10))
-            .await
-            .map_err(err("network"))?;
+        let mut cri = node.cri_network_ready().await?;
         let mut rt = PodRuntime::start(
             &mut cri,
             &host_network_pod()?,
@@ -387,9 +375,7 @@ async fn flaky_checks(cri: &mut CriClient, rt: &mut PodRuntime) -> TestResult {
 #[test]
 fn unhonourable_pod_is_refused_naming_the_field_before_anything_runs() -> TestResult {
     run(|node| async move {
-        let mut cri = CriClient::connect(node.ctd.socket())
-            .await
-            .map_err(err("connect"))?;
+        let mut cri = node.cri().await?;
         let bad = pod(json!({
             "metadata": {"name": "bad", "namespace": "demo", "uid": "uid-bad"},
             "spec": {"containers": [{"name": "c", "image": TEST_IMAGE}],
@@ -413,12 +399,7 @@ fn unhonourable_pod_is_refused_naming_the_field_before_anything_runs() -> TestRe
 #[test]
 fn failed_init_container_fails_a_never_restart_pod_without_starting_its_containers() -> TestResult {
     run(|node| async move {
-        let mut cri = CriClient::connect(node.ctd.socket())
-            .await
-            .map_err(err("connect"))?;
-        cri.wait_network_ready(Duration::from_secs(10))
-            .await
-            .map_err(err("network"))?;
+        let mut cri = node.cri_network_ready().await?;
         let failing = pod(json!({
             "metadata": {"name": "init-fails", "namespace": "demo", "uid": "uid-init-fails"},
             "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,

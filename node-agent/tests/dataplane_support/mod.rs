@@ -58,19 +58,14 @@ impl Netns {
     }
 
     fn cmd(&self, prog: &str, pre: &[&str], args: &str) -> Result<String, String> {
-        let out = Command::new(prog)
-            .args(pre)
-            .args(args.split_whitespace())
-            .output()
-            .map_err(|e| format!("cannot run {prog}: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let (ok, out, err) = trellis_testkit::cmd::capture(
+            Command::new(prog).args(pre).args(args.split_whitespace()),
+        )
+        .map_err(|e| format!("cannot run {prog}: {e}"))?;
+        if ok {
+            Ok(out)
         } else {
-            Err(format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            ))
+            Err(format!("{err}{out}"))
         }
     }
 
@@ -118,6 +113,13 @@ impl Netns {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
+}
+
+/// Packets `dev` on `node` has sent (its tx counter).
+pub fn tx_packets(node: &Node, dev: &str) -> u64 {
+    node.ns.ip_json(&format!("-s link show dev {dev}"))[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// A "node": its namespace with `eth0` (underlay) carrying `addr`/24 (and `addr6`/64).

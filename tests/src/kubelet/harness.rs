@@ -18,10 +18,12 @@ use super::container::Backoff;
 use super::translate::NodeFacts;
 use super::volumes::NodeDirs;
 use super::RuntimeOptions;
+use crate::apiserver::{Emulator, EmulatorConfig, EmulatorHandle};
 use crate::containerd::cni::{self, CniSetupError};
 use crate::containerd::image::{self, ImageError};
 use crate::containerd::netns::NetnsError;
 use crate::containerd::{Containerd, ContainerdError, ContainerdOptions, NodeNetns};
+use crate::cri::CriClient;
 
 /// The only binary of the test image (Debian's busybox-static).
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -50,14 +52,37 @@ pub fn fast_runtime_options() -> RuntimeOptions {
     }
 }
 
+/// An API emulator keeping its state in `dir`, a client of it, and the port it listens on
+/// (for the nodes' kubeconfigs).
+pub async fn start_emulator(dir: &Path) -> TestResult<(EmulatorHandle, kube::Client, u16)> {
+    let emu = Emulator::start(EmulatorConfig::new(dir))
+        .await
+        .map_err(err("emulator"))?;
+    let client = emu.client().await.map_err(err("client"))?;
+    let port = emu
+        .local_addrs()
+        .first()
+        .map(|a| a.port())
+        .ok_or("the emulator listens nowhere")?;
+    Ok((emu, client, port))
+}
+
 /// Whether the driver's tests can run here; without root they are skipped, loudly. (A missing
 /// busybox or containerd fails them instead, with what to install.)
 pub fn runs_here() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
+    trellis_testkit::skip_unless_root("needs root (netns, containerd, runc)")
+}
+
+/// A node test's turn on this host: `None` where it cannot run ([`runs_here`]), else the
+/// host-wide containerd lock, held until dropped (containerd instances share
+/// `/run/containerd` and the k8s.io cgroup).
+pub fn node_turn() -> TestResult<Option<nix::fcntl::Flock<std::fs::File>>> {
+    if !runs_here() {
+        return Ok(None);
     }
-    eprintln!("\n!!!!!!!! SKIPPED: needs root (netns, containerd, runc) !!!!!!!!\n");
-    false
+    crate::containerd::serial_lock()
+        .map(Some)
+        .map_err(err("lock"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +158,22 @@ impl NodeOptions {
 }
 
 impl TestNode {
+    /// A CRI client of this node's containerd.
+    pub async fn cri(&self) -> TestResult<CriClient> {
+        CriClient::connect(self.ctd.socket())
+            .await
+            .map_err(err("connect"))
+    }
+
+    /// [`TestNode::cri`], once containerd reports its network ready (it loaded a CNI config).
+    pub async fn cri_network_ready(&self) -> TestResult<CriClient> {
+        let mut cri = self.cri().await?;
+        cri.wait_network_ready(Duration::from_secs(10))
+            .await
+            .map_err(err("network"))?;
+        Ok(cri)
+    }
+
     /// A fresh netns with the reference CNI on `10.244.<subnet>.0/24`.
     pub fn start(
         name: &str,
