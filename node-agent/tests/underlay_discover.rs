@@ -18,14 +18,6 @@ fn discover_in(ns: &Netns, opts: IfaceOptions) -> Result<Underlay, UnderlayError
     })
 }
 
-fn runs_here() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("SKIPPED: needs root");
-    }
-    root
-}
-
 fn node() -> Node {
     let node = Node::standalone(
         "udisc",
@@ -43,7 +35,7 @@ fn node() -> Node {
 
 #[test]
 fn the_default_routes_interface_without_iface() {
-    if !runs_here() {
+    if !trellis_testkit::skip_unless_root("needs root") {
         return;
     }
     let node = node();
@@ -62,7 +54,7 @@ fn the_default_routes_interface_without_iface() {
 
 #[test]
 fn the_interface_that_reaches_iface_can_reach() {
-    if !runs_here() {
+    if !trellis_testkit::skip_unless_root("needs root") {
         return;
     }
     let node = node();
@@ -77,7 +69,7 @@ fn the_interface_that_reaches_iface_can_reach() {
 
 #[test]
 fn an_ecmp_default_route_and_an_ipv6_only_node() {
-    if !runs_here() {
+    if !trellis_testkit::skip_unless_root("needs root") {
         return;
     }
     let ecmp = node();

@@ -248,12 +248,7 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
         .spawn()
         .unwrap();
     let relists = |c: &Cluster| {
-        c.agent_http(0, "/metrics")
-            .and_then(|(_, m)| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("trellis_node_watch_relists_total "))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
+        c.metric(0, "trellis_node_watch_relists_total")
             .unwrap_or(0.0)
     };
     c.restart_emulator().unwrap();

@@ -20,11 +20,6 @@ const RECHECK: Duration = Duration::from_secs(25);
 /// A Service's cluster IP: kube-proxy DNATs it to a backend pod.
 const SERVICE_IP: &str = "10.96.0.10";
 
-fn metric(c: &Cluster, i: usize, name: &str) -> Option<f64> {
-    let (_, body) = c.agent_http(i, "/metrics")?;
-    trellis_testkit::metrics::value(&body, name)
-}
-
 fn readyz(c: &Cluster, i: usize) -> Option<(u16, String)> {
     c.agent_http(i, "/readyz")
 }
@@ -95,14 +90,13 @@ fn the_agent_waits_alive_for_a_pod_cidr_and_reports_a_host_without_bridge_netfil
         readyz(&c, 0),
         c.agent_log(0)
     );
-    let first = metric(&c, 0, "trellis_heartbeat_timestamp_seconds").unwrap_or(0.0);
+    let first = c
+        .metric(0, "trellis_heartbeat_timestamp_seconds")
+        .unwrap_or(0.0);
     assert!(
-        eventually(Duration::from_secs(15), || metric(
-            &c,
-            0,
-            "trellis_heartbeat_timestamp_seconds"
-        )
-        .is_some_and(|t| t > first)),
+        eventually(Duration::from_secs(15), || c
+            .metric(0, "trellis_heartbeat_timestamp_seconds")
+            .is_some_and(|t| t > first)),
         "the heartbeat did not move from {first} while the agent waited:\n{:?}\n{}",
         c.agent_http(0, "/metrics"),
         c.agent_log(0)

@@ -63,7 +63,7 @@ impl HostDirs {
 #[test]
 fn runtime_driven_node_gets_pod_cidr_addresses_and_reaches_other_node() -> TestResult {
     ensure!(
-        nix::unistd::geteuid().is_root(),
+        trellis_testkit::is_root(),
         "the runtime-driven node test needs root (network namespaces, containerd, runc)"
     );
     let t0 = Instant::now();

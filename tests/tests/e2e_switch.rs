@@ -103,14 +103,7 @@ const ALL: [Backend; 3] = [Backend::Vxlan, Backend::HostGw, Backend::Ipip];
 
 /// `ip -n NODE ARGS` (cheaper than `ip netns exec`); empty on failure.
 fn ip(c: &Cluster, node: usize, args: &[&str]) -> String {
-    Command::new("ip")
-        .args(["-n", &c.nodes[node].ns.name])
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    c.nodes[node].ns.ip(args).unwrap_or_default()
 }
 
 fn has_link(c: &Cluster, node: usize, dev: &str) -> bool {

@@ -389,6 +389,12 @@ impl Cluster {
             .flatten()
     }
 
+    /// The sample `name` (labels included, if any) of node `i`'s agent's `/metrics`.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let (_, body) = self.agent_http(i, "/metrics")?;
+        trellis_testkit::metrics::value(&body, name)
+    }
+
     /// Wait until node `i`'s agent says ready and subnet.env exists.
     pub fn wait_ready(&self, i: usize, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
@@ -674,10 +680,7 @@ impl Cluster {
     /// `Backend`), agents not started yet. Fails the test without root or when the cluster
     /// cannot come up.
     pub fn for_test(nodes: usize, backend: &str, tag: &str) -> Cluster {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "end-to-end tests need root"
-        );
+        assert!(trellis_testkit::is_root(), "end-to-end tests need root");
         Cluster::up(Options {
             nodes,
             backend: backend.into(),
