@@ -17,6 +17,24 @@ use trellis_agent::net::Mac;
 /// A hand-made change to what trellis owns.
 type Drift<'a> = Box<dyn Fn() + 'a>;
 
+/// Node 1 of 192.168.1.0/24 (podCIDR 10.244.1.0/24), alone.
+fn node1(tag: &str) -> Node {
+    Node::standalone(
+        tag,
+        "192.168.1.1",
+        "10.244.1.0/24",
+        Mac([0x02, 0xaa, 0, 0, 0, 0x01]),
+    )
+}
+
+/// Its peers, nodes 2 and 3.
+fn two_peers() -> Vec<PeerNode> {
+    vec![
+        PeerNode::new(2, "192.168.1.2"),
+        PeerNode::new(3, "192.168.1.3"),
+    ]
+}
+
 /// Wait until no signal has come for `quiet`; returns how many came meanwhile.
 async fn drain(rx: &mut Receiver<()>, quiet: Duration) -> usize {
     let mut n = 0;
@@ -28,16 +46,8 @@ async fn drain(rx: &mut Receiver<()>, quiet: Duration) -> usize {
 
 #[test]
 fn drift_is_signalled_within_a_second_and_repaired() {
-    let node = Node::standalone(
-        "drift",
-        "192.168.1.1",
-        "10.244.1.0/24",
-        Mac([0x02, 0xaa, 0, 0, 0, 0x01]),
-    );
-    let peers = vec![
-        PeerNode::new(2, "192.168.1.2"),
-        PeerNode::new(3, "192.168.1.3"),
-    ];
+    let node = node1("drift");
+    let peers = two_peers();
     let want = desired(node.lease(), &vxlan_config(1, 8472), &peers);
     let ns = node.ns.name.clone();
     let p = peers[0].clone();
@@ -135,12 +145,7 @@ fn drift_is_signalled_within_a_second_and_repaired() {
 
 #[test]
 fn monitor_receiver_closes_when_the_monitor_is_dropped() {
-    let node = Node::standalone(
-        "drop",
-        "192.168.1.1",
-        "10.244.1.0/24",
-        Mac([0x02, 0xaa, 0, 0, 0, 0x01]),
-    );
+    let node = node1("drop");
     node.ns.run(|| async {
         let (monitor, mut rx) = DriftMonitor::start().await.expect("monitor");
         drop(monitor);
@@ -156,16 +161,8 @@ fn monitor_receiver_closes_when_the_monitor_is_dropped() {
 /// departed peer) are not signalled, drift still is, and a light pass applies only the diff.
 #[test]
 fn own_changes_are_not_drift_when_the_monitor_knows_what_to_expect() {
-    let node = Node::standalone(
-        "expect",
-        "192.168.1.1",
-        "10.244.1.0/24",
-        Mac([0x02, 0xaa, 0, 0, 0, 0x01]),
-    );
-    let peers = vec![
-        PeerNode::new(2, "192.168.1.2"),
-        PeerNode::new(3, "192.168.1.3"),
-    ];
+    let node = node1("expect");
+    let peers = two_peers();
     let config = vxlan_config(1, 8472);
     let want = desired(node.lease(), &config, &peers);
     let want_more = desired(

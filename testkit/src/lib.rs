@@ -4,9 +4,10 @@
 //! - [`netns::Netns`]: a throwaway network namespace, deleted on drop.
 //! - [`require_root`] / [`skip_unless_root`] / [`is_root`]: privileged tests.
 //! - [`cmd`]: running a command and failing with its output.
-//! - [`failure`]: [`failure::Failure`], [`ensure!`] and [`failure::TestResult`] for tests returning `Result`.
+//! - [`failure`]: [`failure::Failure`], [`ensure!`] and [`failure::TestResult`] for tests
+//!   returning `Result`.
 //! - [`poll`]: [`poll::eventually`], waiting for a condition without fixed sleeps.
-//! - [`ping::PingLoop`]: a 20 ms `ping -D` with receive timestamps.
+//! - [`ping::PingLoop`]: a 20 ms `ping -D` with receive timestamps; [`ping::summary`].
 //! - [`metrics`]: the Prometheus text format the agent serves; [`agent::Samplers`] read an
 //!   agent's `/readyz` and `/metrics` throughout a scenario.
 //! - [`ipam`]: the host-local IPAM store the plugin writes.
