@@ -11,13 +11,15 @@
 //! - [`metrics`]: the Prometheus text format the agent serves; [`agent::Samplers`] read an
 //!   agent's `/readyz` and `/metrics` throughout a scenario.
 //! - [`ipam`]: the host-local IPAM store the plugin writes.
-//! - [`kernel`]: reading back the kernel entries trellis owns.
+//! - [`kernel`]: reading back the kernel entries trellis owns; [`lines::Recorder`] records
+//!   what `ip monitor` and the like print while a scenario runs.
 
 pub mod agent;
 pub mod cmd;
 pub mod failure;
 pub mod ipam;
 pub mod kernel;
+pub mod lines;
 pub mod metrics;
 pub mod netns;
 pub mod ping;

@@ -18,9 +18,7 @@
 //! bursts: `hack/chaos-agent.sh` runs it. Every figure is printed on a `FIGURE` line.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -30,6 +28,7 @@ use serde_json::{json, Value};
 use trellis_e2e::netns_cluster::{Cluster, Pod, UNDERLAY_PREFIX};
 use trellis_e2e::poll::eventually;
 use trellis_testkit::agent::{Sample, Samplers};
+use trellis_testkit::lines::Recorder;
 use trellis_testkit::ping::{parse_ping_line, PingLoop};
 
 const READY: Duration = Duration::from_secs(60);
@@ -377,51 +376,27 @@ fn converge(c: &Cluster, backend: Backend, bound: Duration) -> Result<Duration, 
 /// `ip monitor route neigh` and `bridge monitor fdb` in one node: every line, stamped.
 struct KernelMonitor {
     node: usize,
-    children: Vec<Child>,
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
+    rec: Recorder,
 }
 
 impl KernelMonitor {
     fn start(c: &Cluster, node: usize) -> KernelMonitor {
         let ns = c.nodes[node].ns.name.clone();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut children = Vec::new();
-        let mut readers = Vec::new();
+        let mut rec = Recorder::new();
         for (prog, args) in [
-            ("ip", ["monitor", "route", "neigh"]),
-            ("bridge", ["monitor", "fdb", ""]),
+            ("ip", &["monitor", "route", "neigh"][..]),
+            ("bridge", &["monitor", "fdb"][..]),
         ] {
-            let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
-            let mut child = Command::new(prog)
-                .args(["-n", &ns])
-                .args(&args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("kernel monitor");
-            let out = child.stdout.take().expect("monitor stdout");
-            let l = lines.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if let Ok(mut v) = l.lock() {
-                        v.push((Instant::now(), line));
-                    }
-                }
-            }));
-            children.push(child);
+            let mut cmd = Command::new(prog);
+            cmd.args(["-n", &ns]).args(args);
+            rec.spawn(cmd).expect("kernel monitor");
         }
-        KernelMonitor {
-            node,
-            children,
-            lines,
-            readers,
-        }
+        KernelMonitor { node, rec }
     }
 
     /// Deletions of entries of real peers (never allowed) or of fakes live at the time.
     fn wrongly_removed(&self, c: &Cluster, truth: &Truth, since: Instant) -> Vec<String> {
-        let lines = self.lines.lock().map(|v| v.clone()).unwrap_or_default();
+        let lines = self.rec.lines();
         let mut wrong = Vec::new();
         for (t, line) in lines.iter().filter(|(t, _)| *t >= since) {
             let Some(rest) = line.strip_prefix("Deleted ") else {
@@ -446,26 +421,11 @@ impl KernelMonitor {
     }
 
     fn deletions_since(&self, since: Instant) -> usize {
-        self.lines
-            .lock()
-            .map(|v| {
-                v.iter()
-                    .filter(|(t, l)| *t >= since && l.starts_with("Deleted "))
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for KernelMonitor {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
+        self.rec
+            .lines()
+            .iter()
+            .filter(|(t, l)| *t >= since && l.starts_with("Deleted "))
+            .count()
     }
 }
 
