@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use trellis_agent::firewall::exec::Exec;
 use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
 use trellis_agent::firewall::rules::{FamilyNets, RuleSet};
+use trellis_agent::firewall::tool::Exec;
 
 struct Args {
     variant: Variant,

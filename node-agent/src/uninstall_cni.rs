@@ -29,9 +29,9 @@ use std::process::ExitCode;
 use crate::dataplane::desired::KernelState;
 use crate::dataplane::diff::{diff, Op};
 use crate::dataplane::netlink::{apply, Dataplane, NetlinkError, OpError};
-use crate::firewall::exec::{Exec, FirewallError};
 use crate::firewall::iptables::{IptablesExecutor, Variant};
 use crate::firewall::nftables::NftablesExecutor;
+use crate::firewall::tool::{Exec, FirewallError};
 use crate::install_cni::{
     is_cni_config_name, regular_file_names, rename_durably, validate_conflist, DEFAULT_BIN_DIR,
     DEFAULT_CONFLIST_NAME, DEFAULT_CONF_DIR, DEFAULT_PLUGIN_NAME, REPLACED_SUFFIX,

@@ -6,8 +6,8 @@ mod firewall_common;
 
 use firewall_common::*;
 use trellis_agent::firewall::drift::DriftKind;
-use trellis_agent::firewall::executor::{switch, Firewall};
 use trellis_agent::firewall::rules::RuleSet;
+use trellis_agent::firewall::{switch, Firewall};
 
 const MASQ_JUMP: &str = "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG";
 const FWD_JUMP: &str = "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD";
@@ -406,8 +406,8 @@ async fn iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain_reading
 /// still tells an edit of our chain.
 #[tokio::test]
 async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
-    use trellis_agent::firewall::exec::Exec;
     use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
+    use trellis_agent::firewall::tool::Exec;
 
     let ns = netns("ownread");
     let mut restore = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
@@ -608,8 +608,8 @@ async fn resync_repairs_only_when_drifted() {
 #[tokio::test]
 async fn a_held_xtables_lock_is_a_clear_error() {
     use std::time::{Duration, Instant};
-    use trellis_agent::firewall::exec::FirewallError;
     use trellis_agent::firewall::iptables::{IptablesExecutor, Variant};
+    use trellis_agent::firewall::tool::FirewallError;
 
     let ns = netns("lock");
     let dir = tempfile::tempdir().unwrap();
@@ -637,7 +637,7 @@ async fn a_held_xtables_lock_is_a_clear_error() {
     }
     std::thread::sleep(Duration::from_millis(100));
 
-    let exec = trellis_agent::firewall::exec::Exec::new().with_prefix(prefix);
+    let exec = trellis_agent::firewall::tool::Exec::new().with_prefix(prefix);
     let fw = IptablesExecutor::new(exec.clone(), Variant::Legacy, true)
         .with_lock_wait(Duration::from_secs(1));
     let err = fw.apply(&full_rules()).await.expect_err("the lock is held");
@@ -669,7 +669,7 @@ async fn a_held_xtables_lock_is_a_clear_error() {
 
     // A namespace that does not exist: ip's own complaint comes through.
     let err = trellis_agent::firewall::nftables::NftablesExecutor::new(
-        trellis_agent::firewall::exec::Exec::in_netns("trellis-no-such-netns"),
+        trellis_agent::firewall::tool::Exec::in_netns("trellis-no-such-netns"),
         true,
     )
     .apply(&full_rules())
@@ -686,8 +686,8 @@ async fn a_held_xtables_lock_is_a_clear_error() {
 /// whole ruleset, kube-proxy's included).
 #[tokio::test]
 async fn nftables_check_without_the_table_lists_only_that_table() {
-    use trellis_agent::firewall::exec::Exec;
     use trellis_agent::firewall::nftables::NftablesExecutor;
+    use trellis_agent::firewall::tool::Exec;
 
     let ns = netns("nftmissing");
     let log = tempfile::NamedTempFile::new().unwrap();

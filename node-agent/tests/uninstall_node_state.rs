@@ -10,8 +10,8 @@ use dataplane_support::{dual_vxlan_config, trellis_routes, trellis_routes6, Node
 use firewall_common::{add_foreign_rules, full_rules, full_snapshot, Kind};
 use trellis_agent::dataplane::diff::Op;
 use trellis_agent::dataplane::netlink::Dataplane;
-use trellis_agent::firewall::exec::Exec;
-use trellis_agent::firewall::executor::Firewall;
+use trellis_agent::firewall::tool::Exec;
+use trellis_agent::firewall::Firewall;
 use trellis_agent::net::Mac;
 use trellis_agent::uninstall_cni::{remove_node_state, NodeStateReport, Removal};
 
@@ -47,8 +47,8 @@ fn program_like_the_agent(node: &Node) {
         let report = dp.reconcile(&want).await.expect("reconcile");
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         for backend in [
-            trellis_agent::firewall::executor::Backend::Iptables,
-            trellis_agent::firewall::executor::Backend::Nftables,
+            trellis_agent::firewall::Backend::Iptables,
+            trellis_agent::firewall::Backend::Nftables,
         ] {
             let fw = Firewall::detect(backend, Exec::in_netns(&name))
                 .await

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use crate::config::NetConfig;
-use crate::firewall::exec::Exec;
-use crate::firewall::executor::{self as fw, Backend as FwBackend, Firewall};
 use crate::firewall::rules::RuleSet;
+use crate::firewall::tool::Exec;
+use crate::firewall::{self as fw, Backend as FwBackend, Firewall};
 
 /// Owns the firewall's state from pass to pass.
 pub(super) struct FirewallSync {

@@ -131,7 +131,7 @@ fn family_rules(n: FamilyNets, masquerade: bool, forward: bool) -> Vec<Rule> {
 /// An `iptables` rule in a built-in chain that jumps to one of trellis's chains. These cannot
 /// go through `iptables-restore --noflush` as they are (it would append a duplicate each
 /// time), so the executor counts them in the saved state and adds or deletes only the
-/// difference (`iptables_state::apply_script`).
+/// difference (`iptables::state::apply_script`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JumpRule {
     pub table: &'static str,

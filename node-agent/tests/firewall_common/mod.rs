@@ -3,11 +3,11 @@
 
 #![allow(dead_code)]
 
-use trellis_agent::firewall::exec::Exec;
-use trellis_agent::firewall::executor::Firewall;
 use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
 use trellis_agent::firewall::nftables::NftablesExecutor;
 use trellis_agent::firewall::rules::{FamilyNets, RuleSet};
+use trellis_agent::firewall::tool::Exec;
+use trellis_agent::firewall::Firewall;
 
 pub use trellis_testkit::{require_root, Netns};
 

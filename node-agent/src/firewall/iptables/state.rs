@@ -1,5 +1,5 @@
 //! Reading `iptables-save` output, comparing it with the rule set, and planning the
-//! `iptables-restore --noflush` input that fixes it. Pure: [`super::iptables`] runs the tools.
+//! `iptables-restore --noflush` input that fixes it. Pure: the driver in [`super`] runs the tools.
 //!
 //! The restore input does everything for one family in one transaction per table: it
 //! redeclares trellis's chains (which flushes and refills them) and adds or removes the jump
@@ -7,8 +7,8 @@
 
 use std::fmt;
 
-use super::drift::{Drift, DriftKind};
-use super::rules::{JumpRule, FORWARD_CHAIN, MASQ_CHAIN};
+use crate::firewall::drift::{Drift, DriftKind};
+use crate::firewall::rules::{JumpRule, FORWARD_CHAIN, MASQ_CHAIN};
 
 /// trellis's chains and the tables they live in.
 pub(crate) const OURS: [(&str, &str); 2] = [("nat", MASQ_CHAIN), ("filter", FORWARD_CHAIN)];
@@ -299,7 +299,7 @@ fn delete_line(r: &SavedRule) -> String {
 /// state read just before. A jump already there keeps its place; a missing one is appended,
 /// which is where flannel puts it, so a node taken over from flannel does not change.
 ///
-/// [`RuleSet::iptables_restore`]: super::rules::RuleSet::iptables_restore
+/// [`RuleSet::iptables_restore`]: crate::firewall::rules::RuleSet::iptables_restore
 pub(crate) fn apply_script(desired: &str, wanted: &[JumpRule], kernel: &Saved) -> String {
     let mut out = String::new();
     let mut table = "";

@@ -1,5 +1,5 @@
 //! Reading trellis's nftables table from `nft -j list table inet trellis` and comparing it with
-//! the rule set. Pure: [`super::nftables`] runs nft.
+//! the rule set. Pure: the driver in [`super`] runs nft.
 //!
 //! The comparison is by meaning, not by text: nft lists rules in its own normal form (e.g.
 //! `meta mark & 0x00004000`), which differs between versions. Each listed rule is read back
@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
-use super::drift::{Drift, DriftKind};
-use super::rules::{
+use crate::firewall::drift::{Drift, DriftKind};
+use crate::firewall::rules::{
     AddrMatch, Hook, Rule, RuleSet, Verdict, NFT_FORWARD_CHAIN, NFT_POSTROUTING_CHAIN, NFT_TABLE,
 };
 use crate::net::Family;
@@ -164,7 +164,7 @@ fn from_model(r: &Rule, family: Family, random_fully: bool) -> NftRule {
 
 /// Whether `nft list table inet trellis` failed because the table does not exist: the
 /// kernel's ENOENT, which nft prints as "No such file or directory" (with `LC_ALL=C`, which
-/// [`super::exec::Exec`] sets), followed in newer versions by a "did you mean" hint.
+/// [`crate::firewall::tool::Exec`] sets), followed in newer versions by a "did you mean" hint.
 ///
 /// Asking `nft list tables` instead would not depend on the words, but nft (1.0.6 at least)
 /// fetches the whole ruleset for it: with kube-proxy's 20,000 iptables-nft rules, 0.3 s and

@@ -1,13 +1,15 @@
-//! The nftables executor: trellis's own table `inet trellis`, rewritten whole in one
+//! The nftables driver: trellis's own table `inet trellis`, rewritten whole in one
 //! transaction by `nft -f -` and read back with `nft -j list table`. Nothing outside that
 //! table is ever touched, so other users of nftables (kube-proxy, firewalld, iptables-nft's
-//! own tables) are unaffected.
+//! own tables) are unaffected. It runs nft; `state.rs` reads nft's JSON back into the rule
+//! model and compares, without running anything.
 
+mod state;
+
+use self::state::TableState;
 use super::drift::{Drift, Installed, Section};
-use super::exec::{Exec, FirewallError};
-use super::iptables::parse_version;
-use super::nft_state::{self as state, TableState};
 use super::rules::{nft_cleanup_script, RuleSet, NFT_TABLE};
+use super::tool::{parse_version, Exec, FirewallError};
 
 /// `masquerade fully-random` is accepted by nft since 0.9.0.
 const FULLY_RANDOM_SINCE: (u32, u32, u32) = (0, 9, 0);

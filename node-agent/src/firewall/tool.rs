@@ -222,10 +222,48 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// The version in a tool's `--version` output: `iptables v1.8.9 (nf_tables)` -> (1, 8, 9),
+/// `nftables v1.0.6 (Lester Gooch #5)` -> (1, 0, 6). Both drivers decide features by it.
+pub(crate) fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let v = s.split_whitespace().find_map(|w| {
+        w.strip_prefix('v')
+            .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    })?;
+    let mut parts = v.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(
+            parse_version("iptables v1.8.9 (nf_tables)"),
+            Some((1, 8, 9))
+        );
+        assert_eq!(parse_version("iptables v1.6.1"), Some((1, 6, 1)));
+        assert_eq!(
+            parse_version("ip6tables-legacy v1.8.7 (legacy)"),
+            Some((1, 8, 7))
+        );
+        assert_eq!(
+            parse_version("nftables v1.0.6 (Lester Gooch #5)"),
+            Some((1, 0, 6))
+        );
+        assert_eq!(parse_version("iptables"), None);
+    }
 
     #[tokio::test]
     async fn returns_stdout_and_feeds_stdin() {

@@ -1,15 +1,18 @@
-//! The iptables executor: trellis's chains through `iptables-restore --noflush`, one
-//! transaction per table, and reads of only what trellis owns (see [`ReadMode`]).
+//! The iptables driver: trellis's chains through `iptables-restore --noflush`, one
+//! transaction per table, and reads of only what trellis owns (see [`ReadMode`]). It runs the
+//! tools; `state.rs` parses what they print and plans what to restore, without running anything.
 //!
 //! Which iptables (legacy or nft) runs is whatever `iptables` on PATH is: on a node, the
 //! DaemonSet image's wrapper picks the flavour kube-proxy uses. [`Variant`] can force one.
 
 use std::time::Duration;
 
+mod state;
+
+use self::state::Saved;
 use super::drift::{Drift, Installed, Section};
-use super::exec::{Exec, FirewallError};
-use super::iptables_state::{self as state, Saved};
 use super::rules::RuleSet;
+use super::tool::{parse_version, Exec, FirewallError};
 use crate::net::Family;
 
 /// How long iptables-restore waits for the xtables lock (kube-proxy may hold it for seconds
@@ -338,45 +341,12 @@ impl IptablesExecutor {
     }
 }
 
-/// `iptables v1.8.9 (nf_tables)` -> (1, 8, 9).
-pub(crate) fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
-    let v = s.split_whitespace().find_map(|w| {
-        w.strip_prefix('v')
-            .filter(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-    })?;
-    let mut parts = v.split('.').map(|p| {
-        p.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse::<u32>()
-            .ok()
-    });
-    let major = parts.next()??;
-    let minor = parts.next().flatten().unwrap_or(0);
-    let patch = parts.next().flatten().unwrap_or(0);
-    Some((major, minor, patch))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn versions_parse() {
-        assert_eq!(
-            parse_version("iptables v1.8.9 (nf_tables)"),
-            Some((1, 8, 9))
-        );
-        assert_eq!(parse_version("iptables v1.6.1"), Some((1, 6, 1)));
-        assert_eq!(
-            parse_version("ip6tables-legacy v1.8.7 (legacy)"),
-            Some((1, 8, 7))
-        );
-        assert_eq!(
-            parse_version("nftables v1.0.6 (Lester Gooch #5)"),
-            Some((1, 0, 6))
-        );
-        assert_eq!(parse_version("iptables"), None);
+    fn random_fully_needs_1_6_2() {
         assert!(parse_version("iptables v1.6.1").unwrap() < RANDOM_FULLY_SINCE);
         assert!(parse_version("iptables v1.6.2").unwrap() >= RANDOM_FULLY_SINCE);
     }
