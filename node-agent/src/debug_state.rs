@@ -1,12 +1,14 @@
 //! The `/debug/state` document that `trellis-agent status` reads.
 //!
 //! Rendering lists every kernel entry (15000 lines at 5000 peers), so the loop only hands over
-//! the pass's plan and context, and the document is built when someone asks for it.
+//! the pass's plan and context, and the document (a [`StateDoc`]) is built when someone asks
+//! for it.
 
 use std::sync::Arc;
 
 use crate::backend::Plan;
 use crate::dataplane::desired::KernelState;
+use crate::state_doc::{self, PeerError, SkippedNode, StateDoc};
 
 /// What the last pass knew, beside the plan.
 #[derive(Debug, Clone, Default)]
@@ -33,26 +35,87 @@ impl DebugState {
         DebugState(Some((plan, kernel, ctx)))
     }
 
-    pub fn render(&self) -> String {
-        let Some((plan, kernel, ctx)) = &self.0 else {
-            return "{}".to_string();
-        };
-        serde_json::json!({
-            "node": ctx.node,
-            "backend": ctx.backend,
-            "lease": ctx.lease,
-            "underlay": ctx.underlay,
-            "firewall_backend": ctx.firewall_backend,
-            "firewall": ctx.firewall,
-            "firewall_drift": ctx.firewall_drift,
-            "converged": ctx.converged,
-            "peer_errors": ctx.peer_errors.iter().map(|(entry, error)| serde_json::json!({"entry": entry, "error": error})).collect::<Vec<_>>(),
-            "peers": plan.peers,
-            "skipped": plan.skipped.iter().map(|s| serde_json::json!({"node": s.node, "reason": s.reason.to_string()})).collect::<Vec<_>>(),
-            "mtu": plan.state.mtu,
-            "subnet_env": plan.state.subnet_env.render(),
-            "kernel": crate::status::describe(kernel),
+    /// The document, built now; `None` before the first pass.
+    fn document(&self) -> Option<StateDoc> {
+        let (plan, kernel, ctx) = self.0.as_ref()?;
+        Some(StateDoc {
+            node: ctx.node.clone(),
+            backend: ctx.backend.clone(),
+            lease: ctx.lease.clone(),
+            underlay: ctx.underlay.clone(),
+            firewall_backend: ctx.firewall_backend.clone(),
+            firewall: ctx.firewall.clone(),
+            firewall_drift: ctx.firewall_drift.clone(),
+            converged: ctx.converged,
+            peer_errors: ctx
+                .peer_errors
+                .iter()
+                .map(|(entry, error)| PeerError {
+                    entry: entry.clone(),
+                    error: error.clone(),
+                })
+                .collect(),
+            peers: plan.peers,
+            skipped: plan
+                .skipped
+                .iter()
+                .map(|s| SkippedNode {
+                    node: s.node.clone(),
+                    reason: s.reason.to_string(),
+                })
+                .collect(),
+            mtu: plan.state.mtu,
+            subnet_env: plan.state.subnet_env.render(),
+            kernel: crate::status::describe(kernel),
         })
-        .to_string()
+    }
+
+    /// The document's JSON, `{}` before the first pass.
+    pub fn render(&self) -> String {
+        state_doc::encode(self.document().as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{plan, PlanOptions};
+    use crate::view::fixtures::{view, vxlan_config, PeerSpec};
+
+    fn sample() -> DebugState {
+        let mut v = view();
+        v.upsert_node(&PeerSpec::new(2, "vxlan").node());
+        let mut no_data = PeerSpec::new(3, "vxlan").node();
+        no_data
+            .annotations
+            .remove("flannel.alpha.coreos.com/backend-data");
+        v.upsert_node(&no_data);
+        let plan = match plan(&v, &vxlan_config(), &PlanOptions::default()) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        };
+        let kernel = Arc::new(plan.state.kernel.clone());
+        DebugState::new(
+            plan,
+            kernel,
+            PassContext {
+                node: "node-1".into(),
+                backend: "vxlan".into(),
+                lease: "10.244.1.0/24 public 192.168.1.1".into(),
+                underlay: "eth0 (index 2, mtu 1500)".into(),
+                firewall_backend: "iptables".into(),
+                firewall: "-A TRELLIS-FWD -s 10.244.0.0/16 -j ACCEPT\n-A TRELLIS-FWD -d 10.244.0.0/16 -j ACCEPT\n".into(),
+                firewall_drift: "chain TRELLIS-FWD changed \"x\"".into(),
+                converged: false,
+                peer_errors: vec![("route 10.244.9.0/24".into(), "Invalid argument (os error 22)".into())],
+            },
+        )
+    }
+
+    /// The wire format, pinned: the same keys, nesting and values as the `json!` map it was.
+    #[test]
+    fn the_document_keeps_its_wire_format() {
+        assert_eq!(sample().render(), crate::state_doc::SAMPLE_JSON);
+        assert_eq!(DebugState::default().render(), "{}");
     }
 }

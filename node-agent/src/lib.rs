@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod net;
 pub mod preflight;
 pub mod readiness;
+pub mod state_doc;
 pub mod status;
 pub mod underlay;
 pub mod uninstall_cni;

@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::dataplane::desired::KernelState;
+use crate::state_doc::{self, StateDoc};
 
 /// One line per kernel object, in `ip`-like words: equal lines mean equal objects.
 pub fn describe(k: &KernelState) -> Vec<String> {
@@ -51,10 +50,8 @@ fn fetch(addr: SocketAddr, path: &str) -> Result<String, String> {
 }
 
 pub fn main(addr: SocketAddr) -> ExitCode {
-    let snapshot: Value = match fetch(addr, "/debug/state")
-        .and_then(|b| serde_json::from_str(&b).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
+    let doc = match fetch(addr, "/debug/state").and_then(|b| state_doc::decode(&b)) {
+        Ok(d) => d,
         Err(e) => {
             eprintln!("status: {e}");
             return ExitCode::FAILURE;
@@ -81,43 +78,46 @@ pub fn main(addr: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let s = |k: &str| snapshot[k].as_str().unwrap_or("").to_string();
-    println!("node      {}", s("node"));
-    println!("backend   {}", s("backend"));
-    println!("lease     {}", s("lease"));
-    println!("underlay  {}", s("underlay"));
-    println!("mtu       {}", snapshot["mtu"]);
-    println!("converged {}", snapshot["converged"]);
-    println!("peers     {}", snapshot["peers"]);
-    if let Some(skipped) = snapshot["skipped"].as_array() {
-        for sk in skipped {
-            println!(
-                "  skipped {}: {}",
-                sk["node"].as_str().unwrap_or("?"),
-                sk["reason"].as_str().unwrap_or("?")
-            );
-        }
+    let (text, in_sync) = report(doc.as_ref(), &actual);
+    print!("{text}");
+    if in_sync {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
-    if let Some(failing) = snapshot["peer_errors"].as_array() {
-        for e in failing {
-            println!(
-                "  REFUSED {}: {}",
-                e["entry"].as_str().unwrap_or("?"),
-                e["error"].as_str().unwrap_or("?")
-            );
-        }
+}
+
+/// The status text of the agent's document (`None` before its first pass) against the
+/// kernel's `actual` lines, and whether the node is in sync: converged, nothing missing,
+/// nothing stale.
+fn report(doc: Option<&StateDoc>, actual: &[String]) -> (String, bool) {
+    use std::fmt::Write;
+    let mut out = String::new();
+    // Before the first pass: blank words, `null` values (what a field-less document shows).
+    let text = |f: fn(&StateDoc) -> &str| doc.map_or("", f);
+    let value = |v: Option<String>| v.unwrap_or_else(|| "null".into());
+    let _ = writeln!(out, "node      {}", text(|d| &d.node));
+    let _ = writeln!(out, "backend   {}", text(|d| &d.backend));
+    let _ = writeln!(out, "lease     {}", text(|d| &d.lease));
+    let _ = writeln!(out, "underlay  {}", text(|d| &d.underlay));
+    let _ = writeln!(out, "mtu       {}", value(doc.map(|d| d.mtu.to_string())));
+    let _ = writeln!(
+        out,
+        "converged {}",
+        value(doc.map(|d| d.converged.to_string()))
+    );
+    let _ = writeln!(out, "peers     {}", value(doc.map(|d| d.peers.to_string())));
+    for sk in doc.iter().flat_map(|d| &d.skipped) {
+        let _ = writeln!(out, "  skipped {}: {}", sk.node, sk.reason);
     }
-    println!("\nsubnet.env\n{}", s("subnet_env").trim_end());
-    let desired: Vec<String> = snapshot["kernel"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|l| l.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let (present, missing, extra) = compare(&desired, &actual);
-    println!(
+    for e in doc.iter().flat_map(|d| &d.peer_errors) {
+        let _ = writeln!(out, "  REFUSED {}: {}", e.entry, e.error);
+    }
+    let _ = writeln!(out, "\nsubnet.env\n{}", text(|d| &d.subnet_env).trim_end());
+    let desired = doc.map_or(&[][..], |d| &d.kernel);
+    let (present, missing, extra) = compare(desired, actual);
+    let _ = writeln!(
+        out,
         "\nkernel ({} desired, {} present, {} missing, {} not desired)",
         desired.len(),
         present.len(),
@@ -125,26 +125,24 @@ pub fn main(addr: SocketAddr) -> ExitCode {
         extra.len()
     );
     for l in &present {
-        println!("  ok      {l}");
+        let _ = writeln!(out, "  ok      {l}");
     }
     for l in &missing {
-        println!("  MISSING {l}");
+        let _ = writeln!(out, "  MISSING {l}");
     }
     for l in &extra {
-        println!("  STALE   {l}");
+        let _ = writeln!(out, "  STALE   {l}");
     }
-    println!("\nfirewall ({})", s("firewall_backend"));
-    for l in s("firewall").lines() {
-        println!("  {l}");
+    let _ = writeln!(out, "\nfirewall ({})", text(|d| &d.firewall_backend));
+    for l in text(|d| &d.firewall).lines() {
+        let _ = writeln!(out, "  {l}");
     }
-    if !s("firewall_drift").is_empty() {
-        println!("  DRIFT   {}", s("firewall_drift"));
+    let drift = text(|d| &d.firewall_drift);
+    if !drift.is_empty() {
+        let _ = writeln!(out, "  DRIFT   {drift}");
     }
-    if missing.is_empty() && extra.is_empty() && snapshot["converged"] == Value::Bool(true) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    let converged = doc.is_some_and(|d| d.converged);
+    (out, missing.is_empty() && extra.is_empty() && converged)
 }
 
 #[cfg(test)]
@@ -159,5 +157,83 @@ mod tests {
         assert_eq!(p, vec!["route b"]);
         assert_eq!(m, vec!["route a"]);
         assert_eq!(e, vec!["route c"]);
+    }
+
+    /// The kernel read back for the sample: one entry missing (the fdb), one stale route.
+    fn sample_actual() -> Vec<String> {
+        [
+            "link  flannel.1 type vxlan id 1 dstport 8472 local 192.168.1.1 dev-index 2 nolearning mtu 1450 address 02:aa:00:00:00:01",
+            "addr  10.244.1.0/32 dev flannel.1",
+            "neigh 10.244.2.0 lladdr 0a:58:00:00:00:02 dev flannel.1 permanent",
+            "route 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink proto 116",
+            "route 10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink proto 116",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The text `status` printed for the pinned wire document, when it read it by string key.
+    #[test]
+    fn status_reads_the_wire_document_as_before() {
+        let doc = state_doc::decode(state_doc::SAMPLE_JSON).unwrap();
+        let (text, in_sync) = report(doc.as_ref(), &sample_actual());
+        assert_eq!(
+            text,
+            r#"node      node-1
+backend   vxlan
+lease     10.244.1.0/24 public 192.168.1.1
+underlay  eth0 (index 2, mtu 1500)
+mtu       1450
+converged false
+peers     1
+  skipped node-3: no IPv4 VXLAN backend data annotation, but IPv4 is enabled
+  REFUSED route 10.244.9.0/24: Invalid argument (os error 22)
+
+subnet.env
+FLANNEL_NETWORK=10.244.0.0/16
+FLANNEL_SUBNET=10.244.1.1/24
+FLANNEL_MTU=1450
+FLANNEL_IPMASQ=true
+
+kernel (5 desired, 4 present, 1 missing, 1 not desired)
+  ok      link  flannel.1 type vxlan id 1 dstport 8472 local 192.168.1.1 dev-index 2 nolearning mtu 1450 address 02:aa:00:00:00:01
+  ok      addr  10.244.1.0/32 dev flannel.1
+  ok      neigh 10.244.2.0 lladdr 0a:58:00:00:00:02 dev flannel.1 permanent
+  ok      route 10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink proto 116
+  MISSING fdb   0a:58:00:00:00:02 dev flannel.1 dst 192.168.1.2 self permanent
+  STALE   route 10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink proto 116
+
+firewall (iptables)
+  -A TRELLIS-FWD -s 10.244.0.0/16 -j ACCEPT
+  -A TRELLIS-FWD -d 10.244.0.0/16 -j ACCEPT
+  DRIFT   chain TRELLIS-FWD changed "x"
+"#
+        );
+        assert!(!in_sync);
+    }
+
+    /// Before the agent's first pass (`{}`): blank words and `null` values, as before.
+    #[test]
+    fn status_before_the_first_pass_shows_blanks() {
+        let doc = state_doc::decode("{}").unwrap();
+        let (text, in_sync) = report(doc.as_ref(), &sample_actual()[..1]);
+        assert_eq!(
+            text,
+            "node      \nbackend   \nlease     \nunderlay  \nmtu       null\nconverged null\n\
+             peers     null\n\nsubnet.env\n\n\nkernel (0 desired, 0 present, 0 missing, 1 not desired)\n  \
+             STALE   link  flannel.1 type vxlan id 1 dstport 8472 local 192.168.1.1 dev-index 2 \
+             nolearning mtu 1450 address 02:aa:00:00:00:01\n\nfirewall ()\n"
+        );
+        assert!(!in_sync);
+    }
+
+    #[test]
+    fn in_sync_needs_converged_and_no_difference() {
+        let mut doc = state_doc::decode(state_doc::SAMPLE_JSON).unwrap().unwrap();
+        let kernel = doc.kernel.clone();
+        assert!(!report(Some(&doc), &kernel).1);
+        doc.converged = true;
+        assert!(report(Some(&doc), &kernel).1);
+        assert!(!report(Some(&doc), &sample_actual()).1);
     }
 }
