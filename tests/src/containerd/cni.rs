@@ -58,6 +58,17 @@ pub fn link_plugins(dir: &Path, plugins: &[(&str, &Path)]) -> Result<(), CniSetu
     Ok(())
 }
 
+/// Links the reference plugins `names` (from /usr/lib/cni) into `dir`.
+pub fn link_reference_plugins(dir: &Path, names: &[&str]) -> Result<(), CniSetupError> {
+    let targets: Vec<PathBuf> = names.iter().map(|n| reference_plugin(n)).collect();
+    let links: Vec<(&str, &Path)> = names
+        .iter()
+        .copied()
+        .zip(targets.iter().map(PathBuf::as_path))
+        .collect();
+    link_plugins(dir, &links)
+}
+
 /// The reference plugin `name` in /usr/lib/cni.
 pub fn reference_plugin(name: &str) -> PathBuf {
     Path::new(REFERENCE_PLUGIN_DIR).join(name)

@@ -214,13 +214,8 @@ impl TestNode {
         if let Some(subnet) = opts.reference_cni_subnet {
             reference_cni(&bin, &conf, &t.join("ipam"), subnet)?;
         }
-        let shipped: Vec<(&str, PathBuf)> = opts
-            .node_plugins
-            .iter()
-            .map(|p| (p.as_str(), cni::reference_plugin(p)))
-            .collect();
-        let links: Vec<(&str, &Path)> = shipped.iter().map(|(n, p)| (*n, p.as_path())).collect();
-        cni::link_plugins(&bin, &links)?;
+        let shipped: Vec<&str> = opts.node_plugins.iter().map(String::as_str).collect();
+        cni::link_reference_plugins(&bin, &shipped)?;
         let pause = image::build_pause_image(t)?;
         let busybox = busybox_image(t)?;
         let netns = match &opts.adopt_netns {
@@ -254,9 +249,7 @@ impl TestNode {
 
 /// The bridge, host-local and loopback plugins and their conflist.
 fn reference_cni(bin: &Path, conf: &Path, ipam: &Path, subnet: u8) -> Result<(), HarnessError> {
-    let plugins = ["bridge", "host-local", "loopback"].map(|p| (p, cni::reference_plugin(p)));
-    let links: Vec<(&str, &Path)> = plugins.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    cni::link_plugins(bin, &links)?;
+    cni::link_reference_plugins(bin, &["bridge", "host-local", "loopback"])?;
     let conflist = json!({"cniVersion": "1.0.0", "name": "kn", "plugins": [{
         "type": "bridge", "bridge": "cni0", "isGateway": true,
         "ipam": {"type": "host-local", "dataDir": ipam,
