@@ -36,12 +36,15 @@ pub fn pick_node(
 
 /// Pods still waiting for a node.
 pub fn unscheduled(pods: &[Pod]) -> impl Iterator<Item = &Pod> {
-    pods.iter().filter(|p| {
-        let spec = p.spec.as_ref();
-        spec.and_then(|s| s.node_name.as_deref())
-            .is_none_or(str::is_empty)
-            && p.metadata.deletion_timestamp.is_none()
-    })
+    pods.iter().filter(|p| is_unscheduled(p))
+}
+
+/// No node yet, and not being deleted.
+fn is_unscheduled(p: &Pod) -> bool {
+    let spec = p.spec.as_ref();
+    spec.and_then(|s| s.node_name.as_deref())
+        .is_none_or(str::is_empty)
+        && p.metadata.deletion_timestamp.is_none()
 }
 
 /// What [`assign`] decided: nodes for pods (`(index into pods, node)`), and the pods whose
@@ -58,7 +61,7 @@ pub fn assign(pods: &[Pod], nodes: &[Node]) -> Assignment {
     let mut placed = pods.to_vec();
     let mut out = Assignment::default();
     for (i, pod) in pods.iter().enumerate() {
-        if unscheduled(std::slice::from_ref(pod)).next().is_none() {
+        if !is_unscheduled(pod) {
             continue;
         }
         match pick_node(pod, nodes, &placed) {
