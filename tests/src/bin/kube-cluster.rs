@@ -413,46 +413,32 @@ fn down(dir: &Path) {
         }
         return;
     }
-    let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
-        for pid in processes_naming(dir) {
-            signal(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        sweep_containers(&dir.join("tmp"));
-        let _ = std::fs::remove_dir_all(dir);
-        return;
-    };
-    let Ok(state) = serde_json::from_str::<State>(&text) else {
-        eprintln!(
-            "kube-cluster: {}/state.json unreadable; removing the dir only",
-            dir.display()
-        );
-        let _ = std::fs::remove_dir_all(dir);
-        return;
-    };
-    if is_ours(state.pid) {
-        signal(state.pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while is_ours(state.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        if is_ours(state.pid) {
-            eprintln!(
-                "kube-cluster: pid {} did not stop in 90 s; killing",
-                state.pid
-            );
-            signal(state.pid, nix::sys::signal::Signal::SIGKILL);
-        }
+    // No state (killed before writing it) or an unreadable one: the sweep below still finds
+    // every process and container under `dir`; only the namespaces and mount points need it.
+    let state = std::fs::read_to_string(dir.join("state.json"))
+        .ok()
+        .and_then(|text| match serde_json::from_str::<State>(&text) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                eprintln!("kube-cluster: {}/state.json unreadable: {e}", dir.display());
+                None
+            }
+        });
+    if let Some(state) = &state {
+        stop(state.pid);
     }
     for pid in processes_naming(dir) {
         signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
     sweep_containers(&dir.join("tmp"));
-    for ns in &state.netns {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", ns])
-            .output();
+    if let Some(state) = &state {
+        for ns in &state.netns {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .output();
+        }
+        remove_empty(&state.created_dirs);
     }
-    remove_empty(&state.created_dirs);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -481,6 +467,22 @@ fn sweep_containers(tmp: &Path) {
         cleanup::remove_cgroups(CRI_NAMESPACE, &ids);
     }
     cleanup::remove_empty_run_dirs(CRI_NAMESPACE);
+}
+
+/// SIGTERM to a running `up` (its own teardown), SIGKILL after 90 s.
+fn stop(pid: u32) {
+    if !is_ours(pid) {
+        return;
+    }
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while is_ours(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if is_ours(pid) {
+        eprintln!("kube-cluster: pid {pid} did not stop in 90 s; killing");
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 fn is_ours(pid: u32) -> bool {
