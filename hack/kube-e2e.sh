@@ -54,7 +54,8 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 for tool in kubectl ctr nsenter jq umoci python3 flock; do
     command -v "$tool" >/dev/null || die "$tool not found (hack/install-deps.sh installs what is missing)"
 done
-# One run at a time per DIR (two would tear each other's cluster down).
+# One run at a time per DIR (two would tear each other's cluster down). The cluster process
+# does not inherit the lock: after `up` it outlives this script, and `down` must get the lock.
 exec 8>"$DIR.lock"
 flock -n 8 || die "another hack/kube-e2e.sh holds $DIR.lock"
 
@@ -128,7 +129,7 @@ up_cluster() {
     (umask 077 && : >"$log") # the cluster's log names its admin kubeconfig
     t0=$(now)
     setsid "$TARGET/debug/kube-cluster" up --dir "$DIR" --nodes "$NODES" --port "$PORT" \
-        --image "$archive" --image "$bare_archive" >"$log" 2>&1 &
+        --image "$archive" --image "$bare_archive" >"$log" 2>&1 8>&- &
     cluster_pid=$!
     for _ in $(seq 600); do
         [ -e "$DIR/ready" ] && break
@@ -181,9 +182,7 @@ app_elsewhere() { # POD
     die "no app pod on another node than $1's"
 }
 in_pod() { # POD COMMAND...: COMMAND in the network namespace of app Pod POD
-    local pid
-    pid=$(pod_pid default "$1")
-    [ -n "$pid" ] || die "no running container for pod $1"
+    local pid=${PID[$1]}
     shift
     nsenter -t "$pid" -n "$@"
 }
@@ -238,7 +237,8 @@ EOF
     wait_for 120 "all app Pods Running" all_apps_running
     say "2. ${#APPS[@]} app Pods: first Running in $FIRST_APP s, all in $(since "$t0") s"
     local pod node ip cidr
-    declare -gA IP NODE_OF
+    # Read once: the app pods' containers do not change until they are deleted.
+    declare -gA IP NODE_OF PID
     for pod in "${APPS[@]}"; do
         node=$(kubectl get pod "$pod" -o jsonpath='{.spec.nodeName}')
         ip=$(kubectl get pod "$pod" -o jsonpath='{.status.podIP}')
@@ -246,6 +246,8 @@ EOF
         python3 -c 'import ipaddress,sys; sys.exit(ipaddress.ip_address(sys.argv[1]) not in ipaddress.ip_network(sys.argv[2]))' \
             "$ip" "$cidr" || die "$pod on $node has $ip, outside the node's podCIDR $cidr"
         IP[$pod]=$ip
+        PID[$pod]=$(pod_pid default "$pod")
+        [ -n "${PID[$pod]}" ] || die "no running container for pod $pod"
         NODE_OF[$pod]=$node
         say "   $pod  $node  $ip  (podCIDR $cidr)"
     done
@@ -303,9 +305,8 @@ print(s.recv(64).decode().strip())" 2>/dev/null) && break
 # --- 3. live backend switches under a 20 ms ping ------------------------------------------------------
 PING_OUT=
 start_ping() { # FROM TO
-    local pid
+    local pid=${PID[$1]}
     PING_OUT=$(mktemp "${TMPDIR:-/tmp}/trellis-kube-ping.XXXXXX")
-    pid=$(pod_pid default "$1")
     # nsenter execs ping, so $! is ping's pid and SIGINT reaches it.
     # (A deadline, so that no ping outlives the script whatever happens.)
     nsenter -t "$pid" -n ping -D -i 0.02 -W 1 -w 600 "${IP[$2]}" >"$PING_OUT" 2>&1 &
