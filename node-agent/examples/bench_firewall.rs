@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
+use trellis_agent::firewall::iptables::{IptablesDriver, ReadMode, Variant};
 use trellis_agent::firewall::rules::{FamilyNets, RuleSet};
 use trellis_agent::firewall::tool::Exec;
 
@@ -85,13 +85,13 @@ fn peak_rss(log: &Path) -> Result<(u64, usize), String> {
 
 async fn run(args: Args) -> Result<(), String> {
     let rules = rules()?;
-    let base = IptablesExecutor::detect(Exec::new(), args.variant)
+    let base = IptablesDriver::detect(Exec::new(), args.variant)
         .await
         .map_err(|e| e.to_string())?;
     let default_mode = base.read_mode();
     base.apply(&rules).await.map_err(|e| e.to_string())?;
     let modes = [ReadMode::Dump, ReadMode::OwnChains];
-    let executors: Vec<IptablesExecutor> = modes
+    let executors: Vec<IptablesDriver> = modes
         .iter()
         .map(|m| base.clone().with_read_mode(*m))
         .collect();
@@ -124,7 +124,7 @@ async fn run(args: Args) -> Result<(), String> {
         let log_arg = log.to_string_lossy().into_owned();
         let timed = Exec::new().with_prefix(["/usr/bin/time", "-a", "-o", &log_arg, "-f", "%M"]);
         let ex =
-            IptablesExecutor::new(timed, args.variant, base.random_fully()).with_read_mode(*mode);
+            IptablesDriver::new(timed, args.variant, base.random_fully()).with_read_mode(*mode);
         for _ in 0..args.rss_reps {
             ex.check(&rules).await.map_err(|e| e.to_string())?;
         }

@@ -29,8 +29,8 @@ use std::process::ExitCode;
 use crate::dataplane::desired::KernelState;
 use crate::dataplane::diff::{diff, Op};
 use crate::dataplane::netlink::{apply, Dataplane, NetlinkError, OpError};
-use crate::firewall::iptables::{IptablesExecutor, Variant};
-use crate::firewall::nftables::NftablesExecutor;
+use crate::firewall::iptables::{IptablesDriver, Variant};
+use crate::firewall::nftables::NftablesDriver;
 use crate::firewall::tool::{Exec, FirewallError};
 use crate::install_cni::{
     is_cni_config_name, regular_file_names, rename_durably, validate_conflist, DEFAULT_BIN_DIR,
@@ -448,7 +448,7 @@ pub async fn remove_node_state(
 }
 
 async fn clean_iptables(exec: Exec) -> Result<bool, FirewallError> {
-    match IptablesExecutor::detect(exec, Variant::Path).await {
+    match IptablesDriver::detect(exec, Variant::Path).await {
         Ok(x) => x.cleanup().await.map(|()| true),
         Err(e) if e.is_tool_missing() => Ok(false),
         Err(e) => Err(e),
@@ -456,7 +456,7 @@ async fn clean_iptables(exec: Exec) -> Result<bool, FirewallError> {
 }
 
 async fn clean_nftables(exec: Exec) -> Result<bool, FirewallError> {
-    match NftablesExecutor::detect(exec).await {
+    match NftablesDriver::detect(exec).await {
         Ok(x) => x.cleanup().await.map(|()| true),
         Err(e) if e.is_tool_missing() => Ok(false),
         Err(e) => Err(e),

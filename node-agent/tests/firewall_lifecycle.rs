@@ -21,7 +21,7 @@ fn snapshot(ns: &Netns, kind: Kind) -> String {
 
 async fn assert_in_sync(fw: &Firewall, rules: &RuleSet) {
     let drift = fw.check(rules).await.expect("check");
-    assert!(drift.is_clean(), "{:?} drifted:\n{drift}", fw.backend());
+    assert!(drift.is_clean(), "{:?} drifted:\n{drift}", fw.driver());
 }
 
 async fn idempotent(kind: Kind) {
@@ -406,7 +406,7 @@ async fn iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain_reading
 /// still tells an edit of our chain.
 #[tokio::test]
 async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
-    use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
+    use trellis_agent::firewall::iptables::{IptablesDriver, ReadMode, Variant};
     use trellis_agent::firewall::tool::Exec;
 
     let ns = netns("ownread");
@@ -449,7 +449,7 @@ async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
         "exec",
         &ns.name,
     ];
-    let ex = IptablesExecutor::detect(Exec::new().with_prefix(prefix), Variant::Nft)
+    let ex = IptablesDriver::detect(Exec::new().with_prefix(prefix), Variant::Nft)
         .await
         .expect("detect");
     assert_eq!(ex.read_mode(), ReadMode::OwnChains);
@@ -608,7 +608,7 @@ async fn resync_repairs_only_when_drifted() {
 #[tokio::test]
 async fn a_held_xtables_lock_is_a_clear_error() {
     use std::time::{Duration, Instant};
-    use trellis_agent::firewall::iptables::{IptablesExecutor, Variant};
+    use trellis_agent::firewall::iptables::{IptablesDriver, Variant};
     use trellis_agent::firewall::tool::FirewallError;
 
     let ns = netns("lock");
@@ -638,7 +638,7 @@ async fn a_held_xtables_lock_is_a_clear_error() {
     std::thread::sleep(Duration::from_millis(100));
 
     let exec = trellis_agent::firewall::tool::Exec::new().with_prefix(prefix);
-    let fw = IptablesExecutor::new(exec.clone(), Variant::Legacy, true)
+    let fw = IptablesDriver::new(exec.clone(), Variant::Legacy, true)
         .with_lock_wait(Duration::from_secs(1));
     let err = fw.apply(&full_rules()).await.expect_err("the lock is held");
     let msg = err.to_string();
@@ -654,7 +654,7 @@ async fn a_held_xtables_lock_is_a_clear_error() {
     );
 
     let started = Instant::now();
-    let fw = IptablesExecutor::new(
+    let fw = IptablesDriver::new(
         exec.with_timeout(Duration::from_millis(700)),
         Variant::Legacy,
         true,
@@ -668,7 +668,7 @@ async fn a_held_xtables_lock_is_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // A namespace that does not exist: ip's own complaint comes through.
-    let err = trellis_agent::firewall::nftables::NftablesExecutor::new(
+    let err = trellis_agent::firewall::nftables::NftablesDriver::new(
         trellis_agent::firewall::tool::Exec::in_netns("trellis-no-such-netns"),
         true,
     )
@@ -686,7 +686,7 @@ async fn a_held_xtables_lock_is_a_clear_error() {
 /// whole ruleset, kube-proxy's included).
 #[tokio::test]
 async fn nftables_check_without_the_table_lists_only_that_table() {
-    use trellis_agent::firewall::nftables::NftablesExecutor;
+    use trellis_agent::firewall::nftables::NftablesDriver;
     use trellis_agent::firewall::tool::Exec;
 
     let ns = netns("nftmissing");
@@ -703,7 +703,7 @@ async fn nftables_check_without_the_table_lists_only_that_table() {
         &ns.name,
     ];
     let fw = Firewall::Nftables(
-        NftablesExecutor::detect(Exec::new().with_prefix(prefix))
+        NftablesDriver::detect(Exec::new().with_prefix(prefix))
             .await
             .expect("detect nft"),
     );

@@ -47,8 +47,8 @@ fn program_like_the_agent(node: &Node) {
         let report = dp.reconcile(&want).await.expect("reconcile");
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         for backend in [
-            trellis_agent::firewall::Backend::Iptables,
-            trellis_agent::firewall::Backend::Nftables,
+            trellis_agent::firewall::Driver::Iptables,
+            trellis_agent::firewall::Driver::Nftables,
         ] {
             let fw = Firewall::detect(backend, Exec::in_netns(&name))
                 .await

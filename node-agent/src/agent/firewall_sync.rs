@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 use crate::config::NetConfig;
 use crate::firewall::rules::RuleSet;
 use crate::firewall::tool::Exec;
-use crate::firewall::{self as fw, Backend as FwBackend, Firewall};
+use crate::firewall::{self as fw, Driver as FwDriver, Firewall};
 
 /// Owns the firewall's state from pass to pass.
 pub(super) struct FirewallSync {
@@ -108,9 +108,9 @@ impl FirewallSync {
 
     /// The driver in use, for /debug/state.
     pub(super) fn backend_label(&self) -> &'static str {
-        match self.state.current.as_ref().map(Firewall::backend) {
-            Some(FwBackend::Iptables) => "iptables",
-            Some(FwBackend::Nftables) => "nftables",
+        match self.state.current.as_ref().map(Firewall::driver) {
+            Some(FwDriver::Iptables) => "iptables",
+            Some(FwDriver::Nftables) => "nftables",
             None => "unavailable",
         }
     }
@@ -125,8 +125,8 @@ impl FirewallState {
     /// The driver for `config`, switching drivers without a gap when `EnableNFTables`
     /// changed, and retrying detection when the tools were missing last time.
     async fn ensure(&mut self, config: &NetConfig) {
-        let want = FwBackend::from_enable_nftables(config.enable_nftables);
-        if self.current.as_ref().is_some_and(|f| f.backend() == want) {
+        let want = FwDriver::from_enable_nftables(config.enable_nftables);
+        if self.current.as_ref().is_some_and(|f| f.driver() == want) {
             return;
         }
         let next = match Firewall::detect(want, Exec::new()).await {
@@ -138,7 +138,7 @@ impl FirewallState {
         };
         if let Some(prev) = self.current.take() {
             // The pass right after installs the rules in `next`, then removes `prev`'s.
-            info!(from = ?prev.backend(), to = ?want, "switching firewall backend");
+            info!(from = ?prev.driver(), to = ?want, "switching firewall backend");
             self.old = Some(prev);
         } else {
             // Leftovers of the other backend from before a restart with a changed config.

@@ -25,59 +25,59 @@ pub mod rules;
 pub mod tool;
 
 use self::drift::{Drift, Installed};
-use self::iptables::{IptablesExecutor, Variant};
-use self::nftables::NftablesExecutor;
+use self::iptables::{IptablesDriver, Variant};
+use self::nftables::NftablesDriver;
 use self::rules::RuleSet;
 use self::tool::{Exec, FirewallError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum Driver {
     Iptables,
     Nftables,
 }
 
-impl Backend {
+impl Driver {
     /// net-conf.json's `EnableNFTables`.
-    pub fn from_enable_nftables(enable: bool) -> Backend {
+    pub fn from_enable_nftables(enable: bool) -> Driver {
         if enable {
-            Backend::Nftables
+            Driver::Nftables
         } else {
-            Backend::Iptables
+            Driver::Iptables
         }
     }
 
     /// The one not in use, whose leftovers (from before a restart with a changed config)
     /// should be cleaned up.
-    pub fn other(self) -> Backend {
+    pub fn other(self) -> Driver {
         match self {
-            Backend::Iptables => Backend::Nftables,
-            Backend::Nftables => Backend::Iptables,
+            Driver::Iptables => Driver::Nftables,
+            Driver::Nftables => Driver::Iptables,
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub enum Firewall {
-    Iptables(IptablesExecutor),
-    Nftables(NftablesExecutor),
+    Iptables(IptablesDriver),
+    Nftables(NftablesDriver),
 }
 
 impl Firewall {
-    /// The executor for `backend`, with the tool's features detected (`--random-fully`).
+    /// The driver for `driver`, with the tool's features detected (`--random-fully`).
     /// iptables is whatever `iptables` on PATH is.
-    pub async fn detect(backend: Backend, exec: Exec) -> Result<Firewall, FirewallError> {
-        Ok(match backend {
-            Backend::Iptables => {
-                Firewall::Iptables(IptablesExecutor::detect(exec, Variant::Path).await?)
+    pub async fn detect(driver: Driver, exec: Exec) -> Result<Firewall, FirewallError> {
+        Ok(match driver {
+            Driver::Iptables => {
+                Firewall::Iptables(IptablesDriver::detect(exec, Variant::Path).await?)
             }
-            Backend::Nftables => Firewall::Nftables(NftablesExecutor::detect(exec).await?),
+            Driver::Nftables => Firewall::Nftables(NftablesDriver::detect(exec).await?),
         })
     }
 
-    pub fn backend(&self) -> Backend {
+    pub fn driver(&self) -> Driver {
         match self {
-            Firewall::Iptables(_) => Backend::Iptables,
-            Firewall::Nftables(_) => Backend::Nftables,
+            Firewall::Iptables(_) => Driver::Iptables,
+            Firewall::Nftables(_) => Driver::Nftables,
         }
     }
 
@@ -97,7 +97,7 @@ impl Firewall {
         }
     }
 
-    /// Removes everything of trellis's this backend installed.
+    /// Removes everything of trellis's this driver installed.
     pub async fn cleanup(&self) -> Result<(), FirewallError> {
         match self {
             Firewall::Iptables(x) => x.cleanup().await,

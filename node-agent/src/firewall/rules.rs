@@ -130,7 +130,7 @@ fn family_rules(n: FamilyNets, masquerade: bool, forward: bool) -> Vec<Rule> {
 
 /// An `iptables` rule in a built-in chain that jumps to one of trellis's chains. These cannot
 /// go through `iptables-restore --noflush` as they are (it would append a duplicate each
-/// time), so the executor counts them in the saved state and adds or deletes only the
+/// time), so the driver counts them in the saved state and adds or deletes only the
 /// difference (`iptables::state::apply_script`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JumpRule {
@@ -210,7 +210,7 @@ impl RuleSet {
     /// replaced atomically per table and nothing else in the table is touched. Both chains are
     /// always declared, so a disabled part is emptied. Jumps to them: [`RuleSet::iptables_jumps`].
     ///
-    /// `random_fully`: add `--random-fully` to MASQUERADE (the executor checks that this
+    /// `random_fully`: add `--random-fully` to MASQUERADE (the driver checks that this
     /// iptables supports it, as flannel does).
     pub fn iptables_restore(&self, family: Family, random_fully: bool) -> String {
         let rules = self.family(family);

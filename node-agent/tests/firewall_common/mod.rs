@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-use trellis_agent::firewall::iptables::{IptablesExecutor, ReadMode, Variant};
-use trellis_agent::firewall::nftables::NftablesExecutor;
+use trellis_agent::firewall::iptables::{IptablesDriver, ReadMode, Variant};
+use trellis_agent::firewall::nftables::NftablesDriver;
 use trellis_agent::firewall::rules::{FamilyNets, RuleSet};
 use trellis_agent::firewall::tool::Exec;
 use trellis_agent::firewall::Firewall;
@@ -86,7 +86,7 @@ impl Kind {
     pub async fn firewall(self, ns: &Netns) -> Firewall {
         match self.variant() {
             Some(v) => {
-                let ex = IptablesExecutor::detect(exec_in(ns), v)
+                let ex = IptablesDriver::detect(exec_in(ns), v)
                     .await
                     .expect("detect iptables");
                 Firewall::Iptables(match self.forced_read_mode() {
@@ -95,7 +95,7 @@ impl Kind {
                 })
             }
             None => Firewall::Nftables(
-                NftablesExecutor::detect(exec_in(ns))
+                NftablesDriver::detect(exec_in(ns))
                     .await
                     .expect("detect nft"),
             ),

@@ -90,7 +90,7 @@ impl ReadMode {
 }
 
 #[derive(Debug, Clone)]
-pub struct IptablesExecutor {
+pub struct IptablesDriver {
     exec: Exec,
     variant: Variant,
     random_fully: bool,
@@ -99,12 +99,12 @@ pub struct IptablesExecutor {
     read_mode: ReadMode,
 }
 
-impl IptablesExecutor {
-    /// An executor for the given binaries; `random_fully` as given (see [`Self::detect`]).
+impl IptablesDriver {
+    /// A driver for the given binaries; `random_fully` as given (see [`Self::detect`]).
     /// The read mode follows the variant; for [`Variant::Path`], whose flavour only
     /// [`Self::detect`] learns, it is [`ReadMode::Dump`], which suits both.
-    pub fn new(exec: Exec, variant: Variant, random_fully: bool) -> IptablesExecutor {
-        IptablesExecutor {
+    pub fn new(exec: Exec, variant: Variant, random_fully: bool) -> IptablesDriver {
+        IptablesDriver {
             exec,
             variant,
             random_fully,
@@ -119,7 +119,7 @@ impl IptablesExecutor {
 
     /// Asks `iptables --version` which version and flavour this is, and enables
     /// `--random-fully` when the version supports it.
-    pub async fn detect(exec: Exec, variant: Variant) -> Result<IptablesExecutor, FirewallError> {
+    pub async fn detect(exec: Exec, variant: Variant) -> Result<IptablesDriver, FirewallError> {
         let bin = variant.binary(Family::V4, "");
         let out = exec.run(&bin, &["--version"], None).await?;
         let version = out.trim().to_string();
@@ -129,19 +129,19 @@ impl IptablesExecutor {
                 reason: format!("no version number in {version:?}"),
             });
         };
-        let mut ex = IptablesExecutor::new(exec, variant, v >= RANDOM_FULLY_SINCE);
+        let mut ex = IptablesDriver::new(exec, variant, v >= RANDOM_FULLY_SINCE);
         ex.read_mode = ReadMode::for_version(&version);
         ex.version = version;
         Ok(ex)
     }
 
-    pub fn with_lock_wait(mut self, wait: Duration) -> IptablesExecutor {
+    pub fn with_lock_wait(mut self, wait: Duration) -> IptablesDriver {
         self.lock_wait = wait;
         self
     }
 
     /// Forces a read mode (tests of both against one kernel state, and the benchmark).
-    pub fn with_read_mode(mut self, mode: ReadMode) -> IptablesExecutor {
+    pub fn with_read_mode(mut self, mode: ReadMode) -> IptablesDriver {
         self.read_mode = mode;
         self
     }
@@ -362,7 +362,7 @@ mod tests {
             ReadMode::Dump
         );
         assert_eq!(ReadMode::for_version("iptables v1.6.1"), ReadMode::Dump);
-        let ex = |v| IptablesExecutor::new(Exec::new(), v, true).read_mode();
+        let ex = |v| IptablesDriver::new(Exec::new(), v, true).read_mode();
         assert_eq!(ex(Variant::Nft), ReadMode::OwnChains);
         assert_eq!(ex(Variant::Legacy), ReadMode::Dump);
         assert_eq!(ex(Variant::Path), ReadMode::Dump);

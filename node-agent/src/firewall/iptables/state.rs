@@ -560,7 +560,7 @@ COMMIT
 
     #[test]
     fn listings_parse_like_the_same_chains_in_a_save() {
-        // `iptables -t nat -S POSTROUTING` then `-S FLANNEL-POSTRTG`, as the executor joins them.
+        // `iptables -t nat -S POSTROUTING` then `-S FLANNEL-POSTRTG`, as the driver joins them.
         let listing = "\
 -P POSTROUTING ACCEPT
 -A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG

@@ -15,16 +15,16 @@ use super::tool::{parse_version, Exec, FirewallError};
 const FULLY_RANDOM_SINCE: (u32, u32, u32) = (0, 9, 0);
 
 #[derive(Debug, Clone)]
-pub struct NftablesExecutor {
+pub struct NftablesDriver {
     exec: Exec,
     binary: String,
     random_fully: bool,
     version: String,
 }
 
-impl NftablesExecutor {
-    pub fn new(exec: Exec, random_fully: bool) -> NftablesExecutor {
-        NftablesExecutor {
+impl NftablesDriver {
+    pub fn new(exec: Exec, random_fully: bool) -> NftablesDriver {
+        NftablesDriver {
             exec,
             binary: "nft".to_string(),
             random_fully,
@@ -33,7 +33,7 @@ impl NftablesExecutor {
     }
 
     /// Asks `nft --version` for the version and enables `fully-random` when it is supported.
-    pub async fn detect(exec: Exec) -> Result<NftablesExecutor, FirewallError> {
+    pub async fn detect(exec: Exec) -> Result<NftablesDriver, FirewallError> {
         let out = exec.run("nft", &["--version"], None).await?;
         let version = out.trim().to_string();
         let Some(v) = parse_version(&version) else {
@@ -42,7 +42,7 @@ impl NftablesExecutor {
                 reason: format!("no version number in {version:?}"),
             });
         };
-        let mut ex = NftablesExecutor::new(exec, v >= FULLY_RANDOM_SINCE);
+        let mut ex = NftablesDriver::new(exec, v >= FULLY_RANDOM_SINCE);
         ex.version = version;
         Ok(ex)
     }
