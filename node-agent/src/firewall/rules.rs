@@ -19,6 +19,7 @@
 //! flannel's nftables rules differ from its iptables ones in rule 4 (`saddr != podCIDR`,
 //! which disables rule 6); trellis renders the iptables semantics in both.
 
+use std::fmt;
 use std::fmt::Write as _;
 
 use ipnetwork::IpNetwork;
@@ -293,11 +294,7 @@ fn iptables_spec(r: &Rule, random_fully: bool) -> String {
             parts.push(format!("{bang}{flag} {}", m.net));
         }
     }
-    let comment = match r.hook {
-        Hook::Postrouting => MASQ_COMMENT,
-        Hook::Forward => FORWARD_COMMENT,
-    };
-    parts.push(format!("-m comment --comment \"{comment}\""));
+    parts.push(format!("-m comment --comment \"{}\"", comment(r.hook)));
     parts.push(match r.verdict {
         Verdict::Return => "-j RETURN".to_string(),
         Verdict::Accept => "-j ACCEPT".to_string(),
@@ -308,43 +305,79 @@ fn iptables_spec(r: &Rule, random_fully: bool) -> String {
 }
 
 fn nft_rule(r: &Rule, family: Family, random_fully: bool) -> String {
-    let proto = match family {
-        Family::V4 => "ip",
-        Family::V6 => "ip6",
-    };
-    let mut parts: Vec<String> = Vec::new();
-    if r.src.is_none() && r.dst.is_none() {
-        // In an inet table a rule without an address match would apply to both families.
-        let nfproto = match family {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        };
-        parts.push(format!("meta nfproto {nfproto}"));
-    }
-    if let Some(m) = r.mark {
-        parts.push(format!("meta mark & {m:#x} == {m:#x}"));
-    }
-    for (dir, m) in [("saddr", r.src), ("daddr", r.dst)] {
-        if let Some(m) = m {
-            let op = if m.negate { "!= " } else { "" };
-            parts.push(format!("{proto} {dir} {op}{}", m.net));
-        }
-    }
-    parts.push(
-        match r.verdict {
-            Verdict::Return => "return",
-            Verdict::Accept => "accept",
-            Verdict::Masquerade if random_fully => "masquerade fully-random",
-            Verdict::Masquerade => "masquerade",
-        }
-        .to_string(),
-    );
-    let comment = match r.hook {
+    let rule = NftRule::from_model(r, family, random_fully);
+    format!("{rule} comment \"{}\"", comment(r.hook))
+}
+
+fn comment(hook: Hook) -> &'static str {
+    match hook {
         Hook::Postrouting => MASQ_COMMENT,
         Hook::Forward => FORWARD_COMMENT,
-    };
-    parts.push(format!("comment \"{comment}\""));
-    parts.join(" ")
+    }
+}
+
+/// One rule of trellis's table as the kernel holds it: what [`nft_rule`] writes and the
+/// nftables driver reads back from a listing. Comments are left out: they are labels for
+/// people and do not change what a rule does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NftRule {
+    pub family: Family,
+    pub mark: Option<u32>,
+    pub src: Option<AddrMatch>,
+    pub dst: Option<AddrMatch>,
+    pub verdict: Verdict,
+    pub fully_random: bool,
+}
+
+impl NftRule {
+    /// How the kernel should hold `r` in `family`'s half of the inet table.
+    pub(crate) fn from_model(r: &Rule, family: Family, random_fully: bool) -> NftRule {
+        NftRule {
+            family,
+            mark: r.mark,
+            src: r.src,
+            dst: r.dst,
+            verdict: r.verdict,
+            fully_random: random_fully && r.verdict == Verdict::Masquerade,
+        }
+    }
+}
+
+impl fmt::Display for NftRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.family {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        };
+        let mut parts: Vec<String> = Vec::new();
+        if self.src.is_none() && self.dst.is_none() {
+            // In an inet table a rule without an address match would apply to both families.
+            let nfproto = match self.family {
+                Family::V4 => "ipv4",
+                Family::V6 => "ipv6",
+            };
+            parts.push(format!("meta nfproto {nfproto}"));
+        }
+        if let Some(m) = self.mark {
+            parts.push(format!("meta mark & {m:#x} == {m:#x}"));
+        }
+        for (dir, m) in [("saddr", self.src), ("daddr", self.dst)] {
+            if let Some(m) = m {
+                let op = if m.negate { "!= " } else { "" };
+                parts.push(format!("{proto} {dir} {op}{}", m.net));
+            }
+        }
+        parts.push(
+            match (self.verdict, self.fully_random) {
+                (Verdict::Return, _) => "return",
+                (Verdict::Accept, _) => "accept",
+                (Verdict::Masquerade, true) => "masquerade fully-random",
+                (Verdict::Masquerade, false) => "masquerade",
+            }
+            .to_string(),
+        );
+        f.write_str(&parts.join(" "))
+    }
 }
 
 #[cfg(test)]

@@ -14,21 +14,9 @@ use serde_json::Value;
 
 use crate::firewall::drift::{Drift, DriftKind};
 use crate::firewall::rules::{
-    AddrMatch, Hook, Rule, RuleSet, Verdict, NFT_FORWARD_CHAIN, NFT_POSTROUTING_CHAIN, NFT_TABLE,
+    AddrMatch, Hook, NftRule, RuleSet, Verdict, NFT_FORWARD_CHAIN, NFT_POSTROUTING_CHAIN, NFT_TABLE,
 };
 use crate::net::Family;
-
-/// One rule of trellis's table as the kernel holds it. Comments are not compared: they are
-/// labels for people and do not change what a rule does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NftRule {
-    pub family: Family,
-    pub mark: Option<u32>,
-    pub src: Option<AddrMatch>,
-    pub dst: Option<AddrMatch>,
-    pub verdict: Verdict,
-    pub fully_random: bool,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Entry {
@@ -58,42 +46,6 @@ pub(crate) struct TableState {
     pub chains: Vec<Chain>,
     /// Objects other than chains and rules (sets, maps, …), described.
     pub others: Vec<String>,
-}
-
-impl fmt::Display for NftRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.family {
-            Family::V4 => "ip",
-            Family::V6 => "ip6",
-        };
-        let mut parts: Vec<String> = Vec::new();
-        if self.src.is_none() && self.dst.is_none() {
-            let nfproto = match self.family {
-                Family::V4 => "ipv4",
-                Family::V6 => "ipv6",
-            };
-            parts.push(format!("meta nfproto {nfproto}"));
-        }
-        if let Some(m) = self.mark {
-            parts.push(format!("meta mark & {m:#x} == {m:#x}"));
-        }
-        for (dir, m) in [("saddr", self.src), ("daddr", self.dst)] {
-            if let Some(m) = m {
-                let op = if m.negate { "!= " } else { "" };
-                parts.push(format!("{proto} {dir} {op}{}", m.net));
-            }
-        }
-        parts.push(
-            match (self.verdict, self.fully_random) {
-                (Verdict::Return, _) => "return",
-                (Verdict::Accept, _) => "accept",
-                (Verdict::Masquerade, true) => "masquerade fully-random",
-                (Verdict::Masquerade, false) => "masquerade",
-            }
-            .to_string(),
-        );
-        f.write_str(&parts.join(" "))
-    }
 }
 
 impl fmt::Display for Entry {
@@ -132,7 +84,7 @@ pub(crate) fn desired(rules: &RuleSet, random_fully: bool) -> Vec<Chain> {
         let mut entries = Vec::new();
         for (family, list) in [(Family::V4, &rules.v4), (Family::V6, &rules.v6)] {
             for r in list.iter().filter(|r| r.hook == hook) {
-                entries.push(Entry::Known(from_model(r, family, random_fully)));
+                entries.push(Entry::Known(NftRule::from_model(r, family, random_fully)));
             }
         }
         if !entries.is_empty() {
@@ -149,17 +101,6 @@ pub(crate) fn desired(rules: &RuleSet, random_fully: bool) -> Vec<Chain> {
         }
     }
     out
-}
-
-fn from_model(r: &Rule, family: Family, random_fully: bool) -> NftRule {
-    NftRule {
-        family,
-        mark: r.mark,
-        src: r.src,
-        dst: r.dst,
-        verdict: r.verdict,
-        fully_random: random_fully && r.verdict == Verdict::Masquerade,
-    }
 }
 
 /// Whether `nft list table inet trellis` failed because the table does not exist: the
