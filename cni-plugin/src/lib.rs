@@ -10,4 +10,3 @@ pub mod netns;
 pub mod plan;
 pub mod reaper;
 pub mod spec;
-pub mod subnet_env;

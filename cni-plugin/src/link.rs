@@ -7,101 +7,19 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use trellis_common::netlink::{
+    describe, errno, link_address, link_by_name, link_is_up, link_kind, route_addr,
+};
 
 use crate::spec::error::{CniError, ErrorCode};
 use crate::spec::result::Route;
 
-/// The errno a netlink call failed with, if it was the kernel that said no.
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
 pub fn nl_err(what: impl Display, e: rtnetlink::Error) -> CniError {
-    let detail = match errno(&e) {
-        Some(n) => std::io::Error::from_raw_os_error(n).to_string(),
-        None => e.to_string(),
-    };
-    CniError::new(ErrorCode::Netlink, format!("{what}: {detail}"))
-}
-
-pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(m) => Ok(m),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-pub async fn get_link_by_index(
-    h: &Handle,
-    index: u32,
-) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    match h.link().get().match_index(index).execute().try_next().await {
-        Ok(m) => Ok(m),
-        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-pub fn kind(msg: &LinkMessage) -> Option<&InfoKind> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
-            LinkInfo::Kind(k) => Some(k),
-            _ => None,
-        }),
-        _ => None,
-    })
-}
-
-pub fn mac(msg: &LinkMessage) -> Vec<u8> {
-    msg.attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Address(m) => Some(m.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-pub fn controller(msg: &LinkMessage) -> Option<u32> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Controller(c) => Some(*c),
-        _ => None,
-    })
-}
-
-pub fn mtu(msg: &LinkMessage) -> Option<u32> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Mtu(m) => Some(*m),
-        _ => None,
-    })
-}
-
-pub fn name(msg: &LinkMessage) -> Option<&str> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.as_str()),
-        _ => None,
-    })
-}
-
-pub fn is_up(msg: &LinkMessage) -> bool {
-    msg.header.flags.contains(LinkFlags::Up)
+    CniError::new(ErrorCode::Netlink, format!("{what}: {}", describe(&e)))
 }
 
 pub struct BridgeInfo {
@@ -118,7 +36,7 @@ pub async fn ensure_bridge(
     mac: [u8; 6],
     gateways: &[IpNetwork],
 ) -> Result<BridgeInfo, CniError> {
-    let link = match get_link(h, name)
+    let link = match link_by_name(h, name)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {name}"), e))?
     {
@@ -134,7 +52,7 @@ pub async fn ensure_bridge(
                 Err(e) if errno(&e) == Some(libc::EEXIST) => {}
                 Err(e) => return Err(nl_err(format_args!("cannot create bridge {name}"), e)),
             }
-            get_link(h, name)
+            link_by_name(h, name)
                 .await
                 .map_err(|e| nl_err(format_args!("cannot look up {name}"), e))?
                 .ok_or_else(|| {
@@ -145,7 +63,7 @@ pub async fn ensure_bridge(
                 })?
         }
     };
-    match kind(&link) {
+    match link_kind(&link) {
         Some(InfoKind::Bridge) => {}
         other => {
             let what = other
@@ -161,7 +79,7 @@ pub async fn ensure_bridge(
         }
     }
     let index = link.header.index;
-    if !is_up(&link) {
+    if !link_is_up(&link) {
         h.link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
@@ -193,7 +111,7 @@ pub async fn ensure_bridge(
     }
     Ok(BridgeInfo {
         index,
-        mac: self::mac(&link),
+        mac: link_address(&link).unwrap_or_default().to_vec(),
     })
 }
 
@@ -381,14 +299,6 @@ pub async fn routes(h: &Handle, v4: bool) -> Result<Vec<Route>, rtnetlink::Error
         }
     }
     Ok(out)
-}
-
-fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
 }
 
 /// Turn on forwarding so traffic can leave the bridge; writes only when needed.

@@ -3,29 +3,28 @@
 
 use std::net::IpAddr;
 
+use trellis_common::hash::fnv1a;
+
 /// Host-side veth names start with this; nothing else on a node should.
 pub const HOST_VETH_PREFIX: &str = "trl";
 
-/// FNV-1a, 64 bit: tiny, stable across releases (the name must not change
-/// when trellis is upgraded, or DEL would miss veths made by the old version).
-fn fnv1a(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+/// The hash of the parts with a NUL between them, so ("ab","c") and ("a","bc") stay apart.
+/// The names must not change when trellis is upgraded, or DEL would miss veths made by the
+/// old version: the tests pin them.
+fn hash(parts: &[&str]) -> u64 {
+    let mut bytes: Vec<&[u8]> = Vec::with_capacity(parts.len() * 2);
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
-            // A NUL separator (xor 0, then the multiply) keeps ("ab","c") and ("a","bc") apart.
-            h = h.wrapping_mul(0x0100_0000_01b3);
+            bytes.push(b"\0");
         }
-        for b in p.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        bytes.push(p.as_bytes());
     }
-    h
+    fnv1a(&bytes)
 }
 
 /// `trl` + 12 hex digits = 15 characters, the kernel's limit.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let h = fnv1a(&[container_id, ifname]);
+    let h = hash(&[container_id, ifname]);
     format!("{HOST_VETH_PREFIX}{:012x}", h & 0xffff_ffff_ffff)
 }
 
@@ -56,7 +55,7 @@ pub fn mac_from_ip(ip: IpAddr) -> [u8; 6] {
 
 /// Host veth MAC: stable, locally administered, distinct from the 0a:58 space.
 pub fn host_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
-    let h = fnv1a(&[container_id, ifname, "mac"]).to_be_bytes();
+    let h = hash(&[container_id, ifname, "mac"]).to_be_bytes();
     [0x0e, h[0], h[1], h[2], h[3], h[4]]
 }
 
@@ -83,6 +82,10 @@ mod tests {
         assert!(!is_host_veth_name("trlXYZ"));
         // Pinned: changing the hash would orphan veths across an upgrade.
         assert_eq!(host_veth_name("abc", "eth0"), "trl4ae81be81b20");
+        assert_eq!(
+            host_veth_mac("abc", "eth0"),
+            [0x0e, 0x7e, 0x71, 0x53, 0x1f, 0x09]
+        );
     }
 
     #[test]

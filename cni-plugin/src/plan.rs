@@ -9,7 +9,7 @@ use crate::ipam::{Range, RangeSet};
 use crate::spec::config::NetConf;
 use crate::spec::error::{invalid_config, CniError};
 use crate::spec::result::Route;
-use crate::subnet_env::SubnetEnv;
+use trellis_common::subnet_env::SubnetEnv;
 
 /// Used when neither the config nor subnet.env give an MTU.
 pub const FALLBACK_MTU: u32 = 1500;

@@ -13,7 +13,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use crate::link;
+use trellis_common::netlink;
 
 pub const ENV: &str = "TRELLIS_REAP_LINK";
 
@@ -54,15 +54,15 @@ pub fn run(request: &str) -> i32 {
         let Ok(h) = crate::netns::host_netlink() else {
             return 1;
         };
-        match link::get_link_by_index(&h, index).await {
+        match netlink::link_by_index(&h, index).await {
             Ok(Some(l))
-                if link::name(&l) == Some(name)
-                    && !link::is_up(&l)
-                    && link::controller(&l).is_none() =>
+                if netlink::link_name(&l) == Some(name)
+                    && !netlink::link_is_up(&l)
+                    && netlink::link_controller(&l).is_none() =>
             {
                 match h.link().del(index).execute().await {
                     Ok(()) => 0,
-                    Err(e) if link::errno(&e) == Some(libc::ENODEV) => 0,
+                    Err(e) if netlink::errno(&e) == Some(libc::ENODEV) => 0,
                     Err(_) => 1,
                 }
             }

@@ -11,6 +11,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use trellis_common::hash::fnv1a;
+
 /// The `rtm_protocol` of every route trellis creates, so that the executor can dump exactly
 /// its own routes and never touches routes of the kernel, DHCP, routing daemons or other CNIs.
 ///
@@ -60,17 +62,6 @@ impl fmt::Display for Family {
             Family::V6 => "IPv6",
         })
     }
-}
-
-/// FNV-1a over `parts` in order: tiny, stable across Rust versions and platforms (unlike
-/// `DefaultHasher`), good enough spread for deriving names and picking among nodes.
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parts.iter().flat_map(|p| p.iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 /// An Ethernet MAC address.

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
+use trellis_common::netlink;
 
 use crate::ipam::Store;
 use crate::link::{self, nl_err, VethSpec};
@@ -116,13 +117,13 @@ async fn attach(
     let pod = netns.netlink()?;
     match link::create_veth(&host, &spec).await {
         Ok(()) => {}
-        Err(e) if link::errno(&e) == Some(libc::EEXIST) => {
+        Err(e) if netlink::errno(&e) == Some(libc::EEXIST) => {
             reuse_or_recreate(&host, &pod, &spec, env, bridge.index).await?;
         }
         Err(e) => return Err(nl_err(format_args!("cannot create veth {host_name}"), e)),
     }
 
-    let host_link = link::get_link(&host, &host_name)
+    let host_link = netlink::link_by_name(&host, &host_name)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {host_name}"), e))?
         .ok_or_else(|| {
@@ -137,7 +138,7 @@ async fn attach(
             .map_err(|e| nl_err(format_args!("cannot set hairpin on {host_name}"), e))?;
     }
 
-    let pod_link = link::get_link(&pod, &env.ifname)
+    let pod_link = netlink::link_by_name(&pod, &env.ifname)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {} in the pod", env.ifname), e))?
         .ok_or_else(|| {
@@ -155,7 +156,7 @@ async fn attach(
             )
         })?;
     }
-    if !link::is_up(&pod_link) {
+    if !netlink::link_is_up(&pod_link) {
         link::set_up(&pod, pod_index)
             .await
             .map_err(|e| nl_err(format_args!("cannot bring {} up", env.ifname), e))?;
@@ -187,14 +188,14 @@ async fn attach(
             },
             Interface {
                 name: host_name.clone(),
-                mac: names::format_mac(&link::mac(&host_link)),
+                mac: names::format_mac(netlink::link_address(&host_link).unwrap_or_default()),
                 mtu: Some(plan.mtu),
                 sandbox: None,
             },
             Interface {
                 name: env.ifname.clone(),
-                mac: names::format_mac(&link::mac(&pod_link)),
-                mtu: link::mtu(&pod_link).or(Some(plan.mtu)),
+                mac: names::format_mac(netlink::link_address(&pod_link).unwrap_or_default()),
+                mtu: netlink::link_mtu(&pod_link).or(Some(plan.mtu)),
                 sandbox: Some(netns.path().display().to_string()),
             },
         ],
@@ -226,23 +227,25 @@ async fn reuse_or_recreate(
     env: &Env,
     bridge_index: u32,
 ) -> Result<(), CniError> {
-    let host_link = link::get_link(host, spec.host_name)
+    let host_link = netlink::link_by_name(host, spec.host_name)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {}", spec.host_name), e))?;
-    let pod_link = link::get_link(pod, spec.pod_name).await.map_err(|e| {
-        nl_err(
-            format_args!("cannot look up {} in the pod", spec.pod_name),
-            e,
-        )
-    })?;
+    let pod_link = netlink::link_by_name(pod, spec.pod_name)
+        .await
+        .map_err(|e| {
+            nl_err(
+                format_args!("cannot look up {} in the pod", spec.pod_name),
+                e,
+            )
+        })?;
     match (host_link, pod_link) {
         (Some(h), Some(p))
             if matches!(
-                link::kind(&p),
+                netlink::link_kind(&p),
                 Some(netlink_packet_route::link::InfoKind::Veth)
             ) && !detached_by_del(&h) =>
         {
-            if link::controller(&h) != Some(bridge_index) {
+            if netlink::link_controller(&h) != Some(bridge_index) {
                 link::set_controller(host, h.header.index, bridge_index)
                     .await
                     .map_err(|e| {
@@ -284,7 +287,7 @@ async fn reuse_or_recreate(
 /// ADD, then an immediate retry). ADD replaces such a pair instead; the
 /// reaper deletes by ifindex, so it cannot hit the new one.
 fn detached_by_del(host_end: &netlink_packet_route::link::LinkMessage) -> bool {
-    !link::is_up(host_end) && link::controller(host_end).is_none()
+    !netlink::link_is_up(host_end) && netlink::link_controller(host_end).is_none()
 }
 
 /// Best-effort rollback of a failed ADD: same as DEL, errors ignored.

@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use trellis_common::netlink;
+
 use crate::ipam::Store;
 use crate::link::{self, nl_err};
 use crate::names;
@@ -48,27 +50,27 @@ pub async fn run(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     // Host side.
     let host = netns::host_netlink()?;
     let host_name = names::host_veth_name(&env.container_id, &env.ifname);
-    let host_link = link::get_link(&host, &host_name)
+    let host_link = netlink::link_by_name(&host, &host_name)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {host_name}"), e))?
         .ok_or_else(|| mismatch(format!("host veth {host_name} is missing")))?;
-    let bridge = link::get_link(&host, &conf.bridge)
+    let bridge = netlink::link_by_name(&host, &conf.bridge)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {}", conf.bridge), e))?
         .ok_or_else(|| mismatch(format!("bridge {} is missing", conf.bridge)))?;
-    if link::controller(&host_link) != Some(bridge.header.index) {
+    if netlink::link_controller(&host_link) != Some(bridge.header.index) {
         return Err(mismatch(format!(
             "host veth {host_name} is not attached to {}",
             conf.bridge
         )));
     }
-    if !link::is_up(&host_link) {
+    if !netlink::link_is_up(&host_link) {
         return Err(mismatch(format!("host veth {host_name} is down")));
     }
 
     // Pod side.
     let pod = netns.netlink()?;
-    let pod_link = link::get_link(&pod, &env.ifname)
+    let pod_link = netlink::link_by_name(&pod, &env.ifname)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {}", env.ifname), e))?
         .ok_or_else(|| {
@@ -78,11 +80,11 @@ pub async fn run(env: &Env, conf: &NetConf) -> Result<(), CniError> {
                 netns_path.display()
             ))
         })?;
-    if !link::is_up(&pod_link) {
+    if !netlink::link_is_up(&pod_link) {
         return Err(mismatch(format!("{} is down in the pod", env.ifname)));
     }
     let want_mac = &prev.interfaces[pod_idx].mac;
-    let have_mac = names::format_mac(&link::mac(&pod_link));
+    let have_mac = names::format_mac(netlink::link_address(&pod_link).unwrap_or_default());
     if !want_mac.is_empty() && !want_mac.eq_ignore_ascii_case(&have_mac) {
         return Err(mismatch(format!(
             "{} has MAC {have_mac}, expected {want_mac}",

@@ -10,6 +10,8 @@
 //! destruction to a detached child process (see [`crate::reaper`]). If the
 //! child cannot be started, DEL deletes the link itself.
 
+use trellis_common::netlink;
+
 use crate::ipam::Store;
 use crate::link::{self, nl_err};
 use crate::names;
@@ -21,7 +23,7 @@ use crate::spec::{Env, NetConf};
 pub async fn run(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let host = netns::host_netlink()?;
     let host_name = names::host_veth_name(&env.container_id, &env.ifname);
-    let mut found = link::get_link(&host, &host_name)
+    let mut found = netlink::link_by_name(&host, &host_name)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {host_name}"), e))?;
     if let Some(l) = &found {
@@ -29,7 +31,7 @@ pub async fn run(env: &Env, conf: &NetConf) -> Result<(), CniError> {
             Ok(()) => {}
             // The reaper of an earlier DEL of this attachment (containerd
             // sends a second DEL on sandbox removal) removed it meanwhile.
-            Err(e) if link::errno(&e) == Some(libc::ENODEV) => found = None,
+            Err(e) if netlink::errno(&e) == Some(libc::ENODEV) => found = None,
             Err(e) => return Err(nl_err(format_args!("cannot detach {host_name}"), e)),
         }
     }

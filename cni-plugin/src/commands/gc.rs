@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use futures::TryStreamExt;
+use trellis_common::netlink;
 
 use crate::ipam::Store;
 use crate::link::{self, nl_err};
@@ -52,7 +53,7 @@ pub async fn run(conf: &NetConf) -> Result<(), CniError> {
 
     // Host veths of ours on this network's bridge with no valid attachment
     // (for example their IPAM record was removed by hand).
-    let Some(bridge) = link::get_link(&host, &conf.bridge)
+    let Some(bridge) = netlink::link_by_name(&host, &conf.bridge)
         .await
         .map_err(|e| nl_err(format_args!("cannot look up {}", conf.bridge), e))?
     else {
@@ -65,11 +66,13 @@ pub async fn run(conf: &NetConf) -> Result<(), CniError> {
         .await
         .map_err(|e| nl_err("cannot list links", e))?
     {
-        let Some(name) = link::name(&l) else { continue };
+        let Some(name) = netlink::link_name(&l) else {
+            continue;
+        };
         // On our bridge, or detached by a DEL whose reaper did not finish.
-        let ours = match link::controller(&l) {
+        let ours = match netlink::link_controller(&l) {
             Some(c) => c == bridge.header.index,
-            None => !link::is_up(&l),
+            None => !netlink::link_is_up(&l),
         };
         if names::is_host_veth_name(name) && ours && !valid_veths.contains(name) {
             stale.push(name.to_string());

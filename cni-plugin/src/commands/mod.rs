@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::spec::error::{CniError, ErrorCode};
 use crate::spec::{CniVersion, Command, Env, NetConf};
-use crate::subnet_env::{self, SubnetEnv, SubnetEnvError};
+use trellis_common::subnet_env::{self, SubnetEnv, SubnetEnvError};
 
 /// Run one verb to completion.
 pub async fn dispatch(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {

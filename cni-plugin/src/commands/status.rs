@@ -2,7 +2,7 @@
 
 use crate::spec::error::{CniError, ErrorCode};
 use crate::spec::{CniVersion, NetConf};
-use crate::subnet_env;
+use trellis_common::subnet_env;
 
 pub fn run(conf: &NetConf) -> Result<(), CniError> {
     super::require_version(conf, CniVersion::supports_status_and_gc, "STATUS", "1.1.0")?;

@@ -146,7 +146,7 @@ impl NetConf {
             is_default_gateway: raw.is_default_gateway.unwrap_or(true),
             subnet_file: raw
                 .subnet_file
-                .unwrap_or_else(|| PathBuf::from(crate::subnet_env::DEFAULT_PATH)),
+                .unwrap_or_else(|| PathBuf::from(trellis_common::subnet_env::DEFAULT_PATH)),
             data_dir: raw
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

@@ -78,7 +78,7 @@ pub struct RunArgs {
     /// Use the interface that routes to this address.
     #[arg(long)]
     pub iface_can_reach: Option<std::net::IpAddr>,
-    #[arg(long, default_value = trellis_cni::subnet_env::DEFAULT_PATH)]
+    #[arg(long, default_value = trellis_common::subnet_env::DEFAULT_PATH)]
     pub subnet_file: PathBuf,
     /// Prefix of the Node annotations (flannel's, so trellis can replace flannel in place).
     #[arg(long, default_value = "flannel.alpha.coreos.com")]

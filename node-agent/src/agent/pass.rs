@@ -193,7 +193,7 @@ impl Agent {
 
     /// Write subnet.env for the CNI plugin if it changed. Returns whether it is in place.
     fn write_subnet_env(&self, plan: &Plan, not_programmed: &mut Vec<String>) -> bool {
-        match trellis_cni::subnet_env::write_atomic(&self.subnet_file, &plan.state.subnet_env) {
+        match trellis_common::subnet_env::write_atomic(&self.subnet_file, &plan.state.subnet_env) {
             Ok(true) => {
                 info!(path = %self.subnet_file.display(), mtu = plan.state.mtu, "subnet.env written");
                 true

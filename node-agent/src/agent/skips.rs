@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
+use trellis_common::hash::fnv1a;
 
 use super::Agent;
 use crate::backend::Plan;
 use crate::cluster::{lock_view, SharedView};
 use crate::config::NetConfig;
-use crate::net::fnv1a;
 
 /// `PeerSkipped` Events of one agent: a burst of at most 10, then one every 2 s (each new
 /// skip is logged regardless). Each skipped Node is reported by a few agents of the cluster

@@ -23,7 +23,7 @@ pub mod vxlan;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use trellis_cni::subnet_env::SubnetEnv;
+use trellis_common::subnet_env::SubnetEnv;
 
 use crate::annotations::Advertisement;
 use crate::config::{BackendConfig, BackendType, NetConfig};

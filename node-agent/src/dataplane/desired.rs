@@ -18,7 +18,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
-use trellis_cni::subnet_env::SubnetEnv;
+use trellis_common::subnet_env::SubnetEnv;
 
 use crate::annotations::Advertisement;
 use crate::firewall::rules::RuleSet;

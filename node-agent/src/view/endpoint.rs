@@ -11,21 +11,22 @@ use super::Underlay;
 
 /// Why `ip` cannot be a peer's endpoint on this `underlay`, or `None` when it can.
 pub fn unusable(ip: IpAddr, underlay: &Underlay) -> Option<&'static str> {
+    if ip.is_loopback() {
+        return Some("a loopback address");
+    }
+    if ip.is_multicast() {
+        return Some("a multicast address");
+    }
     match ip {
         IpAddr::V4(ip) => unusable_v4(ip, underlay),
         IpAddr::V6(ip) => unusable_v6(ip, underlay),
     }
 }
 
+/// Past the checks both families share (loopback, multicast).
 fn unusable_v4(ip: Ipv4Addr, underlay: &Underlay) -> Option<&'static str> {
     if ip.is_unspecified() || ip.octets()[0] == 0 {
         return Some("the unspecified network (0.0.0.0/8)");
-    }
-    if ip.is_loopback() {
-        return Some("a loopback address");
-    }
-    if ip.is_multicast() {
-        return Some("a multicast address");
     }
     if ip.is_broadcast() {
         return Some("the limited broadcast address");
@@ -54,12 +55,6 @@ fn unusable_v4(ip: Ipv4Addr, underlay: &Underlay) -> Option<&'static str> {
 fn unusable_v6(ip: Ipv6Addr, underlay: &Underlay) -> Option<&'static str> {
     if ip.is_unspecified() {
         return Some("the unspecified address");
-    }
-    if ip.is_loopback() {
-        return Some("a loopback address");
-    }
-    if ip.is_multicast() {
-        return Some("a multicast address");
     }
     if ip.to_ipv4_mapped().is_some() {
         return Some("an IPv4-mapped address");

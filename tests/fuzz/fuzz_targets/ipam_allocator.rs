@@ -22,7 +22,7 @@ use libfuzzer_sys::fuzz_target;
 use trellis_cni::ipam::{Range, RangeSet};
 use trellis_cni::plan::NetworkPlan;
 use trellis_cni::spec::NetConf;
-use trellis_cni::subnet_env::SubnetEnv;
+use trellis_common::subnet_env::SubnetEnv;
 
 const SUBNET_FILE: &str = "/run/flannel/subnet.env";
 /// Sets up to this many addresses are checked against the naive walk and drained.

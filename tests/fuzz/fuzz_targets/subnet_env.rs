@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use trellis_cni::subnet_env::{first_host, SubnetEnv};
+use trellis_common::subnet_env::{first_host, SubnetEnv};
 
 fuzz_target!(|data: &[u8]| {
     // `subnet_env::read` uses read_to_string: a non-UTF-8 file never reaches the parser.

@@ -17,7 +17,6 @@ use std::fmt;
 use std::net::IpAddr;
 
 use futures::stream::{self, StreamExt};
-use futures::TryStreamExt;
 use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::address::AddressFlags;
@@ -30,9 +29,9 @@ use rtnetlink::{
     AddressMessageBuilder, Handle, LinkIpIp, LinkMessageBuilder, LinkUnspec, LinkVxlan,
     RouteMessageBuilder,
 };
+use trellis_common::netlink::{errno, link_by_name};
 
 use super::bulk::{self, Answer, BulkSocket, Request};
-use super::errno;
 use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Route};
 use crate::dataplane::diff::Op;
 use crate::net::ROUTE_PROTOCOL;
@@ -163,22 +162,11 @@ impl Links {
         if let Some(i) = self.index.get(name) {
             return Ok(Some(*i));
         }
-        let found = handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await;
-        match found {
-            Ok(Some(msg)) => {
-                self.index.insert(name.to_string(), msg.header.index);
-                Ok(Some(msg.header.index))
-            }
-            Ok(None) => Ok(None),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(Failure::kernel(e)),
+        let found = link_by_name(handle, name).await.map_err(Failure::kernel)?;
+        if let Some(msg) = &found {
+            self.index.insert(name.to_string(), msg.header.index);
         }
+        Ok(found.map(|m| m.header.index))
     }
 }
 

@@ -11,6 +11,7 @@
 use std::sync::{Arc, RwLock};
 
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use trellis_common::netlink::{link_is_up, link_name};
 
 use super::monitor::Owned;
 use super::parse;
@@ -45,7 +46,7 @@ pub fn agrees(msg: &RouteNetlinkMessage, owned: &Owned, expected: &KernelState) 
     use RouteNetlinkMessage as M;
     match msg {
         M::NewLink(l) => {
-            let Some(name) = parse::link_name(l) else {
+            let Some(name) = link_name(l) else {
                 return false;
             };
             let Some(want) = expected.links.get(name) else {
@@ -60,11 +61,11 @@ pub fn agrees(msg: &RouteNetlinkMessage, owned: &Owned, expected: &KernelState) 
                 kind: parse::link_kind(l),
                 mtu: parse::link_mtu(l),
                 mac: parse::link_mac(l),
-                up: parse::link_up(l) || just_created,
+                up: link_is_up(l) || just_created,
             };
             want.kind == got.kind && !needs_set(want, &got)
         }
-        M::DelLink(l) => parse::link_name(l).is_some_and(|n| !expected.links.contains_key(n)),
+        M::DelLink(l) => link_name(l).is_some_and(|n| !expected.links.contains_key(n)),
         M::NewAddress(a) | M::DelAddress(a) => {
             let (Some(link), Some(addr)) = (owned.name(a.header.index), parse::address(a)) else {
                 return false;

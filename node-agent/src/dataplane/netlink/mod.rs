@@ -33,17 +33,11 @@ pub use expect::{agrees, Expected};
 pub use monitor::{concerns_owned, DriftMonitor, MonitorCounters, MonitorStats, Owned};
 pub use read::read_actual;
 
+use trellis_common::netlink::{describe, errno};
+
 use self::bulk::BulkSocket;
 use super::desired::KernelState;
 use super::diff::diff;
-
-/// The errno a netlink call failed with, if it was the kernel that said no.
-pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
 
 /// A netlink failure that stops a whole read (an op's failure is an [`OpError`] instead).
 #[derive(Debug, thiserror::Error)]
@@ -65,15 +59,10 @@ pub enum NetlinkError {
 
 impl NetlinkError {
     pub fn new(what: &'static str, e: rtnetlink::Error) -> NetlinkError {
-        let errno = errno(&e);
-        let detail = match errno {
-            Some(n) => std::io::Error::from_raw_os_error(n).to_string(),
-            None => e.to_string(),
-        };
         NetlinkError::Kernel {
             what,
-            errno,
-            detail,
+            errno: errno(&e),
+            detail: describe(&e),
         }
     }
 

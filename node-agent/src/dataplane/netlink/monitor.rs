@@ -31,6 +31,7 @@ use rtnetlink::sys::{AsyncSocket, SocketAddr};
 use rtnetlink::{MulticastGroup, RouteMessageBuilder};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use trellis_common::netlink::link_name;
 
 use super::expect::{self, Expected};
 use super::parse;
@@ -114,7 +115,7 @@ impl Owned {
     /// including one renamed away from a trellis name.
     fn observe_link(&mut self, msg: &LinkMessage, deleted: bool) -> bool {
         let index = msg.header.index;
-        let name = parse::link_name(msg);
+        let name = link_name(msg);
         if deleted {
             self.names.remove(&index);
         } else if let Some(n) = name.filter(|n| self.name(index) != Some(n)) {

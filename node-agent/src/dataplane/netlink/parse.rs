@@ -6,48 +6,30 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoIpTunnel, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoIpTunnel, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+    RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
 };
 use netlink_packet_route::AddressFamily;
+
+use trellis_common::netlink::{self, route_addr};
 
 use crate::dataplane::desired::LinkKind;
 use crate::net::{Mac, ROUTE_PROTOCOL};
 
-pub fn link_name(msg: &LinkMessage) -> Option<&str> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.as_str()),
-        _ => None,
-    })
-}
-
+/// The MTU, 0 when the kernel did not say (a desired link never has MTU 0, so it differs).
 pub fn link_mtu(msg: &LinkMessage) -> u32 {
-    msg.attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::Mtu(m) => Some(*m),
-            _ => None,
-        })
-        .unwrap_or(0)
+    netlink::link_mtu(msg).unwrap_or(0)
 }
 
 /// The link's Ethernet address; `None` for devices without one (IPIP reports its 4-byte local
 /// address here).
 pub fn link_mac(msg: &LinkMessage) -> Option<Mac> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(b) => mac_from(b),
-        _ => None,
-    })
-}
-
-/// Administrative state (`ip link set up`), not carrier: that is what trellis sets.
-pub fn link_up(msg: &LinkMessage) -> bool {
-    msg.header.flags.contains(LinkFlags::Up)
+    netlink::link_address(msg).and_then(mac_from)
 }
 
 pub fn mac_from(bytes: &[u8]) -> Option<Mac> {
@@ -168,14 +150,6 @@ pub fn is_main_table(msg: &RouteMessage) -> bool {
 /// Whether the route is one of trellis's: main table, protocol [`ROUTE_PROTOCOL`].
 pub fn is_trellis_route(msg: &RouteMessage) -> bool {
     msg.header.protocol == RouteProtocol::from(ROUTE_PROTOCOL) && is_main_table(msg)
-}
-
-fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
 }
 
 pub fn unspecified(family: AddressFamily) -> Option<IpAddr> {

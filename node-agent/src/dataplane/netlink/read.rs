@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
+use trellis_common::netlink::{link_is_up, link_name};
 
 use super::parse::{self, NeighInfo};
 use super::NetlinkError;
@@ -36,7 +37,7 @@ pub async fn read_snapshot(handle: &Handle) -> Result<Snapshot, NetlinkError> {
 
     let mut links = handle.link().get().execute();
     while let Some(msg) = links.try_next().await.map_err(read_err("dump links"))? {
-        let Some(name) = parse::link_name(&msg) else {
+        let Some(name) = link_name(&msg) else {
             continue;
         };
         let index = msg.header.index;
@@ -50,7 +51,7 @@ pub async fn read_snapshot(handle: &Handle) -> Result<Snapshot, NetlinkError> {
             kind: parse::link_kind(&msg),
             mtu: parse::link_mtu(&msg),
             mac: parse::link_mac(&msg),
-            up: parse::link_up(&msg),
+            up: link_is_up(&msg),
         });
     }
 

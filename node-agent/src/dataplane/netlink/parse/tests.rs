@@ -4,8 +4,12 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, L
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteMessage, RouteProtocol};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol,
+};
 use netlink_packet_route::AddressFamily;
+
+use trellis_common::netlink::{link_is_up, link_name};
 
 use super::*;
 use crate::dataplane::fixtures::vxlan_kind;
@@ -46,7 +50,7 @@ fn vxlan_attributes_are_read_as_the_diff_compares_them() {
     assert_eq!(link_name(&m), Some("flannel.1"));
     assert_eq!(link_mtu(&m), 1450);
     assert_eq!(link_mac(&m), Some(Mac([2, 0xaa, 0, 0, 0, 1])));
-    assert!(!link_up(&m));
+    assert!(!link_is_up(&m));
     assert_eq!(link_kind(&m), vxlan_kind(1, 8472));
 }
 
