@@ -9,6 +9,8 @@
 #   sudo hack/bench-agent.sh
 #   BENCH_REPS=5 BENCH_PEERS="1000 5000" BENCH_ONE_MORE=20 BENCH_IPERF_SECS=5 \
 #   BENCH_IPERF_REPS=3 BENCH_NO_BUILD=1 hack/bench-agent.sh
+#   BENCH_BASELINE=/path/to/older/trellis-agent hack/bench-agent.sh   # (1) and (3) for both
+#     agents in the same rounds, in rotating order: "did this change slow anything?"
 # Results and logs stay in BENCH_OUT (default: a new /tmp/trellis-bench-agent.XXXX).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,8 +46,13 @@ trap cleanup EXIT
 ip netns add "$prefix-u"
 
 echo "# scale: N=${peers[*]}, $reps rounds each; results in $out" >&2
+baseline=()
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  [ -x "$BENCH_BASELINE" ] || { echo "BENCH_BASELINE=$BENCH_BASELINE is not executable" >&2; exit 1; }
+  baseline=(--baseline "$(realpath "$BENCH_BASELINE")")
+fi
 ip netns exec "$prefix-u" python3 hack/bench-agent/bench.py scale \
-  --agent "$bin/trellis-agent" --emulator "$bin/kube-emulator" --workdir "$out" \
+  --agent "$bin/trellis-agent" "${baseline[@]}" --emulator "$bin/kube-emulator" --workdir "$out" \
   --prefix "$prefix" --peers "${peers[@]}" --reps "$reps" --one-more "$one_more" \
   --out "$out/scale.json"
 

@@ -364,11 +364,12 @@ def scale(args):
         scripts = None
         try:
             # Run 0 warms the emulator and the page cache and gives the entries for -batch;
-            # then `reps` rounds, alternating which side goes first.
+            # then `reps` rounds, rotating which side goes first.
+            agents = ["agent"] + (["baseline"] if args.baseline else [])
+            sides = agents + ["batch"]
             for rep in range(args.reps + 1):
-                order = ["agent", "batch"] if rep % 2 == 0 else ["batch", "agent"]
-                if rep == 0:
-                    order = ["agent"]
+                k = rep % len(sides)
+                order = agents if rep == 0 else sides[k:] + sides[:k]
                 for what in order:
                     ns = fresh_ns()
                     try:
@@ -378,8 +379,9 @@ def scale(args):
                             rec = {"n": n, "rep": rep, "what": "batch", "seconds": secs,
                                    "kernel": got}
                         else:
+                            binary = args.agent if what == "agent" else args.baseline
                             t0 = time.monotonic()
-                            agent = Agent(args.agent, ns, args.workdir, kubeconfig)
+                            agent = Agent(binary, ns, args.workdir, kubeconfig)
                             try:
                                 agent.wait_programmed(n)
                                 secs = time.monotonic() - t0
@@ -389,10 +391,10 @@ def scale(args):
                                                else hostgw_scripts(ns))
                                 time.sleep(1)  # let allocations settle before reading RSS
                                 mem = proc_status(agent.proc.pid)
-                                rec = {"n": n, "rep": rep, "what": "agent", "seconds": secs,
+                                rec = {"n": n, "rep": rep, "what": what, "seconds": secs,
                                        "kernel": got, "rss_kib": mem.get("VmRSS"),
                                        "hwm_kib": mem.get("VmHWM")}
-                                if rep == args.reps and n == max(args.peers):
+                                if what == "agent" and rep == args.reps and n == max(args.peers):
                                     out["one_more"] = one_more(emu, agent, ns, n, backend,
                                                                args.one_more)
                                     mem = proc_status(agent.proc.pid)
@@ -444,20 +446,33 @@ def report(args):
     with open(args.scale) as f:
         s = json.load(f)
     rows = []
+    has_baseline = any(r["what"] == "baseline" for r in s["runs"])
+
+    def secs(n, what):
+        """Per round (run 0 left out), in round order."""
+        return [r["seconds"] for r in s["runs"]
+                if r["n"] == n and r["what"] == what and r["rep"] > 0]
+
+    def pairs(a, b):
+        ratios = [x / y for x, y in zip(a, b)]
+        return f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}..{max(ratios):.2f}]"
+
     for n in sorted({r["n"] for r in s["runs"]}):
-        ag = [r["seconds"] for r in s["runs"] if r["n"] == n and r["what"] == "agent" and r["rep"] > 0]
-        ba = [r["seconds"] for r in s["runs"] if r["n"] == n and r["what"] == "batch"]
-        ratios = [a / b for a, b in zip(
-            [r["seconds"] for r in s["runs"] if r["n"] == n and r["what"] == "agent" and r["rep"] > 0],
-            ba)]
-        first = [r["seconds"] for r in s["runs"] if r["n"] == n and r["rep"] == 0][0]
+        ag, ba = secs(n, "agent"), secs(n, "batch")
+        first = [r["seconds"] for r in s["runs"]
+                 if r["n"] == n and r["rep"] == 0 and r["what"] == "agent"][0]
         rows.append((f"(1) start -> programmed, N={n}: agent median (cold run 0)",
                      f"{statistics.median(ag) * 1000:.0f} ms ({first * 1000:.0f} ms)", ""))
         rows.append((f"    ip -batch + bridge -batch, N={n}: median",
                      f"{statistics.median(ba) * 1000:.0f} ms", ""))
         rows.append((f"    ratio agent / -batch, N={n}: median of pairs [min..max]",
-                     f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}..{max(ratios):.2f}]",
-                     "<= 1.5x"))
+                     pairs(ag, ba), "<= 1.5x"))
+        if has_baseline:
+            bl = secs(n, "baseline")
+            rows.append((f"    baseline agent, N={n}: median",
+                         f"{statistics.median(bl) * 1000:.0f} ms", ""))
+            rows.append((f"    ratio agent / baseline, N={n}: median of pairs [min..max]",
+                         pairs(ag, bl), ""))
     om = [x["ms"] for x in s.get("one_more", [])]
     if om:
         api = [x["api_ms"] for x in s["one_more"]]
@@ -466,12 +481,13 @@ def report(args):
         rows.append(("    of which the POST itself: p50",
                      f"{q(api, .5):.1f} ms", ""))
     big = max(r["n"] for r in s["runs"])
-    mem = [r for r in s["runs"] if r["n"] == big and r["what"] == "agent"]
-    rss = [r["rss_kib"] / 1024 for r in mem]
-    hwm = [r["hwm_kib"] / 1024 for r in mem]
-    rows.append((f"(3) agent VmRSS / VmHWM at N={big}: median (max)",
-                 f"{statistics.median(rss):.1f} ({max(rss):.1f}) / "
-                 f"{statistics.median(hwm):.1f} ({max(hwm):.1f}) MiB", "<= 40 MiB"))
+    for what in ["agent", "baseline"] if has_baseline else ["agent"]:
+        mem = [r for r in s["runs"] if r["n"] == big and r["what"] == what]
+        rss = [r["rss_kib"] / 1024 for r in mem]
+        hwm = [r["hwm_kib"] / 1024 for r in mem]
+        rows.append((f"(3) {what} VmRSS / VmHWM at N={big}: median (max)",
+                     f"{statistics.median(rss):.1f} ({max(rss):.1f}) / "
+                     f"{statistics.median(hwm):.1f} ({max(hwm):.1f}) MiB", "<= 40 MiB"))
     for path in args.throughput:
         samples = []
         with open(path) as f:
@@ -501,6 +517,7 @@ def main():
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("scale")
     s.add_argument("--agent", required=True)
+    s.add_argument("--baseline", help="another trellis-agent binary, run in the same rounds")
     s.add_argument("--emulator", required=True)
     s.add_argument("--workdir", required=True)
     s.add_argument("--prefix", required=True, help="name prefix of the namespaces made here")
