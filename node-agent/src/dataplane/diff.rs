@@ -22,6 +22,7 @@
 //! logs and metrics. `AddLink` creates the link with every attribute and sets it up;
 //! `SetLink` changes only MTU, MAC and up state of a link whose kind is already right.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -118,41 +119,43 @@ fn merge<'a, K: Ord, V>(
     actual: &'a BTreeMap<K, V>,
     mut visit: impl FnMut(Option<&'a V>, Option<&'a V>),
 ) {
-    let mut d = desired.iter().peekable();
-    let mut a = actual.iter().peekable();
-    loop {
-        match (d.peek(), a.peek()) {
-            (None, None) => break,
-            (Some(_), None) => visit(d.next().map(|(_, v)| v), None),
-            (None, Some(_)) => visit(None, a.next().map(|(_, v)| v)),
-            (Some((dk, _)), Some((ak, _))) => match dk.cmp(ak) {
-                std::cmp::Ordering::Less => visit(d.next().map(|(_, v)| v), None),
-                std::cmp::Ordering::Greater => visit(None, a.next().map(|(_, v)| v)),
-                std::cmp::Ordering::Equal => {
-                    visit(d.next().map(|(_, v)| v), a.next().map(|(_, v)| v))
-                }
-            },
-        }
-    }
+    merge_by(
+        desired.iter(),
+        actual.iter(),
+        |d, a| d.0.cmp(a.0),
+        |d, a| visit(d.map(|(_, v)| v), a.map(|(_, v)| v)),
+    );
 }
 
 fn merge_sets<'a, T: Ord>(
     desired: &'a BTreeSet<T>,
     actual: &'a BTreeSet<T>,
-    mut visit: impl FnMut(Option<&'a T>, Option<&'a T>),
+    visit: impl FnMut(Option<&'a T>, Option<&'a T>),
 ) {
-    let mut d = desired.iter().peekable();
-    let mut a = actual.iter().peekable();
+    merge_by(desired.iter(), actual.iter(), |d, a| d.cmp(a), visit);
+}
+
+/// Walk two sequences sorted by `cmp` side by side: `visit` gets each item with its equal in
+/// the other sequence, or alone (`None` on the other side).
+fn merge_by<T>(
+    desired: impl Iterator<Item = T>,
+    actual: impl Iterator<Item = T>,
+    cmp: impl Fn(&T, &T) -> Ordering,
+    mut visit: impl FnMut(Option<T>, Option<T>),
+) {
+    let mut d = desired.peekable();
+    let mut a = actual.peekable();
     loop {
-        match (d.peek(), a.peek()) {
+        let order = match (d.peek(), a.peek()) {
             (None, None) => break,
-            (Some(_), None) => visit(d.next(), None),
-            (None, Some(_)) => visit(None, a.next()),
-            (Some(dv), Some(av)) => match dv.cmp(av) {
-                std::cmp::Ordering::Less => visit(d.next(), None),
-                std::cmp::Ordering::Greater => visit(None, a.next()),
-                std::cmp::Ordering::Equal => visit(d.next(), a.next()),
-            },
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(dv), Some(av)) => cmp(dv, av),
+        };
+        match order {
+            Ordering::Less => visit(d.next(), None),
+            Ordering::Greater => visit(None, a.next()),
+            Ordering::Equal => visit(d.next(), a.next()),
         }
     }
 }
