@@ -269,13 +269,7 @@ pub fn parse_forward_policy(listing: &str) -> Option<&str> {
 
 /// The node's addresses, for the overlap check (empty when netlink cannot be read).
 pub fn node_addresses() -> Vec<IpNetwork> {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    else {
-        return Vec::new();
-    };
-    rt.block_on(async {
+    crate::oneshot::block_on(async {
         let Ok((conn, h, _)) = rtnetlink::new_connection() else {
             return Vec::new();
         };
@@ -285,6 +279,7 @@ pub fn node_addresses() -> Vec<IpNetwork> {
             .map(|links| links.into_iter().flat_map(|l| l.addrs).collect())
             .unwrap_or_default()
     })
+    .unwrap_or_default()
 }
 
 pub fn list_dir(dir: &Path) -> Vec<String> {

@@ -57,23 +57,17 @@ pub fn main(addr: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("status: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let actual = rt.block_on(async {
+    let actual = crate::oneshot::block_on(async {
         let dp = crate::dataplane::netlink::Dataplane::new().map_err(|e| e.to_string())?;
         dp.read_actual().await.map_err(|e| e.to_string())
     });
     let actual = match actual {
-        Ok(k) => describe(&k),
+        Ok(Ok(k)) => describe(&k),
         Err(e) => {
+            eprintln!("status: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+        Ok(Err(e)) => {
             eprintln!("status: cannot read the kernel: {e}");
             return ExitCode::FAILURE;
         }

@@ -492,18 +492,12 @@ pub fn main(args: UninstallArgs) -> ExitCode {
     if !args.kernel_state {
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    match crate::oneshot::block_on(remove_node_state(Exec::new(), &args.subnet_file)) {
         Err(e) => {
             eprintln!("uninstall-cni: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    match rt.block_on(remove_node_state(Exec::new(), &args.subnet_file)) {
-        Ok(report) => {
+        Ok(Ok(report)) => {
             print!("{report}");
             if report.succeeded() {
                 ExitCode::SUCCESS
@@ -511,7 +505,7 @@ pub fn main(args: UninstallArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             eprintln!("uninstall-cni: {e}");
             ExitCode::FAILURE
         }
