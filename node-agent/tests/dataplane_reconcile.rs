@@ -12,7 +12,9 @@ use dataplane_support::{
     desired, dual_vxlan_config, expected_entries, expected_entries6, fdb, neighbours,
     trellis_routes, trellis_routes6, vxlan_config, Node, PeerNode,
 };
-use trellis_agent::dataplane::desired::{Fdb, KernelState, Link, LinkKind, Neighbour, Route};
+use trellis_agent::dataplane::desired::{
+    Fdb, KernelState, Link, LinkKind, Neighbour, Route, Vxlan,
+};
 use trellis_agent::dataplane::diff::{diff, Op};
 use trellis_agent::dataplane::netlink::{apply, read_actual, Dataplane, ReconcileReport};
 use trellis_agent::net::Mac;
@@ -251,14 +253,14 @@ fn failures_are_reported_per_op_and_the_rest_applied() {
     let eth0 = ns.ifindex("eth0");
     let good = Link {
         name: "flannel.1".into(),
-        kind: LinkKind::Vxlan {
+        kind: LinkKind::Vxlan(Vxlan {
             vni: 1,
             port: 8472,
             local: "192.168.1.1".parse().expect("ip"),
             underlay_index: eth0,
             learning: false,
             gbp: false,
-        },
+        }),
         mtu: 1450,
         mac: None,
         up: true,
@@ -266,14 +268,10 @@ fn failures_are_reported_per_op_and_the_rest_applied() {
     // Underlay index that does not exist: the kernel refuses the device.
     let mut bad = good.clone();
     bad.name = "flannel.7".into();
-    bad.kind = LinkKind::Vxlan {
-        vni: 7,
-        port: 8472,
-        local: "192.168.1.1".parse().expect("ip"),
-        underlay_index: 999_999,
-        learning: false,
-        gbp: false,
-    };
+    if let LinkKind::Vxlan(v) = &mut bad.kind {
+        v.vni = 7;
+        v.underlay_index = 999_999;
+    }
     let gw: IpAddr = "10.244.2.0".parse().expect("ip");
     let ops = vec![
         Op::AddLink(good.clone()),

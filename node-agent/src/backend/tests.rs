@@ -2,7 +2,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::annotations::{AnnotationKeys, VxlanData};
-use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Neighbour};
+use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Neighbour, Vxlan};
 use crate::dataplane::diff::{diff, Op};
 use crate::dataplane::fixtures::vxlan_link;
 use crate::net::Mac;
@@ -158,14 +158,14 @@ fn vxlan_options_reach_the_device() {
     let link = &p.state.kernel.links["flannel.4096"];
     assert_eq!(
         link.kind,
-        LinkKind::Vxlan {
+        LinkKind::Vxlan(Vxlan {
             vni: 4096,
             port: 4789,
             local: ip("192.168.1.1"),
             underlay_index: 2,
             learning: true,
             gbp: true
-        }
+        })
     );
     assert_eq!(link.mtu, 1400);
     assert_eq!(p.state.mtu, 1400);
@@ -226,7 +226,7 @@ fn dual_stack_vxlan() {
     let v6 = &k.links["flannel-v6.1"];
     assert_eq!(v6.mtu, 1430);
     assert_eq!(v6.mac, Some(LOCAL_MAC6));
-    assert!(matches!(v6.kind, LinkKind::Vxlan { local, .. } if local == ip("fd00:192::1")));
+    assert!(matches!(v6.kind, LinkKind::Vxlan(Vxlan { local, .. }) if local == ip("fd00:192::1")));
     // Pods get the smaller of the two MTUs.
     assert_eq!(p.state.mtu, 1430);
     assert!(k.addresses.contains(&Address {

@@ -14,7 +14,9 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use super::{Backend, PlanContext, PlanError};
 use crate::annotations::{Advertisement, PeerBackend, VxlanData};
 use crate::config::{BackendType, VxlanConfig};
-use crate::dataplane::desired::{Fdb, KernelState, Link, LinkKind, Neighbour, Route};
+use crate::dataplane::desired::{
+    Fdb, KernelState, Link, LinkKind, Neighbour, Route, Vxlan as VxlanDevice,
+};
 use crate::net::{vxlan6_link_name, vxlan_link_name, Family, DEFAULT_VXLAN_PORT};
 use crate::view::{Missing, Peer, SkipReason};
 
@@ -113,14 +115,14 @@ impl Vxlan {
         };
         out.add_link(Link {
             name: name.clone(),
-            kind: LinkKind::Vxlan {
+            kind: LinkKind::Vxlan(VxlanDevice {
                 vni,
                 port,
                 local,
                 underlay_index: ctx.lease.underlay.index,
                 learning: self.opts.learning,
                 gbp: self.opts.gbp,
-            },
+            }),
             mtu: self.device_mtu(ctx, family, vni),
             mac: ours.then_some(mac),
             up: true,

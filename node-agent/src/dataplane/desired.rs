@@ -28,22 +28,26 @@ use crate::net::{Mac, ROUTE_PROTOCOL};
 /// differs the device is deleted and created again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkKind {
-    Vxlan {
-        vni: u32,
-        /// UDP destination (and listening) port.
-        port: u16,
-        /// Tunnel source address: the underlay interface's address of the device's family.
-        local: IpAddr,
-        /// ifindex of the underlay interface (`dev` in `ip link add ... type vxlan`).
-        underlay_index: u32,
-        learning: bool,
-        gbp: bool,
-    },
+    Vxlan(Vxlan),
     Ipip {
         /// Tunnel source address. Set so that the device does not compete with `tunl0` for
         /// packets (the kernel picks the tunnel whose local/remote match most precisely).
         local: Ipv4Addr,
     },
+}
+
+/// A VXLAN device's immutable attributes (`ip link add ... type vxlan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    /// UDP destination (and listening) port.
+    pub port: u16,
+    /// Tunnel source address: the underlay interface's address of the device's family.
+    pub local: IpAddr,
+    /// ifindex of the underlay interface (`dev` in `ip link add ... type vxlan`).
+    pub underlay_index: u32,
+    pub learning: bool,
+    pub gbp: bool,
 }
 
 /// A device trellis creates. Desired links are always up.
@@ -208,19 +212,20 @@ pub struct DesiredState {
 impl fmt::Display for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            LinkKind::Vxlan {
-                vni,
-                port,
-                local,
-                underlay_index,
-                learning,
-                gbp,
-            } => write!(
+            LinkKind::Vxlan(v) => write!(
                 f,
-                "{} type vxlan id {vni} dstport {port} local {local} dev-index {underlay_index}{}{}",
+                "{} type vxlan id {} dstport {} local {} dev-index {}{}{}",
                 self.name,
-                if *learning { " learning" } else { " nolearning" },
-                if *gbp { " gbp" } else { "" },
+                v.vni,
+                v.port,
+                v.local,
+                v.underlay_index,
+                if v.learning {
+                    " learning"
+                } else {
+                    " nolearning"
+                },
+                if v.gbp { " gbp" } else { "" },
             )?,
             LinkKind::Ipip { local } => write!(f, "{} type ipip local {local}", self.name)?,
         }

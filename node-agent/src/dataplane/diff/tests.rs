@@ -3,7 +3,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::*;
-use crate::dataplane::desired::LinkKind;
+use crate::dataplane::desired::{LinkKind, Vxlan};
 use crate::dataplane::fixtures::vxlan_link;
 use crate::net::Mac;
 
@@ -286,7 +286,7 @@ fn immutable_link_attributes_recreate_the_link_and_what_lives_on_it() {
     let ops = check(&desired, &actual);
     assert_eq!(ops[0], Op::DeleteLink("flannel.1".into()));
     assert!(
-        matches!(&ops[1], Op::AddLink(l) if matches!(l.kind, LinkKind::Vxlan { port: 4789, .. }))
+        matches!(&ops[1], Op::AddLink(l) if matches!(l.kind, LinkKind::Vxlan(Vxlan { port: 4789, .. })))
     );
     // Everything is re-added, nothing deleted individually.
     assert_eq!(ops.len(), 2 + 1 + 2 + 2 + 2, "{ops:#?}");

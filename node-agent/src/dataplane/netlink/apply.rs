@@ -413,25 +413,18 @@ fn link_message(link: &Link) -> netlink_packet_route::link::LinkMessage {
         b
     }
     match &link.kind {
-        LinkKind::Vxlan {
-            vni,
-            port,
-            local,
-            underlay_index,
-            learning,
-            gbp,
-        } => {
-            let mut b = LinkVxlan::new(&link.name, *vni)
-                .port(*port)
-                .learning(*learning);
-            b = match local {
-                IpAddr::V4(ip) => b.local(*ip),
-                IpAddr::V6(ip) => b.local6(*ip),
+        LinkKind::Vxlan(v) => {
+            let mut b = LinkVxlan::new(&link.name, v.vni)
+                .port(v.port)
+                .learning(v.learning);
+            b = match v.local {
+                IpAddr::V4(ip) => b.local(ip),
+                IpAddr::V6(ip) => b.local6(ip),
             };
-            if *underlay_index != 0 {
-                b = b.dev(*underlay_index);
+            if v.underlay_index != 0 {
+                b = b.dev(v.underlay_index);
             }
-            if *gbp {
+            if v.gbp {
                 b = b.gbp();
             }
             common(b, link).build()

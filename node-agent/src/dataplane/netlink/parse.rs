@@ -18,7 +18,7 @@ use netlink_packet_route::AddressFamily;
 
 use trellis_common::netlink::{self, route_addr};
 
-use crate::dataplane::desired::LinkKind;
+use crate::dataplane::desired::{LinkKind, Vxlan};
 use crate::net::{Mac, ROUTE_PROTOCOL};
 
 /// The MTU, 0 when the kernel did not say (a desired link never has MTU 0, so it differs).
@@ -94,14 +94,14 @@ fn vxlan_kind(attrs: &[InfoVxlan]) -> LinkKind {
             _ => {}
         }
     }
-    LinkKind::Vxlan {
+    LinkKind::Vxlan(Vxlan {
         vni,
         port,
         local,
         underlay_index,
         learning,
         gbp,
-    }
+    })
 }
 
 /// The address of an address message, with its prefix. IPv4 reports the interface's own
