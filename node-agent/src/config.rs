@@ -28,7 +28,7 @@ use std::str::FromStr;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::Value;
 
-use crate::net::DEFAULT_VXLAN_PORT;
+use crate::net::{Family, DEFAULT_VXLAN_PORT};
 
 /// A ConfigMap value is at most 1 MiB; a net-conf.json is a few hundred bytes. Anything past
 /// this is not a config someone meant to write.
@@ -36,11 +36,6 @@ pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
 /// VXLAN network identifiers are 24 bits.
 pub const MAX_VNI: u32 = (1 << 24) - 1;
-
-/// The smallest MTU IPv6 allows on a link.
-const IPV6_MIN_MTU: u32 = 1280;
-/// The smallest MTU IPv4 allows.
-const IPV4_MIN_MTU: u32 = 68;
 
 /// The backend types trellis implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,6 +52,23 @@ impl BackendType {
             BackendType::Vxlan => "vxlan",
             BackendType::HostGw => "host-gw",
             BackendType::Ipip => "ipip",
+        }
+    }
+
+    /// Bytes the encapsulation adds to a packet of `family` carried over an underlay of the
+    /// same family: the device MTU is the underlay's (or `Backend.MTU`, which flannel defines
+    /// as the underlay's) minus this, and pods get the device's.
+    ///
+    /// VXLAN: outer IPv4 (20) or IPv6 (40) + UDP (8) + VXLAN (8) + inner Ethernet (14), so 50
+    /// or 70. flannel subtracts 50 for both of its devices, which over an IPv6 underlay is 20
+    /// bytes too many for the path; trellis subtracts what the header takes. IPIP: the outer
+    /// IPv4 header (20), as flannel. host-gw routes plainly: nothing.
+    pub fn overhead(self, family: Family) -> u32 {
+        match (self, family) {
+            (BackendType::Vxlan, Family::V4) => 50,
+            (BackendType::Vxlan, Family::V6) => 70,
+            (BackendType::Ipip, _) => 20,
+            (BackendType::HostGw, _) => 0,
         }
     }
 }
@@ -137,7 +149,8 @@ impl BackendConfig {
         }
     }
 
-    /// `Backend.MTU`: overrides the MTU computed from the underlay.
+    /// `Backend.MTU`: the underlay MTU to plan with instead of the interface's (flannel's
+    /// meaning): each device gets it minus its encapsulation ([`BackendType::overhead`]).
     pub fn mtu(&self) -> Option<u32> {
         match self {
             BackendConfig::Vxlan(c) => c.mtu,
@@ -480,12 +493,7 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
         ));
     }
     if let Some(mtu) = backend.mtu() {
-        if enable_ipv6 && mtu < IPV6_MIN_MTU {
-            return Err(ConfigError::invalid(
-                "Backend.MTU",
-                format!("{mtu} is below {IPV6_MIN_MTU}, the minimum for IPv6 (EnableIPv6 is true)"),
-            ));
-        }
+        check_underlay_mtu(mtu, backend.kind(), enable_ipv4, enable_ipv6)?;
     }
 
     Ok(ParsedConfig {
@@ -635,14 +643,39 @@ fn mtu_option(f: &mut Fields<'_>) -> Result<Option<u32>, ConfigError> {
         // 0 is Go's zero value: "not set".
         Some((k, v)) => match as_uint(&k, v, 0, 65535)? {
             0 => Ok(None),
-            n if n < u64::from(IPV4_MIN_MTU) => Err(ConfigError::invalid(
-                &k,
-                format!("{n} is below {IPV4_MIN_MTU}, the minimum IPv4 MTU"),
-            )),
             n => Ok(Some(n as u32)),
         },
         None => Ok(None),
     }
+}
+
+/// `Backend.MTU` is the underlay's MTU (flannel's meaning): what is left for each device the
+/// backend makes, once its encapsulation is taken off, must still be a valid MTU for the
+/// family the device carries.
+fn check_underlay_mtu(
+    mtu: u32,
+    backend: BackendType,
+    v4: bool,
+    v6: bool,
+) -> Result<(), ConfigError> {
+    let families = [(v4, Family::V4), (v6, Family::V6)];
+    for family in families.into_iter().filter(|f| f.0).map(|f| f.1) {
+        let overhead = backend.overhead(family);
+        let min = family.min_mtu() + overhead;
+        if mtu < min {
+            return Err(ConfigError::invalid(
+                "Backend.MTU",
+                format!(
+                    "{mtu} is the underlay's MTU (flannel's meaning); {backend} takes {overhead} \
+                     bytes of it, leaving {} for {family} pods, below the minimum {}: give at \
+                     least {min}",
+                    mtu.saturating_sub(overhead),
+                    family.min_mtu()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Options valid for one backend type but given with another.
@@ -733,6 +766,36 @@ mod tests {
         match NetConfig::parse(text) {
             Ok(p) => p,
             Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn backend_mtu_down_to_the_smallest_underlay_that_leaves_room_for_pods() {
+        let net = r#""Network": "10.244.0.0/16""#;
+        let dual = r#""EnableIPv6": true, "IPv6Network": "fd00::/48""#;
+        for (text, mtu) in [
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "MTU": 118}}}}"#),
+                118,
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "ipip", "MTU": 88}}}}"#),
+                88,
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "host-gw", "MTU": 68}}}}"#),
+                68,
+            ),
+            (
+                format!(r#"{{{net}, {dual}, "Backend": {{"Type": "vxlan", "MTU": 1350}}}}"#),
+                1350,
+            ),
+            (
+                format!(r#"{{{net}, {dual}, "Backend": {{"Type": "host-gw", "MTU": 1280}}}}"#),
+                1280,
+            ),
+        ] {
+            assert_eq!(ok(&text).config.backend.mtu(), Some(mtu), "{text}");
         }
     }
 
@@ -1014,14 +1077,23 @@ mod tests {
                 "Backend.MTU:",
             ),
             (
+                // The underlay's MTU: 117 - 50 leaves 67 for IPv4 pods, one below 68.
+                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "MTU": 117}}}}"#),
+                "vxlan takes 50 bytes of it, leaving 67 for IPv4 pods, below the minimum 68: give at least 118",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "ipip", "MTU": 87}}}}"#),
+                "give at least 88",
+            ),
+            (
                 format!(r#"{{{net}, "Backend": {{"Type": "host-gw", "MTU": 70000}}}}"#),
                 "Backend.MTU:",
             ),
             (
                 format!(
-                    r#"{{{net}, "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {{"Type": "vxlan", "MTU": 1200}}}}"#
+                    r#"{{{net}, "EnableIPv6": true, "IPv6Network": "fd00::/48", "Backend": {{"Type": "vxlan", "MTU": 1349}}}}"#
                 ),
-                "Backend.MTU:",
+                "leaving 1279 for IPv6 pods, below the minimum 1280: give at least 1350",
             ),
             (
                 format!(

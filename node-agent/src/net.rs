@@ -55,6 +55,17 @@ pub enum Family {
     V6,
 }
 
+impl Family {
+    /// The smallest MTU a link of this family may have: 68 for IPv4 (RFC 791), 1280 for IPv6
+    /// (RFC 8200).
+    pub fn min_mtu(self) -> u32 {
+        match self {
+            Family::V4 => 68,
+            Family::V6 => 1280,
+        }
+    }
+}
+
 impl fmt::Display for Family {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

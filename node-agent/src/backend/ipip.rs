@@ -5,16 +5,12 @@
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 
-use super::{Backend, PlanContext, PlanError};
+use super::{check_underlay_mtu, Backend, PlanContext, PlanError};
 use crate::annotations::Advertisement;
 use crate::config::BackendType;
 use crate::dataplane::desired::{KernelState, Link, LinkKind, Route};
 use crate::net::{Family, IPIP_LINK_NAME};
 use crate::view::{Peer, SkipReason};
-
-/// The outer IPv4 header.
-pub const OVERHEAD: u32 = 20;
-const IPV4_MIN_MTU: u32 = 68;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipip {
@@ -28,11 +24,17 @@ impl Ipip {
         Ipip { mtu, own }
     }
 
-    fn device_mtu(&self, ctx: &PlanContext<'_>) -> u32 {
+    /// `Backend.MTU` for the node's own backend, else the interface's.
+    fn underlay_mtu(&self, ctx: &PlanContext<'_>) -> u32 {
         match self.mtu {
             Some(m) if self.own => m,
-            _ => ctx.lease.underlay.mtu.saturating_sub(OVERHEAD),
+            _ => ctx.lease.underlay.mtu,
         }
+    }
+
+    fn device_mtu(&self, ctx: &PlanContext<'_>) -> u32 {
+        let overhead = BackendType::Ipip.overhead(Family::V4);
+        self.underlay_mtu(ctx).saturating_sub(overhead)
     }
 
     fn ensure_device(&self, ctx: &PlanContext<'_>, out: &mut KernelState) {
@@ -60,15 +62,8 @@ impl Backend for Ipip {
     }
 
     fn check_own(&self, ctx: &PlanContext<'_>) -> Result<(), PlanError> {
-        let underlay = &ctx.lease.underlay;
-        if ctx.v4.is_some() && self.mtu.is_none() && underlay.mtu < OVERHEAD + IPV4_MIN_MTU {
-            return Err(PlanError::UnderlayMtuTooSmall {
-                iface: underlay.name.clone(),
-                mtu: underlay.mtu,
-                backend: BackendType::Ipip,
-                family: Family::V4,
-                min: OVERHEAD + IPV4_MIN_MTU,
-            });
+        if ctx.v4.is_some() {
+            check_underlay_mtu(ctx, self.underlay_mtu(ctx), BackendType::Ipip, Family::V4)?;
         }
         Ok(())
     }

@@ -165,6 +165,27 @@ pub struct Plan {
 }
 
 /// The node's own backend as configured.
+/// The underlay MTU a backend plans with (`mtu`: the interface's or `Backend.MTU`) must leave
+/// room for `family`'s smallest MTU once `backend`'s encapsulation is taken off.
+fn check_underlay_mtu(
+    ctx: &PlanContext<'_>,
+    mtu: u32,
+    backend: BackendType,
+    family: Family,
+) -> Result<(), PlanError> {
+    let min = family.min_mtu() + backend.overhead(family);
+    if mtu >= min {
+        return Ok(());
+    }
+    Err(PlanError::UnderlayMtuTooSmall {
+        iface: ctx.lease.underlay.name.clone(),
+        mtu,
+        backend,
+        family,
+        min,
+    })
+}
+
 pub fn own_backend(config: &BackendConfig) -> Box<dyn Backend> {
     match *config {
         BackendConfig::Vxlan(c) => Box::new(vxlan::Vxlan::own(c)),

@@ -167,8 +167,9 @@ fn vxlan_options_reach_the_device() {
             gbp: true
         })
     );
-    assert_eq!(link.mtu, 1400);
-    assert_eq!(p.state.mtu, 1400);
+    // Backend.MTU is the underlay's (flannel's meaning): the device takes 50 of it.
+    assert_eq!(link.mtu, 1350);
+    assert_eq!(p.state.mtu, 1350);
     assert!(has_vxlan_peer(&p.state.kernel, 2, "flannel.4096"));
     assert_eq!(p.state.kernel.links.len(), 1);
     assert_eq!(p.state.advertisement.vxlan_v4.unwrap().port, Some(4789));
@@ -307,6 +308,50 @@ fn host_gw_zero_one_many_and_off_segment() {
             }
         }]
     );
+}
+
+/// flannel's `Backend.MTU` is the underlay's MTU, as its docs show it
+/// (`"Backend": {"Type": "vxlan", "MTU": 1500}`): each device gets it minus its encapsulation
+/// (flannel: vxlan 50, ipip 20, host-gw 0; trellis takes the 70 an IPv6 outer header needs for
+/// `flannel-v6.<VNI>`), and pods the smallest, even where the interface's own MTU is larger.
+#[test]
+fn backend_mtu_is_the_underlay_mtu_as_in_flannel() {
+    let cases = [
+        (
+            config(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "MTU": 1500}}"#),
+            1450,
+        ),
+        (dual_config(r#"{"Type": "vxlan", "MTU": 1500}"#), 1430),
+        (
+            config(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "ipip", "MTU": 1500}}"#),
+            1480,
+        ),
+        (
+            config(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw", "MTU": 1500}}"#),
+            1500,
+        ),
+    ];
+    let mut big = lease();
+    big.underlay.mtu = 9000;
+    for (cfg, pods) in cases {
+        let p = plan_of(&ClusterView::new(big.clone(), Default::default()), &cfg);
+        assert_eq!(p.state.mtu, pods, "{:?}", cfg.backend);
+        assert_eq!(p.state.subnet_env.mtu, pods, "{:?}", cfg.backend);
+        let devices: Vec<(&str, u32)> = p
+            .state
+            .kernel
+            .links
+            .values()
+            .map(|l| (l.name.as_str(), l.mtu))
+            .collect();
+        let want: &[(&str, u32)] = match cfg.backend.kind() {
+            BackendType::Vxlan if cfg.enable_ipv6 => &[("flannel-v6.1", 1430), ("flannel.1", 1450)],
+            BackendType::Vxlan => &[("flannel.1", 1450)],
+            BackendType::Ipip => &[("flannel.ipip", 1480)],
+            BackendType::HostGw => &[],
+        };
+        assert_eq!(devices, want, "{:?}", cfg.backend);
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use super::{Backend, PlanContext, PlanError};
+use super::{check_underlay_mtu, Backend, PlanContext, PlanError};
 use crate::annotations::{Advertisement, PeerBackend, VxlanData};
 use crate::config::{BackendType, VxlanConfig};
 use crate::dataplane::desired::{
@@ -19,14 +19,6 @@ use crate::dataplane::desired::{
 };
 use crate::net::{vxlan6_link_name, vxlan_link_name, Family, DEFAULT_VXLAN_PORT};
 use crate::view::{Missing, Peer, SkipReason};
-
-/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-pub const OVERHEAD_V4: u32 = 50;
-/// Outer IPv6 (40) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-pub const OVERHEAD_V6: u32 = 70;
-
-const IPV4_MIN_MTU: u32 = 68;
-const IPV6_MIN_MTU: u32 = 1280;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Vxlan {
@@ -61,16 +53,18 @@ impl Vxlan {
         }
     }
 
-    fn device_mtu(&self, ctx: &PlanContext<'_>, family: Family, vni: u32) -> u32 {
-        let overhead = match family {
-            Family::V4 => OVERHEAD_V4,
-            Family::V6 => OVERHEAD_V6,
-        };
-        let computed = ctx.lease.underlay.mtu.saturating_sub(overhead);
+    /// The underlay MTU to plan `vni`'s devices with: `Backend.MTU` for the configured VNI of
+    /// the node's own backend, else the interface's.
+    fn underlay_mtu(&self, ctx: &PlanContext<'_>, vni: u32) -> u32 {
         match self.opts.mtu {
             Some(m) if self.own && vni == self.opts.vni => m,
-            _ => computed,
+            _ => ctx.lease.underlay.mtu,
         }
+    }
+
+    fn device_mtu(&self, ctx: &PlanContext<'_>, family: Family, vni: u32) -> u32 {
+        let overhead = BackendType::Vxlan.overhead(family);
+        self.underlay_mtu(ctx, vni).saturating_sub(overhead)
     }
 
     /// Add the device of `family` for `vni` (and its address) unless present; returns its name.
@@ -163,21 +157,13 @@ impl Backend for Vxlan {
     }
 
     fn check_own(&self, ctx: &PlanContext<'_>) -> Result<(), PlanError> {
-        let underlay = &ctx.lease.underlay;
-        let need = [
-            (ctx.v4.is_some(), Family::V4, OVERHEAD_V4 + IPV4_MIN_MTU),
-            (ctx.v6.is_some(), Family::V6, OVERHEAD_V6 + IPV6_MIN_MTU),
+        let mtu = self.underlay_mtu(ctx, self.opts.vni);
+        let families = [
+            (ctx.v4.is_some(), Family::V4),
+            (ctx.v6.is_some(), Family::V6),
         ];
-        for (enabled, family, min) in need {
-            if enabled && self.opts.mtu.is_none() && underlay.mtu < min {
-                return Err(PlanError::UnderlayMtuTooSmall {
-                    iface: underlay.name.clone(),
-                    mtu: underlay.mtu,
-                    backend: BackendType::Vxlan,
-                    family,
-                    min,
-                });
-            }
+        for family in families.into_iter().filter(|f| f.0).map(|f| f.1) {
+            check_underlay_mtu(ctx, mtu, BackendType::Vxlan, family)?;
         }
         Ok(())
     }
