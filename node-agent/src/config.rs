@@ -87,7 +87,8 @@ pub struct UnknownBackendType(pub String);
 impl FromStr for BackendType {
     type Err = UnknownBackendType;
 
-    /// Exact, lowercase names, as flannel's backend registry matches them.
+    /// Exact, lowercase names, as flannel's backend registry holds them (net-conf.json's
+    /// `Backend.Type` is lowercased first, as flannel does; a peer's `backend-type` is not).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "vxlan" => Ok(BackendType::Vxlan),
@@ -698,9 +699,9 @@ fn backend(
 ) -> Result<BackendConfig, ConfigError> {
     let mut f = Fields::new("Backend.", obj)?;
     let kind = match f.take("Type") {
-        Some((k, v)) => {
-            BackendType::from_str(as_str(&k, v)?).map_err(ConfigError::UnsupportedBackend)?
-        }
+        // flannel lowercases the type before looking its backend up: "VXLAN" is vxlan.
+        Some((k, v)) => BackendType::from_str(&as_str(&k, v)?.to_lowercase())
+            .map_err(ConfigError::UnsupportedBackend)?,
         None => {
             return Err(ConfigError::Missing {
                 key: "Backend.Type".into(),
@@ -767,6 +768,22 @@ mod tests {
             Ok(p) => p,
             Err(e) => panic!("{text}: {e}"),
         }
+    }
+
+    #[test]
+    fn backend_type_is_matched_whatever_its_case_as_flannel_lowercases_it() {
+        for (ty, want) in [
+            ("VXLAN", BackendType::Vxlan),
+            ("Host-GW", BackendType::HostGw),
+            ("IPIP", BackendType::Ipip),
+        ] {
+            let text = format!(r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "{ty}"}}}}"#);
+            assert_eq!(ok(&text).config.backend.kind(), want, "{ty}");
+        }
+        let err = NetConfig::parse(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "UDP"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r#""udp""#), "{err}");
     }
 
     #[test]
@@ -1026,10 +1043,6 @@ mod tests {
             ),
             (
                 format!(r#"{{{net}, "Backend": {{"Type": "wireguard"}}}}"#),
-                "Backend.Type:",
-            ),
-            (
-                format!(r#"{{{net}, "Backend": {{"Type": "VXLAN"}}}}"#),
                 "Backend.Type:",
             ),
             (
