@@ -5,8 +5,11 @@
 //! - `EnableIPv4` defaults to true, `Backend.VNI` to 1, `Backend.Port` to 8472 (0 means the
 //!   kernel default, which is 8472);
 //! - `null` for a key means "not set", as Go leaves the zero value;
-//! - `SubnetLen`, `SubnetMin`, `SubnetMax` and their IPv6 forms are accepted and checked, but
-//!   the subnet comes from the Node's `spec.podCIDRs` in kube subnet manager mode, as in flannel.
+//! - `SubnetLen`, `SubnetMin`, `SubnetMax` and their IPv6 forms are accepted, but the subnet
+//!   comes from the Node's `spec.podCIDRs` in kube subnet manager mode, as in flannel: a value
+//!   of the wrong type is refused (flannel's decoder refuses it too), one out of range (a
+//!   `SubnetLen` of 31, a `SubnetMin` outside `Network`) is only a warning, since flannel's
+//!   kube mode never checks them.
 //!
 //! Different from flannel, on purpose:
 //! - unknown keys are reported as warnings instead of being silently dropped;
@@ -223,6 +226,9 @@ pub enum ConfigWarning {
     IgnoredForBackend { key: String, backend: BackendType },
     /// Accepted for compatibility but unused: the subnet comes from the Node's podCIDRs.
     UnusedInKubeMode { key: String },
+    /// An unused option (as [`Self::UnusedInKubeMode`]) whose value would be wrong where it
+    /// is used: flannel's kube mode never checks it, so neither does trellis refuse it.
+    UnusedAndInvalid { key: String, why: String },
     /// No `Backend` object: VXLAN with defaults.
     DefaultBackend,
     /// A CIDR with host bits set (`10.244.1.0/16`); its network address is used.
@@ -247,6 +253,11 @@ impl fmt::Display for ConfigWarning {
                 f,
                 "net-conf.json: {key} is ignored: node subnets come from each Node's spec.podCIDRs \
                  (kube-controller-manager --allocate-node-cidrs)"
+            ),
+            ConfigWarning::UnusedAndInvalid { key, why } => write!(
+                f,
+                "net-conf.json: {key} is ignored ({why}; node subnets come from each Node's \
+                 spec.podCIDRs, and flannel ignores it as well)"
             ),
             ConfigWarning::DefaultBackend => write!(
                 f,
@@ -580,8 +591,8 @@ fn network_v6(
 
 /// A subnet length option (`SubnetLen`, `IPv6SubnetLen`): at most `max`, and not shorter than
 /// the family's network (`network`: its key, for the message, and its prefix length, if set).
-/// 0 is Go's zero value: "not set". Read and checked, but unused with the Kubernetes subnet
-/// manager: a warning says so.
+/// 0 is Go's zero value: "not set". Unused with the Kubernetes subnet manager, so a value
+/// outside those bounds is only a warning, as a valid one is.
 fn prefix_len(
     f: &mut Fields<'_>,
     name: &str,
@@ -594,20 +605,24 @@ fn prefix_len(
     };
     let (network_key, prefix) = network;
     let min = prefix.map_or(0, u64::from);
-    let n = as_uint(&k, v, 0, max)? as u8;
-    if n != 0 && u64::from(n) < min {
-        return Err(ConfigError::invalid(
-            &k,
-            format!("/{n} is shorter than the {network_key}'s /{min}"),
-        ));
-    }
-    w.push(ConfigWarning::UnusedInKubeMode { key: k });
-    Ok((n != 0).then_some(n))
+    // Go decodes it into a uint: anything but a whole number >= 0 is refused there too.
+    let n = as_uint(&k, v, 0, u64::MAX)?;
+    let why = if n > max {
+        format!("/{n} is longer than /{max}")
+    } else if n != 0 && n < min {
+        format!("/{n} is shorter than the {network_key}'s /{min}")
+    } else {
+        w.push(ConfigWarning::UnusedInKubeMode { key: k });
+        return Ok((n != 0).then_some(n as u8));
+    };
+    w.push(ConfigWarning::UnusedAndInvalid { key: k, why });
+    Ok(None)
 }
 
 /// An address option (`SubnetMin`, ...): `what` it must be, and within the family's network
-/// (`network_key`, the network) when there is one. Read and bounded, but unused with the
-/// Kubernetes subnet manager: a warning says so.
+/// (`network_key`, the network) when there is one. Unused with the Kubernetes subnet manager:
+/// an address that is not one is refused (as flannel's decoder does), one outside the network
+/// is only a warning.
 fn bound<A, N>(
     f: &mut Fields<'_>,
     name: &str,
@@ -629,10 +644,9 @@ where
         .map_err(|_| ConfigError::invalid(&k, format!("{s:?} is not {what}")))?;
     if let Some((network_key, n)) = network {
         if !contains(&n, ip) {
-            return Err(ConfigError::invalid(
-                &k,
-                format!("{ip} is outside {network_key} {n}"),
-            ));
+            let why = format!("{ip} is outside {network_key} {n}");
+            w.push(ConfigWarning::UnusedAndInvalid { key: k, why });
+            return Ok(None);
         }
     }
     w.push(ConfigWarning::UnusedInKubeMode { key: k });
@@ -784,6 +798,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(r#""udp""#), "{err}");
+    }
+
+    /// flannel's kube mode decodes these keys but never checks them (CheckNetworkConfig runs
+    /// only with its etcd subnet manager): a ConfigMap flannel runs with is never refused.
+    #[test]
+    fn subnet_options_flannel_ignores_are_warnings_when_out_of_range() {
+        let net = r#""Network": "10.244.0.0/16""#;
+        for (extra, key, why) in [
+            (
+                r#""SubnetLen": 8"#,
+                "SubnetLen",
+                "/8 is shorter than the Network's /16",
+            ),
+            (r#""SubnetLen": 31"#, "SubnetLen", "/31 is longer than /30"),
+            (
+                r#""SubnetMin": "10.0.0.1""#,
+                "SubnetMin",
+                "10.0.0.1 is outside Network 10.244.0.0/16",
+            ),
+            (
+                r#""SubnetMax": "192.0.2.0""#,
+                "SubnetMax",
+                "192.0.2.0 is outside Network",
+            ),
+        ] {
+            let parsed = ok(&format!("{{{net}, {extra}}}"));
+            let said: Vec<String> = parsed.warnings.iter().map(|w| w.to_string()).collect();
+            assert!(
+                said.iter()
+                    .any(|s| s.contains(&format!("{key} is ignored ({why}"))),
+                "{extra}: {said:?}"
+            );
+            let c = parsed.config;
+            assert_eq!(
+                (c.subnet_len, c.subnet_min, c.subnet_max),
+                (None, None, None),
+                "{extra}"
+            );
+        }
     }
 
     #[test]
@@ -1021,13 +1074,8 @@ mod tests {
                 format!(r#"{{{net}, "EnableNFTables": 1}}"#),
                 "EnableNFTables:",
             ),
-            (format!(r#"{{{net}, "SubnetLen": 8}}"#), "SubnetLen:"),
-            (format!(r#"{{{net}, "SubnetLen": 31}}"#), "SubnetLen:"),
             (format!(r#"{{{net}, "SubnetLen": -1}}"#), "SubnetLen:"),
-            (
-                format!(r#"{{{net}, "SubnetMin": "10.0.0.1"}}"#),
-                "SubnetMin:",
-            ),
+            (format!(r#"{{{net}, "SubnetLen": 1.5}}"#), "SubnetLen:"),
             (format!(r#"{{{net}, "SubnetMax": "nope"}}"#), "SubnetMax:"),
             (
                 format!(r#"{{{net}, "Backend": "vxlan"}}"#),
