@@ -187,8 +187,8 @@ impl VxlanData {
                 "vni" => {
                     let n = v
                         .as_u64()
-                        .filter(|n| (1..=u64::from(crate::config::MAX_VNI)).contains(n))
-                        .ok_or_else(|| bad(format!("VNI {v} is not a number in 1..=16777215")))?;
+                        .filter(|n| *n <= u64::from(crate::config::MAX_VNI))
+                        .ok_or_else(|| bad(format!("VNI {v} is not a number in 0..=16777215")))?;
                     vni = Some(n as u32);
                 }
                 "vtepmac" => {
@@ -532,6 +532,14 @@ mod tests {
         assert_eq!(d.vni, 7);
         let d = VxlanData::parse("k", &format!(r#"{{"VtepMAC":"{MAC}","Port":4789}}"#)).unwrap();
         assert_eq!((d.vni, d.port), (1, Some(4789)));
+        // Every VNI flannel can run with (its VNI is a uint32 the kernel bounds to 24 bits,
+        // 0 included), and fields a newer flannel may add, ignored.
+        for vni in [0, 1, 4096, 16_777_215] {
+            let text = format!(r#"{{"VNI":{vni},"VtepMAC":"{MAC}","Future":{{"x":1}}}}"#);
+            let d = VxlanData::parse("k", &text).unwrap();
+            assert_eq!(d.vni, vni);
+            assert_eq!(VxlanData::parse("k", &d.to_json()).unwrap(), d);
+        }
     }
 
     #[test]
@@ -617,10 +625,6 @@ mod tests {
             ),
             (
                 vx(&format!(r#"{{"VNI":-1,"VtepMAC":"{MAC}"}}"#), "10.0.0.1"),
-                |e| matches!(e, AnnotationError::BadBackendData { .. }),
-            ),
-            (
-                vx(&format!(r#"{{"VNI":0,"VtepMAC":"{MAC}"}}"#), "10.0.0.1"),
                 |e| matches!(e, AnnotationError::BadBackendData { .. }),
             ),
             (

@@ -727,7 +727,8 @@ fn backend(
         BackendType::Vxlan => {
             let mut c = VxlanConfig::default();
             if let Some((k, v)) = f.take("VNI") {
-                c.vni = as_uint(&k, v, 1, u64::from(MAX_VNI))? as u32;
+                // 0 is a VNI like any other to the kernel and to flannel (`flannel.0`).
+                c.vni = as_uint(&k, v, 0, u64::from(MAX_VNI))? as u32;
             }
             if let Some((k, v)) = f.take("Port") {
                 // 0 lets the kernel choose, and the kernel chooses 8472.
@@ -836,6 +837,15 @@ mod tests {
                 (None, None, None),
                 "{extra}"
             );
+        }
+    }
+
+    #[test]
+    fn vni_zero_is_a_vni_as_in_flannel_and_the_kernel() {
+        let text = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 0}}"#;
+        match ok(text).config.backend {
+            BackendConfig::Vxlan(v) => assert_eq!(v.vni, 0),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -1096,10 +1106,6 @@ mod tests {
             (
                 format!(r#"{{{net}, "Backend": {{"Type": 1}}}}"#),
                 "Backend.Type: expected a string",
-            ),
-            (
-                format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "VNI": 0}}}}"#),
-                "Backend.VNI: 0 is outside",
             ),
             (
                 format!(r#"{{{net}, "Backend": {{"Type": "vxlan", "VNI": 16777216}}}}"#),

@@ -78,7 +78,7 @@ fn check_invariants(c: &NetConfig) {
         );
     }
     if let BackendConfig::Vxlan(v) = c.backend {
-        assert!((1..=MAX_VNI).contains(&v.vni), "{c:?}");
+        assert!(v.vni <= MAX_VNI, "{c:?}");
         assert_ne!(v.port, 0, "{c:?}");
     }
     assert!(
