@@ -76,26 +76,20 @@ fn grace_for(rt: &ResourceType, old: &Value, asked: Option<i64>) -> i64 {
 
 fn preconditions(rt: &ResourceType, name: &str, old: &Value, o: &Options) -> Result<(), ApiError> {
     let meta = &old["metadata"];
-    if let Some(uid) = &o.uid {
-        if meta["uid"].as_str() != Some(uid.as_str()) {
+    let checks = [
+        ("UID", "uid", &o.uid),
+        ("ResourceVersion", "resourceVersion", &o.resource_version),
+    ];
+    for (label, field, wanted) in checks {
+        let Some(wanted) = wanted else { continue };
+        let actual = meta[field].as_str();
+        if actual != Some(wanted.as_str()) {
             return Err(ApiError::precondition_failed(
                 rt,
                 name,
                 &format!(
-                    "UID in precondition: {uid}, UID in object meta: {}",
-                    meta["uid"].as_str().unwrap_or("")
-                ),
-            ));
-        }
-    }
-    if let Some(rv) = &o.resource_version {
-        if meta["resourceVersion"].as_str() != Some(rv.as_str()) {
-            return Err(ApiError::precondition_failed(
-                rt,
-                name,
-                &format!(
-                    "ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    meta["resourceVersion"].as_str().unwrap_or("")
+                    "{label} in precondition: {wanted}, {label} in object meta: {}",
+                    actual.unwrap_or("")
                 ),
             ));
         }

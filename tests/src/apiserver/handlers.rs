@@ -298,8 +298,22 @@ pub fn update(
     reject_dry_run(q)?;
     let mut new = parse_body(body)?;
     fields::check(rt, &mut new, field_validation(q))?;
+    replace(state, rt, ns, name, target, |_| Ok(new))
+}
+
+/// Stores, in place of the existing object, what `edit` makes of it (update and patch):
+/// 404 when there is none, and the usual update checks against the old one.
+fn replace(
+    state: &Arc<ServerState>,
+    rt: &'static ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    target: Target,
+    edit: impl FnOnce(&Value) -> Result<Value, ApiError>,
+) -> Result<Response<Body>, ApiError> {
     let stored = state.store.mutate(key(rt, ns, name), |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
+        let new = edit(old)?;
         Ok(Change::Put(semantics::prepare_update(
             rt, target, old, new, name,
         )?))
@@ -351,16 +365,12 @@ pub fn patch(
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
     reject_dry_run(q)?;
-    let stored = state.store.mutate(key(rt, ns, name), |cur| {
-        let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
+    replace(state, rt, ns, name, target, |old| {
         let mut new = old.clone();
         apply_patch(content_type, &mut new, body)?;
         fields::check(rt, &mut new, field_validation(q))?;
-        Ok(Change::Put(semantics::prepare_update(
-            rt, target, old, new, name,
-        )?))
-    })?;
-    Ok(http::json_bytes(200, stored.json.clone()))
+        Ok(new)
+    })
 }
 
 pub fn delete(
