@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use trellis_e2e::apiserver::kubectl::{Kubectl, Output, KUBECTL};
-use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
+use trellis_e2e::apiserver::Emulator;
 
 /// The shared kit's kubectl, failing the test when kubectl cannot run at all.
 async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
@@ -27,6 +27,16 @@ async fn ok(kubeconfig: &Path, args: &[&str]) -> String {
         .ok(args)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `kubectl patch node kn1 [--subresource SUB] --type TYPE -p PATCH`.
+async fn patch_kn1(kubeconfig: &Path, subresource: Option<&str>, patch_type: &str, patch: &str) {
+    let mut args = vec!["patch", "node", "kn1"];
+    if let Some(sub) = subresource {
+        args.extend(["--subresource", sub]);
+    }
+    args.extend(["--type", patch_type, "-p", patch]);
+    ok(kubeconfig, &args).await;
 }
 
 const NODE_YAML: &str = r#"apiVersion: v1
@@ -69,10 +79,7 @@ fn conditions(n: &Node) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_drives_the_emulator() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let emu = Emulator::start(EmulatorConfig::new(dir.path()))
-        .await
-        .expect("emulator starts");
+    let (dir, emu) = Emulator::start_in_temp_dir().await;
     let kc = emu.kubeconfig_path().to_path_buf();
     let client = emu.client().await.expect("kube client");
     let nodes: Api<Node> = Api::all(client.clone());
@@ -171,17 +178,11 @@ async fn kubectl_drives_the_emulator() {
     );
 
     // patch --type merge on the node: spec changes; status in the patch is ignored.
-    ok(
+    patch_kn1(
         &kc,
-        &[
-            "patch",
-            "node",
-            "kn1",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"unschedulable":true},"status":{"conditions":[]}}"#,
-        ],
+        None,
+        "merge",
+        r#"{"spec":{"unschedulable":true},"status":{"conditions":[]}}"#,
     )
     .await;
     let n = nodes.get("kn1").await.expect("get");
@@ -189,17 +190,11 @@ async fn kubectl_drives_the_emulator() {
     assert_eq!(conditions(&n), [("Ready".to_string(), "True".to_string())]);
 
     // patch --type strategic on metadata.
-    ok(
+    patch_kn1(
         &kc,
-        &[
-            "patch",
-            "node",
-            "kn1",
-            "--type",
-            "strategic",
-            "-p",
-            r#"{"metadata":{"labels":{"trellis.io/pool":"a"}}}"#,
-        ],
+        None,
+        "strategic",
+        r#"{"metadata":{"labels":{"trellis.io/pool":"a"}}}"#,
     )
     .await;
     let n = nodes.get("kn1").await.expect("get");
@@ -213,8 +208,8 @@ async fn kubectl_drives_the_emulator() {
     );
 
     // patch --subresource status --type strategic: conditions merge by type.
-    ok(&kc, &["patch", "node", "kn1", "--subresource", "status", "--type", "strategic", "-p",
-        r#"{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"TrellisIsUp"}]}}"#]).await;
+    patch_kn1(&kc, Some("status"), "strategic",
+        r#"{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"TrellisIsUp"}]}}"#).await;
     let n = nodes.get("kn1").await.expect("get");
     assert_eq!(
         conditions(&n),
@@ -225,8 +220,13 @@ async fn kubectl_drives_the_emulator() {
     );
 
     // patch --subresource status --type merge: status changes, spec does not.
-    ok(&kc, &["patch", "node", "kn1", "--subresource", "status", "--type", "merge", "-p",
-        r#"{"spec":{"unschedulable":false},"status":{"nodeInfo":{"kubeletVersion":"v1.32.1"}}}"#]).await;
+    patch_kn1(
+        &kc,
+        Some("status"),
+        "merge",
+        r#"{"spec":{"unschedulable":false},"status":{"nodeInfo":{"kubeletVersion":"v1.32.1"}}}"#,
+    )
+    .await;
     let n = nodes.get("kn1").await.expect("get");
     assert_eq!(n.spec.as_ref().and_then(|s| s.unschedulable), Some(true));
     assert_eq!(

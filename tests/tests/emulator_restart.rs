@@ -28,10 +28,7 @@ fn rv_of(n: &Node) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_restart_keeps_state_and_versions() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let first = Emulator::start(EmulatorConfig::new(dir.path()))
-        .await
-        .expect("start");
+    let (dir, first) = Emulator::start_in_temp_dir().await;
     let addr = first.local_addrs()[0];
     let client = first.client().await.expect("client");
     let nodes: Api<Node> = Api::all(client.clone());

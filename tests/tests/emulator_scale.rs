@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
 use kube::ResourceExt;
-use trellis_e2e::apiserver::{Emulator, EmulatorConfig};
+use trellis_e2e::apiserver::Emulator;
 use trellis_e2e::fixtures::{big_node_json, proc_status_kib};
 
 const NODES: usize = 5000;
@@ -26,10 +26,7 @@ fn rss_mib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_big_nodes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let emu = Emulator::start(EmulatorConfig::new(dir.path()))
-        .await
-        .expect("start");
+    let (_dir, emu) = Emulator::start_in_temp_dir().await;
     let client = emu.client().await.expect("client");
     let nodes: Api<Node> = Api::all(client.clone());
     let size = serde_json::to_vec(&big_node(0)).expect("json").len();

@@ -224,6 +224,16 @@ fn default_url(addr: SocketAddr) -> String {
 }
 
 impl Emulator {
+    /// Tests' usual start: the default config in a fresh temp dir, which lives as long as
+    /// the returned guard. Panics if the emulator does not start.
+    pub async fn start_in_temp_dir() -> (tempfile::TempDir, EmulatorHandle) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let emu = Self::start(EmulatorConfig::new(dir.path()))
+            .await
+            .expect("emulator starts");
+        (dir, emu)
+    }
+
     /// Starts serving; resumes the objects and resourceVersion counter found in `config.dir`.
     pub async fn start(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
         let dir = config.dir.clone();
