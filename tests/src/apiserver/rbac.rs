@@ -482,6 +482,20 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}
 subjects: [{kind: Group, name: "system:serviceaccounts:ns1"}]
 "#;
 
+    fn policy(manifests: &str) -> Policy {
+        let mut p = Policy::default();
+        p.add_yaml(manifests).unwrap();
+        p
+    }
+
+    /// The ServiceAccount `sa` of namespace `ns`.
+    fn service_account(ns: &str) -> User {
+        User {
+            name: format!("system:serviceaccount:{ns}:sa"),
+            admin: false,
+        }
+    }
+
     fn attrs(verb: &str, res: &str, sub: &str, ns: &str, name: &str) -> Attributes {
         Attributes {
             verb: verb.into(),
@@ -495,16 +509,9 @@ subjects: [{kind: Group, name: "system:serviceaccounts:ns1"}]
 
     #[test]
     fn decides_like_rbac() {
-        let mut p = Policy::default();
-        p.add_yaml(MANIFEST).unwrap();
-        let sa = User {
-            name: "system:serviceaccount:ns1:sa".into(),
-            admin: false,
-        };
-        let other = User {
-            name: "system:serviceaccount:ns2:sa".into(),
-            admin: false,
-        };
+        let p = policy(MANIFEST);
+        let sa = service_account("ns1");
+        let other = service_account("ns2");
         assert!(p.allows(&sa, &attrs("list", "nodes", "", "", "")));
         assert!(p.allows(&sa, &attrs("patch", "nodes", "status", "", "n1")));
         assert!(!p.allows(&sa, &attrs("patch", "nodes", "", "", "n1")));
@@ -532,8 +539,7 @@ subjects: [{kind: Group, name: "system:serviceaccounts:ns1"}]
 
     #[test]
     fn resource_names_match_a_list_or_watch_only_through_its_field_selector() {
-        let mut p = Policy::default();
-        p.add_yaml(
+        let p = policy(
             r#"
 kind: Role
 metadata: {name: r, namespace: ns1}
@@ -544,12 +550,8 @@ metadata: {name: rb, namespace: ns1}
 roleRef: {kind: Role, name: r}
 subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
 "#,
-        )
-        .unwrap();
-        let sa = User {
-            name: "system:serviceaccount:ns1:sa".into(),
-            admin: false,
-        };
+        );
+        let sa = service_account("ns1");
         let selected = |verb: &str, selector: Option<&str>| {
             p.allows(
                 &sa,
@@ -568,8 +570,7 @@ subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
 
     #[test]
     fn a_role_binding_grants_only_in_its_namespace() {
-        let mut p = Policy::default();
-        p.add_yaml(
+        let p = policy(
             r#"
 kind: Role
 metadata: {name: ev, namespace: default}
@@ -580,12 +581,8 @@ metadata: {name: ev, namespace: default}
 roleRef: {kind: Role, name: ev}
 subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
 "#,
-        )
-        .unwrap();
-        let sa = User {
-            name: "system:serviceaccount:ns1:sa".into(),
-            admin: false,
-        };
+        );
+        let sa = service_account("ns1");
         let event = |verb: &str, ns: &str| Attributes {
             group: "events.k8s.io".into(),
             ..attrs(verb, "events", "", ns, "")
@@ -599,10 +596,7 @@ subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
 
     #[test]
     fn forbidden_reads_like_the_apiserver() {
-        let u = User {
-            name: "system:serviceaccount:ns1:sa".into(),
-            admin: false,
-        };
+        let u = service_account("ns1");
         let e = forbidden(&u, &attrs("patch", "nodes", "status", "", "n1"));
         assert_eq!(e.code, 403);
         assert_eq!(

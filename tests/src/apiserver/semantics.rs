@@ -549,31 +549,21 @@ mod tests {
     #[test]
     fn update_conflicts_and_forbidden_changes() {
         let old = stored_node();
+        let refused = |new: Value| {
+            prepare_update(&NODES, Target::Main, &old, new, "n1")
+                .unwrap_err()
+                .code
+        };
         let mut stale = old.clone();
         stale["metadata"]["resourceVersion"] = json!("6");
-        assert_eq!(
-            prepare_update(&NODES, Target::Main, &old, stale, "n1")
-                .unwrap_err()
-                .code,
-            409
-        );
+        assert_eq!(refused(stale), 409);
         let mut renamed = old.clone();
         renamed["metadata"]["name"] = json!("n2");
-        assert_eq!(
-            prepare_update(&NODES, Target::Main, &old, renamed, "n1")
-                .unwrap_err()
-                .code,
-            400
-        );
+        assert_eq!(refused(renamed), 400);
         let mut cidr = old.clone();
         cidr["spec"]["podCIDR"] = json!("10.0.2.0/24");
         cidr["spec"]["podCIDRs"] = json!(["10.0.2.0/24"]);
-        assert_eq!(
-            prepare_update(&NODES, Target::Main, &old, cidr, "n1")
-                .unwrap_err()
-                .code,
-            422
-        );
+        assert_eq!(refused(cidr), 422);
         // Without a resourceVersion the update is unconditional.
         let mut free = old.clone();
         free["metadata"]

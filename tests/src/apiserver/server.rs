@@ -630,52 +630,61 @@ mod tests {
     #[test]
     fn routes() {
         let r = |p: &str| route(p, "127.0.0.1:1").map(parts);
-        assert_eq!(r("/api/v1/nodes").unwrap().0, "v1/nodes");
-        assert_eq!(
-            r("/api/v1/nodes/n1/status").unwrap(),
+        // path → (storage name, namespace, name, subresource)
+        let good = [
+            ("/api/v1/nodes", "v1/nodes", None, None, None),
             (
-                "v1/nodes".into(),
+                "/api/v1/nodes/n1/status",
+                "v1/nodes",
                 None,
-                Some("n1".into()),
-                Some("status".into())
-            )
-        );
-        assert_eq!(
-            r("/api/v1/namespaces/kube-system/configmaps/cfg").unwrap(),
+                Some("n1"),
+                Some("status"),
+            ),
             (
-                "v1/configmaps".into(),
-                Some("kube-system".into()),
-                Some("cfg".into()),
-                None
-            )
-        );
-        assert_eq!(r("/api/v1/configmaps").unwrap().1, None);
-        assert_eq!(
-            r("/apis/events.k8s.io/v1/namespaces/default/events")
-                .unwrap()
-                .0,
-            "events.k8s.io/v1/events"
-        );
-        assert_eq!(r("/apis/events.k8s.io/v1").unwrap().0, "doc");
-        assert_eq!(
-            r("/api/v1/namespaces/x/status").unwrap(),
-            (
-                "v1/namespaces".into(),
+                "/api/v1/namespaces/kube-system/configmaps/cfg",
+                "v1/configmaps",
+                Some("kube-system"),
+                Some("cfg"),
                 None,
-                Some("x".into()),
-                Some("status".into())
-            )
-        );
-        assert_eq!(
-            r("/api/v1/namespaces/x/serviceaccounts/sa/token").unwrap(),
+            ),
+            ("/api/v1/configmaps", "v1/configmaps", None, None, None),
             (
-                "v1/serviceaccounts".into(),
-                Some("x".into()),
-                Some("sa".into()),
-                Some("token".into())
-            )
-        );
-        assert_eq!(r("/apis/apps/v1").unwrap().0, "doc");
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                "events.k8s.io/v1/events",
+                Some("default"),
+                None,
+                None,
+            ),
+            ("/apis/events.k8s.io/v1", "doc", None, None, None),
+            (
+                "/api/v1/namespaces/x/status",
+                "v1/namespaces",
+                None,
+                Some("x"),
+                Some("status"),
+            ),
+            (
+                "/api/v1/namespaces/x/serviceaccounts/sa/token",
+                "v1/serviceaccounts",
+                Some("x"),
+                Some("sa"),
+                Some("token"),
+            ),
+            ("/apis/apps/v1", "doc", None, None, None),
+        ];
+        for (path, res, ns, name, sub) in good {
+            let (r_res, r_ns, r_name, r_sub) = r(path).unwrap();
+            assert_eq!(
+                (
+                    r_res.as_str(),
+                    r_ns.as_deref(),
+                    r_name.as_deref(),
+                    r_sub.as_deref()
+                ),
+                (res, ns, name, sub),
+                "{path}"
+            );
+        }
         for bad in [
             "/api/v1/services",
             "/api/v1/namespaces/x/nodes",
