@@ -195,18 +195,22 @@ mod tests {
 
     #[test]
     fn container_states_map_and_unknown_values_are_unknown() {
-        assert_eq!(
-            run_state(ContainerState::ContainerRunning as i32),
-            ContainerRunState::Running
-        );
-        assert_eq!(
-            run_state(ContainerState::ContainerExited as i32),
-            ContainerRunState::Exited
-        );
-        assert_eq!(
-            run_state(ContainerState::ContainerCreated as i32),
-            ContainerRunState::Created
-        );
-        assert_eq!(run_state(99), ContainerRunState::Unknown);
+        for (raw, want) in [
+            (
+                ContainerState::ContainerRunning as i32,
+                ContainerRunState::Running,
+            ),
+            (
+                ContainerState::ContainerExited as i32,
+                ContainerRunState::Exited,
+            ),
+            (
+                ContainerState::ContainerCreated as i32,
+                ContainerRunState::Created,
+            ),
+            (99, ContainerRunState::Unknown),
+        ] {
+            assert_eq!(run_state(raw), want, "{raw}");
+        }
     }
 }

@@ -360,15 +360,16 @@ mod tests {
 
     #[test]
     fn state_maps_only_ready_to_ready() {
-        assert_eq!(
-            state_of(PodSandboxState::SandboxReady as i32),
-            SandboxState::Ready
-        );
-        assert_eq!(
-            state_of(PodSandboxState::SandboxNotready as i32),
-            SandboxState::NotReady
-        );
-        assert_eq!(state_of(42), SandboxState::NotReady);
+        for (raw, want) in [
+            (PodSandboxState::SandboxReady as i32, SandboxState::Ready),
+            (
+                PodSandboxState::SandboxNotready as i32,
+                SandboxState::NotReady,
+            ),
+            (42, SandboxState::NotReady),
+        ] {
+            assert_eq!(state_of(raw), want, "{raw}");
+        }
     }
 
     #[test]

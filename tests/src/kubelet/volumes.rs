@@ -500,6 +500,16 @@ mod tests {
         }
     }
 
+    /// A node's root and pods directories inside a fresh temp dir (kept while the guard lives).
+    fn temp_dirs() -> (tempfile::TempDir, NodeDirs) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs = NodeDirs {
+            root: tmp.path().join("root"),
+            pods: tmp.path().join("pods"),
+        };
+        (tmp, dirs)
+    }
+
     fn plans(dirs: &NodeDirs, volumes: serde_json::Value) -> Vec<(String, VolumePlan)> {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
@@ -511,11 +521,7 @@ mod tests {
 
     #[test]
     fn materialize_creates_host_paths_under_the_root_and_writes_files() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dirs = NodeDirs {
-            root: tmp.path().join("root"),
-            pods: tmp.path().join("pods"),
-        };
+        let (_tmp, dirs) = temp_dirs();
         let p = plans(
             &dirs,
             json!([
@@ -552,11 +558,7 @@ mod tests {
 
     #[test]
     fn rewrite_tokens_touches_only_token_files() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dirs = NodeDirs {
-            root: tmp.path().join("root"),
-            pods: tmp.path().join("pods"),
-        };
+        let (_tmp, dirs) = temp_dirs();
         let p = plans(
             &dirs,
             json!([{"name": "s", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 600}},
@@ -585,11 +587,7 @@ mod tests {
 
     #[test]
     fn missing_must_exist_paths_and_data_are_named() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dirs = NodeDirs {
-            root: tmp.path().join("root"),
-            pods: tmp.path().join("pods"),
-        };
+        let (_tmp, dirs) = temp_dirs();
         let p = plans(
             &dirs,
             json!([{"name": "d", "hostPath": {"path": "/etc/x", "type": "Directory"}}]),
