@@ -45,64 +45,66 @@ struct Chain {
     conflist: Value,
 }
 
-fn trellis_chain(tmp: &Path) -> TestResult<Chain> {
-    let trellis = cni::locate_trellis_binary()?;
-    Ok(Chain {
-        label: "trellis",
-        plugins: vec![
-            ("trellis", trellis),
+impl Chain {
+    /// `plugins` then portmap and loopback in the bin dir; `main` then portmap in the conflist.
+    fn new(label: &'static str, mut plugins: Vec<(&'static str, PathBuf)>, main: Value) -> Self {
+        plugins.extend([
             ("portmap", cni::reference_plugin("portmap")),
             // containerd sets up the pod's lo itself, through this plugin.
             ("loopback", cni::reference_plugin("loopback")),
-        ],
-        conflist: json!({
-            "cniVersion": "1.0.0",
-            "name": NETWORK_NAME,
-            "plugins": [
-                {
-                    "type": "trellis",
-                    "subnetFile": tmp.join("subnet.env"),
-                    "dataDir": tmp.join("ipam"),
-                },
-                { "type": "portmap", "capabilities": { "portMappings": true } },
-            ],
+        ]);
+        Chain {
+            label,
+            plugins,
+            conflist: json!({
+                "cniVersion": "1.0.0",
+                "name": NETWORK_NAME,
+                "plugins": [
+                    main,
+                    { "type": "portmap", "capabilities": { "portMappings": true } },
+                ],
+            }),
+        }
+    }
+}
+
+fn trellis_chain(tmp: &Path) -> TestResult<Chain> {
+    let trellis = cni::locate_trellis_binary()?;
+    Ok(Chain::new(
+        "trellis",
+        vec![("trellis", trellis)],
+        json!({
+            "type": "trellis",
+            "subnetFile": tmp.join("subnet.env"),
+            "dataDir": tmp.join("ipam"),
         }),
-    })
+    ))
 }
 
 /// The reference plugins configured like trellis: same bridge, subnet,
 /// gateway, MTU, hairpin and IPAM directory.
 fn reference_chain(tmp: &Path) -> Chain {
-    Chain {
-        label: "bridge+host-local",
-        plugins: vec![
+    Chain::new(
+        "bridge+host-local",
+        vec![
             ("bridge", cni::reference_plugin("bridge")),
             ("host-local", cni::reference_plugin("host-local")),
-            ("portmap", cni::reference_plugin("portmap")),
-            ("loopback", cni::reference_plugin("loopback")),
         ],
-        conflist: json!({
-            "cniVersion": "1.0.0",
-            "name": NETWORK_NAME,
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "cni0",
-                    "isGateway": true,
-                    "isDefaultGateway": true,
-                    "hairpinMode": true,
-                    "ipMasq": false,
-                    "mtu": MTU,
-                    "ipam": {
-                        "type": "host-local",
-                        "dataDir": tmp.join("ipam"),
-                        "ranges": [[{ "subnet": "10.244.7.0/24", "gateway": GATEWAY.to_string() }]],
-                    },
-                },
-                { "type": "portmap", "capabilities": { "portMappings": true } },
-            ],
+        json!({
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "isDefaultGateway": true,
+            "hairpinMode": true,
+            "ipMasq": false,
+            "mtu": MTU,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": tmp.join("ipam"),
+                "ranges": [[{ "subnet": "10.244.7.0/24", "gateway": GATEWAY.to_string() }]],
+            },
         }),
-    }
+    )
 }
 
 /// A test's turn on this host: `None` (skipped, loudly) without root; else the host-wide
