@@ -21,8 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use trellis_e2e::kubelet::controllers::{daemonset_pass, scheduler_pass};
 use trellis_e2e::kubelet::harness::{
-    err, fast_runtime_options, node_turn, sh, start_emulator, TestNode, TestResult, BUSYBOX,
-    TEST_IMAGE,
+    err, fast_runtime_options, sh, with_emulator, TestNode, TestResult, BUSYBOX, TEST_IMAGE,
 };
 use trellis_e2e::kubelet::node_driver::NodeDriver;
 use trellis_e2e::kubelet::rollout::HASH_LABEL;
@@ -215,16 +214,7 @@ impl AsyncCheck<Pod> for Replaced {
 #[test]
 fn daemonset_per_node_replaced_and_rolled_scheduled_pod_and_refused_pod_via_the_api() -> TestResult
 {
-    let Some(_serial) = node_turn()? else {
-        return Ok(());
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(err("tokio"))?;
-    rt.block_on(async {
-        let dir = tempfile::tempdir().map_err(err("tempdir"))?;
-        let (_emu, client, port) = start_emulator(dir.path()).await?;
+    with_emulator(None, |client, port| async move {
         let mut nodes = Vec::new();
         for (name, subnet) in NODES {
             nodes.push(TestNode::start(name, subnet, "127.0.0.1", port).map_err(err("node"))?);
@@ -269,15 +259,7 @@ async fn scenario(client: &Client, nodes: &[TestNode]) -> TestResult {
         return Err(format!("teardown: {errors:?}"));
     }
     for node in nodes {
-        let mut cri = node.cri().await?;
-        let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
-        if !left.is_empty() || !node.ctd.live_task_ids().is_empty() {
-            return Err(format!(
-                "{} left behind: {left:?}, tasks {:?}",
-                node.facts.node_name,
-                node.ctd.live_task_ids()
-            ));
-        }
+        node.check_nothing_left().await?;
     }
     Ok(())
 }

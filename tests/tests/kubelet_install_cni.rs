@@ -19,8 +19,8 @@ use serde_json::json;
 use trellis_e2e::containerd::cni;
 use trellis_e2e::kubelet::background::ClusterLoop;
 use trellis_e2e::kubelet::harness::{
-    err, fast_runtime_options, node_turn, start_emulator, NodeOptions, TestNode, TestResult,
-    BUSYBOX, TEST_IMAGE,
+    err, fast_runtime_options, with_emulator, NodeOptions, TestNode, TestResult, BUSYBOX,
+    TEST_IMAGE,
 };
 use trellis_e2e::kubelet::node_driver::NodeDriver;
 
@@ -94,17 +94,7 @@ fn stage(node: &TestNode) -> TestResult<String> {
 
 #[test]
 fn a_daemonset_installs_the_nodes_cni_and_then_pod_network_pods_run() -> TestResult {
-    let Some(_serial) = node_turn()? else {
-        return Ok(());
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(err("tokio"))?;
-    rt.block_on(async {
-        let dir = tempfile::tempdir().map_err(err("tempdir"))?;
-        let (_emu, client, port) = start_emulator(dir.path()).await?;
+    with_emulator(Some(2), |client, port| async move {
         let node = TestNode::start_with(&NodeOptions::new(NODE, "127.0.0.1", port))
             .map_err(err("node"))?;
         let result = scenario(&client, &node).await;
@@ -133,15 +123,7 @@ async fn scenario(client: &Client, node: &TestNode) -> TestResult {
             "web got {ip:?}, not an address of the installed config"
         ));
     }
-    let mut cri = node.cri().await?;
-    let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
-    if !left.is_empty() || !node.ctd.live_task_ids().is_empty() {
-        return Err(format!(
-            "left behind: {left:?}, tasks {:?}",
-            node.ctd.live_task_ids()
-        ));
-    }
-    Ok(())
+    node.check_nothing_left().await
 }
 
 /// web's podIP once it runs.

@@ -195,13 +195,9 @@ fn pod_network_pod_runs_inits_in_order_then_containers_as_specified() -> TestRes
         let torn = rt.teardown(&mut cri).await;
         result?;
         torn.map_err(err("teardown"))?;
-        let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
-        if !left.is_empty() || !node.ctd.live_task_ids().is_empty() || pod_dir.exists() {
-            return Err(format!(
-                "left behind: sandboxes {left:?}, tasks {:?}, pod dir {}",
-                node.ctd.live_task_ids(),
-                pod_dir.exists()
-            ));
+        node.check_nothing_left().await?;
+        if pod_dir.exists() {
+            return Err(format!("left behind: pod dir {}", pod_dir.display()));
         }
         eprintln!("web pod: start to teardown {:?}", start.elapsed());
         Ok(())
@@ -323,14 +319,7 @@ fn host_network_pod_restarts_crashed_and_unhealthy_containers_and_probes_in_the_
         let torn = rt.teardown(&mut cri).await;
         result?;
         torn.map_err(err("teardown"))?;
-        let left = cri.list_pod_sandboxes().await.map_err(err("list"))?;
-        if !left.is_empty() || !node.ctd.live_task_ids().is_empty() {
-            return Err(format!(
-                "left behind: sandboxes {left:?}, tasks {:?}",
-                node.ctd.live_task_ids()
-            ));
-        }
-        Ok(())
+        node.check_nothing_left().await
     })
 }
 

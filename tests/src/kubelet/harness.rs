@@ -85,6 +85,35 @@ pub fn node_turn() -> TestResult<Option<nix::fcntl::Flock<std::fs::File>>> {
         .map_err(err("lock"))
 }
 
+/// A node test against a fresh API emulator: in this host's turn ([`node_turn`]; `Ok` without
+/// running where it cannot run), runs `scenario` with the emulator's client and port on a tokio
+/// runtime with `workers` threads (`None`: the current thread only).
+pub fn with_emulator<F>(
+    workers: Option<usize>,
+    scenario: impl FnOnce(kube::Client, u16) -> F,
+) -> TestResult
+where
+    F: std::future::Future<Output = TestResult>,
+{
+    let Some(_serial) = node_turn()? else {
+        return Ok(());
+    };
+    let mut builder = match workers {
+        None => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let rt = builder.enable_all().build().map_err(err("tokio"))?;
+    rt.block_on(async {
+        let dir = tempfile::tempdir().map_err(err("tempdir"))?;
+        let (_emu, client, port) = start_emulator(dir.path()).await?;
+        scenario(client, port).await
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error("{BUSYBOX} missing (apt-get install busybox-static)")]
@@ -172,6 +201,25 @@ impl TestNode {
             .await
             .map_err(err("network"))?;
         Ok(cri)
+    }
+
+    /// Fails naming what is left where the node still has pod sandboxes or live tasks (after
+    /// the pods are torn down).
+    pub async fn check_nothing_left(&self) -> TestResult {
+        let left = self
+            .cri()
+            .await?
+            .list_pod_sandboxes()
+            .await
+            .map_err(err("list"))?;
+        let tasks = self.ctd.live_task_ids();
+        if !left.is_empty() || !tasks.is_empty() {
+            return Err(format!(
+                "{} left behind: sandboxes {left:?}, tasks {tasks:?}",
+                self.facts.node_name
+            ));
+        }
+        Ok(())
     }
 
     /// A fresh netns with the reference CNI on `10.244.<subnet>.0/24`.
