@@ -35,6 +35,13 @@ fn unsupported(causes: &mut Causes, field: String, v: &Value, allowed: &[&str]) 
     ));
 }
 
+/// A field that may be unset, else must be one of `allowed`.
+fn optional_enum(causes: &mut Causes, field: String, v: &Value, allowed: &[&str]) {
+    if !v.is_null() && !v.as_str().is_some_and(|s| allowed.contains(&s)) {
+        unsupported(causes, field, v, allowed);
+    }
+}
+
 fn items<'a>(v: &'a Value, field: &str, causes: &mut Causes) -> &'a [Value] {
     match v {
         Value::Null => &[],
@@ -226,15 +233,12 @@ fn container(
     if c["image"].as_str().is_none_or(|s| s.trim().is_empty()) {
         required(causes, format!("{path}.image"));
     }
-    let ipp = &c["imagePullPolicy"];
-    if !ipp.is_null() && !matches!(ipp.as_str(), Some("Always" | "IfNotPresent" | "Never")) {
-        unsupported(
-            causes,
-            format!("{path}.imagePullPolicy"),
-            ipp,
-            &["Always", "IfNotPresent", "Never"],
-        );
-    }
+    optional_enum(
+        causes,
+        format!("{path}.imagePullPolicy"),
+        &c["imagePullPolicy"],
+        &["Always", "IfNotPresent", "Never"],
+    );
     for (field, want) in [("command", "string"), ("args", "string")] {
         for (i, a) in items(&c[field], &format!("{path}.{field}"), causes)
             .iter()
@@ -350,20 +354,18 @@ pub fn pod_spec(causes: &mut Causes, path: &str, spec: &Value) {
             );
         }
     }
-    let rp = &spec["restartPolicy"];
-    if !rp.is_null() && !matches!(rp.as_str(), Some("Always" | "OnFailure" | "Never")) {
-        unsupported(
-            causes,
-            format!("{path}.restartPolicy"),
-            rp,
-            &["Always", "OnFailure", "Never"],
-        );
-    }
-    let dns = &spec["dnsPolicy"];
-    let dns_ok = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
-    if !dns.is_null() && !dns.as_str().is_some_and(|d| dns_ok.contains(&d)) {
-        unsupported(causes, format!("{path}.dnsPolicy"), dns, &dns_ok);
-    }
+    optional_enum(
+        causes,
+        format!("{path}.restartPolicy"),
+        &spec["restartPolicy"],
+        &["Always", "OnFailure", "Never"],
+    );
+    optional_enum(
+        causes,
+        format!("{path}.dnsPolicy"),
+        &spec["dnsPolicy"],
+        &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"],
+    );
     if let Some(sel) = spec["nodeSelector"].as_object() {
         if let Some((k, _)) = sel.iter().find(|(_, v)| !v.is_string()) {
             invalid(
@@ -379,14 +381,12 @@ pub fn pod_spec(causes: &mut Causes, path: &str, spec: &Value) {
         .enumerate()
     {
         let op = &t["operator"];
-        if !op.is_null() && !matches!(op.as_str(), Some("Exists" | "Equal")) {
-            unsupported(
-                causes,
-                format!("{path}.tolerations[{i}].operator"),
-                op,
-                &["Equal", "Exists"],
-            );
-        }
+        optional_enum(
+            causes,
+            format!("{path}.tolerations[{i}].operator"),
+            op,
+            &["Equal", "Exists"],
+        );
         if op.as_str() == Some("Exists") && t["value"].as_str().is_some_and(|v| !v.is_empty()) {
             invalid(
                 causes,
@@ -455,15 +455,12 @@ pub fn daemon_set(causes: &mut Causes, obj: &Value, old: Option<&Value>) {
             &["Always"],
         );
     }
-    let us = &spec["updateStrategy"]["type"];
-    if !us.is_null() && !matches!(us.as_str(), Some("RollingUpdate" | "OnDelete")) {
-        unsupported(
-            causes,
-            "spec.updateStrategy.type".into(),
-            us,
-            &["RollingUpdate", "OnDelete"],
-        );
-    }
+    optional_enum(
+        causes,
+        "spec.updateStrategy.type".into(),
+        &spec["updateStrategy"]["type"],
+        &["RollingUpdate", "OnDelete"],
+    );
 }
 
 /// The parts of a Pod's spec an update may change: container images, and `nodeName` from
