@@ -53,6 +53,14 @@ fn configmap(name: &str, app: &str) -> ConfigMap {
     .expect("valid configmap")
 }
 
+/// A merge patch of node `name` that must succeed.
+async fn merge_patch(nodes: &Api<Node>, name: &str, patch: serde_json::Value) -> Node {
+    nodes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("merge patch of {name}: {e}"))
+}
+
 fn api_code(e: kube::Error) -> u16 {
     match e {
         kube::Error::Api(s) => s.code,
@@ -334,32 +342,15 @@ async fn raw_watch_events_bookmarks_selectors_and_410() {
         .create(&pp, &node("b1", &[("pool", "b")]))
         .await
         .expect("create b1");
-    let p = PatchParams::default();
-    nodes
-        .patch(
-            "a1",
-            &p,
-            &Patch::Merge(&json!({"metadata": {"annotations": {"x": "1"}}})),
-        )
-        .await
-        .expect("patch a1");
+    merge_patch(
+        &nodes,
+        "a1",
+        json!({"metadata": {"annotations": {"x": "1"}}}),
+    )
+    .await;
     // b1 entering the selector is ADDED, a1 leaving it is DELETED.
-    nodes
-        .patch(
-            "b1",
-            &p,
-            &Patch::Merge(&json!({"metadata": {"labels": {"pool": "a"}}})),
-        )
-        .await
-        .expect("relabel b1");
-    nodes
-        .patch(
-            "a1",
-            &p,
-            &Patch::Merge(&json!({"metadata": {"labels": {"pool": "b"}}})),
-        )
-        .await
-        .expect("relabel a1");
+    merge_patch(&nodes, "b1", json!({"metadata": {"labels": {"pool": "a"}}})).await;
+    merge_patch(&nodes, "a1", json!({"metadata": {"labels": {"pool": "b"}}})).await;
     nodes
         .delete("b1", &DeleteParams::default())
         .await
