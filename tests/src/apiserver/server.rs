@@ -200,24 +200,20 @@ fn authenticate(state: &ServerState, req: &Request<Incoming>) -> Option<Principa
         return Some(user(name.clone(), false));
     }
     let claims = tokens::verify(&state.token, token, super::util::unix_now())?;
-    let key = (
-        resources::SERVICE_ACCOUNTS.id,
-        claims.namespace.clone(),
-        claims.name.clone(),
-    );
-    let sa = state.store.get(&key)?;
-    if sa.value()["metadata"]["uid"].as_str() != Some(claims.uid.as_str()) {
+    // Whether the object stored under that name is the one with `uid` (not a namesake).
+    let stored_with_uid = |rt: &ResourceType, name: &str, uid: &str| {
+        let key = (rt.id, claims.namespace.clone(), name.to_string());
+        state
+            .store
+            .get(&key)
+            .is_some_and(|o| o.value()["metadata"]["uid"].as_str() == Some(uid))
+    };
+    if !stored_with_uid(&resources::SERVICE_ACCOUNTS, &claims.name, &claims.uid) {
         return None;
     }
     // A token bound to a Pod dies with it (a recreated Pod of that name is another uid).
     if let Some(pod) = &claims.pod {
-        let key = (
-            resources::PODS.id,
-            claims.namespace.clone(),
-            pod.name.clone(),
-        );
-        let live = state.store.get(&key)?;
-        if live.value()["metadata"]["uid"].as_str() != Some(pod.uid.as_str()) {
+        if !stored_with_uid(&resources::PODS, &pod.name, &pod.uid) {
             return None;
         }
     }
