@@ -27,6 +27,16 @@ use super::util;
 
 pub use super::watch::watch;
 
+/// What a resource request names besides its object: the emulator, the resource type, the
+/// namespace of the path (if any) and the query.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    pub state: &'a Arc<ServerState>,
+    pub rt: &'static ResourceType,
+    pub ns: Option<&'a str>,
+    pub q: &'a HashMap<String, String>,
+}
+
 pub fn target(rt: &ResourceType, sub: Option<&str>) -> Result<Target, ApiError> {
     match sub {
         None => Ok(Target::Main),
@@ -93,13 +103,8 @@ fn object_response(code: u16, rt: &ResourceType, o: &StoredObject, table: bool) 
     }
 }
 
-pub fn get(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
-    name: &str,
-    table: bool,
-) -> Result<Response<Body>, ApiError> {
+pub fn get(c: Call, name: &str, table: bool) -> Result<Response<Body>, ApiError> {
+    let Call { state, rt, ns, .. } = c;
     let o = state
         .store
         .get(&key(rt, ns, name))
@@ -133,13 +138,8 @@ fn decode_continue(res: u8, s: &str) -> Result<(u64, Key), ApiError> {
     Ok((t.rv, (res, ns.to_string(), name.to_string())))
 }
 
-pub fn list(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
-    q: &HashMap<String, String>,
-    table: bool,
-) -> Result<Response<Body>, ApiError> {
+pub fn list(c: Call, table: bool) -> Result<Response<Body>, ApiError> {
+    let Call { state, rt, ns, q } = c;
     let sel = Selectors::from_query(rt, q)?;
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => None,
@@ -258,13 +258,8 @@ pub fn list(
     Ok(http::json_bytes(200, Bytes::from(out)))
 }
 
-pub fn create(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
-    q: &HashMap<String, String>,
-    body: &[u8],
-) -> Result<Response<Body>, ApiError> {
+pub fn create(c: Call, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let Call { state, rt, ns, q } = c;
     reject_dry_run(q)?;
     let mut obj = parse_body(body)?;
     fields::check(rt, &mut obj, field_validation(q))?;
@@ -287,30 +282,27 @@ pub fn create(
 }
 
 pub fn update(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
+    c: Call,
     name: &str,
     target: Target,
-    q: &HashMap<String, String>,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
+    let Call { rt, q, .. } = c;
     reject_dry_run(q)?;
     let mut new = parse_body(body)?;
     fields::check(rt, &mut new, field_validation(q))?;
-    replace(state, rt, ns, name, target, |_| Ok(new))
+    replace(c, name, target, |_| Ok(new))
 }
 
 /// Stores, in place of the existing object, what `edit` makes of it (update and patch):
 /// 404 when there is none, and the usual update checks against the old one.
 fn replace(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
+    c: Call,
     name: &str,
     target: Target,
     edit: impl FnOnce(&Value) -> Result<Value, ApiError>,
 ) -> Result<Response<Body>, ApiError> {
+    let Call { state, rt, ns, .. } = c;
     let stored = state.store.mutate(key(rt, ns, name), |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
         let new = edit(old)?;
@@ -353,19 +345,16 @@ fn apply_patch(content_type: &str, target: &mut Value, body: &[u8]) -> Result<()
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn patch(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
+    c: Call,
     name: &str,
     target: Target,
-    q: &HashMap<String, String>,
     content_type: &str,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
+    let Call { rt, q, .. } = c;
     reject_dry_run(q)?;
-    replace(state, rt, ns, name, target, |old| {
+    replace(c, name, target, |old| {
         let mut new = old.clone();
         apply_patch(content_type, &mut new, body)?;
         fields::check(rt, &mut new, field_validation(q))?;
@@ -373,14 +362,8 @@ pub fn patch(
     })
 }
 
-pub fn delete(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
-    name: &str,
-    q: &HashMap<String, String>,
-    body: &[u8],
-) -> Result<Response<Body>, ApiError> {
+pub fn delete(c: Call, name: &str, body: &[u8]) -> Result<Response<Body>, ApiError> {
+    let Call { state, rt, ns, q } = c;
     reject_dry_run(q)?;
     let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
@@ -398,13 +381,12 @@ pub fn delete(
 
 /// `POST .../serviceaccounts/NAME/token`: a TokenRequest for a stored ServiceAccount.
 pub fn token_request(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
+    c: Call,
     name: &str,
     content_type: &str,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
+    let Call { state, rt, ns, .. } = c;
     // client-go's typed clients (`kubectl create token`) send this one as protobuf.
     let converted;
     let body = if content_type.starts_with("application/vnd.kubernetes.protobuf") {

@@ -312,13 +312,17 @@ fn refuse_protobuf(content_type: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<(http::HeaderMapLite, Bytes), ApiError> {
-    let ct = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
+/// A request header's text; empty when absent or not text.
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> String {
+    req.headers()
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_string();
+        .to_string()
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<(http::HeaderMapLite, Bytes), ApiError> {
+    let ct = header(&req, hyper::header::CONTENT_TYPE);
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -374,14 +378,20 @@ async fn dispatch(
         "/version" => return Ok(http::json(200, &resources::version_info())),
         _ => {}
     }
-    let accept = req
-        .headers()
-        .get(hyper::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let table = accept.contains("as=Table");
+    let table = header(&req, hyper::header::ACCEPT).contains("as=Table");
     let method = req.method().clone();
+    let not_allowed = || {
+        ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {path})"
+        ))
+    };
+    // The handlers' arguments common to the route's resource type and namespace.
+    let call = |rt, ns| handlers::Call {
+        state,
+        rt,
+        ns,
+        q: query,
+    };
     let route = route(path, &state.server_address)?;
     if let Some(who) = &who {
         authorize(state, who, &method, &route, query)?;
@@ -391,20 +401,19 @@ async fn dispatch(
         Route::Doc(_) => Err(ApiError::method_not_allowed(
             "the server does not allow this method on the requested resource",
         )),
-        Route::Collection { rt, ns } => match method {
-            Method::GET if http::flag(query, "watch") => {
-                handlers::watch(state, rt, ns.as_deref(), query, table)
+        Route::Collection { rt, ns } => {
+            let c = call(rt, ns.as_deref());
+            match method {
+                Method::GET if http::flag(query, "watch") => handlers::watch(c, table),
+                Method::GET => handlers::list(c, table),
+                Method::POST if ns.is_some() || !rt.namespaced => {
+                    let (h, body) = read_body(req).await?;
+                    refuse_protobuf(&h.content_type)?;
+                    handlers::create(c, &body)
+                }
+                _ => Err(not_allowed()),
             }
-            Method::GET => handlers::list(state, rt, ns.as_deref(), query, table),
-            Method::POST if ns.is_some() || !rt.namespaced => {
-                let (h, body) = read_body(req).await?;
-                refuse_protobuf(&h.content_type)?;
-                handlers::create(state, rt, ns.as_deref(), query, &body)
-            }
-            _ => Err(ApiError::method_not_allowed(format!(
-                "the server does not allow this method on the requested resource ({method} {path})"
-            ))),
-        },
+        }
         Route::Object { rt, ns, name, sub }
             if rt.id == resources::PODS.id && sub.as_deref() == Some("binding") =>
         {
@@ -414,42 +423,37 @@ async fn dispatch(
                     refuse_protobuf(&h.content_type)?;
                     handlers::bind(state, ns.as_deref(), &name, &body)
                 }
-                _ => Err(ApiError::method_not_allowed(format!(
-                    "the server does not allow this method on the requested resource ({method} {path})"
-                ))),
+                _ => Err(not_allowed()),
             }
         }
         Route::Object { rt, ns, name, sub } if rt.has_token && sub.as_deref() == Some("token") => {
             match method {
                 Method::POST => {
                     let (h, body) = read_body(req).await?;
-                    handlers::token_request(state, rt, ns.as_deref(), &name, &h.content_type, &body)
+                    handlers::token_request(call(rt, ns.as_deref()), &name, &h.content_type, &body)
                 }
-                _ => Err(ApiError::method_not_allowed(format!(
-                    "the server does not allow this method on the requested resource ({method} {path})"
-                ))),
+                _ => Err(not_allowed()),
             }
         }
         Route::Object { rt, ns, name, sub } => {
             let target = handlers::target(rt, sub.as_deref())?;
+            let c = call(rt, ns.as_deref());
             match method {
-                Method::GET => handlers::get(state, rt, ns.as_deref(), &name, table),
+                Method::GET => handlers::get(c, &name, table),
                 Method::PUT => {
                     let (h, body) = read_body(req).await?;
                     refuse_protobuf(&h.content_type)?;
-                    handlers::update(state, rt, ns.as_deref(), &name, target, query, &body)
+                    handlers::update(c, &name, target, &body)
                 }
                 Method::PATCH => {
                     let (h, body) = read_body(req).await?;
-                    handlers::patch(state, rt, ns.as_deref(), &name, target, query, &h.content_type, &body)
+                    handlers::patch(c, &name, target, &h.content_type, &body)
                 }
                 Method::DELETE if target == super::semantics::Target::Main => {
                     let (_, body) = read_body(req).await?;
-                    handlers::delete(state, rt, ns.as_deref(), &name, query, &body)
+                    handlers::delete(c, &name, &body)
                 }
-                _ => Err(ApiError::method_not_allowed(format!(
-                    "the server does not allow this method on the requested resource ({method} {path})"
-                ))),
+                _ => Err(not_allowed()),
             }
         }
     }

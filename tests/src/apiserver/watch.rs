@@ -1,7 +1,6 @@
 //! Watch: newline-delimited JSON events streamed over a chunked response, fed from the store's
 //! broadcast channel, with bookmarks, timeouts, selectors and the 410 path for expired versions.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use hyper::Response;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
-use super::handlers::Selectors;
+use super::handlers::{Call, Selectors};
 use super::http::{self, Body, ChannelBody};
 use super::resources::ResourceType;
 use super::server::ServerState;
@@ -100,13 +99,8 @@ fn error_line(e: &ApiError) -> Bytes {
     line_of(&json!({"type": "ERROR", "object": e.to_status()}))
 }
 
-pub fn watch(
-    state: &Arc<ServerState>,
-    rt: &'static ResourceType,
-    ns: Option<&str>,
-    q: &HashMap<String, String>,
-    table: bool,
-) -> Result<Response<Body>, ApiError> {
+pub fn watch(c: Call, table: bool) -> Result<Response<Body>, ApiError> {
+    let Call { state, rt, ns, q } = c;
     let sel = Selectors::from_query(rt, q)?;
     let bookmarks = http::flag(q, "allowWatchBookmarks");
     let mut send_initial = http::flag(q, "sendInitialEvents");
