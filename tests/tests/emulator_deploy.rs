@@ -31,6 +31,14 @@ async fn emulator(dir: &tempfile::TempDir) -> EmulatorHandle {
     Emulator::start(cfg).await.expect("emulator starts")
 }
 
+/// Creates the Pod `v` describes.
+async fn create_pod(pods: &Api<Pod>, v: Value) {
+    let pod: Pod = serde_json::from_value(v).expect("a Pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create the Pod");
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> u16 {
     match r {
         Err(kube::Error::Api(s)) => s.code,
@@ -137,14 +145,10 @@ async fn apply_get_token_rbac_and_delete_of_the_deploy_kustomization() {
     assert!(ds_table.contains("kubernetes.io/os=linux"), "{ds_table}");
     assert!(ds_table.contains("trellis:0.1.0"), "{ds_table}");
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
-    let pod: Pod = serde_json::from_value(json!({
+    create_pod(&pods, json!({
         "metadata": {"name": "trellis-abcde", "labels": {"app.kubernetes.io/name": "trellis"}},
         "spec": {"nodeName": "node-1", "containers": [{"name": "trellis", "image": "trellis:0.1.0"}]}
-    }))
-    .expect("a Pod");
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("create the Pod");
+    })).await;
     pods.patch_status(
         "trellis-abcde",
         &PatchParams::default(),
@@ -274,12 +278,12 @@ async fn apply_get_token_rbac_and_delete_of_the_deploy_kustomization() {
     );
 
     // A token bound to a Pod (as a kubelet asks for a projected token) dies with the Pod.
-    let holder: Pod = serde_json::from_value(json!({"metadata": {"name": "holder"},
-        "spec": {"containers": [{"name": "c", "image": "i"}]}}))
-    .expect("a Pod");
-    pods.create(&PostParams::default(), &holder)
-        .await
-        .expect("create");
+    create_pod(
+        &pods,
+        json!({"metadata": {"name": "holder"},
+               "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .await;
     let bound = k
         .ok(&[
             "create",
@@ -450,16 +454,16 @@ async fn kubectl_apply_changes_the_daemonset_by_strategic_merge_and_refuses_what
     let ds_uid = after["metadata"]["uid"].as_str().expect("uid").to_string();
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     for (name, node) in [("trellis-on-1", Some("node-1")), ("trellis-unbound", None)] {
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "ownerReferences": [{"apiVersion": "apps/v1",
-                "kind": "DaemonSet", "name": "trellis", "uid": ds_uid, "controller": true}]},
-            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 30,
-                     "containers": [{"name": "c", "image": "i"}]}
-        }))
-        .expect("a Pod");
-        pods.create(&PostParams::default(), &pod)
-            .await
-            .expect("create");
+        create_pod(
+            &pods,
+            json!({
+                "metadata": {"name": name, "ownerReferences": [{"apiVersion": "apps/v1",
+                    "kind": "DaemonSet", "name": "trellis", "uid": ds_uid, "controller": true}]},
+                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 30,
+                         "containers": [{"name": "c", "image": "i"}]}
+            }),
+        )
+        .await;
     }
     pods.patch_status(
         "trellis-on-1",
@@ -496,12 +500,12 @@ async fn kubectl_apply_changes_the_daemonset_by_strategic_merge_and_refuses_what
     assert!(pods.get_opt("trellis-on-1").await.expect("get").is_none());
 
     // A scheduler's binding sets the node once.
-    let unbound: Pod = serde_json::from_value(json!({"metadata": {"name": "to-bind"},
-        "spec": {"containers": [{"name": "c", "image": "i"}]}}))
-    .expect("a Pod");
-    pods.create(&PostParams::default(), &unbound)
-        .await
-        .expect("create");
+    create_pod(
+        &pods,
+        json!({"metadata": {"name": "to-bind"},
+               "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .await;
     let binding = |node: &str| {
         json!({"apiVersion": "v1", "kind": "Binding",
             "metadata": {"name": "to-bind"}, "target": {"kind": "Node", "name": node}})
