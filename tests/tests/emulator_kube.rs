@@ -61,6 +61,12 @@ async fn merge_patch(nodes: &Api<Node>, name: &str, patch: serde_json::Value) ->
         .unwrap_or_else(|e| panic!("merge patch of {name}: {e}"))
 }
 
+/// How many ConfigMaps a plain list returns.
+async fn count(cms: &Api<ConfigMap>) -> usize {
+    let list = cms.list(&ListParams::default()).await.expect("list");
+    list.items.len()
+}
+
 fn api_code(e: kube::Error) -> u16 {
     match e {
         kube::Error::Api(s) => s.code,
@@ -159,15 +165,8 @@ async fn crud_errors_and_pagination() {
         400
     );
     let all: Api<ConfigMap> = Api::all(client.clone());
-    assert_eq!(
-        all.list(&ListParams::default())
-            .await
-            .expect("list all")
-            .items
-            .len(),
-        // Besides these six, each of the five namespaces has its kube-root-ca.crt.
-        11
-    );
+    // Besides these six, each of the five namespaces has its kube-root-ca.crt.
+    assert_eq!(count(&all).await, 11);
 
     let first = cms
         .list(&ListParams::default().limit(2))
@@ -199,14 +198,7 @@ async fn crud_errors_and_pagination() {
         ["cm0", "cm1", "cm2", "cm3", "cm4", "kube-root-ca.crt"]
     );
     assert_eq!(api_code(cms.get("cm4").await.unwrap_err()), 404);
-    assert_eq!(
-        cms.list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-            .len(),
-        5
-    );
+    assert_eq!(count(&cms).await, 5);
 
     // Deletion returns the object and is visible to the next read.
     let gone = nodes
