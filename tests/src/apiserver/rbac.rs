@@ -488,6 +488,22 @@ subjects: [{kind: Group, name: "system:serviceaccounts:ns1"}]
         p
     }
 
+    /// A Role in `ns` with these `rules`, bound to the ServiceAccount `sa` of `ns1`.
+    fn role_of_sa(ns: &str, rules: &str) -> Policy {
+        policy(&format!(
+            r#"
+kind: Role
+metadata: {{name: r, namespace: {ns}}}
+rules: {rules}
+---
+kind: RoleBinding
+metadata: {{name: rb, namespace: {ns}}}
+roleRef: {{kind: Role, name: r}}
+subjects: [{{kind: ServiceAccount, name: sa, namespace: ns1}}]
+"#
+        ))
+    }
+
     /// The ServiceAccount `sa` of namespace `ns`.
     fn service_account(ns: &str) -> User {
         User {
@@ -539,17 +555,9 @@ subjects: [{kind: Group, name: "system:serviceaccounts:ns1"}]
 
     #[test]
     fn resource_names_match_a_list_or_watch_only_through_its_field_selector() {
-        let p = policy(
-            r#"
-kind: Role
-metadata: {name: r, namespace: ns1}
-rules: [{apiGroups: [""], resources: ["configmaps"], verbs: ["list", "watch"], resourceNames: ["cfg"]}]
----
-kind: RoleBinding
-metadata: {name: rb, namespace: ns1}
-roleRef: {kind: Role, name: r}
-subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
-"#,
+        let p = role_of_sa(
+            "ns1",
+            r#"[{apiGroups: [""], resources: ["configmaps"], verbs: ["list", "watch"], resourceNames: ["cfg"]}]"#,
         );
         let sa = service_account("ns1");
         let selected = |verb: &str, selector: Option<&str>| {
@@ -570,17 +578,9 @@ subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
 
     #[test]
     fn a_role_binding_grants_only_in_its_namespace() {
-        let p = policy(
-            r#"
-kind: Role
-metadata: {name: ev, namespace: default}
-rules: [{apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["create", "patch"]}]
----
-kind: RoleBinding
-metadata: {name: ev, namespace: default}
-roleRef: {kind: Role, name: ev}
-subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
-"#,
+        let p = role_of_sa(
+            "default",
+            r#"[{apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["create", "patch"]}]"#,
         );
         let sa = service_account("ns1");
         let event = |verb: &str, ns: &str| Attributes {
