@@ -5,7 +5,6 @@ Each plugin binary is exec'd the way a runtime does it (env + config on
 stdin), from inside a node network namespace, interleaved pair by pair so
 both see the same machine noise. Prints p50/p90 per verb and the ratios.
 """
-import ctypes
 import json
 import os
 import shutil
@@ -15,36 +14,19 @@ import sys
 import tempfile
 import time
 
+from cni_exec import CLONE_NEWNET, libc, pct, plugin_env, setns, trellis_conf
+
 N = int(os.environ.get("BENCH_N", "100"))
 TRELLIS = sys.argv[1]
 REF_DIR = os.environ.get("REF_CNI_DIR", "/usr/lib/cni")
-CLONE_NEWNET = 0x40000000
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def sh(*args):
     subprocess.run(args, check=True)
 
 
-def setns(name):
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
 def run(binary, cmd, cid, netns, conf):
-    env = {
-        "CNI_COMMAND": cmd,
-        "CNI_CONTAINERID": cid,
-        "CNI_NETNS": f"/var/run/netns/{netns}",
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": REF_DIR,
-        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=bench",
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-    }
+    env = plugin_env(cmd, cid, netns, "default", "bench", cni_path=REF_DIR)
     t0 = time.perf_counter()
     p = subprocess.run([binary], input=conf, env=env, capture_output=True)
     dt = (time.perf_counter() - t0) * 1000
@@ -53,23 +35,12 @@ def run(binary, cmd, cid, netns, conf):
     return dt
 
 
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
 def main():
     tag = f"bench{os.getpid()}"
     tmp = tempfile.mkdtemp(prefix="trellis-bench-")
     nodes = {"trellis": f"{tag}-n1", "reference": f"{tag}-n2"}
     pods = [f"{tag}-p{i}" for i in range(N)]
-    subnet_env = os.path.join(tmp, "subnet.env")
-    with open(subnet_env, "w") as f:
-        f.write("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
-    trellis_conf = json.dumps({
-        "cniVersion": "1.0.0", "name": "cbr0", "type": "trellis",
-        "subnetFile": subnet_env, "dataDir": os.path.join(tmp, "trellis-ipam"),
-    }).encode()
+    trellis = trellis_conf(tmp, ipam_dir="trellis-ipam")
     # What flannel's plugin hands the bridge plugin, with the same subnet.
     ref_conf = json.dumps({
         "cniVersion": "1.0.0", "name": "cbr0", "type": "bridge",
@@ -88,7 +59,7 @@ def main():
             for who in order:
                 setns(nodes[who])
                 binary = TRELLIS if who == "trellis" else os.path.join(REF_DIR, "bridge")
-                conf = trellis_conf if who == "trellis" else ref_conf
+                conf = trellis if who == "trellis" else ref_conf
                 cid = f"{who}{i}"
                 times[who]["ADD"].append(run(binary, "ADD", cid, pod, conf))
                 times[who]["DEL"].append(run(binary, "DEL", cid, pod, conf))

@@ -16,7 +16,6 @@ Prints per-minute p50/p99 of ADD and DEL wall and CPU time, max RSS per minute a
 load average, and writes everything to a JSON file.
   usage: churn-plugin.py PLUGIN DURATION_S [RESULT_JSON]
 """
-import ctypes
 import json
 import os
 import random
@@ -24,9 +23,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+from cni_exec import NodeCampaign, del_netns, pct, plugin_env, report, run_campaign, setns
 
 PLUGIN = sys.argv[1]
 DURATION = float(sys.argv[2]) if len(sys.argv) > 2 else 600.0
@@ -37,40 +37,11 @@ WORKERS = int(os.environ.get("CHURN_PARALLEL", "32"))
 # usable addresses), the Kubernetes default is 110 pods per node.
 LIVE_MIN, LIVE_MAX = 16, 200
 REAP_TIMEOUT = 10.0
-CLONE_NEWNET = 0x40000000
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
-def setns(name):
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
-def pct(xs, q):
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
-
-
-class Campaign:
+class Campaign(NodeCampaign):
     def __init__(self):
-        self.tag = f"churn{os.getpid()}"
-        self.node = f"{self.tag}-node"
-        self.tmp = tempfile.mkdtemp(prefix="trellis-churn-")
-        subnet_env = os.path.join(self.tmp, "subnet.env")
-        with open(subnet_env, "w") as f:
-            f.write("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
-                    "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
-        self.store = os.path.join(self.tmp, "ipam", "cbr0")
-        self.conf = json.dumps({
-            "cniVersion": "1.0.0", "name": "cbr0", "type": "trellis",
-            "subnetFile": subnet_env, "dataDir": os.path.join(self.tmp, "ipam"),
-        }).encode()
+        super().__init__("churn")
         self.lock = threading.Lock()
         self.state = {}          # identity -> idle | live | busy | cooling
         self.incarnation = [0] * PODS
@@ -91,13 +62,7 @@ class Campaign:
 
     def run(self, verb, i, netns=True):
         cid = f"{self.tag}-{i}-{self.incarnation[i]}"
-        env = {
-            "CNI_COMMAND": verb, "CNI_CONTAINERID": cid,
-            "CNI_NETNS": f"/var/run/netns/{self.pod_ns(i)}" if netns else "",
-            "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
-            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=churn;K8S_POD_NAME=pod{i}",
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        }
+        env = plugin_env(verb, cid, self.pod_ns(i) if netns else None, "churn", f"pod{i}")
         t = time.perf_counter()
         # GNU time forks the plugin from its own small process and reports
         # the plugin's max RSS. wait4 on our direct child cannot: a child
@@ -316,24 +281,12 @@ class Campaign:
             "load_start": load_start, "load_end": load_end, "load_per_minute": self.loadavg,
             "per_minute": rows,
         }
-        print(json.dumps({k: v for k, v in summary.items() if k != "per_minute"}, indent=1))
-        if RESULT:
-            with open(RESULT, "w") as f:
-                json.dump(summary, f, indent=1)
+        report(summary, RESULT, "per_minute")
 
     def cleanup(self):
-        subprocess.run(["ip", "netns", "del", self.node], stderr=subprocess.DEVNULL)
-        for i in range(PODS):
-            subprocess.run(["ip", "netns", "del", self.pod_ns(i)], stderr=subprocess.DEVNULL)
+        del_netns(self.node, *(self.pod_ns(i) for i in range(PODS)))
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    c = Campaign()
-    try:
-        rc = c.main()
-    finally:
-        libc.setns(home, CLONE_NEWNET)
-        c.cleanup()
-    sys.exit(rc)
+    run_campaign(Campaign)

@@ -12,7 +12,6 @@ after the final DEL no record, no `trl*` veth and no pod interface is left.
   usage: crash-plugin.py PLUGIN RUNS [RESULT_JSON]
 """
 import collections
-import ctypes
 import fcntl
 import ipaddress
 import json
@@ -24,52 +23,29 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+
+from cni_exec import NodeCampaign, del_netns, plugin_env, report, run_campaign, setns_fd
 
 PLUGIN = sys.argv[1]
 RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 300
 RESULT = sys.argv[3] if len(sys.argv) > 3 else None
 SUBNET = ipaddress.ip_network("10.244.1.0/24")
 GATEWAY = "10.244.1.1"
-CLONE_NEWNET = 0x40000000
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
-
-
-def setns_fd(fd):
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
 
 
 def sh(*args, check=True):
     return subprocess.run(args, check=check, capture_output=True, text=True).stdout
 
 
-class Campaign:
+class Campaign(NodeCampaign):
     def __init__(self):
-        self.tag = f"crash{os.getpid()}"
-        self.node = f"{self.tag}-node"
-        self.tmp = tempfile.mkdtemp(prefix="trellis-crash-")
-        subnet_env = os.path.join(self.tmp, "subnet.env")
-        with open(subnet_env, "w") as f:
-            f.write("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
-                    "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
-        self.store = os.path.join(self.tmp, "ipam", "cbr0")
-        self.conf = json.dumps({
-            "cniVersion": "1.0.0", "name": "cbr0", "type": "trellis",
-            "subnetFile": subnet_env, "dataDir": os.path.join(self.tmp, "ipam"),
-        }).encode()
+        super().__init__("crash")
         self.problems = []
         self.pods = []
 
     def env(self, verb, cid, pod):
-        return {
-            "CNI_COMMAND": verb, "CNI_CONTAINERID": cid,
-            "CNI_NETNS": f"/var/run/netns/{pod}", "CNI_IFNAME": "eth0",
-            "CNI_PATH": "/usr/lib/cni",
-            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=crash;K8S_POD_NAME=victim",
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        }
+        return plugin_env(verb, cid, pod, "crash", "victim")
 
     def start(self, verb, cid, pod):
         p = subprocess.Popen([PLUGIN], env=self.env(verb, cid, pod), stdin=subprocess.PIPE,
@@ -293,26 +269,14 @@ class Campaign:
         summary = {"runs": RUNS, "add_ms": round(add_ms, 2), "max_delay_ms": round(hi, 2),
                    "duration_s": round(time.monotonic() - t0, 1), "stages": dict(stages),
                    "problems": self.problems, "load_start": load_start, "load_end": load_end}
-        print(json.dumps({k: v for k, v in summary.items() if k != "stages"}, indent=1))
-        if RESULT:
-            with open(RESULT, "w") as f:
-                json.dump(summary, f, indent=1)
+        report(summary, RESULT, "stages")
         print("RESULT:", "FAIL" if self.problems else "PASS", flush=True)
         return 1 if self.problems else 0
 
     def cleanup(self):
-        for pod in list(self.pods):
-            subprocess.run(["ip", "netns", "del", pod], stderr=subprocess.DEVNULL)
-        subprocess.run(["ip", "netns", "del", self.node], stderr=subprocess.DEVNULL)
+        del_netns(*self.pods, self.node)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    c = Campaign()
-    try:
-        rc = c.main()
-    finally:
-        setns_fd(home)
-        c.cleanup()
-    sys.exit(rc)
+    run_campaign(Campaign)

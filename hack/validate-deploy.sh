@@ -52,6 +52,33 @@ cleanup() {
 trap cleanup EXIT
 
 PY=$VENV/bin/python
+# What the contract and lifecycle checks (Python on stdin, run by py_checks ARGS...) share:
+# `from deploy_checks import check, finish, index, load`.
+mkdir "$WORK/pylib"
+cat >"$WORK/pylib/deploy_checks.py" <<'PYEOF'
+import sys
+import yaml
+
+problems = []
+
+def check(cond, msg):
+    if not cond:
+        problems.append(msg)
+    return cond
+
+def load(path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+def index(docs):
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+def finish(what):
+    for p in problems:
+        print("FAIL:", p)
+    print(f"{len(problems)} {what} problem(s)")
+    sys.exit(1 if problems else 0)
+PYEOF
+py_checks() { PYTHONPATH="$WORK/pylib" "$PY" - "$@"; }
 KUBECTL=
 declare -a SUMMARY=()
 PASSED=0
@@ -186,23 +213,12 @@ step_schema() {
 }
 
 step_contracts() {
-    "$PY" - "$DEPLOY" "$WORK/render" <<'PYEOF'
+    py_checks "$DEPLOY" "$WORK/render" <<'PYEOF'
 import ipaddress, json, pathlib, re, sys
 import yaml
+from deploy_checks import check, finish, index, load
 
 deploy, render = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-problems = []
-
-def check(cond, msg):
-    if not cond:
-        problems.append(msg)
-    return cond
-
-def load(path):
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-def index(docs):
-    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
 
 # What the containers' programs read, from their sources: trellis-agent (both containers run
 # it) and the iptables wrapper the image puts in front of iptables.
@@ -393,10 +409,7 @@ if check((render / "overlay-custom-network.yaml").exists(), "custom-network over
     contract(index(load(render / "overlay-custom-network.yaml")), "overlay custom-network",
              image=f"{img['newName']}:{img['newTag']}", network=want_net)
 
-for p in problems:
-    print("FAIL:", p)
-print(f"{len(problems)} contract problem(s)")
-sys.exit(1 if problems else 0)
+finish("contract")
 PYEOF
 }
 
@@ -686,21 +699,14 @@ PYEOF
     "$KUBECTL" kustomize "$DEPLOY" >"$dir/base.yaml"
     "$KUBECTL" kustomize "$DEPLOY/examples/replace-flannel" >"$dir/replace.yaml"
     "$KUBECTL" kustomize "$DEPLOY/examples/uninstall" >"$dir/uninstall.yaml"
-    "$PY" - "$dir" "$DEPLOY" <<'PYEOF'
+    py_checks "$dir" "$DEPLOY" <<'PYEOF'
 import copy, pathlib, sys
-import yaml
+from deploy_checks import check, finish, index, load
 
 dir, deploy = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-problems = []
-
-def check(cond, msg):
-    if not cond:
-        problems.append(msg)
-    return cond
 
 def objs(name):
-    docs = [d for d in yaml.safe_load_all((dir / name).read_text()) if d]
-    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    return index(load(dir / name))
 
 def containers(ds):
     spec = ds["spec"]["template"]["spec"]
@@ -773,10 +779,7 @@ for needle in ("## Install", "## Upgrade", "## Replacing flannel", "## Uninstall
                "examples/uninstall", "examples/replace-flannel", "hack/build-image.sh"):
     check(needle in readme, f"deploy/README.md must cover {needle!r}")
 
-for p in problems:
-    print("FAIL:", p)
-print(f"{len(problems)} lifecycle problem(s)")
-sys.exit(1 if problems else 0)
+finish("lifecycle")
 PYEOF
 }
 
