@@ -64,46 +64,40 @@ async fn idempotent(kind: Kind) {
     assert!(!shown.contains("cannot read"), "{shown}");
 }
 
-#[tokio::test]
-async fn iptables_apply_twice_is_identical() {
-    idempotent(Kind::Iptables).await;
-}
+per_kind!(idempotent {
+    iptables_apply_twice_is_identical: Kind::Iptables,
+    iptables_legacy_apply_twice_is_identical: Kind::IptablesLegacy,
+    nftables_apply_twice_is_identical: Kind::Nftables,
+});
 
-#[tokio::test]
-async fn iptables_legacy_apply_twice_is_identical() {
-    idempotent(Kind::IptablesLegacy).await;
-}
-
-#[tokio::test]
-async fn nftables_apply_twice_is_identical() {
-    idempotent(Kind::Nftables).await;
-}
-
-/// Makes a hand edit, expects check() to name it, and apply() to restore the exact ruleset.
-async fn edit_and_repair(
+/// Each hand edit in turn (a shell command line run in `ns`): check() must name it (`expect` in
+/// its report) and apply() must restore the exact ruleset.
+async fn edits_are_found_and_repaired(
     ns: &Netns,
     fw: &Firewall,
     kind: Kind,
     rules: &RuleSet,
-    edit: &[&str],
-    expect: &str,
+    edits: &[(impl AsRef<str>, &str)],
 ) {
-    let good = snapshot(ns, kind);
-    ns.sh(edit);
-    let drift = fw.check(rules).await.expect("check");
-    assert!(!drift.is_clean(), "{edit:?} was not noticed");
-    let text = drift.to_string();
-    assert!(
-        text.contains(expect),
-        "after {edit:?}, want {expect:?} in:\n{text}"
-    );
-    fw.apply(rules).await.expect("repair");
-    assert_in_sync(fw, rules).await;
-    assert_eq!(
-        snapshot(ns, kind),
-        good,
-        "apply after {edit:?} did not restore the ruleset"
-    );
+    for (edit, expect) in edits {
+        let edit = edit.as_ref();
+        let good = snapshot(ns, kind);
+        ns.sh(&["sh", "-c", edit]);
+        let drift = fw.check(rules).await.expect("check");
+        assert!(!drift.is_clean(), "{edit:?} was not noticed");
+        let text = drift.to_string();
+        assert!(
+            text.contains(expect),
+            "after {edit:?}, want {expect:?} in:\n{text}"
+        );
+        fw.apply(rules).await.expect("repair");
+        assert_in_sync(fw, rules).await;
+        assert_eq!(
+            snapshot(ns, kind),
+            good,
+            "apply after {edit:?} did not restore the ruleset"
+        );
+    }
 }
 
 async fn iptables_drift(kind: Kind) {
@@ -111,102 +105,40 @@ async fn iptables_drift(kind: Kind) {
     let fw = kind.firewall(&ns).await;
     let rules = full_rules();
     fw.apply(&rules).await.expect("apply");
-    let ipt = kind.iptables(false);
-    let ip6t = kind.iptables(true);
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &[&ipt, "-t", "nat", "-F", "FLANNEL-POSTRTG"],
-        "iptables nat FLANNEL-POSTRTG: missing: -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000",
-    )
-    .await;
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &[&ip6t, "-t", "filter", "-I", "FLANNEL-FWD", "-j", "DROP"],
-        "ip6tables filter FLANNEL-FWD: unexpected: -A FLANNEL-FWD -j DROP",
-    )
-    .await;
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &[
-            &ipt,
-            "-t",
-            "nat",
-            "-D",
-            "POSTROUTING",
-            "-m",
-            "comment",
-            "--comment",
-            "flanneld masq",
-            "-j",
-            "FLANNEL-POSTRTG",
-        ],
-        "iptables nat POSTROUTING: missing:",
-    )
-    .await;
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &[
-            &ipt,
-            "-t",
-            "filter",
-            "-A",
-            "FORWARD",
-            "-m",
-            "comment",
-            "--comment",
-            "flanneld forward",
-            "-j",
-            "FLANNEL-FWD",
-        ],
-        "iptables filter FORWARD: 2 copies of",
-    )
-    .await;
-    // A whole chain deleted (its jump and rules first, or the kernel refuses).
-    let delete_chain = format!(
-        "{ip6t} -t nat -D POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG && {ip6t} -t nat -F FLANNEL-POSTRTG && {ip6t} -t nat -X FLANNEL-POSTRTG"
-    );
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &["sh", "-c", &delete_chain],
-        "ip6tables nat FLANNEL-POSTRTG: missing: chain FLANNEL-POSTRTG with 6 rules",
-    )
-    .await;
+    let (ipt, ip6t) = (kind.iptables(false), kind.iptables(true));
+    let edits = [
+        (
+            format!("{ipt} -t nat -F FLANNEL-POSTRTG"),
+            "iptables nat FLANNEL-POSTRTG: missing: -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000",
+        ),
+        (
+            format!("{ip6t} -t filter -I FLANNEL-FWD -j DROP"),
+            "ip6tables filter FLANNEL-FWD: unexpected: -A FLANNEL-FWD -j DROP",
+        ),
+        (
+            format!("{ipt} -t nat -D POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG"),
+            "iptables nat POSTROUTING: missing:",
+        ),
+        (
+            format!("{ipt} -t filter -A FORWARD -m comment --comment 'flanneld forward' -j FLANNEL-FWD"),
+            "iptables filter FORWARD: 2 copies of",
+        ),
+        // A whole chain deleted (its jump and rules first, or the kernel refuses).
+        (
+            format!("{ip6t} -t nat -D POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG && {ip6t} -t nat -F FLANNEL-POSTRTG && {ip6t} -t nat -X FLANNEL-POSTRTG"),
+            "ip6tables nat FLANNEL-POSTRTG: missing: chain FLANNEL-POSTRTG with 6 rules",
+        ),
+    ];
+    edits_are_found_and_repaired(&ns, &fw, kind, &rules, &edits).await;
 }
 
-#[tokio::test]
-async fn iptables_drift_is_found_and_repaired() {
-    iptables_drift(Kind::Iptables).await;
-}
-
-#[tokio::test]
-async fn iptables_legacy_drift_is_found_and_repaired() {
-    iptables_drift(Kind::IptablesLegacy).await;
-}
-
-#[tokio::test]
-async fn iptables_drift_is_found_and_repaired_reading_whole_dumps() {
-    iptables_drift(Kind::IptablesDump).await;
-}
-
-#[tokio::test]
-async fn iptables_legacy_drift_is_found_and_repaired_reading_chain_by_chain() {
-    iptables_drift(Kind::IptablesLegacyOwnChains).await;
-}
+per_kind!(iptables_drift {
+    iptables_drift_is_found_and_repaired: Kind::Iptables,
+    iptables_legacy_drift_is_found_and_repaired: Kind::IptablesLegacy,
+    iptables_drift_is_found_and_repaired_reading_whole_dumps: Kind::IptablesDump,
+    iptables_legacy_drift_is_found_and_repaired_reading_chain_by_chain:
+        Kind::IptablesLegacyOwnChains,
+});
 
 #[tokio::test]
 async fn nftables_drift_is_found_and_repaired() {
@@ -215,53 +147,29 @@ async fn nftables_drift_is_found_and_repaired() {
     let fw = kind.firewall(&ns).await;
     let rules = full_rules();
     fw.apply(&rules).await.expect("apply");
-    edit_and_repair(&ns, &fw, kind, &rules, &["nft", "flush", "chain", "inet", "trellis", "postrouting"], "nft inet trellis postrouting: missing: meta nfproto ipv4 meta mark & 0x4000 == 0x4000 return").await;
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &[
-            "nft", "insert", "rule", "inet", "trellis", "forward", "counter", "drop",
-        ],
-        "nft inet trellis forward: unexpected: (not trellis's)",
-    )
-    .await;
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &["nft", "delete", "table", "inet", "trellis"],
-        "nft inet trellis: missing: chain postrouting with 12 rules",
-    )
-    .await;
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &["nft", "add", "chain", "inet", "trellis", "sneaky"],
-        "nft inet trellis: unexpected: chain sneaky",
-    )
-    .await;
-    edit_and_repair(
-        &ns,
-        &fw,
-        kind,
-        &rules,
-        &[
-            "nft",
-            "add",
-            "set",
-            "inet",
-            "trellis",
-            "blocked",
-            "{ type ipv4_addr; }",
-        ],
-        "nft inet trellis: unexpected: set blocked",
-    )
-    .await;
+    let edits = [
+        (
+            "nft flush chain inet trellis postrouting",
+            "nft inet trellis postrouting: missing: meta nfproto ipv4 meta mark & 0x4000 == 0x4000 return",
+        ),
+        (
+            "nft insert rule inet trellis forward counter drop",
+            "nft inet trellis forward: unexpected: (not trellis's)",
+        ),
+        (
+            "nft delete table inet trellis",
+            "nft inet trellis: missing: chain postrouting with 12 rules",
+        ),
+        (
+            "nft add chain inet trellis sneaky",
+            "nft inet trellis: unexpected: chain sneaky",
+        ),
+        (
+            "nft add set inet trellis blocked '{ type ipv4_addr; }'",
+            "nft inet trellis: unexpected: set blocked",
+        ),
+    ];
+    edits_are_found_and_repaired(&ns, &fw, kind, &rules, &edits).await;
     // A rule replaced by an almost identical one: the address differs.
     let listing = ns.sh(&["nft", "-a", "list", "chain", "inet", "trellis", "forward"]);
     let handle = listing
@@ -271,26 +179,15 @@ async fn nftables_drift_is_found_and_repaired() {
         .expect("rule handle")
         .trim()
         .to_string();
-    edit_and_repair(
+    let replace = format!(
+        "nft replace rule inet trellis forward handle {handle} ip saddr 10.245.0.0/16 accept"
+    );
+    edits_are_found_and_repaired(
         &ns,
         &fw,
         kind,
         &rules,
-        &[
-            "nft",
-            "replace",
-            "rule",
-            "inet",
-            "trellis",
-            "forward",
-            "handle",
-            &handle,
-            "ip",
-            "saddr",
-            "10.245.0.0/16",
-            "accept",
-        ],
-        "unexpected: ip saddr 10.245.0.0/16 accept",
+        &[(replace, "unexpected: ip saddr 10.245.0.0/16 accept")],
     )
     .await;
 }
@@ -332,30 +229,14 @@ async fn foreign_survive(kind: Kind) {
     );
 }
 
-#[tokio::test]
-async fn iptables_leaves_foreign_rules_alone() {
-    foreign_survive(Kind::Iptables).await;
-}
-
-#[tokio::test]
-async fn iptables_legacy_leaves_foreign_rules_alone() {
-    foreign_survive(Kind::IptablesLegacy).await;
-}
-
-#[tokio::test]
-async fn nftables_leaves_foreign_rules_alone() {
-    foreign_survive(Kind::Nftables).await;
-}
-
-#[tokio::test]
-async fn iptables_leaves_foreign_rules_alone_reading_whole_dumps() {
-    foreign_survive(Kind::IptablesDump).await;
-}
-
-#[tokio::test]
-async fn iptables_legacy_leaves_foreign_rules_alone_reading_chain_by_chain() {
-    foreign_survive(Kind::IptablesLegacyOwnChains).await;
-}
+per_kind!(foreign_survive {
+    iptables_leaves_foreign_rules_alone: Kind::Iptables,
+    iptables_legacy_leaves_foreign_rules_alone: Kind::IptablesLegacy,
+    nftables_leaves_foreign_rules_alone: Kind::Nftables,
+    iptables_leaves_foreign_rules_alone_reading_whole_dumps: Kind::IptablesDump,
+    iptables_legacy_leaves_foreign_rules_alone_reading_chain_by_chain:
+        Kind::IptablesLegacyOwnChains,
+});
 
 /// Someone else's chain jumping into ours (not from a built-in chain, so a per-chain read
 /// does not see it): cleanup still deletes that jump first, or -X would be refused.
@@ -386,20 +267,12 @@ async fn stranger_jump_cleanup(kind: Kind) {
     assert!(fw.check(&RuleSet::default()).await.unwrap().is_clean());
 }
 
-#[tokio::test]
-async fn iptables_cleanup_deletes_a_strangers_jump_into_our_chain() {
-    stranger_jump_cleanup(Kind::Iptables).await;
-}
-
-#[tokio::test]
-async fn iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain() {
-    stranger_jump_cleanup(Kind::IptablesLegacy).await;
-}
-
-#[tokio::test]
-async fn iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain_reading_chain_by_chain() {
-    stranger_jump_cleanup(Kind::IptablesLegacyOwnChains).await;
-}
+per_kind!(stranger_jump_cleanup {
+    iptables_cleanup_deletes_a_strangers_jump_into_our_chain: Kind::Iptables,
+    iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain: Kind::IptablesLegacy,
+    iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain_reading_chain_by_chain:
+        Kind::IptablesLegacyOwnChains,
+});
 
 /// kube-proxy-like rules around trellis's: on iptables-nft, check, apply and status run only
 /// `iptables -S` of trellis's chains and their built-in hooks, never a save; and the check
@@ -407,7 +280,6 @@ async fn iptables_legacy_cleanup_deletes_a_strangers_jump_into_our_chain_reading
 #[tokio::test]
 async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
     use trellis_agent::firewall::iptables::{IptablesDriver, ReadMode, Variant};
-    use trellis_agent::firewall::tool::Exec;
 
     let ns = netns("ownread");
     let mut restore = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n");
@@ -437,33 +309,22 @@ async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
         &format!("iptables-nft-restore < {}", file.path().display()),
     ]);
 
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let log_path = log.path().to_str().unwrap().to_string();
-    let prefix = [
-        "sh",
-        "-c",
-        "printf '%s\\n' \"$*\" >>\"$0\"; exec \"$@\"",
-        &log_path,
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-    ];
-    let ex = IptablesDriver::detect(Exec::new().with_prefix(prefix), Variant::Nft)
+    let log = CommandLog::new();
+    let ex = IptablesDriver::detect(log.exec_in(&ns), Variant::Nft)
         .await
         .expect("detect");
     assert_eq!(ex.read_mode(), ReadMode::OwnChains);
     let fw = Firewall::Iptables(ex);
     let rules = full_rules();
     fw.apply(&rules).await.expect("apply");
-    std::fs::write(&log_path, "").unwrap();
+    log.clear();
     assert_in_sync(&fw, &rules).await;
     let shown = fw.installed().await.to_string();
     assert!(
         shown.contains("FLANNEL-POSTRTG") && !shown.contains("KUBE-"),
         "{shown}"
     );
-    let commands = std::fs::read_to_string(&log_path).unwrap();
+    let commands = log.read();
     let mut listed = Vec::new();
     for c in commands.lines() {
         let words: Vec<&str> = c.split_whitespace().collect();
@@ -493,9 +354,9 @@ async fn on_nft_a_check_lists_only_trellis_chains_and_their_hooks() {
     // Nothing of ours left: each family costs one listing a table (no chain, so no jump to
     // look for in the hook).
     fw.apply(&RuleSet::default()).await.expect("remove");
-    std::fs::write(&log_path, "").unwrap();
+    log.clear();
     assert_in_sync(&fw, &RuleSet::default()).await;
-    let commands = std::fs::read_to_string(&log_path).unwrap();
+    let commands = log.read();
     assert_eq!(commands.lines().count(), 4, "{commands}");
     assert!(
         commands
@@ -539,15 +400,10 @@ async fn shrink(kind: Kind) {
     }
 }
 
-#[tokio::test]
-async fn iptables_follows_a_shrinking_rule_set() {
-    shrink(Kind::Iptables).await;
-}
-
-#[tokio::test]
-async fn nftables_follows_a_shrinking_rule_set() {
-    shrink(Kind::Nftables).await;
-}
+per_kind!(shrink {
+    iptables_follows_a_shrinking_rule_set: Kind::Iptables,
+    nftables_follows_a_shrinking_rule_set: Kind::Nftables,
+});
 
 #[tokio::test]
 async fn switching_backends_moves_the_rules() {
@@ -687,27 +543,15 @@ async fn a_held_xtables_lock_is_a_clear_error() {
 #[tokio::test]
 async fn nftables_check_without_the_table_lists_only_that_table() {
     use trellis_agent::firewall::nftables::NftablesDriver;
-    use trellis_agent::firewall::tool::Exec;
 
     let ns = netns("nftmissing");
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let log_path = log.path().to_str().unwrap().to_string();
-    let prefix = [
-        "sh",
-        "-c",
-        "printf '%s\\n' \"$*\" >>\"$0\"; exec \"$@\"",
-        &log_path,
-        "ip",
-        "netns",
-        "exec",
-        &ns.name,
-    ];
+    let log = CommandLog::new();
     let fw = Firewall::Nftables(
-        NftablesDriver::detect(Exec::new().with_prefix(prefix))
+        NftablesDriver::detect(log.exec_in(&ns))
             .await
             .expect("detect nft"),
     );
-    std::fs::write(&log_path, "").unwrap();
+    log.clear();
     let drift = fw.check(&full_rules()).await.expect("check");
     assert!(
         drift.to_string().contains("missing: chain postrouting"),
@@ -719,7 +563,7 @@ async fn nftables_check_without_the_table_lists_only_that_table() {
         shown.contains("(nothing installed)") && !shown.contains("cannot read"),
         "{shown}"
     );
-    let commands = std::fs::read_to_string(&log_path).unwrap();
+    let commands = log.read();
     assert_eq!(commands.lines().count(), 3, "{commands}");
     for c in commands.lines() {
         assert!(c.ends_with("list table inet trellis"), "{c}");

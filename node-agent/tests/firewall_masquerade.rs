@@ -80,6 +80,14 @@ impl Drop for Server {
 }
 
 /// The source address `server` saw for a connection from `from` (bound to `source`).
+/// Each connection (from, to the server at, sent from this source address or the default one)
+/// must be seen by its server from `want`; `what` names the case in a failure.
+fn assert_seen(cases: &[(&Netns, &str, Option<&str>, &str, &str)]) {
+    for &(from, server, source, want, what) in cases {
+        assert_eq!(seen_by(from, server, source), want, "{what}");
+    }
+}
+
 fn seen_by(from: &Netns, server: &str, source: Option<&str>) -> String {
     let bind = source.map_or(String::new(), |a| format!(",source_address=('{a}',0)"));
     let script = format!(
@@ -172,11 +180,16 @@ async fn masquerade(kind: Kind) {
     let _pod2 = Server::start(&t.pod2);
 
     // Without rules, nothing is masqueraded: the control that shows the test can fail.
-    assert_eq!(seen_by(&t.pod1, OUTSIDE, None), POD1);
-    assert_eq!(
-        seen_by(&t.node, REMOTE_POD, Some(NODE_UNDERLAY)),
-        NODE_UNDERLAY
-    );
+    assert_seen(&[
+        (&t.pod1, OUTSIDE, None, POD1, "no rules: pod to outside"),
+        (
+            &t.node,
+            REMOTE_POD,
+            Some(NODE_UNDERLAY),
+            NODE_UNDERLAY,
+            "no rules: host to a remote pod",
+        ),
+    ]);
 
     if kind != Kind::Nftables {
         // With FORWARD dropping by default, only FLANNEL-FWD lets pod traffic through.
@@ -185,33 +198,46 @@ async fn masquerade(kind: Kind) {
     let fw = kind.firewall(&t.node).await;
     fw.apply(&full_rules()).await.expect("apply");
 
-    assert_eq!(
-        seen_by(&t.pod1, OUTSIDE, None),
-        NODE_UNDERLAY,
-        "pod to outside: masqueraded"
-    );
-    assert_eq!(
-        seen_by(&t.pod1, REMOTE_POD, None),
-        POD1,
-        "pod to a pod of another node: not masqueraded"
-    );
-    assert_eq!(
-        seen_by(&t.remote, POD1, None),
-        REMOTE_POD,
-        "a remote pod to a local pod: not masqueraded"
-    );
-    // Bridged: crosses netfilter only where br_netfilter is loaded; never masqueraded.
-    assert_eq!(
-        seen_by(&t.pod1, POD2, None),
-        POD1,
-        "pod to pod on the bridge: not masqueraded"
-    );
-    // The host reaching a remote pod from its underlay address is masqueraded to its
-    // address on the pod network's path, so the replies come back through the tunnel.
-    assert_eq!(
-        seen_by(&t.node, REMOTE_POD, Some(NODE_UNDERLAY)),
-        NODE_TO_REMOTE
-    );
+    assert_seen(&[
+        (
+            &t.pod1,
+            OUTSIDE,
+            None,
+            NODE_UNDERLAY,
+            "pod to outside: masqueraded",
+        ),
+        (
+            &t.pod1,
+            REMOTE_POD,
+            None,
+            POD1,
+            "pod to a pod of another node: not masqueraded",
+        ),
+        (
+            &t.remote,
+            POD1,
+            None,
+            REMOTE_POD,
+            "a remote pod to a local pod: not masqueraded",
+        ),
+        // Bridged: crosses netfilter only where br_netfilter is loaded; never masqueraded.
+        (
+            &t.pod1,
+            POD2,
+            None,
+            POD1,
+            "pod to pod on the bridge: not masqueraded",
+        ),
+        // The host reaching a remote pod from its underlay address is masqueraded to its
+        // address on the pod network's path, so the replies come back through the tunnel.
+        (
+            &t.node,
+            REMOTE_POD,
+            Some(NODE_UNDERLAY),
+            NODE_TO_REMOTE,
+            "host to a remote pod from its underlay address",
+        ),
+    ]);
 
     // kube-proxy's mark means "kube-proxy masquerades this one": trellis leaves it alone.
     if kind == Kind::Nftables {
@@ -245,16 +271,22 @@ async fn masquerade(kind: Kind) {
             "0x4000/0x4000",
         ]);
     }
-    assert_eq!(
-        seen_by(&t.pod1, OUTSIDE, None),
-        POD1,
-        "kube-proxy-marked packets are not masqueraded by trellis"
-    );
-    assert_eq!(
-        seen_by(&t.pod2, OUTSIDE, None),
-        NODE_UNDERLAY,
-        "unmarked packets still are"
-    );
+    assert_seen(&[
+        (
+            &t.pod1,
+            OUTSIDE,
+            None,
+            POD1,
+            "kube-proxy-marked packets are not masqueraded by trellis",
+        ),
+        (
+            &t.pod2,
+            OUTSIDE,
+            None,
+            NODE_UNDERLAY,
+            "unmarked packets still are",
+        ),
+    ]);
 
     fw.cleanup().await.expect("cleanup");
     if kind != Kind::Nftables {
@@ -278,17 +310,8 @@ async fn masquerade(kind: Kind) {
     eprintln!("{kind:?} masquerade test: {:?}", started.elapsed());
 }
 
-#[tokio::test]
-async fn iptables_masquerades_pod_traffic_leaving_the_pod_network() {
-    masquerade(Kind::Iptables).await;
-}
-
-#[tokio::test]
-async fn iptables_legacy_masquerades_pod_traffic_leaving_the_pod_network() {
-    masquerade(Kind::IptablesLegacy).await;
-}
-
-#[tokio::test]
-async fn nftables_masquerades_pod_traffic_leaving_the_pod_network() {
-    masquerade(Kind::Nftables).await;
-}
+per_kind!(masquerade {
+    iptables_masquerades_pod_traffic_leaving_the_pod_network: Kind::Iptables,
+    iptables_legacy_masquerades_pod_traffic_leaving_the_pod_network: Kind::IptablesLegacy,
+    nftables_masquerades_pod_traffic_leaving_the_pod_network: Kind::Nftables,
+});

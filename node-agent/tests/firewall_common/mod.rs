@@ -202,3 +202,57 @@ pub fn add_foreign_rules(ns: &Netns, kind: Kind) {
 pub fn count(snapshot: &str, line: &str) -> usize {
     snapshot.lines().filter(|l| l.trim() == line).count()
 }
+
+/// One `#[tokio::test]` per firewall kind, each running the same scenario `async fn(Kind)` (so
+/// each kind keeps its own test: its own process and namespace under nextest, its name in a
+/// failure): `per_kind!(scenario { test_name: Kind::Iptables, other_name: Kind::Nftables });`
+#[allow(unused_macros)]
+macro_rules! per_kind {
+    ($scenario:ident { $($name:ident: $kind:expr),+ $(,)? }) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $scenario($kind).await;
+            }
+        )+
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_kind;
+
+/// The commands an executor runs, one line each, logged to a temp file as they start.
+pub struct CommandLog {
+    file: tempfile::NamedTempFile,
+}
+
+impl CommandLog {
+    pub fn new() -> CommandLog {
+        CommandLog {
+            file: tempfile::NamedTempFile::new().expect("command log"),
+        }
+    }
+
+    /// An executor into `ns` that logs each command before running it.
+    pub fn exec_in(&self, ns: &Netns) -> Exec {
+        let path = self.file.path().to_str().expect("utf-8 temp path");
+        Exec::new().with_prefix([
+            "sh",
+            "-c",
+            "printf '%s\\n' \"$*\" >>\"$0\"; exec \"$@\"",
+            path,
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+        ])
+    }
+
+    /// Forgets what was logged so far.
+    pub fn clear(&self) {
+        std::fs::write(self.file.path(), "").expect("clear the command log");
+    }
+
+    pub fn read(&self) -> String {
+        std::fs::read_to_string(self.file.path()).expect("read the command log")
+    }
+}
