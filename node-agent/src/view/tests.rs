@@ -10,6 +10,57 @@ fn names(r: &Resolved<'_>) -> Vec<String> {
     r.peers.iter().map(|p| p.name.to_string()).collect()
 }
 
+/// Asserts that `node` was skipped for a reason matching the pattern (and guard).
+macro_rules! assert_skipped {
+    ($r:expr, $node:expr, $reason:pat $(if $guard:expr)?) => {{
+        let got = reason(&$r, $node);
+        assert!(matches!(got, Some($reason) $(if $guard)?), "{}: {got:?}", $node);
+    }};
+}
+
+/// Resolving `v` with the vxlan config programs exactly `peers` and skips `node` for a reason
+/// matching the pattern (and guard).
+macro_rules! assert_resolved {
+    ($v:expr, $peers:expr, $node:expr => $reason:pat $(if $guard:expr)?) => {{
+        let r = $v.resolve(&vxlan_config());
+        assert_eq!(names(&r), $peers);
+        assert_skipped!(r, $node, $reason $(if $guard)?);
+    }};
+}
+
+/// node-`i` (vxlan), created at `created` (unix seconds).
+fn born(i: u32, created: i64) -> NodeInfo {
+    let mut n = PeerSpec::new(i, "vxlan").node();
+    n.created_unix = Some(created);
+    n
+}
+
+fn set(n: &mut NodeInfo, key: &str, value: &str) {
+    n.annotations
+        .insert(format!("flannel.alpha.coreos.com/{key}"), value.into());
+}
+
+/// A view that has seen `nodes`, each upserted at `at` (unix seconds) if given.
+fn view_of(nodes: &[&NodeInfo], at: Option<i64>) -> ClusterView {
+    let mut v = view();
+    for n in nodes {
+        match at {
+            Some(at) => v.upsert_node_at(n, at),
+            None => v.upsert_node(n),
+        };
+    }
+    v
+}
+
+/// Advertises node-`of`'s VTEP MAC (on VNI 1) as its own.
+fn copy_mac(n: &mut NodeInfo, of: u32) {
+    set(
+        n,
+        "backend-data",
+        &format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, peer_mac(of)),
+    );
+}
+
 #[test]
 fn a_valid_node_becomes_a_compact_peer() {
     let mut v = view();
@@ -45,10 +96,7 @@ fn upsert_reports_only_relevant_changes() {
     n.annotations
         .insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
     assert!(!v.upsert_node(&n));
-    n.annotations.insert(
-        "flannel.alpha.coreos.com/public-ip".into(),
-        "192.168.1.99".into(),
-    );
+    set(&mut n, "public-ip", "192.168.1.99");
     assert!(v.upsert_node(&n));
     assert_eq!(v.node_count(), 1);
     assert!(v.remove_node("node-2"));
@@ -169,13 +217,11 @@ fn bad_nodes_are_skipped_with_typed_reasons_and_others_survive() {
 
 #[test]
 fn overlapping_peers_keep_the_older_then_the_first_name() {
-    let mut v = view();
     let mut a = PeerSpec::new(2, "vxlan").node();
     let mut b = PeerSpec::new(3, "vxlan").node();
     b.pod_cidrs = a.pod_cidrs.clone();
     // Without timestamps: the first name wins.
-    v.upsert_node(&a);
-    v.upsert_node(&b);
+    let mut v = view_of(&[&a, &b], None);
     let r = v.resolve(&vxlan_config());
     assert_eq!(names(&r), ["node-2"]);
     assert_eq!(
@@ -190,11 +236,7 @@ fn overlapping_peers_keep_the_older_then_the_first_name() {
     b.created_unix = Some(1_000);
     v.upsert_node(&a);
     v.upsert_node(&b);
-    let r = v.resolve(&vxlan_config());
-    assert_eq!(names(&r), ["node-3"]);
-    assert!(
-        matches!(reason(&r, "node-2"), Some(SkipReason::OverlapsPeer { other, .. }) if other == "node-3")
-    );
+    assert_resolved!(v, ["node-3"], "node-2" => SkipReason::OverlapsPeer { other, .. } if other == "node-3");
     // When the winner leaves, the other one is programmed.
     v.remove_node("node-3");
     assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2"]);
@@ -202,54 +244,34 @@ fn overlapping_peers_keep_the_older_then_the_first_name() {
 
 #[test]
 fn partial_overlaps_are_found_both_ways() {
+    // node-2..=6, older first: wide, inside it, before it, after it, spanning all of them.
+    let cidrs = [
+        "10.244.8.0/22",
+        "10.244.10.0/24",
+        "10.244.7.0/24",
+        "10.244.12.0/24",
+        "10.244.0.0/20",
+    ];
     let mut v = view();
-    let mut wide = PeerSpec::new(2, "vxlan").node();
-    wide.pod_cidrs = vec!["10.244.8.0/22".into()];
-    wide.created_unix = Some(1);
-    let mut inside = PeerSpec::new(3, "vxlan").node();
-    inside.pod_cidrs = vec!["10.244.10.0/24".into()];
-    inside.created_unix = Some(2);
-    let mut before = PeerSpec::new(4, "vxlan").node();
-    before.pod_cidrs = vec!["10.244.7.0/24".into()];
-    before.created_unix = Some(3);
-    let mut after = PeerSpec::new(5, "vxlan").node();
-    after.pod_cidrs = vec!["10.244.12.0/24".into()];
-    after.created_unix = Some(4);
-    let mut spanning = PeerSpec::new(6, "vxlan").node();
-    spanning.pod_cidrs = vec!["10.244.0.0/20".into()];
-    spanning.created_unix = Some(5);
-    for n in [&wide, &inside, &before, &after, &spanning] {
-        v.upsert_node(n);
+    for (i, cidr) in (2..).zip(cidrs) {
+        let mut n = born(i, i64::from(i) - 1);
+        n.pod_cidrs = vec![cidr.into()];
+        v.upsert_node(&n);
     }
     let r = v.resolve(&vxlan_config());
     assert_eq!(names(&r), ["node-2", "node-4", "node-5"]);
-    assert!(
-        matches!(reason(&r, "node-3"), Some(SkipReason::OverlapsPeer { other, .. }) if other == "node-2")
-    );
+    assert_skipped!(r, "node-3", SkipReason::OverlapsPeer { other, .. } if other == "node-2");
     // 10.244.0.0/20 overlaps the local 10.244.1.0/24 first.
-    assert!(matches!(
-        reason(&r, "node-6"),
-        Some(SkipReason::OverlapsLocal { .. })
-    ));
+    assert_skipped!(r, "node-6", SkipReason::OverlapsLocal { .. });
 }
 
 #[test]
 fn duplicate_public_ips_keep_one() {
-    let mut v = view();
     let a = PeerSpec::new(2, "vxlan").node();
     let mut b = PeerSpec::new(3, "vxlan").node();
-    b.annotations.insert(
-        "flannel.alpha.coreos.com/public-ip".into(),
-        "192.168.1.2".into(),
-    );
-    v.upsert_node(&a);
-    v.upsert_node(&b);
-    let r = v.resolve(&vxlan_config());
-    assert_eq!(names(&r), ["node-2"]);
-    assert!(matches!(
-        reason(&r, "node-3"),
-        Some(SkipReason::DuplicatePublicIp { other, .. }) if other == "node-2"
-    ));
+    set(&mut b, "public-ip", "192.168.1.2");
+    let v = view_of(&[&a, &b], None);
+    assert_resolved!(v, ["node-2"], "node-3" => SkipReason::DuplicatePublicIp { other, .. } if other == "node-2");
 }
 
 #[test]
@@ -257,16 +279,12 @@ fn a_skipped_peer_does_not_block_others() {
     // node-3 overlaps node-2 (older) and is skipped; node-4 shares node-3's public IP but
     // must not be blocked by a peer that was itself skipped.
     let mut v = view();
-    let mut a = PeerSpec::new(2, "vxlan").node();
-    a.created_unix = Some(1);
+    let a = born(2, 1);
     let mut b = PeerSpec::new(3, "vxlan").node();
     b.pod_cidrs = a.pod_cidrs.clone();
     b.created_unix = Some(2);
     let mut c = PeerSpec::new(4, "vxlan").node();
-    c.annotations.insert(
-        "flannel.alpha.coreos.com/public-ip".into(),
-        "192.168.1.3".into(),
-    );
+    set(&mut c, "public-ip", "192.168.1.3");
     c.created_unix = Some(3);
     for n in [&a, &b, &c] {
         v.upsert_node(n);
@@ -284,10 +302,7 @@ fn enabled_families_are_required_and_checked() {
     bad6.pod_cidrs[1] = "fd00:99::/64".into();
     v.upsert_node(&bad6);
     let mut dup6 = PeerSpec::new(5, "vxlan").dual().node();
-    dup6.annotations.insert(
-        "flannel.alpha.coreos.com/public-ipv6".into(),
-        "fd00:192::2".into(),
-    );
+    set(&mut dup6, "public-ipv6", "fd00:192::2");
     v.upsert_node(&dup6);
     let r = v.resolve(&dual);
     assert_eq!(names(&r), ["node-2"]);
@@ -298,14 +313,8 @@ fn enabled_families_are_required_and_checked() {
             missing: Missing::PodCidr
         })
     );
-    assert!(matches!(
-        reason(&r, "node-4"),
-        Some(SkipReason::OutsideNetwork { .. })
-    ));
-    assert!(matches!(
-        reason(&r, "node-5"),
-        Some(SkipReason::DuplicatePublicIp { .. })
-    ));
+    assert_skipped!(r, "node-4", SkipReason::OutsideNetwork { .. });
+    assert_skipped!(r, "node-5", SkipReason::DuplicatePublicIp { .. });
     // The same nodes with IPv4 only: the IPv6 side is not looked at.
     let r = v.resolve(&vxlan_config());
     assert_eq!(names(&r), ["node-2", "node-3", "node-4", "node-5"]);
@@ -374,10 +383,8 @@ fn resolves_five_thousand_nodes() {
 #[test]
 fn an_older_node_that_changes_its_claims_does_not_displace_a_holder() {
     let mut v = view();
-    let mut old = PeerSpec::new(2, "vxlan").node();
-    old.created_unix = Some(1_000);
-    let mut holder = PeerSpec::new(3, "vxlan").node();
-    holder.created_unix = Some(5_000);
+    let mut old = born(2, 1_000);
+    let holder = born(3, 5_000);
     assert!(v.upsert_node_at(&old, 6_000));
     assert!(v.upsert_node_at(&holder, 6_000));
     assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2", "node-3"]);
@@ -389,21 +396,11 @@ fn an_older_node_that_changes_its_claims_does_not_displace_a_holder() {
         holder.annotations["flannel.alpha.coreos.com/public-ip"].clone(),
     );
     assert!(v.upsert_node_at(&old, 7_000));
-    let r = v.resolve(&vxlan_config());
-    assert_eq!(names(&r), ["node-3"]);
-    assert!(matches!(
-        reason(&r, "node-2"),
-        Some(SkipReason::DuplicatePublicIp { other, .. }) if other == "node-3"
-    ));
+    assert_resolved!(v, ["node-3"], "node-2" => SkipReason::DuplicatePublicIp { other, .. } if other == "node-3");
     // Then the holder's subnet too.
     old.pod_cidrs = holder.pod_cidrs.clone();
     assert!(v.upsert_node_at(&old, 8_000));
-    let r = v.resolve(&vxlan_config());
-    assert_eq!(names(&r), ["node-3"]);
-    assert!(matches!(
-        reason(&r, "node-2"),
-        Some(SkipReason::OverlapsPeer { other, .. }) if other == "node-3"
-    ));
+    assert_resolved!(v, ["node-3"], "node-2" => SkipReason::OverlapsPeer { other, .. } if other == "node-3");
     // A status heartbeat (no claim change) does not re-date anything.
     old.annotations
         .insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
@@ -423,8 +420,7 @@ fn an_older_node_that_changes_its_claims_does_not_displace_a_holder() {
 #[test]
 fn a_node_claiming_a_free_subnet_is_programmed_at_once() {
     let mut v = view();
-    let mut n = PeerSpec::new(2, "vxlan").node();
-    n.created_unix = Some(1_000);
+    let mut n = born(2, 1_000);
     v.upsert_node_at(&n, 1_000);
     n.pod_cidrs = vec!["10.244.9.0/24".into()];
     assert!(v.upsert_node_at(&n, 2_000));
@@ -461,35 +457,22 @@ fn foreign_vnis_are_bounded_and_the_older_claims_keep_theirs() {
     );
 }
 
-fn set(n: &mut NodeInfo, key: &str, value: &str) {
-    n.annotations
-        .insert(format!("flannel.alpha.coreos.com/{key}"), value.into());
-}
-
 #[test]
 fn a_copied_vtep_mac_is_kept_by_the_first_claim_whatever_the_names() {
     // The thief copies node-2's MAC with a subnet and public IP of its own. Whether its name
     // sorts after the victim's or before, the older claim keeps the MAC.
     for (thief_name, created) in [("zz-thief", Some(2)), ("aa-thief", Some(2)), ("zz", None)] {
         let mut v = view();
-        let mut victim = PeerSpec::new(2, "vxlan").node();
-        victim.created_unix = Some(1);
+        let victim = born(2, 1);
         let mut thief = PeerSpec::new(9, "vxlan").node();
         thief.name = thief_name.into();
         thief.created_unix = created;
-        set(
-            &mut thief,
-            "backend-data",
-            &format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, peer_mac(2)),
-        );
+        copy_mac(&mut thief, 2);
         v.upsert_node(&victim);
         v.upsert_node(&thief);
         let r = v.resolve(&vxlan_config());
         assert_eq!(names(&r), ["node-2"], "{thief_name}");
-        assert!(matches!(
-            reason(&r, thief_name),
-            Some(SkipReason::DuplicateVtepMac { other, vni: 1, .. }) if other == "node-2"
-        ));
+        assert_skipped!(r, thief_name, SkipReason::DuplicateVtepMac { other, vni: 1, .. } if other == "node-2");
     }
 }
 
@@ -519,35 +502,19 @@ fn our_own_vtep_mac_is_refused() {
     v.upsert_node(&n);
     let r = v.resolve(&dual_config(r#"{"Type": "vxlan"}"#));
     assert!(r.peers.is_empty());
-    assert!(matches!(
-        reason(&r, "node-2"),
-        Some(SkipReason::VtepMacIsLocal { mac }) if *mac == LOCAL_MAC6
-    ));
+    assert_skipped!(r, "node-2", SkipReason::VtepMacIsLocal { mac } if *mac == LOCAL_MAC6);
     // IPv6 off: its v6 data is not programmed, so it claims nothing.
     assert_eq!(names(&v.resolve(&vxlan_config())), ["node-2"]);
 }
 
 #[test]
 fn a_node_that_starts_copying_a_mac_does_not_take_it_from_a_younger_holder() {
-    let mut v = view();
-    let mut old = PeerSpec::new(2, "vxlan").node();
-    old.created_unix = Some(1_000);
-    let mut holder = PeerSpec::new(3, "vxlan").node();
-    holder.created_unix = Some(5_000);
-    v.upsert_node_at(&old, 6_000);
-    v.upsert_node_at(&holder, 6_000);
-    set(
-        &mut old,
-        "backend-data",
-        &format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, peer_mac(3)),
-    );
+    let mut old = born(2, 1_000);
+    let holder = born(3, 5_000);
+    let mut v = view_of(&[&old, &holder], Some(6_000));
+    copy_mac(&mut old, 3);
     assert!(v.upsert_node_at(&old, 7_000));
-    let r = v.resolve(&vxlan_config());
-    assert_eq!(names(&r), ["node-3"]);
-    assert!(matches!(
-        reason(&r, "node-2"),
-        Some(SkipReason::DuplicateVtepMac { other, .. }) if other == "node-3"
-    ));
+    assert_resolved!(v, ["node-3"], "node-2" => SkipReason::DuplicateVtepMac { other, .. } if other == "node-3");
 }
 
 #[test]
@@ -590,28 +557,15 @@ fn public_ips_that_cannot_be_endpoints_are_refused_for_every_backend() {
 fn a_holder_that_changes_something_else_keeps_what_it_held() {
     // H (old) copies V's MAC at 7000 and loses it; V then changes only its public IP: V's
     // claim to the MAC still dates from its creation, so V keeps it.
-    let mut v = view();
-    let mut thief = PeerSpec::new(2, "vxlan").node();
-    thief.created_unix = Some(1_000);
-    let mut holder = PeerSpec::new(3, "vxlan").node();
-    holder.created_unix = Some(5_000);
-    v.upsert_node_at(&thief, 6_000);
-    v.upsert_node_at(&holder, 6_000);
-    set(
-        &mut thief,
-        "backend-data",
-        &format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, peer_mac(3)),
-    );
+    let mut thief = born(2, 1_000);
+    let mut holder = born(3, 5_000);
+    let mut v = view_of(&[&thief, &holder], Some(6_000));
+    copy_mac(&mut thief, 3);
     v.upsert_node_at(&thief, 7_000);
     assert_eq!(names(&v.resolve(&vxlan_config())), ["node-3"]);
     set(&mut holder, "public-ip", "192.168.1.33");
     assert!(v.upsert_node_at(&holder, 8_000));
-    let r = v.resolve(&vxlan_config());
-    assert_eq!(names(&r), ["node-3"]);
-    assert!(matches!(
-        reason(&r, "node-2"),
-        Some(SkipReason::DuplicateVtepMac { other, .. }) if other == "node-3"
-    ));
+    assert_resolved!(v, ["node-3"], "node-2" => SkipReason::DuplicateVtepMac { other, .. } if other == "node-3");
     // A brief invalid state of the holder does not re-date its claims either.
     let mut broken = holder.clone();
     set(&mut broken, "backend-data", "{");
@@ -625,45 +579,35 @@ fn a_peer_considered_first_loses_everything_to_an_older_claim_it_collides_with()
     // node-2's newest claim (a subnet taken at 9000) sorts it after node-3, whose public IP
     // it copied at 9000 too, but node-3 ... is newer overall: its subnet was taken at 9500.
     // node-2's claim to node-3's old address is newer than node-3's: node-3 keeps it.
-    let mut v = view();
-    let mut a = PeerSpec::new(2, "vxlan").node();
-    a.created_unix = Some(1_000);
-    let mut b = PeerSpec::new(3, "vxlan").node();
-    b.created_unix = Some(2_000);
-    v.upsert_node_at(&a, 3_000);
-    v.upsert_node_at(&b, 3_000);
+    let mut a = born(2, 1_000);
+    let mut b = born(3, 2_000);
+    let mut v = view_of(&[&a, &b], Some(3_000));
     set(&mut a, "public-ip", "192.168.1.3"); // b's address, claimed at 9000
     v.upsert_node_at(&a, 9_000);
     b.pod_cidrs = vec!["10.244.30.0/24".into()]; // b moves its subnet at 9500
     v.upsert_node_at(&b, 9_500);
     // a (newest claim 9000) is considered before b (9500) and accepted; then b collides on
     // the address, which b has held since 2000: b wins, a is skipped.
-    let r = v.resolve(&vxlan_config());
-    assert_eq!(names(&r), ["node-3"]);
-    assert!(matches!(
-        reason(&r, "node-2"),
-        Some(SkipReason::DuplicatePublicIp { other, .. }) if other == "node-3"
-    ));
+    assert_resolved!(v, ["node-3"], "node-2" => SkipReason::DuplicatePublicIp { other, .. } if other == "node-3");
 }
 
 #[test]
 fn a_subnet_spanning_several_accepted_ones_loses_to_each_older_holder() {
     let mut v = view();
     for i in [2, 3] {
-        let mut n = PeerSpec::new(i, "vxlan").node();
-        n.created_unix = Some(1_000);
+        let n = born(i, 1_000);
         v.upsert_node_at(&n, 1_000);
     }
-    let mut wide = PeerSpec::new(9, "vxlan").node();
-    wide.created_unix = Some(2_000);
+    let mut wide = born(9, 2_000);
     wide.pod_cidrs = vec!["10.244.0.0/22".into()]; // spans node-2's and node-3's /24s
     v.upsert_node_at(&wide, 2_000);
     let r = v.resolve(&config(
         r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#,
     ));
-    assert!(matches!(
-        reason(&r, "node-9"),
-        Some(SkipReason::OverlapsLocal { .. }) | Some(SkipReason::OverlapsPeer { .. })
-    ));
+    assert_skipped!(
+        r,
+        "node-9",
+        SkipReason::OverlapsLocal { .. } | SkipReason::OverlapsPeer { .. }
+    );
     assert_eq!(names(&r), ["node-2", "node-3"]);
 }

@@ -80,6 +80,9 @@ fn assert_ordered(ops: &[Op]) {
 fn apply(actual: &KernelState, ops: &[Op]) -> KernelState {
     let mut k = actual.clone();
     for op in ops {
+        let has_link =
+            |k: &KernelState, link: &str| assert!(k.links.contains_key(link), "{op}: no link");
+        let removed = |found: bool| assert!(found, "{op}: missing");
         match op {
             Op::AddLink(l) => {
                 assert!(!k.links.contains_key(&l.name), "{op}: exists");
@@ -95,37 +98,29 @@ fn apply(actual: &KernelState, ops: &[Op]) -> KernelState {
                 }
             }
             Op::DeleteLink(name) => {
-                assert!(k.links.remove(name).is_some(), "{op}: missing");
+                removed(k.links.remove(name).is_some());
                 k.addresses.retain(|a| &a.link != name);
                 k.neighbours.retain(|(l, _), _| l != name);
                 k.fdb.retain(|(l, _), _| l != name);
                 k.routes.retain(|_, r| &r.dev != name);
             }
             Op::AddAddress(a) => {
-                assert!(k.links.contains_key(&a.link), "{op}: no link");
+                has_link(&k, &a.link);
                 k.addresses.insert(a.clone());
             }
-            Op::DeleteAddress(a) => assert!(k.addresses.remove(a), "{op}: missing"),
+            Op::DeleteAddress(a) => removed(k.addresses.remove(a)),
             Op::AddNeighbour(n) | Op::ReplaceNeighbour(n) => {
-                assert!(k.links.contains_key(&n.link), "{op}: no link");
+                has_link(&k, &n.link);
                 k.add_neighbour(n.clone());
             }
             Op::DeleteNeighbour(n) => {
-                assert!(
-                    k.neighbours.remove(&(n.link.clone(), n.ip)).is_some(),
-                    "{op}: missing"
-                )
+                removed(k.neighbours.remove(&(n.link.clone(), n.ip)).is_some())
             }
             Op::AddFdb(f) | Op::ReplaceFdb(f) => {
-                assert!(k.links.contains_key(&f.link), "{op}: no link");
+                has_link(&k, &f.link);
                 k.add_fdb(f.clone());
             }
-            Op::DeleteFdb(f) => {
-                assert!(
-                    k.fdb.remove(&(f.link.clone(), f.mac)).is_some(),
-                    "{op}: missing"
-                )
-            }
+            Op::DeleteFdb(f) => removed(k.fdb.remove(&(f.link.clone(), f.mac)).is_some()),
             Op::AddRoute(r) | Op::ReplaceRoute(r) => {
                 assert!(
                     k.links.contains_key(&r.dev) || r.dev == "eth0",
