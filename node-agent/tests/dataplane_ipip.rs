@@ -14,7 +14,6 @@ use dataplane_support::{backend_config, desired, Node, PeerNode};
 use tokio::time::timeout;
 use trellis_agent::dataplane::desired::KernelState;
 use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor, ReconcileReport};
-use trellis_agent::net::Mac;
 
 fn program(node: &Node, want: KernelState) -> ReconcileReport {
     let r = node.ns.run(move || async move {
@@ -54,18 +53,7 @@ fn ping(node: &Node, src: &str, dst: &str) {
 #[test]
 #[ignore = "needs the ipip kernel module: run in hack/vm (see module docs)"]
 fn ipip_device_routes_packets_switch_and_repair() {
-    let (a, b) = Node::pair(
-        (
-            "192.168.79.1",
-            "10.244.1.0/24",
-            Mac([0x02, 0xaa, 0, 0, 0, 1]),
-        ),
-        (
-            "192.168.79.2",
-            "10.244.2.0/24",
-            Mac([0x02, 0xaa, 0, 0, 0, 2]),
-        ),
-    );
+    let (a, b) = Node::pair_on("192.168.79");
     pod_gateway(&a, "10.244.1.1/24");
     pod_gateway(&b, "10.244.2.1/24");
 

@@ -39,28 +39,9 @@ fn ping_fails(node: &Node, args: &str) -> bool {
 
 #[test]
 fn pods_on_two_nodes_reach_each_other_through_vxlan() {
-    let (a, b) = Node::pair(
-        (
-            "192.168.77.1",
-            "10.244.1.0/24",
-            Mac([0x02, 0xaa, 0, 0, 0, 1]),
-        ),
-        (
-            "192.168.77.2",
-            "10.244.2.0/24",
-            Mac([0x02, 0xaa, 0, 0, 0, 2]),
-        ),
-    );
-    a.ns.ip("addr add fd00:77::1/64 dev eth0 nodad");
-    b.ns.ip("addr add fd00:77::2/64 dev eth0 nodad");
-    let a = Node {
-        v6: Some(("fd00:77::1".into(), "fd00:10:244:1::/64".into())),
-        ..a
-    };
-    let b = Node {
-        v6: Some(("fd00:77::2".into(), "fd00:10:244:2::/64".into())),
-        ..b
-    };
+    let (a, b) = Node::pair_on("192.168.77");
+    let a = a.with_v6("fd00:77::1", "fd00:10:244:1::/64");
+    let b = b.with_v6("fd00:77::2", "fd00:10:244:2::/64");
     pod_gateway(&a, "10.244.1.1/24", "fd00:10:244:1::1/64");
     pod_gateway(&b, "10.244.2.1/24", "fd00:10:244:2::1/64");
     assert_eq!(v6_mac(a.mac), Mac([0x02, 0x66, 0, 0, 0, 1]));
@@ -108,18 +89,7 @@ fn desired_for(node: &Node, own: &str, peer: &Node, peer_backend: &'static str) 
 /// needs it.
 #[test]
 fn vxlan_to_host_gw_switch_loses_no_packet() {
-    let (a, b) = Node::pair(
-        (
-            "192.168.78.1",
-            "10.244.1.0/24",
-            Mac([0x02, 0xaa, 0, 0, 0, 1]),
-        ),
-        (
-            "192.168.78.2",
-            "10.244.2.0/24",
-            Mac([0x02, 0xaa, 0, 0, 0, 2]),
-        ),
-    );
+    let (a, b) = Node::pair_on("192.168.78");
     pod_gateway(&a, "10.244.1.1/24", "fd00:10:244:1::1/64");
     pod_gateway(&b, "10.244.2.1/24", "fd00:10:244:2::1/64");
     program(&a, desired_for(&a, "vxlan", &b, "vxlan"));

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use dataplane_support::{
-    desired, dual_vxlan_config, expected_entries, expected_entries6, fdb, neighbours,
-    trellis_routes, trellis_routes6, vxlan_config, Node, PeerNode,
+    assert_entries, assert_entries6, desired, dual_vxlan_config, expected_entries, fdb, neighbours,
+    trellis_routes, vxlan_config, Node, PeerNode,
 };
 use trellis_agent::dataplane::desired::{
     Fdb, KernelState, Link, LinkKind, Neighbour, Route, Vxlan,
@@ -33,6 +33,15 @@ async fn reconcile(dp: &mut Dataplane, desired: &KernelState) -> ReconcileReport
     let r = dp.reconcile(desired).await.expect("reconcile");
     assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
     r
+}
+
+fn route(dst: &str, gateway: &str, dev: &str, onlink: bool) -> Route {
+    Route {
+        dst: dst.parse().expect("net"),
+        gateway: gateway.parse().expect("ip"),
+        dev: dev.into(),
+        onlink,
+    }
 }
 
 fn node(tag: &str) -> Node {
@@ -92,10 +101,7 @@ fn vxlan_peers_programmed_idempotent_and_departed_removed() {
     let addrs = ns.ip("-4 addr show dev flannel.1");
     assert!(addrs.contains("inet 10.244.1.0/32"), "{addrs}");
 
-    let (routes, neigh, fdb_want) = expected_entries(&all[..2], "flannel.1");
-    assert_eq!(trellis_routes(ns), routes);
-    assert_eq!(neighbours(ns, "flannel.1"), neigh);
-    assert_eq!(fdb(ns, "flannel.1"), fdb_want);
+    assert_entries(ns, &all[..2], "flannel.1");
 
     // Untouched.
     assert!(ns
@@ -143,10 +149,7 @@ fn vni_and_port_changes_recreate_the_device() {
         ns.ip_json("-d link show dev flannel.1")[0]["linkinfo"]["info_data"]["port"],
         4789
     );
-    let (routes, neigh, fdb_want) = expected_entries(&all, "flannel.1");
-    assert_eq!(trellis_routes(ns), routes);
-    assert_eq!(neighbours(ns, "flannel.1"), neigh);
-    assert_eq!(fdb(ns, "flannel.1"), fdb_want);
+    assert_entries(ns, &all, "flannel.1");
 
     let r = ns.run(move || async move {
         let mut dp = Dataplane::new().expect("dataplane");
@@ -163,10 +166,7 @@ fn vni_and_port_changes_recreate_the_device() {
         ns.ip_json("-d link show dev flannel.2")[0]["linkinfo"]["info_data"]["id"],
         2
     );
-    let (routes, neigh, fdb_want) = expected_entries(&all2, "flannel.2");
-    assert_eq!(trellis_routes(ns), routes);
-    assert_eq!(neighbours(ns, "flannel.2"), neigh);
-    assert_eq!(fdb(ns, "flannel.2"), fdb_want);
+    assert_entries(ns, &all2, "flannel.2");
 }
 
 #[test]
@@ -291,39 +291,14 @@ fn failures_are_reported_per_op_and_the_rest_applied() {
             mac: Mac([2, 0, 0, 0, 0, 2]),
             dst: "192.168.1.2".parse().expect("ip"),
         }),
-        Op::AddRoute(Route {
-            dst: "10.244.2.0/24".parse().expect("net"),
-            gateway: gw,
-            dev: "flannel.1".into(),
-            onlink: true,
-        }),
-        Op::AddRoute(Route {
-            dst: "10.244.3.0/24".parse().expect("net"),
-            gateway: "10.244.3.0".parse().expect("ip"),
-            dev: "nosuch0".into(),
-            onlink: true,
-        }),
+        Op::AddRoute(route("10.244.2.0/24", "10.244.2.0", "flannel.1", true)),
+        Op::AddRoute(route("10.244.3.0/24", "10.244.3.0", "nosuch0", true)),
         // Refused by the kernel in the middle of a bulk send (a gateway not on-link with no
         // route to it): only this op fails, the one after it still applies.
-        Op::AddRoute(Route {
-            dst: "10.244.4.0/24".parse().expect("net"),
-            gateway: "10.244.4.0".parse().expect("ip"),
-            dev: "flannel.1".into(),
-            onlink: false,
-        }),
-        Op::AddRoute(Route {
-            dst: "10.244.5.0/24".parse().expect("net"),
-            gateway: gw,
-            dev: "flannel.1".into(),
-            onlink: true,
-        }),
+        Op::AddRoute(route("10.244.4.0/24", "10.244.4.0", "flannel.1", false)),
+        Op::AddRoute(route("10.244.5.0/24", "10.244.2.0", "flannel.1", true)),
         // Deleting what is not there is success.
-        Op::DeleteRoute(Route {
-            dst: "10.244.9.0/24".parse().expect("net"),
-            gateway: "10.244.9.0".parse().expect("ip"),
-            dev: "flannel.1".into(),
-            onlink: true,
-        }),
+        Op::DeleteRoute(route("10.244.9.0/24", "10.244.9.0", "flannel.1", true)),
         Op::DeleteNeighbour(Neighbour {
             link: "flannel.1".into(),
             ip: "10.244.9.0".parse().expect("ip"),
@@ -411,14 +386,8 @@ fn dual_stack_programs_both_devices_and_is_idempotent() {
     assert!(ns
         .ip("-6 addr show dev flannel-v6.1")
         .contains("inet6 fd00:10:244:1::/128"));
-    let (routes, neigh, fdb_want) = expected_entries(&all, "flannel.1");
-    assert_eq!(trellis_routes(ns), routes);
-    assert_eq!(neighbours(ns, "flannel.1"), neigh);
-    assert_eq!(fdb(ns, "flannel.1"), fdb_want);
-    let (routes, neigh, fdb_want) = expected_entries6(&all, "flannel-v6.1");
-    assert_eq!(trellis_routes6(ns), routes);
-    assert_eq!(neighbours(ns, "flannel-v6.1"), neigh);
-    assert_eq!(fdb(ns, "flannel-v6.1"), fdb_want);
+    assert_entries(ns, &all, "flannel.1");
+    assert_entries6(ns, &all, "flannel-v6.1");
 }
 
 /// A restart while the first Node list arrives: entries of peers not listed yet survive the

@@ -157,6 +157,19 @@ impl Node {
         self
     }
 
+    /// The usual pair on the underlay `{net}.0/24`: node i (1 or 2) at `{net}.i`, with pod
+    /// subnet 10.244.i.0/24 and VTEP MAC 02:aa:00:00:00:0i.
+    pub fn pair_on(net: &str) -> (Node, Node) {
+        let [a, b] = [1u8, 2].map(|i| {
+            (
+                format!("{net}.{i}"),
+                format!("10.244.{i}.0/24"),
+                Mac([0x02, 0xaa, 0, 0, 0, i]),
+            )
+        });
+        Node::pair((&a.0, &a.1, a.2), (&b.0, &b.1, b.2))
+    }
+
     /// Two nodes whose `eth0`s are the two ends of one veth pair: a real underlay.
     pub fn pair(a: (&str, &str, Mac), b: (&str, &str, Mac)) -> (Node, Node) {
         let na = Netns::new("a");
@@ -382,56 +395,31 @@ pub fn trellis_routes6(ns: &Netns) -> Vec<String> {
 }
 
 fn routes_of(ns: &Netns, family: &str) -> Vec<String> {
-    let mut out: Vec<String> = ns
-        .ip_json(&format!("{family} route show proto 116"))
-        .iter()
-        .map(|r| {
-            let flags = r["flags"]
-                .as_array()
-                .map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>())
-                .unwrap_or_default();
+    sorted_lines(
+        &ns.ip_json(&format!("{family} route show proto 116")),
+        |r| {
+            let onlink = strs(&r["flags"]).contains(&"onlink");
             format!(
                 "{} via {} dev {}{}",
-                r["dst"].as_str().unwrap_or("?"),
-                r["gateway"].as_str().unwrap_or("?"),
-                r["dev"].as_str().unwrap_or("?"),
-                if flags.contains(&"onlink") {
-                    " onlink"
-                } else {
-                    ""
-                }
+                str_or(&r["dst"]),
+                str_or(&r["gateway"]),
+                str_or(&r["dev"]),
+                if onlink { " onlink" } else { "" }
             )
-        })
-        .collect();
-    out.sort();
-    out
+        },
+    )
 }
 
 /// `ip neigh show dev D` as "ip lladdr mac state", sorted.
 pub fn neighbours(ns: &Netns, dev: &str) -> Vec<String> {
-    let mut out: Vec<String> = ns
-        .ip_json(&format!("neigh show dev {dev}"))
-        .iter()
-        .map(|n| {
-            let state = n["state"]
-                .as_array()
-                .map(|s| {
-                    s.iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
-            format!(
-                "{} lladdr {} {}",
-                n["dst"].as_str().unwrap_or("?"),
-                n["lladdr"].as_str().unwrap_or("?"),
-                state
-            )
-        })
-        .collect();
-    out.sort();
-    out
+    sorted_lines(&ns.ip_json(&format!("neigh show dev {dev}")), |n| {
+        format!(
+            "{} lladdr {} {}",
+            str_or(&n["dst"]),
+            str_or(&n["lladdr"]),
+            strs(&n["state"]).join(",")
+        )
+    })
 }
 
 /// `bridge fdb show dev D` as "mac dst ip [permanent]" for entries with a destination, sorted.
@@ -441,24 +429,38 @@ pub fn fdb(ns: &Netns, dev: &str) -> Vec<String> {
         Ok(Value::Array(v)) => v,
         _ => Vec::new(),
     };
-    let mut out: Vec<String> = entries
-        .iter()
+    let with_dst: Vec<Value> = entries
+        .into_iter()
         .filter(|e| e["dst"].is_string())
-        .map(|e| {
-            format!(
-                "{} dst {}{}",
-                e["mac"].as_str().unwrap_or("?"),
-                e["dst"].as_str().unwrap_or("?"),
-                if e["state"].as_str() == Some("permanent") {
-                    " permanent"
-                } else {
-                    ""
-                }
-            )
-        })
         .collect();
+    sorted_lines(&with_dst, |e| {
+        let permanent = e["state"].as_str() == Some("permanent");
+        format!(
+            "{} dst {}{}",
+            str_or(&e["mac"]),
+            str_or(&e["dst"]),
+            if permanent { " permanent" } else { "" }
+        )
+    })
+}
+
+/// One line per JSON entry, sorted.
+fn sorted_lines(entries: &[Value], line: impl Fn(&Value) -> String) -> Vec<String> {
+    let mut out: Vec<String> = entries.iter().map(line).collect();
     out.sort();
     out
+}
+
+/// A JSON string, or "?".
+fn str_or(v: &Value) -> &str {
+    v.as_str().unwrap_or("?")
+}
+
+/// The strings of a JSON array (none for anything else).
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default()
 }
 
 /// What the kernel must show for these peers on `dev`, in the three formats above.
@@ -481,30 +483,41 @@ pub fn expected_entries(peers: &[PeerNode], dev: &str) -> (Vec<String>, Vec<Stri
     (routes, neigh, fdb)
 }
 
+/// Asserts that `ns` shows exactly [`expected_entries`] for `peers` on `dev`.
+pub fn assert_entries(ns: &Netns, peers: &[PeerNode], dev: &str) {
+    let (routes, neigh, fdb_want) = expected_entries(peers, dev);
+    assert_eq!(trellis_routes(ns), routes);
+    assert_eq!(neighbours(ns, dev), neigh);
+    assert_eq!(fdb(ns, dev), fdb_want);
+}
+
+/// Asserts that `ns` shows exactly [`expected_entries6`] for `peers` on `dev`.
+pub fn assert_entries6(ns: &Netns, peers: &[PeerNode], dev: &str) {
+    let (routes, neigh, fdb_want) = expected_entries6(peers, dev);
+    assert_eq!(trellis_routes6(ns), routes);
+    assert_eq!(neighbours(ns, dev), neigh);
+    assert_eq!(fdb(ns, dev), fdb_want);
+}
+
 /// `ip -n NS ARGS` by namespace name, for code already running inside the namespace's thread.
 pub fn ip_n(ns: &str, args: &str) {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip -n {ns} {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tool_n("ip", ns, args)
 }
 
 /// `bridge -n NS ARGS` by namespace name.
 pub fn bridge_n(ns: &str, args: &str) {
-    let out = Command::new("bridge")
+    tool_n("bridge", ns, args)
+}
+
+fn tool_n(tool: &str, ns: &str, args: &str) {
+    let out = Command::new(tool)
         .args(["-n", ns])
         .args(args.split_whitespace())
         .output()
-        .expect("run bridge");
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
     assert!(
         out.status.success(),
-        "bridge -n {ns} {args}: {}",
+        "{tool} -n {ns} {args}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
