@@ -219,15 +219,14 @@ async fn events_land_on_the_node() {
     create_local_node(&c.nodes, Some("10.244.1.0/24")).await;
     let uid = c.nodes.get(LOCAL).await.unwrap().metadata.uid;
     let events = NodeEvents::new(c.client.clone(), LOCAL, uid.as_deref());
-    assert!(
-        events
-            .backend_switched(
-                BackendType::Vxlan,
-                BackendType::HostGw,
-                Duration::from_millis(812)
-            )
-            .await
-    );
+    let switched = || {
+        events.backend_switched(
+            BackendType::Vxlan,
+            BackendType::HostGw,
+            Duration::from_millis(812),
+        )
+    };
+    assert!(switched().await);
     let found = node_events(&c, "BackendSwitched").await;
     assert_eq!(found.len(), 1);
     let e = &found[0];
@@ -240,15 +239,7 @@ async fn events_land_on_the_node() {
     assert_eq!(e.reporting_controller.as_deref(), Some("trellis-agent"));
 
     // Each switch is its own Event (a series would keep only the first note).
-    assert!(
-        events
-            .backend_switched(
-                BackendType::Vxlan,
-                BackendType::HostGw,
-                Duration::from_millis(812)
-            )
-            .await
-    );
+    assert!(switched().await);
     let found = node_events(&c, "BackendSwitched").await;
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(found.iter().all(|e| e.series.is_none()), "{found:?}");

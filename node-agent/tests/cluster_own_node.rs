@@ -23,6 +23,11 @@ fn k(suffix: &str) -> String {
     format!("{DEFAULT_PREFIX}{suffix}")
 }
 
+/// Sets the local Node's annotation `k(suffix)`.
+async fn annotate_local(c: &Cluster, suffix: &str, value: &str) {
+    annotate(&c.nodes, LOCAL, &k(suffix), Some(value)).await;
+}
+
 fn fast_wait() -> WaitOptions {
     WaitOptions {
         remind_every: Duration::from_millis(300),
@@ -88,18 +93,11 @@ async fn waits_for_the_pod_cidr_and_says_what_to_fix() {
 
     // The controller-manager assigns it (with an operator's overwrite and a VTEP MAC left
     // by a previous run on the Node).
-    annotate(
-        &c.nodes,
-        LOCAL,
-        &k("public-ip-overwrite"),
-        Some("203.0.113.5"),
-    )
-    .await;
-    annotate(
-        &c.nodes,
-        LOCAL,
-        &k("backend-data"),
-        Some(r#"{"VNI":1,"VtepMAC":"0a:58:00:00:00:01"}"#),
+    annotate_local(&c, "public-ip-overwrite", "203.0.113.5").await;
+    annotate_local(
+        &c,
+        "backend-data",
+        r#"{"VNI":1,"VtepMAC":"0a:58:00:00:00:01"}"#,
     )
     .await;
     let patch =
@@ -130,13 +128,7 @@ async fn waits_for_the_pod_cidr_and_says_what_to_fix() {
 async fn a_broken_overwrite_is_an_error_naming_the_annotation() {
     let c = cluster().await;
     create_local_node(&c.nodes, Some("10.244.1.0/24")).await;
-    annotate(
-        &c.nodes,
-        LOCAL,
-        &k("public-ip-overwrite"),
-        Some("not-an-ip"),
-    )
-    .await;
+    annotate_local(&c, "public-ip-overwrite", "not-an-ip").await;
     let own = OwnNode::new(c.client.clone(), LOCAL, AnnotationKeys::default());
     let e = tokio::time::timeout(WAIT, own.wait_ready(&fast_wait()))
         .await
@@ -151,15 +143,9 @@ async fn advertises_only_our_keys_and_only_when_they_differ() {
     let c = cluster().await;
     create_local_node(&c.nodes, Some("10.244.1.0/24")).await;
     annotate(&c.nodes, LOCAL, "node.alpha.kubernetes.io/ttl", Some("0")).await;
-    annotate(
-        &c.nodes,
-        LOCAL,
-        &k("public-ip-overwrite"),
-        Some("203.0.113.5"),
-    )
-    .await;
+    annotate_local(&c, "public-ip-overwrite", "203.0.113.5").await;
     // A stale IPv6 advertisement from a previous dual-stack run.
-    annotate(&c.nodes, LOCAL, &k("public-ipv6"), Some("fd00::1")).await;
+    annotate_local(&c, "public-ipv6", "fd00::1").await;
     let own = OwnNode::new(c.client.clone(), LOCAL, AnnotationKeys::default());
 
     let mac = Mac([0x0a, 0x58, 0, 0, 0, 1]);

@@ -33,6 +33,16 @@ async fn start() -> (SocketAddr, Arc<Metrics>) {
 }
 
 /// Sends `pieces` with a pause between them and returns the whole answer.
+/// [`exchange`], whose answer must have the HTTP `status`.
+async fn answered(addr: SocketAddr, pieces: &[&str], status: u16) -> String {
+    let answer = exchange(addr, pieces).await;
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "want {status}: {answer}"
+    );
+    answer
+}
+
 async fn exchange(addr: SocketAddr, pieces: &[&str]) -> String {
     let mut sock = TcpStream::connect(addr).await.expect("connect");
     sock.set_nodelay(true).expect("nodelay");
@@ -55,32 +65,31 @@ async fn exchange(addr: SocketAddr, pieces: &[&str]) -> String {
 async fn a_request_split_across_segments_is_answered_as_a_whole() {
     let (addr, metrics) = start().await;
     let split = ["GET /rea", "dyz HTTP/1.1\r\nHost: node\r\n", "\r\n"];
-    let before = exchange(addr, &split).await;
-    assert!(before.starts_with("HTTP/1.1 503"), "{before}");
+    let before = answered(addr, &split, 503).await;
     assert!(before.contains("not ready"), "{before}");
     metrics.set_programmed(Ok(()));
-    let after = exchange(addr, &split).await;
-    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+    let after = answered(addr, &split, 200).await;
     assert!(after.ends_with("ready\n"), "{after}");
 }
 
 #[tokio::test]
 async fn a_query_string_does_not_change_the_endpoint() {
     let (addr, _) = start().await;
-    let answer = exchange(addr, &["GET /metrics?name[]=x HTTP/1.1\r\nHost: n\r\n\r\n"]).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = answered(
+        addr,
+        &["GET /metrics?name[]=x HTTP/1.1\r\nHost: n\r\n\r\n"],
+        200,
+    )
+    .await;
     assert!(answer.contains("trellis_ready 0"), "{answer}");
-    let healthz = exchange(addr, &["GET /healthz HTTP/1.0\r\n\r\n"]).await;
-    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    answered(addr, &["GET /healthz HTTP/1.0\r\n\r\n"], 200).await;
 }
 
 #[tokio::test]
 async fn what_is_not_an_http_request_gets_400_and_unknown_paths_404() {
     let (addr, _) = start().await;
-    let junk = exchange(addr, &["hello\r\n\r\n"]).await;
-    assert!(junk.starts_with("HTTP/1.1 400"), "{junk}");
-    let missing = exchange(addr, &["GET /nope HTTP/1.1\r\n\r\n"]).await;
-    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    answered(addr, &["hello\r\n\r\n"], 400).await;
+    answered(addr, &["GET /nope HTTP/1.1\r\n\r\n"], 404).await;
 }
 
 #[tokio::test]
@@ -88,15 +97,14 @@ async fn readiness_is_not_sticky_and_says_why() {
     let (addr, metrics) = start().await;
     let get = ["GET /readyz HTTP/1.1\r\nHost: node\r\n\r\n"];
     metrics.set_programmed(Ok(()));
-    assert!(exchange(addr, &get).await.starts_with("HTTP/1.1 200"));
+    answered(addr, &get, 200).await;
     metrics.set_programmed(Err("cannot write subnet.env: read-only file system".into()));
-    let broken = exchange(addr, &get).await;
-    assert!(broken.starts_with("HTTP/1.1 503"), "{broken}");
+    let broken = answered(addr, &get, 503).await;
     assert!(broken.contains("read-only file system"), "{broken}");
     let scraped = exchange(addr, &["GET /metrics HTTP/1.1\r\n\r\n"]).await;
     assert!(scraped.contains("trellis_ready 0"), "{scraped}");
     metrics.set_programmed(Ok(()));
-    assert!(exchange(addr, &get).await.starts_with("HTTP/1.1 200"));
+    answered(addr, &get, 200).await;
 }
 
 #[tokio::test]
@@ -117,16 +125,15 @@ async fn a_node_watch_failing_past_the_limit_makes_the_node_not_ready() {
         .outage_since_ms
         .store(now_ms - limit / 2, Ordering::Relaxed);
     watch.last_error_ms.store(now_ms, Ordering::Relaxed);
-    assert!(exchange(addr, &get).await.starts_with("HTTP/1.1 200"));
+    answered(addr, &get, 200).await;
     // Past the limit with errors still coming: not ready, and why.
     watch
         .outage_since_ms
         .store(now_ms - limit - 5_000, Ordering::Relaxed);
-    let down = exchange(addr, &get).await;
-    assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+    let down = answered(addr, &get, 503).await;
     assert!(down.contains("Node watch has failed"), "{down}");
     // Data again: the watcher clears both.
     watch.outage_since_ms.store(0, Ordering::Relaxed);
     watch.last_error_ms.store(0, Ordering::Relaxed);
-    assert!(exchange(addr, &get).await.starts_with("HTTP/1.1 200"));
+    answered(addr, &get, 200).await;
 }

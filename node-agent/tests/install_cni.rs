@@ -27,6 +27,20 @@ struct Host {
 }
 
 impl Host {
+    /// A symbolic link at `link` to a new file `name` in the image dir holding `content`;
+    /// returns that file's path.
+    fn link_to_new_file(&self, link: PathBuf, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let target = self.image.join(name);
+        fs::write(&target, content).expect("write");
+        std::os::unix::fs::symlink(&target, link).expect("symlink");
+        target
+    }
+
+    /// What the file `name` in the CNI config dir holds.
+    fn conf(&self, name: &str) -> String {
+        fs::read_to_string(self.conf_dir.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
+    }
+
     /// An "image" dir holding the plugin and the mounted ConfigMap key, plus empty host dirs.
     fn new() -> Self {
         let root = tempfile::tempdir().expect("temp dir");
@@ -100,6 +114,14 @@ fn dir_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The report, as shown to the operator, says each of `words`.
+fn assert_says(report: &impl std::fmt::Display, words: &[&str]) {
+    let text = report.to_string();
+    for w in words {
+        assert!(text.contains(w), "want {w:?} in:\n{text}");
+    }
 }
 
 #[test]
@@ -335,9 +357,7 @@ fn warns_about_foreign_configs_that_shadow_ours_naming_them() {
             host.conf_dir.join("10-containerd-net.conflist"),
         ]
     );
-    let text = report.to_string();
-    assert!(text.contains("10-containerd-net.conflist"), "{text}");
-    assert!(text.contains("10.88"), "{text}");
+    assert_says(&report, &["10-containerd-net.conflist", "10.88"]);
     // Still installed: the warning is for the operator, the install itself is fine.
     assert!(host.installed_conflist().is_file());
     // And the warning is repeated on an idempotent rerun, where it matters just as much.
@@ -349,9 +369,8 @@ fn warns_about_foreign_configs_that_shadow_ours_naming_them() {
 #[test]
 fn replaces_a_symlink_in_our_place_instead_of_writing_through_it() {
     let host = Host::new();
-    let elsewhere = host.image.join("elsewhere.conflist");
-    fs::write(&elsewhere, CONFLIST).expect("write");
-    std::os::unix::fs::symlink(&elsewhere, host.installed_conflist()).expect("symlink");
+    let elsewhere =
+        host.link_to_new_file(host.installed_conflist(), "elsewhere.conflist", CONFLIST);
 
     let report = install(&host.options()).expect("install");
 
@@ -451,11 +470,7 @@ fn replace_moves_only_the_named_config_aside_by_rename() {
         .map(|InstallWarning::ForeignConfigFirst { path, .. }| path)
         .collect();
     assert_eq!(warned, vec![&host.conf_dir.join("00-other.conf")]);
-    let text = report.to_string();
-    assert!(
-        text.contains(FLANNEL_ASIDE) && text.contains("moved aside"),
-        "{text}"
-    );
+    assert_says(&report, &[FLANNEL_ASIDE, "moved aside"]);
 }
 
 #[test]
@@ -470,10 +485,7 @@ fn replace_is_idempotent_on_a_second_run() {
     assert!(!report.changed(), "{report}");
     assert!(report.to_string().contains("nothing changed"), "{report}");
     assert_eq!(dir_names(&host.conf_dir), before);
-    assert_eq!(
-        fs::read_to_string(host.conf_dir.join(FLANNEL_ASIDE)).expect("read"),
-        FLANNEL
-    );
+    assert_eq!(host.conf(FLANNEL_ASIDE), FLANNEL);
 }
 
 #[test]
@@ -510,14 +522,8 @@ fn replace_again_after_its_owner_rewrote_it_identically_and_refuses_a_different_
         other => panic!("expected ReplaceConflict, got {other:?}"),
     }
     assert!(err.to_string().contains("DaemonSet"), "{err}");
-    assert_eq!(
-        fs::read_to_string(host.conf_dir.join(FLANNEL_CONFLIST)).expect("read"),
-        other
-    );
-    assert_eq!(
-        fs::read_to_string(host.conf_dir.join(FLANNEL_ASIDE)).expect("read"),
-        FLANNEL
-    );
+    assert_eq!(host.conf(FLANNEL_CONFLIST), other);
+    assert_eq!(host.conf(FLANNEL_ASIDE), FLANNEL);
 }
 
 #[test]
@@ -578,16 +584,9 @@ fn without_replace_foreign_configs_are_left_alone() {
         dir_names(&host.conf_dir),
         vec![FLANNEL_CONFLIST, DEFAULT_CONFLIST_NAME]
     );
-    assert_eq!(
-        fs::read_to_string(host.conf_dir.join(FLANNEL_CONFLIST)).expect("read"),
-        FLANNEL
-    );
+    assert_eq!(host.conf(FLANNEL_CONFLIST), FLANNEL);
     // Still said loudly, now with the way out.
-    let text = report.to_string();
-    assert!(
-        text.contains(FLANNEL_CONFLIST) && text.contains("--replace-conflist"),
-        "{text}"
-    );
+    assert_says(&report, &[FLANNEL_CONFLIST, "--replace-conflist"]);
 }
 
 // ----- uninstall-cni ------------------------------------------------------------------------
@@ -613,19 +612,12 @@ fn uninstall_removes_what_install_wrote_and_puts_flannel_back() {
         dir_names(&host.conf_dir),
         vec![FLANNEL_CONFLIST, "99-loopback.conf"]
     );
-    assert_eq!(
-        fs::read_to_string(host.conf_dir.join(FLANNEL_CONFLIST)).expect("read"),
-        FLANNEL
-    );
+    assert_eq!(host.conf(FLANNEL_CONFLIST), FLANNEL);
     assert_eq!(
         dir_names(&host.bin_dir),
         vec!["bridge", "flannel", "portmap"]
     );
-    let text = report.to_string();
-    assert!(
-        text.contains("restored") && text.contains(FLANNEL_CONFLIST),
-        "{text}"
-    );
+    assert_says(&report, &["restored", FLANNEL_CONFLIST]);
 }
 
 #[test]
@@ -692,14 +684,8 @@ fn uninstall_never_restores_over_a_config_its_owner_wrote_again() {
 
     assert_eq!(report.restored.len(), 1);
     assert!(!report.restored[0].restored);
-    assert_eq!(
-        fs::read_to_string(host.conf_dir.join(FLANNEL_CONFLIST)).expect("read"),
-        newer
-    );
-    assert_eq!(
-        fs::read_to_string(host.conf_dir.join(FLANNEL_ASIDE)).expect("read"),
-        FLANNEL
-    );
+    assert_eq!(host.conf(FLANNEL_CONFLIST), newer);
+    assert_eq!(host.conf(FLANNEL_ASIDE), FLANNEL);
     assert!(report.to_string().contains("compare them"), "{report}");
 }
 
@@ -719,9 +705,7 @@ fn uninstall_can_keep_the_replaced_configs_aside() {
 #[test]
 fn uninstall_leaves_links_in_our_places_and_tolerates_missing_dirs() {
     let host = Host::new();
-    let elsewhere = host.image.join("elsewhere");
-    fs::write(&elsewhere, PLUGIN).expect("write");
-    std::os::unix::fs::symlink(&elsewhere, host.installed_plugin()).expect("symlink");
+    host.link_to_new_file(host.installed_plugin(), "elsewhere", PLUGIN);
     std::os::unix::fs::symlink(host.image.join("cni-conf.json"), host.installed_conflist())
         .expect("symlink");
 
