@@ -38,6 +38,30 @@ fn case(name: &'static str, code: u64) -> Case {
     }
 }
 
+/// Environment overrides the plugin must refuse as bad arguments (code 4).
+fn bad_env(name: &'static str, env: &'static [(&'static str, Option<&'static str>)]) -> Case {
+    Case {
+        env,
+        ..case(name, 4)
+    }
+}
+
+/// A config refused with `code`.
+fn bad_conf(name: &'static str, conf: &'static str, code: u64) -> Case {
+    Case {
+        conf,
+        ..case(name, code)
+    }
+}
+
+/// A subnet.env refused with `code`.
+fn bad_subnet_file(name: &'static str, text: &'static str, code: u64) -> Case {
+    Case {
+        subnet_env: Some(text),
+        ..case(name, code)
+    }
+}
+
 /// A range config that must be refused at once (code 7), the msg naming `key`.
 fn bad_ranges(name: &'static str, ranges: &'static str, key: &'static str) -> Case {
     Case {
@@ -58,150 +82,42 @@ fn bad_subnet_env(name: &'static str, text: &'static str, key: &'static str) -> 
 
 fn cases() -> Vec<Case> {
     vec![
-        Case {
-            env: &[("CNI_COMMAND", None)],
-            ..case("no CNI_COMMAND", 4)
-        },
-        Case {
-            env: &[("CNI_COMMAND", Some("EXPLODE"))],
-            ..case("unknown CNI_COMMAND", 4)
-        },
-        Case {
-            env: &[("CNI_CONTAINERID", None)],
-            ..case("no CNI_CONTAINERID", 4)
-        },
-        Case {
-            env: &[("CNI_NETNS", None)],
-            ..case("no CNI_NETNS", 4)
-        },
-        Case {
-            env: &[("CNI_IFNAME", None)],
-            ..case("no CNI_IFNAME", 4)
-        },
-        Case {
-            env: &[("CNI_PATH", None)],
-            ..case("no CNI_PATH", 4)
-        },
-        Case {
-            env: &[("CNI_IFNAME", Some("eth0123456789abc"))],
-            ..case("ifname too long", 4)
-        },
-        Case {
-            env: &[("CNI_IFNAME", Some("eth/0"))],
-            ..case("ifname with slash", 4)
-        },
-        Case {
-            env: &[("CNI_IFNAME", Some(".."))],
-            ..case("ifname ..", 4)
-        },
-        Case {
-            env: &[("CNI_IFNAME", Some("eth 0"))],
-            ..case("ifname with space", 4)
-        },
-        Case {
-            env: &[("CNI_CONTAINERID", Some("../../../etc/passwd"))],
-            ..case("container id escaping dataDir", 4)
-        },
-        Case {
-            env: &[("CNI_CONTAINERID", Some("a/b"))],
-            ..case("container id with slash", 4)
-        },
-        Case {
-            env: &[("CNI_NETNS", Some("/var/run/netns/does-not-exist-trellis"))],
-            ..case("netns missing", 4)
-        },
-        Case {
-            env: &[("CNI_NETNS", Some("/etc/hostname"))],
-            ..case("netns is a plain file", 4)
-        },
-        Case {
-            env: &[("CNI_NETNS", Some("/proc/self/ns/uts"))],
-            ..case("netns is a UTS namespace", 4)
-        },
-        Case {
-            env: &[("CNI_ARGS", Some("K8S_POD_NAME"))],
-            ..case("CNI_ARGS not K=V", 4)
-        },
-        Case {
-            conf: "{not json",
-            ..case("malformed JSON", 6)
-        },
-        Case {
-            conf: "[1,2,3]",
-            ..case("JSON array", 6)
-        },
-        Case {
-            conf: "",
-            ..case("empty stdin", 6)
-        },
-        Case {
-            conf: r#"{"name":"cbr0","type":"trellis"}"#,
-            ..case("no cniVersion", 7)
-        },
-        Case {
-            conf: r#"{"cniVersion":"0.2.0","name":"cbr0","type":"trellis"}"#,
-            ..case("cniVersion too old", 1)
-        },
-        Case {
-            conf: r#"{"cniVersion":"99.0.0","name":"cbr0","type":"trellis"}"#,
-            ..case("cniVersion unknown", 1)
-        },
-        Case {
-            conf: r#"{"cniVersion":1.0,"name":"cbr0","type":"trellis"}"#,
-            ..case("cniVersion a number", 7)
-        },
-        Case {
-            conf: r#"{"cniVersion":"1.0.0","type":"trellis"}"#,
-            ..case("no name", 7)
-        },
-        Case {
-            conf: r#"{"cniVersion":"1.0.0","name":"../../tmp/x","type":"trellis"}"#,
-            ..case("name escaping dataDir", 7)
-        },
-        Case {
-            conf: r#"{"cniVersion":"1.0.0","name":"a/b","type":"trellis"}"#,
-            ..case("name with slash", 7)
-        },
-        Case {
-            conf: r#"{node,"mtu":"big"}"#,
-            ..case("mtu not a number", 7)
-        },
-        Case {
-            conf: r#"{node,"mtu":20}"#,
-            ..case("mtu too small", 7)
-        },
-        Case {
-            conf: r#"{node,"bridge":"a-very-long-bridge-name"}"#,
-            ..case("bridge name too long", 7)
-        },
-        Case {
-            conf: r#"{node,"ipMasq":true}"#,
-            ..case("ipMasq requested", 7)
-        },
-        Case {
-            conf: r#"{node,"ipam":{"ranges":[[{"subnet":"banana"}]]}}"#,
-            ..case("ipam subnet not a CIDR", 7)
-        },
-        Case {
-            conf: r#"{node,"ipam":{"ranges":[[{"subnet":"10.9.0.0/24","gateway":"10.8.0.1"}]]}}"#,
-            ..case("ipam gateway outside subnet", 7)
-        },
-        Case {
-            subnet_env: Some(""),
-            ..case("subnet.env missing", 11)
-        },
-        Case {
-            subnet_env: Some("FLANNEL_SUBNET=banana\nFLANNEL_MTU=1450\n"),
-            ..case("subnet.env bad subnet", 7)
-        },
-        Case {
-            subnet_env: Some("FLANNEL_SUBNET=10.244.1.1/24\n"),
-            ..case("subnet.env without MTU", 7)
-        },
-        Case {
-            subnet_env: Some("this is not an env file\n"),
-            ..case("subnet.env garbage", 7)
-        },
+        bad_env("no CNI_COMMAND", &[("CNI_COMMAND", None)]),
+        bad_env("unknown CNI_COMMAND", &[("CNI_COMMAND", Some("EXPLODE"))]),
+        bad_env("no CNI_CONTAINERID", &[("CNI_CONTAINERID", None)]),
+        bad_env("no CNI_NETNS", &[("CNI_NETNS", None)]),
+        bad_env("no CNI_IFNAME", &[("CNI_IFNAME", None)]),
+        bad_env("no CNI_PATH", &[("CNI_PATH", None)]),
+        bad_env("ifname too long", &[("CNI_IFNAME", Some("eth0123456789abc"))]),
+        bad_env("ifname with slash", &[("CNI_IFNAME", Some("eth/0"))]),
+        bad_env("ifname ..", &[("CNI_IFNAME", Some(".."))]),
+        bad_env("ifname with space", &[("CNI_IFNAME", Some("eth 0"))]),
+        bad_env("container id escaping dataDir", &[("CNI_CONTAINERID", Some("../../../etc/passwd"))]),
+        bad_env("container id with slash", &[("CNI_CONTAINERID", Some("a/b"))]),
+        bad_env("netns missing", &[("CNI_NETNS", Some("/var/run/netns/does-not-exist-trellis"))]),
+        bad_env("netns is a plain file", &[("CNI_NETNS", Some("/etc/hostname"))]),
+        bad_env("netns is a UTS namespace", &[("CNI_NETNS", Some("/proc/self/ns/uts"))]),
+        bad_env("CNI_ARGS not K=V", &[("CNI_ARGS", Some("K8S_POD_NAME"))]),
+        bad_conf("malformed JSON", "{not json", 6),
+        bad_conf("JSON array", "[1,2,3]", 6),
+        bad_conf("empty stdin", "", 6),
+        bad_conf("no cniVersion", r#"{"name":"cbr0","type":"trellis"}"#, 7),
+        bad_conf("cniVersion too old", r#"{"cniVersion":"0.2.0","name":"cbr0","type":"trellis"}"#, 1),
+        bad_conf("cniVersion unknown", r#"{"cniVersion":"99.0.0","name":"cbr0","type":"trellis"}"#, 1),
+        bad_conf("cniVersion a number", r#"{"cniVersion":1.0,"name":"cbr0","type":"trellis"}"#, 7),
+        bad_conf("no name", r#"{"cniVersion":"1.0.0","type":"trellis"}"#, 7),
+        bad_conf("name escaping dataDir", r#"{"cniVersion":"1.0.0","name":"../../tmp/x","type":"trellis"}"#, 7),
+        bad_conf("name with slash", r#"{"cniVersion":"1.0.0","name":"a/b","type":"trellis"}"#, 7),
+        bad_conf("mtu not a number", r#"{node,"mtu":"big"}"#, 7),
+        bad_conf("mtu too small", r#"{node,"mtu":20}"#, 7),
+        bad_conf("bridge name too long", r#"{node,"bridge":"a-very-long-bridge-name"}"#, 7),
+        bad_conf("ipMasq requested", r#"{node,"ipMasq":true}"#, 7),
+        bad_conf("ipam subnet not a CIDR", r#"{node,"ipam":{"ranges":[[{"subnet":"banana"}]]}}"#, 7),
+        bad_conf("ipam gateway outside subnet", r#"{node,"ipam":{"ranges":[[{"subnet":"10.9.0.0/24","gateway":"10.8.0.1"}]]}}"#, 7),
+        bad_subnet_file("subnet.env missing", "", 11),
+        bad_subnet_file("subnet.env bad subnet", "FLANNEL_SUBNET=banana\nFLANNEL_MTU=1450\n", 7),
+        bad_subnet_file("subnet.env without MTU", "FLANNEL_SUBNET=10.244.1.1/24\n", 7),
+        bad_subnet_file("subnet.env garbage", "this is not an env file\n", 7),
         // Ranges with no address for a pod. Before they were refused, each of these made the
         // allocator spin forever holding the store lock (release build) or panic (debug).
         bad_ranges(

@@ -78,8 +78,7 @@ fn portmap_chained_after_trellis_forwards_a_host_port() {
     let client = netns("cli");
     for version in ["0.4.0", "1.0.0"] {
         let conf = node.conf(version, "");
-        let add = node.cni("ADD", "web", Some(&web.path()), "eth0", &conf);
-        assert!(add.ok, "{}", add.stdout);
+        let add = node.add("web", &web, &conf);
         assert!(
             node.cni("ADD", "client", Some(&client.path()), "eth0", &conf)
                 .ok

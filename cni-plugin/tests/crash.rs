@@ -210,8 +210,7 @@ fn add_replaces_a_pair_left_for_the_reaper_and_the_reaper_spares_the_new_one() {
     let node = Node::new("reap", SUBNET_ENV);
     let pod = netns("pod");
     let conf = node.conf("1.0.0", "");
-    let add = node.cni("ADD", "r1", Some(&pod.path()), "eth0", &conf);
-    assert!(add.ok, "{}", add.stdout);
+    let add = node.add("r1", &pod, &conf);
     let veth = add.json()["interfaces"][1]["name"]
         .as_str()
         .expect("host veth in result")
@@ -222,8 +221,7 @@ fn add_replaces_a_pair_left_for_the_reaper_and_the_reaper_spares_the_new_one() {
         assert!(ok, "{out}");
     }
 
-    let again = node.cni("ADD", "r1", Some(&pod.path()), "eth0", &conf);
-    assert!(again.ok, "{}", again.stdout);
+    node.add("r1", &pod, &conf);
     let new = ifindex(&node.ns, &veth).expect("host veth after retry");
     assert_ne!(
         new, old,

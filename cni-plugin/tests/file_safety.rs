@@ -53,6 +53,13 @@ impl Scene {
         plant(&p);
     }
 
+    /// `plant` with a symbolic link to the victim.
+    fn plant_victim_link(&self, name: &str) {
+        self.plant(name, |p| {
+            std::os::unix::fs::symlink(self.victim(), p).expect("symlink to the victim")
+        });
+    }
+
     fn add(&self) -> Outcome {
         self.node
             .cni("ADD", "c1", Some(&self.pod.path()), "eth0", &self.conf)
@@ -89,8 +96,7 @@ fn symlinked_network_dir_is_refused() {
     let s = Scene::new("fsdir");
     std::fs::create_dir_all(s.node.ipam_dir()).unwrap();
     std::os::unix::fs::symlink(s.outside.path(), s.store()).unwrap();
-    let out = s.add();
-    s.assert_refused(&out, "symbolic link");
+    s.assert_refused(&s.add(), "symbolic link");
     // DEL cannot release safely either, and says why rather than writing.
     let del = s
         .node
@@ -102,21 +108,15 @@ fn symlinked_network_dir_is_refused() {
 #[test]
 fn symlinked_lock_is_refused() {
     let s = Scene::new("fslock");
-    s.plant("lock", |p| {
-        std::os::unix::fs::symlink(s.victim(), p).unwrap()
-    });
-    let out = s.add();
-    s.assert_refused(&out, "lock");
+    s.plant_victim_link("lock");
+    s.assert_refused(&s.add(), "lock");
 }
 
 #[test]
 fn symlinked_last_reserved_ip_is_refused_and_not_truncated() {
     let s = Scene::new("fslast");
-    s.plant("last_reserved_ip.0", |p| {
-        std::os::unix::fs::symlink(s.victim(), p).unwrap()
-    });
-    let out = s.add();
-    s.assert_refused(&out, "last_reserved_ip.0");
+    s.plant_victim_link("last_reserved_ip.0");
+    s.assert_refused(&s.add(), "last_reserved_ip.0");
 }
 
 #[test]
@@ -139,9 +139,7 @@ fn hard_linked_last_reserved_ip_is_refused_and_not_truncated() {
 fn symlinked_address_record_is_skipped_never_written_or_removed_through() {
     let s = Scene::new("fsip");
     // 10.244.1.2 is the first address the allocator would hand out.
-    s.plant("10.244.1.2", |p| {
-        std::os::unix::fs::symlink(s.victim(), p).unwrap()
-    });
+    s.plant_victim_link("10.244.1.2");
     let out = s.add();
     assert!(out.ok, "{}", out.stdout);
     assert_eq!(pod_ip(&out.json()), "10.244.1.3");
@@ -159,8 +157,7 @@ fn network_dir_writable_by_others_is_refused() {
     let s = Scene::new("fsmode");
     std::fs::create_dir_all(s.store()).unwrap();
     std::fs::set_permissions(s.store(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = s.add();
-    s.assert_refused(&out, "777");
+    s.assert_refused(&s.add(), "777");
 }
 
 #[test]
@@ -168,8 +165,7 @@ fn network_dir_owned_by_another_user_is_refused() {
     let s = Scene::new("fsowner");
     std::fs::create_dir_all(s.store()).unwrap();
     std::os::unix::fs::chown(s.store(), Some(65534), Some(65534)).unwrap();
-    let out = s.add();
-    s.assert_refused(&out, "owned by uid 65534");
+    s.assert_refused(&s.add(), "owned by uid 65534");
 }
 
 /// Even with umask 000 the plugin's files and directories are writable by

@@ -58,8 +58,7 @@ fn add_check_del_round_trip_in_every_version() {
         );
 
         // A repeated ADD answers the same address.
-        let again = node.cni("ADD", &id, Some(&pod.path()), "eth0", &conf);
-        assert!(again.ok, "{}", again.stdout);
+        let again = node.add(&id, &pod, &conf);
         assert_eq!(pod_ip(&again.json()), ip);
 
         if *version != "0.3.0" && *version != "0.3.1" {
@@ -84,8 +83,7 @@ fn check_reports_each_kind_of_drift() {
     let node = Node::new("check", SUBNET_ENV);
     let pod = netns("pod");
     let conf = node.conf("1.0.0", "");
-    let add = node.cni("ADD", "c1", Some(&pod.path()), "eth0", &conf);
-    assert!(add.ok, "{}", add.stdout);
+    let add = node.add("c1", &pod, &conf);
     let res = add.json();
     let check = |expect: &str| {
         let out = node.cni(
@@ -137,12 +135,8 @@ fn check_reports_each_kind_of_drift() {
 #[test]
 fn pods_reach_each_other_and_the_node() {
     let node = Node::new("ping", SUBNET_ENV);
-    let a = netns("pa");
-    let b = netns("pb");
     let conf = node.conf("1.0.0", "");
-    let ra = node.cni("ADD", "a", Some(&a.path()), "eth0", &conf);
-    let rb = node.cni("ADD", "b", Some(&b.path()), "eth0", &conf);
-    assert!(ra.ok && rb.ok, "{} {}", ra.stdout, rb.stdout);
+    let [(a, ra), (b, rb)] = node.add_two_pods(&conf);
     let (ipa, ipb) = (pod_ip(&ra.json()), pod_ip(&rb.json()));
     assert_ne!(ipa, ipb);
     assert!(a.ping(&ipb), "pod a cannot reach pod b");
@@ -213,8 +207,7 @@ fn gc_releases_what_the_runtime_no_longer_knows() {
     let pods: Vec<Netns> = (0..3).map(|_| netns("pod")).collect();
     let mut ips = Vec::new();
     for (i, p) in pods.iter().enumerate() {
-        let out = node.cni("ADD", &format!("c{i}"), Some(&p.path()), "eth0", &conf);
-        assert!(out.ok, "{}", out.stdout);
+        let out = node.add(&format!("c{i}"), p, &conf);
         ips.push(pod_ip(&out.json()));
     }
     // A stray veth of ours with no record (its record deleted by hand).
@@ -245,12 +238,8 @@ fn dual_stack_gets_both_families() {
         "{SUBNET_ENV}FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n"
     );
     let node = Node::new("dual", &env);
-    let a = netns("pa");
-    let b = netns("pb");
     let conf = node.conf("1.0.0", "");
-    let ra = node.cni("ADD", "a", Some(&a.path()), "eth0", &conf);
-    let rb = node.cni("ADD", "b", Some(&b.path()), "eth0", &conf);
-    assert!(ra.ok && rb.ok, "{} {}", ra.stdout, rb.stdout);
+    let [(a, ra), (b, rb)] = node.add_two_pods(&conf);
     let v6 = |r: &Value| -> String {
         r["ips"]
             .as_array()
@@ -350,8 +339,7 @@ fn del_isolates_the_pod_at_once_and_the_reaper_removes_the_pair() {
     );
     assert_eq!(node.ns.settled_trellis_veths().len(), 1);
     // A detached veth the reaper never got to is collected by GC.
-    let rb = node.cni("ADD", "c", Some(&a.path()), "eth0", &conf);
-    assert!(rb.ok, "{}", rb.stdout);
+    let rb = node.add("c", &a, &conf);
     let veth_c = rb.json()["interfaces"][1]["name"]
         .as_str()
         .unwrap()

@@ -220,6 +220,22 @@ impl Node {
         )
     }
 
+    /// ADD of `container` in `pod` as eth0, which must succeed.
+    pub fn add(&self, container: &str, pod: &Netns, conf: &str) -> Outcome {
+        let r = self.cni("ADD", container, Some(&pod.path()), "eth0", conf);
+        assert!(r.ok, "ADD {container}: {}", r.stdout);
+        r
+    }
+
+    /// Two pods `a` and `b` (netns `pa`, `pb`) ADDed with `conf` (each must succeed).
+    pub fn add_two_pods(&self, conf: &str) -> [(Netns, Outcome); 2] {
+        ["a", "b"].map(|id| {
+            let ns = netns(&format!("p{id}"));
+            let r = self.add(id, &ns, conf);
+            (ns, r)
+        })
+    }
+
     /// Take this network's store lock the way another plugin run would (the plugin's own
     /// modes, so the plugin accepts the directory); held until the file is dropped.
     pub fn hold_ipam_lock(&self) -> std::fs::File {
