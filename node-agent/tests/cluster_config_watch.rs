@@ -3,6 +3,7 @@
 mod cluster_support;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cluster_support::*;
@@ -10,8 +11,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use tokio::sync::watch;
 use trellis_agent::cluster::{BackoffPolicy, ConfigSource, ConfigWatcher, NodeEvents};
-use trellis_agent::config::BackendType;
+use trellis_agent::config::{BackendType, NetConfig};
 
 const WAIT: Duration = Duration::from_secs(15);
 const NS: &str = "kube-flannel";
@@ -35,6 +37,19 @@ async fn put_config(cms: &Api<ConfigMap>, text: &str) {
     } else {
         cms.create(&PostParams::default(), &cm).await.unwrap();
     }
+}
+
+/// Puts a host-gw config and waits for the watcher to emit it.
+async fn switch_to_host_gw(cms: &Api<ConfigMap>, rx: &mut watch::Receiver<Option<Arc<NetConfig>>>) {
+    put_config(cms, &net_conf("host-gw")).await;
+    tokio::time::timeout(WAIT, rx.changed())
+        .await
+        .expect("the new config in time")
+        .unwrap();
+    assert_eq!(
+        rx.borrow_and_update().as_ref().unwrap().backend.kind(),
+        BackendType::HostGw
+    );
 }
 
 async fn node_events(c: &Cluster, reason: &str) -> Vec<Event> {
@@ -144,15 +159,7 @@ async fn invalid_config_is_not_emitted_and_the_previous_stays() {
     assert!(!rx.has_changed().unwrap());
 
     // A valid new config is emitted.
-    put_config(&cms, &net_conf("host-gw")).await;
-    tokio::time::timeout(WAIT, rx.changed())
-        .await
-        .expect("new config")
-        .unwrap();
-    assert_eq!(
-        rx.borrow_and_update().as_ref().unwrap().backend.kind(),
-        BackendType::HostGw
-    );
+    switch_to_host_gw(&cms, &mut rx).await;
     assert_eq!(stats.applied.load(Ordering::Relaxed), 2);
 
     // Touching the ConfigMap without changing the config emits nothing (once the watcher saw
@@ -201,15 +208,7 @@ async fn config_survives_an_api_outage() {
     assert!(!rx.has_changed().unwrap());
     assert!(rx.borrow().is_some(), "config kept during the outage");
     eventually_async(WAIT, "API back", || async { cms.get(NAME).await.is_ok() }).await;
-    put_config(&cms, &net_conf("host-gw")).await;
-    tokio::time::timeout(WAIT, rx.changed())
-        .await
-        .expect("change after outage")
-        .unwrap();
-    assert_eq!(
-        rx.borrow().as_ref().unwrap().backend.kind(),
-        BackendType::HostGw
-    );
+    switch_to_host_gw(&cms, &mut rx).await;
     task.abort();
 }
 

@@ -83,6 +83,17 @@ fn desired_for(node: &Node, own: &str, peer: &Node, peer_backend: &'static str) 
     )
 }
 
+/// Each node advertises its backend and is programmed for the other's.
+fn advertise((a, a_backend): (&Node, &'static str), (b, b_backend): (&Node, &'static str)) {
+    program(a, desired_for(a, a_backend, b, b_backend));
+    program(b, desired_for(b, b_backend, a, a_backend));
+}
+
+fn assert_route(node: &Node, route: &str) {
+    let routes = node.ns.ip("route show proto 116");
+    assert!(routes.contains(route), "want {route:?} in:\n{routes}");
+}
+
 /// The live backend switch of issue 4, node by node, under a 10 ms ping: VXLAN on both, then
 /// node A on host-gw (A keeps reaching B through VXLAN, B reaches A by host-gw, as each
 /// advertises), then both on host-gw. No packet may be lost; `flannel.1` goes once no peer
@@ -92,8 +103,7 @@ fn vxlan_to_host_gw_switch_loses_no_packet() {
     let (a, b) = Node::pair_on("192.168.78");
     pod_gateway(&a, "10.244.1.1/24", "fd00:10:244:1::1/64");
     pod_gateway(&b, "10.244.2.1/24", "fd00:10:244:2::1/64");
-    program(&a, desired_for(&a, "vxlan", &b, "vxlan"));
-    program(&b, desired_for(&b, "vxlan", &a, "vxlan"));
+    advertise((&a, "vxlan"), (&b, "vxlan"));
     ping(&a, "-c 1 -I 10.244.1.1 10.244.2.1").expect("vxlan path");
 
     // 150 pings 10 ms apart cover the switch below (checked: ping still running after it).
@@ -108,19 +118,14 @@ fn vxlan_to_host_gw_switch_loses_no_packet() {
     std::thread::sleep(std::time::Duration::from_millis(100));
 
     // A switches: it advertises host-gw; B still advertises VXLAN.
-    program(&a, desired_for(&a, "host-gw", &b, "vxlan"));
-    program(&b, desired_for(&b, "vxlan", &a, "host-gw"));
+    advertise((&a, "host-gw"), (&b, "vxlan"));
     assert!(
         a.ns.try_ip("link show flannel.1").is_ok(),
         "A still needs flannel.1 for B"
     );
-    assert!(b
-        .ns
-        .ip("route show proto 116")
-        .contains("10.244.1.0/24 via 192.168.78.1 dev eth0"));
+    assert_route(&b, "10.244.1.0/24 via 192.168.78.1 dev eth0");
     // B switches too.
-    program(&a, desired_for(&a, "host-gw", &b, "host-gw"));
-    program(&b, desired_for(&b, "host-gw", &a, "host-gw"));
+    advertise((&a, "host-gw"), (&b, "host-gw"));
     assert!(
         matches!(pinger.try_wait(), Ok(None)),
         "the switch outlasted the ping: it was not all under traffic"
@@ -138,9 +143,6 @@ fn vxlan_to_host_gw_switch_loses_no_packet() {
             "flannel.1 left behind"
         );
     }
-    assert!(a
-        .ns
-        .ip("route show proto 116")
-        .contains("10.244.2.0/24 via 192.168.78.2 dev eth0"));
+    assert_route(&a, "10.244.2.0/24 via 192.168.78.2 dev eth0");
     ping(&a, "-c 1 -I 10.244.1.1 10.244.2.1").expect("host-gw path");
 }

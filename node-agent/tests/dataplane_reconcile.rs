@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dataplane_support::{
     assert_entries, assert_entries6, desired, dual_vxlan_config, expected_entries, fdb, neighbours,
-    trellis_routes, vxlan_config, Node, PeerNode,
+    trellis_routes, vxlan_config, Netns, Node, PeerNode,
 };
 use trellis_agent::dataplane::desired::{
     Fdb, KernelState, Link, LinkKind, Neighbour, Route, Vxlan,
@@ -42,6 +42,26 @@ fn route(dst: &str, gateway: &str, dev: &str, onlink: bool) -> Route {
         dev: dev.into(),
         onlink,
     }
+}
+
+/// One pass of a fresh Dataplane over `want` in `ns`.
+fn reconcile_fresh(ns: &Netns, want: &KernelState) -> ReconcileReport {
+    let want = want.clone();
+    ns.run(move || async move {
+        let mut dp = Dataplane::new().expect("dataplane");
+        reconcile(&mut dp, &want).await
+    })
+}
+
+/// [`reconcile_fresh`], after which a second pass must find nothing to do.
+fn reconcile_settled(ns: &Netns, want: &KernelState) -> ReconcileReport {
+    let want = want.clone();
+    ns.run(move || async move {
+        let mut dp = Dataplane::new().expect("dataplane");
+        let r = reconcile(&mut dp, &want).await;
+        assert_eq!(dp.reconcile(&want).await.expect("again").ops_planned, 0);
+        r
+    })
 }
 
 fn node(tag: &str) -> Node {
@@ -125,19 +145,10 @@ fn vni_and_port_changes_recreate_the_device() {
     }
     let vni2 = desired(node.lease(), &vxlan_config(2, 4789), &all2);
 
-    let index_before = {
-        let d = vni1.clone();
-        ns.run(move || async move {
-            let mut dp = Dataplane::new().expect("dataplane");
-            reconcile(&mut dp, &d).await;
-        });
-        ns.ifindex("flannel.1")
-    };
+    reconcile_fresh(ns, &vni1);
+    let index_before = ns.ifindex("flannel.1");
 
-    let r = ns.run(move || async move {
-        let mut dp = Dataplane::new().expect("dataplane");
-        reconcile(&mut dp, &port2).await
-    });
+    let r = reconcile_fresh(ns, &port2);
     // delete + add link, address, 3 x 3 entries.
     assert_eq!(r.ops_planned, 12, "{r:?}");
     let index_port = ns.ifindex("flannel.1");
@@ -151,12 +162,7 @@ fn vni_and_port_changes_recreate_the_device() {
     );
     assert_entries(ns, &all, "flannel.1");
 
-    let r = ns.run(move || async move {
-        let mut dp = Dataplane::new().expect("dataplane");
-        let r = reconcile(&mut dp, &vni2).await;
-        assert_eq!(dp.reconcile(&vni2).await.expect("again").ops_planned, 0);
-        r
-    });
+    let r = reconcile_settled(ns, &vni2);
     assert!(r.ops_planned > 0);
     assert!(
         ns.try_ip("link show dev flannel.1").is_err(),
@@ -175,25 +181,13 @@ fn mutable_attributes_and_changed_entries_are_fixed_in_place() {
     let ns = &node.ns;
     let all = peers();
     let want = desired(node.lease(), &vxlan_config(1, 8472), &all);
-    {
-        let d = want.clone();
-        ns.run(move || async move {
-            let mut dp = Dataplane::new().expect("dataplane");
-            reconcile(&mut dp, &d).await;
-        });
-    }
+    reconcile_fresh(ns, &want);
     let index = ns.ifindex("flannel.1");
     let (routes, neigh, fdb_want) = expected_entries(&all, "flannel.1");
 
     // Hand changes to the device: MTU, MAC, down (which also flushes what lives on it).
     ns.ip("link set dev flannel.1 mtu 1300 address 02:bb:00:00:00:09 down");
-    let d = want.clone();
-    let r = ns.run(move || async move {
-        let mut dp = Dataplane::new().expect("dataplane");
-        let r = reconcile(&mut dp, &d).await;
-        assert_eq!(dp.reconcile(&d).await.expect("again").ops_planned, 0);
-        r
-    });
+    let r = reconcile_settled(ns, &want);
     assert_eq!(
         ns.ifindex("flannel.1"),
         index,
@@ -226,13 +220,7 @@ fn mutable_attributes_and_changed_entries_are_fixed_in_place() {
         "fdb replace {} dev flannel.1 dst {} self dynamic",
         all[1].mac, all[1].public_ip
     ));
-    let d = want.clone();
-    let r = ns.run(move || async move {
-        let mut dp = Dataplane::new().expect("dataplane");
-        let r = reconcile(&mut dp, &d).await;
-        assert_eq!(dp.reconcile(&d).await.expect("again").ops_planned, 0);
-        r
-    });
+    let r = reconcile_settled(ns, &want);
     assert_eq!(r.ops_planned, 3, "{r:?}");
     assert_eq!(
         r.applied_by_label.get("replace_neighbour"),
