@@ -4,6 +4,9 @@
 //! its canonical rendering parses to the same config without warnings.
 #![no_main]
 
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
 use trellis_agent::config::{BackendConfig, ConfigWarning, NetConfig, MAX_VNI};
@@ -44,6 +47,26 @@ fn render(c: &NetConfig) -> Value {
     Value::Object(o)
 }
 
+/// One family's network: its own base address, a prefix of at most `max` bits, the subnet
+/// range inside it, and subnets between its prefix and `max` bits long.
+fn check_family(
+    c: &NetConfig,
+    n: IpNetwork,
+    range: [Option<IpAddr>; 2],
+    subnet_len: Option<u8>,
+    max: u8,
+) {
+    assert_eq!(n.ip(), n.network(), "{c:?}");
+    assert!(n.prefix() <= max, "{c:?}");
+    for ip in range.into_iter().flatten() {
+        assert!(n.contains(ip), "{c:?}");
+    }
+    assert!(
+        subnet_len.is_none_or(|l| l >= n.prefix() && l <= max),
+        "{c:?}"
+    );
+}
+
 fn check_invariants(c: &NetConfig) {
     assert!(c.enable_ipv4 || c.enable_ipv6, "{c:?}");
     if c.enable_ipv4 {
@@ -55,27 +78,12 @@ fn check_invariants(c: &NetConfig) {
         assert!(c.backend.mtu().is_none_or(|m| m >= 1280), "{c:?}");
     }
     if let Some(n) = c.network {
-        assert_eq!(n.ip(), n.network(), "{c:?}");
-        assert!(n.prefix() <= 30, "{c:?}");
-        for ip in [c.subnet_min, c.subnet_max].into_iter().flatten() {
-            assert!(n.contains(ip), "{c:?}");
-        }
-        assert!(
-            c.subnet_len.is_none_or(|l| l >= n.prefix() && l <= 30),
-            "{c:?}"
-        );
+        let range = [c.subnet_min, c.subnet_max].map(|ip| ip.map(IpAddr::from));
+        check_family(c, n.into(), range, c.subnet_len, 30);
     }
     if let Some(n) = c.ipv6_network {
-        assert_eq!(n.ip(), n.network(), "{c:?}");
-        assert!(n.prefix() <= 126, "{c:?}");
-        for ip in [c.ipv6_subnet_min, c.ipv6_subnet_max].into_iter().flatten() {
-            assert!(n.contains(ip), "{c:?}");
-        }
-        assert!(
-            c.ipv6_subnet_len
-                .is_none_or(|l| l >= n.prefix() && l <= 126),
-            "{c:?}"
-        );
+        let range = [c.ipv6_subnet_min, c.ipv6_subnet_max].map(|ip| ip.map(IpAddr::from));
+        check_family(c, n.into(), range, c.ipv6_subnet_len, 126);
     }
     if let BackendConfig::Vxlan(v) = c.backend {
         assert!(v.vni <= MAX_VNI, "{c:?}");
