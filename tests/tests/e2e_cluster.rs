@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use trellis_e2e::netns_cluster::{Cluster, Pod, EXT_IP};
+use trellis_e2e::netns_cluster::{Cluster, Netns, Pod, EXT_IP};
 use trellis_e2e::poll::eventually;
 
 const READY: Duration = Duration::from_secs(60);
@@ -37,17 +37,13 @@ fn cluster(tag: &str, backend: &str) -> Cluster {
 
 /// A TCP exchange from `from` to `ip:port` served by `server`: returns what
 /// the server saw as the client address.
-fn tcp_peer_seen(
-    server: &trellis_e2e::netns_cluster::Netns,
-    from: &trellis_e2e::netns_cluster::Netns,
-    ip: &str,
-    port: u16,
-) -> Option<String> {
+fn tcp_peer_seen(server: &Netns, from: &Netns, ip: &str, port: u16) -> Option<String> {
     let script = format!(
         "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',{port}))\ns.listen(1)\nprint('ready',flush=True)\ns.settimeout(10)\nc,a=s.accept()\nc.sendall((a[0]+'\\n').encode())\nprint(a[0],flush=True)\nc.close()\n"
     );
-    let mut srv = Command::new("ip")
-        .args(["netns", "exec", &server.name, "python3", "-c", &script])
+    let mut srv = server
+        .command("python3")
+        .args(["-c", &script])
         .stdout(Stdio::piped())
         .spawn()
         .ok()?;
@@ -64,6 +60,17 @@ fn tcp_peer_seen(
     let _ = srv.kill();
     let _ = srv.wait();
     got
+}
+
+/// The agent repairs a hand-deleted entry: within a second, `list` in `ns` shows `entry` again.
+fn assert_listed_again(ns: &Netns, list: &[&str], entry: &str, what: &str) {
+    assert!(
+        eventually(Duration::from_secs(1), || ns
+            .exec(list)
+            .unwrap_or_default()
+            .contains(entry)),
+        "{what} not repaired"
+    );
 }
 
 fn full_mesh_ping(pods: &[Pod]) {
@@ -87,20 +94,9 @@ fn full_mesh_ping(pods: &[Pod]) {
 /// A 20 ms ping loop between two pods; returns (sent, received).
 fn ping_loop(from: &Pod, to: &str, secs: u32) -> Child {
     let count = (secs * 50).to_string();
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &from.ns.name,
-            "ping",
-            "-i",
-            "0.02",
-            "-c",
-            &count,
-            "-W",
-            "1",
-            to,
-        ])
+    from.ns
+        .command("ping")
+        .args(["-i", "0.02", "-c", &count, "-W", "1", to])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -166,12 +162,11 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
     );
     n1.exec(&["ip", "neigh", "del", "10.244.3.0", "dev", "flannel.1"])
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(1), || n1
-            .exec(&["ip", "neigh", "show", "dev", "flannel.1"])
-            .unwrap_or_default()
-            .contains("10.244.3.0 ")),
-        "neighbour not repaired"
+    assert_listed_again(
+        n1,
+        &["ip", "neigh", "show", "dev", "flannel.1"],
+        "10.244.3.0 ",
+        "neighbour",
     );
     let fdb = n1
         .exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
@@ -193,12 +188,11 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
         "192.168.50.12",
     ])
     .unwrap();
-    assert!(
-        eventually(Duration::from_secs(1), || n1
-            .exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
-            .unwrap_or_default()
-            .contains("dst 192.168.50.12")),
-        "fdb entry not repaired"
+    assert_listed_again(
+        n1,
+        &["bridge", "fdb", "show", "dev", "flannel.1"],
+        "dst 192.168.50.12",
+        "fdb entry",
     );
     assert!(pods[0].ping(&pods[4].ip));
 
@@ -235,15 +229,10 @@ fn vxlan_cluster_pods_talk_across_nodes_and_the_node_heals() {
     // An emulator restart (the agent's watch resumes) and a forced relist (history compacted,
     // every watch closed: 410 on resume) flap no route. Each is confirmed, not slept on.
     let before = c.routes(0);
-    let watcher = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c.nodes[0].ns.name,
-            "ip",
-            "monitor",
-            "route",
-        ])
+    let watcher = c.nodes[0]
+        .ns
+        .command("ip")
+        .args(["monitor", "route"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -30,6 +30,7 @@ use trellis_e2e::poll::eventually;
 use trellis_testkit::agent::{Sample, Samplers};
 use trellis_testkit::lines::Recorder;
 use trellis_testkit::ping::{parse_ping_line, PingLoop};
+use trellis_testkit::poll::assert_ring_reaches;
 
 const READY: Duration = Duration::from_secs(60);
 /// The bound asserted on convergence after a fault; the measured figure is printed.
@@ -513,15 +514,9 @@ fn pods_and_pings(c: &mut Cluster) -> (Vec<Pod>, Pings) {
     let pods: Vec<Pod> = (0..c.nodes.len())
         .map(|n| c.add_pod(n).expect("pod"))
         .collect();
-    for (i, a) in pods.iter().enumerate() {
-        let b = &pods[(i + 1) % pods.len()];
-        assert!(
-            eventually(Duration::from_secs(10), || a.ping(&b.ip)),
-            "{} cannot reach {} before any fault",
-            a.name,
-            b.name
-        );
-    }
+    let reaches = |a: &Pod, b: &Pod| a.ping(&b.ip);
+    let ten_s = Duration::from_secs(10);
+    assert_ring_reaches(&pods, ten_s, reaches, |p| &p.name, " before any fault");
     let pings = Pings(
         (0..pods.len())
             .map(|i| {
@@ -1049,23 +1044,14 @@ fn burst_with_kill(
             truth.created(f);
         }
     }
-    c.stop_agent(victim, true);
-    // Down a little longer than a crash-looping pod's restart: the rest of the burst
-    // lands while nobody programs this node.
-    std::thread::sleep(Duration::from_millis(300));
-    let restarted = Instant::now();
-    c.start_agent(victim).expect("restart agent");
-    c.wait_ready(victim, READY).expect("ready after restart");
-    converge(c, Backend::Vxlan, CONVERGE_BOUND).unwrap_or_else(|w| {
-        panic!(
-            "after a SIGKILL {}: kernel never matched the API: {w:?}\n{}",
-            at.describe(),
-            c.agent_log(victim)
-        )
-    });
-    let restart_converge = restarted.elapsed();
-    std::thread::sleep(Duration::from_millis(300));
-    let (lost, gap, desc) = pings.window(u0, now_unix());
+    // The rest of the burst lands while nobody programs this node.
+    let restarted = restart_killed(c, victim);
+    let failed = format!(
+        "after a SIGKILL {}: kernel never matched the API",
+        at.describe()
+    );
+    let (restart_converge, (lost, gap, desc)) =
+        converged(c, Backend::Vxlan, victim, &failed, restarted, pings, u0);
     let wrong: Vec<String> = monitors
         .iter()
         .flat_map(|m| m.wrongly_removed(c, truth, t0))
@@ -1100,6 +1086,36 @@ fn burst_with_kill(
     }
 }
 
+/// After a SIGKILL: the victim's agent stays down a little longer than a crash-looping pod's
+/// restart, then starts again. Returns when it was started.
+fn restart_killed(c: &mut Cluster, victim: usize) -> Instant {
+    c.stop_agent(victim, true);
+    std::thread::sleep(Duration::from_millis(300));
+    let restarted = Instant::now();
+    c.start_agent(victim).expect("restart agent");
+    c.wait_ready(victim, READY).expect("ready after restart");
+    restarted
+}
+
+/// Waits until every node runs `backend` exactly (else panics with `failed` and the victim's
+/// log), then lets the last packets land. Returns the time since `since`, and what the pings
+/// saw since `u0` (lost, longest gap, description).
+fn converged(
+    c: &Cluster,
+    backend: Backend,
+    victim: usize,
+    failed: &str,
+    since: Instant,
+    pings: &Pings,
+    u0: f64,
+) -> (Duration, (u64, Duration, String)) {
+    converge(c, backend, CONVERGE_BOUND)
+        .unwrap_or_else(|w| panic!("{failed}: {w:?}\n{}", c.agent_log(victim)));
+    let took = since.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    (took, pings.window(u0, now_unix()))
+}
+
 /// When to kill the agent during a backend switch.
 #[derive(Debug, Clone, Copy)]
 enum SwitchKill {
@@ -1129,7 +1145,7 @@ fn switch_with_kill(
     let written = Instant::now();
     let deadline = written + Duration::from_secs(10);
     let mut at_kill = "no kill".to_string();
-    let restarted = Instant::now();
+    let mut restarted = Instant::now();
     if !matches!(at, SwitchKill::None) {
         loop {
             let (vx, hg) = route_kinds(c, victim);
@@ -1149,26 +1165,11 @@ fn switch_with_kill(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        c.stop_agent(victim, true);
-        std::thread::sleep(Duration::from_millis(300));
+        restarted = restart_killed(c, victim);
     }
-    let restarted = if matches!(at, SwitchKill::None) {
-        restarted
-    } else {
-        let r = Instant::now();
-        c.start_agent(victim).expect("restart agent");
-        c.wait_ready(victim, READY).expect("ready after restart");
-        r
-    };
-    converge(c, to, CONVERGE_BOUND).unwrap_or_else(|w| {
-        panic!(
-            "switch to {to:?} with a SIGKILL {at:?}: never exact: {w:?}\n{}",
-            c.agent_log(victim)
-        )
-    });
-    let restart_converge = restarted.elapsed();
-    std::thread::sleep(Duration::from_millis(300));
-    let (lost, gap, desc) = pings.window(u0, now_unix());
+    let failed = format!("switch to {to:?} with a SIGKILL {at:?}: never exact");
+    let (restart_converge, (lost, gap, desc)) =
+        converged(c, to, victim, &failed, restarted, pings, u0);
     // A switch legitimately removes the old backend's neighbour and FDB entries; the routes
     // of live peers are replaced in place, never deleted: a deleted one is a gap.
     let wrong: Vec<String> = monitors

@@ -24,6 +24,18 @@ fn readyz(c: &Cluster, i: usize) -> Option<(u16, String)> {
     c.agent_http(i, "/readyz")
 }
 
+/// Node `i`'s agent soon answers /readyz with 503 and a reason naming `why`.
+fn assert_not_ready_because(c: &Cluster, i: usize, why: &str) {
+    assert!(
+        eventually(READY, || readyz(c, i)
+            .is_some_and(|(code, body)| code == 503 && body.contains(why))),
+        "node-{}'s /readyz does not say {why:?}: {:?}\n{}",
+        i + 1,
+        readyz(c, i),
+        c.agent_log(i)
+    );
+}
+
 fn host_events(c: &Cluster, node: &str) -> Vec<Value> {
     let Ok(out) = c.kubectl(&["get", "events.v1.events.k8s.io", "-A", "-o", "json"]) else {
         return Vec::new();
@@ -82,14 +94,7 @@ fn the_agent_waits_alive_for_a_pod_cidr_and_reports_a_host_without_bridge_netfil
     c.start_agents().expect("agents");
 
     // 1. Waiting for the podCIDR: not ready, saying why, and the loop beats meanwhile.
-    assert!(
-        eventually(READY, || readyz(&c, 0).is_some_and(|(code, body)| code
-            == 503
-            && body.contains("podCIDRs"))),
-        "node-1's /readyz does not say it waits for a podCIDR: {:?}\n{}",
-        readyz(&c, 0),
-        c.agent_log(0)
-    );
+    assert_not_ready_because(&c, 0, "podCIDRs");
     let first = c
         .metric(0, "trellis_heartbeat_timestamp_seconds")
         .unwrap_or(0.0);
@@ -117,14 +122,7 @@ fn the_agent_waits_alive_for_a_pod_cidr_and_reports_a_host_without_bridge_netfil
         .expect("node-1 ready once it has a podCIDR");
 
     // 2. node-2 without bridge netfilter: said loudly, and not ready.
-    assert!(
-        eventually(READY, || readyz(&c, 1).is_some_and(|(code, body)| code
-            == 503
-            && body.contains("bridge-nf-call-iptables=0"))),
-        "node-2's /readyz does not name the sysctl: {:?}\n{}",
-        readyz(&c, 1),
-        c.agent_log(1)
-    );
+    assert_not_ready_because(&c, 1, "bridge-nf-call-iptables=0");
     assert!(c
         .agent_log(1)
         .contains("sysctl -w net.bridge.bridge-nf-call-iptables=1"));

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use trellis_e2e::netns_cluster::{Cluster, Netns, Pod};
+use trellis_testkit::poll::assert_ring_reaches;
 
 const READY: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(15);
@@ -396,15 +397,8 @@ fn honest_cluster(
         );
     }
     let pods: Vec<Pod> = HONEST.iter().map(|&i| c.add_pod(i).expect("pod")).collect();
-    for (k, a) in pods.iter().enumerate() {
-        let b = &pods[(k + 1) % pods.len()];
-        assert!(
-            eventually(Duration::from_secs(10), || a.ping(&b.ip)),
-            "{} cannot reach {}",
-            a.name,
-            b.name
-        );
-    }
+    let reaches = |a: &Pod, b: &Pod| a.ping(&b.ip);
+    assert_ring_reaches(&pods, Duration::from_secs(10), reaches, |p| &p.name, "");
     (c, pods)
 }
 

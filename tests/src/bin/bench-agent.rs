@@ -5,7 +5,7 @@
 //!
 //!   bench-agent throughput BACKEND SECONDS REPS      (BACKEND: vxlan | host-gw)
 
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -91,17 +91,9 @@ fn throughput(backend: &str, secs: u32, reps: u32) -> Result<(), String> {
 
 /// One iperf3 run from `client` to a server started in `server`; the receiver's bits/s.
 fn iperf(server: &Netns, client: &Netns, ip: &str, secs: u32) -> Result<f64, String> {
-    let srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &server.name,
-            "iperf3",
-            "-s",
-            "-1",
-            "-p",
-            PORT,
-        ])
+    let srv = server
+        .command("iperf3")
+        .args(["-s", "-1", "-p", PORT])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
