@@ -207,9 +207,7 @@ fn ifindex(ns: &Netns, name: &str) -> Option<u32> {
 /// crash campaign caught exactly that: "vanished after creation").
 #[test]
 fn add_replaces_a_pair_left_for_the_reaper_and_the_reaper_spares_the_new_one() {
-    let node = Node::new("reap", SUBNET_ENV);
-    let pod = netns("pod");
-    let conf = node.conf("1.0.0", "");
+    let (node, pod, conf) = Node::with_pod("reap");
     let add = node.add("r1", &pod, &conf);
     let veth = add.json()["interfaces"][1]["name"]
         .as_str()

@@ -172,9 +172,7 @@ fn network_dir_owned_by_another_user_is_refused() {
 /// root only: the modes are explicit, not left to the caller's umask.
 #[test]
 fn files_and_dirs_are_created_with_safe_modes_whatever_the_umask() {
-    let node = Node::new("fsumask", SUBNET_ENV);
-    let pod = netns("pod");
-    let conf = node.conf("1.0.0", "");
+    let (node, pod, conf) = Node::with_pod("fsumask");
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &node.ns.name, PLUGIN])
         .env_clear()

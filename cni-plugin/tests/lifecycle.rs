@@ -80,9 +80,7 @@ fn add_check_del_round_trip_in_every_version() {
 
 #[test]
 fn check_reports_each_kind_of_drift() {
-    let node = Node::new("check", SUBNET_ENV);
-    let pod = netns("pod");
-    let conf = node.conf("1.0.0", "");
+    let (node, pod, conf) = Node::with_pod("check");
     let add = node.add("c1", &pod, &conf);
     let res = add.json();
     let check = |expect: &str| {
@@ -147,9 +145,7 @@ fn pods_reach_each_other_and_the_node() {
 
 #[test]
 fn del_is_idempotent_and_survives_a_vanished_netns() {
-    let node = Node::new("del", SUBNET_ENV);
-    let conf = node.conf("1.0.0", "");
-    let pod = netns("pod");
+    let (node, pod, conf) = Node::with_pod("del");
     assert!(node.cni("ADD", "c1", Some(&pod.path()), "eth0", &conf).ok);
     let path = pod.path();
     drop(pod); // the runtime removed the namespace before DEL
@@ -166,9 +162,7 @@ fn del_is_idempotent_and_survives_a_vanished_netns() {
 
 #[test]
 fn del_after_host_veth_was_removed_by_hand() {
-    let node = Node::new("delv", SUBNET_ENV);
-    let conf = node.conf("1.0.0", "");
-    let pod = netns("pod");
+    let (node, pod, conf) = Node::with_pod("delv");
     let add = node.cni("ADD", "c1", Some(&pod.path()), "eth0", &conf);
     assert!(add.ok);
     let veth = add.json()["interfaces"][1]["name"]

@@ -176,6 +176,14 @@ impl Node {
         }
     }
 
+    /// Most tests' start: a node on [`SUBNET_ENV`], one pod namespace and the 1.0.0 config.
+    pub fn with_pod(tag: &str) -> (Node, Netns, String) {
+        let node = Node::new(tag, SUBNET_ENV);
+        let pod = netns("pod");
+        let conf = node.conf("1.0.0", "");
+        (node, pod, conf)
+    }
+
     pub fn subnet_file(&self) -> PathBuf {
         self.dir.path().join("subnet.env")
     }
