@@ -505,12 +505,18 @@ mod tests {
         assert!(s.release("abc", "eth0").unwrap().is_empty());
     }
 
-    #[test]
-    fn symlinks_are_not_followed() {
-        let d = tempfile::tempdir().unwrap();
+    /// A file outside the store holding "keep", for a link planted in the store to point at.
+    fn victim() -> (tempfile::TempDir, std::path::PathBuf) {
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("victim");
         std::fs::write(&target, "keep").unwrap();
+        (outside, target)
+    }
+
+    #[test]
+    fn symlinks_are_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let (_outside, target) = victim();
         let s = Store::open(d.path(), WAIT).unwrap();
         std::os::unix::fs::symlink(&target, d.path().join("10.0.0.9")).unwrap();
         assert!(!s.reserve(ip("10.0.0.9"), "abc", "eth0", 0).unwrap());
@@ -539,9 +545,7 @@ mod tests {
     #[test]
     fn symlinked_lock_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let target = outside.path().join("victim");
-        std::fs::write(&target, "keep").unwrap();
+        let (_outside, target) = victim();
         std::os::unix::fs::symlink(&target, d.path().join("lock")).unwrap();
         let err = Store::open(d.path(), WAIT).err().expect("refused");
         assert!(

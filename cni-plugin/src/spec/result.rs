@@ -32,6 +32,50 @@ pub struct Route {
     pub gw: Option<IpAddr>,
 }
 
+impl Interface {
+    /// `mtu` only from 1.1.0, the version that added it.
+    fn render(&self, version: CniVersion) -> Value {
+        let mut o = Map::new();
+        o.insert("name".into(), json!(self.name));
+        o.insert("mac".into(), json!(self.mac));
+        if let Some(mtu) = self.mtu.filter(|_| version >= CniVersion::V1_1_0) {
+            o.insert("mtu".into(), json!(mtu));
+        }
+        if let Some(s) = &self.sandbox {
+            o.insert("sandbox".into(), json!(s));
+        }
+        Value::Object(o)
+    }
+}
+
+impl IpConfig {
+    /// `version` ("4"/"6") only in the versions that carry it.
+    fn render(&self, version: CniVersion) -> Value {
+        let mut o = Map::new();
+        if version.ips_carry_family() {
+            let family = if self.address.is_ipv4() { "4" } else { "6" };
+            o.insert("version".into(), json!(family));
+        }
+        o.insert("address".into(), json!(self.address.to_string()));
+        if let Some(gw) = self.gateway {
+            o.insert("gateway".into(), json!(gw.to_string()));
+        }
+        if let Some(idx) = self.interface {
+            o.insert("interface".into(), json!(idx));
+        }
+        Value::Object(o)
+    }
+}
+
+impl Route {
+    fn render(&self) -> Value {
+        match self.gw {
+            Some(gw) => json!({"dst": self.dst.to_string(), "gw": gw.to_string()}),
+            None => json!({"dst": self.dst.to_string()}),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CniResult {
     pub interfaces: Vec<Interface>,
@@ -42,53 +86,9 @@ pub struct CniResult {
 
 impl CniResult {
     pub fn render(&self, version: CniVersion) -> Value {
-        let interfaces: Vec<Value> = self
-            .interfaces
-            .iter()
-            .map(|i| {
-                let mut o = Map::new();
-                o.insert("name".into(), json!(i.name));
-                o.insert("mac".into(), json!(i.mac));
-                if version >= CniVersion::V1_1_0 {
-                    if let Some(mtu) = i.mtu {
-                        o.insert("mtu".into(), json!(mtu));
-                    }
-                }
-                if let Some(s) = &i.sandbox {
-                    o.insert("sandbox".into(), json!(s));
-                }
-                Value::Object(o)
-            })
-            .collect();
-        let ips: Vec<Value> = self
-            .ips
-            .iter()
-            .map(|ip| {
-                let mut o = Map::new();
-                if version.ips_carry_family() {
-                    o.insert(
-                        "version".into(),
-                        json!(if ip.address.is_ipv4() { "4" } else { "6" }),
-                    );
-                }
-                o.insert("address".into(), json!(ip.address.to_string()));
-                if let Some(gw) = ip.gateway {
-                    o.insert("gateway".into(), json!(gw.to_string()));
-                }
-                if let Some(idx) = ip.interface {
-                    o.insert("interface".into(), json!(idx));
-                }
-                Value::Object(o)
-            })
-            .collect();
-        let routes: Vec<Value> = self
-            .routes
-            .iter()
-            .map(|r| match r.gw {
-                Some(gw) => json!({"dst": r.dst.to_string(), "gw": gw.to_string()}),
-                None => json!({"dst": r.dst.to_string()}),
-            })
-            .collect();
+        let interfaces: Vec<Value> = self.interfaces.iter().map(|i| i.render(version)).collect();
+        let ips: Vec<Value> = self.ips.iter().map(|ip| ip.render(version)).collect();
+        let routes: Vec<Value> = self.routes.iter().map(Route::render).collect();
         json!({
             "cniVersion": version.as_str(),
             "interfaces": interfaces,

@@ -114,10 +114,22 @@ mod tests {
     fn list(feed: &mut RelistFeed, v: &mut ClusterView, nodes: &[u32]) -> Vec<FeedOutcome> {
         let mut out = vec![feed.apply(v, Event::Init)];
         for i in nodes {
-            out.push(feed.apply(v, Event::InitApply(PeerSpec::new(*i, "vxlan").node())));
+            out.push(listed(feed, v, *i));
         }
         out.push(feed.apply(v, Event::InitDone));
         out
+    }
+
+    /// Node `i` as an item of the list being received.
+    fn listed(feed: &mut RelistFeed, v: &mut ClusterView, i: u32) -> FeedOutcome {
+        feed.apply(v, Event::InitApply(PeerSpec::new(i, "vxlan").node()))
+    }
+
+    /// A feed and a view after a first complete list of `nodes`.
+    fn after_list(nodes: &[u32]) -> (RelistFeed, ClusterView) {
+        let (mut feed, mut v) = (RelistFeed::new(), view());
+        list(&mut feed, &mut v, nodes);
+        (feed, v)
     }
 
     #[test]
@@ -141,15 +153,14 @@ mod tests {
 
     #[test]
     fn relist_drops_nodes_deleted_while_away_and_only_then() {
-        let (mut feed, mut v) = (RelistFeed::new(), view());
-        list(&mut feed, &mut v, &[2, 3, 4]);
+        let (mut feed, mut v) = after_list(&[2, 3, 4]);
         // node-3 vanished while we were disconnected; node-5 appeared.
         feed.apply(&mut v, Event::Init);
-        feed.apply(&mut v, Event::InitApply(PeerSpec::new(2, "vxlan").node()));
-        feed.apply(&mut v, Event::InitApply(PeerSpec::new(5, "vxlan").node()));
+        listed(&mut feed, &mut v, 2);
+        listed(&mut feed, &mut v, 5);
         // Mid-list, nothing is gone yet.
         assert_eq!(names(&v), ["node-2", "node-3", "node-4", "node-5"]);
-        feed.apply(&mut v, Event::InitApply(PeerSpec::new(4, "vxlan").node()));
+        listed(&mut feed, &mut v, 4);
         let done = feed.apply(&mut v, Event::InitDone);
         assert!(done.changed && done.relisted && !done.first_sync);
         assert_eq!(names(&v), ["node-2", "node-4", "node-5"]);
@@ -157,30 +168,27 @@ mod tests {
 
     #[test]
     fn identical_relist_is_no_change() {
-        let (mut feed, mut v) = (RelistFeed::new(), view());
-        list(&mut feed, &mut v, &[2, 3]);
+        let (mut feed, mut v) = after_list(&[2, 3]);
         let out = list(&mut feed, &mut v, &[2, 3]);
         assert!(!out.last().unwrap().changed);
     }
 
     #[test]
     fn a_list_that_restarts_halfway_keeps_everything_until_done() {
-        let (mut feed, mut v) = (RelistFeed::new(), view());
-        list(&mut feed, &mut v, &[2, 3, 4]);
+        let (mut feed, mut v) = after_list(&[2, 3, 4]);
         feed.apply(&mut v, Event::Init);
-        feed.apply(&mut v, Event::InitApply(PeerSpec::new(2, "vxlan").node()));
+        listed(&mut feed, &mut v, 2);
         // Page two failed: the watcher starts over. node-2 was seen by the aborted attempt only.
         feed.apply(&mut v, Event::Init);
         assert_eq!(names(&v), ["node-2", "node-3", "node-4"]);
-        feed.apply(&mut v, Event::InitApply(PeerSpec::new(3, "vxlan").node()));
+        listed(&mut feed, &mut v, 3);
         feed.apply(&mut v, Event::InitDone);
         assert_eq!(names(&v), ["node-3"]);
     }
 
     #[test]
     fn watch_events_apply_directly_and_ignore_irrelevant_updates() {
-        let (mut feed, mut v) = (RelistFeed::new(), view());
-        list(&mut feed, &mut v, &[2]);
+        let (mut feed, mut v) = after_list(&[2]);
         let mut n = PeerSpec::new(2, "vxlan").node();
         n.annotations
             .insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
