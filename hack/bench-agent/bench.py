@@ -370,6 +370,10 @@ def scale(args):
             for rep in range(args.reps + 1):
                 k = rep % len(sides)
                 order = agents if rep == 0 else sides[k:] + sides[:k]
+                if rep == args.reps and n == max(args.peers):
+                    # The agent's last run adds the one-more Nodes: nothing may run after it
+                    # expecting N.
+                    order = [w for w in order if w != "agent"] + ["agent"]
                 for what in order:
                     ns = fresh_ns()
                     try:
