@@ -36,6 +36,9 @@ pub struct AnnotationKeys {
     pub public_ipv6: String,
     pub public_ip_overwrite: String,
     pub public_ipv6_overwrite: String,
+    /// flannel reads these at start as its `--public-ip`/`--public-ipv6`.
+    pub node_public_ip: String,
+    pub node_public_ipv6: String,
 }
 
 impl Default for AnnotationKeys {
@@ -92,6 +95,8 @@ impl AnnotationKeys {
             public_ipv6: format!("{p}public-ipv6"),
             public_ip_overwrite: format!("{p}public-ip-overwrite"),
             public_ipv6_overwrite: format!("{p}public-ipv6-overwrite"),
+            node_public_ip: format!("{p}node-public-ip"),
+            node_public_ipv6: format!("{p}node-public-ipv6"),
         }
     }
 
@@ -357,21 +362,42 @@ pub fn parse_peer(
     })
 }
 
-/// The operator's `public-ip-overwrite` / `public-ipv6-overwrite` on our own Node: the address
-/// peers must use to reach this node (e.g. behind NAT), advertised instead of the interface's.
-pub fn public_ip_overwrite(
+/// The address peers must use to reach this node, when the operator chose one on our own Node
+/// (e.g. behind NAT), advertised instead of the interface's: `public-ip-overwrite` /
+/// `public-ipv6-overwrite`, else `node-public-ip` / `node-public-ipv6` (which flannel reads at
+/// start as its `--public-ip`). Empty values count as unset.
+pub fn public_ip_override(
     keys: &AnnotationKeys,
     annotations: &BTreeMap<String, String>,
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), AnnotationError> {
-    let v4 = get(annotations, &keys.public_ip_overwrite)?
-        .filter(|v| !v.is_empty())
-        .map(|v| ipv4(&keys.public_ip_overwrite, v))
-        .transpose()?;
-    let v6 = get(annotations, &keys.public_ipv6_overwrite)?
-        .filter(|v| !v.is_empty())
-        .map(|v| ipv6(&keys.public_ipv6_overwrite, v))
-        .transpose()?;
+    let v4 = match first_set(
+        annotations,
+        [&keys.public_ip_overwrite, &keys.node_public_ip],
+    )? {
+        Some((key, v)) => Some(ipv4(key, v)?),
+        None => None,
+    };
+    let v6 = match first_set(
+        annotations,
+        [&keys.public_ipv6_overwrite, &keys.node_public_ipv6],
+    )? {
+        Some((key, v)) => Some(ipv6(key, v)?),
+        None => None,
+    };
     Ok((v4, v6))
+}
+
+/// The first of `keys` with a non-empty value, and that value.
+fn first_set<'a, 'k>(
+    annotations: &'a BTreeMap<String, String>,
+    keys: [&'k String; 2],
+) -> Result<Option<(&'k str, &'a str)>, AnnotationError> {
+    for key in keys {
+        if let Some(v) = get(annotations, key)?.filter(|v| !v.is_empty()) {
+            return Ok(Some((key.as_str(), v)));
+        }
+    }
+    Ok(None)
 }
 
 /// The VTEP MACs our own Node already advertises (IPv4, IPv6), to reuse across restarts so
@@ -682,7 +708,7 @@ mod tests {
             ("backend-v6-data", "garbage"),
         ]);
         assert_eq!(
-            public_ip_overwrite(&keys, &a).unwrap(),
+            public_ip_override(&keys, &a).unwrap(),
             (Some("203.0.113.7".parse().unwrap()), None)
         );
         assert_eq!(
@@ -690,11 +716,26 @@ mod tests {
             (Some(MAC.parse().unwrap()), None)
         );
         let bad = map(&[("public-ipv6-overwrite", "nope")]);
-        assert!(public_ip_overwrite(&keys, &bad).is_err());
+        assert!(public_ip_override(&keys, &bad).is_err());
         assert_eq!(
-            public_ip_overwrite(&keys, &map(&[("public-ip-overwrite", "")])).unwrap(),
+            public_ip_override(&keys, &map(&[("public-ip-overwrite", "")])).unwrap(),
             (None, None)
         );
+        // node-public-ip(v6) as flannel's --public-ip, unless an overwrite says otherwise.
+        let both = map(&[
+            ("node-public-ip", "198.51.100.1"),
+            ("node-public-ipv6", "2001:db8::1"),
+            ("public-ipv6-overwrite", "2001:db8::2"),
+        ]);
+        assert_eq!(
+            public_ip_override(&keys, &both).unwrap(),
+            (
+                Some("198.51.100.1".parse().unwrap()),
+                Some("2001:db8::2".parse().unwrap())
+            )
+        );
+        let err = public_ip_override(&keys, &map(&[("node-public-ip", "x")])).unwrap_err();
+        assert!(err.to_string().contains("node-public-ip"), "{err}");
     }
 
     #[test]

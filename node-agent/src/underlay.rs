@@ -145,6 +145,16 @@ pub async fn discover(
     select(&links, opts, |_| oif)
 }
 
+/// The underlay interface (the same index) as it is now: its addresses may have changed.
+pub async fn reread(h: &rtnetlink::Handle, current: &Underlay) -> Result<Underlay, UnderlayError> {
+    let links = read_links(h).await?;
+    let link = links
+        .iter()
+        .find(|l| l.index == current.index)
+        .ok_or_else(|| UnderlayError::NoSuchIface(current.name.clone()))?;
+    to_underlay(link)
+}
+
 /// Every interface of this namespace with its addresses.
 pub async fn read_links(h: &rtnetlink::Handle) -> Result<Vec<LinkFacts>, UnderlayError> {
     let nl = |e: rtnetlink::Error| UnderlayError::Netlink(e.to_string());

@@ -113,7 +113,7 @@ async fn waits_for_the_pod_cidr_and_says_what_to_fix() {
     assert_eq!(state.subnet_v4, Some("10.244.1.0/24".parse().unwrap()));
     assert_eq!(state.subnet_v6, Some("fd00:1::/64".parse().unwrap()));
     assert_eq!(
-        state.public_ip_overwrite_v4,
+        state.public_ip_override_v4,
         Some("203.0.113.5".parse().unwrap())
     );
     assert_eq!(

@@ -176,7 +176,7 @@ fn own_changes_are_not_drift_when_the_monitor_knows_what_to_expect() {
 
     let stats = node.ns.run(move || async move {
         let mut dp = Dataplane::new().expect("dataplane");
-        let (monitor, mut rx) = DriftMonitor::start_expecting(dp.expected())
+        let (monitor, mut rx) = DriftMonitor::start_expecting(dp.expected(), None)
             .await
             .expect("monitor");
         let first = dp.reconcile(&want).await.expect("reconcile");

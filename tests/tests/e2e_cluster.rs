@@ -350,3 +350,82 @@ fn a_node_deleted_while_its_peer_agent_was_down_is_removed_at_start() {
     );
     assert!(c.routes(0).contains("10.244.2.0/24"));
 }
+
+/// What a peer programs for node-`n`: its FDB entry on `flannel.1` points at the public IP.
+fn fdb_dst_for(c: &Cluster, on: usize, ip: &str) -> bool {
+    c.nodes[on]
+        .ns
+        .exec(&["bridge", "fdb", "show", "dev", "flannel.1"])
+        .is_ok_and(|out| out.contains(&format!("dst {ip} ")))
+}
+
+fn public_ip_annotation(c: &Cluster, node: &str) -> Option<String> {
+    let n = c.node_json(node).ok()?;
+    n["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Issue 13: this node's lease follows its Node and its interface while the agent runs: the
+/// operator's `public-ip-overwrite` set and removed, then the interface's address replaced.
+/// Each time the annotation, the peers' FDB entries and pod traffic follow, no restart.
+#[test]
+fn the_lease_follows_the_overwrite_and_a_new_underlay_address_live() {
+    let mut c = cluster("ls", r#"{"Type":"vxlan"}"#);
+    let pods = [c.add_pod(0).expect("pod 0"), c.add_pod(1).expect("pod 1")];
+    let follows = |c: &Cluster, ip: &str, what: &str| {
+        let t = std::time::Instant::now();
+        let fdb = eventually(Duration::from_secs(10), || {
+            fdb_dst_for(c, 1, ip) && fdb_dst_for(c, 2, ip)
+        });
+        // A figure for the log, not a bound: the test asserts only that it follows.
+        eprintln!("{what}: peers' FDB followed in {:?}", t.elapsed());
+        assert!(
+            fdb,
+            "{what}: peers' FDB never pointed at {ip}:\n{}\n{}",
+            c.nodes[1]
+                .ns
+                .sh(&["bridge", "fdb", "show", "dev", "flannel.1"]),
+            c.agent_log(0)
+        );
+        assert_eq!(
+            public_ip_annotation(c, "node-1").as_deref(),
+            Some(ip),
+            "{what}"
+        );
+        assert!(pods[1].ping(&pods[0].ip), "{what}: pod traffic");
+    };
+    let node0 = &c.nodes[0].ns;
+    node0
+        .ip(&["addr", "add", "192.168.50.111/24", "dev", "eth0"])
+        .expect("second address");
+    let key = "flannel.alpha.coreos.com/public-ip-overwrite";
+    c.kubectl(&[
+        "annotate",
+        "node",
+        "node-1",
+        &format!("{key}=192.168.50.111"),
+    ])
+    .expect("annotate");
+    follows(&c, "192.168.50.111", "public-ip-overwrite set");
+    c.kubectl(&["annotate", "node", "node-1", &format!("{key}-")])
+        .expect("annotate");
+    follows(&c, "192.168.50.11", "public-ip-overwrite removed");
+
+    // The interface's address replaced (the secondary promoted when the primary goes).
+    node0
+        .sysctl("net.ipv4.conf.eth0.promote_secondaries", "1")
+        .expect("sysctl");
+    node0
+        .ip(&["addr", "del", "192.168.50.11/24", "dev", "eth0"])
+        .expect("del address");
+    follows(&c, "192.168.50.111", "underlay address replaced");
+    assert!(
+        c.agent_log(0).contains("the underlay interface changed"),
+        "{}",
+        c.agent_log(0)
+    );
+    for p in &pods {
+        c.del_pod(p).expect("del pod");
+    }
+}

@@ -15,6 +15,7 @@ use crate::cluster::{lock_view, Backoff, BackoffPolicy};
 use crate::config::{BackendType, NetConfig};
 use crate::dataplane::netlink::{NetlinkError, ReconcileReport};
 use crate::readiness::PeerFailures;
+use crate::underlay;
 use crate::view::SkipLog;
 
 /// What a pass leaves to the next ones.
@@ -39,6 +40,8 @@ pub(super) struct PassState {
     pub(super) host: Result<(), String>,
     /// Passes in a row whose own side failed.
     pub(super) failing_passes: u32,
+    /// Why the underlay interface could not be re-read, as last logged.
+    pub(super) underlay_error: Option<String>,
 }
 
 impl PassState {
@@ -60,13 +63,46 @@ impl PassState {
             retry_at: None,
             host: Ok(()),
             failing_passes: 0,
+            underlay_error: None,
         }
     }
 }
 
 impl Agent {
+    /// On a full pass (the drift monitor asks for one when the underlay's addresses change):
+    /// the underlay interface as it is now, so that a new address moves the lease (tunnel
+    /// source, advertised public IP, and so every peer's route to us) without a restart. A
+    /// failed read keeps the lease as it was.
+    async fn follow_underlay(&mut self) {
+        let current = lock_view(&self.view).local().underlay.clone();
+        match underlay::reread(self.dataplane.handle(), &current).await {
+            Ok(now) => {
+                self.state.underlay_error = None;
+                if now != current {
+                    info!(
+                        iface = %now.name,
+                        from = ?(current.addr_v4, current.addr_v6, current.mtu),
+                        to = ?(now.addr_v4, now.addr_v6, now.mtu),
+                        "the underlay interface changed: following it"
+                    );
+                    lock_view(&self.view).set_underlay(now);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.state.underlay_error.as_ref() != Some(&why) {
+                    warn!(iface = %current.name, "cannot re-read the underlay interface, keeping what was read before: {why}");
+                    self.state.underlay_error = Some(why);
+                }
+            }
+        }
+    }
+
     pub(super) async fn pass(&mut self, config: &Arc<NetConfig>) {
         let started = Instant::now();
+        if self.state.full {
+            self.follow_underlay().await;
+        }
         let (plan, keys) = {
             let v = lock_view(&self.view);
             self.metrics

@@ -107,7 +107,9 @@ pub(super) async fn start(args: RunArgs) -> Result<(Agent, Triggers), AgentError
     let advertiser = Advertiser::start(own, events.clone(), watcher.own_node());
     metrics.attach_node_watch(watcher.stats());
     tokio::spawn(watcher.run());
-    let (monitor, drift) = DriftMonitor::start_expecting(dataplane.expected()).await?;
+    let underlay_index = lock_view(&view).local().underlay.index;
+    let (monitor, drift) =
+        DriftMonitor::start_expecting(dataplane.expected(), Some(underlay_index)).await?;
     metrics.attach_drift_monitor(monitor.counters());
 
     let resync = Duration::from_secs(args.resync_seconds.max(1));
@@ -205,16 +207,14 @@ fn config_source(
 /// else the underlay's addresses and MACs derived from the node name (stable across
 /// restarts, so peers need not reprogram).
 fn local_lease(node_name: &str, own: &OwnNodeState, underlay: Underlay) -> LocalLease {
-    LocalLease {
+    let mut lease = LocalLease {
         node_name: node_name.to_string(),
         subnet_v4: own.subnet_v4,
         subnet_v6: own.subnet_v6,
-        public_ip_v4: own
-            .public_ip_overwrite_v4
-            .or(underlay.addr_v4.map(|a| a.ip())),
-        public_ip_v6: own
-            .public_ip_overwrite_v6
-            .or(underlay.addr_v6.map(|a| a.ip())),
+        public_ip_v4: None,
+        public_ip_v6: None,
+        public_ip_override_v4: own.public_ip_override_v4,
+        public_ip_override_v6: own.public_ip_override_v6,
         vtep_mac_v4: own
             .vtep_mac_v4
             .unwrap_or_else(|| Mac::derived(&format!("{node_name}/vtep4"))),
@@ -222,7 +222,9 @@ fn local_lease(node_name: &str, own: &OwnNodeState, underlay: Underlay) -> Local
             .vtep_mac_v6
             .unwrap_or_else(|| Mac::derived(&format!("{node_name}/vtep6"))),
         underlay,
-    }
+    };
+    lease.refresh_public_ips();
+    lease
 }
 
 impl Agent {

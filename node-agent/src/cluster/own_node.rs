@@ -73,9 +73,9 @@ pub struct OwnNodeState {
     pub uid: Option<String>,
     pub subnet_v4: Option<Ipv4Network>,
     pub subnet_v6: Option<Ipv6Network>,
-    /// The operator's `public-ip-overwrite` / `public-ipv6-overwrite`.
-    pub public_ip_overwrite_v4: Option<Ipv4Addr>,
-    pub public_ip_overwrite_v6: Option<Ipv6Addr>,
+    /// The operator's choice of public IPs ([`annotations::public_ip_override`]).
+    pub public_ip_override_v4: Option<Ipv4Addr>,
+    pub public_ip_override_v6: Option<Ipv6Addr>,
     /// The VTEP MACs a previous run advertised, to reuse so peers' entries stay valid.
     pub vtep_mac_v4: Option<Mac>,
     pub vtep_mac_v6: Option<Mac>,
@@ -106,8 +106,8 @@ impl OwnNodeState {
                 })
             }
         };
-        let (public_ip_overwrite_v4, public_ip_overwrite_v6) =
-            annotations::public_ip_overwrite(keys, annotations).map_err(|source| {
+        let (public_ip_override_v4, public_ip_override_v6) =
+            annotations::public_ip_override(keys, annotations).map_err(|source| {
                 OwnNodeError::BadOverwrite {
                     node: name.to_string(),
                     source,
@@ -119,8 +119,8 @@ impl OwnNodeState {
             uid: uid.map(str::to_string),
             subnet_v4,
             subnet_v6,
-            public_ip_overwrite_v4,
-            public_ip_overwrite_v6,
+            public_ip_override_v4,
+            public_ip_override_v6,
             vtep_mac_v4,
             vtep_mac_v6,
         }))
@@ -463,7 +463,7 @@ mod tests {
         assert_eq!(s.subnet_v4, Some("10.244.1.0/24".parse().unwrap()));
         assert_eq!(s.subnet_v6, Some("fd00::/64".parse().unwrap()));
         assert_eq!(
-            s.public_ip_overwrite_v4,
+            s.public_ip_override_v4,
             Some("203.0.113.7".parse().unwrap())
         );
         assert_eq!(

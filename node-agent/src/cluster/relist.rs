@@ -205,14 +205,22 @@ mod tests {
     }
 
     #[test]
-    fn the_local_node_never_counts() {
+    fn the_local_node_is_never_a_peer_and_changes_only_the_lease() {
         let (mut feed, mut v) = (RelistFeed::new(), view());
         let mut local = PeerSpec::new(2, "vxlan").node();
         local.name = "local".into();
+        local.pod_cidrs = vec!["10.244.1.0/24".into(), "fd00:10:244:1::/64".into()];
         feed.apply(&mut v, Event::Init);
         feed.apply(&mut v, Event::InitApply(local.clone()));
         let done = feed.apply(&mut v, Event::InitDone);
-        assert!(!done.changed && done.first_sync);
-        assert!(!feed.apply(&mut v, Event::Apply(local)).changed);
+        assert!(!done.changed && done.first_sync, "the lease as it was");
+        assert!(!feed.apply(&mut v, Event::Apply(local.clone())).changed);
+        local.annotations.insert(
+            "flannel.alpha.coreos.com/public-ip-overwrite".into(),
+            "203.0.113.9".into(),
+        );
+        assert!(feed.apply(&mut v, Event::Apply(local)).changed);
+        assert_eq!(v.local().public_ip_v4, Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(v.node_count(), 0);
     }
 }

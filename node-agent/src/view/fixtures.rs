@@ -20,6 +20,8 @@ pub fn lease() -> LocalLease {
         subnet_v6: Some("fd00:10:244:1::/64".parse().unwrap()),
         public_ip_v4: Some("192.168.1.1".parse().unwrap()),
         public_ip_v6: Some("fd00:192::1".parse().unwrap()),
+        public_ip_override_v4: None,
+        public_ip_override_v6: None,
         underlay: Underlay {
             name: "eth0".into(),
             index: 2,

@@ -17,6 +17,7 @@
 
 mod claims;
 mod endpoint;
+mod lease;
 mod peer;
 mod skip;
 
@@ -68,9 +69,13 @@ pub struct LocalLease {
     /// This node's `spec.podCIDRs`.
     pub subnet_v4: Option<Ipv4Network>,
     pub subnet_v6: Option<Ipv6Network>,
-    /// The addresses peers use to reach us: `public-ip-overwrite` if set, else the underlay's.
+    /// The addresses peers use to reach us: [`Self::public_ip_override_v4`] if set, else the
+    /// underlay's (kept so by [`LocalLease::set_underlay`] and [`ClusterView::upsert_node`]).
     pub public_ip_v4: Option<Ipv4Addr>,
     pub public_ip_v6: Option<Ipv6Addr>,
+    /// The operator's choice on our own Node (`public-ip-overwrite`, else `node-public-ip`).
+    pub public_ip_override_v4: Option<Ipv4Addr>,
+    pub public_ip_override_v6: Option<Ipv6Addr>,
     pub underlay: Underlay,
     /// MACs of `flannel.<VNI>` and `flannel-v6.<VNI>`; must be stable across restarts (reuse
     /// `annotations::advertised_vtep_macs`, else `Mac::derived`).
@@ -94,6 +99,8 @@ pub struct ClusterView {
     nodes: HashMap<Box<str>, Result<Peer, SkipReason>>,
     /// When each Node took each claim, where this agent saw it happen.
     claimed_at: ClaimDates,
+    /// What of our own Node could not be followed, as last logged.
+    own_problems: Vec<String>,
 }
 
 impl ClusterView {
@@ -103,6 +110,7 @@ impl ClusterView {
             keys,
             nodes: HashMap::new(),
             claimed_at: ClaimDates::default(),
+            own_problems: Vec::new(),
         }
     }
 
@@ -128,7 +136,9 @@ impl ClusterView {
     /// Node changes.
     pub fn upsert_node_at(&mut self, node: &NodeInfo, now_unix: i64) -> bool {
         if node.name == self.local.node_name {
-            return false;
+            let (changed, problems) = self.local.follow_node(node, &self.keys);
+            self.report_own_problems(problems);
+            return changed;
         }
         let entry = Peer::from_node(node, &self.keys);
         let old = self.nodes.get(node.name.as_str());
@@ -139,6 +149,23 @@ impl ClusterView {
             .observe(&node.name, old, &entry, node.created_unix, now_unix);
         self.nodes.insert(node.name.as_str().into(), entry);
         true
+    }
+
+    /// The underlay interface as read now (its addresses may have changed). Returns whether
+    /// the lease changed.
+    pub fn set_underlay(&mut self, underlay: Underlay) -> bool {
+        self.local.set_underlay(underlay)
+    }
+
+    /// Logged once per new set of problems: the own Node is delivered again on every status
+    /// update.
+    fn report_own_problems(&mut self, problems: Vec<String>) {
+        if problems != self.own_problems {
+            for p in &problems {
+                tracing::warn!("{p}");
+            }
+            self.own_problems = problems;
+        }
     }
 
     /// Forget a deleted Node. Returns whether it was known.

@@ -109,6 +109,9 @@ fn the_local_node_is_not_a_peer() {
     let mut v = view();
     let mut n = PeerSpec::new(2, "vxlan").node();
     n.name = "local".into();
+    // Our own Node moves the lease (here to node-2's podCIDR), never the peers.
+    assert!(v.upsert_node(&n));
+    assert_eq!(v.local().subnet_v4, Some("10.244.2.0/24".parse().unwrap()));
     assert!(!v.upsert_node(&n));
     assert_eq!(v.node_count(), 0);
 }

@@ -167,6 +167,8 @@ pub fn local_view() -> SharedView {
         subnet_v6: None,
         public_ip_v4: Some("172.16.0.1".parse().unwrap()),
         public_ip_v6: None,
+        public_ip_override_v4: None,
+        public_ip_override_v6: None,
         underlay: Underlay {
             name: "eth0".into(),
             index: 2,

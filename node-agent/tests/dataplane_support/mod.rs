@@ -208,6 +208,8 @@ impl Node {
             subnet_v6: v6.map(|(_, s)| s),
             public_ip_v4: Some(addr),
             public_ip_v6: v6.map(|(a, _)| a),
+            public_ip_override_v4: None,
+            public_ip_override_v6: None,
             underlay: Underlay {
                 name: "eth0".into(),
                 index,

@@ -1,6 +1,6 @@
 //! A Node's annotations as the API delivers them (`metadata.annotations`, a JSON object of
 //! strings), read the way the agent reads peers (`annotations::parse_peer`) and its own Node
-//! (`public_ip_overwrite`, `advertised_vtep_macs`). An accepted peer has usable VXLAN data
+//! (`public_ip_override`, `advertised_vtep_macs`). An accepted peer has usable VXLAN data
 //! (VNI in range, unicast MAC, non-zero port), and advertising what was read then reading it
 //! back gives the same peer, so trellis and flannel nodes keep agreeing on each other.
 #![no_main]
@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use trellis_agent::annotations::{
-    advertised_vtep_macs, is_managed, parse_peer, public_ip_overwrite, Advertisement,
+    advertised_vtep_macs, is_managed, parse_peer, public_ip_override, Advertisement,
     AnnotationKeys, PeerAnnotations, PeerBackend, VxlanData,
 };
 use trellis_agent::config::MAX_VNI;
@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
     let keys = AnnotationKeys::default();
     let _ = is_managed(&keys, &annotations);
     let _ = advertised_vtep_macs(&keys, &annotations);
-    if let Err(e) = public_ip_overwrite(&keys, &annotations) {
+    if let Err(e) = public_ip_override(&keys, &annotations) {
         let _ = e.to_string();
     }
     let peer = match parse_peer(&keys, &annotations) {

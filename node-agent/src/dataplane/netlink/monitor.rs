@@ -100,6 +100,8 @@ pub struct Owned {
     /// Every link's name by index: notifications name devices by index only.
     names: HashMap<u32, String>,
     route_dsts: HashSet<IpNetwork>,
+    /// The underlay interface, whose address changes the lease follows (not trellis's).
+    underlay: Option<u32>,
 }
 
 impl Owned {
@@ -158,7 +160,8 @@ pub fn concerns_owned(msg: &RouteNetlinkMessage, owned: &mut Owned) -> bool {
         M::NewLink(l) => owned.observe_link(l, false),
         M::DelLink(l) => owned.observe_link(l, true),
         M::NewAddress(a) | M::DelAddress(a) => {
-            owned.has_link(a.header.index)
+            let index = a.header.index;
+            (owned.has_link(index) || owned.underlay == Some(index))
                 && !parse::address(a).is_some_and(|n| parse::is_ipv6_link_local(n.ip()))
         }
         M::NewRoute(r) => owned.observe_route(r, false),
@@ -183,13 +186,16 @@ impl DriftMonitor {
     /// Subscribe, learn the current owned links and routes, and start watching. Must run inside a Tokio
     /// runtime. Once this returns, every later change is signalled.
     pub async fn start() -> Result<(DriftMonitor, mpsc::Receiver<()>), NetlinkError> {
-        DriftMonitor::start_expecting(Expected::default()).await
+        DriftMonitor::start_expecting(Expected::default(), None).await
     }
 
     /// [`DriftMonitor::start`], not signalling changes that agree with `expected` (which the
     /// executor keeps up to date: `Dataplane::expected`).
+    /// An address added to or removed from `underlay` (its index) is signalled too, so that
+    /// the lease follows the interface's addresses at once.
     pub async fn start_expecting(
         expected: Expected,
+        underlay: Option<u32>,
     ) -> Result<(DriftMonitor, mpsc::Receiver<()>), NetlinkError> {
         let groups = [
             MulticastGroup::Link,
@@ -207,7 +213,7 @@ impl DriftMonitor {
 
         // Seed after subscribing, so a link created in between is seen by one or the other.
         let owned = match seed(&handle).await {
-            Ok(o) => o,
+            Ok(o) => Owned { underlay, ..o },
             Err(e) => {
                 connection.abort();
                 return Err(e);
