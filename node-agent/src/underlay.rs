@@ -12,7 +12,8 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::RouteAttribute;
 
-use crate::view::Underlay;
+use crate::dataplane::netlink::read_main_routes;
+use crate::view::{Underlay, UnderlayRoute};
 
 #[derive(Debug, Clone, Default)]
 pub struct IfaceOptions {
@@ -78,6 +79,7 @@ fn to_underlay(l: &LinkFacts) -> Result<Underlay, UnderlayError> {
         mtu: l.mtu,
         addr_v4: v4,
         addr_v6: v6,
+        routes: Vec::new(),
     })
 }
 
@@ -142,17 +144,36 @@ pub async fn discover(
             None => route_oif(h, IpAddr::from([0u16; 8])).await,
         },
     };
-    select(&links, opts, |_| oif)
+    with_routes(h, select(&links, opts, |_| oif)?).await
 }
 
-/// The underlay interface (the same index) as it is now: its addresses may have changed.
+/// The underlay interface (the same index) as it is now: its addresses and the routes
+/// on-link decisions look up may have changed.
 pub async fn reread(h: &rtnetlink::Handle, current: &Underlay) -> Result<Underlay, UnderlayError> {
     let links = read_links(h).await?;
     let link = links
         .iter()
         .find(|l| l.index == current.index)
         .ok_or_else(|| UnderlayError::NoSuchIface(current.name.clone()))?;
-    to_underlay(link)
+    with_routes(h, to_underlay(link)?).await
+}
+
+/// `underlay` with the main table's routes, for [`Underlay::on_link`].
+async fn with_routes(
+    h: &rtnetlink::Handle,
+    mut underlay: Underlay,
+) -> Result<Underlay, UnderlayError> {
+    let routes = read_main_routes(h)
+        .await
+        .map_err(|e| UnderlayError::Netlink(e.to_string()))?;
+    underlay.routes = routes
+        .into_iter()
+        .map(|(dst, oif)| UnderlayRoute {
+            dst,
+            direct: oif == Some(underlay.index),
+        })
+        .collect();
+    Ok(underlay)
 }
 
 /// Every interface of this namespace with its addresses.

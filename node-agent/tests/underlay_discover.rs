@@ -50,6 +50,16 @@ fn the_default_routes_interface_without_iface() {
         u.addr_v4.map(|a| a.ip().to_string()).as_deref(),
         Some("192.168.7.11")
     );
+    // On-link decisions look the routes up, as flannel's route lookup does: the connected
+    // prefix is on the link, the rest of the world (the default route) and a host routed
+    // through a gateway inside the prefix are not.
+    node.ns
+        .ip("route add 192.168.7.200/32 via 192.168.7.254 dev eth0");
+    let u = discover_in(&node.ns, IfaceOptions::default()).expect("discovered");
+    let on = |ip: &str| u.on_link(ip.parse().expect("ip"));
+    assert!(on("192.168.7.12"), "{:?}", u.routes);
+    assert!(!on("192.168.7.200"), "{:?}", u.routes);
+    assert!(!on("8.8.8.8"), "{:?}", u.routes);
 }
 
 #[test]

@@ -78,13 +78,18 @@ impl Agent {
         match underlay::reread(self.dataplane.handle(), &current).await {
             Ok(now) => {
                 self.state.underlay_error = None;
-                if now != current {
+                let moved = (now.addr_v4, now.addr_v6, now.mtu)
+                    != (current.addr_v4, current.addr_v6, current.mtu);
+                if moved {
                     info!(
                         iface = %now.name,
                         from = ?(current.addr_v4, current.addr_v6, current.mtu),
                         to = ?(now.addr_v4, now.addr_v6, now.mtu),
                         "the underlay interface changed: following it"
                     );
+                }
+                if now != current {
+                    // Also when only the routes on-link decisions look up changed.
                     lock_view(&self.view).set_underlay(now);
                 }
             }

@@ -85,6 +85,7 @@ mod tests {
             mtu: 1500,
             addr_v4: Some(v4.parse().expect("v4")),
             addr_v6: Some(v6.parse().expect("v6")),
+            routes: Vec::new(),
         }
     }
 

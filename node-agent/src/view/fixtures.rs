@@ -28,6 +28,7 @@ pub fn lease() -> LocalLease {
             mtu: 1500,
             addr_v4: Some("192.168.1.1/24".parse().unwrap()),
             addr_v6: Some("fd00:192::1/64".parse().unwrap()),
+            routes: Vec::new(),
         },
         vtep_mac_v4: LOCAL_MAC,
         vtep_mac_v6: LOCAL_MAC6,

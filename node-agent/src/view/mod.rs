@@ -49,15 +49,42 @@ pub struct Underlay {
     /// L2 segment for host-gw and DirectRouting.
     pub addr_v4: Option<Ipv4Network>,
     pub addr_v6: Option<Ipv6Network>,
+    /// The main table's unicast routes as read with the interface (trellis's own left out),
+    /// for [`Underlay::on_link`]'s lookup. Empty when not read: the interface's prefixes
+    /// decide then.
+    pub routes: Vec<UnderlayRoute>,
+}
+
+/// A route of the main table, as far as on-link decisions need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderlayRoute {
+    pub dst: IpNetwork,
+    /// No gateway, out of the underlay interface: its destinations are on the link.
+    pub direct: bool,
 }
 
 impl Underlay {
-    /// Whether `ip` is directly reachable on the underlay (same subnet, not ourselves): what
-    /// flannel checks with a route lookup before routing without encapsulation.
+    /// Whether `ip` is directly reachable on the underlay, not ourselves: what host-gw needs
+    /// and DirectRouting looks for. As flannel decides it (`ip.DirectRouting`, a route
+    /// lookup): the most specific route toward `ip` has no gateway and leaves through the
+    /// underlay, so a peer behind a router is not on the link even inside our prefix, and one
+    /// reached by a connected route of another prefix is.
     pub fn on_link(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(ip) => self.addr_v4.is_some_and(|a| a.contains(ip) && a.ip() != ip),
-            IpAddr::V6(ip) => self.addr_v6.is_some_and(|a| a.contains(ip) && a.ip() != ip),
+        let ours = match ip {
+            IpAddr::V4(ip) => self.addr_v4.map(|a| (a.contains(ip), a.ip() == ip)),
+            IpAddr::V6(ip) => self.addr_v6.map(|a| (a.contains(ip), a.ip() == ip)),
+        };
+        if ours.is_some_and(|(_, own)| own) {
+            return false;
+        }
+        let best = self
+            .routes
+            .iter()
+            .filter(|r| r.dst.contains(ip))
+            .max_by_key(|r| r.dst.prefix());
+        match best {
+            Some(r) => r.direct,
+            None => ours.is_some_and(|(inside, _)| inside),
         }
     }
 }

@@ -354,6 +354,37 @@ fn pod_cidrs_table() {
     }
 }
 
+/// As flannel's route lookup: the most specific route toward the peer decides.
+#[test]
+fn on_link_follows_the_most_specific_route() {
+    let mut u = lease().underlay;
+    let route = |dst: &str, direct| crate::view::UnderlayRoute {
+        dst: dst.parse().unwrap(),
+        direct,
+    };
+    u.routes = vec![
+        route("0.0.0.0/0", false),
+        route("192.168.1.0/24", true),
+        route("192.168.1.128/25", false),
+        route("10.9.0.0/16", true),
+        route("fd00:192::/64", true),
+    ];
+    let on = |ip: &str| u.on_link(ip.parse().unwrap());
+    assert!(on("192.168.1.77"), "connected");
+    assert!(
+        !on("192.168.1.200"),
+        "inside our prefix, but routed via a gateway"
+    );
+    assert!(
+        on("10.9.3.4"),
+        "another connected prefix out of the underlay"
+    );
+    assert!(!on("172.16.0.1"), "only the default route");
+    assert!(!on("192.168.1.1"), "ourselves");
+    assert!(on("fd00:192::5"));
+    assert!(!on("fd00:193::5"), "no IPv6 route covers it");
+}
+
 #[test]
 fn on_link_means_same_subnet_not_ourselves() {
     let u = lease().underlay;

@@ -175,6 +175,7 @@ pub fn local_view() -> SharedView {
             mtu: 1500,
             addr_v4: Some("172.16.0.1/16".parse().unwrap()),
             addr_v6: None,
+            routes: Vec::new(),
         },
         vtep_mac_v4: Mac([0x02, 0, 0, 0, 0, 1]),
         vtep_mac_v6: Mac([0x02, 0, 0, 0, 0, 6]),

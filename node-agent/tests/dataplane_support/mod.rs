@@ -216,6 +216,7 @@ impl Node {
                 mtu: 1500,
                 addr_v4: Some(ipnetwork::Ipv4Network::new(addr, 24).expect("prefix")),
                 addr_v6: v6.map(|(a, _)| ipnetwork::Ipv6Network::new(a, 64).expect("prefix")),
+                routes: Vec::new(),
             },
             vtep_mac_v4: self.mac,
             vtep_mac_v6: v6_mac(self.mac),

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::route::RouteType;
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use trellis_common::netlink::{link_is_up, link_name};
@@ -74,6 +76,37 @@ pub async fn read_snapshot(handle: &Handle) -> Result<Snapshot, NetlinkError> {
         read_fdb(handle, &owned, &mut snap.state).await?;
     }
     Ok(snap)
+}
+
+/// The main table's unicast routes other than trellis's, each with the interface it leaves
+/// through when it has no gateway (`None`: via a gateway, or several next hops). What an
+/// on-link decision looks up, as flannel asks the kernel with a route lookup.
+pub async fn read_main_routes(
+    handle: &Handle,
+) -> Result<Vec<(IpNetwork, Option<u32>)>, NetlinkError> {
+    let probes = [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ];
+    let mut out = Vec::new();
+    for probe in probes {
+        let family = probe.header.address_family;
+        let mut routes = handle.route().get(probe).execute();
+        while let Some(msg) = routes.try_next().await.map_err(read_err("dump routes"))? {
+            if msg.header.address_family != family
+                || msg.header.kind != RouteType::Unicast
+                || !parse::is_main_table(&msg)
+                || parse::is_trellis_route(&msg)
+            {
+                continue;
+            }
+            if let Some(info) = parse::route_info(&msg) {
+                let direct = info.gateway.is_unspecified();
+                out.push((info.dst, info.oif.filter(|_| direct)));
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn read_routes(handle: &Handle, snap: &mut Snapshot) -> Result<(), NetlinkError> {
