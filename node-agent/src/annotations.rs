@@ -370,21 +370,18 @@ pub fn public_ip_override(
     keys: &AnnotationKeys,
     annotations: &BTreeMap<String, String>,
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), AnnotationError> {
-    let v4 = match first_set(
+    let v4 = first_set(
         annotations,
         [&keys.public_ip_overwrite, &keys.node_public_ip],
-    )? {
-        Some((key, v)) => Some(ipv4(key, v)?),
-        None => None,
-    };
-    let v6 = match first_set(
+    )?;
+    let v6 = first_set(
         annotations,
         [&keys.public_ipv6_overwrite, &keys.node_public_ipv6],
-    )? {
-        Some((key, v)) => Some(ipv6(key, v)?),
-        None => None,
-    };
-    Ok((v4, v6))
+    )?;
+    Ok((
+        v4.map(|(key, v)| ipv4(key, v)).transpose()?,
+        v6.map(|(key, v)| ipv6(key, v)).transpose()?,
+    ))
 }
 
 /// The first of `keys` with a non-empty value, and that value.

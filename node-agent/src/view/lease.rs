@@ -39,19 +39,13 @@ impl LocalLease {
             // Kubernetes only ever adds a podCIDR: one gone is a glitch, never a reason to
             // take the family's pod network down.
             Ok((v4, v6)) => {
-                if v4.is_some() || self.subnet_v4.is_none() {
-                    self.subnet_v4 = v4;
-                } else {
+                let taken = [
+                    ("IPv4", take_unless_gone(&mut self.subnet_v4, v4)),
+                    ("IPv6", take_unless_gone(&mut self.subnet_v6, v6)),
+                ];
+                for (family, _) in taken.iter().filter(|(_, taken)| !taken) {
                     problems.push(format!(
-                        "this node's Node lists no IPv4 podCIDR any more; keeping {}",
-                        self.pod_cidrs()
-                    ));
-                }
-                if v6.is_some() || self.subnet_v6.is_none() {
-                    self.subnet_v6 = v6;
-                } else {
-                    problems.push(format!(
-                        "this node's Node lists no IPv6 podCIDR any more; keeping {}",
+                        "this node's Node lists no {family} podCIDR any more; keeping {}",
                         self.pod_cidrs()
                     ));
                 }
@@ -72,6 +66,7 @@ impl LocalLease {
         (*self != before, problems)
     }
 
+    /// The podCIDRs, for messages.
     fn pod_cidrs(&self) -> String {
         let v4 = self.subnet_v4.map(|s| s.to_string());
         let v6 = self.subnet_v6.map(|s| s.to_string());
@@ -82,6 +77,15 @@ impl LocalLease {
             all.join(",")
         }
     }
+}
+
+/// `new` into `slot`, unless it would remove what `slot` has; false then.
+fn take_unless_gone<T>(slot: &mut Option<T>, new: Option<T>) -> bool {
+    if new.is_none() && slot.is_some() {
+        return false;
+    }
+    *slot = new;
+    true
 }
 
 #[cfg(test)]
