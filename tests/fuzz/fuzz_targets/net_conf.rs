@@ -93,6 +93,18 @@ fn check_invariants(c: &NetConfig) {
         c.backend.mtu().is_none_or(|m| (68..=65535).contains(&m)),
         "{c:?}"
     );
+    // Backend.MTU is the underlay's: what each device keeps after its encapsulation (written
+    // out here, not taken from the parser) is a valid MTU for the family it carries.
+    let overhead = |v6: bool| match c.backend {
+        BackendConfig::Vxlan(_) if v6 => 70,
+        BackendConfig::Vxlan(_) => 50,
+        BackendConfig::Ipip(_) => 20,
+        BackendConfig::HostGw(_) => 0,
+    };
+    if let Some(m) = c.backend.mtu() {
+        assert!(!c.enable_ipv4 || m >= 68 + overhead(false), "{c:?}");
+        assert!(!c.enable_ipv6 || m >= 1280 + overhead(true), "{c:?}");
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
