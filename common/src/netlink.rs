@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::RouteAddress;
 use rtnetlink::Handle;
@@ -101,6 +102,21 @@ pub fn link_controller(msg: &LinkMessage) -> Option<u32> {
 /// Administrative state (`ip link set up`), not carrier: that is what trellis sets.
 pub fn link_is_up(msg: &LinkMessage) -> bool {
     msg.header.flags.contains(LinkFlags::Up)
+}
+
+/// Whether an address may be used as a node's address: not still being checked for
+/// duplicates (tentative), not found duplicate, not deprecated.
+pub fn address_usable(msg: &AddressMessage) -> bool {
+    let unusable = AddressHeaderFlags::Tentative
+        | AddressHeaderFlags::Dadfailed
+        | AddressHeaderFlags::Deprecated;
+    !msg.header.flags.intersects(unusable)
+}
+
+/// A secondary IPv4 address, or a temporary (privacy) IPv6 one: the kernel uses one flag for
+/// both. Neither should be picked as a node's address while a primary one exists.
+pub fn address_secondary(msg: &AddressMessage) -> bool {
+    msg.header.flags.contains(AddressHeaderFlags::Secondary)
 }
 
 /// A route attribute's address, for the two families trellis routes.

@@ -231,6 +231,13 @@ pub enum ConfigWarning {
     UnusedAndInvalid { key: String, why: String },
     /// No `Backend` object: VXLAN with defaults.
     DefaultBackend,
+    /// `Backend.MTU` is set: said once per config, since trellis before 2026-12-05 gave it to
+    /// pods as is, and flannel's meaning (the underlay's) gives pods less.
+    UnderlayMtu {
+        mtu: u32,
+        backend: BackendType,
+        pods: u32,
+    },
     /// A CIDR with host bits set (`10.244.1.0/16`); its network address is used.
     HostBitsMasked {
         key: String,
@@ -258,6 +265,11 @@ impl fmt::Display for ConfigWarning {
                 f,
                 "net-conf.json: {key} is ignored ({why}; node subnets come from each Node's \
                  spec.podCIDRs, and flannel ignores it as well)"
+            ),
+            ConfigWarning::UnderlayMtu { mtu, backend, pods } => write!(
+                f,
+                "net-conf.json: Backend.MTU {mtu} is the underlay's MTU, as in flannel: \
+                 {backend} devices take their encapsulation off it and pods get {pods}"
             ),
             ConfigWarning::DefaultBackend => write!(
                 f,
@@ -506,6 +518,18 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
     }
     if let Some(mtu) = backend.mtu() {
         check_underlay_mtu(mtu, backend.kind(), enable_ipv4, enable_ipv6)?;
+        let kind = backend.kind();
+        let overhead = [(enable_ipv4, Family::V4), (enable_ipv6, Family::V6)]
+            .into_iter()
+            .filter(|f| f.0)
+            .map(|f| kind.overhead(f.1))
+            .max()
+            .unwrap_or(0);
+        warnings.push(ConfigWarning::UnderlayMtu {
+            mtu,
+            backend: kind,
+            pods: mtu.saturating_sub(overhead),
+        });
     }
 
     Ok(ParsedConfig {
@@ -877,6 +901,13 @@ mod tests {
         ] {
             assert_eq!(ok(&text).config.backend.mtu(), Some(mtu), "{text}");
         }
+        // Said, with what pods get, since the meaning changed from "the pods' MTU".
+        let dual = format!(r#"{{{net}, {dual}, "Backend": {{"Type": "vxlan", "MTU": 1500}}}}"#);
+        assert!(ok(&dual).warnings.contains(&ConfigWarning::UnderlayMtu {
+            mtu: 1500,
+            backend: BackendType::Vxlan,
+            pods: 1430
+        }));
     }
 
     #[test]

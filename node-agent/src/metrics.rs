@@ -280,7 +280,7 @@ impl Metrics {
         metric(
             "trellis_drift_events_total",
             "counter",
-            "Kernel changes to trellis-owned state not made by trellis.",
+            "Kernel changes not made by trellis that woke a full pass: to trellis-owned state, or to the external interface's addresses.",
             vec![(String::new(), g(&self.drift_events) as f64)],
         );
         if let Some(d) = self.drift_monitor.get().map(MonitorCounters::stats) {

@@ -155,7 +155,21 @@ pub async fn reread(h: &rtnetlink::Handle, current: &Underlay) -> Result<Underla
         .iter()
         .find(|l| l.index == current.index)
         .ok_or_else(|| UnderlayError::NoSuchIface(current.name.clone()))?;
-    with_routes(h, to_underlay(link)?).await
+    with_routes(h, keeping(to_underlay(link)?, link, current)).await
+}
+
+/// `fresh`, but with `current`'s addresses where the interface still has them: a node whose
+/// DHCP client re-adds its address, or which gains a VIP in the same subnet, keeps the
+/// address it had (changing it recreates the VXLAN devices and re-points every peer).
+fn keeping(mut fresh: Underlay, link: &LinkFacts, current: &Underlay) -> Underlay {
+    let has = |n: IpNetwork| link.addrs.contains(&n);
+    if let Some(a) = current.addr_v4.filter(|a| has(IpNetwork::V4(*a))) {
+        fresh.addr_v4 = Some(a);
+    }
+    if let Some(a) = current.addr_v6.filter(|a| has(IpNetwork::V6(*a))) {
+        fresh.addr_v6 = Some(a);
+    }
+    fresh
 }
 
 /// `underlay` with the main table's routes, for [`Underlay::on_link`].
@@ -200,15 +214,28 @@ pub async fn read_links(h: &rtnetlink::Handle) -> Result<Vec<LinkFacts>, Underla
         links.push(f);
     }
     let mut addrs = h.address().get().execute();
+    let mut secondaries = Vec::new();
     while let Some(m) = addrs.try_next().await.map_err(nl)? {
+        if !trellis_common::netlink::address_usable(&m) {
+            continue;
+        }
         let ip = m.attributes.iter().find_map(|a| match a {
             AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         });
-        if let (Some(ip), Some(l)) = (ip, links.iter_mut().find(|l| l.index == m.header.index)) {
-            if let Ok(n) = IpNetwork::new(ip, m.header.prefix_len) {
-                l.addrs.push(n);
-            }
+        let Some(n) = ip.and_then(|ip| IpNetwork::new(ip, m.header.prefix_len).ok()) else {
+            continue;
+        };
+        if trellis_common::netlink::address_secondary(&m) {
+            secondaries.push((m.header.index, n));
+        } else if let Some(l) = links.iter_mut().find(|l| l.index == m.header.index) {
+            l.addrs.push(n);
+        }
+    }
+    // Primary addresses first: the underlay's address is the first usable one.
+    for (index, n) in secondaries {
+        if let Some(l) = links.iter_mut().find(|l| l.index == index) {
+            l.addrs.push(n);
         }
     }
     Ok(links)

@@ -223,7 +223,10 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                     .metrics
                     .drift_events
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                info!("kernel state owned by trellis changed outside trellis: repairing");
+                info!(
+                    "kernel state changed outside trellis (its own entries, or the external \
+                     interface's addresses): full pass"
+                );
                 agent.state.full = true;
             }
             Wake::Resync => agent.state.full = true,

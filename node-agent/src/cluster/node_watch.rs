@@ -132,8 +132,8 @@ impl NodeWatcher {
         self.status.subscribe()
     }
 
-    /// Our own Node as last seen (the view ignores it): lets the agent notice a changed
-    /// `public-ip-overwrite` or a podCIDR assigned late. Changes only when its podCIDRs or
+    /// Our own Node as last seen (the view takes it into the lease, never as a peer): what
+    /// the advertiser compares its annotations with. Changes only when its podCIDRs or
     /// annotations change.
     pub fn own_node(&self) -> watch::Receiver<Option<NodeInfo>> {
         self.own.subscribe()

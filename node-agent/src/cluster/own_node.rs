@@ -107,12 +107,7 @@ impl OwnNodeState {
             }
         };
         let (public_ip_override_v4, public_ip_override_v6) =
-            annotations::public_ip_override(keys, annotations).map_err(|source| {
-                OwnNodeError::BadOverwrite {
-                    node: name.to_string(),
-                    source,
-                }
-            })?;
+            public_ip_override(name, keys, annotations)?;
         let (vtep_mac_v4, vtep_mac_v6) = annotations::advertised_vtep_macs(keys, annotations);
         Ok(Some(OwnNodeState {
             name: name.to_string(),
@@ -152,6 +147,35 @@ impl OwnNodeState {
         keys: &AnnotationKeys,
     ) -> Result<Option<OwnNodeState>, OwnNodeError> {
         Self::from_parts(&node.name, uid, &node.pod_cidrs, &node.annotations, keys)
+    }
+}
+
+/// The operator's public IPs at start. An unreadable `*-overwrite` stops the start (the
+/// operator asked for it explicitly; the message names it); an unreadable `node-public-ip`,
+/// which flannel only reads as a default, is logged and ignored.
+fn public_ip_override(
+    name: &str,
+    keys: &AnnotationKeys,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), OwnNodeError> {
+    let bad = |source| OwnNodeError::BadOverwrite {
+        node: name.to_string(),
+        source,
+    };
+    match annotations::public_ip_override(keys, annotations) {
+        Err(AnnotationError::BadIp { key, value, .. })
+            if key == keys.node_public_ip || key == keys.node_public_ipv6 =>
+        {
+            tracing::warn!(
+                node = name,
+                "annotation {key}={value:?} is not an address: ignored"
+            );
+            let mut without = annotations.clone();
+            without.remove(&keys.node_public_ip);
+            without.remove(&keys.node_public_ipv6);
+            annotations::public_ip_override(keys, &without).map_err(bad)
+        }
+        r => r.map_err(bad),
     }
 }
 
@@ -484,6 +508,21 @@ mod tests {
         let e = OwnNodeState::from_parts("n1", None, &["10.244.1.0/24".into()], &bad, &keys())
             .unwrap_err();
         assert!(e.to_string().contains("public-ip-overwrite"), "{e}");
+        // node-public-ip is only a default (flannel's --public-ip): unreadable, it is ignored,
+        // and the overwrite still counts.
+        let cidrs = ["10.244.1.0/24".to_string()];
+        let soft = ann(&[
+            (&k("node-public-ip"), "nope"),
+            (&k("public-ipv6-overwrite"), "2001:db8::9"),
+        ]);
+        let s = OwnNodeState::from_parts("n1", None, &cidrs, &soft, &keys())
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.public_ip_override_v4, None);
+        assert_eq!(
+            s.public_ip_override_v6,
+            Some("2001:db8::9".parse().unwrap())
+        );
     }
 
     #[test]

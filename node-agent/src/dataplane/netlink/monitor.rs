@@ -31,7 +31,7 @@ use rtnetlink::sys::{AsyncSocket, SocketAddr};
 use rtnetlink::{MulticastGroup, RouteMessageBuilder};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use trellis_common::netlink::link_name;
+use trellis_common::netlink::{address_usable, link_name};
 
 use super::expect::{self, Expected};
 use super::parse;
@@ -102,6 +102,9 @@ pub struct Owned {
     route_dsts: HashSet<IpNetwork>,
     /// The underlay interface, whose address changes the lease follows (not trellis's).
     underlay: Option<u32>,
+    /// The underlay's usable addresses seen so far, so that a repeated notification of one
+    /// (IPv6 lifetime refreshes, DHCP renewals) does not wake the agent.
+    underlay_addrs: HashSet<IpNetwork>,
 }
 
 impl Owned {
@@ -152,6 +155,30 @@ impl Owned {
     }
 }
 
+/// For a notification about the underlay interface's addresses, whether the agent should
+/// re-read it: a usable address new to it, or one removed. `None` for every other message.
+/// Not trellis's state, so never compared with what the executor expects.
+pub fn underlay_address_change(msg: &RouteNetlinkMessage, owned: &mut Owned) -> Option<bool> {
+    use RouteNetlinkMessage as M;
+    let (a, added) = match msg {
+        M::NewAddress(a) => (a, true),
+        M::DelAddress(a) => (a, false),
+        _ => return None,
+    };
+    if owned.underlay != Some(a.header.index) {
+        return None;
+    }
+    let Some(n) = parse::address(a).filter(|n| !parse::is_ipv6_link_local(n.ip())) else {
+        return Some(false);
+    };
+    if !added {
+        owned.underlay_addrs.remove(&n);
+        return Some(true);
+    }
+    // A tentative address becomes usable with a second notification, which counts then.
+    Some(address_usable(a) && owned.underlay_addrs.insert(n))
+}
+
 /// Whether a notification concerns something trellis owns. Updates `owned` from link and
 /// route messages.
 pub fn concerns_owned(msg: &RouteNetlinkMessage, owned: &mut Owned) -> bool {
@@ -160,8 +187,7 @@ pub fn concerns_owned(msg: &RouteNetlinkMessage, owned: &mut Owned) -> bool {
         M::NewLink(l) => owned.observe_link(l, false),
         M::DelLink(l) => owned.observe_link(l, true),
         M::NewAddress(a) | M::DelAddress(a) => {
-            let index = a.header.index;
-            (owned.has_link(index) || owned.underlay == Some(index))
+            owned.has_link(a.header.index)
                 && !parse::address(a).is_some_and(|n| parse::is_ipv6_link_local(n.ip()))
         }
         M::NewRoute(r) => owned.observe_route(r, false),
@@ -301,7 +327,11 @@ async fn watch(
                 Err(_) => {
                     // Link and route notifications may have been among the lost ones.
                     if let Ok(fresh) = seed(&handle).await {
-                        owned = fresh;
+                        owned = Owned {
+                            underlay: owned.underlay,
+                            underlay_addrs: std::mem::take(&mut owned.underlay_addrs),
+                            ..fresh
+                        };
                         reseed = false;
                     }
                     continue;
@@ -314,16 +344,19 @@ async fn watch(
             return;
         };
         let relevant = match &msg.payload {
-            NetlinkPayload::InnerMessage(m) => {
-                concerns_owned(m, &mut owned)
-                    && !expected.get().is_some_and(|e| {
-                        let agrees = expect::agrees(m, &owned, &e);
-                        if agrees {
-                            counters.expected.fetch_add(1, Ordering::Relaxed);
-                        }
-                        agrees
-                    })
-            }
+            NetlinkPayload::InnerMessage(m) => match underlay_address_change(m, &mut owned) {
+                Some(relevant) => relevant,
+                None => {
+                    concerns_owned(m, &mut owned)
+                        && !expected.get().is_some_and(|e| {
+                            let agrees = expect::agrees(m, &owned, &e);
+                            if agrees {
+                                counters.expected.fetch_add(1, Ordering::Relaxed);
+                            }
+                            agrees
+                        })
+                }
+            },
             NetlinkPayload::Overrun(_) => {
                 counters.overruns.fetch_add(1, Ordering::Relaxed);
                 reseed = true;
@@ -365,6 +398,7 @@ fn grow_receive_buffer(fd: std::os::fd::RawFd) {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
     use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
     use netlink_packet_route::RouteNetlinkMessage as M;
 
@@ -377,6 +411,61 @@ mod tests {
         m.header.ifindex = index;
         m.header.state = state;
         m
+    }
+
+    fn address(index: u32, cidr: &str, flags: AddressHeaderFlags) -> AddressMessage {
+        let n: IpNetwork = cidr.parse().unwrap();
+        let mut m = AddressMessage::default();
+        m.header.family = match n {
+            IpNetwork::V4(_) => AddressFamily::Inet,
+            IpNetwork::V6(_) => AddressFamily::Inet6,
+        };
+        m.header.index = index;
+        m.header.prefix_len = n.prefix();
+        m.header.flags = flags;
+        m.attributes.push(AddressAttribute::Address(n.ip()));
+        m.attributes.push(AddressAttribute::Local(n.ip()));
+        m
+    }
+
+    #[test]
+    fn the_underlays_new_and_removed_addresses_are_signalled_once() {
+        let mut owned = Owned {
+            underlay: Some(2),
+            ..Owned::default()
+        };
+        let none = AddressHeaderFlags::empty();
+        let mut sees = |m: M| underlay_address_change(&m, &mut owned);
+        assert_eq!(
+            sees(M::NewAddress(address(2, "192.168.1.5/24", none))),
+            Some(true)
+        );
+        // The same address notified again (a lifetime refresh, a DHCP renewal): quiet.
+        assert_eq!(
+            sees(M::NewAddress(address(2, "192.168.1.5/24", none))),
+            Some(false)
+        );
+        // Tentative (DAD under way), then usable: counted when usable.
+        let tentative = AddressHeaderFlags::Tentative;
+        assert_eq!(
+            sees(M::NewAddress(address(2, "fd00::5/64", tentative))),
+            Some(false)
+        );
+        assert_eq!(
+            sees(M::NewAddress(address(2, "fd00::5/64", none))),
+            Some(true)
+        );
+        assert_eq!(
+            sees(M::NewAddress(address(2, "fe80::5/64", none))),
+            Some(false)
+        );
+        assert_eq!(
+            sees(M::DelAddress(address(2, "192.168.1.5/24", none))),
+            Some(true)
+        );
+        // Someone else's interface: not this check's business.
+        assert_eq!(sees(M::NewAddress(address(3, "10.0.0.5/24", none))), None);
+        assert_eq!(sees(M::NewLink(link("eth0", 2, None))), None);
     }
 
     #[test]
