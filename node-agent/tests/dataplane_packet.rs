@@ -146,3 +146,98 @@ fn vxlan_to_host_gw_switch_loses_no_packet() {
     assert_route(&a, "10.244.2.0/24 via 192.168.78.2 dev eth0");
     ping(&a, "-c 1 -I 10.244.1.1 10.244.2.1").expect("host-gw path");
 }
+
+/// What flannel's vxlan backend leaves on a node, written with `ip`/`bridge` the way flannel
+/// makes it (pkg/backend/vxlan): `flannel.1` (nolearning, dstport 8472, MTU underlay - 50,
+/// the MAC its Node annotation advertises, the subnet's .0/32), and per peer a permanent
+/// neighbour, a permanent FDB entry and an onlink route, which flannel adds with netlink's
+/// default protocol (boot).
+fn flannel_state(node: &Node, peer: &Node) {
+    let ns = &node.ns;
+    ns.ip(&format!(
+        "link add flannel.1 type vxlan id 1 local {} dev eth0 nolearning dstport 8472",
+        node.addr
+    ));
+    ns.ip(&format!(
+        "link set flannel.1 address {} mtu 1450 up",
+        node.mac
+    ));
+    let subnet: ipnetwork::Ipv4Network = node.subnet.parse().expect("subnet");
+    ns.ip(&format!("addr add {}/32 dev flannel.1", subnet.network()));
+    let peer_net: ipnetwork::Ipv4Network = peer.subnet.parse().expect("subnet");
+    let gw = peer_net.network();
+    ns.ip(&format!(
+        "neigh replace {gw} lladdr {} dev flannel.1 nud permanent",
+        peer.mac
+    ));
+    ns.exec(
+        "bridge",
+        &format!(
+            "fdb replace {} dev flannel.1 dst {} self permanent",
+            peer.mac, peer.addr
+        ),
+    )
+    .expect("fdb");
+    ns.ip(&format!(
+        "route replace {peer_net} via {gw} dev flannel.1 onlink"
+    ));
+}
+
+/// Issue 13, the kernel side of taking over a node flannel ran: trellis programs the state it
+/// wants over flannel's under a 10 ms ping between pods. No packet is lost; `flannel.1` is
+/// kept (same device, same MAC the peers know); flannel's routes change owner in place
+/// (replaced, not doubled: one route per peer subnet, protocol 116, none of flannel's left);
+/// the neighbour and FDB entries stay single.
+#[test]
+fn a_node_flannel_ran_is_taken_over_without_a_lost_packet() {
+    let (a, b) = Node::pair_on("192.168.79");
+    pod_gateway(&a, "10.244.1.1/24", "fd00:10:244:1::1/64");
+    pod_gateway(&b, "10.244.2.1/24", "fd00:10:244:2::1/64");
+    flannel_state(&a, &b);
+    flannel_state(&b, &a);
+    ping(&a, "-c 1 -I 10.244.1.1 10.244.2.1").expect("flannel's path");
+    let index = |n: &Node| n.ns.ip("-o link show flannel.1");
+    let before = [index(&a), index(&b)];
+
+    let mut pinger = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &a.ns.name, "ping", "-n", "-q", "-c", "100", "-i", "0.01",
+        ])
+        .args(["-W", "1", "-I", "10.244.1.1", "10.244.2.1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ping");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    advertise((&a, "vxlan"), (&b, "vxlan"));
+    assert!(
+        matches!(pinger.try_wait(), Ok(None)),
+        "the takeover outlasted the ping: it was not all under traffic"
+    );
+    let out = pinger.wait_with_output().expect("ping output");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        summary.contains("100 packets transmitted, 100 received"),
+        "packets lost during the takeover: {summary}"
+    );
+
+    assert_eq!([index(&a), index(&b)], before, "flannel.1 was recreated");
+    for (n, peer_net, peer) in [(&a, "10.244.2.0/24", &b), (&b, "10.244.1.0/24", &a)] {
+        let routes = n.ns.ip(&format!("route show {peer_net}"));
+        assert_eq!(routes.lines().count(), 1, "{routes}");
+        assert!(routes.contains("proto 116"), "still flannel's: {routes}");
+        assert!(
+            n.ns.ip("route show proto boot").trim().is_empty(),
+            "flannel's routes left behind"
+        );
+        let neigh = n.ns.ip("neigh show dev flannel.1 nud permanent");
+        assert_eq!(neigh.lines().count(), 1, "{neigh}");
+        let fdb =
+            n.ns.exec("bridge", "fdb show dev flannel.1")
+                .expect("fdb")
+                .lines()
+                .filter(|l| l.contains(&peer.mac.to_string()))
+                .count();
+        assert_eq!(fdb, 1, "one FDB entry for the peer's VTEP");
+    }
+    ping(&a, "-c 1 -I 10.244.1.1 10.244.2.1").expect("trellis's path");
+}
