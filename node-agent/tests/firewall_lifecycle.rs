@@ -569,3 +569,46 @@ async fn nftables_check_without_the_table_lists_only_that_table() {
         assert!(c.ends_with("list table inet trellis"), "{c}");
     }
 }
+
+/// Issue 13: flannel's nftables mode leaves `ip flannel-ipv4` / `ip6 flannel-ipv6` (its
+/// masquerade and forward rules, as flannel's trafficmngr writes them). Once trellis's rules
+/// are in place they are removed, trellis's table stays, and a second call finds nothing.
+#[tokio::test]
+async fn flannels_nftables_tables_are_removed_after_trellis_took_over() {
+    use trellis_agent::firewall::nftables::NftablesDriver;
+
+    let ns = netns("nftflannel");
+    let flannel = "table ip flannel-ipv4 {
+  chain postrtg {
+    type nat hook postrouting priority srcnat; policy accept;
+    meta mark and 0x4000 == 0x4000 return
+    ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return
+    ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+  }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    ip saddr 10.244.0.0/16 accept
+    ip daddr 10.244.0.0/16 accept
+  }
+}
+table ip6 flannel-ipv6 {
+  chain postrtg {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random
+  }
+}
+";
+    ns.exec_with_stdin("nft", &["-f", "-"], flannel)
+        .expect("flannel's tables");
+    let nft = NftablesDriver::detect(exec_in(&ns))
+        .await
+        .expect("detect nft");
+    let fw = Firewall::Nftables(nft.clone());
+    fw.apply(&full_rules()).await.expect("trellis's rules");
+    let removed = nft.remove_flannel_tables().await.expect("remove");
+    assert_eq!(removed, ["table ip flannel-ipv4", "table ip6 flannel-ipv6"]);
+    let tables = ns.exec(&["nft", "list", "tables"]).expect("list");
+    assert_eq!(tables.trim(), "table inet trellis", "{tables}");
+    assert!(fw.check(&full_rules()).await.expect("check").is_clean());
+    assert!(nft.remove_flannel_tables().await.expect("again").is_empty());
+}

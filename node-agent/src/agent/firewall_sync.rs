@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use crate::config::NetConfig;
+use crate::firewall::nftables::NftablesDriver;
 use crate::firewall::rules::RuleSet;
 use crate::firewall::tool::Exec;
 use crate::firewall::{self as fw, Driver as FwDriver, Firewall};
@@ -29,6 +30,8 @@ struct FirewallState {
     synced: Option<RuleSet>,
     /// The installed rules as last read, for /debug/state.
     installed: String,
+    /// flannel's nftables tables were looked for (once, after the first successful sync).
+    flannel_checked: bool,
 }
 
 /// The firewall rules do not depend on peers, so they are checked while the first Node list
@@ -171,6 +174,9 @@ impl FirewallState {
         let result = match current.resync(rules).await {
             Ok(d) => {
                 self.synced = Some(rules.clone());
+                if !std::mem::replace(&mut self.flannel_checked, true) {
+                    remove_flannel_nft_tables().await;
+                }
                 let mut drift = String::new();
                 if !d.is_clean() {
                     info!("firewall rules resynced:\n{d}");
@@ -185,5 +191,21 @@ impl FirewallState {
         };
         self.installed = current.installed().await.to_string();
         result
+    }
+}
+
+/// flannel's nftables tables, once trellis's rules are in place: left, they would masquerade
+/// and accept beside trellis's after a takeover (nothing to do where flannel never ran with
+/// nftables, or where there is no `nft`).
+async fn remove_flannel_nft_tables() {
+    let Ok(nft) = NftablesDriver::detect(Exec::new()).await else {
+        return;
+    };
+    match nft.remove_flannel_tables().await {
+        Ok(removed) if !removed.is_empty() => {
+            info!(tables = ?removed, "removed flannel's nftables tables: trellis's rules replace them");
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot remove flannel's nftables tables: {e}"),
     }
 }

@@ -32,6 +32,8 @@ pub const FORWARD_CHAIN: &str = "FLANNEL-FWD";
 pub const KUBE_PROXY_MARK: u32 = 0x4000;
 /// trellis's own nftables table (family `inet`: IPv4 and IPv6 in one table).
 pub const NFT_TABLE: &str = "trellis";
+/// The tables flannel's nftables mode makes (family, name), removed on takeover.
+pub const FLANNEL_NFT_TABLES: [(&str, &str); 2] = [("ip", "flannel-ipv4"), ("ip6", "flannel-ipv6")];
 pub const NFT_POSTROUTING_CHAIN: &str = "postrouting";
 pub const NFT_FORWARD_CHAIN: &str = "forward";
 

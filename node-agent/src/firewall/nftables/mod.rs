@@ -8,7 +8,7 @@ mod state;
 
 use self::state::TableState;
 use super::drift::{Drift, Installed, Section};
-use super::rules::{nft_cleanup_script, RuleSet, NFT_TABLE};
+use super::rules::{nft_cleanup_script, RuleSet, FLANNEL_NFT_TABLES, NFT_TABLE};
 use super::tool::{parse_version, Exec, FirewallError};
 
 /// `masquerade fully-random` is accepted by nft since 0.9.0.
@@ -80,6 +80,24 @@ impl NftablesDriver {
     /// Deletes the table if it exists.
     pub async fn cleanup(&self) -> Result<(), FirewallError> {
         self.load(&nft_cleanup_script()).await
+    }
+
+    /// Removes the tables flannel's nftables mode leaves (`ip flannel-ipv4`, `ip6
+    /// flannel-ipv6`: its masquerade and forward rules), which would otherwise act beside
+    /// trellis's after a takeover. Call once trellis's rules are in place. Returns the tables
+    /// removed (none when flannel never ran with nftables here).
+    pub async fn remove_flannel_tables(&self) -> Result<Vec<String>, FirewallError> {
+        let listed = self.list(&["list", "tables"]).await?;
+        let present: Vec<String> = FLANNEL_NFT_TABLES
+            .iter()
+            .map(|(family, name)| format!("table {family} {name}"))
+            .filter(|t| listed.lines().any(|l| l.trim() == t))
+            .collect();
+        if !present.is_empty() {
+            let script: String = present.iter().map(|t| format!("delete {t}\n")).collect();
+            self.load(&script).await?;
+        }
+        Ok(present)
     }
 
     /// The table as nft lists it.
