@@ -422,13 +422,20 @@ impl Cluster {
 
     /// Create a pod on node `i` through the CNI plugin, as the runtime would.
     pub fn add_pod(&mut self, i: usize) -> Result<Pod, String> {
+        let (plugin, conf) = (self.plugin_bin.clone(), self.trellis_conf(i));
+        self.add_pod_with(i, &plugin, &conf)
+    }
+
+    /// A pod on node `i` made by another CNI plugin (`plugin` with network config `conf`),
+    /// e.g. flannel's delegate, for a takeover.
+    pub fn add_pod_with(&mut self, i: usize, plugin: &Path, conf: &str) -> Result<Pod, String> {
         self.pods += 1;
         let name = format!("pod{}", self.pods);
         let ns = netns::create(&format!(
             "{}-{name}",
             self.underlay.name.trim_end_matches("-u")
         ))?;
-        let out = self.cni(i, "ADD", &name, &ns)?;
+        let out = self.cni(i, plugin, conf, "ADD", &name, &ns)?;
         let v: Value = serde_json::from_str(&out).map_err(|e| format!("ADD result: {e}: {out}"))?;
         let ip = v["ips"][0]["address"]
             .as_str()
@@ -443,17 +450,33 @@ impl Cluster {
         })
     }
 
+    /// DEL through trellis's plugin, whoever made the pod.
     pub fn del_pod(&self, pod: &Pod) -> Result<(), String> {
-        self.cni(pod.node, "DEL", &pod.name, &pod.ns).map(|_| ())
+        let conf = self.trellis_conf(pod.node);
+        self.cni(pod.node, &self.plugin_bin, &conf, "DEL", &pod.name, &pod.ns)
+            .map(|_| ())
     }
 
-    fn cni(&self, i: usize, cmd: &str, id: &str, pod_ns: &Netns) -> Result<String, String> {
+    /// The network config the runtime hands trellis's plugin on node `i`.
+    pub fn trellis_conf(&self, i: usize) -> String {
         let n = &self.nodes[i];
-        let conf = json!({
+        json!({
             "cniVersion": "1.0.0", "name": "cbr0", "type": "trellis",
             "subnetFile": n.subnet_file(), "dataDir": n.ipam_dir(),
         })
-        .to_string();
+        .to_string()
+    }
+
+    fn cni(
+        &self,
+        i: usize,
+        plugin: &Path,
+        conf: &str,
+        cmd: &str,
+        id: &str,
+        pod_ns: &Netns,
+    ) -> Result<String, String> {
+        let n = &self.nodes[i];
         let netns = pod_ns.path().display().to_string();
         let env = [
             ("CNI_COMMAND", cmd),
@@ -463,10 +486,8 @@ impl Cluster {
             ("CNI_PATH", "/usr/lib/cni"),
         ];
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &n.ns.name])
-            .arg(&self.plugin_bin)
-            .envs(env);
-        procs::run_with_stdin(c, &conf)
+        c.args(["netns", "exec", &n.ns.name]).arg(plugin).envs(env);
+        procs::run_with_stdin(c, conf)
     }
 
     /// Remove the Node object (as `kubectl delete node` does).
