@@ -27,19 +27,7 @@ fn portmap_conf(version: &str, prev: Option<&Value>) -> String {
 }
 
 fn portmap(node: &Node, cmd: &str, pod: &Netns, conf: &str) -> Outcome {
-    let netns = pod.path().display().to_string();
-    run_in(
-        Some(&node.ns),
-        PORTMAP,
-        &[
-            ("CNI_COMMAND", cmd),
-            ("CNI_CONTAINERID", "web"),
-            ("CNI_NETNS", &netns),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ],
-        conf,
-    )
+    node.run_plugin(PORTMAP, cmd, "web", pod, conf)
 }
 
 /// A one-shot TCP server in the pod that answers "hello from the pod".

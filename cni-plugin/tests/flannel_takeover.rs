@@ -37,19 +37,7 @@ fn flannel_delegate(node: &Node) -> String {
 }
 
 fn flannel_cni(node: &Node, cmd: &str, container: &str, pod: &Netns) -> Outcome {
-    let netns = pod.path().display().to_string();
-    run_in(
-        Some(&node.ns),
-        BRIDGE,
-        &[
-            ("CNI_COMMAND", cmd),
-            ("CNI_CONTAINERID", container),
-            ("CNI_NETNS", &netns),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_PATH", "/usr/lib/cni"),
-        ],
-        &flannel_delegate(node),
-    )
+    node.run_plugin(BRIDGE, cmd, container, pod, &flannel_delegate(node))
 }
 
 #[test]

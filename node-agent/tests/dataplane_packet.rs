@@ -75,6 +75,31 @@ fn pods_on_two_nodes_reach_each_other_through_vxlan() {
     assert!(ping_fails(&a, "-I 10.244.1.1 10.244.2.1"));
 }
 
+/// `count` pings 10 ms apart from A's pod address to B's, running once this returns.
+fn pinging(a: &Node, count: u32) -> std::process::Child {
+    let count = count.to_string();
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &a.ns.name, "ping", "-n", "-q", "-c", &count, "-i", "0.01",
+        ])
+        .args(["-W", "1", "-I", "10.244.1.1", "10.244.2.1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ping");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    pinger
+}
+
+/// Every one of the `count` pings was answered across `what`.
+fn all_answered(pinger: std::process::Child, count: u32, what: &str) {
+    let out = pinger.wait_with_output().expect("ping output");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        summary.contains(&format!("{count} packets transmitted, {count} received")),
+        "packets lost during {what}: {summary}"
+    );
+}
+
 fn desired_for(node: &Node, own: &str, peer: &Node, peer_backend: &'static str) -> KernelState {
     desired(
         node.lease(),
@@ -107,15 +132,7 @@ fn vxlan_to_host_gw_switch_loses_no_packet() {
     ping(&a, "-c 1 -I 10.244.1.1 10.244.2.1").expect("vxlan path");
 
     // 150 pings 10 ms apart cover the switch below (checked: ping still running after it).
-    let mut pinger = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &a.ns.name, "ping", "-n", "-q", "-c", "150", "-i", "0.01",
-        ])
-        .args(["-W", "1", "-I", "10.244.1.1", "10.244.2.1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start ping");
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut pinger = pinging(&a, 150);
 
     // A switches: it advertises host-gw; B still advertises VXLAN.
     advertise((&a, "host-gw"), (&b, "vxlan"));
@@ -131,12 +148,7 @@ fn vxlan_to_host_gw_switch_loses_no_packet() {
         "the switch outlasted the ping: it was not all under traffic"
     );
 
-    let out = pinger.wait_with_output().expect("ping output");
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        summary.contains("150 packets transmitted, 150 received"),
-        "packets lost during the switch: {summary}"
-    );
+    all_answered(pinger, 150, "the switch");
     for n in [&a, &b] {
         assert!(
             n.ns.try_ip("link show flannel.1").is_err(),
@@ -199,26 +211,13 @@ fn a_node_flannel_ran_is_taken_over_without_a_lost_packet() {
     let index = |n: &Node| n.ns.ip("-o link show flannel.1");
     let before = [index(&a), index(&b)];
 
-    let mut pinger = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &a.ns.name, "ping", "-n", "-q", "-c", "100", "-i", "0.01",
-        ])
-        .args(["-W", "1", "-I", "10.244.1.1", "10.244.2.1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start ping");
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut pinger = pinging(&a, 100);
     advertise((&a, "vxlan"), (&b, "vxlan"));
     assert!(
         matches!(pinger.try_wait(), Ok(None)),
         "the takeover outlasted the ping: it was not all under traffic"
     );
-    let out = pinger.wait_with_output().expect("ping output");
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        summary.contains("100 packets transmitted, 100 received"),
-        "packets lost during the takeover: {summary}"
-    );
+    all_answered(pinger, 100, "the takeover");
 
     assert_eq!([index(&a), index(&b)], before, "flannel.1 was recreated");
     for (n, peer_net, peer) in [(&a, "10.244.2.0/24", &b), (&b, "10.244.1.0/24", &a)] {

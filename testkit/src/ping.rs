@@ -14,6 +14,14 @@ pub struct PingLoop {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Unix time in seconds, the clock of [`PingLoop`]'s reply times (`ping -D`).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 impl PingLoop {
     /// Pings `to` every 20 ms from inside the network namespace `netns`.
     pub fn start(netns: &str, to: &str, label: impl Into<String>) -> PingLoop {

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -29,7 +29,7 @@ use trellis_e2e::netns_cluster::{Cluster, Pod, UNDERLAY_PREFIX};
 use trellis_e2e::poll::eventually;
 use trellis_testkit::agent::{Sample, Samplers};
 use trellis_testkit::lines::Recorder;
-use trellis_testkit::ping::{parse_ping_line, PingLoop};
+use trellis_testkit::ping::{parse_ping_line, unix_now, PingLoop};
 use trellis_testkit::poll::assert_ring_reaches;
 
 const READY: Duration = Duration::from_secs(60);
@@ -38,13 +38,6 @@ const CONVERGE_BOUND: Duration = Duration::from_secs(20);
 const ANN: &str = "flannel.alpha.coreos.com";
 /// The agents' health and metrics port, in each node's namespace.
 const AGENT_HEALTH: &str = "127.0.0.1:9402";
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 // ---------------------------------------------------------------------------------------
 // Peers: the three real nodes and the fake ones the test creates through the API.
@@ -697,7 +690,7 @@ fn inject(
             deleted += b;
             // A write no Node watcher sees moves the version past every watcher's; the
             // compaction then leaves them all behind the history.
-            let stamp = format!("chaos-{}", now_unix() as u64);
+            let stamp = format!("chaos-{}", unix_now() as u64);
             let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": stamp, "namespace": "default"}, "data": {"k": "v"}});
             c.kubectl_stdin(&["create", "-f", "-"], &cm.to_string())
@@ -748,7 +741,7 @@ fn fault_rounds(tag: &str, rounds: u32) -> Vec<FaultFigure> {
     for round in 1..=rounds {
         for fault in Fault::ALL {
             let t0 = Instant::now();
-            let u0 = now_unix();
+            let u0 = unix_now();
             let relists_before = count_410(&c);
             let errors_before: f64 = (0..c.nodes.len())
                 .filter_map(|i| {
@@ -771,7 +764,7 @@ fn fault_rounds(tag: &str, rounds: u32) -> Vec<FaultFigure> {
             let conv_time = end.elapsed();
             // Let the agents' samples after convergence land.
             std::thread::sleep(Duration::from_millis(500));
-            let u1 = now_unix();
+            let u1 = unix_now();
             let (lost, gap, ping_desc) = pings.window(u0, u1);
             let wrong: Vec<String> = monitors
                 .iter()
@@ -989,7 +982,7 @@ fn burst_with_kill(
     at: KillAt,
 ) -> KillFigure {
     let t0 = Instant::now();
-    let u0 = now_unix();
+    let u0 = unix_now();
     let count = fakes.len();
     if !create {
         for f in &fakes {
@@ -1113,7 +1106,7 @@ fn converged(
         .unwrap_or_else(|w| panic!("{failed}: {w:?}\n{}", c.agent_log(victim)));
     let took = since.elapsed();
     std::thread::sleep(Duration::from_millis(300));
-    (took, pings.window(u0, now_unix()))
+    (took, pings.window(u0, unix_now()))
 }
 
 /// When to kill the agent during a backend switch.
@@ -1139,7 +1132,7 @@ fn switch_with_kill(
     at: SwitchKill,
 ) -> KillFigure {
     let t0 = Instant::now();
-    let u0 = now_unix();
+    let u0 = unix_now();
     let pid = agent_pid(c, victim).expect("victim agent running");
     c.set_backend(to.json()).expect("patch the ConfigMap");
     let written = Instant::now();

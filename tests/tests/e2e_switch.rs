@@ -13,12 +13,12 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use trellis_e2e::netns_cluster::{Cluster, Pod};
 use trellis_testkit::metrics;
-use trellis_testkit::ping::{parse_ping_line, PingLoop};
+use trellis_testkit::ping::{parse_ping_line, unix_now, PingLoop};
 
 /// Slower everything inside the VM (software emulation): scale the deadlines.
 fn slow(d: Duration) -> Duration {
@@ -27,13 +27,6 @@ fn slow(d: Duration) -> Duration {
     } else {
         d
     }
-}
-
-fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// In the VM every exec costs 0.1-0.5 s of a 2-vCPU emulated machine the agents need
@@ -495,7 +488,7 @@ fn switch(
     tcp: &TcpStream,
 ) -> SwitchFigure {
     let t0 = Instant::now();
-    let u0 = now_unix();
+    let u0 = unix_now();
     c.set_backend(&to.json()).expect("patch the ConfigMap");
     let mut last = Vec::new();
     let done = eventually(slow(Duration::from_secs(30)), || {
@@ -543,7 +536,7 @@ fn switch(
         );
     }
     println!("  traffic checked after {:.1}s", t0.elapsed().as_secs_f64());
-    let u1 = now_unix();
+    let u1 = unix_now();
     let (ping_gap, ping_lost) = ping.gap(u0, u1);
     let tcp_stall = tcp.stall(u0, u1);
     // Every node records the switch: metric and Event.
@@ -682,7 +675,7 @@ fn scenario(
                 "{name}: the invalid config is not counted once"
             );
         }
-        let u0 = now_unix();
+        let u0 = unix_now();
         std::thread::sleep(Duration::from_secs(1));
         for n in 0..c.nodes.len() {
             // A single GET may time out on a machine this loaded; readiness is
@@ -709,7 +702,7 @@ fn scenario(
             );
         }
         assert_eq!(annotation_mismatch(&c, current), Vec::<String>::new());
-        let (gap, lost) = ping.gap(u0, now_unix());
+        let (gap, lost) = ping.gap(u0, unix_now());
         assert!(
             gap < Duration::from_secs(1) && lost == 0,
             "traffic disturbed by an invalid ConfigMap: gap {gap:?}, {lost} lost"

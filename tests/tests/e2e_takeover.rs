@@ -15,23 +15,16 @@
 //! Needs root and the workspace binaries (hack/test.sh builds them).
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use trellis_e2e::netns_cluster::{Cluster, Pod};
 use trellis_e2e::poll::eventually;
-use trellis_testkit::ping::PingLoop;
+use trellis_testkit::ping::{unix_now, PingLoop};
 
 const READY: Duration = Duration::from_secs(60);
 const BRIDGE: &str = "/usr/lib/cni/bridge";
 const ANN: &str = "flannel.alpha.coreos.com";
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 /// flannel's VTEP MAC for node `i` (locally administered, unicast).
 fn vtep_mac(i: usize) -> String {

@@ -228,6 +228,31 @@ impl Node {
         )
     }
 
+    /// Another plugin (`binary`, e.g. a reference plugin from `/usr/lib/cni`) run in this node
+    /// for `container` in `pod` as eth0, the way libcni runs it.
+    pub fn run_plugin(
+        &self,
+        binary: &str,
+        cmd: &str,
+        container: &str,
+        pod: &Netns,
+        conf: &str,
+    ) -> Outcome {
+        let netns = pod.path().display().to_string();
+        run_in(
+            Some(&self.ns),
+            binary,
+            &[
+                ("CNI_COMMAND", cmd),
+                ("CNI_CONTAINERID", container),
+                ("CNI_NETNS", &netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/usr/lib/cni"),
+            ],
+            conf,
+        )
+    }
+
     /// ADD of `container` in `pod` as eth0, which must succeed.
     pub fn add(&self, container: &str, pod: &Netns, conf: &str) -> Outcome {
         let r = self.cni("ADD", container, Some(&pod.path()), "eth0", conf);
