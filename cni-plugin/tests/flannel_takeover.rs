@@ -40,6 +40,14 @@ fn flannel_cni(node: &Node, cmd: &str, container: &str, pod: &Netns) -> Outcome 
     node.run_plugin(BRIDGE, cmd, container, pod, &flannel_delegate(node))
 }
 
+/// Makes `held` the address host-local's round robin (and trellis's, which reads the same
+/// `last_reserved_ip.0`) tries next.
+fn point_round_robin_at(store: &std::path::Path, held: &str) {
+    let held: std::net::Ipv4Addr = held.parse().expect("IPv4");
+    let before = std::net::Ipv4Addr::from(u32::from(held) - 1);
+    std::fs::write(store.join("last_reserved_ip.0"), before.to_string()).expect("last reserved");
+}
+
 #[test]
 fn pods_flannels_plugin_made_are_deleted_and_respected_by_trellis() {
     let node = Node::new("fltk", SUBNET_ENV);
@@ -79,8 +87,10 @@ fn pods_flannels_plugin_made_are_deleted_and_respected_by_trellis() {
     );
     assert_eq!(veths(&node).lines().count(), 1, "{}", veths(&node));
 
-    // A trellis ADD on the bridge flannel's delegate made: never fb's address, and fb is
-    // reachable from it.
+    // A trellis ADD on the bridge flannel's delegate made: never fb's address (made the next
+    // candidate of the round robin, so only the records can keep it from being handed out),
+    // and fb is reachable from it.
+    point_round_robin_at(&node.ipam_dir().join("cbr0"), &ips[1]);
     let pod_c = netns("flc");
     let added = node.add("tc", &pod_c, &conf);
     let ip_c = pod_ip(&added.json());

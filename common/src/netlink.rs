@@ -104,19 +104,26 @@ pub fn link_is_up(msg: &LinkMessage) -> bool {
     msg.header.flags.contains(LinkFlags::Up)
 }
 
-/// Whether an address may be used as a node's address: not still being checked for
-/// duplicates (tentative), not found duplicate, not deprecated.
+/// Whether an address can carry traffic: not still being checked for duplicates
+/// (tentative), not found to be a duplicate.
 pub fn address_usable(msg: &AddressMessage) -> bool {
-    let unusable = AddressHeaderFlags::Tentative
-        | AddressHeaderFlags::Dadfailed
-        | AddressHeaderFlags::Deprecated;
-    !msg.header.flags.intersects(unusable)
+    !msg.header
+        .flags
+        .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed)
 }
 
-/// A secondary IPv4 address, or a temporary (privacy) IPv6 one: the kernel uses one flag for
-/// both. Neither should be picked as a node's address while a primary one exists.
-pub fn address_secondary(msg: &AddressMessage) -> bool {
-    msg.header.flags.contains(AddressHeaderFlags::Secondary)
+/// How good a choice for a node's address: 0 a primary, preferred address; 1 a secondary IPv4
+/// or temporary (privacy) IPv6 one (the kernel uses one flag for both), or a deprecated one
+/// (still valid); 2 one that cannot carry traffic yet ([`address_usable`]).
+pub fn address_rank(msg: &AddressMessage) -> u8 {
+    let second_choice = AddressHeaderFlags::Secondary | AddressHeaderFlags::Deprecated;
+    if !address_usable(msg) {
+        2
+    } else if msg.header.flags.intersects(second_choice) {
+        1
+    } else {
+        0
+    }
 }
 
 /// A route attribute's address, for the two families trellis routes.

@@ -362,6 +362,9 @@ pub fn parse_peer(
     })
 }
 
+/// An IPv4 and an IPv6 public address, each if given.
+pub type PublicIps = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
 /// The address peers must use to reach this node, when the operator chose one on our own Node
 /// (e.g. behind NAT), advertised instead of the interface's: `public-ip-overwrite` /
 /// `public-ipv6-overwrite`, else `node-public-ip` / `node-public-ipv6` (which flannel reads at
@@ -369,7 +372,7 @@ pub fn parse_peer(
 pub fn public_ip_override(
     keys: &AnnotationKeys,
     annotations: &BTreeMap<String, String>,
-) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), AnnotationError> {
+) -> Result<PublicIps, AnnotationError> {
     let v4 = first_set(
         annotations,
         [&keys.public_ip_overwrite, &keys.node_public_ip],
@@ -382,6 +385,31 @@ pub fn public_ip_override(
         v4.map(|(key, v)| ipv4(key, v)).transpose()?,
         v6.map(|(key, v)| ipv6(key, v)).transpose()?,
     ))
+}
+
+/// [`public_ip_override`], where an unreadable `node-public-ip(v6)` (only a default, as
+/// flannel's `--public-ip`) is left out with a problem for the log instead of failing; an
+/// unreadable `*-overwrite`, which the operator set on purpose, still fails.
+pub fn public_ip_override_lenient(
+    keys: &AnnotationKeys,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(PublicIps, Vec<String>), AnnotationError> {
+    let mut problems = Vec::new();
+    let mut kept = std::borrow::Cow::Borrowed(annotations);
+    loop {
+        match public_ip_override(keys, &kept) {
+            Err(AnnotationError::BadIp { key, value, .. })
+                if (key == keys.node_public_ip || key == keys.node_public_ipv6)
+                    && kept.contains_key(&key) =>
+            {
+                problems.push(format!(
+                    "annotation {key}={value:?} is not an address: ignored"
+                ));
+                kept.to_mut().remove(&key);
+            }
+            r => return r.map(|ips| (ips, problems)),
+        }
+    }
 }
 
 /// The first of `keys` with a non-empty value, and that value.
@@ -733,6 +761,16 @@ mod tests {
         );
         let err = public_ip_override(&keys, &map(&[("node-public-ip", "x")])).unwrap_err();
         assert!(err.to_string().contains("node-public-ip"), "{err}");
+        // Leniently, only the unreadable default goes; the other family's stays.
+        let one_bad = map(&[
+            ("node-public-ip", "198.51.100.1"),
+            ("node-public-ipv6", "x"),
+        ]);
+        let (ips, problems) = public_ip_override_lenient(&keys, &one_bad).unwrap();
+        assert_eq!(ips, (Some("198.51.100.1".parse().unwrap()), None));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let bad_overwrite = map(&[("public-ip-overwrite", "x")]);
+        assert!(public_ip_override_lenient(&keys, &bad_overwrite).is_err());
     }
 
     #[test]

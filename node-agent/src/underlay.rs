@@ -12,6 +12,8 @@ use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::route::RouteAttribute;
 
+use trellis_common::netlink::address_rank;
+
 use crate::dataplane::netlink::read_main_routes;
 use crate::view::{Underlay, UnderlayRoute};
 
@@ -177,16 +179,29 @@ async fn with_routes(
     h: &rtnetlink::Handle,
     mut underlay: Underlay,
 ) -> Result<Underlay, UnderlayError> {
-    let routes = read_main_routes(h)
-        .await
-        .map_err(|e| UnderlayError::Netlink(e.to_string()))?;
-    underlay.routes = routes
-        .into_iter()
-        .map(|(dst, oif)| UnderlayRoute {
-            dst,
-            direct: oif == Some(underlay.index),
-        })
-        .collect();
+    // A table this large (a router's) would make every plan scan it per peer: the interface's
+    // prefixes decide then, as they do when the routes cannot be read.
+    const MAX_ROUTES: usize = 10_000;
+    match read_main_routes(h).await {
+        Ok(routes) if routes.len() <= MAX_ROUTES => {
+            underlay.routes = routes
+                .into_iter()
+                .map(|r| UnderlayRoute {
+                    dst: r.dst,
+                    direct: r.direct_oif == Some(underlay.index),
+                    metric: r.metric,
+                })
+                .collect();
+        }
+        Ok(routes) => tracing::warn!(
+            routes = routes.len(),
+            "the main routing table is too large to look peers up in; on-link decisions use \
+             the interface's prefixes"
+        ),
+        Err(e) => tracing::warn!(
+            "cannot read the routing table ({e}); on-link decisions use the interface's prefixes"
+        ),
+    }
     Ok(underlay)
 }
 
@@ -214,26 +229,20 @@ pub async fn read_links(h: &rtnetlink::Handle) -> Result<Vec<LinkFacts>, Underla
         links.push(f);
     }
     let mut addrs = h.address().get().execute();
-    let mut secondaries = Vec::new();
+    let mut ranked: Vec<(u8, u32, IpNetwork)> = Vec::new();
     while let Some(m) = addrs.try_next().await.map_err(nl)? {
-        if !trellis_common::netlink::address_usable(&m) {
-            continue;
-        }
         let ip = m.attributes.iter().find_map(|a| match a {
             AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         });
-        let Some(n) = ip.and_then(|ip| IpNetwork::new(ip, m.header.prefix_len).ok()) else {
-            continue;
-        };
-        if trellis_common::netlink::address_secondary(&m) {
-            secondaries.push((m.header.index, n));
-        } else if let Some(l) = links.iter_mut().find(|l| l.index == m.header.index) {
-            l.addrs.push(n);
+        if let Some(n) = ip.and_then(|ip| IpNetwork::new(ip, m.header.prefix_len).ok()) {
+            ranked.push((address_rank(&m), m.header.index, n));
         }
     }
-    // Primary addresses first: the underlay's address is the first usable one.
-    for (index, n) in secondaries {
+    // The underlay's address is its first global one: preferred primaries first, then
+    // secondaries, temporaries and deprecated ones, then those still in duplicate detection.
+    ranked.sort_by_key(|(rank, _, _)| *rank);
+    for (_, index, n) in ranked {
         if let Some(l) = links.iter_mut().find(|l| l.index == index) {
             l.addrs.push(n);
         }

@@ -245,6 +245,12 @@ fn takeover(backend: &str, vxlan: bool, tag: &str) {
         .ns
         .sh(&["ip", "-o", "link", "show", "master", "cni0"]);
     assert_eq!(veths.lines().count(), 1, "its veth gone: {veths}");
+    // The held address made the round robin's next candidate (host-local's
+    // last_reserved_ip.0, which trellis reads too): only the records can keep it.
+    let held: std::net::Ipv4Addr = pods[0].ip.parse().expect("IPv4");
+    let before = std::net::Ipv4Addr::from(u32::from(held) - 1).to_string();
+    let store = c.nodes[0].ipam_dir().join("cbr0");
+    std::fs::write(store.join("last_reserved_ip.0"), before).expect("last reserved");
     let new = c.add_pod(0).expect("trellis pod");
     assert_ne!(
         new.ip, pods[0].ip,

@@ -98,6 +98,7 @@ impl FirewallSync {
                     self.state.current = early.current;
                     self.state.synced = early.synced;
                     self.state.installed = early.installed;
+                    self.state.flannel_checked = early.flannel_checked;
                     checked_early = checked;
                 }
                 Err(e) => warn!("firewall check at start failed to run: {e}"),
@@ -174,8 +175,8 @@ impl FirewallState {
         let result = match current.resync(rules).await {
             Ok(d) => {
                 self.synced = Some(rules.clone());
-                if !std::mem::replace(&mut self.flannel_checked, true) {
-                    remove_flannel_nft_tables().await;
+                if !self.flannel_checked {
+                    self.flannel_checked = remove_flannel_nft_tables().await;
                 }
                 let mut drift = String::new();
                 if !d.is_clean() {
@@ -196,16 +197,22 @@ impl FirewallState {
 
 /// flannel's nftables tables, once trellis's rules are in place: left, they would masquerade
 /// and accept beside trellis's after a takeover (nothing to do where flannel never ran with
-/// nftables, or where there is no `nft`).
-async fn remove_flannel_nft_tables() {
+/// nftables, or where there is no `nft`). Returns whether that is settled; a failure is
+/// retried by the next full sync.
+async fn remove_flannel_nft_tables() -> bool {
     let Ok(nft) = NftablesDriver::detect(Exec::new()).await else {
-        return;
+        return true;
     };
     match nft.remove_flannel_tables().await {
-        Ok(removed) if !removed.is_empty() => {
-            info!(tables = ?removed, "removed flannel's nftables tables: trellis's rules replace them");
+        Ok(removed) => {
+            if !removed.is_empty() {
+                info!(tables = ?removed, "removed flannel's nftables tables: trellis's rules replace them");
+            }
+            true
         }
-        Ok(_) => {}
-        Err(e) => warn!("cannot remove flannel's nftables tables: {e}"),
+        Err(e) => {
+            warn!("cannot remove flannel's nftables tables (will retry): {e}");
+            false
+        }
     }
 }

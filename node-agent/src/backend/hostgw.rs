@@ -61,7 +61,7 @@ impl Backend for HostGw {
                 continue;
             }
             let (subnet, public_ip) = peer.address(family)?;
-            if !ctx.lease.underlay.on_link(public_ip) {
+            if !ctx.lease.underlay.reachable_as_gateway(public_ip) {
                 return Err(SkipReason::NotOnLink {
                     backend: BackendType::HostGw,
                     public_ip,

@@ -158,25 +158,17 @@ fn public_ip_override(
     keys: &AnnotationKeys,
     annotations: &BTreeMap<String, String>,
 ) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), OwnNodeError> {
-    let bad = |source| OwnNodeError::BadOverwrite {
-        node: name.to_string(),
-        source,
-    };
-    match annotations::public_ip_override(keys, annotations) {
-        Err(AnnotationError::BadIp { key, value, .. })
-            if key == keys.node_public_ip || key == keys.node_public_ipv6 =>
-        {
-            tracing::warn!(
-                node = name,
-                "annotation {key}={value:?} is not an address: ignored"
-            );
-            let mut without = annotations.clone();
-            without.remove(&keys.node_public_ip);
-            without.remove(&keys.node_public_ipv6);
-            annotations::public_ip_override(keys, &without).map_err(bad)
-        }
-        r => r.map_err(bad),
+    let (ips, problems) =
+        annotations::public_ip_override_lenient(keys, annotations).map_err(|source| {
+            OwnNodeError::BadOverwrite {
+                node: name.to_string(),
+                source,
+            }
+        })?;
+    for p in problems {
+        tracing::warn!(node = name, "{p}");
     }
+    Ok(ips)
 }
 
 /// The merge patch that makes our keys on the Node equal `desired`, or `None` when they

@@ -55,10 +55,15 @@ impl LocalLease {
                 self.pod_cidrs()
             )),
         }
-        match annotations::public_ip_override(keys, &node.annotations) {
-            Ok((v4, v6)) => {
+        match annotations::public_ip_override_lenient(keys, &node.annotations) {
+            Ok(((v4, v6), ignored)) => {
                 self.public_ip_override_v4 = v4;
                 self.public_ip_override_v6 = v6;
+                problems.extend(
+                    ignored
+                        .into_iter()
+                        .map(|p| format!("this node's Node: {p}")),
+                );
             }
             Err(e) => problems.push(format!("this node's Node: {e}; keeping the public IPs")),
         }
@@ -157,6 +162,24 @@ mod tests {
             assert!(problems[0].contains("keeping"), "{problems:?}");
             assert_eq!(l, lease());
         }
+    }
+
+    #[test]
+    fn an_unreadable_node_public_ip_is_ignored_and_the_rest_followed() {
+        let keys = AnnotationKeys::default();
+        let mut l = lease();
+        let node = own(
+            &CIDRS,
+            &[
+                ("node-public-ip", "nope"),
+                ("public-ipv6-overwrite", "2001:db8::9"),
+            ],
+        );
+        let (changed, problems) = l.follow_node(&node, &keys);
+        assert!(changed);
+        assert_eq!(l.public_ip_v6, Some("2001:db8::9".parse().unwrap()));
+        assert_eq!(l.public_ip_v4, lease().public_ip_v4);
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]

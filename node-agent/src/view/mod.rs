@@ -49,9 +49,9 @@ pub struct Underlay {
     /// L2 segment for host-gw and DirectRouting.
     pub addr_v4: Option<Ipv4Network>,
     pub addr_v6: Option<Ipv6Network>,
-    /// The main table's unicast routes as read with the interface (trellis's own left out),
-    /// for [`Underlay::on_link`]'s lookup. Empty when not read: the interface's prefixes
-    /// decide then.
+    /// The main table's routes as read with the interface (trellis's own left out), for
+    /// [`Underlay::on_link`]'s lookup. Empty when not read (the dump failed, or the table is
+    /// a router's, over 10 000 routes): the interface's prefixes decide then.
     pub routes: Vec<UnderlayRoute>,
 }
 
@@ -61,31 +61,44 @@ pub struct UnderlayRoute {
     pub dst: IpNetwork,
     /// No gateway, out of the underlay interface: its destinations are on the link.
     pub direct: bool,
+    pub metric: u32,
 }
 
 impl Underlay {
-    /// Whether `ip` is directly reachable on the underlay, not ourselves: what host-gw needs
-    /// and DirectRouting looks for. As flannel decides it (`ip.DirectRouting`, a route
-    /// lookup): the most specific route toward `ip` has no gateway and leaves through the
-    /// underlay, so a peer behind a router is not on the link even inside our prefix, and one
-    /// reached by a connected route of another prefix is.
+    /// Whether `ip` (not ourselves) is inside our prefix, and whether it is our address.
+    fn ours(&self, ip: IpAddr) -> (bool, bool) {
+        let check =
+            |net: Option<IpNetwork>| net.map_or((false, false), |a| (a.contains(ip), a.ip() == ip));
+        match ip {
+            IpAddr::V4(_) => check(self.addr_v4.map(IpNetwork::V4)),
+            IpAddr::V6(_) => check(self.addr_v6.map(IpNetwork::V6)),
+        }
+    }
+
+    /// Whether DirectRouting may send to `ip` without encapsulation, as flannel decides it
+    /// (`ip.DirectRouting`: a route lookup): the route the kernel would take toward `ip` (the
+    /// most specific, then the lowest metric) has no gateway and leaves through the underlay.
+    /// So a peer behind a router is encapsulated even inside our prefix, and one reached by a
+    /// connected route of another prefix is not. Without routes read, our prefix decides.
     pub fn on_link(&self, ip: IpAddr) -> bool {
-        let ours = match ip {
-            IpAddr::V4(ip) => self.addr_v4.map(|a| (a.contains(ip), a.ip() == ip)),
-            IpAddr::V6(ip) => self.addr_v6.map(|a| (a.contains(ip), a.ip() == ip)),
-        };
-        if ours.is_some_and(|(_, own)| own) {
+        let (inside, own) = self.ours(ip);
+        if own {
             return false;
         }
         let best = self
             .routes
             .iter()
             .filter(|r| r.dst.contains(ip))
-            .max_by_key(|r| r.dst.prefix());
-        match best {
-            Some(r) => r.direct,
-            None => ours.is_some_and(|(inside, _)| inside),
-        }
+            .min_by_key(|r| (std::cmp::Reverse(r.dst.prefix()), r.metric));
+        best.map_or(inside, |r| r.direct)
+    }
+
+    /// Whether a host-gw route `via ip dev <underlay>` can be programmed: what the kernel
+    /// itself asks of a gateway (flannel's host-gw checks nothing more): inside our prefix, or
+    /// covered by any route without gateway out of the underlay.
+    pub fn reachable_as_gateway(&self, ip: IpAddr) -> bool {
+        let (inside, own) = self.ours(ip);
+        !own && (inside || self.routes.iter().any(|r| r.direct && r.dst.contains(ip)))
     }
 }
 

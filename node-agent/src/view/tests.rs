@@ -361,6 +361,7 @@ fn on_link_follows_the_most_specific_route() {
     let route = |dst: &str, direct| crate::view::UnderlayRoute {
         dst: dst.parse().unwrap(),
         direct,
+        metric: 0,
     };
     u.routes = vec![
         route("0.0.0.0/0", false),
@@ -383,6 +384,25 @@ fn on_link_follows_the_most_specific_route() {
     assert!(!on("192.168.1.1"), "ourselves");
     assert!(on("fd00:192::5"));
     assert!(!on("fd00:193::5"), "no IPv6 route covers it");
+    // host-gw asks what the kernel asks of a gateway: any direct route out of the underlay.
+    let gw = |ip: &str| u.reachable_as_gateway(ip.parse().unwrap());
+    assert!(
+        gw("192.168.1.200"),
+        "inside a connected prefix, whatever else routes it"
+    );
+    assert!(gw("10.9.3.4") && !gw("172.16.0.1") && !gw("192.168.1.1"));
+
+    // Two routes of one prefix: the kernel takes the lower metric, and so does the lookup.
+    let mut two = lease().underlay;
+    let metric = |direct, metric| crate::view::UnderlayRoute {
+        dst: "192.168.1.0/24".parse().unwrap(),
+        direct,
+        metric,
+    };
+    two.routes = vec![metric(true, 100), metric(false, 101)];
+    assert!(two.on_link("192.168.1.77".parse().unwrap()));
+    two.routes = vec![metric(false, 100), metric(true, 101)];
+    assert!(!two.on_link("192.168.1.77".parse().unwrap()));
 }
 
 #[test]

@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 pub use apply::{apply, ApplyReport, OpError, IN_FLIGHT};
 pub use expect::{agrees, Expected};
 pub use monitor::{concerns_owned, DriftMonitor, MonitorCounters, MonitorStats, Owned};
-pub use read::{read_actual, read_main_routes};
+pub use read::{read_actual, read_main_routes, MainRoute};
 
 use trellis_common::netlink::{describe, errno};
 

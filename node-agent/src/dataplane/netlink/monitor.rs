@@ -327,9 +327,11 @@ async fn watch(
                 Err(_) => {
                     // Link and route notifications may have been among the lost ones.
                     if let Ok(fresh) = seed(&handle).await {
+                        // The underlay's known addresses start afresh too: a removal lost in
+                        // the overrun must not hide the address's return (at most one extra
+                        // pass per address).
                         owned = Owned {
                             underlay: owned.underlay,
-                            underlay_addrs: std::mem::take(&mut owned.underlay_addrs),
                             ..fresh
                         };
                         reseed = false;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::route::RouteType;
+use netlink_packet_route::route::{RouteAttribute, RouteType};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, RouteMessageBuilder};
 use trellis_common::netlink::{link_is_up, link_name};
@@ -78,12 +78,19 @@ pub async fn read_snapshot(handle: &Handle) -> Result<Snapshot, NetlinkError> {
     Ok(snap)
 }
 
-/// The main table's unicast routes other than trellis's, each with the interface it leaves
-/// through when it has no gateway (`None`: via a gateway, or several next hops). What an
-/// on-link decision looks up, as flannel asks the kernel with a route lookup.
-pub async fn read_main_routes(
-    handle: &Handle,
-) -> Result<Vec<(IpNetwork, Option<u32>)>, NetlinkError> {
+/// A main-table route as on-link decisions see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MainRoute {
+    pub dst: IpNetwork,
+    /// The interface, when the route has no gateway (`None`: via a gateway, via an address
+    /// of the other family, several next hops, or a reject route).
+    pub direct_oif: Option<u32>,
+    pub metric: u32,
+}
+
+/// The main table's routes other than trellis's (unicast ones, and reject routes, which
+/// reach nothing): what an on-link decision looks up, as flannel asks the kernel.
+pub async fn read_main_routes(handle: &Handle) -> Result<Vec<MainRoute>, NetlinkError> {
     let probes = [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
         RouteMessageBuilder::<Ipv6Addr>::new().build(),
@@ -93,17 +100,36 @@ pub async fn read_main_routes(
         let family = probe.header.address_family;
         let mut routes = handle.route().get(probe).execute();
         while let Some(msg) = routes.try_next().await.map_err(read_err("dump routes"))? {
+            let kind = msg.header.kind;
+            let reject = matches!(
+                kind,
+                RouteType::BlackHole | RouteType::Unreachable | RouteType::Prohibit
+            );
             if msg.header.address_family != family
-                || msg.header.kind != RouteType::Unicast
+                || (kind != RouteType::Unicast && !reject)
                 || !parse::is_main_table(&msg)
                 || parse::is_trellis_route(&msg)
             {
                 continue;
             }
-            if let Some(info) = parse::route_info(&msg) {
-                let direct = info.gateway.is_unspecified();
-                out.push((info.dst, info.oif.filter(|_| direct)));
+            let Some(info) = parse::route_info(&msg) else {
+                continue;
+            };
+            let mut metric = 0;
+            let mut via = false;
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Priority(p) => metric = *p,
+                    RouteAttribute::Via(_) => via = true,
+                    _ => {}
+                }
             }
+            let direct = kind == RouteType::Unicast && !via && info.gateway.is_unspecified();
+            out.push(MainRoute {
+                dst: info.dst,
+                direct_oif: info.oif.filter(|_| direct),
+                metric,
+            });
         }
     }
     Ok(out)
