@@ -135,13 +135,14 @@ fuzz_target!(|data: &[u8]| {
     match NetConfig::parse(&canonical) {
         Ok(again) => {
             assert_eq!(again.config, c, "round trip through {canonical}");
-            // Only the kube-mode remark for SubnetLen/Min/Max may remain: no unknown or
-            // ignored keys, no masked host bits, no default backend.
+            // Only remarks on what was given may remain (SubnetLen/Min/Max unused in kube
+            // mode, what pods get of a Backend.MTU): no unknown or ignored keys, no masked
+            // host bits, no default backend.
             assert!(
-                again
-                    .warnings
-                    .iter()
-                    .all(|w| matches!(w, ConfigWarning::UnusedInKubeMode { .. })),
+                again.warnings.iter().all(|w| matches!(
+                    w,
+                    ConfigWarning::UnusedInKubeMode { .. } | ConfigWarning::UnderlayMtu { .. }
+                )),
                 "{canonical} warns {:?}",
                 again.warnings
             );
