@@ -74,6 +74,11 @@ impl BackendType {
             (BackendType::HostGw, _) => 0,
         }
     }
+
+    /// The smallest underlay MTU that leaves `family`'s minimum MTU for pods.
+    pub fn min_underlay_mtu(self, family: Family) -> u32 {
+        family.min_mtu() + self.overhead(family)
+    }
 }
 
 impl fmt::Display for BackendType {
@@ -517,18 +522,11 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
         ));
     }
     if let Some(mtu) = backend.mtu() {
-        check_underlay_mtu(mtu, backend.kind(), enable_ipv4, enable_ipv6)?;
-        let kind = backend.kind();
-        let overhead = [(enable_ipv4, Family::V4), (enable_ipv6, Family::V6)]
-            .into_iter()
-            .filter(|f| f.0)
-            .map(|f| kind.overhead(f.1))
-            .max()
-            .unwrap_or(0);
+        let pods = check_underlay_mtu(mtu, backend.kind(), enable_ipv4, enable_ipv6)?;
         warnings.push(ConfigWarning::UnderlayMtu {
             mtu,
-            backend: kind,
-            pods: mtu.saturating_sub(overhead),
+            backend: backend.kind(),
+            pods,
         });
     }
 
@@ -690,17 +688,18 @@ fn mtu_option(f: &mut Fields<'_>) -> Result<Option<u32>, ConfigError> {
 
 /// `Backend.MTU` is the underlay's MTU (flannel's meaning): what is left for each device the
 /// backend makes, once its encapsulation is taken off, must still be a valid MTU for the
-/// family the device carries.
+/// family the device carries. Returns what pods get: the smallest of those.
 fn check_underlay_mtu(
     mtu: u32,
     backend: BackendType,
     v4: bool,
     v6: bool,
-) -> Result<(), ConfigError> {
+) -> Result<u32, ConfigError> {
+    let mut pods = mtu;
     let families = [(v4, Family::V4), (v6, Family::V6)];
     for family in families.into_iter().filter(|f| f.0).map(|f| f.1) {
         let overhead = backend.overhead(family);
-        let min = family.min_mtu() + overhead;
+        let min = backend.min_underlay_mtu(family);
         if mtu < min {
             return Err(ConfigError::invalid(
                 "Backend.MTU",
@@ -713,8 +712,9 @@ fn check_underlay_mtu(
                 ),
             ));
         }
+        pods = pods.min(mtu - overhead);
     }
-    Ok(())
+    Ok(pods)
 }
 
 /// Options valid for one backend type but given with another.

@@ -173,7 +173,7 @@ fn check_underlay_mtu(
     backend: BackendType,
     family: Family,
 ) -> Result<(), PlanError> {
-    let min = family.min_mtu() + backend.overhead(family);
+    let min = backend.min_underlay_mtu(family);
     if mtu >= min {
         return Ok(());
     }

@@ -91,12 +91,8 @@ pub struct MainRoute {
 /// The main table's routes other than trellis's (unicast ones, and reject routes, which
 /// reach nothing): what an on-link decision looks up, as flannel asks the kernel.
 pub async fn read_main_routes(handle: &Handle) -> Result<Vec<MainRoute>, NetlinkError> {
-    let probes = [
-        RouteMessageBuilder::<Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<Ipv6Addr>::new().build(),
-    ];
     let mut out = Vec::new();
-    for probe in probes {
+    for probe in route_dumps() {
         let family = probe.header.address_family;
         let mut routes = handle.route().get(probe).execute();
         while let Some(msg) = routes.try_next().await.map_err(read_err("dump routes"))? {
@@ -135,12 +131,18 @@ pub async fn read_main_routes(handle: &Handle) -> Result<Vec<MainRoute>, Netlink
     Ok(out)
 }
 
-async fn read_routes(handle: &Handle, snap: &mut Snapshot) -> Result<(), NetlinkError> {
-    let probes = [
+/// Requests dumping the IPv4, then the IPv6 routes (without a destination, rtnetlink sends a
+/// dump). Without strict checking the kernel may answer a v4 dump with every family: callers
+/// keep the messages of the probe's family.
+fn route_dumps() -> [netlink_packet_route::route::RouteMessage; 2] {
+    [
         RouteMessageBuilder::<Ipv4Addr>::new().build(),
         RouteMessageBuilder::<Ipv6Addr>::new().build(),
-    ];
-    for probe in probes {
+    ]
+}
+
+async fn read_routes(handle: &Handle, snap: &mut Snapshot) -> Result<(), NetlinkError> {
+    for probe in route_dumps() {
         let family = probe.header.address_family;
         let mut routes = handle.route().get(probe).execute();
         while let Some(msg) = routes.try_next().await.map_err(read_err("dump routes"))? {
