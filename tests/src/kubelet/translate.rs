@@ -212,16 +212,35 @@ fn labels(name: &str, namespace: &str, uid: &str) -> HashMap<String, String> {
     ])
 }
 
+/// The value `choices` gives the name in an enum-like field, the first choice's when the field
+/// is unset; any other name is refused at `field` as `unknown <what> "<name>"`.
+fn one_of<T: Copy>(
+    name: Option<&str>,
+    field: &str,
+    what: &str,
+    choices: &[(&str, T)],
+) -> Result<T, TranslateError> {
+    let Some(name) = name else {
+        return Ok(choices[0].1);
+    };
+    choices
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| invalid(field, &format!("unknown {what} {name:?}")))
+}
+
 fn restart_policy(spec: &PodSpec) -> Result<RestartPolicy, TranslateError> {
-    match spec.restart_policy.as_deref() {
-        None | Some("Always") => Ok(RestartPolicy::Always),
-        Some("OnFailure") => Ok(RestartPolicy::OnFailure),
-        Some("Never") => Ok(RestartPolicy::Never),
-        Some(other) => Err(invalid(
-            "spec.restartPolicy",
-            &format!("unknown policy {other:?}"),
-        )),
-    }
+    one_of(
+        spec.restart_policy.as_deref(),
+        "spec.restartPolicy",
+        "policy",
+        &[
+            ("Always", RestartPolicy::Always),
+            ("OnFailure", RestartPolicy::OnFailure),
+            ("Never", RestartPolicy::Never),
+        ],
+    )
 }
 
 /// kubelet's modes: host namespaces on request; otherwise one network and
@@ -363,17 +382,19 @@ fn mounts(ctx: &Ctx, c: &Container, path: &str) -> Result<Vec<Mount>, TranslateE
                     &format!("no volume named {:?}", m.name),
                 )
             })?;
-        let propagation = match m.mount_propagation.as_deref() {
-            None | Some("None") => MountPropagation::PropagationPrivate,
-            Some("HostToContainer") => MountPropagation::PropagationHostToContainer,
-            Some("Bidirectional") => MountPropagation::PropagationBidirectional,
-            Some(other) => {
-                return Err(invalid(
-                    &format!("{field}.mountPropagation"),
-                    &format!("unknown mode {other:?}"),
-                ))
-            }
-        };
+        let propagation = one_of(
+            m.mount_propagation.as_deref(),
+            &format!("{field}.mountPropagation"),
+            "mode",
+            &[
+                ("None", MountPropagation::PropagationPrivate),
+                (
+                    "HostToContainer",
+                    MountPropagation::PropagationHostToContainer,
+                ),
+                ("Bidirectional", MountPropagation::PropagationBidirectional),
+            ],
+        )?;
         out.push(Mount {
             container_path: m.mount_path.clone(),
             host_path: plan.host_path().to_string_lossy().into_owned(),
@@ -465,17 +486,16 @@ fn port_mappings(spec: &PodSpec, host_network: bool) -> Result<Vec<PortMapping>,
                 &field,
                 &["name", "containerPort", "hostPort", "protocol"],
             )?;
-            let protocol = match p.protocol.as_deref() {
-                None | Some("TCP") => Protocol::Tcp,
-                Some("UDP") => Protocol::Udp,
-                Some("SCTP") => Protocol::Sctp,
-                Some(other) => {
-                    return Err(invalid(
-                        &format!("{field}.protocol"),
-                        &format!("unknown protocol {other:?}"),
-                    ))
-                }
-            };
+            let protocol = one_of(
+                p.protocol.as_deref(),
+                &format!("{field}.protocol"),
+                "protocol",
+                &[
+                    ("TCP", Protocol::Tcp),
+                    ("UDP", Protocol::Udp),
+                    ("SCTP", Protocol::Sctp),
+                ],
+            )?;
             match p.host_port {
                 Some(hp) if !host_network && hp != 0 => out.push(PortMapping {
                     protocol: protocol as i32,
@@ -699,6 +719,89 @@ mod tests {
             ),
         ];
         for (pod, want) in cases {
+            let err = plan_pod(&pod, &node(), None).expect_err(want);
+            assert_eq!(err.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn enum_like_fields_default_when_unset_map_their_names_and_refuse_others() {
+        let web = |restart: Option<&str>, protocol: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "default", "uid": "u3"},
+                "spec": {"restartPolicy": restart, "containers": [{
+                    "name": "web", "image": "localhost/x:1",
+                    "ports": [{"containerPort": 80, "hostPort": 8080, "protocol": protocol}]
+                }]}
+            }))
+            .expect("pod")
+        };
+        for (restart, protocol, want_restart, want_protocol) in [
+            (None, None, RestartPolicy::Always, Protocol::Tcp),
+            (
+                Some("Always"),
+                Some("TCP"),
+                RestartPolicy::Always,
+                Protocol::Tcp,
+            ),
+            (
+                Some("OnFailure"),
+                Some("UDP"),
+                RestartPolicy::OnFailure,
+                Protocol::Udp,
+            ),
+            (
+                Some("Never"),
+                Some("SCTP"),
+                RestartPolicy::Never,
+                Protocol::Sctp,
+            ),
+        ] {
+            let plan = plan_pod(&web(restart, protocol), &node(), None).expect("valid");
+            assert_eq!(plan.restart_policy, want_restart, "{restart:?}");
+            assert_eq!(
+                plan.sandbox.port_mappings[0].protocol, want_protocol as i32,
+                "{protocol:?}"
+            );
+        }
+        let propagation = |mode: Option<&str>| {
+            with_spec(|s| {
+                s.containers[0].volume_mounts.get_or_insert_with(Vec::new)[0].mount_propagation =
+                    mode.map(Into::into)
+            })
+        };
+        for (mode, want) in [
+            (None, MountPropagation::PropagationPrivate),
+            (Some("None"), MountPropagation::PropagationPrivate),
+            (
+                Some("HostToContainer"),
+                MountPropagation::PropagationHostToContainer,
+            ),
+            (
+                Some("Bidirectional"),
+                MountPropagation::PropagationBidirectional,
+            ),
+        ] {
+            let plan = plan_pod(&propagation(mode), &node(), None).expect("valid");
+            assert_eq!(
+                plan.containers[0].config.mounts[0].propagation, want as i32,
+                "{mode:?}"
+            );
+        }
+        for (pod, want) in [
+            (
+                web(Some("Sometimes"), None),
+                "spec.restartPolicy: unknown policy \"Sometimes\"",
+            ),
+            (
+                web(None, Some("QUIC")),
+                "spec.containers[0].ports[0].protocol: unknown protocol \"QUIC\"",
+            ),
+            (
+                propagation(Some("Sideways")),
+                "spec.containers[0].volumeMounts[0].mountPropagation: unknown mode \"Sideways\"",
+            ),
+        ] {
             let err = plan_pod(&pod, &node(), None).expect_err(want);
             assert_eq!(err.to_string(), want);
         }
