@@ -24,6 +24,22 @@ fn invalid(causes: &mut Causes, field: String, v: &Value, why: &str) {
     causes.push((field, format!("Invalid value: {v}: {why}")));
 }
 
+/// A required string that may not repeat one in `seen` (`repeated` words the apiserver's
+/// complaint about a repeat); a new one joins `seen`.
+fn required_unique<'a>(
+    causes: &mut Causes,
+    field: String,
+    value: Option<&'a str>,
+    seen: &mut Vec<&'a str>,
+    repeated: impl FnOnce(&str) -> String,
+) {
+    match value {
+        None | Some("") => required(causes, field),
+        Some(v) if seen.contains(&v) => causes.push((field, repeated(v))),
+        Some(v) => seen.push(v),
+    }
+}
+
 fn unsupported(causes: &mut Causes, field: String, v: &Value, allowed: &[&str]) {
     let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
     causes.push((
@@ -289,14 +305,13 @@ fn container(
             }
             Some(_) => {}
         }
-        match m["mountPath"].as_str() {
-            None | Some("") => required(causes, format!("{mp}.mountPath")),
-            Some(p) if paths.contains(&p) => causes.push((
-                format!("{mp}.mountPath"),
-                "Invalid value: must be unique".into(),
-            )),
-            Some(p) => paths.push(p),
-        }
+        required_unique(
+            causes,
+            format!("{mp}.mountPath"),
+            m["mountPath"].as_str(),
+            &mut paths,
+            |_| "Invalid value: must be unique".into(),
+        );
     }
     for (i, p) in items(&c["ports"], &format!("{path}.ports"), causes)
         .iter()
@@ -326,13 +341,13 @@ pub fn pod_spec(causes: &mut Causes, path: &str, spec: &Value) {
         .enumerate()
     {
         let vp = format!("{path}.volumes[{i}]");
-        match v["name"].as_str() {
-            None | Some("") => required(causes, format!("{vp}.name")),
-            Some(n) if volume_names.contains(&n) => {
-                causes.push((format!("{vp}.name"), format!("Duplicate value: \"{n}\"")))
-            }
-            Some(n) => volume_names.push(n),
-        }
+        required_unique(
+            causes,
+            format!("{vp}.name"),
+            v["name"].as_str(),
+            &mut volume_names,
+            |n| format!("Duplicate value: \"{n}\""),
+        );
         volume(causes, &vp, v);
     }
     let containers = items(&spec["containers"], &format!("{path}.containers"), causes);
@@ -604,6 +619,32 @@ mod tests {
         let mut mismatched = ds(json!({"containers": [{"name": "c", "image": "i"}]}));
         mismatched["spec"]["template"]["metadata"]["labels"] = json!({"app": "y"});
         assert_eq!(fields(&mismatched), ["spec.template.metadata.labels"]);
+    }
+
+    #[test]
+    fn repeated_volume_names_and_mount_paths_are_refused_in_the_apiservers_words() {
+        let bad = ds(json!({
+            "volumes": [{"name": "v", "emptyDir": {}}, {"name": "v", "emptyDir": {}}],
+            "containers": [{"name": "c", "image": "i", "volumeMounts": [
+                {"name": "v", "mountPath": "/x"}, {"name": "v", "mountPath": "/x"}, {"name": "v"}]}]}));
+        let mut c = Vec::new();
+        daemon_set(&mut c, &bad, None);
+        let spec = "spec.template.spec";
+        let mounts = format!("{spec}.containers[0].volumeMounts");
+        assert_eq!(
+            c,
+            [
+                (
+                    format!("{spec}.volumes[1].name"),
+                    "Duplicate value: \"v\"".into()
+                ),
+                (
+                    format!("{mounts}[1].mountPath"),
+                    "Invalid value: must be unique".into()
+                ),
+                (format!("{mounts}[2].mountPath"), "Required value".into()),
+            ] as [(String, String); 3]
+        );
     }
 
     #[test]
