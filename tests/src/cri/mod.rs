@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StatusRequest, StopPodSandboxRequest, VersionRequest,
+    PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, StatusRequest,
+    StopPodSandboxRequest, VersionRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -172,17 +172,8 @@ impl CriClient {
         pod: &PodRef,
         host_ports: &[HostPort],
     ) -> Result<String, CriError> {
-        let config = sandbox_config(pod, host_ports);
-        let resp = self
-            .runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: String::new(),
-            })
+        self.run_pod_sandbox_config(sandbox_config(pod, host_ports))
             .await
-            .map_err(call_err("RunPodSandbox"))?
-            .into_inner();
-        Ok(resp.pod_sandbox_id)
     }
 
     /// Status of one sandbox, with its IPs and (from the verbose info) the
