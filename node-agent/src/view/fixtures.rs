@@ -1,9 +1,7 @@
 //! Builders for tests across the crate: a local lease and peer Nodes shaped like real ones.
 
-use std::collections::BTreeMap;
-
-use crate::annotations::{AnnotationKeys, DEFAULT_PREFIX};
-use crate::config::NetConfig;
+use crate::annotations::{Advertisement, AnnotationKeys, VxlanData};
+use crate::config::{BackendType, NetConfig};
 use crate::net::Mac;
 
 use super::{ClusterView, LocalLease, NodeInfo, Underlay};
@@ -121,37 +119,30 @@ impl PeerSpec {
         }
     }
 
+    /// The Node with the annotations flannel writes for such a peer.
     pub fn node(&self) -> NodeInfo {
-        let mut a = BTreeMap::new();
-        let mut put = |k: &str, v: String| {
-            a.insert(format!("{DEFAULT_PREFIX}{k}"), v);
+        let backend_type: BackendType = self.backend.parse().expect("a known backend");
+        let vxlan = |vtep_mac| VxlanData {
+            vni: self.vni,
+            vtep_mac,
+            port: None,
         };
-        put("kube-subnet-manager", "true".into());
-        put("backend-type", self.backend.into());
-        put("public-ip", self.public_ip());
         let mut cidrs = vec![self.subnet()];
-        if self.backend == "vxlan" {
-            put(
-                "backend-data",
-                format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, peer_mac(self.i)),
-            );
-        } else {
-            put("backend-data", "null".into());
-        }
+        let mut v6 = None;
         if self.dual {
             cidrs.push(format!("fd00:10:244:{:x}::/64", self.i));
-            put("public-ipv6", format!("fd00:192::{:x}", self.i));
-            if self.backend == "vxlan" {
-                let mut m = peer_mac(self.i);
-                m.0[1] = 0x66;
-                put(
-                    "backend-v6-data",
-                    format!(r#"{{"VNI":{},"VtepMAC":"{m}"}}"#, self.vni),
-                );
-            } else {
-                put("backend-v6-data", "null".into());
-            }
+            v6 = Some(format!("fd00:192::{:x}", self.i).parse().unwrap());
         }
+        let mut mac_v6 = peer_mac(self.i);
+        mac_v6.0[1] = 0x66;
+        let a = Advertisement {
+            backend_type,
+            vxlan_v4: Some(vxlan(peer_mac(self.i))),
+            vxlan_v6: Some(vxlan(mac_v6)),
+            public_ip: Some(self.public_ip().parse().unwrap()),
+            public_ipv6: v6,
+        }
+        .to_annotations(&AnnotationKeys::default());
         NodeInfo {
             name: self.name(),
             pod_cidrs: cidrs,

@@ -2,12 +2,11 @@
 //! one, reading the kernel back with iproute2, and desired states built by the real planner.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::Command;
 
 use serde_json::Value;
-use trellis_agent::annotations::{AnnotationKeys, DEFAULT_PREFIX};
+use trellis_agent::annotations::{Advertisement, AnnotationKeys, VxlanData};
 use trellis_agent::backend::{plan, PlanOptions};
 use trellis_agent::config::NetConfig;
 use trellis_agent::dataplane::desired::KernelState;
@@ -295,36 +294,27 @@ impl PeerNode {
         self
     }
 
+    /// The Node with the annotations flannel writes for such a peer.
     pub fn info(&self) -> NodeInfo {
-        let mut a = BTreeMap::new();
-        let mut put = |k: &str, v: String| {
-            a.insert(format!("{DEFAULT_PREFIX}{k}"), v);
+        let vxlan = |vtep_mac| VxlanData {
+            vni: self.vni,
+            vtep_mac,
+            port: None,
         };
-        put("kube-subnet-manager", "true".into());
-        put("backend-type", self.backend.into());
-        put("public-ip", self.public_ip.clone());
-        let vxlan = self.backend == "vxlan";
-        put(
-            "backend-data",
-            if vxlan {
-                format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, self.mac)
-            } else {
-                "null".into()
-            },
-        );
         let mut pod_cidrs = vec![self.subnet.clone()];
+        let mut public_ipv6 = None;
         if let Some((ip6, subnet6)) = &self.v6 {
-            put("public-ipv6", ip6.clone());
-            put(
-                "backend-v6-data",
-                if vxlan {
-                    format!(r#"{{"VNI":{},"VtepMAC":"{}"}}"#, self.vni, v6_mac(self.mac))
-                } else {
-                    "null".into()
-                },
-            );
+            public_ipv6 = Some(ip6.parse().expect("an IPv6 address"));
             pod_cidrs.push(subnet6.clone());
         }
+        let a = Advertisement {
+            backend_type: self.backend.parse().expect("a known backend"),
+            vxlan_v4: Some(vxlan(self.mac)),
+            vxlan_v6: Some(vxlan(v6_mac(self.mac))),
+            public_ip: Some(self.public_ip.parse().expect("an IPv4 address")),
+            public_ipv6,
+        }
+        .to_annotations(&AnnotationKeys::default());
         NodeInfo {
             name: self.name.clone(),
             pod_cidrs,
