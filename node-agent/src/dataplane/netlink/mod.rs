@@ -8,6 +8,7 @@
 //! - [`DriftMonitor`]: a signal when something trellis owns changes.
 //! - [`Dataplane`]: the facade the agent calls, `reconcile(desired)` = read + diff + apply;
 //!   `reconcile_known(desired)` diffs against what the last clean pass left instead of reading.
+//! - [`wireguard::WgSocket`]: WireGuard devices' keys and peers, over generic netlink.
 //!
 //! Every netlink socket belongs to the network namespace of the thread that opened it; open
 //! them on the thread (or under the `ip netns exec`) of the namespace to program.
@@ -20,6 +21,7 @@ mod expect;
 mod monitor;
 mod parse;
 mod read;
+pub mod wireguard;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
