@@ -1,5 +1,5 @@
 //! WireGuard devices configured through the kernel's `wireguard` generic netlink family,
-//! synchronously over a socket of their own (as [`super::bulk`] does for rtnetlink).
+//! synchronously over a socket of their own (as `bulk.rs` does for rtnetlink).
 //!
 //! - [`WgSocket::open`] resolves the family: a kernel without WireGuard is
 //!   [`WgError::Unsupported`].
