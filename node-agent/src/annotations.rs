@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::config::BackendType;
 use crate::net::{Mac, DEFAULT_VXLAN_PORT};
+use crate::wg_key::WgKey;
 
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com/";
 
@@ -123,7 +124,7 @@ pub enum AnnotationError {
     TooLarge { key: String, len: usize, max: usize },
     #[error("annotation {key} is missing")]
     Missing { key: String },
-    #[error("annotation {key}: unsupported backend type {value:?} (trellis supports vxlan, host-gw, ipip)")]
+    #[error("annotation {key}: unsupported backend type {value:?} (trellis supports vxlan, host-gw, ipip, wireguard)")]
     UnsupportedBackend { key: String, value: String },
     #[error("annotation {key}: {why}")]
     BadBackendData { key: String, why: String },
@@ -225,6 +226,93 @@ impl VxlanData {
     }
 }
 
+/// A WireGuard peer's `backend-data` (or `backend-v6-data`): `{"PublicKey":"...","Port":N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireguardData {
+    pub public_key: WgKey,
+    /// The peer's listen port; `None` when it wrote none or 0 (older flannel): then our own
+    /// listen port is used, as flannel does.
+    pub port: Option<u16>,
+}
+
+impl WireguardData {
+    /// flannel's exact JSON (Go marshals the struct's fields in order).
+    pub fn to_json(&self) -> String {
+        format!(
+            r#"{{"PublicKey":"{}","Port":{}}}"#,
+            self.public_key,
+            self.port.unwrap_or(0)
+        )
+    }
+
+    /// Parse like Go's `encoding/json` into flannel's struct (keys case-insensitive, unknown
+    /// keys ignored). `PublicKey` is required and must be a key: flannel cannot add a peer
+    /// without one either.
+    pub fn parse(key: &str, text: &str) -> Result<WireguardData, AnnotationError> {
+        let bad = |why: String| AnnotationError::BadBackendData {
+            key: key.to_string(),
+            why,
+        };
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| bad(format!("not JSON ({e}): {:?}", excerpt(text))))?;
+        let Value::Object(obj) = v else {
+            return Err(bad(format!(
+                "expected an object with PublicKey and Port, found {:?}",
+                excerpt(text)
+            )));
+        };
+        let mut public_key = None;
+        let mut port = None;
+        for (k, v) in &obj {
+            match k.to_ascii_lowercase().as_str() {
+                "publickey" => {
+                    let s = v.as_str().ok_or_else(|| {
+                        bad(format!(
+                            "PublicKey {} is not a string",
+                            excerpt(&v.to_string())
+                        ))
+                    })?;
+                    let k: WgKey = s.parse().map_err(|e| bad(format!("PublicKey: {e}")))?;
+                    if k.is_zero() {
+                        return Err(bad("PublicKey is the all-zero key".into()));
+                    }
+                    public_key = Some(k);
+                }
+                "port" => {
+                    let p = v.as_u64().filter(|p| *p <= 65535).ok_or_else(|| {
+                        bad(format!(
+                            "Port {} is not a port number",
+                            excerpt(&v.to_string())
+                        ))
+                    })?;
+                    port = (p != 0).then_some(p as u16);
+                }
+                _ => {}
+            }
+        }
+        Ok(WireguardData {
+            public_key: public_key.ok_or_else(|| bad("PublicKey is missing".into()))?,
+            port,
+        })
+    }
+}
+
+/// One family's `backend-data` as this node writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendData {
+    Vxlan(VxlanData),
+    Wireguard(WireguardData),
+}
+
+impl BackendData {
+    pub fn to_json(&self) -> String {
+        match self {
+            BackendData::Vxlan(d) => d.to_json(),
+            BackendData::Wireguard(d) => d.to_json(),
+        }
+    }
+}
+
 /// How a peer wants to be reached, from its `backend-type` and `backend-data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerBackend {
@@ -235,6 +323,11 @@ pub enum PeerBackend {
     },
     HostGw,
     Ipip,
+    /// `v4`/`v6` are `None` when the node did not publish that family's data.
+    Wireguard {
+        v4: Option<WireguardData>,
+        v6: Option<WireguardData>,
+    },
 }
 
 impl PeerBackend {
@@ -243,7 +336,19 @@ impl PeerBackend {
             PeerBackend::Vxlan { .. } => BackendType::Vxlan,
             PeerBackend::HostGw => BackendType::HostGw,
             PeerBackend::Ipip => BackendType::Ipip,
+            PeerBackend::Wireguard { .. } => BackendType::Wireguard,
         }
+    }
+
+    /// The WireGuard public keys a peer advertises (one per family it publishes data for;
+    /// flannel writes the same key in both).
+    pub fn wireguard_keys(&self) -> impl Iterator<Item = WgKey> {
+        let (v4, v6) = match *self {
+            PeerBackend::Wireguard { v4, v6 } => (v4, v6),
+            _ => (None, None),
+        };
+        let v6 = v6.filter(|d| Some(d.public_key) != v4.map(|d| d.public_key));
+        v4.into_iter().chain(v6).map(|d| d.public_key)
     }
 }
 
@@ -309,6 +414,18 @@ fn check_empty_backend_data(key: &str, value: Option<&str>) -> Result<(), Annota
     }
 }
 
+/// A `backend-data` that may be absent or `null`, else parsed by `parse`.
+fn optional<T>(
+    key: &str,
+    value: Option<&str>,
+    parse: fn(&str, &str) -> Result<T, AnnotationError>,
+) -> Result<Option<T>, AnnotationError> {
+    match value.map(str::trim) {
+        None | Some("") | Some("null") => Ok(None),
+        Some(text) => parse(key, text).map(Some),
+    }
+}
+
 /// Read a peer's annotations. Does not check `kube-subnet-manager` (see [`is_managed`]) nor
 /// which address families are required (that depends on the config; see `view`).
 pub fn parse_peer(
@@ -329,16 +446,14 @@ pub fn parse_peer(
     let data = get(annotations, &keys.backend_data)?;
     let data_v6 = get(annotations, &keys.backend_v6_data)?;
     let backend = match kind {
-        BackendType::Vxlan => {
-            let parse = |key: &str, v: Option<&str>| match v.map(str::trim) {
-                None | Some("") | Some("null") => Ok(None),
-                Some(text) => VxlanData::parse(key, text).map(Some),
-            };
-            PeerBackend::Vxlan {
-                v4: parse(&keys.backend_data, data)?,
-                v6: parse(&keys.backend_v6_data, data_v6)?,
-            }
-        }
+        BackendType::Vxlan => PeerBackend::Vxlan {
+            v4: optional(&keys.backend_data, data, VxlanData::parse)?,
+            v6: optional(&keys.backend_v6_data, data_v6, VxlanData::parse)?,
+        },
+        BackendType::Wireguard => PeerBackend::Wireguard {
+            v4: optional(&keys.backend_data, data, WireguardData::parse)?,
+            v6: optional(&keys.backend_v6_data, data_v6, WireguardData::parse)?,
+        },
         BackendType::HostGw => {
             check_empty_backend_data(&keys.backend_data, data)?;
             check_empty_backend_data(&keys.backend_v6_data, data_v6)?;
@@ -446,10 +561,11 @@ pub fn advertised_vtep_macs(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Advertisement {
     pub backend_type: BackendType,
-    /// For VXLAN: the data of `flannel.<VNI>` (when IPv4 is enabled) ...
-    pub vxlan_v4: Option<VxlanData>,
-    /// ... and of `flannel-v6.<VNI>` (when IPv6 is enabled).
-    pub vxlan_v6: Option<VxlanData>,
+    /// `backend-data` (when IPv4 is enabled): for VXLAN the data of `flannel.<VNI>`, for
+    /// WireGuard our public key and listen port ...
+    pub data_v4: Option<BackendData>,
+    /// ... and `backend-v6-data` (when IPv6 is enabled); `null` for host-gw and IPIP.
+    pub data_v6: Option<BackendData>,
     pub public_ip: Option<Ipv4Addr>,
     pub public_ipv6: Option<Ipv6Addr>,
 }
@@ -463,17 +579,17 @@ impl Advertisement {
             self.backend_type.as_str().to_string(),
         );
         out.insert(keys.kube_subnet_manager.clone(), "true".to_string());
-        let data = |d: Option<VxlanData>| match (self.backend_type, d) {
-            (BackendType::Vxlan, Some(d)) => d.to_json(),
-            _ => "null".to_string(),
+        let data = |d: Option<BackendData>| match d {
+            Some(d) => d.to_json(),
+            None => "null".to_string(),
         };
         if let Some(ip) = self.public_ip {
             out.insert(keys.public_ip.clone(), ip.to_string());
-            out.insert(keys.backend_data.clone(), data(self.vxlan_v4));
+            out.insert(keys.backend_data.clone(), data(self.data_v4));
         }
         if let Some(ip) = self.public_ipv6 {
             out.insert(keys.public_ipv6.clone(), ip.to_string());
-            out.insert(keys.backend_v6_data.clone(), data(self.vxlan_v6));
+            out.insert(keys.backend_v6_data.clone(), data(self.data_v6));
         }
         out
     }
@@ -489,6 +605,16 @@ impl fmt::Display for PeerBackend {
                 }
                 if let Some(d) = v6 {
                     write!(f, " v6-vni {} v6-vtep {}", d.vni, d.vtep_mac)?;
+                }
+                Ok(())
+            }
+            PeerBackend::Wireguard { v4, v6 } => {
+                write!(f, "wireguard")?;
+                if let Some(d) = v4 {
+                    write!(f, " key {}", d.public_key)?;
+                }
+                if let Some(d) = v6.filter(|d| Some(*d) != *v4) {
+                    write!(f, " v6-key {}", d.public_key)?;
                 }
                 Ok(())
             }
@@ -774,17 +900,68 @@ mod tests {
     }
 
     #[test]
+    fn wireguard_data_is_flannels_and_bad_keys_are_refused() {
+        let keys = AnnotationKeys::default();
+        let key: WgKey = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+            .parse()
+            .unwrap();
+        let adv = Advertisement {
+            backend_type: BackendType::Wireguard,
+            data_v4: Some(BackendData::Wireguard(WireguardData {
+                public_key: key,
+                port: Some(51820),
+            })),
+            data_v6: None,
+            public_ip: Some("192.168.1.10".parse().unwrap()),
+            public_ipv6: None,
+        };
+        let got = adv.to_annotations(&keys);
+        // What flannel's wireguard backend writes: Go marshals PublicKey, then Port.
+        assert_eq!(
+            got[&keys.backend_data],
+            r#"{"PublicKey":"hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=","Port":51820}"#
+        );
+        assert_eq!(
+            parse_peer(&keys, &got).unwrap().backend,
+            PeerBackend::Wireguard {
+                v4: Some(WireguardData {
+                    public_key: key,
+                    port: Some(51820)
+                }),
+                v6: None
+            }
+        );
+        let k = "flannel.alpha.coreos.com/backend-data";
+        // Older flannel wrote no port; keys are matched case-insensitively like Go.
+        let d = WireguardData::parse(k, &format!(r#"{{"publickey":"{key}","Port":0,"x":1}}"#));
+        assert_eq!(d.unwrap().port, None);
+        for bad in [
+            r#"{"Port":51820}"#.to_string(),
+            r#"{"PublicKey":"short"}"#.to_string(),
+            r#"{"PublicKey":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}"#.to_string(),
+            format!(r#"{{"PublicKey":"{key}","Port":70000}}"#),
+            format!(r#"{{"PublicKey":"{key}","Port":-1}}"#),
+            r#"["PublicKey"]"#.to_string(),
+            format!(r#"{{"PublicKey":"{}"}}"#, "A".repeat(4000)),
+        ] {
+            let e = WireguardData::parse(k, &bad).unwrap_err().to_string();
+            assert!(e.starts_with("annotation flannel.alpha"), "{bad}: {e}");
+            assert!(e.len() < 300, "quotes only an excerpt: {e}");
+        }
+    }
+
+    #[test]
     fn renders_flannels_exact_annotations() {
         let keys = AnnotationKeys::default();
         let mac: Mac = MAC.parse().unwrap();
         let adv = Advertisement {
             backend_type: BackendType::Vxlan,
-            vxlan_v4: Some(VxlanData {
+            data_v4: Some(BackendData::Vxlan(VxlanData {
                 vni: 1,
                 vtep_mac: mac,
                 port: Some(8472),
-            }),
-            vxlan_v6: None,
+            })),
+            data_v6: None,
             public_ip: Some("192.168.1.10".parse().unwrap()),
             public_ipv6: None,
         };
@@ -815,18 +992,15 @@ mod tests {
             assert!(keys.advertised().contains(&k.as_str()));
         }
 
+        let data9 = VxlanData {
+            vni: 9,
+            vtep_mac: mac,
+            port: Some(4789),
+        };
         let adv = Advertisement {
             backend_type: BackendType::Vxlan,
-            vxlan_v4: Some(VxlanData {
-                vni: 9,
-                vtep_mac: mac,
-                port: Some(4789),
-            }),
-            vxlan_v6: Some(VxlanData {
-                vni: 9,
-                vtep_mac: mac,
-                port: Some(4789),
-            }),
+            data_v4: Some(BackendData::Vxlan(data9)),
+            data_v6: Some(BackendData::Vxlan(data9)),
             public_ip: Some("192.168.1.10".parse().unwrap()),
             public_ipv6: Some("fd00::10".parse().unwrap()),
         };
@@ -838,15 +1012,15 @@ mod tests {
         assert_eq!(
             parse_peer(&keys, &got).unwrap().backend,
             PeerBackend::Vxlan {
-                v4: adv.vxlan_v4,
-                v6: adv.vxlan_v6
+                v4: Some(data9),
+                v6: Some(data9)
             }
         );
 
         let hg = Advertisement {
             backend_type: BackendType::HostGw,
-            vxlan_v4: None,
-            vxlan_v6: None,
+            data_v4: None,
+            data_v6: None,
             public_ip: Some("192.168.1.10".parse().unwrap()),
             public_ipv6: Some("fd00::10".parse().unwrap()),
         };

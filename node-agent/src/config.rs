@@ -32,6 +32,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::Value;
 
 use crate::net::{Family, DEFAULT_VXLAN_PORT};
+use crate::wg_key::WgSecret;
 
 /// A ConfigMap value is at most 1 MiB; a net-conf.json is a few hundred bytes. Anything past
 /// this is not a config someone meant to write.
@@ -46,6 +47,7 @@ pub enum BackendType {
     Vxlan,
     HostGw,
     Ipip,
+    Wireguard,
 }
 
 impl BackendType {
@@ -55,6 +57,7 @@ impl BackendType {
             BackendType::Vxlan => "vxlan",
             BackendType::HostGw => "host-gw",
             BackendType::Ipip => "ipip",
+            BackendType::Wireguard => "wireguard",
         }
     }
 
@@ -65,12 +68,15 @@ impl BackendType {
     /// VXLAN: outer IPv4 (20) or IPv6 (40) + UDP (8) + VXLAN (8) + inner Ethernet (14), so 50
     /// or 70. flannel subtracts 50 for both of its devices, which over an IPv6 underlay is 20
     /// bytes too many for the path; trellis subtracts what the header takes. IPIP: the outer
-    /// IPv4 header (20), as flannel. host-gw routes plainly: nothing.
+    /// IPv4 header (20), as flannel. WireGuard: flannel's 80 for both families (outer IPv6
+    /// header 40 + UDP 8 + WireGuard's type, index and nonce 16 + tag 16), which also covers
+    /// an IPv4 outer header. host-gw routes plainly: nothing.
     pub fn overhead(self, family: Family) -> u32 {
         match (self, family) {
             (BackendType::Vxlan, Family::V4) => 50,
             (BackendType::Vxlan, Family::V6) => 70,
             (BackendType::Ipip, _) => 20,
+            (BackendType::Wireguard, _) => 80,
             (BackendType::HostGw, _) => 0,
         }
     }
@@ -89,7 +95,7 @@ impl fmt::Display for BackendType {
 
 /// The name is not one of trellis's backends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unsupported backend type {0:?} (trellis supports vxlan, host-gw, ipip)")]
+#[error("unsupported backend type {0:?} (trellis supports vxlan, host-gw, ipip, wireguard)")]
 pub struct UnknownBackendType(pub String);
 
 impl FromStr for BackendType {
@@ -102,6 +108,7 @@ impl FromStr for BackendType {
             "vxlan" => Ok(BackendType::Vxlan),
             "host-gw" => Ok(BackendType::HostGw),
             "ipip" => Ok(BackendType::Ipip),
+            "wireguard" => Ok(BackendType::Wireguard),
             other => Err(UnknownBackendType(other.to_string())),
         }
     }
@@ -141,12 +148,71 @@ pub struct IpipConfig {
     pub mtu: Option<u32>,
 }
 
+/// WireGuard's listen ports when net-conf.json sets none (flannel's).
+pub const DEFAULT_WG_PORT: u16 = 51820;
+pub const DEFAULT_WG_PORT_V6: u16 = 51821;
+
+/// flannel's WireGuard `Mode`: which devices carry which family, and which of a peer's
+/// addresses is its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WgMode {
+    /// `flannel-wg` carries IPv4 over IPv4 endpoints, `flannel-wg-v6` IPv6 over IPv6 ones.
+    #[default]
+    Separate,
+    /// One device for both families; per peer, the IPv4 endpoint unless only IPv6 looks
+    /// reachable (flannel's `selectMode`).
+    Auto,
+    /// One device for both families, always over the peer's IPv4 (or IPv6) address.
+    Ipv4,
+    Ipv6,
+}
+
+impl WgMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WgMode::Separate => "separate",
+            WgMode::Auto => "auto",
+            WgMode::Ipv4 => "ipv4",
+            WgMode::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// The `wireguard` backend's options (flannel's names in comments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireguardConfig {
+    /// `ListenPort`: of `flannel-wg`.
+    pub listen_port: u16,
+    /// `ListenPortV6`: of `flannel-wg-v6` (separate mode).
+    pub listen_port_v6: u16,
+    /// `PSK`: a preshared key for every peer, adding a symmetric layer.
+    pub psk: Option<WgSecret>,
+    /// `PersistentKeepaliveInterval`, in seconds; 0 is off.
+    pub keepalive: u16,
+    pub mode: WgMode,
+    pub mtu: Option<u32>,
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        WireguardConfig {
+            listen_port: DEFAULT_WG_PORT,
+            listen_port_v6: DEFAULT_WG_PORT_V6,
+            psk: None,
+            keepalive: 0,
+            mode: WgMode::Separate,
+            mtu: None,
+        }
+    }
+}
+
 /// The `Backend` object, with only the options that mean something for its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendConfig {
     Vxlan(VxlanConfig),
     HostGw(HostGwConfig),
     Ipip(IpipConfig),
+    Wireguard(WireguardConfig),
 }
 
 impl BackendConfig {
@@ -155,6 +221,7 @@ impl BackendConfig {
             BackendConfig::Vxlan(_) => BackendType::Vxlan,
             BackendConfig::HostGw(_) => BackendType::HostGw,
             BackendConfig::Ipip(_) => BackendType::Ipip,
+            BackendConfig::Wireguard(_) => BackendType::Wireguard,
         }
     }
 
@@ -165,6 +232,7 @@ impl BackendConfig {
             BackendConfig::Vxlan(c) => c.mtu,
             BackendConfig::HostGw(c) => c.mtu,
             BackendConfig::Ipip(c) => c.mtu,
+            BackendConfig::Wireguard(c) => c.mtu,
         }
     }
 
@@ -172,7 +240,7 @@ impl BackendConfig {
     pub fn direct_routing(&self) -> bool {
         match self {
             BackendConfig::Vxlan(c) => c.direct_routing,
-            BackendConfig::HostGw(_) => false,
+            BackendConfig::HostGw(_) | BackendConfig::Wireguard(_) => false,
             BackendConfig::Ipip(c) => c.direct_routing,
         }
     }
@@ -521,6 +589,19 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
             "the ipip backend carries IPv4 only; use vxlan or host-gw for IPv6",
         ));
     }
+    if let BackendConfig::Wireguard(c) = backend {
+        let two_devices = c.mode == WgMode::Separate && enable_ipv4 && enable_ipv6;
+        if two_devices && c.listen_port == c.listen_port_v6 {
+            return Err(ConfigError::invalid(
+                "Backend.ListenPortV6",
+                format!(
+                    "{} is also ListenPort: in separate mode flannel-wg and flannel-wg-v6 each \
+                     need a port of their own",
+                    c.listen_port
+                ),
+            ));
+        }
+    }
     if let Some(mtu) = backend.mtu() {
         let pods = check_underlay_mtu(mtu, backend.kind(), enable_ipv4, enable_ipv6)?;
         warnings.push(ConfigWarning::UnderlayMtu {
@@ -731,6 +812,47 @@ fn ignore_for(
     }
 }
 
+/// The `wireguard` backend's keys, with flannel's defaults.
+fn wireguard(f: &mut Fields<'_>) -> Result<WireguardConfig, ConfigError> {
+    let mut c = WireguardConfig::default();
+    // Port 0 would let the kernel pick one, but peers are told the configured port.
+    if let Some((k, v)) = f.take("ListenPort") {
+        c.listen_port = as_uint(&k, v, 1, 65535)? as u16;
+    }
+    if let Some((k, v)) = f.take("ListenPortV6") {
+        c.listen_port_v6 = as_uint(&k, v, 1, 65535)? as u16;
+    }
+    if let Some((k, v)) = f.take("PSK") {
+        // Never quote the value: it is a secret.
+        let psk = WgSecret::parse(as_str(&k, v)?).map_err(|_| {
+            ConfigError::invalid(
+                &k,
+                "not a WireGuard key: 32 bytes in base64, 44 characters (make one with wg genpsk)",
+            )
+        })?;
+        c.psk = Some(psk);
+    }
+    if let Some((k, v)) = f.take("PersistentKeepaliveInterval") {
+        c.keepalive = as_uint(&k, v, 0, 65535)? as u16;
+    }
+    if let Some((k, v)) = f.take("Mode") {
+        c.mode = match as_str(&k, v)? {
+            "separate" => WgMode::Separate,
+            "auto" => WgMode::Auto,
+            "ipv4" => WgMode::Ipv4,
+            "ipv6" => WgMode::Ipv6,
+            other => {
+                return Err(ConfigError::invalid(
+                    &k,
+                    format!("{other:?} is not one of \"separate\", \"auto\", \"ipv4\", \"ipv6\""),
+                ))
+            }
+        };
+    }
+    c.mtu = mtu_option(f)?;
+    Ok(c)
+}
+
 fn backend(
     obj: &serde_json::Map<String, Value>,
     w: &mut Vec<ConfigWarning>,
@@ -743,7 +865,7 @@ fn backend(
         None => {
             return Err(ConfigError::Missing {
                 key: "Backend.Type".into(),
-                why: ": one of \"vxlan\", \"host-gw\", \"ipip\"".into(),
+                why: ": one of \"vxlan\", \"host-gw\", \"ipip\", \"wireguard\"".into(),
             })
         }
     };
@@ -792,6 +914,15 @@ fn backend(
             }
             c.mtu = mtu_option(&mut f)?;
             BackendConfig::Ipip(c)
+        }
+        BackendType::Wireguard => {
+            ignore_for(
+                &mut f,
+                &["VNI", "Port", "GBP", "Learning", "DirectRouting"],
+                kind,
+                w,
+            );
+            BackendConfig::Wireguard(wireguard(&mut f)?)
         }
     };
     f.unknown(w);
@@ -980,6 +1111,80 @@ mod tests {
     }
 
     #[test]
+    fn wireguard_takes_flannels_keys_and_defaults() {
+        let net = r#""Network": "10.244.0.0/16""#;
+        let c = ok(&format!(r#"{{{net}, "Backend": {{"Type": "wireguard"}}}}"#)).config;
+        assert_eq!(
+            c.backend,
+            BackendConfig::Wireguard(WireguardConfig::default())
+        );
+        assert_eq!(
+            (DEFAULT_WG_PORT, DEFAULT_WG_PORT_V6),
+            (51820, 51821),
+            "flannel's"
+        );
+        let psk = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=";
+        let c = ok(&format!(
+            r#"{{{net}, "Backend": {{"Type": "WireGuard", "ListenPort": 4000,
+                "ListenPortV6": 4001, "PSK": "{psk}", "PersistentKeepaliveInterval": 25,
+                "Mode": "auto", "MTU": 1400, "VNI": 3}}}}"#
+        ));
+        assert_eq!(
+            c.config.backend,
+            BackendConfig::Wireguard(WireguardConfig {
+                listen_port: 4000,
+                listen_port_v6: 4001,
+                psk: Some(WgSecret::parse(psk).unwrap()),
+                keepalive: 25,
+                mode: WgMode::Auto,
+                mtu: Some(1400),
+            })
+        );
+        assert!(c.warnings.contains(&ConfigWarning::IgnoredForBackend {
+            key: "Backend.VNI".into(),
+            backend: BackendType::Wireguard
+        }));
+        assert_eq!(BackendType::Wireguard.overhead(Family::V6), 80);
+    }
+
+    #[test]
+    fn wireguard_mistakes_are_refused_without_quoting_the_psk() {
+        let net = r#""Network": "10.244.0.0/16""#;
+        let dual = r#""Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56""#;
+        let secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0";
+        for (text, want) in [
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "wireguard", "PSK": "{secret}"}}}}"#),
+                "Backend.PSK: not a WireGuard key",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "wireguard", "ListenPort": 0}}}}"#),
+                "Backend.ListenPort: 0 is outside 1..=65535",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "wireguard", "Mode": "Separate"}}}}"#),
+                "Backend.Mode: \"Separate\" is not one of",
+            ),
+            (
+                format!(r#"{{{dual}, "Backend": {{"Type": "wireguard", "ListenPortV6": 51820}}}}"#),
+                "each need a port of their own",
+            ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "wireguard", "MTU": 147}}}}"#),
+                "give at least 148",
+            ),
+        ] {
+            let e = NetConfig::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains(secret), "{e}");
+        }
+        // One device for both families may use one port.
+        ok(&format!(
+            r#"{{{dual}, "Backend": {{"Type": "wireguard", "Mode": "ipv4", "ListenPortV6": 51820}}}}"#
+        ));
+    }
+
+    #[test]
     fn host_gw_and_ipip() {
         let c = ok(r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}"#).config;
         assert_eq!(c.backend, BackendConfig::HostGw(HostGwConfig { mtu: None }));
@@ -1131,7 +1336,7 @@ mod tests {
                 "Backend.Type: unsupported backend type \"udp\"",
             ),
             (
-                format!(r#"{{{net}, "Backend": {{"Type": "wireguard"}}}}"#),
+                format!(r#"{{{net}, "Backend": {{"Type": "ipsec"}}}}"#),
                 "Backend.Type:",
             ),
             (

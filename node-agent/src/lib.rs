@@ -31,3 +31,5 @@ pub mod status;
 pub mod underlay;
 pub mod uninstall_cni;
 pub mod view;
+pub mod wg_key;
+pub mod wg_keyfile;

@@ -145,6 +145,16 @@ fn run_preflight(
         None => Some(8472),
         _ => None,
     };
+    facts.wireguard = Some(
+        trellis_agent::dataplane::netlink::wireguard::WgSocket::open()
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    );
+    if let Some(trellis_agent::config::BackendConfig::Wireguard(w)) =
+        conf.as_ref().map(|c| &c.backend)
+    {
+        facts.wireguard_ports = vec![w.listen_port, w.listen_port_v6];
+    }
     facts.node_addrs = preflight::node_addresses();
     let findings = preflight::evaluate(&facts);
     for f in &findings {

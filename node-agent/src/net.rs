@@ -39,11 +39,18 @@ pub fn vxlan6_link_name(vni: u32) -> String {
 /// tunnel of the namespace, and users may rely on it.
 pub const IPIP_LINK_NAME: &str = "flannel.ipip";
 
+/// Names of the WireGuard devices (flannel's): `flannel-wg` carries IPv4 (and IPv6 too in
+/// the single-device modes), `flannel-wg-v6` IPv6 in the separate mode.
+pub const WG_LINK_NAME: &str = "flannel-wg";
+pub const WG6_LINK_NAME: &str = "flannel-wg-v6";
+
 /// Whether a link of this name is trellis's (so it may be deleted when no longer desired).
 /// Only flannel's exact device names qualify, so a user's `flannel-test` or `tunl0` is safe.
 pub fn is_owned_link_name(name: &str) -> bool {
     let numeric = |s: &str| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_digit());
     name == IPIP_LINK_NAME
+        || name == WG_LINK_NAME
+        || name == WG6_LINK_NAME
         || name.strip_prefix("flannel-v6.").is_some_and(numeric)
         || name.strip_prefix("flannel.").is_some_and(numeric)
 }

@@ -48,6 +48,10 @@ pub struct Facts {
     /// Local UDP ports bound by user-space sockets.
     pub udp_ports_in_use: Vec<u16>,
     pub vxlan_port: Option<u16>,
+    /// Whether the kernel has WireGuard (`Err(why not)`); `None` when not asked.
+    pub wireguard: Option<Result<(), String>>,
+    /// The WireGuard listen ports, when net-conf.json chooses the wireguard backend.
+    pub wireguard_ports: Vec<u16>,
 }
 
 /// The filter FORWARD chain's policy as read from iptables.
@@ -145,11 +149,45 @@ pub fn evaluate(x: &Facts) -> Vec<Finding> {
             ));
         }
     }
+    out.extend(wireguard_findings(x));
     if let Some(port) = x.vxlan_port {
         if x.udp_ports_in_use.contains(&port) {
             out.push(f(Level::Fail, "udp_port", format!("UDP port {port} (VXLAN) is bound by a user-space process: another overlay is running?")));
         } else {
             out.push(f(Level::Ok, "udp_port", format!("UDP port {port} is free")));
+        }
+    }
+    out
+}
+
+/// WireGuard in the kernel: a failure when net-conf.json chooses it, else a note (a switch
+/// to it would be refused); its listen ports must be free of user-space sockets.
+fn wireguard_findings(x: &Facts) -> Vec<Finding> {
+    let wanted = !x.wireguard_ports.is_empty();
+    let mut out = Vec::new();
+    match (&x.wireguard, wanted) {
+        (None, _) => {}
+        (Some(Ok(())), _) => out.push(f(Level::Ok, "wireguard", "the kernel has WireGuard")),
+        (Some(Err(why)), true) => out.push(f(
+            Level::Fail,
+            "wireguard",
+            format!("net-conf.json chooses the wireguard backend, but {why}"),
+        )),
+        (Some(Err(why)), false) => out.push(f(
+            Level::Warn,
+            "wireguard",
+            format!("{why}: a switch to the wireguard backend would be refused (the running backend stays)"),
+        )),
+    }
+    for port in &x.wireguard_ports {
+        if x.udp_ports_in_use.contains(port) {
+            out.push(f(
+                Level::Fail,
+                "udp_port",
+                format!(
+                    "UDP port {port} (WireGuard's ListenPort) is bound by a user-space process"
+                ),
+            ));
         }
     }
     out
@@ -314,6 +352,8 @@ mod tests {
             ],
             udp_ports_in_use: vec![53],
             vxlan_port: Some(8472),
+            wireguard: None,
+            wireguard_ports: Vec::new(),
         }
     }
 
@@ -353,6 +393,32 @@ mod tests {
                 .contains("trellis-no-such-iptables -w 5 -S FORWARD"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn wireguard_missing_fails_only_when_chosen() {
+        let no = "this kernel has no WireGuard".to_string();
+        let mut x = Facts {
+            wireguard: Some(Err(no.clone())),
+            ..healthy()
+        };
+        let find = |x: &Facts| {
+            evaluate(x)
+                .into_iter()
+                .find(|f| f.check == "wireguard")
+                .unwrap()
+        };
+        let w = find(&x);
+        assert_eq!(w.level, Level::Warn);
+        assert!(w.message.contains("would be refused"), "{}", w.message);
+        x.wireguard_ports = vec![51820, 51821];
+        let w = find(&x);
+        assert_eq!(w.level, Level::Fail);
+        assert!(w.message.contains(&no), "{}", w.message);
+        x.wireguard = Some(Ok(()));
+        x.udp_ports_in_use = vec![51820];
+        assert_eq!(find(&x).level, Level::Ok);
+        assert_eq!(worst(&evaluate(&x)), Level::Fail, "the port is taken");
     }
 
     #[test]

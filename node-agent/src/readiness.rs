@@ -120,7 +120,7 @@ mod tests {
         OpError {
             op: Op::AddRoute(Route {
                 dst: dst.parse().expect("cidr"),
-                gateway: "172.31.250.255".parse().expect("ip"),
+                gateway: Some("172.31.250.255".parse().expect("ip")),
                 dev: "eth0".into(),
                 onlink: false,
             }),

@@ -85,7 +85,7 @@ pub(crate) const SAMPLE_JSON: &str = concat!(
     r#""peer_errors":[{"entry":"route 10.244.9.0/24","#,
     r#""error":"Invalid argument (os error 22)"}],"peers":1,"#,
     r#""skipped":[{"node":"node-3","#,
-    r#""reason":"no IPv4 VXLAN backend data annotation, but IPv4 is enabled"}],"#,
+    r#""reason":"no IPv4 backend-data annotation, but IPv4 is enabled"}],"#,
     r#""subnet_env":"FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n","#,
     r#""underlay":"eth0 (index 2, mtu 1500)"}"#,
 );

@@ -17,6 +17,7 @@ pub fn describe(k: &KernelState) -> Vec<String> {
     out.extend(k.addresses.iter().map(|a| format!("addr  {a}")));
     out.extend(k.neighbours.values().map(|n| format!("neigh {n}")));
     out.extend(k.fdb.values().map(|f| format!("fdb   {f}")));
+    out.extend(k.wg_peers.values().map(|p| format!("wg    {p}")));
     out.extend(k.routes.values().map(|r| format!("route {r}")));
     out
 }
@@ -61,8 +62,8 @@ pub fn main(addr: SocketAddr) -> ExitCode {
         let dp = crate::dataplane::netlink::Dataplane::new().map_err(|e| e.to_string())?;
         dp.read_actual().await.map_err(|e| e.to_string())
     });
-    let actual = match actual {
-        Ok(Ok(k)) => describe(&k),
+    let (actual, wireguard) = match actual {
+        Ok(Ok(k)) => (describe(&k), wireguard_report(&k)),
         Err(e) => {
             eprintln!("status: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
@@ -73,12 +74,90 @@ pub fn main(addr: SocketAddr) -> ExitCode {
         }
     };
     let (text, in_sync) = report(doc.as_ref(), &actual);
-    print!("{text}");
+    print!("{text}{wireguard}");
     if in_sync {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Each WireGuard device as the kernel has it: its public key and port, and per peer its
+/// endpoint, allowed IPs, latest handshake and traffic (what `wg show` tells).
+fn wireguard_report(k: &KernelState) -> String {
+    use crate::dataplane::desired::LinkKind;
+    use crate::dataplane::netlink::wireguard::WgSocket;
+    use std::fmt::Write;
+    let names: Vec<&str> = k
+        .links
+        .values()
+        .filter(|l| matches!(l.kind, LinkKind::Wireguard(_)))
+        .map(|l| l.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let mut socket = match WgSocket::open() {
+        Ok(s) => s,
+        Err(e) => {
+            return format!(
+                "
+wireguard: {e}
+"
+            )
+        }
+    };
+    for name in names {
+        let dev = match socket.device(name) {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "
+wireguard {name}: {e}"
+                );
+                continue;
+            }
+        };
+        let key = dev.public_key.map(|k| crate::wg_key::WgKey(k).to_string());
+        let _ = writeln!(
+            out,
+            "
+wireguard {name} (public key {}, listen port {}, {} peers)",
+            key.as_deref().unwrap_or("none"),
+            dev.listen_port,
+            dev.peers.len()
+        );
+        for p in &dev.peers {
+            let _ = writeln!(out, "  {}", peer_line(p, std::time::SystemTime::now()));
+        }
+    }
+    out
+}
+
+/// `peer KEY endpoint E allowed-ips A handshake 12s ago rx N tx N`.
+fn peer_line(
+    p: &crate::dataplane::netlink::wireguard::WgPeerState,
+    now: std::time::SystemTime,
+) -> String {
+    let endpoint = p.endpoint.map_or("(none)".to_string(), |e| e.to_string());
+    let ips: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+    let handshake = match p.last_handshake {
+        None => "no handshake yet".to_string(),
+        Some(t) => match now.duration_since(t) {
+            Ok(ago) => format!("handshake {}s ago", ago.as_secs()),
+            Err(_) => "handshake just now".to_string(),
+        },
+    };
+    format!(
+        "peer {} endpoint {endpoint} allowed-ips {} {handshake} rx {} tx {}",
+        crate::wg_key::WgKey(p.public_key),
+        ips.join(","),
+        p.rx_bytes,
+        p.tx_bytes
+    )
 }
 
 /// The status text of the agent's document (`None` before its first pass) against the
@@ -180,7 +259,7 @@ underlay  eth0 (index 2, mtu 1500)
 mtu       1450
 converged false
 peers     1
-  skipped node-3: no IPv4 VXLAN backend data annotation, but IPv4 is enabled
+  skipped node-3: no IPv4 backend-data annotation, but IPv4 is enabled
   REFUSED route 10.244.9.0/24: Invalid argument (os error 22)
 
 subnet.env

@@ -101,7 +101,7 @@ async fn invalid_config_is_not_emitted_and_the_previous_stays() {
     rx.mark_unchanged();
 
     // An unknown backend: rejected, counted, reported on the Node, not emitted.
-    put_config(&cms, &net_conf("wireguard")).await;
+    put_config(&cms, &net_conf("ipsec")).await;
     eventually(WAIT, "rejection counted", || {
         stats.rejected.load(Ordering::Relaxed) == 1
     })

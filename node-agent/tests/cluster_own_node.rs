@@ -10,7 +10,9 @@ use cluster_support::*;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use trellis_agent::annotations::{Advertisement, AnnotationKeys, VxlanData, DEFAULT_PREFIX};
+use trellis_agent::annotations::{
+    Advertisement, AnnotationKeys, BackendData, VxlanData, DEFAULT_PREFIX,
+};
 use trellis_agent::cluster::{
     connect, BackoffPolicy, ClientSource, OwnNode, OwnNodeError, WaitOptions,
 };
@@ -41,12 +43,12 @@ fn fast_wait() -> WaitOptions {
 fn advertisement(ip: &str, mac: Mac) -> BTreeMap<String, String> {
     Advertisement {
         backend_type: BackendType::Vxlan,
-        vxlan_v4: Some(VxlanData {
+        data_v4: Some(BackendData::Vxlan(VxlanData {
             vni: 1,
             vtep_mac: mac,
             port: None,
-        }),
-        vxlan_v6: None,
+        })),
+        data_v6: None,
         public_ip: Some(ip.parse().unwrap()),
         public_ipv6: None,
     }

@@ -38,7 +38,7 @@ async fn reconcile(dp: &mut Dataplane, desired: &KernelState) -> ReconcileReport
 fn route(dst: &str, gateway: &str, dev: &str, onlink: bool) -> Route {
     Route {
         dst: dst.parse().expect("net"),
-        gateway: gateway.parse().expect("ip"),
+        gateway: Some(gateway.parse().expect("ip")),
         dev: dev.into(),
         onlink,
     }

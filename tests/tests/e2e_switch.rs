@@ -2,8 +2,8 @@
 //! per node, pods made by the plugin, and traffic between pods on different nodes while
 //! the ConfigMap's `Backend` changes under it.
 //!
-//! The IPIP scenario needs the `ipip` kernel module, which this host lacks: it is ignored
-//! here and runs in the test VM (`hack/test-vm.sh`, which builds this binary and boots
+//! The IPIP and WireGuard scenarios need kernel modules this host lacks: they are ignored
+//! here and run in the test VM (`hack/test-vm.sh`, which builds this binary and boots
 //! `hack/vm/run.sh` with it).
 //!
 //! Besides asserting, each scenario prints figures: the longest gap of a 20 ms ping loop
@@ -48,6 +48,7 @@ enum Backend {
     Vxlan,
     HostGw,
     Ipip,
+    Wireguard,
 }
 
 impl Backend {
@@ -56,6 +57,7 @@ impl Backend {
             Backend::Vxlan => "vxlan",
             Backend::HostGw => "host-gw",
             Backend::Ipip => "ipip",
+            Backend::Wireguard => "wireguard",
         }
     }
     fn json(self) -> String {
@@ -67,6 +69,7 @@ impl Backend {
             Backend::Vxlan => 1450,
             Backend::HostGw => 1500,
             Backend::Ipip => 1480,
+            Backend::Wireguard => 1420,
         }
     }
     /// The tunnel device, if the backend has one.
@@ -75,11 +78,21 @@ impl Backend {
             Backend::Vxlan => Some("flannel.1"),
             Backend::HostGw => None,
             Backend::Ipip => Some("flannel.ipip"),
+            Backend::Wireguard => Some("flannel-wg"),
+        }
+    }
+    /// The routes a node must hold for its peers (1-based numbers): one each, but for
+    /// WireGuard's single route of the pod network through its device.
+    fn routes(self, peers: impl Iterator<Item = usize>) -> Vec<String> {
+        match self {
+            Backend::Wireguard => vec!["10.244.0.0/16 dev flannel-wg".to_string()],
+            _ => peers.map(|p| self.route(p)).collect(),
         }
     }
     /// The route node `from` (1-based) must hold for peer `to` (1-based).
     fn route(self, to: usize) -> String {
         match self {
+            Backend::Wireguard => "10.244.0.0/16 dev flannel-wg".to_string(),
             Backend::Vxlan => format!("10.244.{to}.0/24 via 10.244.{to}.0 dev flannel.1 onlink"),
             Backend::HostGw => format!("10.244.{to}.0/24 via 192.168.50.{} dev eth0", 10 + to),
             Backend::Ipip => {
@@ -92,7 +105,12 @@ impl Backend {
     }
 }
 
-const ALL: [Backend; 3] = [Backend::Vxlan, Backend::HostGw, Backend::Ipip];
+const ALL: [Backend; 4] = [
+    Backend::Vxlan,
+    Backend::HostGw,
+    Backend::Ipip,
+    Backend::Wireguard,
+];
 
 /// `ip -n NODE ARGS` (cheaper than `ip netns exec`); empty on failure.
 fn ip(c: &Cluster, node: usize, args: &[&str]) -> String {
@@ -109,8 +127,7 @@ fn kernel_mismatch(c: &Cluster, node: usize, b: Backend) -> Vec<String> {
     let mut wrong = Vec::new();
     let r = c.routes(node);
     let n = c.nodes.len();
-    for peer in (1..=n).filter(|&p| p != node + 1) {
-        let want = b.route(peer);
+    for want in b.routes((1..=n).filter(|&p| p != node + 1)) {
         if !r.lines().any(|l| l.trim_start().starts_with(&want)) {
             wrong.push(format!("missing route '{want}'"));
         }
@@ -119,6 +136,7 @@ fn kernel_mismatch(c: &Cluster, node: usize, b: Backend) -> Vec<String> {
         Backend::Vxlan => "dev flannel.1",
         Backend::HostGw => "dev eth0",
         Backend::Ipip => "dev flannel.ipip",
+        Backend::Wireguard => "dev flannel-wg",
     };
     for l in r.lines().filter(|l| !l.contains(own_route_dev)) {
         wrong.push(format!("leftover route '{}'", l.trim()));
@@ -762,6 +780,19 @@ fn vm_live_switch_vxlan_ipip_host_gw_under_traffic() {
         2,
         Backend::Vxlan,
         &[Backend::Ipip, Backend::HostGw],
+        false,
+        Sysctls::Default,
+    );
+}
+
+#[test]
+#[ignore = "needs the wireguard kernel module: run in the VM with hack/test-vm.sh"]
+fn vm_live_switch_vxlan_wireguard_host_gw_under_traffic() {
+    scenario(
+        "wg",
+        2,
+        Backend::Vxlan,
+        &[Backend::Wireguard, Backend::HostGw],
         false,
         Sysctls::Default,
     );

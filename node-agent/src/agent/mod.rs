@@ -80,6 +80,9 @@ pub struct RunArgs {
     pub iface_can_reach: Option<std::net::IpAddr>,
     #[arg(long, default_value = trellis_common::subnet_env::DEFAULT_PATH)]
     pub subnet_file: PathBuf,
+    /// The WireGuard private key (flannel's path and variable), made on first use.
+    #[arg(long, env = "WIREGUARD_KEY_FILE", default_value = crate::wg_keyfile::DEFAULT_PATH)]
+    pub wireguard_key_file: PathBuf,
     /// Prefix of the Node annotations (flannel's, so trellis can replace flannel in place).
     #[arg(long, default_value = "flannel.alpha.coreos.com")]
     pub annotation_prefix: String,

@@ -12,11 +12,11 @@ use super::Agent;
 use crate::backend::Plan;
 use crate::bridge_nf::BridgeNf;
 use crate::cluster::lock_view;
-use crate::config::{BackendConfig, BackendType, NetConfig};
+use crate::config::{BackendConfig, BackendType, NetConfig, WgMode};
 use crate::dataplane::desired::KernelState;
 use crate::dataplane::netlink::ReconcileReport;
 use crate::debug_state::{DebugState, PassContext};
-use crate::net::{vxlan6_link_name, vxlan_link_name, IPIP_LINK_NAME};
+use crate::net::{vxlan6_link_name, vxlan_link_name, IPIP_LINK_NAME, WG6_LINK_NAME, WG_LINK_NAME};
 use crate::readiness;
 
 /// How soon a pass whose own side failed is retried.
@@ -35,6 +35,17 @@ pub(super) fn own_devices(config: &NetConfig) -> Vec<String> {
         }
         BackendConfig::Ipip(_) => vec![IPIP_LINK_NAME.to_string()],
         BackendConfig::HostGw(_) => Vec::new(),
+        BackendConfig::Wireguard(w) => {
+            let mut own = vec![WG_LINK_NAME.to_string()];
+            let separate = w.mode == WgMode::Separate;
+            if separate && config.ipv6().is_some() {
+                if config.ipv4().is_none() {
+                    own.clear();
+                }
+                own.push(WG6_LINK_NAME.to_string());
+            }
+            own
+        }
     }
 }
 

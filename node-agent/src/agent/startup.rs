@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{beating, Agent, AgentError, FirewallSync, PassState, RunArgs, Triggers};
 use crate::advertiser::Advertiser;
@@ -96,7 +96,8 @@ pub(super) async fn start(args: RunArgs) -> Result<(Agent, Triggers), AgentError
     };
     let underlay = underlay::discover(dataplane.handle(), &opts).await?;
     info!(iface = %underlay.name, addr = ?underlay.addr_v4, mtu = underlay.mtu, "external interface");
-    let lease = local_lease(&args.node_name, &own_state, underlay);
+    let mut lease = local_lease(&args.node_name, &own_state, underlay);
+    lease.wg_key = wireguard_key(&args.wireguard_key_file);
     let view = Arc::new(Mutex::new(ClusterView::new(lease, keys)));
     let watch_options = NodeWatchOptions {
         streaming_list: !args.paged_node_list,
@@ -194,6 +195,7 @@ fn config_source(
     };
     let text = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
     let parsed = NetConfig::parse(&text).map_err(|e| config_error(e.to_string()))?;
+    crate::cluster::config_watch::host_support(&parsed.config).map_err(config_error)?;
     for w in &parsed.warnings {
         warn!("net-conf.json: {w}");
     }
@@ -201,6 +203,29 @@ fn config_source(
     // Never changes: the receiver must not see the sender gone.
     std::mem::forget(tx);
     Ok(rx)
+}
+
+/// The node's WireGuard key pair. Without one the node runs every other backend; WireGuard
+/// (its own, or a peer's) is refused with the reason logged here.
+fn wireguard_key(path: &std::path::Path) -> Option<crate::wg_key::WgKeyPair> {
+    use crate::wg_keyfile::{load_or_create, Origin};
+    match load_or_create(path) {
+        Ok((key, origin, warning)) => {
+            if let Some(w) = warning {
+                warn!("{w}");
+            }
+            let how = match origin {
+                Origin::Existing => "read",
+                Origin::Created => "made",
+            };
+            info!(path = %path.display(), public_key = %key.public, "WireGuard key {how}");
+            Some(key)
+        }
+        Err(e) => {
+            error!("{e}; WireGuard cannot be used on this node");
+            None
+        }
+    }
 }
 
 /// This node's lease: the Node's podCIDRs, its annotated public IPs and VTEP MACs where set,
@@ -222,6 +247,7 @@ fn local_lease(node_name: &str, own: &OwnNodeState, underlay: Underlay) -> Local
             .vtep_mac_v6
             .unwrap_or_else(|| Mac::derived(&format!("{node_name}/vtep6"))),
         underlay,
+        wg_key: None,
     };
     lease.refresh_public_ips();
     lease

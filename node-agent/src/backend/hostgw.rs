@@ -82,8 +82,8 @@ impl Backend for HostGw {
     fn advertise(&self, ctx: &PlanContext<'_>) -> Advertisement {
         Advertisement {
             backend_type: BackendType::HostGw,
-            vxlan_v4: None,
-            vxlan_v6: None,
+            data_v4: None,
+            data_v6: None,
             public_ip: ctx.v4.map(|l| l.public_ip),
             public_ipv6: ctx.v6.map(|l| l.public_ip),
         }

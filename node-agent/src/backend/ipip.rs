@@ -94,7 +94,7 @@ impl Backend for Ipip {
         self.ensure_device(ctx, out);
         out.add_route(Route {
             dst: subnet,
-            gateway: public_ip,
+            gateway: Some(public_ip),
             dev: IPIP_LINK_NAME.to_string(),
             onlink: true,
         });
@@ -108,8 +108,8 @@ impl Backend for Ipip {
     fn advertise(&self, ctx: &PlanContext<'_>) -> Advertisement {
         Advertisement {
             backend_type: BackendType::Ipip,
-            vxlan_v4: None,
-            vxlan_v6: None,
+            data_v4: None,
+            data_v6: None,
             public_ip: ctx.v4.map(|l| l.public_ip),
             public_ipv6: None,
         }

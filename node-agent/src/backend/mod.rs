@@ -1,6 +1,7 @@
 //! `plan(view, config) -> DesiredState`: what the node's kernel must hold, as a pure function.
 //!
-//! Three implementations of [`Backend`]: [`vxlan::Vxlan`], [`hostgw::HostGw`], [`ipip::Ipip`].
+//! Four implementations of [`Backend`]: [`vxlan::Vxlan`], [`hostgw::HostGw`], [`ipip::Ipip`],
+//! [`wireguard::Wireguard`].
 //! The configured one is the node's *own* backend: it sets the receive-side devices, the pod
 //! MTU and what the node advertises. Each *peer* is programmed by the backend that peer
 //! advertises, when this node can do it. During a rolling switch nodes briefly run different
@@ -19,6 +20,7 @@
 pub mod hostgw;
 pub mod ipip;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -75,6 +77,8 @@ pub enum PlanError {
         family: Family,
         min: u32,
     },
+    #[error("no WireGuard private key on this node (see the agent's log about the key file): the wireguard backend cannot run here")]
+    NoWireguardKey,
     #[error("host-gw cannot work behind NAT: the public IP {public_ip} differs from the underlay address {iface_addr}; remove public-ip-overwrite or use vxlan")]
     HostGwBehindNat {
         public_ip: IpAddr,
@@ -119,7 +123,7 @@ impl PlanContext<'_> {
     pub fn direct_route(&self, dst: IpNetwork, gateway: IpAddr) -> Route {
         Route {
             dst,
-            gateway,
+            gateway: Some(gateway),
             dev: self.lease.underlay.name.clone(),
             onlink: false,
         }
@@ -191,6 +195,7 @@ pub fn own_backend(config: &BackendConfig) -> Box<dyn Backend> {
         BackendConfig::Vxlan(c) => Box::new(vxlan::Vxlan::own(c)),
         BackendConfig::HostGw(c) => Box::new(hostgw::HostGw::new(c.mtu)),
         BackendConfig::Ipip(c) => Box::new(ipip::Ipip::new(c.mtu, true)),
+        BackendConfig::Wireguard(c) => Box::new(wireguard::Wireguard::new(c, true)),
     }
 }
 
@@ -324,6 +329,7 @@ pub fn plan(view: &ClusterView, config: &NetConfig, opts: &PlanOptions) -> Resul
     let foreign_vxlan = vxlan::Vxlan::foreign();
     let host_gw = hostgw::HostGw::new(None);
     let foreign_ipip = ipip::Ipip::new(None, false);
+    let foreign_wireguard = wireguard::Wireguard::foreign();
     let for_peer = |kind: BackendType| -> &dyn Backend {
         if kind == own.kind() {
             own.as_ref()
@@ -332,6 +338,7 @@ pub fn plan(view: &ClusterView, config: &NetConfig, opts: &PlanOptions) -> Resul
                 BackendType::Vxlan => &foreign_vxlan,
                 BackendType::HostGw => &host_gw,
                 BackendType::Ipip => &foreign_ipip,
+                BackendType::Wireguard => &foreign_wireguard,
             }
         }
     };

@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::annotations::{AnnotationKeys, VxlanData};
+use crate::annotations::{AnnotationKeys, BackendData, VxlanData};
 use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Neighbour, Vxlan};
 use crate::dataplane::diff::{diff, Op};
 use crate::dataplane::fixtures::vxlan_link;
@@ -51,11 +51,18 @@ fn vxlan_entries(i: u32, dev: &str) -> (Neighbour, Fdb, Route) {
         },
         Route {
             dst: net(&format!("10.244.{i}.0/24")),
-            gateway: gw,
+            gateway: Some(gw),
             dev: dev.into(),
             onlink: true,
         },
     )
+}
+
+fn vxlan_data(d: Option<BackendData>) -> VxlanData {
+    match d {
+        Some(BackendData::Vxlan(d)) => d,
+        other => panic!("not VXLAN data: {other:?}"),
+    }
 }
 
 fn has_vxlan_peer(k: &KernelState, i: u32, dev: &str) -> bool {
@@ -68,7 +75,7 @@ fn has_vxlan_peer(k: &KernelState, i: u32, dev: &str) -> bool {
 fn host_route(i: u32) -> Route {
     Route {
         dst: net(&format!("10.244.{i}.0/24")),
-        gateway: ip(&format!("192.168.1.{i}")),
+        gateway: Some(ip(&format!("192.168.1.{i}"))),
         dev: "eth0".into(),
         onlink: false,
     }
@@ -101,12 +108,12 @@ fn vxlan_without_peers_has_its_device_and_nothing_else() {
         p.state.advertisement,
         Advertisement {
             backend_type: BackendType::Vxlan,
-            vxlan_v4: Some(VxlanData {
+            data_v4: Some(BackendData::Vxlan(VxlanData {
                 vni: 1,
                 vtep_mac: LOCAL_MAC,
                 port: Some(8472)
-            }),
-            vxlan_v6: None,
+            })),
+            data_v6: None,
             public_ip: Some("192.168.1.1".parse().unwrap()),
             public_ipv6: None,
         }
@@ -172,7 +179,7 @@ fn vxlan_options_reach_the_device() {
     assert_eq!(p.state.mtu, 1350);
     assert!(has_vxlan_peer(&p.state.kernel, 2, "flannel.4096"));
     assert_eq!(p.state.kernel.links.len(), 1);
-    assert_eq!(p.state.advertisement.vxlan_v4.unwrap().port, Some(4789));
+    assert_eq!(vxlan_data(p.state.advertisement.data_v4).port, Some(4789));
 }
 
 #[test]
@@ -237,7 +244,7 @@ fn dual_stack_vxlan() {
     let r6 = &k.routes[&net("fd00:10:244:2::/64")];
     assert_eq!(
         (r6.gateway, r6.dev.as_str(), r6.onlink),
-        (ip("fd00:10:244:2::"), "flannel-v6.1", true)
+        (Some(ip("fd00:10:244:2::")), "flannel-v6.1", true)
     );
     let f6 = k.fdb.values().find(|f| f.link == "flannel-v6.1").unwrap();
     assert_eq!(f6.dst, ip("fd00:192::2"));
@@ -247,7 +254,10 @@ fn dual_stack_vxlan() {
         p.state.subnet_env.render(),
         "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
     );
-    assert_eq!(p.state.advertisement.vxlan_v6.unwrap().vtep_mac, LOCAL_MAC6);
+    assert_eq!(
+        vxlan_data(p.state.advertisement.data_v6).vtep_mac,
+        LOCAL_MAC6
+    );
     assert_eq!(p.state.firewall.v6.len(), 8);
 }
 
@@ -284,7 +294,7 @@ fn host_gw_zero_one_many_and_off_segment() {
     assert!(p.state.kernel.is_empty());
     assert_eq!(p.state.mtu, 1500);
     assert_eq!(p.state.advertisement.backend_type, BackendType::HostGw);
-    assert_eq!(p.state.advertisement.vxlan_v4, None);
+    assert_eq!(p.state.advertisement.data_v4, None);
 
     let p = plan_of(&with_peers([PeerSpec::new(2, "host-gw")]), &cfg);
     assert_eq!(
@@ -349,6 +359,7 @@ fn backend_mtu_is_the_underlay_mtu_as_in_flannel() {
             BackendType::Vxlan => &[("flannel.1", 1450)],
             BackendType::Ipip => &[("flannel.ipip", 1480)],
             BackendType::HostGw => &[],
+            BackendType::Wireguard => &[("flannel-wg", 1420)],
         };
         assert_eq!(devices, want, "{:?}", cfg.backend);
     }
@@ -361,7 +372,7 @@ fn host_gw_dual_stack_and_mtu_override() {
     let r6 = &p.state.kernel.routes[&net("fd00:10:244:2::/64")];
     assert_eq!(
         (r6.gateway, r6.dev.as_str(), r6.onlink),
-        (ip("fd00:192::2"), "eth0", false)
+        (Some(ip("fd00:192::2")), "eth0", false)
     );
     assert_eq!(p.state.mtu, 1400);
 }
@@ -403,14 +414,14 @@ fn ipip_device_routes_and_direct_routing() {
         p.state.kernel.routes[&net("10.244.2.0/24")],
         Route {
             dst: net("10.244.2.0/24"),
-            gateway: ip("192.168.1.2"),
+            gateway: Some(ip("192.168.1.2")),
             dev: "flannel.ipip".into(),
             onlink: true
         }
     );
     assert_eq!(
         p.state.kernel.routes[&net("10.244.3.0/24")].gateway,
-        ip("172.16.0.3")
+        Some(ip("172.16.0.3"))
     );
 
     let dr = config(

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::{check_underlay_mtu, Backend, PlanContext, PlanError};
-use crate::annotations::{Advertisement, PeerBackend, VxlanData};
+use crate::annotations::{Advertisement, BackendData, PeerBackend, VxlanData};
 use crate::config::{BackendType, VxlanConfig};
 use crate::dataplane::desired::{
     Fdb, KernelState, Link, LinkKind, Neighbour, Route, Vxlan as VxlanDevice,
@@ -213,7 +213,7 @@ impl Backend for Vxlan {
                     });
                     out.add_route(Route {
                         dst: subnet,
-                        gateway,
+                        gateway: Some(gateway),
                         dev,
                         onlink: true,
                     });
@@ -245,8 +245,12 @@ impl Backend for Vxlan {
         };
         Advertisement {
             backend_type: BackendType::Vxlan,
-            vxlan_v4: ctx.v4.map(|_| data(ctx.lease.vtep_mac_v4)),
-            vxlan_v6: ctx.v6.map(|_| data(ctx.lease.vtep_mac_v6)),
+            data_v4: ctx
+                .v4
+                .map(|_| BackendData::Vxlan(data(ctx.lease.vtep_mac_v4))),
+            data_v6: ctx
+                .v6
+                .map(|_| BackendData::Vxlan(data(ctx.lease.vtep_mac_v6))),
             public_ip: ctx.v4.map(|l| l.public_ip),
             public_ipv6: ctx.v6.map(|l| l.public_ip),
         }

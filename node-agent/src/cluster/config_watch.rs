@@ -61,6 +61,9 @@ pub enum ConfigRejection {
     MissingKey { key: String, present: Vec<String> },
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// Valid, but this node cannot run it (a backend its kernel lacks).
+    #[error("net-conf.json: {0}")]
+    Unsupported(String),
 }
 
 /// What one version of the ConfigMap means for the running config.
@@ -76,15 +79,51 @@ pub enum Verdict {
     StillRejected,
 }
 
-/// Decides, per ConfigMap version, whether to publish, report or ignore. Pure.
-#[derive(Debug, Default)]
+/// Whether this node can run a valid config: `Err(why)` when not (see [`host_support`]).
+pub type HostCheck = fn(&NetConfig) -> Result<(), String>;
+
+/// Decides, per ConfigMap version, whether to publish, report or ignore. Pure, but for the
+/// host check it is given.
+#[derive(Debug)]
 pub struct ConfigTracker {
     current: Option<NetConfig>,
     /// The content last rejected (`None` inside for a missing key), to report it once.
     rejected: Option<Option<String>>,
+    host: HostCheck,
+}
+
+impl Default for ConfigTracker {
+    /// Every valid config is accepted.
+    fn default() -> Self {
+        ConfigTracker::with_host_check(|_| Ok(()))
+    }
+}
+
+/// The kernel features a config needs, asked of the kernel: WireGuard's generic netlink
+/// family for the wireguard backend (the lookup loads the module where it exists). A switch
+/// to a backend the node cannot run is refused like an invalid ConfigMap: the running
+/// backend stays, and the refusal is logged and reported as a Warning Event.
+pub fn host_support(config: &NetConfig) -> Result<(), String> {
+    if config.backend.kind() != crate::config::BackendType::Wireguard {
+        return Ok(());
+    }
+    match crate::dataplane::netlink::wireguard::WgSocket::open() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "the wireguard backend cannot run on this node: {e}"
+        )),
+    }
 }
 
 impl ConfigTracker {
+    pub fn with_host_check(host: HostCheck) -> Self {
+        ConfigTracker {
+            current: None,
+            rejected: None,
+            host,
+        }
+    }
+
     pub fn current(&self) -> Option<&NetConfig> {
         self.current.as_ref()
     }
@@ -98,7 +137,12 @@ impl ConfigTracker {
                     .map(|d| d.keys().take(10).cloned().collect())
                     .unwrap_or_default(),
             }),
-            Some(t) => NetConfig::parse(t).map_err(ConfigRejection::from),
+            Some(t) => NetConfig::parse(t)
+                .map_err(ConfigRejection::from)
+                .and_then(|p| match (self.host)(&p.config) {
+                    Ok(()) => Ok(p),
+                    Err(why) => Err(ConfigRejection::Unsupported(why)),
+                }),
         };
         match parsed {
             Ok(p) => {
@@ -179,7 +223,7 @@ impl ConfigWatcher {
         // so the agent needs no grant on the namespace's other ConfigMaps.
         let fields = format!("metadata.name={}", self.source.name);
         let config = watcher::Config::default().fields(&fields);
-        let mut tracker = ConfigTracker::default();
+        let mut tracker = ConfigTracker::with_host_check(host_support);
         let mut backoff = Backoff::new(self.backoff);
         let mut listed_it = false;
         let mut outage_start: Option<Instant> = None;
@@ -349,11 +393,31 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_the_host_cannot_run_is_refused_and_the_running_one_kept() {
+        let mut t = ConfigTracker::with_host_check(|c| match c.backend.kind() {
+            crate::config::BackendType::Wireguard => Err("no WireGuard here".into()),
+            _ => Ok(()),
+        });
+        t.apply(Some(&data(VXLAN)), NET_CONF_KEY);
+        let running = t.current().cloned();
+        let wg = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard"}}"#;
+        let Verdict::Rejected(why) = t.apply(Some(&data(wg)), NET_CONF_KEY) else {
+            panic!("should be rejected");
+        };
+        assert_eq!(why.to_string(), "net-conf.json: no WireGuard here");
+        assert_eq!(t.current().cloned(), running);
+        assert!(matches!(
+            t.apply(Some(&data(HOST_GW)), NET_CONF_KEY),
+            Verdict::New(_)
+        ));
+    }
+
+    #[test]
     fn invalid_configs_are_reported_once_and_keep_the_running_one() {
         let mut t = ConfigTracker::default();
         t.apply(Some(&data(VXLAN)), NET_CONF_KEY);
         let running = t.current().cloned();
-        let bad = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard"}}"#;
+        let bad = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "ipsec"}}"#;
         let Verdict::Rejected(why) = t.apply(Some(&data(bad)), NET_CONF_KEY) else {
             panic!("should be rejected");
         };

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 use trellis_common::subnet_env::SubnetEnv;
@@ -23,6 +23,7 @@ use trellis_common::subnet_env::SubnetEnv;
 use crate::annotations::Advertisement;
 use crate::firewall::rules::RuleSet;
 use crate::net::{Mac, ROUTE_PROTOCOL};
+use crate::wg_key::{WgKey, WgSecret};
 
 /// Attributes of a trellis device that the kernel cannot change in place: when one of them
 /// differs the device is deleted and created again.
@@ -34,6 +35,16 @@ pub enum LinkKind {
         /// packets (the kernel picks the tunnel whose local/remote match most precisely).
         local: Ipv4Addr,
     },
+    /// A WireGuard device. Key and port are set through generic netlink after creation; a
+    /// change recreates the device (a new key is a new identity to every peer anyway).
+    Wireguard(Wireguard),
+}
+
+/// A WireGuard device's own settings (`wg set DEV private-key K listen-port P`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wireguard {
+    pub private_key: WgSecret,
+    pub listen_port: u16,
 }
 
 /// A VXLAN device's immutable attributes (`ip link add ... type vxlan`).
@@ -75,7 +86,9 @@ pub struct Address {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub dst: IpNetwork,
-    pub gateway: IpAddr,
+    /// `None`: a device route (`dev flannel-wg scope link`): WireGuard picks the peer by the
+    /// packet's destination among the peers' allowed IPs.
+    pub gateway: Option<IpAddr>,
     /// Output device: a trellis device, or the underlay interface for host-gw routes.
     pub dev: String,
     /// `RTNH_F_ONLINK`: the gateway is reachable on `dev` even without a covering route (the
@@ -99,6 +112,19 @@ pub struct Fdb {
     pub dst: IpAddr,
 }
 
+/// A peer of a WireGuard device: `wg set LINK peer KEY endpoint E allowed-ips A...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    pub link: String,
+    pub public_key: WgKey,
+    pub endpoint: SocketAddr,
+    /// Sorted, so that two peers compare equal exactly when the kernel holds the same.
+    pub allowed_ips: Vec<IpNetwork>,
+    /// Seconds; 0 is off.
+    pub keepalive: u16,
+    pub psk: Option<WgSecret>,
+}
+
 /// What trellis owns in the kernel, keyed by identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
@@ -107,6 +133,7 @@ pub struct KernelState {
     pub routes: BTreeMap<IpNetwork, Route>,
     pub neighbours: BTreeMap<(String, IpAddr), Neighbour>,
     pub fdb: BTreeMap<(String, Mac), Fdb>,
+    pub wg_peers: BTreeMap<(String, WgKey), WgPeer>,
 }
 
 impl KernelState {
@@ -130,6 +157,7 @@ impl KernelState {
             routes: keep(&top.routes, &self.routes),
             neighbours: keep(&top.neighbours, &self.neighbours),
             fdb: keep(&top.fdb, &self.fdb),
+            wg_peers: keep(&top.wg_peers, &self.wg_peers),
         }
     }
 
@@ -154,6 +182,7 @@ impl KernelState {
             routes: existing_wins(&self.routes, &actual.routes),
             neighbours: existing_wins(&self.neighbours, &actual.neighbours),
             fdb: existing_wins(&self.fdb, &actual.fdb),
+            wg_peers: existing_wins(&self.wg_peers, &actual.wg_peers),
         }
     }
 
@@ -180,6 +209,12 @@ impl KernelState {
         self.fdb.insert((f.link.clone(), f.mac), f);
     }
 
+    pub fn add_wg_peer(&mut self, mut p: WgPeer) {
+        p.allowed_ips.sort();
+        p.allowed_ips.dedup();
+        self.wg_peers.insert((p.link.clone(), p.public_key), p);
+    }
+
     /// Number of kernel objects, for logs and metrics.
     pub fn len(&self) -> usize {
         self.links.len()
@@ -187,6 +222,7 @@ impl KernelState {
             + self.routes.len()
             + self.neighbours.len()
             + self.fdb.len()
+            + self.wg_peers.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -228,6 +264,11 @@ impl fmt::Display for Link {
                 if v.gbp { " gbp" } else { "" },
             )?,
             LinkKind::Ipip { local } => write!(f, "{} type ipip local {local}", self.name)?,
+            LinkKind::Wireguard(w) => write!(
+                f,
+                "{} type wireguard listen-port {}",
+                self.name, w.listen_port
+            )?,
         }
         write!(f, " mtu {}", self.mtu)?;
         if let Some(mac) = self.mac {
@@ -248,7 +289,10 @@ impl fmt::Display for Address {
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} via {} dev {}", self.dst, self.gateway, self.dev)?;
+        match self.gateway {
+            Some(gw) => write!(f, "{} via {gw} dev {}", self.dst, self.dev)?,
+            None => write!(f, "{} dev {} scope link", self.dst, self.dev)?,
+        }
         if self.onlink {
             write!(f, " onlink")?;
         }
@@ -263,6 +307,26 @@ impl fmt::Display for Neighbour {
             "{} lladdr {} dev {} permanent",
             self.ip, self.mac, self.link
         )
+    }
+}
+
+impl fmt::Display for WgPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "peer {} dev {} endpoint {} allowed-ips ",
+            self.public_key, self.link, self.endpoint
+        )?;
+        for (i, a) in self.allowed_ips.iter().enumerate() {
+            write!(f, "{}{a}", if i == 0 { "" } else { "," })?;
+        }
+        if self.keepalive != 0 {
+            write!(f, " persistent-keepalive {}", self.keepalive)?;
+        }
+        if self.psk.is_some() {
+            write!(f, " preshared-key (set)")?;
+        }
+        Ok(())
     }
 }
 
@@ -304,7 +368,7 @@ mod tests {
     fn overlay_keeps_what_the_top_lacks_and_takes_the_top_where_both_have_it() {
         let route = |dst: &str, gw: &str| Route {
             dst: dst.parse().unwrap(),
-            gateway: gw.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
             dev: "flannel.1".into(),
             onlink: true,
         };
@@ -320,6 +384,7 @@ mod tests {
         assert_eq!(
             o.routes[&"10.244.3.0/24".parse().unwrap()]
                 .gateway
+                .unwrap()
                 .to_string(),
             "10.244.3.0",
             "the top wins"
@@ -335,7 +400,7 @@ mod tests {
     fn entries_render_like_ip_commands() {
         let r = Route {
             dst: "10.244.2.0/24".parse().unwrap(),
-            gateway: "10.244.2.0".parse().unwrap(),
+            gateway: Some("10.244.2.0".parse().unwrap()),
             dev: "flannel.1".into(),
             onlink: true,
         };

@@ -5,11 +5,12 @@
 //! 1. links whose immutable attributes changed (VNI, port, local address, ...) are deleted,
 //! 2. links are created (new, and those just deleted) or updated in place (MTU, MAC, up),
 //! 3. addresses are added,
-//! 4. neighbour and FDB entries are added or replaced (before the routes that use them, so
-//!    the kernel never has to resolve a next hop on its own),
+//! 4. neighbour, FDB entries and WireGuard peers are added or replaced (before the routes that
+//!    use them, so the kernel never has to resolve a next hop on its own),
 //! 5. routes are added or replaced,
 //! 6. stale routes are deleted,
-//! 7. stale neighbour and FDB entries are deleted,
+//! 7. stale neighbour and FDB entries and WireGuard peers are deleted (after the new peers are
+//!    set: a subnet whose node came back with a new key moves to the new peer first),
 //! 8. stale addresses are deleted,
 //! 9. stale links are deleted last: by then every route that must survive has been replaced
 //!    onto another device (e.g. a VXLAN route turned host-gw during a backend switch).
@@ -27,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use super::desired::{Address, Fdb, KernelState, Link, Neighbour, Route};
+use super::desired::{Address, Fdb, KernelState, Link, Neighbour, Route, WgPeer};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -42,6 +43,9 @@ pub enum Op {
     AddFdb(Fdb),
     ReplaceFdb(Fdb),
     DeleteFdb(Fdb),
+    AddWgPeer(WgPeer),
+    ReplaceWgPeer(WgPeer),
+    DeleteWgPeer(WgPeer),
     AddRoute(Route),
     ReplaceRoute(Route),
     DeleteRoute(Route),
@@ -56,6 +60,7 @@ impl Op {
                 | Op::DeleteAddress(_)
                 | Op::DeleteNeighbour(_)
                 | Op::DeleteFdb(_)
+                | Op::DeleteWgPeer(_)
                 | Op::DeleteRoute(_)
         )
     }
@@ -74,6 +79,9 @@ impl Op {
             Op::AddFdb(_) => "add_fdb",
             Op::ReplaceFdb(_) => "replace_fdb",
             Op::DeleteFdb(_) => "delete_fdb",
+            Op::AddWgPeer(_) => "add_wg_peer",
+            Op::ReplaceWgPeer(_) => "replace_wg_peer",
+            Op::DeleteWgPeer(_) => "delete_wg_peer",
             Op::AddRoute(_) => "add_route",
             Op::ReplaceRoute(_) => "replace_route",
             Op::DeleteRoute(_) => "delete_route",
@@ -106,6 +114,9 @@ impl fmt::Display for Op {
             Op::AddFdb(e) => write!(f, "add fdb {e}"),
             Op::ReplaceFdb(e) => write!(f, "replace fdb {e}"),
             Op::DeleteFdb(e) => write!(f, "delete fdb {e}"),
+            Op::AddWgPeer(p) => write!(f, "add wireguard {p}"),
+            Op::ReplaceWgPeer(p) => write!(f, "replace wireguard {p}"),
+            Op::DeleteWgPeer(p) => write!(f, "delete wireguard {p}"),
             Op::AddRoute(r) => write!(f, "add route {r}"),
             Op::ReplaceRoute(r) => write!(f, "replace route {r}"),
             Op::DeleteRoute(r) => write!(f, "delete route {r}"),
@@ -198,6 +209,10 @@ const NEIGHBOURS: EntryOps<Neighbour> = EntryOps(
     |n| &n.link,
 );
 const FDB: EntryOps<Fdb> = EntryOps(Op::AddFdb, Op::ReplaceFdb, Op::DeleteFdb, |f| &f.link);
+const WG_PEERS: EntryOps<WgPeer> =
+    EntryOps(Op::AddWgPeer, Op::ReplaceWgPeer, Op::DeleteWgPeer, |p| {
+        &p.link
+    });
 const ROUTES: EntryOps<Route> =
     EntryOps(Op::AddRoute, Op::ReplaceRoute, Op::DeleteRoute, |r| &r.dev);
 
@@ -298,6 +313,7 @@ pub fn diff(desired: &KernelState, actual: &KernelState) -> Vec<Op> {
         &mut entries,
     );
     FDB.diff(&desired.fdb, &actual.fdb, &deleted, &mut entries);
+    WG_PEERS.diff(&desired.wg_peers, &actual.wg_peers, &deleted, &mut entries);
     let mut routes = Phase::default();
     ROUTES.diff(&desired.routes, &actual.routes, &deleted, &mut routes);
 

@@ -13,6 +13,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::annotations::PeerBackend;
 use crate::net::{Family, Mac};
+use crate::wg_key::WgKey;
 
 use super::peer::Peer;
 use super::skip::SkipReason;
@@ -25,6 +26,7 @@ pub enum Claim {
     IpV4(Ipv4Addr),
     IpV6(Ipv6Addr),
     VtepMac(Family, u32, Mac),
+    WgKey(WgKey),
 }
 
 /// Every claim of a valid peer.
@@ -38,6 +40,7 @@ pub fn claims_of(p: &Peer) -> Vec<Claim> {
         out.extend(v4.map(|d| Claim::VtepMac(Family::V4, d.vni, d.vtep_mac)));
         out.extend(v6.map(|d| Claim::VtepMac(Family::V6, d.vni, d.vtep_mac)));
     }
+    out.extend(p.backend.wireguard_keys().map(Claim::WgKey));
     out
 }
 

@@ -1,8 +1,9 @@
 //! Builders for tests across the crate: a local lease and peer Nodes shaped like real ones.
 
-use crate::annotations::{Advertisement, AnnotationKeys, VxlanData};
+use crate::annotations::{Advertisement, AnnotationKeys, BackendData, VxlanData, WireguardData};
 use crate::config::{BackendType, NetConfig};
 use crate::net::Mac;
+use crate::wg_key::WgKey;
 
 use super::{ClusterView, LocalLease, NodeInfo, Underlay};
 
@@ -30,6 +31,7 @@ pub fn lease() -> LocalLease {
         },
         vtep_mac_v4: LOCAL_MAC,
         vtep_mac_v6: LOCAL_MAC6,
+        wg_key: None,
     }
 }
 
@@ -58,6 +60,14 @@ pub fn view() -> ClusterView {
 pub fn peer_mac(i: u32) -> Mac {
     let b = i.to_be_bytes();
     Mac([0x0a, 0x58, b[0], b[1], b[2], b[3]])
+}
+
+/// The WireGuard public key peer number `i` advertises (any 32 bytes will do as a key to
+/// plan with).
+pub fn peer_wg_key(i: u32) -> WgKey {
+    let mut k = [0x11; 32];
+    k[..4].copy_from_slice(&i.to_be_bytes());
+    WgKey(k)
 }
 
 /// Peer `node-<i>`: see [`PeerSpec::subnet`]; public IP 192.168.1.<i> (on our segment), or
@@ -119,6 +129,19 @@ impl PeerSpec {
         }
     }
 
+    /// The `backend-data` of one family: VXLAN's, WireGuard's (with [`peer_wg_key`] and
+    /// flannel's default port), else none.
+    fn data(&self, backend: BackendType, vxlan: VxlanData) -> Option<BackendData> {
+        match backend {
+            BackendType::Vxlan => Some(BackendData::Vxlan(vxlan)),
+            BackendType::Wireguard => Some(BackendData::Wireguard(WireguardData {
+                public_key: peer_wg_key(self.i),
+                port: Some(51820),
+            })),
+            _ => None,
+        }
+    }
+
     /// The Node with the annotations flannel writes for such a peer.
     pub fn node(&self) -> NodeInfo {
         let backend_type: BackendType = self.backend.parse().expect("a known backend");
@@ -137,8 +160,8 @@ impl PeerSpec {
         mac_v6.0[1] = 0x66;
         let a = Advertisement {
             backend_type,
-            vxlan_v4: Some(vxlan(peer_mac(self.i))),
-            vxlan_v6: Some(vxlan(mac_v6)),
+            data_v4: self.data(backend_type, vxlan(peer_mac(self.i))),
+            data_v6: self.data(backend_type, vxlan(mac_v6)),
             public_ip: Some(self.public_ip().parse().unwrap()),
             public_ipv6: v6,
         }

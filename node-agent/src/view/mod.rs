@@ -32,6 +32,7 @@ pub use skip::{Missing, SkipLog, SkipReason, Skipped};
 use crate::annotations::{AnnotationKeys, PeerBackend, VxlanData};
 use crate::config::{BackendConfig, NetConfig};
 use crate::net::{Family, Mac};
+use crate::wg_key::{WgKey, WgKeyPair};
 use claims::{Claim, ClaimDates};
 
 /// How many VXLAN VNIs other than our own are served at once. A VNI change in flight needs
@@ -121,6 +122,9 @@ pub struct LocalLease {
     /// `annotations::advertised_vtep_macs`, else `Mac::derived`).
     pub vtep_mac_v4: Mac,
     pub vtep_mac_v6: Mac,
+    /// This node's WireGuard key pair, from the key file (`None` when it could not be read
+    /// or written: WireGuard cannot be used then, everything else can).
+    pub wg_key: Option<WgKeyPair>,
 }
 
 /// The peers to program, and the Nodes that are not programmed with why.
@@ -361,6 +365,10 @@ impl ClusterView {
         if let Some(network) = config.ipv6() {
             self.check_family(p, Family::V6, IpNetwork::V6(network), &own_ips)?;
         }
+        let own_wg = local.wg_key.map(|k| k.public);
+        if let Some(key) = p.backend.wireguard_keys().find(|k| Some(*k) == own_wg) {
+            return Err(SkipReason::WgKeyIsLocal { key });
+        }
         for (family, data) in vtep_claims(p, config) {
             let own = match family {
                 Family::V4 => local.vtep_mac_v4,
@@ -437,6 +445,8 @@ struct Taken<'a> {
     ips: HashMap<IpAddr, &'a str>,
     /// VTEP MACs of accepted VXLAN peers, per device (family and VNI).
     macs: HashMap<(Family, u32, Mac), &'a str>,
+    /// WireGuard public keys of accepted peers.
+    wg_keys: HashMap<WgKey, &'a str>,
     /// Accepted subnets by node, to name them in a skip reason.
     subnets_v4: HashMap<&'a str, Ipv4Network>,
     subnets_v6: HashMap<&'a str, Ipv6Network>,
@@ -465,6 +475,9 @@ impl<'a> Taken<'a> {
                 same_claim(self.ips.get(&IpAddr::V6(ip)), Claim::IpV6(ip), &mut out);
             }
         }
+        for key in p.backend.wireguard_keys() {
+            same_claim(self.wg_keys.get(&key), Claim::WgKey(key), &mut out);
+        }
         for (family, data) in vtep_claims(p, config) {
             let holder = self.macs.get(&(family, data.vni, data.vtep_mac));
             same_claim(
@@ -485,6 +498,7 @@ impl<'a> Taken<'a> {
         self.subnets_v4.remove(&*q.name);
         self.subnets_v6.remove(&*q.name);
         self.ips.retain(|_, n| !mine(n));
+        self.wg_keys.retain(|_, n| !mine(n));
         for (family, data) in vtep_claims(q, config) {
             let key = (family, data.vni, data.vtep_mac);
             if self.macs.get(&key).is_some_and(|n| mine(n)) {
@@ -494,6 +508,9 @@ impl<'a> Taken<'a> {
     }
 
     fn insert(&mut self, p: &'a Peer, config: &NetConfig) {
+        for key in p.backend.wireguard_keys() {
+            self.wg_keys.insert(key, &p.name);
+        }
         for (family, data) in vtep_claims(p, config) {
             self.macs.insert((family, data.vni, data.vtep_mac), &p.name);
         }
@@ -609,6 +626,7 @@ impl Conflict<'_> {
                 other,
             },
             Claim::VtepMac(_, vni, mac) => SkipReason::DuplicateVtepMac { mac, vni, other },
+            Claim::WgKey(key) => SkipReason::DuplicateWgKey { key, other },
         }
     }
 }

@@ -9,13 +9,14 @@ use ipnetwork::IpNetwork;
 use crate::annotations::AnnotationError;
 use crate::config::BackendType;
 use crate::net::{Family, Mac};
+use crate::wg_key::WgKey;
 
 /// What a peer lacks for an address family the config enables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Missing {
     PodCidr,
     PublicIp,
-    /// A VXLAN node without `backend-data` (or `backend-v6-data`).
+    /// A VXLAN or WireGuard node without `backend-data` (or `backend-v6-data`).
     BackendData,
 }
 
@@ -75,6 +76,19 @@ pub enum SkipReason {
         vni: u32,
         other: String,
     },
+    /// Advertises this node's own WireGuard public key.
+    WgKeyIsLocal {
+        key: WgKey,
+    },
+    /// Advertises the same WireGuard public key as a peer that wins the tie-break: WireGuard
+    /// knows a peer by its key alone, so the two cannot both be peers.
+    DuplicateWgKey {
+        key: WgKey,
+        other: String,
+    },
+    /// A WireGuard peer, but this node has no private key to talk to it with (the key file
+    /// could not be read or written).
+    NoWireguardKey,
     /// Needs plain routing (host-gw, or DirectRouting) but is not on our L2 segment.
     NotOnLink {
         backend: BackendType,
@@ -106,6 +120,9 @@ impl SkipReason {
             SkipReason::UnusablePublicIp { .. } => "unusable_public_ip",
             SkipReason::VtepMacIsLocal { .. } => "vtep_mac_is_local",
             SkipReason::DuplicateVtepMac { .. } => "duplicate_vtep_mac",
+            SkipReason::WgKeyIsLocal { .. } => "wg_key_is_local",
+            SkipReason::DuplicateWgKey { .. } => "duplicate_wg_key",
+            SkipReason::NoWireguardKey => "no_wireguard_key",
             SkipReason::NotOnLink { .. } => "not_on_link",
             SkipReason::TooManyVnis { .. } => "too_many_vnis",
         }
@@ -128,7 +145,7 @@ impl fmt::Display for SkipReason {
                 let what = match missing {
                     Missing::PodCidr => "podCIDR",
                     Missing::PublicIp => "public IP annotation",
-                    Missing::BackendData => "VXLAN backend data annotation",
+                    Missing::BackendData => "backend-data annotation",
                 };
                 write!(f, "no {family} {what}, but {family} is enabled")
             }
@@ -159,6 +176,17 @@ impl fmt::Display for SkipReason {
             SkipReason::DuplicateVtepMac { mac, vni, other } => write!(
                 f,
                 "advertises VTEP MAC {mac} on VNI {vni}, already advertised by node {other}, which is kept"
+            ),
+            SkipReason::WgKeyIsLocal { key } => {
+                write!(f, "advertises WireGuard public key {key}, which is this node's")
+            }
+            SkipReason::DuplicateWgKey { key, other } => write!(
+                f,
+                "advertises WireGuard public key {key}, already advertised by node {other}, which is kept"
+            ),
+            SkipReason::NoWireguardKey => write!(
+                f,
+                "is a WireGuard peer, but this node has no WireGuard private key (see the agent's log about the key file)"
             ),
             SkipReason::TooManyVnis { vni, max } => write!(
                 f,

@@ -161,7 +161,7 @@ fn bad_nodes_are_skipped_with_typed_reasons_and_others_survive() {
         (Edit::Cidrs(&["10.244.7.0"]), |r| {
             matches!(r, SkipReason::BadPodCidr(_))
         }),
-        (Edit::Set("backend-type", "wireguard"), |r| {
+        (Edit::Set("backend-type", "ipsec"), |r| {
             matches!(
                 r,
                 SkipReason::BadAnnotation(AnnotationError::UnsupportedBackend { .. })

@@ -6,9 +6,9 @@ use std::future::Future;
 use std::process::Command;
 
 use serde_json::Value;
-use trellis_agent::annotations::{Advertisement, AnnotationKeys, VxlanData};
+use trellis_agent::annotations::{Advertisement, AnnotationKeys, BackendData, VxlanData};
 use trellis_agent::backend::{plan, PlanOptions};
-use trellis_agent::config::NetConfig;
+use trellis_agent::config::{BackendType, NetConfig};
 use trellis_agent::dataplane::desired::KernelState;
 use trellis_agent::net::Mac;
 use trellis_agent::view::{ClusterView, LocalLease, NodeInfo, Underlay};
@@ -219,6 +219,7 @@ impl Node {
             },
             vtep_mac_v4: self.mac,
             vtep_mac_v6: v6_mac(self.mac),
+            wg_key: None,
         }
     }
 }
@@ -307,10 +308,12 @@ impl PeerNode {
             public_ipv6 = Some(ip6.parse().expect("an IPv6 address"));
             pod_cidrs.push(subnet6.clone());
         }
+        let backend_type: BackendType = self.backend.parse().expect("a known backend");
+        let data = |d| (backend_type == BackendType::Vxlan).then_some(BackendData::Vxlan(d));
         let a = Advertisement {
-            backend_type: self.backend.parse().expect("a known backend"),
-            vxlan_v4: Some(vxlan(self.mac)),
-            vxlan_v6: Some(vxlan(v6_mac(self.mac))),
+            backend_type,
+            data_v4: data(vxlan(self.mac)),
+            data_v6: data(vxlan(v6_mac(self.mac))),
             public_ip: Some(self.public_ip.parse().expect("an IPv4 address")),
             public_ipv6,
         }

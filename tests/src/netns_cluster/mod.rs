@@ -325,6 +325,8 @@ impl Cluster {
             format!("--configmap-namespace={CONFIGMAP_NS}"),
             format!("--configmap-name={CONFIGMAP_NAME}"),
             format!("--subnet-file={}", n.subnet_file().display()),
+            // Each node its own WireGuard key, not the host's /run/flannel/wgkey.
+            format!("--wireguard-key-file={}", n.dir.join("wgkey").display()),
             "--health-addr=127.0.0.1:9402".into(),
             "--iface=eth0".into(),
         ];

@@ -42,7 +42,7 @@ fn state(dev: &Link, peers: &[u8]) -> KernelState {
         });
         k.add_route(Route {
             dst: net(&format!("10.244.{i}.0/24")),
-            gateway: gw,
+            gateway: Some(gw),
             dev: dev.name.clone(),
             onlink: true,
         });
@@ -55,10 +55,15 @@ fn phase(op: &Op) -> u8 {
     match op {
         Op::AddLink(_) | Op::SetLink(_) => 1,
         Op::AddAddress(_) => 2,
-        Op::AddNeighbour(_) | Op::ReplaceNeighbour(_) | Op::AddFdb(_) | Op::ReplaceFdb(_) => 3,
+        Op::AddNeighbour(_)
+        | Op::ReplaceNeighbour(_)
+        | Op::AddFdb(_)
+        | Op::ReplaceFdb(_)
+        | Op::AddWgPeer(_)
+        | Op::ReplaceWgPeer(_) => 3,
         Op::AddRoute(_) | Op::ReplaceRoute(_) => 4,
         Op::DeleteRoute(_) => 5,
-        Op::DeleteNeighbour(_) | Op::DeleteFdb(_) => 6,
+        Op::DeleteNeighbour(_) | Op::DeleteFdb(_) | Op::DeleteWgPeer(_) => 6,
         Op::DeleteAddress(_) => 7,
         Op::DeleteLink(_) => 8,
     }
@@ -102,6 +107,7 @@ fn apply(actual: &KernelState, ops: &[Op]) -> KernelState {
                 k.addresses.retain(|a| &a.link != name);
                 k.neighbours.retain(|(l, _), _| l != name);
                 k.fdb.retain(|(l, _), _| l != name);
+                k.wg_peers.retain(|(l, _), _| l != name);
                 k.routes.retain(|_, r| &r.dev != name);
             }
             Op::AddAddress(a) => {
@@ -121,6 +127,14 @@ fn apply(actual: &KernelState, ops: &[Op]) -> KernelState {
                 k.add_fdb(f.clone());
             }
             Op::DeleteFdb(f) => removed(k.fdb.remove(&(f.link.clone(), f.mac)).is_some()),
+            Op::AddWgPeer(p) | Op::ReplaceWgPeer(p) => {
+                has_link(&k, &p.link);
+                k.add_wg_peer(p.clone());
+            }
+            Op::DeleteWgPeer(p) => {
+                let key = (p.link.clone(), p.public_key);
+                removed(k.wg_peers.remove(&key).is_some())
+            }
             Op::AddRoute(r) | Op::ReplaceRoute(r) => {
                 assert!(
                     k.links.contains_key(&r.dev) || r.dev == "eth0",
@@ -128,7 +142,9 @@ fn apply(actual: &KernelState, ops: &[Op]) -> KernelState {
                 );
                 if r.onlink && k.links.contains_key(&r.dev) {
                     // Entries needed by a VXLAN route are in place before it.
-                    let has_arp = k.neighbours.contains_key(&(r.dev.clone(), r.gateway));
+                    let has_arp = k
+                        .neighbours
+                        .contains_key(&(r.dev.clone(), r.gateway.unwrap()));
                     let is_ipip = matches!(k.links[&r.dev].kind, LinkKind::Ipip { .. });
                     assert!(has_arp || is_ipip, "{op}: route before its neighbour");
                 }
@@ -229,7 +245,7 @@ fn changed_entries_are_replaced() {
     desired.fdb.remove(&("flannel.1".to_string(), mac(4)));
     desired.add_route(Route {
         dst: net("10.244.4.0/24"),
-        gateway: ip("192.168.1.4"),
+        gateway: Some(ip("192.168.1.4")),
         dev: "eth0".into(),
         onlink: false,
     });
@@ -297,7 +313,7 @@ fn stale_links_go_last_and_take_their_entries_with_them() {
     for i in [2, 3] {
         desired.add_route(Route {
             dst: net(&format!("10.244.{i}.0/24")),
-            gateway: ip(&format!("192.168.1.{i}")),
+            gateway: Some(ip(&format!("192.168.1.{i}"))),
             dev: "eth0".into(),
             onlink: false,
         });
@@ -359,7 +375,7 @@ fn ipip_links_and_mixed_devices() {
     desired.add_address("flannel.ipip", net("10.244.1.0/32"));
     desired.add_route(Route {
         dst: net("10.244.2.0/24"),
-        gateway: ip("192.168.1.2"),
+        gateway: Some(ip("192.168.1.2")),
         dev: "flannel.ipip".into(),
         onlink: true,
     });
@@ -388,7 +404,7 @@ fn large_states_diff_fast_and_minimal() {
         let dst = net(&format!("10.{}.{}.0/24", b[2], b[3]));
         let r = Route {
             dst,
-            gateway: dst.network(),
+            gateway: Some(dst.network()),
             dev: "flannel.1".into(),
             onlink: true,
         };

@@ -27,11 +27,12 @@ use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope, Route
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
     AddressMessageBuilder, Handle, LinkIpIp, LinkMessageBuilder, LinkUnspec, LinkVxlan,
-    RouteMessageBuilder,
+    LinkWireguard, RouteMessageBuilder,
 };
 use trellis_common::netlink::{errno, link_by_name};
 
 use super::bulk::{self, Answer, BulkSocket, Request};
+use super::wg_ops;
 use crate::dataplane::desired::{Address, Fdb, Link, LinkKind, Route};
 use crate::dataplane::diff::Op;
 use crate::net::ROUTE_PROTOCOL;
@@ -121,6 +122,9 @@ enum Phase {
     RouteDelete,
     EntryDelete,
     AddressDelete,
+    /// WireGuard peers: generic netlink, one request per device.
+    WgSet,
+    WgDelete,
 }
 
 fn phase(op: &Op) -> Phase {
@@ -134,6 +138,8 @@ fn phase(op: &Op) -> Phase {
         Op::DeleteRoute(_) => Phase::RouteDelete,
         Op::DeleteNeighbour(_) | Op::DeleteFdb(_) => Phase::EntryDelete,
         Op::DeleteAddress(_) => Phase::AddressDelete,
+        Op::AddWgPeer(_) | Op::ReplaceWgPeer(_) => Phase::WgSet,
+        Op::DeleteWgPeer(_) => Phase::WgDelete,
     }
 }
 
@@ -147,6 +153,7 @@ fn needed_link(op: &Op) -> Option<&str> {
         Op::AddNeighbour(n) | Op::ReplaceNeighbour(n) | Op::DeleteNeighbour(n) => Some(&n.link),
         Op::AddFdb(f) | Op::ReplaceFdb(f) | Op::DeleteFdb(f) => Some(&f.link),
         Op::AddRoute(r) | Op::ReplaceRoute(r) => Some(&r.dev),
+        Op::AddWgPeer(p) | Op::ReplaceWgPeer(p) | Op::DeleteWgPeer(p) => Some(&p.link),
     }
 }
 
@@ -215,6 +222,8 @@ pub async fn apply_with_index(
         if p == Phase::Link {
             let r = link_op(handle, &mut links, first).await;
             record(&mut report, first, r);
+        } else if matches!(p, Phase::WgSet | Phase::WgDelete) {
+            run_wg_batch(&links, batch, &mut report);
         } else {
             run_batch(handle, bulk, &mut links, batch, &mut report).await;
         }
@@ -234,6 +243,23 @@ fn record(report: &mut ApplyReport, op: &Op, r: OpResult) {
             errno: f.errno,
             message: f.message,
         }),
+    }
+}
+
+/// WireGuard peer ops, but those on a device whose creation failed in this run.
+fn run_wg_batch(links: &Links, batch: &[Op], report: &mut ApplyReport) {
+    let (skipped, runnable): (Vec<&Op>, Vec<&Op>) = batch
+        .iter()
+        .partition(|op| needed_link(op).is_some_and(|l| links.failed.contains(l)));
+    for op in skipped {
+        let link = needed_link(op).unwrap_or_default();
+        let why = format!("not attempted: creating link {link} failed");
+        record(report, op, Err(Failure::other(why)));
+    }
+    let runnable: Vec<Op> = runnable.into_iter().cloned().collect();
+    for (op, r) in runnable.iter().zip(wg_ops::run_peer_ops(&runnable)) {
+        let r = r.map_err(|(errno, message)| Failure { errno, message });
+        record(report, op, r);
     }
 }
 
@@ -370,10 +396,16 @@ async fn link_op(handle: &Handle, links: &mut Links, op: &Op) -> OpResult {
         Op::AddLink(link) => {
             links.failed.remove(&link.name);
             links.index.remove(&link.name);
-            let r = ok_if(
+            let mut r = ok_if(
                 handle.link().add(link_message(link)).execute().await,
                 &[libc::EEXIST],
             );
+            if let (Ok(()), LinkKind::Wireguard(w)) = (&r, &link.kind) {
+                r = wg_ops::configure_device(&link.name, w).map_err(|e| Failure {
+                    errno: e.errno(),
+                    message: e.to_string(),
+                });
+            }
             if r.is_err() {
                 links.failed.insert(link.name.clone());
             }
@@ -430,6 +462,8 @@ fn link_message(link: &Link) -> netlink_packet_route::link::LinkMessage {
             common(b, link).build()
         }
         LinkKind::Ipip { local } => common(LinkIpIp::new(&link.name).local(*local), link).build(),
+        // Key and port follow through generic netlink (`wg_ops::configure_device`).
+        LinkKind::Wireguard(_) => common(LinkWireguard::new(&link.name), link).build(),
     }
 }
 
@@ -581,13 +615,17 @@ fn invalid(e: impl fmt::Display) -> Failure {
     Failure::other(format!("invalid route: {e}"))
 }
 
-/// `ip route replace DST via GW dev DEV [onlink] proto 116`.
+/// `ip route replace DST via GW dev DEV [onlink] proto 116`, or without a gateway
+/// `ip route replace DST dev DEV scope link proto 116`.
 fn route_message(index: u32, r: &Route) -> Result<RouteMessage, Failure> {
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix())
-        .map_err(invalid)?
-        .gateway(r.gateway)
-        .map_err(invalid)?
+        .map_err(invalid)?;
+    b = match r.gateway {
+        Some(gw) => b.gateway(gw).map_err(invalid)?,
+        None => b.scope(RouteScope::Link),
+    };
+    let mut b = b
         .output_interface(index)
         .protocol(RouteProtocol::from(ROUTE_PROTOCOL));
     if r.onlink {

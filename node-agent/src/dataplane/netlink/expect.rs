@@ -87,9 +87,7 @@ pub fn agrees(msg: &RouteNetlinkMessage, owned: &Owned, expected: &KernelState) 
                 return want.is_none();
             }
             let dev = info.oif.and_then(|i| owned.name(i)).unwrap_or("");
-            want.is_some_and(|w| {
-                w.gateway == info.gateway && w.dev == dev && w.onlink == info.onlink
-            })
+            want.is_some_and(|w| w.gateway == info.via() && w.dev == dev && w.onlink == info.onlink)
         }
         M::DelRoute(r) => {
             parse::route_info(r).is_some_and(|i| !expected.routes.contains_key(&i.dst))

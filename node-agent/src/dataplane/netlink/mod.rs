@@ -21,6 +21,7 @@ mod expect;
 mod monitor;
 mod parse;
 mod read;
+mod wg_ops;
 pub mod wireguard;
 
 use std::collections::{BTreeMap, HashMap};

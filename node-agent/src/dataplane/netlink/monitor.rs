@@ -8,6 +8,9 @@
 //! is driving the kernel to ([`Expected`]), the monitor drops notifications that agree with it
 //! (see `expect`), so a pass that changed something is not followed by a full re-read.
 //!
+//! WireGuard devices notify nothing when their peers change: while the expected state holds
+//! one, the monitor reads them every [`wg_ops::POLL`] and signals when they differ.
+//!
 //! The socket lives in the network namespace of the thread that calls [`DriftMonitor::start`]
 //! (the process's when run under `ip netns exec`). If the kernel drops notifications because
 //! the socket's buffer overflowed, the monitor signals: what was lost is unknown. If the socket
@@ -35,6 +38,7 @@ use trellis_common::netlink::{address_usable, link_name};
 
 use super::expect::{self, Expected};
 use super::parse;
+use super::wg_ops;
 use super::NetlinkError;
 use crate::net::is_owned_link_name;
 
@@ -48,6 +52,7 @@ const RCVBUF: usize = 16 << 20;
 pub struct DriftMonitor {
     connection: JoinHandle<()>,
     watcher: JoinHandle<()>,
+    wg_poller: JoinHandle<()>,
     counters: MonitorCounters,
 }
 
@@ -87,6 +92,7 @@ pub struct MonitorStats {
 impl Drop for DriftMonitor {
     fn drop(&mut self) {
         self.watcher.abort();
+        self.wg_poller.abort();
         self.connection.abort();
     }
 }
@@ -250,6 +256,11 @@ impl DriftMonitor {
         let counters = MonitorCounters::default();
         // The handle stays alive in the task: dropping every handle would let the connection
         // shut down.
+        let wg_poller = tokio::spawn(poll_wireguard(
+            expected.clone(),
+            tx.clone(),
+            counters.0.clone(),
+        ));
         let watcher = tokio::spawn(watch(
             messages,
             owned,
@@ -262,6 +273,7 @@ impl DriftMonitor {
             DriftMonitor {
                 connection,
                 watcher,
+                wg_poller,
                 counters,
             },
             rx,
@@ -371,6 +383,42 @@ async fn watch(
             match tx.try_send(()) {
                 Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
                 Err(mpsc::error::TrySendError::Closed(())) => return,
+            }
+        }
+    }
+}
+
+/// Compare the WireGuard devices with the expected state every [`wg_ops::POLL`], while it has
+/// any. The socket is opened on first need and again after a failure.
+async fn poll_wireguard(expected: Expected, tx: mpsc::Sender<()>, counters: Arc<Counters>) {
+    let mut socket = None;
+    loop {
+        tokio::time::sleep(wg_ops::POLL).await;
+        let Some(want) = expected.get() else {
+            continue;
+        };
+        let has_wg = want
+            .links
+            .values()
+            .any(|l| matches!(l.kind, crate::dataplane::desired::LinkKind::Wireguard(_)));
+        if !has_wg {
+            continue;
+        }
+        if socket.is_none() {
+            socket = super::wireguard::WgSocket::open().ok();
+        }
+        let Some(s) = socket.as_mut() else { continue };
+        let drift = match wg_ops::drifted(s, &want) {
+            Ok(d) => d,
+            Err(_) => {
+                socket = None;
+                true
+            }
+        };
+        if drift {
+            counters.relevant.fetch_add(1, Ordering::Relaxed);
+            if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                return;
             }
         }
     }

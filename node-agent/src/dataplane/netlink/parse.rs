@@ -18,8 +18,9 @@ use netlink_packet_route::AddressFamily;
 
 use trellis_common::netlink::{self, route_addr};
 
-use crate::dataplane::desired::{LinkKind, Vxlan};
+use crate::dataplane::desired::{LinkKind, Vxlan, Wireguard};
 use crate::net::{Mac, ROUTE_PROTOCOL};
+use crate::wg_key::WgSecret;
 
 /// The MTU, 0 when the kernel did not say (a desired link never has MTU 0, so it differs).
 pub fn link_mtu(msg: &LinkMessage) -> u32 {
@@ -57,6 +58,12 @@ pub fn link_kind(msg: &LinkMessage) -> LinkKind {
     }
     match (kind, data) {
         (Some(InfoKind::Vxlan), Some(InfoData::Vxlan(attrs))) => vxlan_kind(attrs),
+        // Key and port are only known through generic netlink: the reader fills them in
+        // (`wg_ops::read_devices`); until then no desired device equals this one.
+        (Some(InfoKind::Wireguard), _) => LinkKind::Wireguard(Wireguard {
+            private_key: WgSecret([0; 32]),
+            listen_port: 0,
+        }),
         (Some(InfoKind::IpIp), Some(InfoData::IpTunnel(attrs))) => {
             let local = attrs
                 .iter()
@@ -130,6 +137,13 @@ pub struct RouteInfo {
     pub gateway: IpAddr,
     pub oif: Option<u32>,
     pub onlink: bool,
+}
+
+impl RouteInfo {
+    /// The gateway as a desired [`Route`](crate::dataplane::desired::Route) holds it.
+    pub fn via(&self) -> Option<IpAddr> {
+        (!self.gateway.is_unspecified()).then_some(self.gateway)
+    }
 }
 
 /// The table a route lives in: `RTA_TABLE` wins over the 8-bit header field.

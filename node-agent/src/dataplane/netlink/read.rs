@@ -69,6 +69,12 @@ pub async fn read_snapshot(handle: &Handle) -> Result<Snapshot, NetlinkError> {
         }
     }
 
+    // A kernel without WireGuard has no WireGuard device to read.
+    super::wg_ops::read_devices(&mut snap.state).map_err(|e| NetlinkError::Kernel {
+        what: "read WireGuard devices",
+        errno: e.errno(),
+        detail: e.to_string(),
+    })?;
     read_routes(handle, &mut snap).await?;
     // Neighbours and FDB entries are read on trellis's links only: without one, no dump.
     if !owned.is_empty() {
@@ -161,7 +167,7 @@ async fn read_routes(handle: &Handle, snap: &mut Snapshot) -> Result<(), Netlink
                 .unwrap_or_default();
             snap.state.add_route(Route {
                 dst: info.dst,
-                gateway: info.gateway,
+                gateway: info.via(),
                 dev,
                 onlink: info.onlink,
             });

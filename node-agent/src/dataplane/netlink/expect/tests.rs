@@ -48,7 +48,7 @@ fn expected() -> KernelState {
     k.add_address("flannel.1", "10.244.1.0/32".parse().unwrap());
     k.add_route(Route {
         dst: "10.244.2.0/24".parse().unwrap(),
-        gateway: "10.244.2.0".parse().unwrap(),
+        gateway: Some("10.244.2.0".parse().unwrap()),
         dev: "flannel.1".into(),
         onlink: true,
     });

@@ -1,0 +1,193 @@
+//! The WireGuard half of reading and applying: devices' keys, ports and peers live behind
+//! generic netlink ([`super::wireguard`]), not rtnetlink. The reader fills in what a link dump
+//! cannot tell about a `flannel-wg*` device; the executor sets a new device's key and port and
+//! runs the peer ops of a batch, one request (or a few, for thousands of peers) per device.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use super::wireguard::{WgDeviceState, WgError, WgPeerConfig, WgPeerState, WgSocket};
+use crate::dataplane::desired::{self, KernelState, LinkKind, WgPeer};
+use crate::dataplane::diff::Op;
+use crate::wg_key::{WgKey, WgSecret};
+
+/// Where a peer the kernel holds has no endpoint: differs from every desired one.
+const NO_ENDPOINT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+/// A device as the diff compares it: its settings (as its link kind) and its peers.
+pub fn device_kind(dev: &WgDeviceState) -> LinkKind {
+    LinkKind::Wireguard(desired::Wireguard {
+        // No key yet: the all-zero key, which no desired device has.
+        private_key: WgSecret(dev.private_key.unwrap_or_default()),
+        listen_port: dev.listen_port,
+    })
+}
+
+pub fn peer(link: &str, p: &WgPeerState) -> WgPeer {
+    WgPeer {
+        link: link.to_string(),
+        public_key: WgKey(p.public_key),
+        endpoint: p.endpoint.unwrap_or(NO_ENDPOINT),
+        allowed_ips: p.allowed_ips.clone(),
+        keepalive: p.persistent_keepalive,
+        psk: p.preshared_key.map(WgSecret),
+    }
+}
+
+fn config(p: &WgPeer) -> WgPeerConfig {
+    WgPeerConfig {
+        public_key: p.public_key.0,
+        preshared_key: p.psk.map(|k| k.0),
+        endpoint: p.endpoint,
+        persistent_keepalive: p.keepalive,
+        allowed_ips: p.allowed_ips.clone(),
+    }
+}
+
+/// Fill in the WireGuard devices of a dump: their kind from the device's key and port, and
+/// their peers. A device that cannot be read keeps the placeholder kind the link dump gave
+/// it (the diff then recreates it) and no peers.
+pub fn read_devices(state: &mut KernelState) -> Result<(), WgError> {
+    let names: Vec<String> = state
+        .links
+        .values()
+        .filter(|l| matches!(l.kind, LinkKind::Wireguard(_)))
+        .map(|l| l.name.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut socket = WgSocket::open()?;
+    for name in names {
+        let Some(dev) = socket.device(&name)? else {
+            continue;
+        };
+        if let Some(link) = state.links.get_mut(&name) {
+            link.kind = device_kind(&dev);
+        }
+        for p in &dev.peers {
+            state.add_wg_peer(peer(&name, p));
+        }
+    }
+    Ok(())
+}
+
+/// Give a device just created its key and port.
+pub fn configure_device(name: &str, w: &desired::Wireguard) -> Result<(), WgError> {
+    WgSocket::open()?.set_device(name, &w.private_key.0, w.listen_port)
+}
+
+/// Why a peer op failed: the kernel's errno if it refused, and what to tell the user.
+pub type PeerOpFailure = (Option<i32>, String);
+
+/// Run a batch of peer ops (all sets, or all deletes), grouped by device. Each op's outcome:
+/// a device's request failing fails every op on that device.
+pub fn run_peer_ops(ops: &[Op]) -> Vec<Result<(), PeerOpFailure>> {
+    let mut by_link: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let Some(p) = wg_peer(op) {
+            by_link.entry(&p.link).or_default().push(i);
+        }
+    }
+    let failure = |e: &WgError| (e.errno(), e.to_string());
+    let mut results: Vec<Result<(), PeerOpFailure>> = ops
+        .iter()
+        .map(|_| Err((None, "not a WireGuard peer op".to_string())))
+        .collect();
+    let mut socket = match WgSocket::open() {
+        Ok(s) => s,
+        Err(e) => return ops.iter().map(|_| Err(failure(&e))).collect(),
+    };
+    for (link, idx) in by_link {
+        let peers: Vec<&WgPeer> = idx.iter().filter_map(|&i| wg_peer(&ops[i])).collect();
+        let r = if matches!(ops[idx[0]], Op::DeleteWgPeer(_)) {
+            let keys: Vec<[u8; 32]> = peers.iter().map(|p| p.public_key.0).collect();
+            match socket.remove_peers(link, &keys) {
+                // The device is gone, and its peers with it.
+                Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+                r => r,
+            }
+        } else {
+            let new: Vec<bool> = idx
+                .iter()
+                .map(|&i| matches!(ops[i], Op::AddWgPeer(_)))
+                .collect();
+            set_prompting(&mut socket, link, &peers, &new)
+        };
+        for &i in &idx {
+            results[i] = r.as_ref().map(|_| ()).map_err(failure);
+        }
+    }
+    results
+}
+
+/// Set `peers`, prompting a handshake with each new one (`new`): the kernel sends a
+/// keepalive, which starts a handshake, when a peer's persistent keepalive goes from off to on.
+/// During a switch the peer that learns of the other first may have its handshake refused
+/// (the other does not know it yet), and WireGuard retries only after 5 s; the other side's
+/// prompt, once it adds us, completes the handshake at once. A new peer whose keepalive is off
+/// gets 1 s and then off again, in a second request.
+fn set_prompting(
+    socket: &mut WgSocket,
+    link: &str,
+    peers: &[&WgPeer],
+    new: &[bool],
+) -> Result<(), WgError> {
+    let mut configs: Vec<WgPeerConfig> = peers.iter().map(|p| config(p)).collect();
+    let mut off_again = Vec::new();
+    for (c, &is_new) in configs.iter_mut().zip(new) {
+        if is_new && c.persistent_keepalive == 0 {
+            c.persistent_keepalive = 1;
+            off_again.push(WgPeerConfig {
+                persistent_keepalive: 0,
+                ..c.clone()
+            });
+        }
+    }
+    socket.set_peers(link, &configs)?;
+    if off_again.is_empty() {
+        return Ok(());
+    }
+    socket.set_peers(link, &off_again)
+}
+
+fn wg_peer(op: &Op) -> Option<&WgPeer> {
+    match op {
+        Op::AddWgPeer(p) | Op::ReplaceWgPeer(p) | Op::DeleteWgPeer(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// How often the WireGuard devices are compared with what they should hold. WireGuard sends
+/// no notification when a peer is removed or changed (`wg set`), so the drift monitor asks.
+pub const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the kernel's WireGuard devices differ from `expected` (a device missing, another
+/// key or port, a peer missing, changed or extra). `Err` when a device cannot be read.
+pub fn drifted(socket: &mut WgSocket, expected: &KernelState) -> Result<bool, WgError> {
+    for link in expected.links.values() {
+        let LinkKind::Wireguard(want) = &link.kind else {
+            continue;
+        };
+        let Some(dev) = socket.device(&link.name)? else {
+            return Ok(true);
+        };
+        if device_kind(&dev) != LinkKind::Wireguard(*want) {
+            return Ok(true);
+        }
+        let mut got: Vec<WgPeer> = dev.peers.iter().map(|p| peer(&link.name, p)).collect();
+        for p in &mut got {
+            p.allowed_ips.sort();
+        }
+        got.sort_by_key(|p| p.public_key);
+        let want = expected
+            .wg_peers
+            .iter()
+            .filter(|((l, _), _)| *l == link.name)
+            .map(|(_, p)| p);
+        if !got.iter().eq(want) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
