@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The tests that need kernel features this host lacks (IPIP, WireGuard), run in the test VM
-# (hack/vm).
-# Builds the workspace binaries and the e2e_switch test binary on the host, then boots the
-# VM, whose root is the host's root read-only, and runs the ignored VM scenario there:
-# two node namespaces, the API emulator, the agents, pods through the plugin, a ping loop
-# and a TCP stream across nodes while the ConfigMap goes vxlan -> ipip -> host-gw, then the
-# same with vxlan -> wireguard -> host-gw.
+# (hack/vm), all in one boot. Builds the workspace and the test binaries on the host, then
+# boots the VM, whose root is the host's root read-only, and runs the ignored VM tests there:
+# - e2e_switch: two node namespaces, the API emulator, the agents, pods through the plugin, a
+#   ping loop and a TCP stream across nodes while the ConfigMap goes vxlan -> ipip -> host-gw,
+#   then vxlan -> wireguard -> host-gw;
+# - dataplane_wireguard: WireGuard through the executor, drift (a peer removed, an endpoint
+#   moved by hand) signalled by the monitor's poll and repaired;
+# - wireguard_netlink: the generic netlink layer against the kernel;
+# - e2e_wireguard: on the wire only WireGuard (captured), status, the key kept across an agent
+#   restart, a peer's new address followed.
 #
 # Usage: hack/test-vm.sh            (root; TRELLIS_VM_TIMEOUT defaults to 480 s here)
 set -euo pipefail
@@ -21,16 +25,25 @@ echo "== build (host)"
 # The same selection as hack/test.sh's build and test runs (--workspace): with -p, cargo
 # unifies features differently and rebuilds half the dependency tree.
 cargo build --workspace --all-targets --locked
-# The test binary's path is only known from cargo's JSON messages.
-test_bin=$(cargo test --workspace --locked --test e2e_switch --no-run --message-format=json |
-  python3 -c '
+
+# A test binary's path is only known from cargo's JSON messages.
+test_bin() {
+  local path
+  path=$(cargo test --workspace --locked --test "$1" --no-run --message-format=json |
+    python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "e2e_switch":
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
         print(m["executable"])
-')
-[ -x "$test_bin" ] || { echo "test-vm: could not find the e2e_switch test binary" >&2; exit 1; }
+' "$1")
+  [ -x "$path" ] || { echo "test-vm: could not find the $1 test binary" >&2; exit 1; }
+  echo "$path"
+}
+switch_bin=$(test_bin e2e_switch)
+wg_dataplane_bin=$(test_bin dataplane_wireguard)
+wg_netlink_bin=$(test_bin wireguard_netlink)
+wg_e2e_bin=$(test_bin e2e_wireguard)
 
 # Tell the harness where the binaries are, in case the test binary is not under $target.
 export TRELLIS_AGENT_BIN="$target/debug/trellis-agent"
@@ -39,9 +52,23 @@ export KUBE_EMULATOR_BIN="$target/debug/kube-emulator"
 export TRELLIS_VM_ENV="TRELLIS_AGENT_BIN KUBE_EMULATOR_BIN"
 export TRELLIS_VM_TIMEOUT=${TRELLIS_VM_TIMEOUT:-480}
 
-echo "== VM: e2e_switch (ipip, wireguard)"
+# What the guest runs: every binary, whatever the ones before it did; fails if any failed.
+runner="$target/vm-tests.sh"
+{
+  echo '#!/usr/bin/env bash'
+  echo 'rc=0'
+  echo 'run() { echo "== VM test: $*"; "$@" || rc=1; }'
+  echo "run '$switch_bin' --ignored vm_live_switch_ --nocapture --test-threads 1"
+  echo "run '$wg_dataplane_bin' --ignored --nocapture --test-threads 1"
+  echo "run '$wg_netlink_bin' --ignored --nocapture --test-threads 1"
+  echo "run '$wg_e2e_bin' --ignored --nocapture --test-threads 1"
+  echo 'exit $rc'
+} >"$runner"
+chmod +x "$runner"
+
+echo "== VM: e2e_switch (ipip, wireguard), dataplane_wireguard, wireguard_netlink, e2e_wireguard"
 start=$(date +%s)
 rc=0
-hack/vm/run.sh "$test_bin" --ignored vm_live_switch_ --nocapture --test-threads 1 || rc=$?
+hack/vm/run.sh "$runner" || rc=$?
 echo "test-vm: status $rc after $(($(date +%s) - start)) s"
 exit "$rc"

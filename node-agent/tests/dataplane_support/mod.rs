@@ -6,12 +6,15 @@ use std::future::Future;
 use std::process::Command;
 
 use serde_json::Value;
-use trellis_agent::annotations::{Advertisement, AnnotationKeys, BackendData, VxlanData};
+use trellis_agent::annotations::{
+    Advertisement, AnnotationKeys, BackendData, VxlanData, WireguardData,
+};
 use trellis_agent::backend::{plan, PlanOptions};
 use trellis_agent::config::{BackendType, NetConfig};
 use trellis_agent::dataplane::desired::KernelState;
 use trellis_agent::net::Mac;
 use trellis_agent::view::{ClusterView, LocalLease, NodeInfo, Underlay};
+use trellis_agent::wg_key::{WgKey, WgKeyPair, WgSecret};
 
 /// A network namespace that exists for the life of the value (deleted on drop, also when the
 /// test panics), driven with whitespace-split argument strings.
@@ -129,6 +132,8 @@ pub struct Node {
     pub mac: Mac,
     /// IPv6 underlay address and pod subnet, for dual-stack nodes.
     pub v6: Option<(String, String)>,
+    /// Its WireGuard key pair, when given one ([`Node::with_wg_key`]).
+    pub wg_key: Option<WgKeyPair>,
 }
 
 impl Node {
@@ -146,7 +151,15 @@ impl Node {
             subnet: subnet.into(),
             mac,
             v6: None,
+            wg_key: None,
         }
+    }
+
+    /// Give the node a fresh WireGuard key pair.
+    pub fn with_wg_key(mut self) -> Node {
+        let key = WgSecret::generate().expect("random key");
+        self.wg_key = Some(WgKeyPair::new(key));
+        self
     }
 
     /// Make the node dual-stack: `addr6`/64 on eth0 and an IPv6 pod subnet.
@@ -187,6 +200,7 @@ impl Node {
                 subnet: subnet.into(),
                 mac,
                 v6: None,
+                wg_key: None,
             });
         }
         let b = nodes.pop().expect("node b");
@@ -219,7 +233,7 @@ impl Node {
             },
             vtep_mac_v4: self.mac,
             vtep_mac_v6: v6_mac(self.mac),
-            wg_key: None,
+            wg_key: self.wg_key,
         }
     }
 }
@@ -234,8 +248,10 @@ pub struct PeerNode {
     pub vni: u32,
     /// IPv6 public IP and pod subnet, for dual-stack peers (VTEP MAC: [`v6_mac`]).
     pub v6: Option<(String, String)>,
-    /// The backend the peer advertises: `vxlan`, `host-gw` or `ipip`.
+    /// The backend the peer advertises: `vxlan`, `host-gw`, `ipip` or `wireguard`.
     pub backend: &'static str,
+    /// The WireGuard public key it advertises (with `wireguard`).
+    pub wg_key: Option<WgKey>,
 }
 
 /// The MAC of a node's IPv6 VXLAN device, derived from its IPv4 one.
@@ -253,6 +269,7 @@ impl PeerNode {
             vni: 1,
             v6: None,
             backend: "vxlan",
+            wg_key: None,
         }
     }
 
@@ -269,6 +286,7 @@ impl PeerNode {
             vni: 1,
             v6: None,
             backend: "vxlan",
+            wg_key: None,
         }
     }
 
@@ -282,6 +300,7 @@ impl PeerNode {
             vni: 1,
             v6: node.v6.clone(),
             backend: "vxlan",
+            wg_key: node.wg_key.map(|k| k.public),
         }
     }
 
@@ -309,7 +328,17 @@ impl PeerNode {
             pod_cidrs.push(subnet6.clone());
         }
         let backend_type: BackendType = self.backend.parse().expect("a known backend");
-        let data = |d| (backend_type == BackendType::Vxlan).then_some(BackendData::Vxlan(d));
+        let wg = self.wg_key.map(|public_key| {
+            BackendData::Wireguard(WireguardData {
+                public_key,
+                port: Some(51820),
+            })
+        });
+        let data = |d| match backend_type {
+            BackendType::Vxlan => Some(BackendData::Vxlan(d)),
+            BackendType::Wireguard => wg,
+            _ => None,
+        };
         let a = Advertisement {
             backend_type,
             data_v4: data(vxlan(self.mac)),

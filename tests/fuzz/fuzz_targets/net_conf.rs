@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Map, Value};
-use trellis_agent::config::{BackendConfig, ConfigWarning, NetConfig, MAX_VNI};
+use trellis_agent::config::{BackendConfig, ConfigWarning, NetConfig, WgMode, MAX_VNI};
 
 fn render(c: &NetConfig) -> Value {
     let mut o = Map::new();
@@ -42,6 +42,11 @@ fn render(c: &NetConfig) -> Value {
         BackendConfig::Ipip(i) => {
             json!({"Type": "ipip", "DirectRouting": i.direct_routing, "MTU": i.mtu})
         }
+        BackendConfig::Wireguard(w) => json!({
+            "Type": "wireguard", "ListenPort": w.listen_port, "ListenPortV6": w.listen_port_v6,
+            "PSK": w.psk.map(|k| k.to_base64()), "PersistentKeepaliveInterval": w.keepalive,
+            "Mode": w.mode.as_str(), "MTU": w.mtu,
+        }),
     };
     o.insert("Backend".into(), backend);
     Value::Object(o)
@@ -89,6 +94,11 @@ fn check_invariants(c: &NetConfig) {
         assert!(v.vni <= MAX_VNI, "{c:?}");
         assert_ne!(v.port, 0, "{c:?}");
     }
+    if let BackendConfig::Wireguard(w) = c.backend {
+        assert!(w.listen_port != 0 && w.listen_port_v6 != 0, "{c:?}");
+        let two_devices = w.mode == WgMode::Separate && c.enable_ipv4 && c.enable_ipv6;
+        assert!(!two_devices || w.listen_port != w.listen_port_v6, "{c:?}");
+    }
     assert!(
         c.backend.mtu().is_none_or(|m| (68..=65535).contains(&m)),
         "{c:?}"
@@ -100,6 +110,7 @@ fn check_invariants(c: &NetConfig) {
         BackendConfig::Vxlan(_) => 50,
         BackendConfig::Ipip(_) => 20,
         BackendConfig::HostGw(_) => 0,
+        BackendConfig::Wireguard(_) => 80,
     };
     if let Some(m) = c.backend.mtu() {
         assert!(!c.enable_ipv4 || m >= 68 + overhead(false), "{c:?}");

@@ -1,7 +1,8 @@
 //! A Node's annotations as the API delivers them (`metadata.annotations`, a JSON object of
 //! strings), read the way the agent reads peers (`annotations::parse_peer`) and its own Node
 //! (`public_ip_override`, `advertised_vtep_macs`). An accepted peer has usable VXLAN data
-//! (VNI in range, unicast MAC, non-zero port), and advertising what was read then reading it
+//! (VNI in range, unicast MAC, non-zero port) or WireGuard data (a non-zero key, a non-zero
+//! port), and advertising what was read then reading it
 //! back gives the same peer, so trellis and flannel nodes keep agreeing on each other.
 #![no_main]
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use libfuzzer_sys::fuzz_target;
 use trellis_agent::annotations::{
     advertised_vtep_macs, is_managed, parse_peer, public_ip_override, Advertisement,
-    AnnotationKeys, PeerAnnotations, PeerBackend, VxlanData,
+    AnnotationKeys, BackendData, PeerAnnotations, PeerBackend, VxlanData, WireguardData,
 };
 use trellis_agent::config::MAX_VNI;
 use trellis_agent::net::DEFAULT_VXLAN_PORT;
@@ -28,16 +29,27 @@ fn check_vxlan(d: &VxlanData) {
     assert_eq!(again, normalised, "{}", d.to_json());
 }
 
+fn check_wireguard(d: &WireguardData) {
+    assert!(!d.public_key.is_zero(), "{d:?}");
+    assert_ne!(d.port, Some(0), "{d:?}");
+    let again = WireguardData::parse("backend-data", &d.to_json()).expect("own JSON parses");
+    assert_eq!(&again, d, "{}", d.to_json());
+}
+
 /// Advertise `peer` the way our own agent would, then read it back as a peer.
 fn round_trip(keys: &AnnotationKeys, peer: &PeerAnnotations) {
     let (v4, v6) = match peer.backend {
-        PeerBackend::Vxlan { v4, v6 } => (v4, v6),
+        PeerBackend::Vxlan { v4, v6 } => (v4.map(BackendData::Vxlan), v6.map(BackendData::Vxlan)),
+        PeerBackend::Wireguard { v4, v6 } => (
+            v4.map(BackendData::Wireguard),
+            v6.map(BackendData::Wireguard),
+        ),
         _ => (None, None),
     };
     let ad = Advertisement {
         backend_type: peer.backend.kind(),
-        vxlan_v4: v4,
-        vxlan_v6: v6,
+        data_v4: v4,
+        data_v6: v6,
         public_ip: peer.public_ip,
         public_ipv6: peer.public_ipv6,
     };
@@ -59,6 +71,10 @@ fn round_trip(keys: &AnnotationKeys, peer: &PeerAnnotations) {
             PeerBackend::Vxlan { v4, v6 } => PeerBackend::Vxlan {
                 v4: keep(v4, peer.public_ip.is_some()),
                 v6: keep(v6, peer.public_ipv6.is_some()),
+            },
+            PeerBackend::Wireguard { v4, v6 } => PeerBackend::Wireguard {
+                v4: v4.filter(|_| peer.public_ip.is_some()),
+                v6: v6.filter(|_| peer.public_ipv6.is_some()),
             },
             other => other,
         },
@@ -85,10 +101,10 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let _ = peer.backend.to_string();
-    if let PeerBackend::Vxlan { v4, v6 } = &peer.backend {
-        for d in v4.iter().chain(v6) {
-            check_vxlan(d);
-        }
+    match &peer.backend {
+        PeerBackend::Vxlan { v4, v6 } => v4.iter().chain(v6).for_each(check_vxlan),
+        PeerBackend::Wireguard { v4, v6 } => v4.iter().chain(v6).for_each(check_wireguard),
+        _ => {}
     }
     round_trip(&keys, &peer);
 });

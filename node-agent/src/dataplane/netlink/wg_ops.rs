@@ -160,7 +160,7 @@ fn wg_peer(op: &Op) -> Option<&WgPeer> {
 
 /// How often the WireGuard devices are compared with what they should hold. WireGuard sends
 /// no notification when a peer is removed or changed (`wg set`), so the drift monitor asks.
-pub const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Whether the kernel's WireGuard devices differ from `expected` (a device missing, another
 /// key or port, a peer missing, changed or extra). `Err` when a device cannot be read.
