@@ -54,6 +54,7 @@ export TRELLIS_VM_TIMEOUT=${TRELLIS_VM_TIMEOUT:-480}
 
 # What the guest runs: every binary, whatever the ones before it did; fails if any failed.
 runner="$target/vm-tests.sh"
+# shellcheck disable=SC2016 # single quotes: the guest script expands these itself
 {
   echo '#!/usr/bin/env bash'
   echo 'rc=0'
