@@ -149,6 +149,34 @@ fn excerpt(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
+fn bad_data(key: &str, why: String) -> AnnotationError {
+    AnnotationError::BadBackendData {
+        key: key.to_string(),
+        why,
+    }
+}
+
+/// A `backend-data` value as the JSON object it must be (`fields` names what it should hold,
+/// for the error).
+fn data_object(
+    key: &str,
+    text: &str,
+    fields: &str,
+) -> Result<serde_json::Map<String, Value>, AnnotationError> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| bad_data(key, format!("not JSON ({e}): {:?}", excerpt(text))))?;
+    match v {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(bad_data(
+            key,
+            format!(
+                "expected an object with {fields}, found {:?}",
+                excerpt(text)
+            ),
+        )),
+    }
+}
+
 /// A VXLAN peer's `backend-data` (or `backend-v6-data`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VxlanData {
@@ -173,18 +201,8 @@ impl VxlanData {
     /// Parse like Go's `encoding/json` into flannel's struct: keys case-insensitive, unknown
     /// keys ignored, `VtepMAC` required (flannel cannot program a peer without it).
     pub fn parse(key: &str, text: &str) -> Result<VxlanData, AnnotationError> {
-        let bad = |why: String| AnnotationError::BadBackendData {
-            key: key.to_string(),
-            why,
-        };
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| bad(format!("not JSON ({e}): {:?}", excerpt(text))))?;
-        let Value::Object(obj) = v else {
-            return Err(bad(format!(
-                "expected an object with VNI and VtepMAC, found {:?}",
-                excerpt(text)
-            )));
-        };
+        let bad = |why: String| bad_data(key, why);
+        let obj = data_object(key, text, "VNI and VtepMAC")?;
         let mut vni = None;
         let mut mac = None;
         let mut port = None;
@@ -249,18 +267,8 @@ impl WireguardData {
     /// keys ignored). `PublicKey` is required and must be a key: flannel cannot add a peer
     /// without one either.
     pub fn parse(key: &str, text: &str) -> Result<WireguardData, AnnotationError> {
-        let bad = |why: String| AnnotationError::BadBackendData {
-            key: key.to_string(),
-            why,
-        };
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| bad(format!("not JSON ({e}): {:?}", excerpt(text))))?;
-        let Value::Object(obj) = v else {
-            return Err(bad(format!(
-                "expected an object with PublicKey and Port, found {:?}",
-                excerpt(text)
-            )));
-        };
+        let bad = |why: String| bad_data(key, why);
+        let obj = data_object(key, text, "PublicKey and Port")?;
         let mut public_key = None;
         let mut port = None;
         for (k, v) in &obj {

@@ -13,19 +13,7 @@ use std::time::Duration;
 use dataplane_support::{backend_config, desired, Node, PeerNode};
 use tokio::time::timeout;
 use trellis_agent::dataplane::desired::KernelState;
-use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor, ReconcileReport};
-
-fn program(node: &Node, want: KernelState) -> ReconcileReport {
-    let r = node.ns.run(move || async move {
-        let mut dp = Dataplane::new().expect("dataplane");
-        let r = dp.reconcile(&want).await.expect("reconcile");
-        let again = dp.reconcile(&want).await.expect("reconcile again");
-        assert_eq!(again.ops_planned, 0, "not idempotent: {again:?}");
-        r
-    });
-    assert!(r.errors.is_empty(), "{:?}", r.errors);
-    r
-}
+use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor};
 
 fn desired_for(node: &Node, own: &str, peer: &Node, peer_backend: &'static str) -> KernelState {
     desired(
@@ -35,40 +23,25 @@ fn desired_for(node: &Node, own: &str, peer: &Node, peer_backend: &'static str) 
     )
 }
 
-fn pod_gateway(node: &Node, v4: &str) {
-    node.ns.ip("link add cni0 type bridge");
-    node.ns.ip(&format!("addr add {v4} dev cni0"));
-    node.ns.ip("link set cni0 up");
-}
-
-fn ping(node: &Node, src: &str, dst: &str) {
-    if let Err(e) = node
-        .ns
-        .exec("ping", &format!("-n -q -c 2 -i 0.2 -W 2 -I {src} {dst}"))
-    {
-        panic!("ping {src} -> {dst} from {}: {e}", node.ns.name);
-    }
-}
-
 #[test]
 #[ignore = "needs the ipip kernel module: run in hack/vm (see module docs)"]
 fn ipip_device_routes_packets_switch_and_repair() {
     let (a, b) = Node::pair_on("192.168.79");
-    pod_gateway(&a, "10.244.1.1/24");
-    pod_gateway(&b, "10.244.2.1/24");
+    a.pod_gateway("10.244.1.1/24");
+    b.pod_gateway("10.244.2.1/24");
 
     // VXLAN first, then A switches to IPIP, then B.
-    program(&a, desired_for(&a, "vxlan", &b, "vxlan"));
-    program(&b, desired_for(&b, "vxlan", &a, "vxlan"));
-    ping(&a, "10.244.1.1", "10.244.2.1");
+    a.program(desired_for(&a, "vxlan", &b, "vxlan"));
+    b.program(desired_for(&b, "vxlan", &a, "vxlan"));
+    a.ping_from("10.244.1.1", "10.244.2.1");
 
-    program(&a, desired_for(&a, "ipip", &b, "vxlan"));
-    program(&b, desired_for(&b, "vxlan", &a, "ipip"));
-    ping(&a, "10.244.1.1", "10.244.2.1");
-    ping(&b, "10.244.2.1", "10.244.1.1");
+    a.program(desired_for(&a, "ipip", &b, "vxlan"));
+    b.program(desired_for(&b, "vxlan", &a, "ipip"));
+    a.ping_from("10.244.1.1", "10.244.2.1");
+    b.ping_from("10.244.2.1", "10.244.1.1");
 
-    program(&a, desired_for(&a, "ipip", &b, "ipip"));
-    program(&b, desired_for(&b, "ipip", &a, "ipip"));
+    a.program(desired_for(&a, "ipip", &b, "ipip"));
+    b.program(desired_for(&b, "ipip", &a, "ipip"));
     for (n, local) in [(&a, "192.168.79.1"), (&b, "192.168.79.2")] {
         assert!(
             n.ns.try_ip("link show flannel.1").is_err(),
@@ -84,7 +57,7 @@ fn ipip_device_routes_packets_switch_and_repair() {
         .ip("route show proto 116")
         .contains("10.244.2.0/24 via 192.168.79.2 dev flannel.ipip onlink"));
     let before = dataplane_support::tx_packets(&a, "flannel.ipip");
-    ping(&a, "10.244.1.1", "10.244.2.1");
+    a.ping_from("10.244.1.1", "10.244.2.1");
     assert!(dataplane_support::tx_packets(&a, "flannel.ipip") >= before + 2);
 
     // Drift: the device deleted by hand is signalled and rebuilt.
@@ -99,5 +72,5 @@ fn ipip_device_routes_packets_switch_and_repair() {
         dp.reconcile(&want).await.expect("repair")
     });
     assert!(r.errors.is_empty() && r.ops_applied >= 3, "{r:?}");
-    ping(&a, "10.244.1.1", "10.244.2.1");
+    a.ping_from("10.244.1.1", "10.244.2.1");
 }

@@ -15,19 +15,7 @@ use dataplane_support::{backend_config, desired, Node, PeerNode};
 use tokio::time::timeout;
 use trellis_agent::dataplane::desired::KernelState;
 use trellis_agent::dataplane::netlink::wireguard::{WgPeerConfig, WgSocket};
-use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor, ReconcileReport};
-
-fn program(node: &Node, want: KernelState) -> ReconcileReport {
-    let r = node.ns.run(move || async move {
-        let mut dp = Dataplane::new().expect("dataplane");
-        let r = dp.reconcile(&want).await.expect("reconcile");
-        let again = dp.reconcile(&want).await.expect("reconcile again");
-        assert_eq!(again.ops_planned, 0, "not idempotent: {again:?}");
-        r
-    });
-    assert!(r.errors.is_empty(), "{:?}", r.errors);
-    r
-}
+use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor};
 
 fn wireguard_state(node: &Node, peer: &Node) -> KernelState {
     desired(
@@ -35,21 +23,6 @@ fn wireguard_state(node: &Node, peer: &Node) -> KernelState {
         &backend_config("wireguard"),
         &[PeerNode::of(peer).with_backend("wireguard")],
     )
-}
-
-fn pod_gateway(node: &Node, v4: &str) {
-    node.ns.ip("link add cni0 type bridge");
-    node.ns.ip(&format!("addr add {v4} dev cni0"));
-    node.ns.ip("link set cni0 up");
-}
-
-fn ping(node: &Node, src: &str, dst: &str) {
-    if let Err(e) = node
-        .ns
-        .exec("ping", &format!("-n -q -c 2 -i 0.2 -W 2 -I {src} {dst}"))
-    {
-        panic!("ping {src} -> {dst} from {}: {e}", node.ns.name);
-    }
 }
 
 /// Change node `a`'s WireGuard device behind the agent's back with `change`, and return how
@@ -80,11 +53,11 @@ fn drift_is_repaired(a: &Node, want: &KernelState, change: fn(&mut WgSocket)) ->
 fn wireguard_carries_pods_and_drift_is_repaired() {
     let (a, b) = Node::pair_on("192.168.78");
     let (a, b) = (a.with_wg_key(), b.with_wg_key());
-    pod_gateway(&a, "10.244.1.1/24");
-    pod_gateway(&b, "10.244.2.1/24");
+    a.pod_gateway("10.244.1.1/24");
+    b.pod_gateway("10.244.2.1/24");
     let want_a = wireguard_state(&a, &b);
-    program(&a, want_a.clone());
-    program(&b, wireguard_state(&b, &a));
+    a.program(want_a.clone());
+    b.program(wireguard_state(&b, &a));
     for n in [&a, &b] {
         let link = &n.ns.ip_json("-d link show dev flannel-wg")[0];
         assert_eq!(link["linkinfo"]["info_kind"], "wireguard");
@@ -95,8 +68,8 @@ fn wireguard_carries_pods_and_drift_is_repaired() {
             .contains("10.244.0.0/16 dev flannel-wg scope link"));
     }
     let before = dataplane_support::tx_packets(&a, "flannel-wg");
-    ping(&a, "10.244.1.1", "10.244.2.1");
-    ping(&b, "10.244.2.1", "10.244.1.1");
+    a.ping_from("10.244.1.1", "10.244.2.1");
+    b.ping_from("10.244.2.1", "10.244.1.1");
     assert!(dataplane_support::tx_packets(&a, "flannel-wg") >= before + 2);
 
     // A peer removed by hand (`wg set flannel-wg peer K remove`): no netlink notification
@@ -125,5 +98,5 @@ fn wireguard_carries_pods_and_drift_is_repaired() {
         moved.as_millis()
     );
     assert!(removed < Duration::from_secs(2) && moved < Duration::from_secs(2));
-    ping(&a, "10.244.1.1", "10.244.2.1");
+    a.ping_from("10.244.1.1", "10.244.2.1");
 }

@@ -12,6 +12,7 @@ use trellis_agent::annotations::{
 use trellis_agent::backend::{plan, PlanOptions};
 use trellis_agent::config::{BackendType, NetConfig};
 use trellis_agent::dataplane::desired::KernelState;
+use trellis_agent::dataplane::netlink::{Dataplane, ReconcileReport};
 use trellis_agent::net::Mac;
 use trellis_agent::view::{ClusterView, LocalLease, NodeInfo, Underlay};
 use trellis_agent::wg_key::{WgKey, WgKeyPair, WgSecret};
@@ -152,6 +153,34 @@ impl Node {
             mac,
             v6: None,
             wg_key: None,
+        }
+    }
+
+    /// Reconcile the node's kernel to `want`, twice: the second must find nothing to do.
+    pub fn program(&self, want: KernelState) -> ReconcileReport {
+        let r = self.ns.run(move || async move {
+            let mut dp = Dataplane::new().expect("dataplane");
+            let r = dp.reconcile(&want).await.expect("reconcile");
+            let again = dp.reconcile(&want).await.expect("reconcile again");
+            assert_eq!(again.ops_planned, 0, "not idempotent: {again:?}");
+            r
+        });
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        r
+    }
+
+    /// A bridge standing in for `cni0`, with the pod subnet's first address `v4`.
+    pub fn pod_gateway(&self, v4: &str) {
+        self.ns.ip("link add cni0 type bridge");
+        self.ns.ip(&format!("addr add {v4} dev cni0"));
+        self.ns.ip("link set cni0 up");
+    }
+
+    /// Two pings from `src` (a local address) to `dst`, which must be answered.
+    pub fn ping_from(&self, src: &str, dst: &str) {
+        let args = format!("-n -q -c 2 -i 0.2 -W 2 -I {src} {dst}");
+        if let Err(e) = self.ns.exec("ping", &args) {
+            panic!("ping {src} -> {dst} from {}: {e}", self.ns.name);
         }
     }
 
