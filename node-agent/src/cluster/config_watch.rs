@@ -328,9 +328,13 @@ impl ConfigWatcher {
                     "net-conf.json rejected, keeping the running config: {why}"
                 );
                 if let Some(events) = &self.events {
-                    events
-                        .invalid_config(&self.source.to_string(), &why.to_string())
-                        .await;
+                    let what = self.source.to_string();
+                    match &why {
+                        ConfigRejection::Unsupported(_) => {
+                            events.backend_unsupported(&what, &why.to_string()).await
+                        }
+                        _ => events.invalid_config(&what, &why.to_string()).await,
+                    };
                 }
             }
             Verdict::Unchanged | Verdict::StillRejected => {}

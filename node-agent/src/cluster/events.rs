@@ -27,6 +27,9 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 pub mod reason {
     pub const BACKEND_SWITCHED: &str = "BackendSwitched";
     pub const INVALID_CONFIG: &str = "InvalidNetConfig";
+    /// A valid net-conf.json whose backend this node's kernel lacks (its own reason: the
+    /// recorder folds repeats of one reason into a series that keeps the first note).
+    pub const BACKEND_UNSUPPORTED: &str = "BackendUnsupported";
     pub const NETWORK_READY: &str = "TrellisIsUp";
     pub const HOST_NOT_READY: &str = "HostNotReady";
     pub const PEER_SKIPPED: &str = "PeerSkipped";
@@ -177,6 +180,17 @@ impl NodeEvents {
             reason::INVALID_CONFIG,
             "LoadConfig",
             format!("{what} rejected, keeping the running configuration: {why}"),
+        )
+        .await
+    }
+
+    /// A valid net-conf.json this node cannot run (a backend its kernel lacks).
+    pub async fn backend_unsupported(&self, what: &str, why: &str) -> bool {
+        self.emit(
+            EventType::Warning,
+            reason::BACKEND_UNSUPPORTED,
+            "LoadConfig",
+            format!("{what} refused, keeping the running configuration: {why}"),
         )
         .await
     }
