@@ -590,6 +590,20 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
         ));
     }
     if let BackendConfig::Wireguard(c) = backend {
+        let missing = match c.mode {
+            WgMode::Ipv4 if !enable_ipv4 => Some("IPv4"),
+            WgMode::Ipv6 if !enable_ipv6 => Some("IPv6"),
+            _ => None,
+        };
+        if let Some(family) = missing {
+            return Err(ConfigError::invalid(
+                "Backend.Mode",
+                format!(
+                    "{:?} sends to peers over {family}, which net-conf.json does not enable",
+                    c.mode.as_str()
+                ),
+            ));
+        }
         let two_devices = c.mode == WgMode::Separate && enable_ipv4 && enable_ipv6;
         if two_devices && c.listen_port == c.listen_port_v6 {
             return Err(ConfigError::invalid(
@@ -830,7 +844,8 @@ fn wireguard(f: &mut Fields<'_>) -> Result<WireguardConfig, ConfigError> {
                 "not a WireGuard key: 32 bytes in base64, 44 characters (make one with wg genpsk)",
             )
         })?;
-        c.psk = Some(psk);
+        // The all-zero key is the kernel's "no preshared key" (and flannel's): keep it so.
+        c.psk = (!psk.is_zero()).then_some(psk);
     }
     if let Some((k, v)) = f.take("PersistentKeepaliveInterval") {
         c.keepalive = as_uint(&k, v, 0, 65535)? as u16;
@@ -1173,11 +1188,24 @@ mod tests {
                 format!(r#"{{{net}, "Backend": {{"Type": "wireguard", "MTU": 147}}}}"#),
                 "give at least 148",
             ),
+            (
+                format!(r#"{{{net}, "Backend": {{"Type": "wireguard", "Mode": "ipv6"}}}}"#),
+                "over IPv6, which net-conf.json does not enable",
+            ),
         ] {
             let e = NetConfig::parse(&text).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
             assert!(!e.contains(secret), "{e}");
         }
+        // The all-zero PSK is "none", as to the kernel.
+        let zero = format!(
+            r#"{{{net}, "Backend": {{"Type": "wireguard", "PSK": "{}"}}}}"#,
+            "A".repeat(43) + "="
+        );
+        let BackendConfig::Wireguard(w) = ok(&zero).config.backend else {
+            panic!("wireguard");
+        };
+        assert_eq!(w.psk, None);
         // One device for both families may use one port.
         ok(&format!(
             r#"{{{dual}, "Backend": {{"Type": "wireguard", "Mode": "ipv4", "ListenPortV6": 51820}}}}"#

@@ -105,7 +105,14 @@ pub struct WgKeyPair {
 }
 
 impl WgKeyPair {
+    /// The key clamped as the kernel stores it (a key file need not hold a clamped key:
+    /// `openssl rand -base64 32` does not make one), so that it compares equal to what the
+    /// kernel reports; clamping does not change the public key.
     pub fn new(private: WgSecret) -> WgKeyPair {
+        let mut k = private.0;
+        k[0] &= 248;
+        k[31] = (k[31] & 127) | 64;
+        let private = WgSecret(k);
         WgKeyPair {
             private,
             public: private.public_key(),
@@ -151,6 +158,22 @@ mod tests {
         assert!(" hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=\n"
             .parse::<WgKey>()
             .is_ok());
+    }
+
+    #[test]
+    fn a_pair_holds_the_key_clamped_as_the_kernel_does() {
+        // RFC 7748's key is not clamped; the kernel would report it clamped.
+        let raw = WgSecret::parse("dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=").unwrap();
+        let pair = WgKeyPair::new(raw);
+        assert_ne!(pair.private, raw);
+        assert_eq!(pair.private.0[0] & 7, 0);
+        assert_eq!(pair.private.0[31] & 0xc0, 0x40);
+        assert_eq!(
+            pair.public,
+            raw.public_key(),
+            "clamping keeps the public key"
+        );
+        assert_eq!(WgKeyPair::new(pair.private), pair);
     }
 
     #[test]

@@ -72,9 +72,10 @@ fn read(path: &Path) -> Result<Option<(WgKeyPair, Option<String>)>, KeyFileError
         });
     }
     let text = fs::read_to_string(path).map_err(read_err)?;
-    let key = WgSecret::parse(&text).map_err(|e| KeyFileError::Bad {
+    // Not the decoder's words: they quote a character of what may be a secret.
+    let key = WgSecret::parse(&text).map_err(|_| KeyFileError::Bad {
         path: path.to_path_buf(),
-        why: e.to_string(),
+        why: "not 32 bytes in base64".to_string(),
     })?;
     let mode = meta.permissions().mode() & 0o777;
     let warning = (mode & 0o077 != 0).then(|| {
@@ -97,6 +98,8 @@ fn create(path: &Path) -> Result<WgKeyPair, KeyFileError> {
         fs::create_dir_all(dir).map_err(write_err)?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Left by a run that died mid-write (in a container the agent is always PID 1).
+    let _ = fs::remove_file(&tmp);
     let written = write_new(&tmp, &key);
     let linked = written.and_then(|()| fs::hard_link(&tmp, path));
     let _ = fs::remove_file(&tmp);

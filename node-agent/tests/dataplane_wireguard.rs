@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dataplane_support::{backend_config, desired, Node, PeerNode};
 use tokio::time::timeout;
 use trellis_agent::dataplane::desired::KernelState;
-use trellis_agent::dataplane::netlink::wireguard::{WgPeerConfig, WgSocket};
+use trellis_agent::dataplane::netlink::wireguard::{WgPeerConfig, WgPeerState, WgSocket};
 use trellis_agent::dataplane::netlink::{Dataplane, DriftMonitor};
 
 fn wireguard_state(node: &Node, peer: &Node) -> KernelState {
@@ -48,6 +48,17 @@ fn drift_is_repaired(a: &Node, want: &KernelState, change: fn(&mut WgSocket)) ->
     })
 }
 
+/// `p` as a peer config at another endpoint.
+fn moved_to(p: &WgPeerState, endpoint: &str) -> WgPeerConfig {
+    WgPeerConfig {
+        public_key: p.public_key,
+        preshared_key: None,
+        endpoint: endpoint.parse().expect("endpoint"),
+        persistent_keepalive: 0,
+        allowed_ips: p.allowed_ips.clone(),
+    }
+}
+
 #[test]
 #[ignore = "needs the wireguard kernel module: run in hack/vm (see module docs)"]
 fn wireguard_carries_pods_and_drift_is_repaired() {
@@ -79,21 +90,37 @@ fn wireguard_carries_pods_and_drift_is_repaired() {
         let keys: Vec<[u8; 32]> = dev.peers.iter().map(|p| p.public_key).collect();
         s.remove_peers("flannel-wg", &keys).expect("remove");
     });
-    // An endpoint moved by hand.
-    let moved = drift_is_repaired(&a, &want_a, |s| {
+    // A peer with a live session whose endpoint moved (WireGuard roams to where the peer's
+    // packets come from: NAT, a second address) is left alone, as flannel leaves it.
+    let want = want_a.clone();
+    let kept = a.ns.run(move || async move {
+        let mut s = WgSocket::open().expect("wireguard");
         let dev = s.device("flannel-wg").expect("read").expect("device");
         let p = &dev.peers[0];
-        let wrong = WgPeerConfig {
-            public_key: p.public_key,
-            preshared_key: None,
-            endpoint: "192.168.78.99:51820".parse().expect("endpoint"),
-            persistent_keepalive: 0,
-            allowed_ips: p.allowed_ips.clone(),
-        };
-        s.set_peers("flannel-wg", &[wrong]).expect("set");
+        assert!(p.last_handshake.is_some(), "no session to roam: {p:?}");
+        s.set_peers("flannel-wg", &[moved_to(p, "192.168.78.99:51820")])
+            .expect("set");
+        let mut dp = Dataplane::new().expect("dataplane");
+        let r = dp.reconcile(&want).await.expect("reconcile");
+        let dev = s.device("flannel-wg").expect("read").expect("device");
+        (r.ops_planned, dev.peers[0].endpoint)
+    });
+    assert_eq!(kept.0, 0, "a roamed endpoint was reverted");
+    assert_eq!(
+        kept.1,
+        Some("192.168.78.99:51820".parse().expect("endpoint"))
+    );
+    // A peer put back by hand without a session and at a wrong endpoint is repaired.
+    let moved = drift_is_repaired(&a, &want_a, |s| {
+        let dev = s.device("flannel-wg").expect("read").expect("device");
+        let p = dev.peers[0].clone();
+        s.remove_peers("flannel-wg", &[p.public_key])
+            .expect("remove");
+        s.set_peers("flannel-wg", &[moved_to(&p, "192.168.78.98:51820")])
+            .expect("set");
     });
     println!(
-        "FIGURE wireguard drift signalled after {} ms (peer removed), {} ms (endpoint moved); poll every 500 ms",
+        "FIGURE wireguard drift signalled after {} ms (peer removed), {} ms (put back at a wrong endpoint, no session); poll every 500 ms",
         removed.as_millis(),
         moved.as_millis()
     );

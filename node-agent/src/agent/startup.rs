@@ -97,6 +97,7 @@ pub(super) async fn start(args: RunArgs) -> Result<(Agent, Triggers), AgentError
     let underlay = underlay::discover(dataplane.handle(), &opts).await?;
     info!(iface = %underlay.name, addr = ?underlay.addr_v4, mtu = underlay.mtu, "external interface");
     let mut lease = local_lease(&args.node_name, &own_state, underlay);
+    lease.wireguard_kernel = wireguard_kernel();
     lease.wg_key = wireguard_key(&args.wireguard_key_file);
     let view = Arc::new(Mutex::new(ClusterView::new(lease, keys)));
     let watch_options = NodeWatchOptions {
@@ -205,6 +206,22 @@ fn config_source(
     Ok(rx)
 }
 
+/// Whether the kernel has WireGuard, asked once (the lookup loads the module where it
+/// exists; asking on every pass would run modprobe every 10 s where it does not).
+fn wireguard_kernel() -> bool {
+    use crate::dataplane::netlink::wireguard::{WgError, WgSocket};
+    match WgSocket::open() {
+        Err(e @ WgError::Unsupported) => {
+            warn!(
+                "{e}; WireGuard peers are skipped (reason wireguard_unavailable); load the \
+                 module, then restart the agent to use WireGuard"
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
 /// The node's WireGuard key pair. Without one the node runs every other backend; WireGuard
 /// (its own, or a peer's) is refused with the reason logged here.
 fn wireguard_key(path: &std::path::Path) -> Option<crate::wg_key::WgKeyPair> {
@@ -248,6 +265,7 @@ fn local_lease(node_name: &str, own: &OwnNodeState, underlay: Underlay) -> Local
             .unwrap_or_else(|| Mac::derived(&format!("{node_name}/vtep6"))),
         underlay,
         wg_key: None,
+        wireguard_kernel: false,
     };
     lease.refresh_public_ips();
     lease

@@ -77,7 +77,7 @@ pub enum PlanError {
         family: Family,
         min: u32,
     },
-    #[error("no WireGuard private key on this node (see the agent's log about the key file): the wireguard backend cannot run here")]
+    #[error("this node cannot use WireGuard: no private key or no WireGuard in its kernel (see the agent's log at start; after loading the module, restart the agent)")]
     NoWireguardKey,
     #[error("host-gw cannot work behind NAT: the public IP {public_ip} differs from the underlay address {iface_addr}; remove public-ip-overwrite or use vxlan")]
     HostGwBehindNat {

@@ -153,6 +153,9 @@ impl Wireguard {
         match self.opts.mode {
             WgMode::Ipv6 => Family::V6,
             WgMode::Ipv4 | WgMode::Separate => Family::V4,
+            // Only an enabled family's address was checked by the view.
+            WgMode::Auto if ctx.v6.is_none() => Family::V4,
+            WgMode::Auto if ctx.v4.is_none() => Family::V6,
             WgMode::Auto => match (peer.public_ip_v4, peer.public_ip_v6) {
                 (None, Some(_)) => Family::V6,
                 (Some(ip4), Some(ip6)) if ip4.is_private() => {
@@ -200,7 +203,7 @@ impl Backend for Wireguard {
     }
 
     fn check_own(&self, ctx: &PlanContext<'_>) -> Result<(), PlanError> {
-        if ctx.lease.wg_key.is_none() {
+        if ctx.lease.wg_key.is_none() || !ctx.lease.wireguard_kernel {
             return Err(PlanError::NoWireguardKey);
         }
         for family in self.families(ctx) {
@@ -233,7 +236,11 @@ impl Backend for Wireguard {
         peer: &Peer,
         out: &mut KernelState,
     ) -> Result<(), SkipReason> {
-        let key = ctx.lease.wg_key.ok_or(SkipReason::NoWireguardKey)?;
+        let key = ctx
+            .lease
+            .wg_key
+            .filter(|_| ctx.lease.wireguard_kernel)
+            .ok_or(SkipReason::WireguardUnavailable)?;
         let entries = self.peer_entries(ctx, peer)?;
         let (psk, keepalive) = match self.own {
             true => (self.opts.psk, self.opts.keepalive),

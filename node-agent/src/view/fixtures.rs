@@ -32,6 +32,7 @@ pub fn lease() -> LocalLease {
         vtep_mac_v4: LOCAL_MAC,
         vtep_mac_v6: LOCAL_MAC6,
         wg_key: None,
+        wireguard_kernel: true,
     }
 }
 

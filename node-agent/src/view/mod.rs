@@ -125,6 +125,9 @@ pub struct LocalLease {
     /// This node's WireGuard key pair, from the key file (`None` when it could not be read
     /// or written: WireGuard cannot be used then, everything else can).
     pub wg_key: Option<WgKeyPair>,
+    /// Whether the kernel had WireGuard when the agent started (its generic netlink family
+    /// answered). Without it WireGuard peers are skipped, not retried on every pass.
+    pub wireguard_kernel: bool,
 }
 
 /// The peers to program, and the Nodes that are not programmed with why.

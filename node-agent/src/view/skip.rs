@@ -86,9 +86,9 @@ pub enum SkipReason {
         key: WgKey,
         other: String,
     },
-    /// A WireGuard peer, but this node has no private key to talk to it with (the key file
-    /// could not be read or written).
-    NoWireguardKey,
+    /// A WireGuard peer, but this node cannot use WireGuard: no private key (the key file
+    /// could not be read or written) or no WireGuard in its kernel.
+    WireguardUnavailable,
     /// Needs plain routing (host-gw, or DirectRouting) but is not on our L2 segment.
     NotOnLink {
         backend: BackendType,
@@ -122,7 +122,7 @@ impl SkipReason {
             SkipReason::DuplicateVtepMac { .. } => "duplicate_vtep_mac",
             SkipReason::WgKeyIsLocal { .. } => "wg_key_is_local",
             SkipReason::DuplicateWgKey { .. } => "duplicate_wg_key",
-            SkipReason::NoWireguardKey => "no_wireguard_key",
+            SkipReason::WireguardUnavailable => "wireguard_unavailable",
             SkipReason::NotOnLink { .. } => "not_on_link",
             SkipReason::TooManyVnis { .. } => "too_many_vnis",
         }
@@ -184,9 +184,9 @@ impl fmt::Display for SkipReason {
                 f,
                 "advertises WireGuard public key {key}, already advertised by node {other}, which is kept"
             ),
-            SkipReason::NoWireguardKey => write!(
+            SkipReason::WireguardUnavailable => write!(
                 f,
-                "is a WireGuard peer, but this node has no WireGuard private key (see the agent's log about the key file)"
+                "is a WireGuard peer, but this node cannot use WireGuard: no private key or no WireGuard in its kernel (see the agent's log at start)"
             ),
             SkipReason::TooManyVnis { vni, max } => write!(
                 f,

@@ -180,6 +180,7 @@ pub fn local_view() -> SharedView {
         vtep_mac_v4: Mac([0x02, 0, 0, 0, 0, 1]),
         vtep_mac_v6: Mac([0x02, 0, 0, 0, 0, 6]),
         wg_key: None,
+        wireguard_kernel: false,
     };
     Arc::new(Mutex::new(ClusterView::new(
         lease,

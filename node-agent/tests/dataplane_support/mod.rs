@@ -263,6 +263,7 @@ impl Node {
             vtep_mac_v4: self.mac,
             vtep_mac_v6: v6_mac(self.mac),
             wg_key: self.wg_key,
+            wireguard_kernel: true,
         }
     }
 }

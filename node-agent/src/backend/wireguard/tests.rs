@@ -256,8 +256,26 @@ fn without_a_key_wireguard_is_refused_and_the_rest_runs() {
     assert!(p
         .skipped
         .iter()
-        .any(|s| s.node == "node-3" && s.reason == SkipReason::NoWireguardKey));
+        .any(|s| s.node == "node-3" && s.reason == SkipReason::WireguardUnavailable));
     assert!(!p.state.kernel.links.contains_key("flannel-wg"));
+}
+
+#[test]
+fn without_wireguard_in_the_kernel_its_peers_are_skipped_not_retried() {
+    let mut lease = lease();
+    lease.wg_key = Some(local_key());
+    lease.wireguard_kernel = false;
+    let mut v = ClusterView::new(lease, Default::default());
+    v.upsert_node(&PeerSpec::new(3, "wireguard").node());
+    let p = plan_of(&v, &wg_config(r#"{"Type": "vxlan"}"#));
+    assert!(matches!(&p.skipped[..], [s] if s.reason == SkipReason::WireguardUnavailable));
+    assert!(!p.state.kernel.links.contains_key("flannel-wg"));
+    let own = plan(
+        &v,
+        &wg_config(r#"{"Type": "wireguard"}"#),
+        &Default::default(),
+    );
+    assert_eq!(own.unwrap_err(), PlanError::NoWireguardKey);
 }
 
 #[test]

@@ -195,7 +195,9 @@ impl Dataplane {
         desired: Arc<KernelState>,
     ) -> Result<ReconcileReport, NetlinkError> {
         let start = Instant::now();
-        let snap = read::read_snapshot(&self.handle).await?;
+        let mut snap = read::read_snapshot(&self.handle).await?;
+        let known = self.known.get();
+        wg_ops::keep_roamed(&mut snap.state, &desired, known.as_deref(), &snap.live_wg);
         self.index = snap.names.into_iter().map(|(i, n)| (n, i)).collect();
         Ok(self
             .apply_diff(desired, &snap.state, true, start, Deletes::Apply)
@@ -235,7 +237,8 @@ impl Dataplane {
         let (actual, read_kernel) = match self.known.get() {
             Some(k) => (k, false),
             None => {
-                let snap = read::read_snapshot(&self.handle).await?;
+                let mut snap = read::read_snapshot(&self.handle).await?;
+                wg_ops::keep_roamed(&mut snap.state, &desired, None, &snap.live_wg);
                 self.index = snap.names.into_iter().map(|(i, n)| (n, i)).collect();
                 (Arc::new(snap.state), true)
             }

@@ -20,6 +20,8 @@ use crate::net::{is_owned_link_name, Mac};
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub state: KernelState,
+    /// WireGuard peers with a live session (their endpoints may have roamed).
+    pub live_wg: super::wg_ops::LivePeers,
     /// Every link of the namespace (routes may leave through the underlay).
     pub names: HashMap<u32, String>,
 }
@@ -70,10 +72,12 @@ pub async fn read_snapshot(handle: &Handle) -> Result<Snapshot, NetlinkError> {
     }
 
     // A kernel without WireGuard has no WireGuard device to read.
-    super::wg_ops::read_devices(&mut snap.state).map_err(|e| NetlinkError::Kernel {
-        what: "read WireGuard devices",
-        errno: e.errno(),
-        detail: e.to_string(),
+    super::wg_ops::read_devices(&mut snap.state, &mut snap.live_wg).map_err(|e| {
+        NetlinkError::Kernel {
+            what: "read WireGuard devices",
+            errno: e.errno(),
+            detail: e.to_string(),
+        }
     })?;
     read_routes(handle, &mut snap).await?;
     // Neighbours and FDB entries are read on trellis's links only: without one, no dump.

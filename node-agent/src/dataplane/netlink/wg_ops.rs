@@ -3,8 +3,9 @@
 //! cannot tell about a `flannel-wg*` device; the executor sets a new device's key and port and
 //! runs the peer ops of a batch, one request (or a few, for thousands of peers) per device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime};
 
 use super::wireguard::{WgDeviceState, WgError, WgPeerConfig, WgPeerState, WgSocket};
 use crate::dataplane::desired::{self, KernelState, LinkKind, WgPeer};
@@ -44,10 +45,50 @@ fn config(p: &WgPeer) -> WgPeerConfig {
     }
 }
 
+/// How long a handshake keeps a session alive (WireGuard's REJECT_AFTER_TIME): a peer that
+/// shook hands within it is talking to us, wherever from.
+const SESSION: Duration = Duration::from_secs(180);
+
+/// Peers (device, key) with a live session: WireGuard moved each one's endpoint to where its
+/// last authenticated packet came from (roaming: NAT, a second address). Such an endpoint is
+/// not drift, and resetting it to the advertised one would break a working path (flannel too
+/// sets endpoints only when a Node changes).
+pub type LivePeers = HashSet<(String, WgKey)>;
+
+fn is_live(p: &WgPeerState, now: SystemTime) -> bool {
+    p.last_handshake
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|ago| ago < SESSION)
+}
+
+/// Take the desired endpoint for every live peer of `actual`, so the diff leaves roamed
+/// endpoints alone; a peer without a session is still put back where its Node says, and so
+/// is one whose Node advertises a new endpoint since the last applied state (`known`; none
+/// known, as after a restart: nothing changed as far as this run can tell).
+pub fn keep_roamed(
+    actual: &mut KernelState,
+    desired: &KernelState,
+    known: Option<&KernelState>,
+    live: &LivePeers,
+) {
+    for (key, got) in actual.wg_peers.iter_mut() {
+        let Some(want) = desired.wg_peers.get(key).filter(|_| live.contains(key)) else {
+            continue;
+        };
+        let moved = known
+            .and_then(|k| k.wg_peers.get(key))
+            .is_some_and(|k| k.endpoint != want.endpoint);
+        if !moved {
+            got.endpoint = want.endpoint;
+        }
+    }
+}
+
 /// Fill in the WireGuard devices of a dump: their kind from the device's key and port, and
-/// their peers. A device that cannot be read keeps the placeholder kind the link dump gave
-/// it (the diff then recreates it) and no peers.
-pub fn read_devices(state: &mut KernelState) -> Result<(), WgError> {
+/// their peers; `live` gets the peers with a session. A device that vanished since the link
+/// dump is left with the placeholder kind (the diff recreates it); one that cannot be read
+/// fails the read.
+pub fn read_devices(state: &mut KernelState, live: &mut LivePeers) -> Result<(), WgError> {
     let names: Vec<String> = state
         .links
         .values()
@@ -65,7 +106,11 @@ pub fn read_devices(state: &mut KernelState) -> Result<(), WgError> {
         if let Some(link) = state.links.get_mut(&name) {
             link.kind = device_kind(&dev);
         }
+        let now = SystemTime::now();
         for p in &dev.peers {
+            if is_live(p, now) {
+                live.insert((name.clone(), WgKey(p.public_key)));
+            }
             state.add_wg_peer(peer(&name, p));
         }
     }
@@ -175,9 +220,16 @@ pub fn drifted(socket: &mut WgSocket, expected: &KernelState) -> Result<bool, Wg
         if device_kind(&dev) != LinkKind::Wireguard(*want) {
             return Ok(true);
         }
-        let mut got: Vec<WgPeer> = dev.peers.iter().map(|p| peer(&link.name, p)).collect();
-        for p in &mut got {
-            p.allowed_ips.sort();
+        let now = SystemTime::now();
+        let mut got: Vec<WgPeer> = Vec::with_capacity(dev.peers.len());
+        for p in &dev.peers {
+            let mut g = peer(&link.name, p);
+            g.allowed_ips.sort();
+            let key = (link.name.clone(), g.public_key);
+            if let Some(w) = expected.wg_peers.get(&key).filter(|_| is_live(p, now)) {
+                g.endpoint = w.endpoint;
+            }
+            got.push(g);
         }
         got.sort_by_key(|p| p.public_key);
         let want = expected
@@ -190,4 +242,43 @@ pub fn drifted(socket: &mut WgSocket, expected: &KernelState) -> Result<bool, Wg
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(endpoint: &str) -> KernelState {
+        let mut k = KernelState::default();
+        k.add_wg_peer(WgPeer {
+            link: "flannel-wg".into(),
+            public_key: WgKey([1; 32]),
+            endpoint: endpoint.parse().unwrap(),
+            allowed_ips: vec!["10.244.2.0/24".parse().unwrap()],
+            keepalive: 0,
+            psk: None,
+        });
+        k
+    }
+
+    #[test]
+    fn a_live_peer_keeps_its_roamed_endpoint_until_its_node_moves() {
+        let live: LivePeers = [("flannel-wg".to_string(), WgKey([1; 32]))].into();
+        let desired = state("192.168.50.12:51820");
+        // Roamed behind NAT: left alone, also when nothing is known (after a restart).
+        for known in [Some(&desired), None] {
+            let mut actual = state("203.0.113.7:40000");
+            keep_roamed(&mut actual, &desired, known, &live);
+            assert_eq!(actual, desired);
+        }
+        // Without a session: put back where the Node says.
+        let mut actual = state("203.0.113.7:40000");
+        keep_roamed(&mut actual, &desired, Some(&desired), &LivePeers::new());
+        assert_ne!(actual, desired);
+        // The Node advertises a new address: set it, session or not.
+        let mut actual = state("203.0.113.7:40000");
+        let before = state("192.168.50.13:51820");
+        keep_roamed(&mut actual, &desired, Some(&before), &live);
+        assert_ne!(actual, desired);
+    }
 }
