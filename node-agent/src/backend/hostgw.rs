@@ -7,7 +7,6 @@ use super::{Backend, PlanContext, PlanError};
 use crate::annotations::Advertisement;
 use crate::config::BackendType;
 use crate::dataplane::desired::KernelState;
-use crate::net::Family;
 use crate::view::{Peer, SkipReason};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +51,7 @@ impl Backend for HostGw {
         out: &mut KernelState,
     ) -> Result<(), SkipReason> {
         let mut routes = Vec::with_capacity(2);
-        let families = [
-            (ctx.v4.is_some(), Family::V4),
-            (ctx.v6.is_some(), Family::V6),
-        ];
-        for (enabled, family) in families {
-            if !enabled {
-                continue;
-            }
+        for family in ctx.families() {
             let (subnet, public_ip) = peer.address(family)?;
             if !ctx.lease.underlay.reachable_as_gateway(public_ip) {
                 return Err(SkipReason::NotOnLink {

@@ -3,8 +3,6 @@
 //! The kernel's own `tunl0` is never touched: setting `local` makes the kernel deliver
 //! IPIP packets for our address to `flannel.ipip` rather than to the catch-all `tunl0`.
 
-use ipnetwork::{IpNetwork, Ipv4Network};
-
 use super::{check_underlay_mtu, Backend, PlanContext, PlanError};
 use crate::annotations::Advertisement;
 use crate::config::BackendType;
@@ -50,8 +48,8 @@ impl Ipip {
             mac: None,
             up: true,
         });
-        if let Ok(addr) = Ipv4Network::new(l.subnet.network(), 32) {
-            out.add_address(IPIP_LINK_NAME, IpNetwork::V4(addr));
+        if let Some(addr) = ctx.device_address(Family::V4) {
+            out.add_address(IPIP_LINK_NAME, addr);
         }
     }
 }

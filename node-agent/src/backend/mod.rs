@@ -119,6 +119,28 @@ impl PlanContext<'_> {
         self.config.backend.direct_routing()
     }
 
+    /// The enabled families, IPv4 first.
+    pub fn families(&self) -> impl Iterator<Item = Family> {
+        let v4 = self.v4.map(|_| Family::V4);
+        let v6 = self.v6.map(|_| Family::V6);
+        v4.into_iter().chain(v6)
+    }
+
+    /// The address a tunnel device of `family` carries: this node's subnet's network address
+    /// as /32 or /128 (the source of host-to-pod traffic). `None` when the family is off.
+    pub fn device_address(&self, family: Family) -> Option<IpNetwork> {
+        match family {
+            Family::V4 => self
+                .v4
+                .and_then(|l| Ipv4Network::new(l.subnet.network(), 32).ok())
+                .map(IpNetwork::V4),
+            Family::V6 => self
+                .v6
+                .and_then(|l| Ipv6Network::new(l.subnet.network(), 128).ok())
+                .map(IpNetwork::V6),
+        }
+    }
+
     /// The plain route `dst via gateway dev <underlay>` of host-gw and DirectRouting.
     pub fn direct_route(&self, dst: IpNetwork, gateway: IpAddr) -> Route {
         Route {

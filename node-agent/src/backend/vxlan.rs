@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use ipnetwork::IpNetwork;
 
 use super::{check_underlay_mtu, Backend, PlanContext, PlanError};
 use crate::annotations::{Advertisement, BackendData, PeerBackend, VxlanData};
@@ -79,21 +79,19 @@ impl Vxlan {
         let (name, local, addr, mac) = match family {
             Family::V4 => {
                 let l = ctx.v4?;
-                let addr = Ipv4Network::new(l.subnet.network(), 32).ok()?;
                 (
                     vxlan_link_name(vni),
                     IpAddr::V4(l.local),
-                    IpNetwork::V4(addr),
+                    ctx.device_address(family)?,
                     ctx.lease.vtep_mac_v4,
                 )
             }
             Family::V6 => {
                 let l = ctx.v6?;
-                let addr = Ipv6Network::new(l.subnet.network(), 128).ok()?;
                 (
                     vxlan6_link_name(vni),
                     IpAddr::V6(l.local),
-                    IpNetwork::V6(addr),
+                    ctx.device_address(family)?,
                     ctx.lease.vtep_mac_v6,
                 )
             }
@@ -158,11 +156,7 @@ impl Backend for Vxlan {
 
     fn check_own(&self, ctx: &PlanContext<'_>) -> Result<(), PlanError> {
         let mtu = self.underlay_mtu(ctx, self.opts.vni);
-        let families = [
-            (ctx.v4.is_some(), Family::V4),
-            (ctx.v6.is_some(), Family::V6),
-        ];
-        for family in families.into_iter().filter(|f| f.0).map(|f| f.1) {
+        for family in ctx.families() {
             check_underlay_mtu(ctx, mtu, BackendType::Vxlan, family)?;
         }
         Ok(())

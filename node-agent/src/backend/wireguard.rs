@@ -81,26 +81,10 @@ impl Wireguard {
                 up: true,
             });
         }
-        let addr = match family {
-            Family::V4 => ctx.v4.map(|l| host_net(l.subnet.network().into())),
-            Family::V6 => ctx.v6.map(|l| host_net(l.subnet.network().into())),
-        };
-        if let Some(addr) = addr.flatten() {
+        if let Some(addr) = ctx.device_address(family) {
             out.add_address(name, addr);
         }
         name
-    }
-
-    /// The families this node carries, each with the device that carries it.
-    fn families(&self, ctx: &PlanContext<'_>) -> Vec<Family> {
-        let mut f = Vec::with_capacity(2);
-        if ctx.v4.is_some() {
-            f.push(Family::V4);
-        }
-        if ctx.v6.is_some() {
-            f.push(Family::V6);
-        }
-        f
     }
 
     /// What one peer needs, decided before anything is added (all or nothing).
@@ -120,7 +104,7 @@ impl Wireguard {
             family,
             missing: Missing::BackendData,
         };
-        let families = self.families(ctx);
+        let families: Vec<Family> = ctx.families().collect();
         if self.opts.mode == WgMode::Separate || !self.own {
             return families
                 .into_iter()
@@ -191,12 +175,6 @@ impl WgPeerPlan {
     }
 }
 
-/// `addr/32` or `addr/128`.
-fn host_net(addr: IpAddr) -> Option<IpNetwork> {
-    let prefix = if addr.is_ipv4() { 32 } else { 128 };
-    IpNetwork::new(addr, prefix).ok()
-}
-
 impl Backend for Wireguard {
     fn kind(&self) -> BackendType {
         BackendType::Wireguard
@@ -206,7 +184,7 @@ impl Backend for Wireguard {
         if ctx.lease.wg_key.is_none() || !ctx.lease.wireguard_kernel {
             return Err(PlanError::NoWireguardKey);
         }
-        for family in self.families(ctx) {
+        for family in ctx.families() {
             check_underlay_mtu(ctx, self.underlay_mtu(ctx), BackendType::Wireguard, family)?;
         }
         Ok(())
