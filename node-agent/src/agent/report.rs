@@ -35,16 +35,12 @@ pub(super) fn own_devices(config: &NetConfig) -> Vec<String> {
         }
         BackendConfig::Ipip(_) => vec![IPIP_LINK_NAME.to_string()],
         BackendConfig::HostGw(_) => Vec::new(),
+        // flannel-wg carries IPv4, and IPv6 too unless the mode gives it its own device.
         BackendConfig::Wireguard(w) => {
-            let mut own = vec![WG_LINK_NAME.to_string()];
             let separate = w.mode == WgMode::Separate;
-            if separate && config.ipv6().is_some() {
-                if config.ipv4().is_none() {
-                    own.clear();
-                }
-                own.push(WG6_LINK_NAME.to_string());
-            }
-            own
+            let v4 = (config.ipv4().is_some() || !separate).then_some(WG_LINK_NAME);
+            let v6 = (config.ipv6().is_some() && separate).then_some(WG6_LINK_NAME);
+            v4.into_iter().chain(v6).map(str::to_string).collect()
         }
     }
 }
@@ -207,5 +203,30 @@ impl Agent {
         let _ = self
             .debug_tx
             .send(Arc::new(DebugState::new(plan, kernel, ctx)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_devices;
+    use crate::config::NetConfig;
+
+    fn devices(families: &str, backend: &str) -> Vec<String> {
+        let text = format!(r#"{{{families}, "Backend": {backend}}}"#);
+        own_devices(&NetConfig::parse(&text).expect("config").config)
+    }
+
+    #[test]
+    fn wireguard_devices_follow_the_families_and_the_mode() {
+        let v4 = r#""Network": "10.244.0.0/16""#;
+        let v6 = r#""EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56""#;
+        let dual = r#""Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00::/56""#;
+        let wg = r#"{"Type": "wireguard"}"#;
+        let auto = r#"{"Type": "wireguard", "Mode": "auto"}"#;
+        assert_eq!(devices(v4, wg), ["flannel-wg"]);
+        assert_eq!(devices(dual, wg), ["flannel-wg", "flannel-wg-v6"]);
+        assert_eq!(devices(v6, wg), ["flannel-wg-v6"]);
+        assert_eq!(devices(dual, auto), ["flannel-wg"]);
+        assert_eq!(devices(v6, auto), ["flannel-wg"]);
     }
 }

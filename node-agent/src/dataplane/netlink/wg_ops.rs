@@ -84,34 +84,52 @@ pub fn keep_roamed(
     }
 }
 
+/// Read device `name` into `state` (its peers) and `live` (those with a session); its kind,
+/// or `None` when there is no such device.
+fn read_device(
+    socket: &mut WgSocket,
+    name: &str,
+    state: &mut KernelState,
+    live: &mut LivePeers,
+) -> Result<Option<LinkKind>, WgError> {
+    let Some(dev) = socket.device(name)? else {
+        return Ok(None);
+    };
+    let now = SystemTime::now();
+    for p in &dev.peers {
+        if is_live(p, now) {
+            live.insert((name.to_string(), WgKey(p.public_key)));
+        }
+        state.add_wg_peer(peer(name, p));
+    }
+    Ok(Some(device_kind(&dev)))
+}
+
+/// The names of the WireGuard devices among `state`'s links.
+fn wireguard_links(state: &KernelState) -> Vec<String> {
+    state
+        .links
+        .values()
+        .filter(|l| matches!(l.kind, LinkKind::Wireguard(_)))
+        .map(|l| l.name.clone())
+        .collect()
+}
+
 /// Fill in the WireGuard devices of a dump: their kind from the device's key and port, and
 /// their peers; `live` gets the peers with a session. A device that vanished since the link
 /// dump is left with the placeholder kind (the diff recreates it); one that cannot be read
 /// fails the read.
 pub fn read_devices(state: &mut KernelState, live: &mut LivePeers) -> Result<(), WgError> {
-    let names: Vec<String> = state
-        .links
-        .values()
-        .filter(|l| matches!(l.kind, LinkKind::Wireguard(_)))
-        .map(|l| l.name.clone())
-        .collect();
+    let names = wireguard_links(state);
     if names.is_empty() {
         return Ok(());
     }
     let mut socket = WgSocket::open()?;
     for name in names {
-        let Some(dev) = socket.device(&name)? else {
-            continue;
-        };
-        if let Some(link) = state.links.get_mut(&name) {
-            link.kind = device_kind(&dev);
-        }
-        let now = SystemTime::now();
-        for p in &dev.peers {
-            if is_live(p, now) {
-                live.insert((name.clone(), WgKey(p.public_key)));
+        if let Some(kind) = read_device(&mut socket, &name, state, live)? {
+            if let Some(link) = state.links.get_mut(&name) {
+                link.kind = kind;
             }
-            state.add_wg_peer(peer(&name, p));
         }
     }
     Ok(())
@@ -208,40 +226,19 @@ fn wg_peer(op: &Op) -> Option<&WgPeer> {
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Whether the kernel's WireGuard devices differ from `expected` (a device missing, another
-/// key or port, a peer missing, changed or extra). `Err` when a device cannot be read.
+/// key or port, a peer missing, changed or extra; a live peer's roamed endpoint is not a
+/// difference, as for a full pass: [`keep_roamed`]). `Err` when a device cannot be read.
 pub fn drifted(socket: &mut WgSocket, expected: &KernelState) -> Result<bool, WgError> {
-    for link in expected.links.values() {
-        let LinkKind::Wireguard(want) = &link.kind else {
-            continue;
-        };
-        let Some(dev) = socket.device(&link.name)? else {
-            return Ok(true);
-        };
-        if device_kind(&dev) != LinkKind::Wireguard(*want) {
-            return Ok(true);
-        }
-        let now = SystemTime::now();
-        let mut got: Vec<WgPeer> = Vec::with_capacity(dev.peers.len());
-        for p in &dev.peers {
-            let mut g = peer(&link.name, p);
-            g.allowed_ips.sort();
-            let key = (link.name.clone(), g.public_key);
-            if let Some(w) = expected.wg_peers.get(&key).filter(|_| is_live(p, now)) {
-                g.endpoint = w.endpoint;
-            }
-            got.push(g);
-        }
-        got.sort_by_key(|p| p.public_key);
-        let want = expected
-            .wg_peers
-            .iter()
-            .filter(|((l, _), _)| *l == link.name)
-            .map(|(_, p)| p);
-        if !got.iter().eq(want) {
+    let mut got = KernelState::default();
+    let mut live = LivePeers::new();
+    for name in wireguard_links(expected) {
+        let kind = read_device(socket, &name, &mut got, &mut live)?;
+        if kind.as_ref() != expected.links.get(&name).map(|l| &l.kind) {
             return Ok(true);
         }
     }
-    Ok(false)
+    keep_roamed(&mut got, expected, Some(expected), &live);
+    Ok(got.wg_peers != expected.wg_peers)
 }
 
 #[cfg(test)]
