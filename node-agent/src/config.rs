@@ -264,6 +264,9 @@ pub struct NetConfig {
     pub ipv6_subnet_min: Option<Ipv6Addr>,
     pub ipv6_subnet_max: Option<Ipv6Addr>,
     pub backend: BackendConfig,
+    /// `NetworkPolicy.Enabled` (trellis's own key; off by default, as flannel has none):
+    /// enforce Kubernetes NetworkPolicies in nftables.
+    pub network_policy: bool,
 }
 
 impl NetConfig {
@@ -581,6 +584,10 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
             BackendConfig::Vxlan(VxlanConfig::default())
         }
     };
+    let network_policy = match f.take("NetworkPolicy") {
+        Some((k, v)) => network_policy(&k, v, &mut warnings)?,
+        None => false,
+    };
     f.unknown(&mut warnings);
 
     if enable_ipv6 && backend.kind() == BackendType::Ipip {
@@ -639,9 +646,31 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
             ipv6_subnet_min,
             ipv6_subnet_max,
             backend,
+            network_policy,
         },
         warnings,
     })
+}
+
+/// `"NetworkPolicy": {"Enabled": true}`. An object rather than a bare boolean so that later
+/// options (a default deny, logging) have somewhere to go.
+fn network_policy(key: &str, v: &Value, w: &mut Vec<ConfigWarning>) -> Result<bool, ConfigError> {
+    let Value::Object(obj) = v else {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "expected an object like {{\"Enabled\": true}}, found {}",
+                json_kind(v)
+            ),
+        ));
+    };
+    let mut f = Fields::new("NetworkPolicy.", obj)?;
+    let enabled = match f.take("Enabled") {
+        Some((k, v)) => as_bool(&k, v)?,
+        None => false,
+    };
+    f.unknown(w);
+    Ok(enabled)
 }
 
 /// A pod network CIDR of one family: host bits masked (with a warning), at
@@ -952,6 +981,36 @@ mod tests {
         match NetConfig::parse(text) {
             Ok(p) => p,
             Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn network_policy_is_off_unless_enabled() {
+        let net = r#""Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}"#;
+        assert!(!ok(&format!("{{{net}}}")).config.network_policy);
+        let on = ok(&format!(
+            r#"{{{net}, "NetworkPolicy": {{"Enabled": true}}}}"#
+        ));
+        assert!(on.config.network_policy);
+        assert!(on.warnings.is_empty(), "{:?}", on.warnings);
+        let typo = ok(&format!(
+            r#"{{{net}, "NetworkPolicy": {{"Enable": true}}}}"#
+        ));
+        assert!(!typo.config.network_policy);
+        assert_eq!(
+            typo.warnings,
+            [ConfigWarning::UnknownKey {
+                key: "NetworkPolicy.Enable".into()
+            }]
+        );
+        for bad in [
+            r#""NetworkPolicy": true"#,
+            r#""NetworkPolicy": {"Enabled": "yes"}"#,
+        ] {
+            let e = NetConfig::parse(&format!("{{{net}, {bad}}}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("NetworkPolicy"), "{bad}: {e}");
         }
     }
 

@@ -114,6 +114,7 @@ fn answer(path: &str, s: &HealthState) -> (&'static str, &'static str, String) {
         },
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", s.metrics.render()),
         "/debug/state" => ("200 OK", "application/json", s.debug.borrow().render()),
+        "/debug/netpol" => ("200 OK", TEXT, s.metrics.netpol_status()),
         _ => ("404 Not Found", TEXT, "not found\n".into()),
     }
 }

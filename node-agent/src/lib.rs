@@ -23,6 +23,7 @@ pub mod health;
 pub mod install_cni;
 pub mod metrics;
 pub mod net;
+pub mod netpol;
 pub mod oneshot;
 pub mod preflight;
 pub mod readiness;

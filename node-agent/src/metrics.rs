@@ -40,6 +40,8 @@ pub struct Metrics {
     config_watch: OnceLock<Arc<ConfigStats>>,
     /// The kernel drift monitor's, likewise.
     drift_monitor: OnceLock<MonitorCounters>,
+    /// The NetworkPolicy controller's, likewise.
+    netpol: OnceLock<Arc<crate::netpol::stats::NetpolStats>>,
 }
 
 impl Metrics {
@@ -85,6 +87,18 @@ impl Metrics {
 
     /// Exports the Node watcher's counters, so an operator sees API trouble (errors,
     /// relists after 410) while the kernel keeps running on the last good view.
+    pub fn attach_netpol(&self, stats: Arc<crate::netpol::stats::NetpolStats>) {
+        let _ = self.netpol.set(stats);
+    }
+
+    /// `/debug/netpol`: what the NetworkPolicy controller enforces on this node.
+    pub fn netpol_status(&self) -> String {
+        match self.netpol.get() {
+            Some(s) => s.status(),
+            None => "NetworkPolicy enforcement is off\n".to_string(),
+        }
+    }
+
     pub fn attach_node_watch(&self, stats: Arc<NodeWatchStats>) {
         let _ = self.node_watch.set(stats);
     }
@@ -369,6 +383,9 @@ impl Metrics {
             "The backend this node runs.",
             vec![(format!("{{backend=\"{backend}\"}}"), 1.0)],
         );
+        if let Some(n) = self.netpol.get() {
+            n.render(&mut o);
+        }
         o
     }
 }

@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// agent falls back to pages by itself where the apiserver does not stream lists.
     #[arg(long, env = "TRELLIS_PAGED_NODE_LIST", value_parser = clap::builder::BoolishValueParser::new())]
     pub paged_node_list: bool,
+    /// Enforce NetworkPolicies (true) or not (false), whatever net-conf.json's
+    /// `NetworkPolicy.Enabled` says; unset, net-conf.json decides (live).
+    #[arg(long, env = "TRELLIS_NETWORK_POLICY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub network_policy: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]

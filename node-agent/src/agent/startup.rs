@@ -87,6 +87,7 @@ pub(super) async fn start(args: RunArgs) -> Result<(Agent, Triggers), AgentError
     )));
     let _ = beating(config.wait_for(Option::is_some), &beat_tx, &metrics).await;
     metrics.set_programmed(Err("waiting for the first complete Node list".into()));
+    start_network_policy(&args, &client, &events, &metrics, &config);
 
     let dataplane = Dataplane::new()?;
     let opts = IfaceOptions {
@@ -142,6 +143,39 @@ pub(super) async fn start(args: RunArgs) -> Result<(Agent, Triggers), AgentError
         _monitor: monitor,
     };
     Ok((agent, triggers))
+}
+
+/// The NetworkPolicy controller, in a task of its own: on and off as `--network-policy`
+/// says, or else as net-conf.json's `NetworkPolicy.Enabled` does, live.
+fn start_network_policy(
+    args: &RunArgs,
+    client: &kube::Client,
+    events: &NodeEvents,
+    metrics: &Arc<Metrics>,
+    config: &watch::Receiver<Option<Arc<NetConfig>>>,
+) {
+    let stats = Arc::new(crate::netpol::stats::NetpolStats::default());
+    metrics.attach_netpol(stats.clone());
+    let wanted = |c: &Option<Arc<NetConfig>>, flag: Option<bool>| {
+        flag.unwrap_or_else(|| c.as_ref().is_some_and(|c| c.network_policy))
+    };
+    let flag = args.network_policy;
+    let mut config = config.clone();
+    let (tx, rx) = watch::channel(wanted(&config.borrow_and_update(), flag));
+    tokio::spawn(async move {
+        while config.changed().await.is_ok() {
+            let on = wanted(&config.borrow_and_update(), flag);
+            tx.send_if_modified(|v| std::mem::replace(v, on) != on);
+        }
+    });
+    let controller = crate::netpol::controller::Controller {
+        client: client.clone(),
+        node: args.node_name.clone(),
+        exec: crate::firewall::tool::Exec::new(),
+        stats,
+        events: Some(events.clone()),
+    };
+    tokio::spawn(controller.run(rx));
 }
 
 type DebugTx = watch::Sender<Arc<DebugState>>;

@@ -33,6 +33,8 @@ pub mod reason {
     pub const NETWORK_READY: &str = "TrellisIsUp";
     pub const HOST_NOT_READY: &str = "HostNotReady";
     pub const PEER_SKIPPED: &str = "PeerSkipped";
+    /// On a NetworkPolicy: it cannot be enforced as written, so its pods get deny-all.
+    pub const POLICY_INVALID: &str = "NetworkPolicyInvalid";
 }
 
 #[derive(Clone)]
@@ -80,6 +82,38 @@ impl NodeEvents {
             EventType::Warning,
             reason::PEER_SKIPPED,
             "ProgramPeer",
+            note,
+        )
+        .await
+    }
+
+    /// On the NetworkPolicy itself (`kubectl describe networkpolicy` shows it): why this
+    /// node enforces it as deny-all.
+    pub async fn policy_invalid(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+        why: &str,
+    ) -> bool {
+        let regarding = ObjectReference {
+            api_version: Some("networking.k8s.io/v1".to_string()),
+            kind: Some("NetworkPolicy".to_string()),
+            namespace: Some(namespace.to_string()),
+            name: Some(name.to_string()),
+            uid: uid.map(str::to_string),
+            ..ObjectReference::default()
+        };
+        let note = format!(
+            "trellis on node {}: {why}; the pods it selects on that node accept no traffic it \
+             governs until the policy is fixed",
+            self.node_name
+        );
+        self.emit_about(
+            &regarding,
+            EventType::Warning,
+            reason::POLICY_INVALID,
+            "EnforcePolicy",
             note,
         )
         .await

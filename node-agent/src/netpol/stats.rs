@@ -1,0 +1,184 @@
+//! What the NetworkPolicy controller tells `/metrics` and `trellis-agent status`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::compile::Compiled;
+use super::ruleset::Ruleset;
+
+#[derive(Debug, Default)]
+pub struct NetpolStats {
+    pub enabled: AtomicU64,
+    pub policies: AtomicU64,
+    pub invalid_policies: AtomicU64,
+    pub pods_policed: AtomicU64,
+    pub rules: AtomicU64,
+    pub set_elements: AtomicU64,
+    pub applies: AtomicU64,
+    pub apply_errors: AtomicU64,
+    sync_micros_sum: AtomicU64,
+    sync_micros_last: AtomicU64,
+    syncs: AtomicU64,
+    status: Mutex<String>,
+}
+
+impl NetpolStats {
+    /// One change taken to the kernel, `took` after it arrived.
+    pub fn synced_after(&self, took: Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.sync_micros_sum.fetch_add(us, Relaxed);
+        self.sync_micros_last.store(us, Relaxed);
+        self.syncs.fetch_add(1, Relaxed);
+    }
+
+    pub fn record(&self, c: &Compiled, policies: usize, invalid: usize) {
+        self.policies.store(policies as u64, Relaxed);
+        self.invalid_policies.store(invalid as u64, Relaxed);
+        self.pods_policed.store(c.policed.len() as u64, Relaxed);
+        self.rules.store(c.ruleset.rule_count() as u64, Relaxed);
+        self.set_elements
+            .store(c.ruleset.element_count() as u64, Relaxed);
+        let text = status_text(c);
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    }
+
+    pub fn disabled(&self) {
+        for g in [
+            &self.enabled,
+            &self.policies,
+            &self.invalid_policies,
+            &self.pods_policed,
+            &self.rules,
+            &self.set_elements,
+        ] {
+            g.store(0, Relaxed);
+        }
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = String::new();
+    }
+
+    /// For `/debug/netpol` (and so `trellis-agent status`).
+    pub fn status(&self) -> String {
+        if self.enabled.load(Relaxed) == 0 {
+            return "NetworkPolicy enforcement is off (net-conf.json \"NetworkPolicy\": {\"Enabled\": true} turns it on)\n".to_string();
+        }
+        let s = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if s.is_empty() {
+            "NetworkPolicy enforcement is on, waiting for the first list of Pods, Namespaces and NetworkPolicies\n".to_string()
+        } else {
+            s
+        }
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let gauges = [
+            (
+                "trellis_netpol_enabled",
+                "1 when NetworkPolicy enforcement is on",
+                &self.enabled,
+            ),
+            (
+                "trellis_netpol_policies",
+                "NetworkPolicies in the cluster",
+                &self.policies,
+            ),
+            (
+                "trellis_netpol_invalid_policies",
+                "NetworkPolicies enforced as deny-all because they could not be understood",
+                &self.invalid_policies,
+            ),
+            (
+                "trellis_netpol_pods_policed",
+                "pods of this node isolated by at least one policy",
+                &self.pods_policed,
+            ),
+            (
+                "trellis_netpol_rules",
+                "rules in the inet trellis-netpol table",
+                &self.rules,
+            ),
+            (
+                "trellis_netpol_set_elements",
+                "elements of its sets and maps",
+                &self.set_elements,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let counters = [
+            (
+                "trellis_netpol_applies_total",
+                "nft transactions applied",
+                &self.applies,
+            ),
+            (
+                "trellis_netpol_apply_errors_total",
+                "nft transactions that failed",
+                &self.apply_errors,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        let secs = |us: u64| us as f64 / 1e6;
+        let name = "trellis_netpol_sync_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} time from a Pod, Namespace or NetworkPolicy change to its rules in the kernel\n\
+             # TYPE {name} summary\n{name}_sum {}\n{name}_count {}\n\
+             # HELP trellis_netpol_last_sync_seconds the last such time\n\
+             # TYPE trellis_netpol_last_sync_seconds gauge\ntrellis_netpol_last_sync_seconds {}",
+            secs(self.sync_micros_sum.load(Relaxed)),
+            self.syncs.load(Relaxed),
+            secs(self.sync_micros_last.load(Relaxed)),
+        );
+    }
+}
+
+/// Per local pod, the policies isolating it; then the sets and their sizes.
+fn status_text(c: &Compiled) -> String {
+    let mut s = format!(
+        "NetworkPolicy: {} pods of this node policed, {} rules, {} set elements\n",
+        c.policed.len(),
+        c.ruleset.rule_count(),
+        c.ruleset.element_count()
+    );
+    for p in &c.policed {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "  pod {}  ingress: {}  egress: {}",
+            p.pod,
+            list(&p.ingress),
+            list(&p.egress)
+        );
+    }
+    sets_text(&c.ruleset, &mut s);
+    s
+}
+
+fn sets_text(rs: &Ruleset, s: &mut String) {
+    for (name, set) in &rs.sets {
+        let _ = writeln!(s, "  set {name}: {} elements", set.elements.len());
+    }
+}
