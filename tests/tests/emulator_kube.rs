@@ -1,12 +1,14 @@
 //! The API emulator driven by the real kube-rs client (the node agent's client): CRUD, the
 //! status subresource, watches, the runtime watcher through compaction and dropped watches,
-//! fault injection and the events recorder.
+//! fault injection, the events recorder, and NetworkPolicies with the Namespace and Pod fields
+//! they select on.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -677,5 +679,228 @@ async fn streaming_list_watcher_gets_initial_events_end_bookmark() {
     let mut w = watcher(nodes.clone(), watcher::Config::default()).boxed();
     assert!(matches!(next(&mut w).await, Ok(watcher::Event::Init)));
     assert!(matches!(next(&mut w).await, Ok(watcher::Event::InitDone)));
+    emu.shutdown().await.expect("shutdown");
+}
+
+fn netpol(name: &str, app: &str) -> NetworkPolicy {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"podSelector": {"matchLabels": {"app": app}},
+                 "ingress": [{"from": [{"namespaceSelector":
+                                          {"matchLabels": {"kubernetes.io/metadata.name": "np-b"}}}],
+                              "ports": [{"port": "http"}, {"port": 53, "protocol": "UDP"}]}]}
+    }))
+    .expect("valid network policy")
+}
+
+/// The next event of a NetworkPolicy watcher that is not a transient error.
+async fn next_np_event<S>(s: &mut S) -> watcher::Event<NetworkPolicy>
+where
+    S: Stream<Item = Result<watcher::Event<NetworkPolicy>, watcher::Error>> + Unpin,
+{
+    loop {
+        // The watcher retries errors (a dropped watch) itself.
+        if let Ok(ev) = next(s).await {
+            return ev;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_crud_watch_and_namespace_labels() {
+    let (_dir, emu, client) = start(Duration::from_secs(60)).await;
+    let pp = PostParams::default();
+    let patch = PatchParams::default();
+
+    // Namespaces carry kubernetes.io/metadata.name (what namespaceSelectors match), and keep it
+    // whatever a write says.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns_body = json!({"metadata": {"name": "np-a", "labels": {"team": "a"}}});
+    let ns = namespaces
+        .create(&pp, &serde_json::from_value(ns_body).expect("namespace"))
+        .await
+        .expect("create namespace");
+    let name_label = |ns: &Namespace| ns.labels().get("kubernetes.io/metadata.name").cloned();
+    assert_eq!(name_label(&ns).as_deref(), Some("np-a"));
+    let cleared = json!({"metadata": {"labels": null}});
+    let ns = namespaces
+        .patch("np-a", &patch, &Patch::Merge(&cleared))
+        .await
+        .expect("clear labels");
+    assert_eq!(name_label(&ns).as_deref(), Some("np-a"));
+    assert!(!ns.labels().contains_key("team"));
+
+    // Every namespace's policies, through a streaming list as the agent's watcher does it.
+    let all: Api<NetworkPolicy> = Api::all(client.clone());
+    let cfg = watcher::Config::default().streaming_lists();
+    let mut w = watcher(all.clone(), cfg).boxed();
+    loop {
+        if let watcher::Event::InitDone = next_np_event(&mut w).await {
+            break;
+        }
+    }
+
+    let nps: Api<NetworkPolicy> = Api::namespaced(client.clone(), "np-a");
+    let np = nps
+        .create(&pp, &netpol("allow-web", "web"))
+        .await
+        .expect("create");
+    assert_eq!(np.metadata.generation, Some(1));
+    let spec = np.spec.clone().expect("spec");
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let protocols: Vec<Option<String>> = spec.ingress.unwrap_or_default()[0]
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.protocol)
+        .collect();
+    assert_eq!(
+        protocols,
+        [Some("TCP".to_string()), Some("UDP".to_string())],
+        "an unset protocol is TCP"
+    );
+    match next_np_event(&mut w).await {
+        watcher::Event::Apply(p) => assert_eq!(p.name_any(), "allow-web"),
+        other => panic!("expected the new policy, got {other:?}"),
+    }
+
+    // Lists across namespaces and by field.
+    let np_b = Api::<NetworkPolicy>::namespaced(client.clone(), "np-b");
+    np_b.create(&pp, &netpol("other", "db"))
+        .await
+        .expect("create in np-b");
+    let _ = next_np_event(&mut w).await;
+    let names = |l: kube::core::ObjectList<NetworkPolicy>| -> Vec<String> {
+        l.items.iter().map(ResourceExt::name_any).collect()
+    };
+    let listed = all.list(&ListParams::default()).await.expect("list all");
+    assert_eq!(names(listed), ["allow-web", "other"]);
+    let by_ns = ListParams::default().fields("metadata.namespace=np-b");
+    assert_eq!(
+        names(all.list(&by_ns).await.expect("by namespace")),
+        ["other"]
+    );
+    let by_name = ListParams::default().fields("metadata.name=allow-web");
+    assert_eq!(
+        names(all.list(&by_name).await.expect("by name")),
+        ["allow-web"]
+    );
+
+    // A spec patch bumps the generation and reaches the watcher.
+    let egress = json!({"spec": {"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}],
+                                 "policyTypes": ["Ingress", "Egress"]}});
+    let np = nps
+        .patch("allow-web", &patch, &Patch::Merge(&egress))
+        .await
+        .expect("patch");
+    assert_eq!(np.metadata.generation, Some(2));
+    match next_np_event(&mut w).await {
+        watcher::Event::Apply(p) => assert_eq!(p.metadata.generation, Some(2)),
+        other => panic!("expected the patched policy, got {other:?}"),
+    }
+    // Malformed policies are refused whole.
+    let bad = json!({"spec": {"ingress": [{"from": [{}]}]}});
+    let e = nps
+        .patch("allow-web", &patch, &Patch::Merge(&bad))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(e), 422);
+
+    nps.delete("allow-web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    match next_np_event(&mut w).await {
+        watcher::Event::Delete(p) => assert_eq!(p.name_any(), "allow-web"),
+        other => panic!("expected the deletion, got {other:?}"),
+    }
+    // Deleting a Namespace deletes its policies (after its Terminating period).
+    namespaces
+        .delete("np-b", &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    match next_np_event(&mut w).await {
+        watcher::Event::Delete(p) => assert_eq!(p.namespace().as_deref(), Some("np-b")),
+        other => panic!("expected the namespace's policy to go, got {other:?}"),
+    }
+    emu.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_carry_what_network_policies_select_on() {
+    let (_dir, emu, client) = start(Duration::from_secs(60)).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "np-a");
+    let patch = PatchParams::default();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "labels": {"app": "web"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i", "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]}
+    }))
+    .expect("valid pod");
+    let pod = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    let spec = pod.spec.clone().expect("spec");
+    assert_eq!(spec.node_name.as_deref(), Some("n1"));
+    let ports: Vec<(Option<String>, i32, Option<String>)> = spec.containers[0]
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name, p.container_port, p.protocol))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            (Some("http".into()), 8080, Some("TCP".into())),
+            (Some("dns".into()), 53, Some("UDP".into())),
+        ],
+        "an unset protocol is TCP"
+    );
+
+    // What a kubelet reports, through pods/status.
+    let status = json!({"status": {"phase": "Running", "podIP": "10.244.1.5",
+                                   "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00:10:244:1::5"}]}});
+    let pod = pods
+        .patch_status("web-0", &patch, &Patch::Merge(&status))
+        .await
+        .expect("status");
+    let st = pod.status.expect("status");
+    assert_eq!(st.phase.as_deref(), Some("Running"));
+    assert_eq!(st.pod_ip.as_deref(), Some("10.244.1.5"));
+    assert_eq!(st.pod_ips.map(|ips| ips.len()), Some(2));
+
+    // A relabelled Pod leaves a watch selecting on its label, and comes back with it.
+    let mut w = watcher(pods.clone(), watcher::Config::default().labels("app=web")).boxed();
+    let mut initial = Vec::new();
+    loop {
+        match next(&mut w).await {
+            Ok(watcher::Event::InitApply(p)) => initial.push(p.name_any()),
+            Ok(watcher::Event::InitDone) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, ["web-0"]);
+    let relabel = |app: &str| json!({"metadata": {"labels": {"app": app}}});
+    pods.patch("web-0", &patch, &Patch::Merge(&relabel("db")))
+        .await
+        .expect("relabel");
+    loop {
+        match next(&mut w).await {
+            Ok(watcher::Event::Delete(p)) => break assert_eq!(p.name_any(), "web-0"),
+            Ok(watcher::Event::Apply(p)) => panic!("still selected: {:?}", p.labels()),
+            _ => {}
+        }
+    }
+    pods.patch("web-0", &patch, &Patch::Merge(&relabel("web")))
+        .await
+        .expect("relabel");
+    loop {
+        if let Ok(watcher::Event::Apply(p)) = next(&mut w).await {
+            break assert_eq!(p.labels().get("app").map(String::as_str), Some("web"));
+        }
+    }
     emu.shutdown().await.expect("shutdown");
 }

@@ -1,12 +1,14 @@
 //! Real `kubectl` against the API emulator (issue 3): get, get -w, annotate, patch (merge and
-//! strategic, also on the status subresource), create -f, delete. Results are read back through
-//! the API with kube-rs, not from kubectl's own output.
+//! strategic, also on the status subresource), create -f, delete, and `apply -f` / `get netpol`
+//! of NetworkPolicies. Results are read back through the API with kube-rs, not from kubectl's
+//! own output.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::ResourceExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -252,5 +254,103 @@ async fn kubectl_drives_the_emulator() {
         "{}",
         missing.stderr
     );
+    emu.shutdown().await.expect("shutdown");
+}
+
+const NETPOL_YAML: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-frontend
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels:
+      app: backend
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: web
+    ports:
+    - port: http
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: default-deny
+  namespace: shop
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_applies_and_lists_network_policies() {
+    let (dir, emu) = Emulator::start_in_temp_dir().await;
+    let kc = emu.kubeconfig_path().to_path_buf();
+    let file = dir.path().join("netpol.yaml");
+    std::fs::write(&file, NETPOL_YAML).expect("write netpol.yaml");
+    let path = file.to_str().expect("utf-8 path");
+
+    // apply finds the type through discovery (group networking.k8s.io) and creates, then patches.
+    ok(&kc, &["apply", "-f", path]).await;
+    ok(&kc, &["apply", "-f", path]).await;
+    let nps: Api<NetworkPolicy> = Api::namespaced(emu.client().await.expect("client"), "shop");
+    let np = nps.get("allow-frontend").await.expect("applied by kubectl");
+    let spec = np.spec.expect("spec");
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    assert_eq!(
+        np.metadata.generation,
+        Some(1),
+        "re-applying changes nothing"
+    );
+
+    // get by short name across namespaces: the apiserver's columns.
+    let table = ok(&kc, &["get", "netpol", "-A"]).await;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["NAMESPACE", "NAME", "POD-SELECTOR", "AGE"]);
+    assert_eq!(rows[1][..3], ["shop", "allow-frontend", "app=backend"]);
+    assert_eq!(rows[2][..3], ["shop", "default-deny", "<none>"]);
+    let labels = ok(
+        &kc,
+        &["get", "ns", "shop", "-o", "jsonpath={.metadata.labels}"],
+    )
+    .await;
+    assert!(
+        labels.contains(r#""kubernetes.io/metadata.name":"shop""#),
+        "{labels}"
+    );
+
+    // Malformed policies are refused with the apiserver's field errors.
+    let bad = kubectl(
+        &kc,
+        &[
+            "patch",
+            "netpol",
+            "-n",
+            "shop",
+            "default-deny",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"ingress":[{"ports":[{"port":99999}]}]}}"#,
+        ],
+    )
+    .await;
+    assert!(
+        !bad.ok && bad.stderr.contains("spec.ingress[0].ports[0].port"),
+        "{}",
+        bad.stderr
+    );
+    ok(&kc, &["delete", "-f", path]).await;
+    assert!(nps.get_opt("default-deny").await.expect("get").is_none());
     emu.shutdown().await.expect("shutdown");
 }

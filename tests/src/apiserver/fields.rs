@@ -6,8 +6,10 @@
 //!
 //! The known fields are listed for the objects `kubectl apply -k deploy` sends and a node
 //! driver reads (Namespace, ServiceAccount, ConfigMap, RBAC, DaemonSet, Pod) down to the
-//! structures a driver interprets (pod spec, containers, env, mounts, volumes); deeper
-//! structures (probes, security contexts, volume sources) are taken as they are.
+//! structures a driver interprets (pod spec, containers, ports, env, mounts, volumes); deeper
+//! structures (probes, security contexts, volume sources) are taken as they are. A
+//! NetworkPolicy is listed whole: a dropped typo there (`matchLabel`) would silently widen
+//! what the policy selects.
 
 use serde_json::Value;
 
@@ -92,7 +94,7 @@ const CONTAINER: &[(&str, Shape)] = &[
     ("command", Any),
     ("args", Any),
     ("workingDir", Any),
-    ("ports", Any),
+    ("ports", List("ContainerPort")),
     ("envFrom", Any),
     ("env", List("EnvVar")),
     ("resources", Any),
@@ -169,6 +171,16 @@ const TYPES: &[(&str, &[(&str, Shape)])] = &[
         ],
     ),
     (
+        "ContainerPort",
+        &[
+            ("name", Any),
+            ("hostPort", Any),
+            ("containerPort", Any),
+            ("protocol", Any),
+            ("hostIP", Any),
+        ],
+    ),
+    (
         "PodTemplateSpec",
         &[
             ("metadata", Object("ObjectMeta")),
@@ -185,6 +197,53 @@ const TYPES: &[(&str, &[(&str, Shape)])] = &[
             ("revisionHistoryLimit", Any),
         ],
     ),
+    (
+        "LabelSelector",
+        &[
+            ("matchLabels", Any),
+            ("matchExpressions", List("LabelSelectorRequirement")),
+        ],
+    ),
+    (
+        "LabelSelectorRequirement",
+        &[("key", Any), ("operator", Any), ("values", Any)],
+    ),
+    (
+        "NetworkPolicySpec",
+        &[
+            ("podSelector", Object("LabelSelector")),
+            ("ingress", List("NetworkPolicyIngressRule")),
+            ("egress", List("NetworkPolicyEgressRule")),
+            ("policyTypes", Any),
+        ],
+    ),
+    (
+        "NetworkPolicyIngressRule",
+        &[
+            ("ports", List("NetworkPolicyPort")),
+            ("from", List("NetworkPolicyPeer")),
+        ],
+    ),
+    (
+        "NetworkPolicyEgressRule",
+        &[
+            ("ports", List("NetworkPolicyPort")),
+            ("to", List("NetworkPolicyPeer")),
+        ],
+    ),
+    (
+        "NetworkPolicyPort",
+        &[("protocol", Any), ("port", Any), ("endPort", Any)],
+    ),
+    (
+        "NetworkPolicyPeer",
+        &[
+            ("podSelector", Object("LabelSelector")),
+            ("namespaceSelector", Object("LabelSelector")),
+            ("ipBlock", Object("IPBlock")),
+        ],
+    ),
+    ("IPBlock", &[("cidr", Any), ("except", Any)]),
 ];
 
 /// The top-level fields of each kind with a schema here (besides apiVersion, kind, metadata).
@@ -202,6 +261,7 @@ fn top_level(kind: &str) -> Option<&'static [(&'static str, Shape)]> {
         "ClusterRole" => &[("rules", Any), ("aggregationRule", Any)],
         "Role" => &[("rules", Any)],
         "ClusterRoleBinding" | "RoleBinding" => &[("subjects", Any), ("roleRef", Any)],
+        "NetworkPolicy" => &[("spec", Object("NetworkPolicySpec"))],
         _ => return None,
     })
 }
@@ -293,7 +353,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::{DAEMON_SETS, NODES};
+    use crate::apiserver::resources::{DAEMON_SETS, NETWORK_POLICIES, NODES};
     use serde_json::json;
 
     #[test]
@@ -331,6 +391,26 @@ mod tests {
             c["securityContext"]["anything"], true,
             "deeper structures are kept"
         );
+        // A NetworkPolicy is checked down to its selectors and peers.
+        let np = json!({"spec": {"podSelector": {"matchLabel": {"app": "x"}},
+            "ingress": [{"from": [{"namespaceSelector": {}, "ipBlok": {}}],
+                         "ports": [{"port": 80, "protocl": "TCP"}]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "excpt": []}}]}]},
+            "status": {}});
+        let e = check(&NETWORK_POLICIES, &mut np.clone(), Some("Strict")).unwrap_err();
+        for f in [
+            "status",
+            "spec.podSelector.matchLabel",
+            "spec.ingress[0].ports[0].protocl",
+            "spec.ingress[0].from[0].ipBlok",
+            "spec.egress[0].to[0].ipBlock.excpt",
+        ] {
+            assert!(
+                e.message.contains(&format!("unknown field \"{f}\"")),
+                "{f}: {}",
+                e.message
+            );
+        }
         // Kinds without a schema here are left alone.
         let mut node = json!({"metadata": {"name": "n"}, "whatever": 1});
         check(&NODES, &mut node, Some("Strict")).unwrap();

@@ -258,11 +258,25 @@ pub fn list(c: Call, table: bool) -> Result<Response<Body>, ApiError> {
     Ok(http::json_bytes(200, Bytes::from(out)))
 }
 
+/// Unknown fields refused or dropped as the request asks; kept as sent when the emulator
+/// plays a newer apiserver that knows them.
+fn unknown_fields(
+    state: &ServerState,
+    rt: &ResourceType,
+    obj: &mut Value,
+    q: &HashMap<String, String>,
+) -> Result<(), ApiError> {
+    if state.newer_api {
+        return Ok(());
+    }
+    fields::check(rt, obj, field_validation(q))
+}
+
 pub fn create(c: Call, body: &[u8]) -> Result<Response<Body>, ApiError> {
     let Call { state, rt, ns, q } = c;
     reject_dry_run(q)?;
     let mut obj = parse_body(body)?;
-    fields::check(rt, &mut obj, field_validation(q))?;
+    unknown_fields(state, rt, &mut obj, q)?;
     let obj = semantics::prepare_create(rt, ns, obj, util::unix_now())?;
     let name = obj["metadata"]["name"]
         .as_str()
@@ -287,10 +301,10 @@ pub fn update(
     target: Target,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
-    let Call { rt, q, .. } = c;
+    let Call { state, rt, q, .. } = c;
     reject_dry_run(q)?;
     let mut new = parse_body(body)?;
-    fields::check(rt, &mut new, field_validation(q))?;
+    unknown_fields(state, rt, &mut new, q)?;
     replace(c, name, target, |_| Ok(new))
 }
 
@@ -352,12 +366,12 @@ pub fn patch(
     content_type: &str,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
-    let Call { rt, q, .. } = c;
+    let Call { state, rt, q, .. } = c;
     reject_dry_run(q)?;
     replace(c, name, target, |old| {
         let mut new = old.clone();
         apply_patch(content_type, &mut new, body)?;
-        fields::check(rt, &mut new, field_validation(q))?;
+        unknown_fields(state, rt, &mut new, q)?;
         Ok(new)
     })
 }

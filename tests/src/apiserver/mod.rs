@@ -1,13 +1,15 @@
 //! A Kubernetes API emulator speaking the real wire protocol over HTTPS, for tests and demos
 //! where no kube-apiserver can run. It serves core/v1 Nodes (with `status`), ConfigMaps,
 //! Events, Namespaces, ServiceAccounts (with the `token` subresource: TokenRequest), Pods (with
-//! `status`), apps/v1 DaemonSets (with `status`), events.k8s.io/v1 Events and the four
-//! rbac.authorization.k8s.io/v1 kinds, all from one generic store and a per-kind table
-//! (`resources.rs`, `semantics.rs`): get, list (pagination, selectors), watch (bookmarks,
-//! timeouts, 410 on expired versions, streaming lists), create, update, delete, and merge /
-//! strategic merge / JSON patches; plus fault controls under `/_emulator/` and state that
-//! survives restarts. ServiceAccount tokens are authorized by the RBAC objects stored in the
-//! API, as the apiserver does; enough for `kubectl apply -k deploy` and `kubectl delete -k`.
+//! `status`), apps/v1 DaemonSets (with `status`), events.k8s.io/v1 Events, the four
+//! rbac.authorization.k8s.io/v1 kinds and networking.k8s.io/v1 NetworkPolicies (defaulted and
+//! validated, not enforced: enforcing them is the pod network's job), all from one generic
+//! store and a per-kind table (`resources.rs`, `semantics.rs`): get, list (pagination,
+//! selectors), watch (bookmarks, timeouts, 410 on expired versions, streaming lists), create,
+//! update, delete, and merge / strategic merge / JSON patches; plus fault controls under
+//! `/_emulator/` and state that survives restarts. ServiceAccount tokens are authorized by the
+//! RBAC objects stored in the API, as the apiserver does; enough for `kubectl apply -k deploy`
+//! and `kubectl delete -k`.
 //!
 //! Where it knowingly differs from kube-apiserver (each refused loudly or documented here):
 //! - no controllers: a DaemonSet's status and Pods are whoever writes them (a node driver);
@@ -39,6 +41,7 @@ mod http;
 mod identity;
 pub mod kubectl;
 mod namespaces;
+mod network_policy;
 mod patch;
 mod persist;
 mod protobuf;
@@ -132,6 +135,10 @@ pub struct EmulatorConfig {
     /// does) or creates the Namespace. Default: [`NamespacePolicy::Implicit`], because many
     /// tests predate Namespace objects and create ConfigMaps in namespaces they never made.
     pub namespaces: NamespacePolicy,
+    /// Act as a newer apiserver, whose types have fields this emulator does not know: objects
+    /// are stored with such fields instead of refusing or dropping them (what a client older
+    /// than its cluster sees).
+    pub newer_api: bool,
 }
 
 /// How the emulator answers a streaming list (`sendInitialEvents` on a watch).
@@ -175,6 +182,7 @@ impl EmulatorConfig {
             audit: false,
             watch_list: WatchList::Served,
             namespaces: NamespacePolicy::Implicit,
+            newer_api: false,
         }
     }
 }
@@ -310,6 +318,7 @@ impl Emulator {
             audit: config.audit.then(Default::default),
             watch_list: config.watch_list,
             namespaces: config.namespaces,
+            newer_api: config.newer_api,
             ca_pem: identity.ca_pem.clone(),
         });
         namespaces::resume_terminating(&state);

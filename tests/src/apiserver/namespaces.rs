@@ -268,6 +268,28 @@ mod tests {
     }
 
     #[test]
+    fn finalizing_deletes_every_namespaced_kind_and_only_in_that_namespace() {
+        use crate::apiserver::resources::{NETWORK_POLICIES, PODS};
+        let s = Store::new(StoreLimits::default());
+        seed(&s, "PEM").unwrap();
+        let put = |rt: &ResourceType, ns: &str, name: &str| {
+            let o = json!({"metadata": {"name": name, "namespace": ns}});
+            s.mutate((rt.id, ns.into(), name.into()), |_| Ok(Change::Put(o)))
+                .unwrap();
+        };
+        admit_create(&s, NamespacePolicy::Implicit, "PEM", &PODS, "doomed").unwrap();
+        for rt in [&NETWORK_POLICIES, &PODS] {
+            put(rt, "doomed", "x");
+            put(rt, "default", "x");
+        }
+        finalize(&s, "doomed");
+        for rt in [&NETWORK_POLICIES, &PODS] {
+            assert!(s.get(&(rt.id, "doomed".into(), "x".into())).is_none());
+            assert!(s.get(&(rt.id, "default".into(), "x".into())).is_some());
+        }
+    }
+
+    #[test]
     fn new_namespaces_carry_the_apiservers_defaults() {
         let ns = new_namespace("a", 0);
         assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "a");

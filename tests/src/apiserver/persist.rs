@@ -138,7 +138,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::{CONFIGMAPS, NODES};
+    use crate::apiserver::resources::{CONFIGMAPS, NETWORK_POLICIES, NODES};
     use serde_json::json;
 
     #[test]
@@ -153,12 +153,24 @@ mod tests {
             &json!({"metadata": {"name": "c", "namespace": "kube-system", "resourceVersion": "7"}, "data": {"k": "v"}}),
         )
         .unwrap();
-        let bytes = encode(9, &[Arc::new(n), Arc::new(c)]);
+        let np = StoredObject::from_value(
+            &NETWORK_POLICIES,
+            &json!({"metadata": {"name": "deny", "namespace": "a", "resourceVersion": "8"},
+                    "spec": {"podSelector": {}}}),
+        )
+        .unwrap();
+        let bytes = encode(9, &[Arc::new(n), Arc::new(c), Arc::new(np)]);
+        assert!(String::from_utf8_lossy(&bytes)
+            .contains("\"resource\":\"networking.k8s.io/v1/networkpolicies\""));
         let (rv, objs) = decode(&bytes).unwrap();
         assert_eq!(rv, 9);
-        assert_eq!(objs.len(), 2);
+        assert_eq!(objs.len(), 3);
         assert_eq!(objs[1].namespace, "kube-system");
         assert_eq!(objs[1].value()["data"]["k"], "v");
+        assert_eq!(
+            (objs[2].resource().kind, objs[2].namespace.as_str()),
+            ("NetworkPolicy", "a")
+        );
         let err = decode(
             b"{\"resourceVersion\":\"1\",\"objects\":[{\"resource\":\"v1/services\",\"object\":{}}]}",
         )

@@ -595,6 +595,47 @@ subjects: [{{kind: ServiceAccount, name: sa, namespace: ns1}}]
     }
 
     #[test]
+    fn network_policies_are_granted_by_their_group() {
+        let p = policy(
+            r#"
+kind: ClusterRole
+metadata: {name: netpol-reader}
+rules:
+  - apiGroups: ["networking.k8s.io"]
+    resources: ["networkpolicies"]
+    verbs: ["list", "watch"]
+  - apiGroups: [""]
+    resources: ["namespaces", "pods"]
+    verbs: ["list", "watch"]
+---
+kind: ClusterRoleBinding
+metadata: {name: netpol-reader}
+roleRef: {kind: ClusterRole, name: netpol-reader}
+subjects: [{kind: ServiceAccount, name: sa, namespace: ns1}]
+"#,
+        );
+        let sa = service_account("ns1");
+        let netpol = |verb: &str, group: &str, ns: &str| Attributes {
+            group: group.into(),
+            ..attrs(verb, "networkpolicies", "", ns, "")
+        };
+        // Api::all list+watch, and one namespace's.
+        assert!(p.allows(&sa, &netpol("list", "networking.k8s.io", "")));
+        assert!(p.allows(&sa, &netpol("watch", "networking.k8s.io", "team-a")));
+        assert!(!p.allows(&sa, &netpol("create", "networking.k8s.io", "team-a")));
+        assert!(!p.allows(&sa, &netpol("list", "", "")), "another group");
+        let e = forbidden(&sa, &netpol("create", "networking.k8s.io", "team-a"));
+        assert!(
+            e.message.starts_with(
+                "networkpolicies.networking.k8s.io is forbidden: User \"system:serviceaccount:ns1:sa\" \
+                 cannot create resource \"networkpolicies\" in API group \"networking.k8s.io\""
+            ),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
     fn forbidden_reads_like_the_apiserver() {
         let u = service_account("ns1");
         let e = forbidden(&u, &attrs("patch", "nodes", "status", "", "n1"));

@@ -226,9 +226,24 @@ pub static ROLES: ResourceType = rbac_type(10, "roles", "role", "Role", true);
 pub static ROLE_BINDINGS: ResourceType =
     rbac_type(11, "rolebindings", "rolebinding", "RoleBinding", true);
 
+/// What a pod network enforces; no status (the v1 type has none since Kubernetes 1.27).
+pub static NETWORK_POLICIES: ResourceType = ResourceType {
+    id: 12,
+    group: "networking.k8s.io",
+    version: "v1",
+    plural: "networkpolicies",
+    singular: "networkpolicy",
+    kind: "NetworkPolicy",
+    namespaced: true,
+    short_names: &["netpol"],
+    has_status: false,
+    field_labels: &["metadata.name", "metadata.namespace"],
+    has_token: false,
+};
+
 /// Every served type; a type's `id` is its index here and part of the store key, so new types
 /// are appended.
-pub static RESOURCES: [&ResourceType; 12] = [
+pub static RESOURCES: [&ResourceType; 13] = [
     &NODES,
     &CONFIGMAPS,
     &CORE_EVENTS,
@@ -241,6 +256,7 @@ pub static RESOURCES: [&ResourceType; 12] = [
     &CLUSTER_ROLE_BINDINGS,
     &ROLES,
     &ROLE_BINDINGS,
+    &NETWORK_POLICIES,
 ];
 
 pub fn by_id(id: u8) -> &'static ResourceType {
@@ -527,6 +543,59 @@ mod tests {
                 "pods/binding"
             ]
         );
+    }
+
+    #[test]
+    fn network_policies_are_discovered_in_their_group() {
+        let np = lookup("networking.k8s.io", "v1", "networkpolicies");
+        assert_eq!(np.map(|r| r.id), Some(NETWORK_POLICIES.id));
+        assert_eq!(
+            NETWORK_POLICIES.storage_name(),
+            "networking.k8s.io/v1/networkpolicies"
+        );
+        assert_eq!(
+            lookup_storage_name("networking.k8s.io/v1/networkpolicies").map(|r| r.kind),
+            Some("NetworkPolicy")
+        );
+        let groups = group_list();
+        let names: Vec<&str> = groups["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "events.k8s.io",
+                "apps",
+                "rbac.authorization.k8s.io",
+                "networking.k8s.io"
+            ]
+        );
+        assert!(group_served("networking.k8s.io", Some("v1")));
+        assert_eq!(
+            group("networking.k8s.io").map(|g| g["preferredVersion"]["groupVersion"].clone()),
+            Some(json!("networking.k8s.io/v1"))
+        );
+        // No status subresource: the list holds the one resource.
+        let doc = resource_list("networking.k8s.io", "v1");
+        assert_eq!(doc["groupVersion"], "networking.k8s.io/v1");
+        assert_eq!(
+            doc["resources"],
+            json!([{
+                "name": "networkpolicies",
+                "singularName": "networkpolicy",
+                "namespaced": true,
+                "kind": "NetworkPolicy",
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                "shortNames": ["netpol"],
+            }])
+        );
+        let openapi = openapi_group_version("apis/networking.k8s.io/v1");
+        let item = "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}";
+        assert!(openapi.is_some_and(|d| d["paths"][item]["patch"].is_object()));
+        assert!(openapi_root()["paths"]["apis/networking.k8s.io/v1"].is_object());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use super::resources::ResourceType;
 use super::status::ApiError;
 use super::util;
-use super::{namespaces, workloads};
+use super::{namespaces, network_policy, workloads};
 
 /// Which endpoint a write came through; it decides which parts of the object may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
-fn is_label_value(s: &str) -> bool {
+pub(super) fn is_label_value(s: &str) -> bool {
     s.is_empty()
         || (s.len() <= 63
             && s.chars()
@@ -37,7 +37,7 @@ fn is_label_value(s: &str) -> bool {
             && s.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
 
-fn is_qualified_name(s: &str) -> bool {
+pub(super) fn is_qualified_name(s: &str) -> bool {
     let (prefix, name) = match s.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, s),
@@ -161,6 +161,7 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(
         "ClusterRole" | "Role" | "ClusterRoleBinding" | "RoleBinding" => {
             workloads::rbac(rt.kind, &mut causes, obj)
         }
+        "NetworkPolicy" => network_policy::validate(&mut causes, obj),
         _ => {}
     }
     if causes.is_empty() {
@@ -320,7 +321,7 @@ pub fn prepare_create(
     ] {
         meta.remove(gone);
     }
-    if rt.has_status {
+    if tracks_generation(rt) {
         meta.insert("generation".into(), json!(1));
     } else {
         meta.remove("generation");
@@ -405,28 +406,49 @@ pub fn prepare_update(
                 m.insert(keep.into(), from_old.clone());
             }
         }
-        if target == Target::Main && new["spec"] != old["spec"] {
-            let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
-            new["metadata"]["generation"] = json!(g + 1);
-        }
     }
+    // Defaults first: the apiserver's decoder applies them before the strategy compares specs,
+    // so a body that omits a defaulted field is no spec change.
     kind_defaults(rt, &mut new, Some(old));
+    if tracks_generation(rt) && target == Target::Main && new["spec"] != old["spec"] {
+        let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+        new["metadata"]["generation"] = json!(g + 1);
+    }
     validate(rt, &new, Some(old))?;
     Ok(new)
 }
 
+/// Whether `metadata.generation` counts spec changes: the kinds with a status (whose
+/// controllers report `observedGeneration`) and NetworkPolicy, whose strategy bumps it too.
+fn tracks_generation(rt: &ResourceType) -> bool {
+    rt.has_status || rt.kind == "NetworkPolicy"
+}
+
 /// What the apiserver's per-kind strategies fill in on create (`old` = None) and update.
 fn kind_defaults(rt: &ResourceType, obj: &mut Value, old: Option<&Value>) {
-    match (rt.kind, old) {
-        ("Namespace", _) => namespaces::defaults(obj),
-        // A new Pod starts Pending (podStrategy.PrepareForCreate); its QoS class and
-        // conditions are the kubelet's, i.e. a node driver's, to report.
-        ("Pod", None) => obj["status"] = json!({"phase": "Pending"}),
-        // A new DaemonSet has an empty status, which its controller fills.
-        ("DaemonSet", None) => {
-            obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
-                                   "desiredNumberScheduled": 0, "numberReady": 0})
+    match rt.kind {
+        "Namespace" => namespaces::defaults(obj),
+        "Pod" => {
+            // A new Pod starts Pending (podStrategy.PrepareForCreate); its QoS class and
+            // conditions are the kubelet's, i.e. a node driver's, to report.
+            if old.is_none() {
+                obj["status"] = json!({"phase": "Pending"});
+            }
+            if let Some(spec) = obj.pointer_mut("/spec") {
+                workloads::pod_spec_defaults(spec);
+            }
         }
+        "DaemonSet" => {
+            // A new DaemonSet has an empty status, which its controller fills.
+            if old.is_none() {
+                obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                                       "desiredNumberScheduled": 0, "numberReady": 0});
+            }
+            if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+                workloads::pod_spec_defaults(spec);
+            }
+        }
+        "NetworkPolicy" => network_policy::defaults(obj),
         _ => {}
     }
 }
@@ -434,7 +456,148 @@ fn kind_defaults(rt: &ResourceType, obj: &mut Value, old: Option<&Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::{CONFIGMAPS, NODES};
+    use crate::apiserver::resources::{CONFIGMAPS, NAMESPACES, NETWORK_POLICIES, NODES, PODS};
+
+    /// The object as stored after `prepare_create` (the store adds the resourceVersion).
+    fn created(rt: &ResourceType, ns: Option<&str>, body: Value) -> Value {
+        let mut o = prepare_create(rt, ns, body, 0).unwrap();
+        o["metadata"]["resourceVersion"] = json!("1");
+        o
+    }
+
+    #[test]
+    fn namespaces_are_labelled_with_their_name_whatever_a_write_says() {
+        let ns = created(
+            &NAMESPACES,
+            None,
+            json!({"metadata": {"name": "team-a", "labels": {"kubernetes.io/metadata.name": "x"}}}),
+        );
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "team-a"
+        );
+        let mut relabelled = ns.clone();
+        relabelled["metadata"]["labels"] = json!({"env": "prod"});
+        let out = prepare_update(&NAMESPACES, Target::Main, &ns, relabelled, "team-a").unwrap();
+        assert_eq!(
+            out["metadata"]["labels"],
+            json!({"env": "prod", "kubernetes.io/metadata.name": "team-a"})
+        );
+        let mut cleared = ns.clone();
+        cleared["metadata"]["labels"] = Value::Null;
+        let out = prepare_update(&NAMESPACES, Target::Status, &ns, cleared, "team-a").unwrap();
+        assert_eq!(
+            out["metadata"]["labels"],
+            json!({"kubernetes.io/metadata.name": "team-a"})
+        );
+    }
+
+    #[test]
+    fn network_policies_are_defaulted_and_count_spec_generations() {
+        let body = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "allow-web"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                     "ingress": [{"ports": [{"port": 80}]}]}});
+        let np = created(&NETWORK_POLICIES, Some("team-a"), body.clone());
+        assert_eq!(np["metadata"]["namespace"], "team-a");
+        assert_eq!(np["metadata"]["generation"], 1);
+        assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(np["spec"]["ingress"][0]["ports"][0]["protocol"], "TCP");
+        // The same manifest again (kubectl replace) is no spec change.
+        let mut same = body.clone();
+        same["metadata"]["labels"] = json!({"a": "b"});
+        let out = prepare_update(&NETWORK_POLICIES, Target::Main, &np, same, "allow-web").unwrap();
+        assert_eq!(out["metadata"]["generation"], 1);
+        let mut changed = np.clone();
+        changed["spec"]["egress"] = json!([{}]);
+        changed["spec"]["policyTypes"] = Value::Null;
+        let out =
+            prepare_update(&NETWORK_POLICIES, Target::Main, &np, changed, "allow-web").unwrap();
+        assert_eq!(out["metadata"]["generation"], 2);
+        assert_eq!(out["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+        assert!(
+            crate::apiserver::handlers::target(&NETWORK_POLICIES, Some("status")).is_err(),
+            "a NetworkPolicy has no status subresource"
+        );
+        let mut bad = body;
+        bad["spec"]["ingress"][0]["from"] = json!([{}]);
+        let e = prepare_create(&NETWORK_POLICIES, Some("team-a"), bad, 0).unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("must specify a peer"), "{}", e.message);
+    }
+
+    #[test]
+    fn pods_carry_labels_node_and_named_ports_and_take_status_through_status() {
+        let pod = created(
+            &PODS,
+            Some("team-a"),
+            json!({"metadata": {"name": "web-0", "labels": {"app": "web"}},
+                   "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i",
+                            "ports": [{"name": "http", "containerPort": 8080},
+                                      {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}]},
+                   "status": {"phase": "Running", "podIP": "10.0.0.9"}}),
+        );
+        assert_eq!(
+            pod["status"],
+            json!({"phase": "Pending"}),
+            "status is reset"
+        );
+        assert_eq!(pod["spec"]["nodeName"], "n1");
+        assert_eq!(
+            pod["spec"]["containers"][0]["ports"],
+            json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                   {"name": "dns", "containerPort": 53, "protocol": "UDP"}])
+        );
+        let mut status = pod.clone();
+        status["status"] = json!({"phase": "Running", "podIP": "10.0.0.9",
+                                  "podIPs": [{"ip": "10.0.0.9"}, {"ip": "fd00::9"}]});
+        let out = prepare_update(&PODS, Target::Status, &pod, status.clone(), "web-0").unwrap();
+        assert_eq!(out["status"], status["status"]);
+        // A Pod stored without the protocol default still takes status writes.
+        let mut legacy = pod.clone();
+        legacy["spec"]["containers"][0]["ports"][0]
+            .as_object_mut()
+            .map(|p| p.remove("protocol"));
+        assert!(prepare_update(&PODS, Target::Status, &legacy, status, "web-0").is_ok());
+        let mut relabelled = pod.clone();
+        relabelled["metadata"]["labels"]["app"] = json!("db");
+        let out = prepare_update(&PODS, Target::Main, &pod, relabelled, "web-0").unwrap();
+        assert_eq!(out["metadata"]["labels"]["app"], "db");
+        assert_eq!(
+            out["metadata"]["generation"], 1,
+            "labels are no spec change"
+        );
+    }
+
+    #[test]
+    fn pod_ports_are_validated() {
+        let e = prepare_create(
+            &PODS,
+            Some("a"),
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i",
+                "ports": [{"name": "http", "containerPort": 80}, {"name": "http", "containerPort": 81},
+                          {"name": "Bad_Name", "containerPort": 82}, {"containerPort": 0},
+                          {"containerPort": 83, "protocol": "ICMP"}]}]}}),
+            0,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = e.details.as_ref().unwrap()["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["field"].as_str())
+            .collect();
+        let p = "spec.containers[0].ports";
+        assert_eq!(
+            fields,
+            [
+                format!("{p}[1].name"),
+                format!("{p}[2].name"),
+                format!("{p}[3].containerPort"),
+                format!("{p}[4].protocol"),
+            ]
+        );
+    }
 
     #[test]
     fn create_fills_identity() {

@@ -55,6 +55,8 @@ pub struct ServerState {
     pub audit: Option<rbac::Audit>,
     pub watch_list: super::WatchList,
     pub namespaces: NamespacePolicy,
+    /// See [`super::EmulatorConfig::newer_api`].
+    pub newer_api: bool,
     /// The CA published in every namespace's `kube-root-ca.crt`.
     pub ca_pem: String,
 }
@@ -671,6 +673,21 @@ mod tests {
                 Some("token"),
             ),
             ("/apis/apps/v1", "doc", None, None, None),
+            (
+                "/apis/networking.k8s.io/v1/namespaces/x/networkpolicies/deny",
+                "networking.k8s.io/v1/networkpolicies",
+                Some("x"),
+                Some("deny"),
+                None,
+            ),
+            (
+                "/apis/networking.k8s.io/v1/networkpolicies",
+                "networking.k8s.io/v1/networkpolicies",
+                None,
+                None,
+                None,
+            ),
+            ("/apis/networking.k8s.io/v1", "doc", None, None, None),
         ];
         for (path, res, ns, name, sub) in good {
             let (r_res, r_ns, r_name, r_sub) = r(path).unwrap();
@@ -690,6 +707,7 @@ mod tests {
             "/api/v1/namespaces/x/nodes",
             "/api/v1/configmaps/x",
             "/apis/apps/v1/deployments",
+            "/apis/networking.k8s.io/v1beta1/networkpolicies",
             "/foo",
         ] {
             assert_eq!(r(bad).err().map(|e| e.code), Some(404), "{bad}");

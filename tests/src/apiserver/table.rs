@@ -80,6 +80,11 @@ pub fn columns(rt: &ResourceType) -> Vec<Value> {
             col("Secrets", "string", "", "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."),
             age,
         ],
+        "NetworkPolicy" => vec![
+            name,
+            col("Pod-Selector", "string", "", "podSelector selects the pods to which this NetworkPolicy object applies. An empty selector matches all pods in this namespace."),
+            age,
+        ],
         _ => vec![name, age],
     }
 }
@@ -125,6 +130,42 @@ fn selector_text(sel: &Value) -> String {
     } else {
         parts.join(",")
     }
+}
+
+/// A metav1.LabelSelector as kubectl prints one (metav1.FormatLabelSelector): requirements
+/// sorted by key, `<none>` for the empty selector, which selects everything.
+fn label_selector_text(sel: &Value) -> String {
+    let mut reqs: Vec<(String, String)> = Vec::new();
+    if let Some(m) = sel["matchLabels"].as_object() {
+        for (k, v) in m {
+            reqs.push((k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())));
+        }
+    }
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let mut values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        values.sort_unstable();
+        let text = match e["operator"].as_str() {
+            Some("In") => format!("{key} in ({})", values.join(",")),
+            Some("NotIn") => format!("{key} notin ({})", values.join(",")),
+            Some("Exists") => key.to_string(),
+            Some("DoesNotExist") => format!("!{key}"),
+            // Validation refuses other operators; Go prints "<error>" for them.
+            _ => return "<error>".into(),
+        };
+        reqs.push((key.to_string(), text));
+    }
+    reqs.sort_by(|a, b| a.0.cmp(&b.0));
+    if reqs.is_empty() {
+        return "<none>".into();
+    }
+    let texts: Vec<String> = reqs.into_iter().map(|(_, t)| t).collect();
+    texts.join(",")
 }
 
 fn daemon_set_cells(obj: &Value, now: i64) -> Value {
@@ -235,6 +276,11 @@ pub fn row(rt: &ResourceType, obj: &Value, now: i64) -> Value {
             let secrets = obj["secrets"].as_array().map_or(0, Vec::len);
             json!([name, secrets.to_string(), age(obj, now)])
         }
+        "NetworkPolicy" => json!([
+            name,
+            label_selector_text(&obj["spec"]["podSelector"]),
+            age(obj, now)
+        ]),
         _ => json!([name, age(obj, now)]),
     };
     json!({
@@ -312,6 +358,25 @@ mod tests {
             ])
         );
         assert_eq!(columns(&PODS).len(), 9);
+    }
+
+    #[test]
+    fn network_policy_row_prints_the_pod_selector() {
+        use crate::apiserver::resources::NETWORK_POLICIES;
+        let np = |sel: Value| {
+            let p = json!({"metadata": {"name": "deny", "creationTimestamp": "2023-11-14T22:13:20Z"},
+                           "spec": {"podSelector": sel}});
+            row(&NETWORK_POLICIES, &p, 1_700_000_000 + 120)["cells"].clone()
+        };
+        assert_eq!(np(json!({})), json!(["deny", "<none>", "2m"]));
+        let sel = json!({"matchLabels": {"tier": "db", "app": "web"},
+            "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "dev"]},
+                                 {"key": "canary", "operator": "DoesNotExist"},
+                                 {"key": "zone", "operator": "Exists"}]});
+        assert_eq!(np(sel)[1], "app=web,!canary,env in (dev,prod),tier=db,zone");
+        let cols = columns(&NETWORK_POLICIES);
+        let names: Vec<&str> = cols.iter().filter_map(|c| c["name"].as_str()).collect();
+        assert_eq!(names, ["Name", "Pod-Selector", "Age"]);
     }
 
     #[test]

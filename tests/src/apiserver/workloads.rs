@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-type Causes = Vec<(String, String)>;
+pub(super) type Causes = Vec<(String, String)>;
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -16,11 +16,11 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn required(causes: &mut Causes, field: String) {
+pub(super) fn required(causes: &mut Causes, field: String) {
     causes.push((field, "Required value".into()));
 }
 
-fn invalid(causes: &mut Causes, field: String, v: &Value, why: &str) {
+pub(super) fn invalid(causes: &mut Causes, field: String, v: &Value, why: &str) {
     causes.push((field, format!("Invalid value: {v}: {why}")));
 }
 
@@ -40,7 +40,7 @@ fn required_unique<'a>(
     }
 }
 
-fn unsupported(causes: &mut Causes, field: String, v: &Value, allowed: &[&str]) {
+pub(super) fn unsupported(causes: &mut Causes, field: String, v: &Value, allowed: &[&str]) {
     let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
     causes.push((
         field,
@@ -58,7 +58,7 @@ fn optional_enum(causes: &mut Causes, field: String, v: &Value, allowed: &[&str]
     }
 }
 
-fn items<'a>(v: &'a Value, field: &str, causes: &mut Causes) -> &'a [Value] {
+pub(super) fn items<'a>(v: &'a Value, field: &str, causes: &mut Causes) -> &'a [Value] {
     match v {
         Value::Null => &[],
         Value::Array(a) => a,
@@ -313,18 +313,96 @@ fn container(
             |_| "Invalid value: must be unique".into(),
         );
     }
+    container_ports(causes, path, c);
+}
+
+/// The protocols a port may name (container and NetworkPolicy ports alike).
+pub(super) const PROTOCOLS: &[&str] = &["SCTP", "TCP", "UDP"];
+
+/// A port number field: 1 to 65535.
+pub(super) fn port_number(causes: &mut Causes, field: String, v: &Value) {
+    if !v.as_u64().is_some_and(|n| (1..=65535).contains(&n)) {
+        invalid(causes, field, v, "must be between 1 and 65535, inclusive");
+    }
+}
+
+/// What is wrong with a port name (IANA_SVC_NAME, validation.IsValidPortName): the names a
+/// NetworkPolicy port may refer to, so a name it could never match is refused at the Pod.
+pub(super) fn port_name_errors(name: &str) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if name.len() > 15 {
+        out.push("must be no more than 15 characters");
+    }
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        out.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if !name.chars().any(|c| c.is_ascii_lowercase()) {
+        out.push("must contain at least one letter (a-z)");
+    }
+    if name.contains("--") {
+        out.push("must not contain consecutive hyphens");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        out.push("must not begin or end with a hyphen");
+    }
+    out
+}
+
+/// A container's `ports` (validateContainerPorts): numbers in range, names valid and unique
+/// within the container, a supported protocol.
+fn container_ports(causes: &mut Causes, path: &str, c: &Value) {
+    let mut names: Vec<&str> = Vec::new();
     for (i, p) in items(&c["ports"], &format!("{path}.ports"), causes)
         .iter()
         .enumerate()
     {
-        let port = &p["containerPort"];
-        if !port.as_u64().is_some_and(|n| (1..=65535).contains(&n)) {
-            invalid(
-                causes,
-                format!("{path}.ports[{i}].containerPort"),
-                port,
-                "must be between 1 and 65535, inclusive",
-            );
+        let pp = format!("{path}.ports[{i}]");
+        match p["name"].as_str() {
+            None | Some("") => {}
+            Some(n) => {
+                let errors = port_name_errors(n);
+                for why in &errors {
+                    invalid(causes, format!("{pp}.name"), &p["name"], why);
+                }
+                if errors.is_empty() {
+                    if names.contains(&n) {
+                        causes.push((format!("{pp}.name"), format!("Duplicate value: \"{n}\"")));
+                    } else {
+                        names.push(n);
+                    }
+                }
+            }
+        }
+        port_number(causes, format!("{pp}.containerPort"), &p["containerPort"]);
+        if !p["hostPort"].is_null() && p["hostPort"] != 0 {
+            port_number(causes, format!("{pp}.hostPort"), &p["hostPort"]);
+        }
+        // Unset only where defaulting did not run first (these functions' own tests).
+        optional_enum(causes, format!("{pp}.protocol"), &p["protocol"], PROTOCOLS);
+    }
+}
+
+/// What the apiserver's defaulting fills into a PodSpec (SetDefaults_ContainerPort): a port
+/// without a protocol is TCP. Applied to every write, as the decoder does; shapes it cannot
+/// walk are left for validation to name.
+pub fn pod_spec_defaults(spec: &mut Value) {
+    for field in ["initContainers", "containers"] {
+        let Some(Value::Array(cs)) = spec.get_mut(field) else {
+            continue;
+        };
+        for c in cs {
+            let Some(Value::Array(ports)) = c.get_mut("ports") else {
+                continue;
+            };
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                if p.get("protocol").is_none_or(Value::is_null) {
+                    p.insert("protocol".into(), Value::String("TCP".into()));
+                }
+            }
         }
     }
 }
@@ -485,6 +563,8 @@ pub fn pod(causes: &mut Causes, obj: &Value, old: Option<&Value>) {
     let Some(old) = old else { return };
     let mut a = old["spec"].clone();
     let mut b = obj["spec"].clone();
+    // A Pod stored before its defaults were applied compares as if it had them.
+    pod_spec_defaults(&mut a);
     for spec in [&mut a, &mut b] {
         for field in ["containers", "initContainers"] {
             if let Some(cs) = spec[field].as_array_mut() {

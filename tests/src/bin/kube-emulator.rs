@@ -19,6 +19,7 @@ const USAGE: &str = "usage: kube-emulator --dir DIR [--listen IP:PORT]... [--ser
   --user TOKEN=NAME  an extra bearer token authenticating as user NAME (repeatable); DIR/token is an admin
   --rbac FILE        enforce RBAC for the extra users with the (Cluster)Role(Binding)s in FILE (repeatable)
   --audit            record every resource request per user: GET /_emulator/audit
+  --newer-api        play an apiserver newer than this emulator: fields it does not know are stored
   --namespaces MODE  a create into a missing namespace: implicit (default: the Namespace is created)
                      or required (404 NotFound, as the apiserver)
   --watch-list MODE  streaming lists (sendInitialEvents): served (default), refused (422, as Kubernetes 1.33
@@ -37,6 +38,7 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     let mut users = Vec::new();
     let mut rbac: Option<trellis_e2e::apiserver::rbac::Policy> = None;
     let mut audit = false;
+    let mut newer_api = false;
     let mut watch_list = trellis_e2e::apiserver::WatchList::Served;
     let mut namespaces = trellis_e2e::apiserver::NamespacePolicy::Implicit;
     let mut it = args.into_iter();
@@ -93,6 +95,7 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
                     .map_err(|e| format!("--rbac: {e}"))?;
             }
             "--audit" => audit = true,
+            "--newer-api" => newer_api = true,
             "--watch-list" => {
                 watch_list = value()?.parse().map_err(|e| format!("--watch-list {e}"))?
             }
@@ -117,6 +120,7 @@ fn parse(args: Vec<String>) -> Result<EmulatorConfig, String> {
     cfg.audit = audit;
     cfg.watch_list = watch_list;
     cfg.namespaces = namespaces;
+    cfg.newer_api = newer_api;
     if let Some(ms) = persist_ms {
         cfg.persist_interval = std::time::Duration::from_millis(ms.max(10));
     }
