@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 secs="${1:-20}"
 shift || true
-all_targets=(cni_config cni_env subnet_env ipam_allocator net_conf node_annotations)
+all_targets=(cni_config cni_env subnet_env ipam_allocator net_conf node_annotations netpol_policy)
 if [ "$#" -gt 0 ]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 case "$secs" in
   '' | *[!0-9]*)

@@ -362,13 +362,18 @@ def contract(objs, label, image=None, network=None):
         ("ClusterRole", "trellis", None,
          {("", "nodes", v, "") for v in ("get", "list", "watch")} | {("", "nodes/status", "patch", "")}),
         ("Role", "trellis-events", "default", {("events.k8s.io", "events", v, "") for v in ("create", "patch")}),
+        # NetworkPolicy: read-only watches, and Events on policies in their own namespaces.
+        ("ClusterRole", "trellis-network-policy", None,
+         {(g, r, v, "") for g, r in (("", "pods"), ("", "namespaces"), ("networking.k8s.io", "networkpolicies"))
+          for v in ("list", "watch")} | {("events.k8s.io", "events", v, "") for v in ("create", "patch")}),
         ("Role", "trellis-config-reader", "trellis-system",
          {("", "configmaps", v, "trellis-config") for v in ("list", "watch")}),
     )
     for kind, name, namespace, want in designs:
         got = rules(kind, name, namespace)
         check(got == want, f"{label}: {kind} {name} grants {sorted(got ^ want)} beyond/short of the design")
-    bindings = (("ClusterRoleBinding", "trellis", None), ("RoleBinding", "trellis-events", "default"),
+    bindings = (("ClusterRoleBinding", "trellis", None), ("ClusterRoleBinding", "trellis-network-policy", None),
+                ("RoleBinding", "trellis-events", "default"),
                 ("RoleBinding", "trellis-config-reader", "trellis-system"))
     for kind, name, namespace in bindings:
         b = objs.get((kind, name))
@@ -378,7 +383,7 @@ def contract(objs, label, image=None, network=None):
             check(namespace is None or b.get("metadata", {}).get("namespace") == namespace,
                   f"{label}: {kind} {name} must be in namespace {namespace}")
     role_kinds = {"ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding"}
-    extra = sorted(k for k in objs if k[0] in role_kinds and k[1] not in ("trellis", "trellis-events", "trellis-config-reader"))
+    extra = sorted(k for k in objs if k[0] in role_kinds and k[1] not in ("trellis", "trellis-network-policy", "trellis-events", "trellis-config-reader"))
     check(not extra, f"{label}: RBAC objects beyond the design: {extra}")
     check(spec.get("serviceAccountName") == "trellis", f"{label}: serviceAccountName")
     ns = objs.get(("Namespace", "trellis-system"), {})

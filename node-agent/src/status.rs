@@ -74,7 +74,11 @@ pub fn main(addr: SocketAddr) -> ExitCode {
         }
     };
     let (text, in_sync) = report(doc.as_ref(), &actual);
-    print!("{text}{wireguard}");
+    // The NetworkPolicy section: which policies isolate each pod, and the set sizes.
+    let netpol = fetch(addr, "/debug/netpol")
+        .map(|t| format!("\n{t}"))
+        .unwrap_or_default();
+    print!("{text}{wireguard}{netpol}");
     if in_sync {
         ExitCode::SUCCESS
     } else {

@@ -15,8 +15,8 @@
 //! agent finds it (the same reader and diff against an empty desired state, the same
 //! firewall cleanup): `flannel.<VNI>`, `flannel-v6.<VNI>` and `flannel.ipip` devices, routes
 //! with protocol 116, their neighbour and FDB entries, the `FLANNEL-*` iptables chains or the
-//! `inet trellis` nftables table, and `subnet.env`. The `cni0` bridge and pods' veths stay:
-//! pods still running use them.
+//! `inet trellis` nftables table, the NetworkPolicy table `inet trellis-netpol`, and
+//! `subnet.env`. The `cni0` bridge and pods' veths stay: pods still running use them.
 //!
 //! Every step is idempotent: a second run finds nothing to do and says so.
 
@@ -436,7 +436,8 @@ pub async fn remove_node_state(
         .collect();
     let firewall = vec![
         ("iptables", clean_iptables(exec.clone()).await),
-        ("nftables", clean_nftables(exec).await),
+        ("nftables", clean_nftables(exec.clone()).await),
+        ("nftables NetworkPolicy", clean_netpol(exec).await),
     ];
     let subnet_file = (subnet_file.to_owned(), remove_subnet_file(subnet_file)?);
     Ok(NodeStateReport {
@@ -458,6 +459,16 @@ async fn clean_iptables(exec: Exec) -> Result<bool, FirewallError> {
 async fn clean_nftables(exec: Exec) -> Result<bool, FirewallError> {
     match NftablesDriver::detect(exec).await {
         Ok(x) => x.cleanup().await.map(|()| true),
+        Err(e) if e.is_tool_missing() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The NetworkPolicy table, `inet trellis-netpol` (its pods' isolation ends with it).
+async fn clean_netpol(exec: Exec) -> Result<bool, FirewallError> {
+    let script = crate::netpol::ruleset::delete_script();
+    match exec.run("nft", &["-f", "-"], Some(&script)).await {
+        Ok(_) => Ok(true),
         Err(e) if e.is_tool_missing() => Ok(false),
         Err(e) => Err(e),
     }

@@ -7,7 +7,8 @@
 //!   equals the set granted;
 //! - and narrow: with those grants a node's token cannot taint or cordon a Node (no write to
 //!   `nodes`; a `nodes/status` patch cannot change spec), reads no ConfigMap but trellis-config,
-//!   and writes Events only in `default`;
+//!   and writes only events.k8s.io Events: in `default` about Nodes, and (for NetworkPolicy
+//!   enforcement, whose Events live in each policy's namespace) in any namespace;
 //! - the DaemonSet's containers are unprivileged (no privileged, no hostPID/hostIPC, only
 //!   NET_ADMIN and NET_RAW added, every other capability dropped).
 //!
@@ -260,6 +261,8 @@ fn rbac_yaml_grants_exactly_what_the_agents_use() {
         "--user".into(),
         format!("{tok}={SA_USER}"),
         "--audit".into(),
+        // A NetworkPolicy field newer than the agent (below) reaches it, as from a newer cluster.
+        "--newer-api".into(),
     ])
     .expect("emulator with RBAC");
     let kc = c
@@ -375,6 +378,8 @@ fn rbac_yaml_grants_exactly_what_the_agents_use() {
         events()
     );
 
+    network_policy_in_use(&c, &patch_cm);
+
     let (used, denied) = audited(&c);
     for i in 0..c.nodes.len() {
         let log = c.agent_log(i);
@@ -427,6 +432,61 @@ fn rbac_yaml_grants_exactly_what_the_agents_use() {
             "{n} was changed: {spec}"
         );
     }
+}
+
+/// NetworkPolicy enforcement turned on: the Pod, Namespace and NetworkPolicy watches, and a
+/// Warning Event on a policy the agent cannot enforce as written (a field of a newer API), repeated for its next
+/// version (folded into a series: an Event patch in the policy's namespace).
+fn network_policy_in_use(c: &Cluster, patch_cm: &dyn Fn(&str)) {
+    let conf = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"},"NetworkPolicy":{"Enabled":true}}"#;
+    patch_cm(conf);
+    let apply = |v: Value| {
+        c.kubectl_stdin(&["apply", "-f", "-"], &v.to_string())
+            .expect("apply")
+    };
+    apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}}));
+    apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "np", "labels": {"app": "web"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x"}]}}));
+    c.kubectl(&[
+        "-n",
+        "np",
+        "patch",
+        "pod",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running","podIP":"10.244.1.200","podIPs":[{"ip":"10.244.1.200"}]}}"#,
+    ])
+    .expect("pod status");
+    let policy = |v: &str| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "future", "namespace": "np", "labels": {"v": v}},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                     "ingress": [{"from": [{"podSelector": {}}], "action": "Log"}]}})
+    };
+    apply(policy("1"));
+    let events = || {
+        c.kubectl(&[
+            "get",
+            "--raw",
+            "/apis/events.k8s.io/v1/namespaces/np/events",
+        ])
+        .unwrap_or_default()
+    };
+    assert!(
+        eventually(READY, || events().contains("NetworkPolicyInvalid")),
+        "no NetworkPolicyInvalid Event: {}\n{}",
+        events(),
+        c.agent_log(0)
+    );
+    apply(policy("2"));
+    assert!(
+        eventually(READY, || events().contains("\"series\"")),
+        "the repeat was not folded into a series: {}",
+        events()
+    );
 }
 
 /// An emulator enforcing rbac.yaml for a ServiceAccount token, as the cluster test's; its admin
@@ -603,8 +663,11 @@ fn event(name: &str) -> Event {
     .expect("event")
 }
 
+/// Node Events go to `default`; Events on a NetworkPolicy must be in the policy's namespace
+/// (the apiserver requires it), so events.k8s.io Events are writable everywhere. Nothing else
+/// is: no core/v1 Event, and no other kind of object in those namespaces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_token_writes_events_only_in_default() {
+async fn the_token_writes_only_events_k8s_io_events() {
     let e = enforcing_rbac_yaml().await;
     let pp = PostParams::default();
     let here: Api<Event> = Api::namespaced(e.agent.clone(), "default");
@@ -617,7 +680,9 @@ async fn the_token_writes_events_only_in_default() {
         .expect("fold into a series in default");
     for ns in [SA_NS, "kube-system"] {
         let there: Api<Event> = Api::namespaced(e.agent.clone(), ns);
-        assert_eq!(code(there.create(&pp, &event("e2")).await), 403, "{ns}");
+        assert_eq!(code(there.create(&pp, &event("e2")).await), 200, "{ns}");
+        let cms: Api<ConfigMap> = Api::namespaced(e.agent.clone(), ns);
+        assert_eq!(code(cms.create(&pp, &configmap("x")).await), 403, "{ns}");
     }
     // No core/v1 Event, anywhere.
     let core: Api<CoreEvent> = Api::namespaced(e.agent.clone(), "default");

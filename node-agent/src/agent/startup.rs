@@ -174,6 +174,7 @@ fn start_network_policy(
         exec: crate::firewall::tool::Exec::new(),
         stats,
         events: Some(events.clone()),
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
     };
     tokio::spawn(controller.run(rx));
 }

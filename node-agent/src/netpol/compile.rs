@@ -264,10 +264,31 @@ impl<'a> Ctx<'a> {
         let mut lines = Vec::new();
         for (r, rule) in rules.iter().enumerate() {
             let base = format!("{}/{}{r}", policy_base(policy), dir.tag());
-            let peer = self.peer_matches(policy, rule, dir, &base, rs);
+            let named_only = !rule.ports.is_empty()
+                && rule
+                    .ports
+                    .iter()
+                    .all(|p| matches!(p.port, Some(PortRef::Name(_))));
+            let peer = if dir == Dir::Out && named_only {
+                Vec::new()
+            } else {
+                self.peer_matches(policy, rule, dir, &base, rs)
+            };
             for (j, port) in port_list(rule).iter().enumerate() {
-                let ports = match port.and_then(|p| p.port.as_ref().map(|r| (p, r))) {
-                    Some((spec, PortRef::Name(name))) => self.named_matches(
+                let named = port.and_then(|p| match &p.port {
+                    Some(PortRef::Name(n)) => Some((p, n)),
+                    _ => None,
+                });
+                // An egress named port's set holds only peers already: the peer set would be
+                // looked up for nothing.
+                let any = [Match::any(String::new())];
+                let peer: &[Match] = if named.is_some() && dir == Dir::Out {
+                    &any
+                } else {
+                    &peer
+                };
+                let ports = match named {
+                    Some((spec, name)) => self.named_matches(
                         policy,
                         rule,
                         dir,
@@ -276,7 +297,7 @@ impl<'a> Ctx<'a> {
                         &format!("{base}/port{j}"),
                         rs,
                     ),
-                    _ => vec![Match::any(port.map(numeric_port).unwrap_or_default())],
+                    None => vec![Match::any(port.map(numeric_port).unwrap_or_default())],
                 };
                 for pm in &ports {
                     lines.extend(

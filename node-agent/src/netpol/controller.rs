@@ -24,8 +24,6 @@ use super::watch::{self as watches, Shared};
 use crate::cluster::NodeEvents;
 use crate::firewall::tool::{Exec, FirewallError};
 
-/// How often the kernel's table is read back and repaired if someone changed it.
-const RESYNC: Duration = Duration::from_secs(30);
 /// How long after a failed transaction the next try is.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -35,11 +33,19 @@ pub struct Controller {
     pub exec: Exec,
     pub stats: Arc<NetpolStats>,
     pub events: Option<NodeEvents>,
+    /// How often the kernel's table is read back and repaired if someone changed it (the
+    /// agent's `--resync-seconds`).
+    pub resync: Duration,
 }
 
 impl Controller {
     /// Runs until `enabled`'s sender is gone.
     pub async fn run(self, mut enabled: watch::Receiver<bool>) {
+        if !*enabled.borrow() {
+            // Turned off while the agent was away: the table it left must not keep isolating
+            // pods (a no-op when there is none).
+            self.remove_table().await;
+        }
         loop {
             while !*enabled.borrow_and_update() {
                 if enabled.changed().await.is_err() {
@@ -48,6 +54,7 @@ impl Controller {
             }
             info!("NetworkPolicy enforcement on: watching Pods, Namespaces and NetworkPolicies");
             self.stats.enabled.store(1, Relaxed);
+            self.check_bridge();
             let stopping = self.enforce(&mut enabled).await;
             if stopping {
                 // The agent is stopping: the rules stay for the next start.
@@ -65,7 +72,7 @@ impl Controller {
         let _watches = watches::start(&self.client, &store, &notify);
         let mut applied: Option<Option<Ruleset>> = None;
         let mut reported: BTreeSet<(Key, String)> = BTreeSet::new();
-        let mut resync = tokio::time::interval(RESYNC);
+        let mut resync = tokio::time::interval(self.resync);
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
@@ -150,9 +157,28 @@ impl Controller {
         }
     }
 
+    /// Pods of one node talk over `cni0` without being routed: their packets reach the
+    /// forward hook only through br_netfilter. Without it, policies still hold between
+    /// nodes but not between pods of this node; said loudly, and in `status`.
+    fn check_bridge(&self) {
+        let bnf = crate::bridge_nf::BridgeNf::read();
+        let policed = bnf.call_iptables == Some(true);
+        self.stats.bridge_policed.store(u64::from(policed), Relaxed);
+        if !policed {
+            warn!(
+                "br_netfilter is not loaded or net.bridge.bridge-nf-call-iptables is 0: traffic \
+                 between pods of this node is NOT policed (run `modprobe br_netfilter` and \
+                 `sysctl -w net.bridge.bridge-nf-call-iptables=1` on the host)"
+            );
+        }
+    }
+
     async fn remove_table(&self) {
-        if let Err(e) = self.nft(&ruleset::delete_script()).await {
-            warn!(error = %e, "could not remove table inet {TABLE}");
+        match self.nft(&ruleset::delete_script()).await {
+            Ok(()) => {}
+            // No nft on this host: it never held the table either.
+            Err(e) if e.is_tool_missing() => {}
+            Err(e) => warn!(error = %e, "could not remove table inet {TABLE}"),
         }
     }
 

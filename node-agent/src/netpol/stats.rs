@@ -18,6 +18,8 @@ pub struct NetpolStats {
     pub set_elements: AtomicU64,
     pub applies: AtomicU64,
     pub apply_errors: AtomicU64,
+    /// 1 when bridged traffic between pods of this node reaches the forward hook.
+    pub bridge_policed: AtomicU64,
     sync_micros_sum: AtomicU64,
     sync_micros_last: AtomicU64,
     syncs: AtomicU64,
@@ -68,11 +70,15 @@ impl NetpolStats {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if s.is_empty() {
+        let mut s = if s.is_empty() {
             "NetworkPolicy enforcement is on, waiting for the first list of Pods, Namespaces and NetworkPolicies\n".to_string()
         } else {
             s
+        };
+        if self.bridge_policed.load(Relaxed) == 0 {
+            s.push_str("  WARNING: br_netfilter is off: traffic between pods of this node is not policed\n");
         }
+        s
     }
 
     pub fn render(&self, out: &mut String) {
@@ -180,5 +186,47 @@ fn status_text(c: &Compiled) -> String {
 fn sets_text(rs: &Ruleset, s: &mut String) {
     for (name, set) in &rs.sets {
         let _ = writeln!(s, "  set {name}: {} elements", set.elements.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netpol::compile::Policed;
+
+    #[test]
+    fn status_names_each_pods_policies_and_the_set_sizes() {
+        let s = NetpolStats::default();
+        assert!(s.status().contains("off"));
+        s.enabled.store(1, Relaxed);
+        assert!(s.status().contains("waiting for the first list"));
+        assert!(s.status().contains("br_netfilter is off"));
+        s.bridge_policed.store(1, Relaxed);
+        let mut c = Compiled::default();
+        c.policed.push(Policed {
+            pod: "x/a".into(),
+            ingress: vec!["x/web".into(), "x/deny".into()],
+            egress: vec![],
+        });
+        c.ruleset.sets.insert(
+            "pol/x/web/in0/v4".into(),
+            crate::netpol::ruleset::AddrSet::default(),
+        );
+        s.record(&c, 2, 1);
+        let text = s.status();
+        assert!(
+            text.contains("pod x/a  ingress: x/web, x/deny  egress: -"),
+            "{text}"
+        );
+        assert!(text.contains("set pol/x/web/in0/v4: 0 elements"), "{text}");
+        assert!(!text.contains("br_netfilter"), "{text}");
+        let mut m = String::new();
+        s.synced_after(Duration::from_millis(42));
+        s.render(&mut m);
+        assert!(m.contains("trellis_netpol_pods_policed 1"), "{m}");
+        assert!(m.contains("trellis_netpol_invalid_policies 1"), "{m}");
+        assert!(m.contains("trellis_netpol_last_sync_seconds 0.042"), "{m}");
+        s.disabled();
+        assert!(s.status().contains("off"));
     }
 }

@@ -49,6 +49,10 @@ fn render(c: &NetConfig) -> Value {
         }),
     };
     o.insert("Backend".into(), backend);
+    o.insert(
+        "NetworkPolicy".into(),
+        json!({"Enabled": c.network_policy}),
+    );
     Value::Object(o)
 }
 

@@ -189,7 +189,7 @@ fn named_ports_resolve_on_the_destination() {
     let c = f.compile("n1");
     assert_eq!(
         chain(&c, "pol/x/out/out"),
-        ["ip daddr @pol/x/out/out0/v4 ip daddr @pol/x/out/out0/port0-80/v4 tcp dport 80 accept"]
+        ["ip daddr @pol/x/out/out0/port0-80/v4 tcp dport 80 accept"]
     );
     assert_eq!(
         set(&c, "pol/x/out/out0/port0-80/v4"),
