@@ -1,7 +1,9 @@
 pub mod apiserver;
+pub mod bench;
 pub mod containerd;
 pub mod cri;
 pub mod fixtures;
 pub mod kubelet;
 pub mod netns_cluster;
+pub mod netpol;
 pub mod poll;

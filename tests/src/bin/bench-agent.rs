@@ -10,13 +10,12 @@
 //! node-2's starts; the time until node-1's `trellis-agent status` shows a handshake with
 //! node-2's key. The agent prompts a handshake with each new peer, so no traffic is needed.
 
-use std::process::{Child, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use trellis_e2e::netns_cluster::{Cluster, Netns, Options};
-
-const PORT: &str = "5201";
+use serde_json::json;
+use trellis_e2e::bench::iperf;
+use trellis_e2e::netns_cluster::{Cluster, Options};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -161,46 +160,4 @@ fn handshake(reps: u32) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-/// One iperf3 run from `client` to a server started in `server`; the receiver's bits/s.
-fn iperf(server: &Netns, client: &Netns, ip: &str, secs: u32) -> Result<f64, String> {
-    let srv = server
-        .command("iperf3")
-        .args(["-s", "-1", "-p", PORT])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("iperf3 server: {e}"))?;
-    let guard = Reap(srv);
-    let t = secs.to_string();
-    let mut last = String::new();
-    // The server needs a moment to listen; retry the client instead of sleeping blindly.
-    for _ in 0..50 {
-        // With -J, iperf3 3.12 exits 0 even when the connection is refused: the JSON says so.
-        match client.exec(&["iperf3", "-c", ip, "-p", PORT, "-t", &t, "-J"]) {
-            Ok(out) => {
-                let v: Value =
-                    serde_json::from_str(&out).map_err(|e| format!("iperf3 JSON: {e}"))?;
-                if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
-                    drop(guard);
-                    return Ok(bps);
-                }
-                last = v["error"].as_str().unwrap_or(&out).to_string();
-            }
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!("iperf3 to {ip} failed: {last}"))
-}
-
-/// Kills and reaps the one-shot server whatever happens to the client.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

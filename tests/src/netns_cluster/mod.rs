@@ -55,6 +55,10 @@ impl Node {
     pub fn agent_running(&self) -> bool {
         self.agent.is_some()
     }
+    /// The running agent's pid (`ip netns exec` execs it in place), for benchmarks' RSS.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Proc::pid)
+    }
 }
 
 pub struct Pod {
@@ -260,6 +264,14 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         Err(format!("API emulator did not come up; log: {}", tail(&log)))
+    }
+
+    /// Stop the emulator (SIGTERM: it persists its state): an API outage until
+    /// [`Cluster::start_emulator`].
+    pub fn stop_emulator(&mut self) {
+        if let Some(p) = self.emulator.take() {
+            p.terminate(Duration::from_secs(10));
+        }
     }
 
     /// Stop the emulator (SIGTERM: it persists its state) and start it again.
