@@ -49,10 +49,7 @@ fn render(c: &NetConfig) -> Value {
         }),
     };
     o.insert("Backend".into(), backend);
-    o.insert(
-        "NetworkPolicy".into(),
-        json!({"Enabled": c.network_policy}),
-    );
+    o.insert("NetworkPolicy".into(), json!({"Enabled": c.network_policy}));
     Value::Object(o)
 }
 

@@ -26,8 +26,15 @@ fn cluster() -> BTreeMap<(String, String), PodInfo> {
             name: name.to_string(),
             node: node.to_string(),
             labels: Labels::from([("pod".into(), name.to_string())]),
-            ips: vec![format!("10.0.0.{}", i + 1).parse().unwrap(), format!("fd00::{}", i + 1).parse().unwrap()],
-            ports: vec![NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 80 }],
+            ips: vec![
+                format!("10.0.0.{}", i + 1).parse().unwrap(),
+                format!("fd00::{}", i + 1).parse().unwrap(),
+            ],
+            ports: vec![NamedPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+            }],
         };
         pods.insert(p.key(), p);
     }
@@ -68,16 +75,29 @@ fuzz_target!(|data: &[u8]| {
     let pods = cluster();
     let namespaces: BTreeMap<String, Labels> = ["x", "y"]
         .iter()
-        .map(|n| (n.to_string(), Labels::from([(NAME_LABEL.into(), n.to_string())])))
+        .map(|n| {
+            (
+                n.to_string(),
+                Labels::from([(NAME_LABEL.into(), n.to_string())]),
+            )
+        })
         .collect();
     let policies = BTreeMap::from([(("x".to_string(), "p".to_string()), policy)]);
-    let out = compile(&Inputs { node: "n1", pods: &pods, namespaces: &namespaces, policies: &policies });
+    let out = compile(&Inputs {
+        node: "n1",
+        pods: &pods,
+        namespaces: &namespaces,
+        policies: &policies,
+    });
     let rs = &out.ruleset;
     for chain in rs.chains.values() {
         for rule in &chain.rules {
             for word in rule.split_whitespace() {
                 if let Some(set) = word.strip_prefix('@') {
-                    assert!(rs.sets.contains_key(set) || rs.maps.contains_key(set), "{rule}");
+                    assert!(
+                        rs.sets.contains_key(set) || rs.maps.contains_key(set),
+                        "{rule}"
+                    );
                 }
             }
             if let Some(target) = rule.strip_prefix("jump ") {
