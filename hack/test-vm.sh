@@ -9,9 +9,11 @@
 #   moved by hand) signalled by the monitor's poll and repaired;
 # - wireguard_netlink: the generic netlink layer against the kernel;
 # - e2e_wireguard: on the wire only WireGuard (captured), status, the key kept across an agent
-#   restart, a peer's new address followed.
+#   restart, a peer's new address followed;
+# - netpol_conformance: the upstream NetworkPolicy cases over SCTP (the host kernel has no
+#   SCTP; hack/test.sh runs every other case on the host).
 #
-# Usage: hack/test-vm.sh            (root; TRELLIS_VM_TIMEOUT defaults to 480 s here)
+# Usage: hack/test-vm.sh            (root; TRELLIS_VM_TIMEOUT defaults to 900 s here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,13 +46,14 @@ switch_bin=$(test_bin e2e_switch)
 wg_dataplane_bin=$(test_bin dataplane_wireguard)
 wg_netlink_bin=$(test_bin wireguard_netlink)
 wg_e2e_bin=$(test_bin e2e_wireguard)
+netpol_bin=$(test_bin netpol_conformance)
 
 # Tell the harness where the binaries are, in case the test binary is not under $target.
 export TRELLIS_AGENT_BIN="$target/debug/trellis-agent"
 export TRELLIS_BIN="$target/debug/trellis"
 export KUBE_EMULATOR_BIN="$target/debug/kube-emulator"
 export TRELLIS_VM_ENV="TRELLIS_AGENT_BIN KUBE_EMULATOR_BIN"
-export TRELLIS_VM_TIMEOUT=${TRELLIS_VM_TIMEOUT:-480}
+export TRELLIS_VM_TIMEOUT=${TRELLIS_VM_TIMEOUT:-900}
 
 # What the guest runs: every binary, whatever the ones before it did; fails if any failed.
 runner="$target/vm-tests.sh"
@@ -63,11 +66,12 @@ runner="$target/vm-tests.sh"
   echo "run '$wg_dataplane_bin' --ignored --nocapture --test-threads 1"
   echo "run '$wg_netlink_bin' --ignored --nocapture --test-threads 1"
   echo "run '$wg_e2e_bin' --ignored --nocapture --test-threads 1"
+  echo "run env NETPOL_SLOW=5 '$netpol_bin' --ignored vm_sctp_ --nocapture --test-threads 1"
   echo 'exit $rc'
 } >"$runner"
 chmod +x "$runner"
 
-echo "== VM: e2e_switch (ipip, wireguard), dataplane_wireguard, wireguard_netlink, e2e_wireguard"
+echo "== VM: e2e_switch (ipip, wireguard), dataplane_wireguard, wireguard_netlink, e2e_wireguard, netpol_conformance (SCTP)"
 start=$(date +%s)
 rc=0
 hack/vm/run.sh "$runner" || rc=$?

@@ -585,7 +585,7 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
         }
     };
     let network_policy = match f.take("NetworkPolicy") {
-        Some((k, v)) => network_policy(&k, v, &mut warnings)?,
+        Some((k, v)) => network_policy(&k, v)?,
         None => false,
     };
     f.unknown(&mut warnings);
@@ -653,8 +653,10 @@ fn parse(text: &str) -> Result<ParsedConfig, ConfigError> {
 }
 
 /// `"NetworkPolicy": {"Enabled": true}`. An object rather than a bare boolean so that later
-/// options (a default deny, logging) have somewhere to go.
-fn network_policy(key: &str, v: &Value, w: &mut Vec<ConfigWarning>) -> Result<bool, ConfigError> {
+/// options (a default deny, logging) have somewhere to go. Unlike the rest of net-conf.json,
+/// a key it does not know is refused, not warned about: a typo in a security switch
+/// (`"Enable": true`) must not leave a cluster silently unprotected.
+fn network_policy(key: &str, v: &Value) -> Result<bool, ConfigError> {
     let Value::Object(obj) = v else {
         return Err(ConfigError::invalid(
             key,
@@ -669,7 +671,14 @@ fn network_policy(key: &str, v: &Value, w: &mut Vec<ConfigWarning>) -> Result<bo
         Some((k, v)) => as_bool(&k, v)?,
         None => false,
     };
-    f.unknown(w);
+    let mut unknown = Vec::new();
+    f.unknown(&mut unknown);
+    if let Some(ConfigWarning::UnknownKey { key }) = unknown.into_iter().next() {
+        return Err(ConfigError::invalid(
+            &key,
+            "unknown key (the only one is NetworkPolicy.Enabled)",
+        ));
+    }
     Ok(enabled)
 }
 
@@ -993,16 +1002,18 @@ mod tests {
         ));
         assert!(on.config.network_policy);
         assert!(on.warnings.is_empty(), "{:?}", on.warnings);
-        let typo = ok(&format!(
-            r#"{{{net}, "NetworkPolicy": {{"Enable": true}}}}"#
+        // Keys are matched whatever their case, as every key of net-conf.json.
+        let lower = ok(&format!(
+            r#"{{{net}, "NetworkPolicy": {{"enabled": true}}}}"#
         ));
-        assert!(!typo.config.network_policy);
-        assert_eq!(
-            typo.warnings,
-            [ConfigWarning::UnknownKey {
-                key: "NetworkPolicy.Enable".into()
-            }]
-        );
+        assert!(lower.config.network_policy);
+        // A typo in a security switch is refused, not warned about.
+        let typo = NetConfig::parse(&format!(
+            r#"{{{net}, "NetworkPolicy": {{"Enable": true}}}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("NetworkPolicy.Enable"), "{typo}");
         for bad in [
             r#""NetworkPolicy": true"#,
             r#""NetworkPolicy": {"Enabled": "yes"}"#,

@@ -6,7 +6,8 @@
 //!   (confirmed by the reject each probe gets, not by a timeout), the allowed one allowed, and
 //!   the restarted agent finds the kernel as it wants it and sends no transaction;
 //! - an API outage: the rules stay;
-//! - a chain flushed by hand: repaired by the next resync;
+//! - a chain flushed by hand, and a verdict the agent cannot read back (a plain accept for an
+//!   isolated pod): repaired by the next resync, the second by replacing the table whole;
 //! - a policy with a field the agent does not know (a newer cluster): deny-all for its pods, a
 //!   Warning Event on it, and `trellis_netpol_invalid_policies`.
 //!
@@ -153,6 +154,38 @@ fn enforcement_is_switched_live_and_survives_restarts_outages_and_hand_edits() {
         eventually(WAIT, || reach(&c, b, a) == Some(false)
             && metric(&c, 0, "trellis_netpol_applies_total") >= 1.0),
         "the flushed chain was not repaired: {}",
+        c.cluster.agent_log(0)
+    );
+    // A hand edit the agent cannot read back (x/a's verdict turned into a plain accept):
+    // the table is replaced whole, x/a isolated again.
+    let a_ip = c.pod(a).expect("x/a").ip.clone();
+    let node0 = &c.cluster.nodes[0].ns;
+    node0
+        .exec(&[
+            "nft",
+            "delete",
+            "element",
+            "inet",
+            "trellis-netpol",
+            "to-pods/v4",
+            &format!("{{ {a_ip} }}"),
+        ])
+        .expect("delete x/a's element by hand");
+    node0
+        .exec(&[
+            "nft",
+            "add",
+            "element",
+            "inet",
+            "trellis-netpol",
+            "to-pods/v4",
+            &format!("{{ {a_ip} : accept }}"),
+        ])
+        .expect("an accept verdict by hand");
+    assert_eq!(reach(&c, b, a), Some(true), "the hand edit opened x/a");
+    assert!(
+        eventually(WAIT, || reach(&c, b, a) == Some(false)),
+        "the unreadable table was not replaced: {}",
         c.cluster.agent_log(0)
     );
     c.cluster

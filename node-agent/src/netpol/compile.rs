@@ -160,6 +160,8 @@ struct Ctx<'a> {
     policies: Vec<&'a Policy>,
     pods_by_ns: BTreeMap<&'a str, Vec<&'a PodInfo>>,
     namespaces: &'a BTreeMap<String, Labels>,
+    /// Each policy's name prefix in the table ([`policy_bases`]).
+    bases: Vec<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -168,9 +170,11 @@ impl<'a> Ctx<'a> {
         for p in inp.pods.values() {
             pods_by_ns.entry(p.namespace.as_str()).or_default().push(p);
         }
+        let policies: Vec<&Policy> = inp.policies.values().collect();
         Ctx {
             node: inp.node,
-            policies: inp.policies.values().collect(),
+            bases: policy_bases(&policies),
+            policies,
             pods_by_ns,
             namespaces: inp.namespaces,
         }
@@ -184,17 +188,31 @@ impl<'a> Ctx<'a> {
             .filter(|p| p.node == self.node)
     }
 
+    fn policy_chain_name(&self, i: usize, dir: Dir) -> String {
+        format!("{}/{}", self.bases[i], dir.tag())
+    }
+
+    /// The chain of the pods isolated by exactly `pols`, named by a hash of their names. Two
+    /// combinations whose names hash alike (policy names are anyone's to choose) get chains
+    /// apart: the second takes the next free suffix, so no pod is ever judged by another
+    /// pod's policies.
     fn class_chain(&self, dir: Dir, pols: &[usize], rs: &mut Ruleset) -> String {
         let keys: Vec<String> = pols.iter().map(|i| self.policies[*i].key()).collect();
-        let name = format!("class-{}/{:016x}", dir.tag(), fnv(&keys.join("\n")));
-        rs.chains.entry(name.clone()).or_insert_with(|| {
-            let mut rules: Vec<String> = pols
-                .iter()
-                .map(|i| format!("jump {}", policy_chain_name(self.policies[*i], dir)))
-                .collect();
-            rules.push(REJECT.to_string());
-            Chain { base: None, rules }
-        });
+        let hashed = format!("class-{}/{:016x}", dir.tag(), fnv(&keys.join("\n")));
+        let mut rules: Vec<String> = pols
+            .iter()
+            .map(|i| format!("jump {}", self.policy_chain_name(*i, dir)))
+            .collect();
+        rules.push(REJECT.to_string());
+        let mut name = hashed.clone();
+        for n in 1.. {
+            match rs.chains.get(&name) {
+                None => break,
+                Some(c) if c.rules == rules => return name,
+                Some(_) => name = format!("{hashed}-{n}"),
+            }
+        }
+        rs.chains.insert(name.clone(), Chain { base: None, rules });
         name
     }
 
@@ -255,7 +273,7 @@ impl<'a> Ctx<'a> {
 
     fn policy_chain(&self, i: usize, dir: Dir, rs: &mut Ruleset) {
         let policy = self.policies[i];
-        let chain = policy_chain_name(policy, dir);
+        let chain = self.policy_chain_name(i, dir);
         let rules = if dir == Dir::In {
             &policy.ingress_rules
         } else {
@@ -263,7 +281,7 @@ impl<'a> Ctx<'a> {
         };
         let mut lines = Vec::new();
         for (r, rule) in rules.iter().enumerate() {
-            let base = format!("{}/{}{r}", policy_base(policy), dir.tag());
+            let base = format!("{}/{}{r}", self.bases[i], dir.tag());
             let named_only = !rule.ports.is_empty()
                 && rule
                     .ports
@@ -346,35 +364,33 @@ impl<'a> Ctx<'a> {
         base: &str,
         rs: &mut Ruleset,
     ) -> Vec<Match> {
-        let candidates: Vec<&PodInfo> = match dir {
+        // The destination addresses the name may resolve on, each with its pod.
+        let all = || self.pods_by_ns.values().flatten().copied();
+        let pairs = |p: &'a PodInfo| p.ips.iter().map(move |ip| (p, *ip));
+        let candidates: Vec<(&PodInfo, IpAddr)> = match dir {
             Dir::In => self
                 .local_pods()
                 .filter(|p| {
                     p.namespace == policy.namespace && policy.pod_selector.matches(&p.labels)
                 })
+                .flat_map(pairs)
                 .collect(),
-            Dir::Out if rule.peers.is_empty() => {
-                self.pods_by_ns.values().flatten().copied().collect()
-            }
+            Dir::Out if rule.peers.is_empty() => all().flat_map(pairs).collect(),
             Dir::Out => {
-                let (mut pods, ranges) = self.peers(policy, rule);
-                // Pods inside an ipBlock are peers too: their ports have names.
-                let in_blocks = self.pods_by_ns.values().flatten().copied().filter(|p| {
-                    p.ips
-                        .iter()
-                        .any(|ip| ranges.iter().any(|r| contains(r, *ip)))
-                });
-                pods.extend(in_blocks);
-                pods
+                // Pod peers, and pods inside an ipBlock (their ports have names too), each
+                // only at the addresses the peers cover: a dual-stack pod inside an IPv4
+                // block is not a peer at its IPv6 address.
+                let (_, ranges) = self.peers(policy, rule);
+                all()
+                    .flat_map(pairs)
+                    .filter(|(_, ip)| covers(&ranges, *ip))
+                    .collect()
             }
         };
         let mut by_port: BTreeMap<u16, Vec<Range>> = BTreeMap::new();
-        for p in candidates {
+        for (p, ip) in candidates {
             if let Some(n) = p.resolve(name, spec.protocol) {
-                by_port
-                    .entry(n)
-                    .or_default()
-                    .extend(p.ips.iter().map(|ip| Range::addr(*ip)));
+                by_port.entry(n).or_default().push(Range::addr(ip));
             }
         }
         let proto = spec.protocol.nft();
@@ -411,9 +427,15 @@ fn numeric_port(p: &PortSpec) -> String {
     }
 }
 
-fn contains(r: &Range, ip: IpAddr) -> bool {
+/// Whether `ip` is in one of `ranges` (normalised: sorted, without overlaps).
+fn covers(ranges: &[Range], ip: IpAddr) -> bool {
     let a = Range::addr(ip);
-    a.v6 == r.v6 && r.first <= a.first && a.first <= r.last
+    // The last range starting at or before the address is the only one that may hold it.
+    let i = ranges.partition_point(|r| (r.v6, r.first) <= (a.v6, a.first));
+    i > 0 && {
+        let r = &ranges[i - 1];
+        r.v6 == a.v6 && a.first <= r.last
+    }
 }
 
 /// `ip saddr @set` per family present in `ranges`, with the sets added to `rs`.
@@ -471,8 +493,23 @@ fn policy_base(p: &Policy) -> String {
     }
 }
 
-fn policy_chain_name(p: &Policy, dir: Dir) -> String {
-    format!("{}/{}", policy_base(p), dir.tag())
+/// Every policy's prefix, [`policy_base`] unless another policy has it already (hashed long
+/// names that collide): then the next free suffix.
+fn policy_bases(policies: &[&Policy]) -> Vec<String> {
+    let mut used = BTreeSet::new();
+    policies
+        .iter()
+        .map(|p| {
+            let base = policy_base(p);
+            let mut name = base.clone();
+            let mut n = 0;
+            while !used.insert(name.clone()) {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            name
+        })
+        .collect()
 }
 
 /// FNV-1a, 64 bits: stable across builds and Rust versions (names in the kernel must not

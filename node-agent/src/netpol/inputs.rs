@@ -31,8 +31,9 @@ impl PodInfo {
         (self.namespace.clone(), self.name.clone())
     }
 
-    /// The port `name` resolves to on this pod for `protocol`, as kube-proxy and the
-    /// NetworkPolicy spec resolve it: the first container port of that name and protocol.
+    /// The port `name` resolves to on this pod for `protocol`, as Kubernetes' `FindPort`
+    /// resolves it: the first port of that name and protocol of the containers, then of the
+    /// sidecars (init containers with `restartPolicy: Always`).
     pub fn resolve(&self, name: &str, protocol: Protocol) -> Option<u16> {
         self.ports
             .iter()
@@ -86,11 +87,12 @@ fn named_ports(pod: &Pod) -> Vec<NamedPort> {
     let Some(spec) = &pod.spec else {
         return Vec::new();
     };
-    let containers = spec
+    let sidecars = spec
         .init_containers
         .iter()
         .flatten()
-        .chain(&spec.containers);
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let containers = spec.containers.iter().chain(sidecars);
     containers
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|p| {
@@ -144,6 +146,25 @@ mod tests {
         assert_eq!(info.resolve("serve-80-tcp", Protocol::Udp), None);
         assert_eq!(info.resolve("serve-80-udp", Protocol::Udp), Some(80));
         assert_eq!(info.ports.len(), 2);
+    }
+
+    #[test]
+    fn names_resolve_on_containers_first_then_sidecars_never_plain_init_containers() {
+        let p = pod(json!({
+            "metadata": {"namespace": "x", "name": "a"},
+            "spec": {
+                "initContainers": [
+                    {"name": "setup", "ports": [{"name": "web", "containerPort": 1}, {"name": "only-init", "containerPort": 2}]},
+                    {"name": "proxy", "restartPolicy": "Always", "ports": [{"name": "web", "containerPort": 3}, {"name": "mesh", "containerPort": 4}]}
+                ],
+                "containers": [{"name": "c", "ports": [{"name": "web", "containerPort": 8080}]}]
+            },
+            "status": {"podIP": "10.0.0.1"}
+        }));
+        let info = PodInfo::from_pod(&p).unwrap();
+        assert_eq!(info.resolve("web", Protocol::Tcp), Some(8080));
+        assert_eq!(info.resolve("mesh", Protocol::Tcp), Some(4));
+        assert_eq!(info.resolve("only-init", Protocol::Tcp), None);
     }
 
     #[test]

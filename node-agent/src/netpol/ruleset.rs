@@ -130,6 +130,25 @@ pub fn script(old: Option<&Ruleset>, new: &Ruleset) -> String {
     s
 }
 
+/// Whether `have` differs from `want` in a way [`script`] does not change: a base chain's
+/// hook, priority or policy, or the type of a set or map (all only by hand). Then the table
+/// is replaced whole.
+pub fn needs_replace(have: &Ruleset, want: &Ruleset) -> bool {
+    let chains = want
+        .chains
+        .iter()
+        .any(|(n, c)| have.chains.get(n).is_some_and(|h| h.base != c.base));
+    let sets = want
+        .sets
+        .iter()
+        .any(|(n, s)| have.sets.get(n).is_some_and(|h| h.v6 != s.v6));
+    let maps = want
+        .maps
+        .iter()
+        .any(|(n, m)| have.maps.get(n).is_some_and(|h| h.v6 != m.v6));
+    chains || sets || maps
+}
+
 /// Replaces whatever table is there with `new`, in one transaction: for a table that could
 /// not be read or whose incremental update failed.
 pub fn replace_script(new: &Ruleset) -> String {

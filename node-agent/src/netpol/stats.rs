@@ -18,12 +18,22 @@ pub struct NetpolStats {
     pub set_elements: AtomicU64,
     pub applies: AtomicU64,
     pub apply_errors: AtomicU64,
-    /// 1 when bridged traffic between pods of this node reaches the forward hook.
-    pub bridge_policed: AtomicU64,
     sync_micros_sum: AtomicU64,
     sync_micros_last: AtomicU64,
     syncs: AtomicU64,
     status: Mutex<String>,
+    /// Why traffic between pods of this node escapes the rules (br_netfilter), if it does.
+    bridge_note: Mutex<String>,
+    /// The last failure (an apply or a removal), until the next success.
+    last_error: Mutex<String>,
+}
+
+fn set(m: &Mutex<String>, v: String) {
+    *m.lock().unwrap_or_else(|e| e.into_inner()) = v;
+}
+
+fn get(m: &Mutex<String>) -> String {
+    m.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl NetpolStats {
@@ -42,8 +52,16 @@ impl NetpolStats {
         self.rules.store(c.ruleset.rule_count() as u64, Relaxed);
         self.set_elements
             .store(c.ruleset.element_count() as u64, Relaxed);
-        let text = status_text(c);
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = text;
+        set(&self.status, status_text(c));
+        set(&self.last_error, String::new());
+    }
+
+    pub fn failed(&self, why: &str) {
+        set(&self.last_error, why.to_string());
+    }
+
+    pub fn set_bridge_note(&self, note: String) {
+        set(&self.bridge_note, note);
     }
 
     pub fn disabled(&self) {
@@ -57,26 +75,34 @@ impl NetpolStats {
         ] {
             g.store(0, Relaxed);
         }
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = String::new();
+        set(&self.status, String::new());
+        set(&self.last_error, String::new());
     }
 
     /// For `/debug/netpol` (and so `trellis-agent status`).
     pub fn status(&self) -> String {
+        let error = get(&self.last_error);
         if self.enabled.load(Relaxed) == 0 {
-            return "NetworkPolicy enforcement is off (net-conf.json \"NetworkPolicy\": {\"Enabled\": true} turns it on)\n".to_string();
+            let mut s = "NetworkPolicy enforcement is off (net-conf.json \"NetworkPolicy\": {\"Enabled\": true} turns it on)\n".to_string();
+            if !error.is_empty() {
+                s.push_str(&format!("  FAILING: {error}\n"));
+            }
+            return s;
         }
-        let s = self
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let s = get(&self.status);
         let mut s = if s.is_empty() {
             "NetworkPolicy enforcement is on, waiting for the first list of Pods, Namespaces and NetworkPolicies\n".to_string()
         } else {
             s
         };
-        if self.bridge_policed.load(Relaxed) == 0 {
-            s.push_str("  WARNING: br_netfilter is off: traffic between pods of this node is not policed\n");
+        let note = get(&self.bridge_note);
+        if !note.is_empty() {
+            s.push_str(&format!("  WARNING: {note}\n"));
+        }
+        if !error.is_empty() {
+            s.push_str(&format!(
+                "  FAILING: {error} (the rules last applied stay in force; retried)\n"
+            ));
         }
         s
     }
@@ -200,8 +226,11 @@ mod tests {
         assert!(s.status().contains("off"));
         s.enabled.store(1, Relaxed);
         assert!(s.status().contains("waiting for the first list"));
-        assert!(s.status().contains("br_netfilter is off"));
-        s.bridge_policed.store(1, Relaxed);
+        s.set_bridge_note("br_netfilter is not loaded".into());
+        s.failed("nft: refused");
+        assert!(s.status().contains("WARNING: br_netfilter is not loaded"));
+        assert!(s.status().contains("FAILING: nft: refused"));
+        s.set_bridge_note(String::new());
         let mut c = Compiled::default();
         c.policed.push(Policed {
             pod: "x/a".into(),
@@ -220,6 +249,10 @@ mod tests {
         );
         assert!(text.contains("set pol/x/web/in0/v4: 0 elements"), "{text}");
         assert!(!text.contains("br_netfilter"), "{text}");
+        assert!(
+            !text.contains("FAILING"),
+            "a success clears the failure: {text}"
+        );
         let mut m = String::new();
         s.synced_after(Duration::from_millis(42));
         s.render(&mut m);

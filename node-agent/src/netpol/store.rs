@@ -66,6 +66,15 @@ impl Store {
         self.dirty_since.take()
     }
 
+    /// A change taken but not applied: still to do, since the earlier of the two times.
+    pub fn restore_dirty(&mut self, since: Option<Instant>) {
+        let Some(since) = since else {
+            self.touch();
+            return;
+        };
+        self.dirty_since = Some(self.dirty_since.map_or(since, |d| d.min(since)));
+    }
+
     pub fn compile(&self, node: &str) -> Compiled {
         let policies: BTreeMap<Key, Policy> = self
             .policies

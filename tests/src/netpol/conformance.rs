@@ -127,7 +127,7 @@ impl Suite {
             cluster,
             ctx,
             base,
-            timeout: Duration::from_secs(10),
+            timeout: super::harness::slow_factor() * Duration::from_secs(10),
         })
     }
 

@@ -6,6 +6,9 @@
 
 mod state;
 
+/// Whether nft's error says the table listed does not exist (the NetworkPolicy table too).
+pub(crate) use self::state::is_missing_table;
+
 use self::state::TableState;
 use super::drift::{Drift, Installed, Section};
 use super::rules::{nft_cleanup_script, RuleSet, FLANNEL_NFT_TABLES, NFT_TABLE};

@@ -247,3 +247,71 @@ fn rules_grow_with_pods_plus_policies() {
         assert!(w[1].0 <= 2 * w[0].0, "{counts:?}");
     }
 }
+
+#[test]
+fn a_class_chain_whose_hash_is_taken_gets_a_chain_of_its_own() {
+    let mut f = fixture();
+    f.policy("x", "web", json!({"podSelector": {}}));
+    let inp = Inputs {
+        node: "n1",
+        pods: &f.pods,
+        namespaces: &f.namespaces,
+        policies: &f.policies,
+    };
+    let ctx = Ctx::new(&inp);
+    let mut rs = Ruleset::default();
+    let keys = "x/web";
+    let hashed = format!("class-in/{:016x}", fnv(keys));
+    // Another combination's chain under the same name, as a crafted collision would leave it.
+    let other = Chain {
+        base: None,
+        rules: vec!["jump pol/x/other/in".into(), REJECT.into()],
+    };
+    rs.chains.insert(hashed.clone(), other.clone());
+    let name = ctx.class_chain(Dir::In, &[0], &mut rs);
+    assert_eq!(name, format!("{hashed}-1"));
+    assert_eq!(rs.chains[&name].rules, ["jump pol/x/web/in", REJECT]);
+    assert_eq!(
+        rs.chains[&hashed], other,
+        "the first holder keeps its chain"
+    );
+    // Asked again, the same chain.
+    assert_eq!(ctx.class_chain(Dir::In, &[0], &mut rs), name);
+}
+
+#[test]
+fn long_policy_names_that_hash_alike_stay_apart() {
+    let long = |n: &str| Policy::deny_all_fallback("x", &format!("{}{n}", "p".repeat(240)), None);
+    let (a, b) = (long("a"), long("b"));
+    let bases = policy_bases(&[&a, &b, &a]);
+    assert!(
+        bases[0].starts_with("pol/") && bases[0].len() < 40,
+        "{bases:?}"
+    );
+    assert_ne!(bases[0], bases[1]);
+    // The same hash twice (a collision, here the same policy listed twice): suffixed.
+    assert_eq!(bases[2], format!("{}-1", bases[0]));
+}
+
+#[test]
+fn a_dual_stack_pod_inside_an_ipv4_block_is_a_named_port_peer_at_its_ipv4_address_only() {
+    let mut f = fixture();
+    f.pods
+        .get_mut(&("y".into(), "a".into()))
+        .unwrap()
+        .ips
+        .push("fd00::11".parse().unwrap());
+    f.policy(
+        "x",
+        "out",
+        json!({"podSelector": {}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": "http"}]}]}),
+    );
+    let c = f.compile("n1");
+    assert!(
+        c.ruleset.sets.keys().all(|s| !s.ends_with("/v6")),
+        "{:?}",
+        c.ruleset.sets.keys()
+    );
+    assert!(set(&c, "pol/x/out/out0/port0-80/v4").contains(&"10.0.1.11".to_string()));
+}
