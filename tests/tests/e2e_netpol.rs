@@ -17,8 +17,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use trellis_e2e::netns_cluster::{CONFIGMAP_NAME, CONFIGMAP_NS};
-use trellis_e2e::netpol::harness::{net_conf, NamespaceSpec, NetpolCluster, Options, PodSpec};
+use trellis_e2e::netpol::harness::{NamespaceSpec, NetpolCluster, Options, PodSpec};
 use trellis_e2e::netpol::model::Protocol;
 use trellis_e2e::netpol::probe::{Kind, Target};
 use trellis_testkit::poll::eventually;
@@ -49,20 +48,7 @@ fn policy(name: &str, pod: &str, extra_rule: Value) -> Value {
 }
 
 fn set_enabled(c: &NetpolCluster, on: bool) {
-    let patch = json!({"data": {"net-conf.json": net_conf(r#"{"Type":"vxlan"}"#, on)}}).to_string();
-    c.cluster
-        .kubectl(&[
-            "-n",
-            CONFIGMAP_NS,
-            "patch",
-            "configmap",
-            CONFIGMAP_NAME,
-            "--type",
-            "merge",
-            "-p",
-            &patch,
-        ])
-        .expect("patch the ConfigMap");
+    c.set_enforcement(on).expect("patch the ConfigMap");
 }
 
 fn has_table(c: &NetpolCluster, node: usize) -> bool {

@@ -25,7 +25,6 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
 use trellis_e2e::bench::{iperf, median, percentile};
-use trellis_e2e::netns_cluster::{CONFIGMAP_NAME, CONFIGMAP_NS};
 use trellis_e2e::netpol::harness::{NamespaceSpec, NetpolCluster, Options, PodSpec};
 
 /// The cluster grows as real ones do, by namespaces: each holds `PER_NS` pods, `APPS` apps of
@@ -394,19 +393,7 @@ fn traffic_rounds(c: &NetpolCluster, rounds: usize, secs: u32, conns: usize) -> 
 /// Turns enforcement on or off through the ConfigMap and waits until every node's table is
 /// there (with the server isolated) or gone.
 fn set_enforcement(c: &NetpolCluster, on: bool) -> Result<(), String> {
-    let conf = trellis_e2e::netpol::harness::net_conf(r#"{"Type":"vxlan"}"#, on);
-    let patch = json!({"data": {"net-conf.json": conf}}).to_string();
-    c.cluster.kubectl(&[
-        "-n",
-        CONFIGMAP_NS,
-        "patch",
-        "configmap",
-        CONFIGMAP_NAME,
-        "--type",
-        "merge",
-        "-p",
-        &patch,
-    ])?;
+    c.set_enforcement(on)?;
     let server_ip = c
         .pod("bench-real/server")
         .map(|p| p.ip.clone())

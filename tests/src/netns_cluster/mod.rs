@@ -313,7 +313,12 @@ impl Cluster {
     }
 
     pub fn set_backend(&self, backend: &str) -> Result<(), String> {
-        let patch = json!({"data": {"net-conf.json": net_conf(backend)}}).to_string();
+        self.set_net_conf(&net_conf(backend))
+    }
+
+    /// Writes `conf` as the ConfigMap's net-conf.json (the agents follow it live).
+    pub fn set_net_conf(&self, conf: &str) -> Result<(), String> {
+        let patch = json!({"data": {"net-conf.json": conf}}).to_string();
         self.kubectl(&[
             "-n",
             CONFIGMAP_NS,

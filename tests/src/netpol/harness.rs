@@ -193,6 +193,8 @@ pub struct NetpolCluster {
     pub probe_timeout: Duration,
     ports: Vec<u16>,
     protocols: Vec<Protocol>,
+    /// The Backend member of net-conf.json, for [`NetpolCluster::set_enforcement`].
+    backend: String,
 }
 
 fn networkpolicy_resource() -> ApiResource {
@@ -355,6 +357,7 @@ impl NetpolCluster {
             probe_timeout: opts.probe_timeout,
             ports: opts.ports.clone(),
             protocols: opts.protocols.clone(),
+            backend: opts.backend.clone(),
         };
         nc.create_namespaces()?;
         nc.add_pods(pods)?;
@@ -545,6 +548,11 @@ impl NetpolCluster {
     /// A matrix of all pods × all pods, every cell `value`.
     pub fn matrix(&self, value: bool) -> Matrix {
         Matrix::square(&self.pod_keys(), value)
+    }
+
+    /// Turns enforcement on or off live, through the ConfigMap (the agents follow it).
+    pub fn set_enforcement(&self, on: bool) -> Result<(), String> {
+        self.cluster.set_net_conf(&net_conf(&self.backend, on))
     }
 
     /// Creates the NetworkPolicy `policy` (a full object: `metadata.namespace` required), or
