@@ -78,20 +78,24 @@ impl Controller {
         }
     }
 
-    /// Removes the table, retrying while it fails and enforcement stays off; `false` when the
-    /// agent is stopping.
+    /// Removes the table, retrying while it fails and enforcement stays off (after the first
+    /// failure, which is logged, every resync and quietly: a host whose kernel has no
+    /// nf_tables at all would otherwise log it every 2 s forever); `false` when the agent is
+    /// stopping.
     async fn remove_until_gone(&self, enabled: &mut watch::Receiver<bool>) -> bool {
-        loop {
+        for attempt in 0u32.. {
             match self.kernel().remove().await {
                 Ok(()) => {
                     self.stats.disabled();
                     return true;
                 }
-                Err(e) => {
+                Err(e) if attempt == 0 => {
                     warn!(error = %e, "could not remove table inet {TABLE}; retrying");
                     self.stats.failed(&e.to_string());
                 }
+                Err(e) => tracing::debug!(error = %e, "could not remove table inet {TABLE}"),
             }
+            let wait = if attempt == 0 { RETRY } else { self.resync };
             tokio::select! {
                 r = enabled.changed() => match r {
                     Err(_) => return false,
@@ -99,9 +103,10 @@ impl Controller {
                     Ok(()) if *enabled.borrow() => return true,
                     Ok(()) => {}
                 },
-                _ = tokio::time::sleep(RETRY) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
+        true
     }
 
     /// Until enforcement is turned off or the agent stops.
