@@ -87,8 +87,8 @@ impl NodeEvents {
         .await
     }
 
-    /// On the NetworkPolicy itself (`kubectl describe networkpolicy` shows it): why this
-    /// node enforces it as deny-all.
+    /// On the NetworkPolicy itself (`kubectl describe networkpolicy` shows it): why every
+    /// node enforces it as deny-all (one node reports it for all).
     pub async fn policy_invalid(
         &self,
         namespace: &str,
@@ -105,8 +105,8 @@ impl NodeEvents {
             ..ObjectReference::default()
         };
         let note = format!(
-            "trellis on node {}: {why}; the pods it selects on that node accept no traffic it \
-             governs until the policy is fixed",
+            "trellis cannot enforce this policy as written: {why}. Until it is fixed, the pods \
+             it selects get none of the traffic it governs (deny-all). Reported by node {}.",
             self.node_name
         );
         self.emit_about(
