@@ -437,7 +437,10 @@ pub async fn remove_node_state(
     let firewall = vec![
         ("iptables", clean_iptables(exec.clone()).await),
         ("nftables", clean_nftables(exec.clone()).await),
-        ("nftables NetworkPolicy", clean_netpol(exec).await),
+        (
+            "nftables NetworkPolicy",
+            crate::netpol::kernel::remove_table(&exec).await,
+        ),
     ];
     let subnet_file = (subnet_file.to_owned(), remove_subnet_file(subnet_file)?);
     Ok(NodeStateReport {
@@ -459,16 +462,6 @@ async fn clean_iptables(exec: Exec) -> Result<bool, FirewallError> {
 async fn clean_nftables(exec: Exec) -> Result<bool, FirewallError> {
     match NftablesDriver::detect(exec).await {
         Ok(x) => x.cleanup().await.map(|()| true),
-        Err(e) if e.is_tool_missing() => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// The NetworkPolicy table, `inet trellis-netpol` (its pods' isolation ends with it).
-async fn clean_netpol(exec: Exec) -> Result<bool, FirewallError> {
-    let script = crate::netpol::ruleset::delete_script();
-    match exec.run("nft", &["-f", "-"], Some(&script)).await {
-        Ok(_) => Ok(true),
         Err(e) if e.is_tool_missing() => Ok(false),
         Err(e) => Err(e),
     }

@@ -55,11 +55,12 @@ impl World {
     }
 
     fn ruleset(&self) -> Ruleset {
+        let policies: Vec<&Policy> = self.policies.values().collect();
         let inp = Inputs {
             node: "n1",
             pods: &self.pods,
             namespaces: &self.namespaces,
-            policies: &self.policies,
+            policies: &policies,
         };
         compile(&inp).ruleset
     }

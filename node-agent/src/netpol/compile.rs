@@ -34,7 +34,9 @@ pub struct Inputs<'a> {
     pub node: &'a str,
     pub pods: &'a BTreeMap<(String, String), PodInfo>,
     pub namespaces: &'a BTreeMap<String, Labels>,
-    pub policies: &'a BTreeMap<(String, String), Policy>,
+    /// In the order of their namespace and name (as the store keeps them): names of chains
+    /// follow it when hashes collide.
+    pub policies: &'a [&'a Policy],
 }
 
 /// Which policies isolate one local pod, for `status`.
@@ -170,7 +172,7 @@ impl<'a> Ctx<'a> {
         for p in inp.pods.values() {
             pods_by_ns.entry(p.namespace.as_str()).or_default().push(p);
         }
-        let policies: Vec<&Policy> = inp.policies.values().collect();
+        let policies = inp.policies.to_vec();
         Ctx {
             node: inp.node,
             bases: policy_bases(&policies),
@@ -247,9 +249,13 @@ impl<'a> Ctx<'a> {
             .collect()
     }
 
-    /// Pods matched by a rule's pod peers, and the ranges of all its peers.
-    fn peers(&self, policy: &Policy, rule: &Rule) -> (Vec<&'a PodInfo>, Vec<Range>) {
-        let (mut pods, mut ranges) = (Vec::new(), Vec::new());
+    /// The addresses of a rule's peers: its pods' and its ipBlocks' (minus their exceptions);
+    /// `None` when it has none, which admits every address.
+    fn peer_ranges(&self, policy: &Policy, rule: &Rule) -> Option<Vec<Range>> {
+        if rule.peers.is_empty() {
+            return None;
+        }
+        let mut ranges = Vec::new();
         for peer in &rule.peers {
             match peer {
                 Peer::Pods {
@@ -260,7 +266,6 @@ impl<'a> Ctx<'a> {
                         let in_ns = self.pods_by_ns.get(ns).into_iter().flatten();
                         for p in in_ns.filter(|p| sel.as_ref().is_none_or(|s| s.matches(&p.labels)))
                         {
-                            pods.push(*p);
                             ranges.extend(p.ips.iter().map(|ip| Range::addr(*ip)));
                         }
                     }
@@ -268,7 +273,7 @@ impl<'a> Ctx<'a> {
                 Peer::Block { cidr, except } => ranges.extend(subtract(*cidr, except)),
             }
         }
-        (pods, normalise(ranges))
+        Some(normalise(ranges))
     }
 
     fn policy_chain(&self, i: usize, dir: Dir, rs: &mut Ruleset) {
@@ -282,6 +287,7 @@ impl<'a> Ctx<'a> {
         let mut lines = Vec::new();
         for (r, rule) in rules.iter().enumerate() {
             let base = format!("{}/{}{r}", self.bases[i], dir.tag());
+            let peers = self.peer_ranges(policy, rule);
             let named_only = !rule.ports.is_empty()
                 && rule
                     .ports
@@ -290,7 +296,7 @@ impl<'a> Ctx<'a> {
             let peer = if dir == Dir::Out && named_only {
                 Vec::new()
             } else {
-                self.peer_matches(policy, rule, dir, &base, rs)
+                peer_matches(peers.as_deref(), dir, &base, rs)
             };
             for (j, port) in port_list(rule).iter().enumerate() {
                 let named = port.and_then(|p| match &p.port {
@@ -308,7 +314,7 @@ impl<'a> Ctx<'a> {
                 let ports = match named {
                     Some((spec, name)) => self.named_matches(
                         policy,
-                        rule,
+                        peers.as_deref(),
                         dir,
                         spec,
                         name,
@@ -335,29 +341,13 @@ impl<'a> Ctx<'a> {
         );
     }
 
-    /// The rule's peer match per family (one family-less match when it has no peers).
-    fn peer_matches(
-        &self,
-        policy: &Policy,
-        rule: &Rule,
-        dir: Dir,
-        base: &str,
-        rs: &mut Ruleset,
-    ) -> Vec<Match> {
-        if rule.peers.is_empty() {
-            return vec![Match::any(String::new())];
-        }
-        let (_, ranges) = self.peers(policy, rule);
-        address_matches(dir.peer_field(), ranges, base, rs)
-    }
-
     /// A named port: the pods it resolves on, grouped by the number it resolves to. Ingress
     /// resolves on the policy's own pods (the destination), egress on the peer pods.
     #[allow(clippy::too_many_arguments)]
     fn named_matches(
         &self,
         policy: &Policy,
-        rule: &Rule,
+        peers: Option<&[Range]>,
         dir: Dir,
         spec: &PortSpec,
         name: &str,
@@ -375,17 +365,13 @@ impl<'a> Ctx<'a> {
                 })
                 .flat_map(pairs)
                 .collect(),
-            Dir::Out if rule.peers.is_empty() => all().flat_map(pairs).collect(),
-            Dir::Out => {
-                // Pod peers, and pods inside an ipBlock (their ports have names too), each
-                // only at the addresses the peers cover: a dual-stack pod inside an IPv4
-                // block is not a peer at its IPv6 address.
-                let (_, ranges) = self.peers(policy, rule);
-                all()
-                    .flat_map(pairs)
-                    .filter(|(_, ip)| covers(&ranges, *ip))
-                    .collect()
-            }
+            // Pod peers, and pods inside an ipBlock (their ports have names too), each only
+            // at the addresses the peers cover: a dual-stack pod inside an IPv4 block is not a
+            // peer at its IPv6 address.
+            Dir::Out => all()
+                .flat_map(pairs)
+                .filter(|(_, ip)| peers.is_none_or(|r| covers(r, *ip)))
+                .collect(),
         };
         let mut by_port: BTreeMap<u16, Vec<Range>> = BTreeMap::new();
         for (p, ip) in candidates {
@@ -398,7 +384,7 @@ impl<'a> Ctx<'a> {
             .into_iter()
             .flat_map(|(n, ranges)| {
                 let set_base = format!("{base}-{n}");
-                address_matches("daddr", normalise(ranges), &set_base, rs)
+                address_matches("daddr", &normalise(ranges), &set_base, rs)
                     .into_iter()
                     .map(move |m| Match {
                         text: format!("{}{proto} dport {n} ", m.text),
@@ -406,6 +392,14 @@ impl<'a> Ctx<'a> {
                     })
             })
             .collect()
+    }
+}
+
+/// The rule's peer match per family (one family-less match when it has no peers).
+fn peer_matches(peers: Option<&[Range]>, dir: Dir, base: &str, rs: &mut Ruleset) -> Vec<Match> {
+    match peers {
+        None => vec![Match::any(String::new())],
+        Some(ranges) => address_matches(dir.peer_field(), ranges, base, rs),
     }
 }
 
@@ -439,7 +433,7 @@ fn covers(ranges: &[Range], ip: IpAddr) -> bool {
 }
 
 /// `ip saddr @set` per family present in `ranges`, with the sets added to `rs`.
-fn address_matches(field: &str, ranges: Vec<Range>, base: &str, rs: &mut Ruleset) -> Vec<Match> {
+fn address_matches(field: &str, ranges: &[Range], base: &str, rs: &mut Ruleset) -> Vec<Match> {
     let mut out = Vec::new();
     for v6 in [false, true] {
         let elements: Vec<Range> = ranges.iter().filter(|r| r.v6 == v6).copied().collect();

@@ -68,13 +68,12 @@ impl Kernel {
         }
     }
 
-    /// Removes the table; `Ok` also when there is none, or no nft at all (then it never held
-    /// one either).
+    /// Removes the table ([`remove_table`]), counting the transaction when nft ran it.
     pub async fn remove(&self) -> Result<(), FirewallError> {
-        match self.nft(&ruleset::delete_script()).await {
-            Err(e) if e.is_tool_missing() => Ok(()),
-            other => other,
+        if remove_table(&self.exec).await? {
+            self.stats.applies.fetch_add(1, Relaxed);
         }
+        Ok(())
     }
 
     /// One transaction; counted when it went through.
@@ -82,5 +81,19 @@ impl Kernel {
         self.exec.run("nft", &["-f", "-"], Some(script)).await?;
         self.stats.applies.fetch_add(1, Relaxed);
         Ok(())
+    }
+}
+
+/// Removes the table `inet trellis-netpol`; `Ok` also when there is none. `Ok(false)`: no nft
+/// at all on this host, which then never held the table either (the agent turned off, and
+/// `uninstall-cni --kernel-state`).
+pub async fn remove_table(exec: &Exec) -> Result<bool, FirewallError> {
+    match exec
+        .run("nft", &["-f", "-"], Some(&ruleset::delete_script()))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_tool_missing() => Ok(false),
+        Err(e) => Err(e),
     }
 }

@@ -182,13 +182,10 @@ fn element_changes(s: &mut String, t: &str, old: &Ruleset, new: &Ruleset, change
     // Elements of `to` missing from `from`: to add (new vs old) or to delete (old vs new).
     // A set that is itself removed or new needs no element deletes / gets all its elements.
     for (name, set) in &to.sets {
-        let Some(other) = from
-            .sets
-            .get(name)
-            .map(|o| &o.elements)
-            .or_else(|| (change == Change::Add).then_some(&EMPTY_RANGES))
-        else {
-            continue;
+        let other = match from.sets.get(name) {
+            Some(o) => &o.elements,
+            None if change == Change::Add => &EMPTY_RANGES,
+            None => continue,
         };
         let have: BTreeSet<&Range> = other.iter().collect();
         let items: Vec<String> = set

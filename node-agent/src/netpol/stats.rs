@@ -108,61 +108,61 @@ impl NetpolStats {
     }
 
     pub fn render(&self, out: &mut String) {
-        let gauges = [
+        let (g, c) = ("gauge", "counter");
+        let metrics = [
             (
                 "trellis_netpol_enabled",
+                g,
                 "1 when NetworkPolicy enforcement is on",
                 &self.enabled,
             ),
             (
                 "trellis_netpol_policies",
+                g,
                 "NetworkPolicies in the cluster",
                 &self.policies,
             ),
             (
                 "trellis_netpol_invalid_policies",
+                g,
                 "NetworkPolicies enforced as deny-all because they could not be understood",
                 &self.invalid_policies,
             ),
             (
                 "trellis_netpol_pods_policed",
+                g,
                 "pods of this node isolated by at least one policy",
                 &self.pods_policed,
             ),
             (
                 "trellis_netpol_rules",
+                g,
                 "rules in the inet trellis-netpol table",
                 &self.rules,
             ),
             (
                 "trellis_netpol_set_elements",
+                g,
                 "elements of its sets and maps",
                 &self.set_elements,
             ),
-        ];
-        for (name, help, v) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
-                v.load(Relaxed)
-            );
-        }
-        let counters = [
             (
                 "trellis_netpol_applies_total",
+                c,
                 "nft transactions applied",
                 &self.applies,
             ),
             (
                 "trellis_netpol_apply_errors_total",
+                c,
                 "nft transactions that failed",
                 &self.apply_errors,
             ),
         ];
-        for (name, help, v) in counters {
+        for (name, kind, help, v) in metrics {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 v.load(Relaxed)
             );
         }

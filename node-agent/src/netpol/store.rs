@@ -76,11 +76,7 @@ impl Store {
     }
 
     pub fn compile(&self, node: &str) -> Compiled {
-        let policies: BTreeMap<Key, Policy> = self
-            .policies
-            .iter()
-            .map(|(k, p)| (k.clone(), p.policy.clone()))
-            .collect();
+        let policies: Vec<&Policy> = self.policies.values().map(|p| &p.policy).collect();
         compile(&Inputs {
             node,
             pods: &self.pods,

@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
             )
         })
         .collect();
-    let policies = BTreeMap::from([(("x".to_string(), "p".to_string()), policy)]);
+    let policies = [&policy];
     let out = compile(&Inputs {
         node: "n1",
         pods: &pods,

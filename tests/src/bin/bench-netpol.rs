@@ -98,7 +98,8 @@ fn run(
     for step in [4usize, 2, 1] {
         let want = (pods / step, policies / step);
         grow(&c, &mut made, want)?;
-        wait_policies(&c, want.1)?;
+        // Recorded after the apply: the kernels hold them.
+        c.wait_policies_applied(want.1, Duration::from_secs(120))?;
         for (i, node) in c.cluster.nodes.iter().enumerate() {
             let (rules, elements) = count(&node.ns)?;
             let rss = node.agent_pid().and_then(rss_kib);
@@ -170,26 +171,6 @@ fn policy(name: &str, ns: usize, app: usize, egress: bool, port: u16) -> Value {
     }
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
            "metadata": {"name": name, "namespace": format!("bench-{ns}")}, "spec": spec})
-}
-
-/// Waits until every agent reports `n` policies (or more: the traffic policy).
-fn wait_policies(c: &NetpolCluster, n: usize) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for i in 0..c.cluster.nodes.len() {
-        while c
-            .cluster
-            .metric(i, "trellis_netpol_policies")
-            .unwrap_or(0.0)
-            < n as f64
-        {
-            if Instant::now() > deadline {
-                return Err(format!("node {i} never saw {n} policies"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    // The count is recorded after the apply: the kernel holds them.
-    Ok(())
 }
 
 /// Rules and set/map elements in the node's table, as the kernel lists them.

@@ -61,11 +61,12 @@ impl Fixture {
     }
 
     pub(crate) fn compile(&self, node: &str) -> Compiled {
+        let policies: Vec<&Policy> = self.policies.values().collect();
         compile(&Inputs {
             node,
             pods: &self.pods,
             namespaces: &self.namespaces,
-            policies: &self.policies,
+            policies: &policies,
         })
     }
 }
@@ -252,11 +253,12 @@ fn rules_grow_with_pods_plus_policies() {
 fn a_class_chain_whose_hash_is_taken_gets_a_chain_of_its_own() {
     let mut f = fixture();
     f.policy("x", "web", json!({"podSelector": {}}));
+    let policies: Vec<&Policy> = f.policies.values().collect();
     let inp = Inputs {
         node: "n1",
         pods: &f.pods,
         namespaces: &f.namespaces,
-        policies: &f.policies,
+        policies: &policies,
     };
     let ctx = Ctx::new(&inp);
     let mut rs = Ruleset::default();
